@@ -1,0 +1,3 @@
+from kbit.core.cli import main
+
+main()

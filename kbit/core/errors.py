@@ -1,0 +1,27 @@
+"""Typed errors. Every ``KbitError`` is a user-facing, one-line message that names the fix.
+
+The CLI prints ``KbitError`` messages without a traceback (unless ``--debug``) and exits with
+``exit_code``; anything else is a bug and is reported as an internal error.
+"""
+
+
+class KbitError(Exception):
+    """Base class for errors caused by input or environment, not by a bug in kbit."""
+
+    exit_code = 2
+
+
+class ConfigError(KbitError):
+    """An option, config file, dataset or path is invalid; the message names the field and the fix."""
+
+
+class UnknownMethodError(KbitError):
+    """No installed plugin provides the requested method name; the message names the closest ones."""
+
+
+class PluginError(KbitError):
+    """A plugin failed to load or broke the hook contract; the message names its distribution."""
+
+
+class MissingDependencyError(KbitError):
+    """A method needs a package or device that is not here; the message gives the install line."""

@@ -1,0 +1,110 @@
+"""``Method``: one selected method plugin, called through its hooks with their contracts enforced.
+
+Every call goes to this plugin's implementation only. Return values are type-checked, and an
+unexpected exception inside a plugin becomes a ``PluginError`` naming the distribution; kbit's own
+typed errors raised by a hook (``ConfigError`` …) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from kbit.core.device import DeviceInfo
+from kbit.core.errors import KbitError, MissingDependencyError, PluginError
+from kbit.core.method_info import MergePolicy, MethodInfo
+from kbit.core.spec import QuantizationSpec
+
+
+class Method:
+    """A usable method: its canonical name, provider, description and hook calls."""
+
+    def __init__(
+        self, name: str, distribution: str, version: str, info: MethodInfo, plugin: Any, pm: pluggy.PluginManager
+    ) -> None:
+        self.name = name
+        self.distribution = distribution
+        self.version = version
+        self.info = info
+        self._plugin = plugin
+        self._pm = pm
+
+    def __repr__(self) -> str:
+        return f"Method({self.name!r} from {self.distribution} {self.version})"
+
+    def _call(self, hook: str, **kwargs: Any) -> Any:
+        others = [p for p in self._pm.get_plugins() if p is not self._plugin]
+        caller = self._pm.subset_hook_caller(hook, others)
+        try:
+            return caller(**kwargs)
+        except KbitError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"method '{self.name}' ({self.distribution} {self.version}): hook {hook} raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _wrong_type(self, hook: str, value: Any, expected: str) -> PluginError:
+        return PluginError(
+            f"method '{self.name}' ({self.distribution} {self.version}): hook {hook} returned "
+            f"{type(value).__name__}, expected {expected}"
+        )
+
+    def implements(self, hook: str) -> bool:
+        return any(impl.plugin is self._plugin for impl in getattr(self._pm.hook, hook).get_hookimpls())
+
+    def check_requirements(self, device: DeviceInfo | None = None) -> None:
+        """Raise ``MissingDependencyError`` with the install line before any heavy work."""
+        missing = self.info.missing_requirements()
+        if missing:
+            lines = "; ".join(f"{r.module} ({r.install})" for r in missing)
+            raise MissingDependencyError(f"method '{self.name}' needs {lines}")
+        if device is not None and self.info.needs_gpu and device.kind != "cuda":
+            raise MissingDependencyError(f"method '{self.name}' needs a CUDA GPU; none is visible here")
+
+    def resolve_spec(self, options: Mapping[str, Any] | None = None, device: DeviceInfo | None = None) -> QuantizationSpec:
+        if device is None:
+            from kbit.core.device import detect_device
+
+            device = detect_device()
+        spec = self._call("resolve_spec", options=dict(options or {}), device=device)
+        if not isinstance(spec, QuantizationSpec):
+            raise self._wrong_type("resolve_spec", spec, "kbit.QuantizationSpec")
+        if spec.method != self.name:
+            raise PluginError(
+                f"method '{self.name}' ({self.distribution} {self.version}): resolve_spec returned a spec "
+                f"for method '{spec.method}'"
+            )
+        return spec
+
+    def build_quant_config(self, spec: QuantizationSpec) -> Any | None:
+        config = self._call("build_quant_config", spec=spec)
+        if config is not None:
+            from transformers.utils.quantization_config import QuantizationConfigMixin
+
+            if not isinstance(config, QuantizationConfigMixin):
+                raise self._wrong_type("build_quant_config", config, "a transformers quantization config or None")
+        return config
+
+    def prepare_model(self, model: Any, spec: QuantizationSpec) -> Any:
+        prepared = self._call("prepare_model", model=model, spec=spec)
+        import torch
+
+        if not isinstance(prepared, torch.nn.Module):
+            raise self._wrong_type("prepare_model", prepared, "a torch.nn.Module")
+        return prepared
+
+    def merge_policy(self, spec: QuantizationSpec) -> MergePolicy:
+        policy = self._call("merge_policy", spec=spec)
+        if not isinstance(policy, MergePolicy):
+            raise self._wrong_type("merge_policy", policy, "kbit.MergePolicy")
+        return policy
+
+    def quantize_model(self, model_dir: Path, spec: QuantizationSpec, calibration: list[str], output_dir: Path) -> None:
+        if not self.implements("quantize_model"):
+            raise PluginError(f"method '{self.name}' does not quantize after training (no quantize_model hook)")
+        self._call("quantize_model", model_dir=Path(model_dir), spec=spec, calibration=list(calibration), output_dir=Path(output_dir))

@@ -1,0 +1,264 @@
+"""Discovers method plugins through the ``kbit.methods`` entry points and hands out ``Method``s.
+
+Built-in methods are entry points of the ``kbit`` distribution itself: they load exactly as a
+third-party plugin does. Loading is lazy and idempotent. A plugin that fails to import, lacks a
+required hook, implements an unknown hook, describes itself wrongly or reuses a taken name is
+recorded as broken with its distribution name and version; every other method keeps working.
+
+Environment:
+- ``KBIT_PLUGINS``: comma-separated allow-list of external (non-kbit) method names to load.
+- ``KBIT_DISABLE_PLUGINS``: comma-separated method names never to load (built-in or external).
+- ``KBIT_BUILTINS_ONLY=1``: load only the methods shipped with kbit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import pluggy
+
+from kbit.core import hookspecs
+from kbit.core.errors import MissingDependencyError, PluginError, UnknownMethodError
+from kbit.core.method import Method
+from kbit.core.method_info import MethodInfo
+
+ENTRY_POINT_GROUP = "kbit.methods"
+BUILTIN_DISTRIBUTION = "kbit"
+
+READY, MISSING, BROKEN, DISABLED = "ready", "missing", "broken", "disabled"
+
+
+@attrs.frozen
+class PluginRecord:
+    """One entry point's outcome: which method it provides, from where, and whether it works."""
+
+    name: str
+    distribution: str
+    version: str
+    entry_point: str
+    status: str
+    error: str = ""
+    location: str = ""
+    info: MethodInfo | None = None
+    plugin: Any = attrs.field(default=None, repr=False, eq=False)
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+    def to_dict(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "name": self.name,
+            "aliases": list(info.aliases) if info else [],
+            "summary": info.summary if info else "",
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "entry_point": self.entry_point,
+            "location": self.location,
+            "status": self.status,
+            "error": self.error,
+            "capabilities": info.capabilities() if info else {},
+        }
+
+
+def _names(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {n.strip().lower() for n in value.split(",") if n.strip()}
+
+
+class Registry:
+    """The methods available in this environment, keyed by canonical name and alias."""
+
+    def __init__(
+        self,
+        entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._entry_points = entry_points
+        self._environ = os.environ if environ is None else environ
+        self._records: dict[str, PluginRecord] | None = None
+        self._aliases: dict[str, str] = {}
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+
+    # Discovery ---------------------------------------------------------------------------
+
+    def _discover(self) -> list[importlib.metadata.EntryPoint]:
+        eps = self._entry_points
+        if eps is None:
+            eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        unique: dict[tuple[str, str, str], importlib.metadata.EntryPoint] = {}
+        for ep in eps:
+            unique.setdefault((ep.name, _dist_name(ep), ep.value), ep)
+        # Built-ins first, so a third-party plugin can never shadow a shipped method.
+        return sorted(unique.values(), key=lambda ep: (_dist_name(ep) != BUILTIN_DISTRIBUTION, _dist_name(ep), ep.name))
+
+    def load(self) -> None:
+        """Load every permitted entry point once; later calls do nothing."""
+        if self._records is not None:
+            return
+        self._records = {}
+        allow = _names(self._environ.get("KBIT_PLUGINS"))
+        block = _names(self._environ.get("KBIT_DISABLE_PLUGINS")) or set()
+        builtins_only = self._environ.get("KBIT_BUILTINS_ONLY", "").strip().lower() in {"1", "true", "yes"}
+        for ep in self._discover():
+            dist, version = _dist_name(ep), _dist_version(ep)
+            base = dict(name=ep.name.lower(), distribution=dist, version=version, entry_point=ep.value)
+            external = dist != BUILTIN_DISTRIBUTION
+            if base["name"] in block:
+                reason = "blocked by KBIT_DISABLE_PLUGINS"
+            elif external and builtins_only:
+                reason = "external plugins off (KBIT_BUILTINS_ONLY)"
+            elif external and allow is not None and base["name"] not in allow:
+                reason = "not in KBIT_PLUGINS allow-list"
+            else:
+                reason = ""
+            if reason:
+                self._keep(PluginRecord(**base, status=DISABLED, error=reason))
+                continue
+            self._keep(self._load_one(ep, base))
+
+    def _keep(self, record: PluginRecord) -> None:
+        assert self._records is not None
+        names = [record.name] + (list(record.info.aliases) if record.info else [])
+        for name in names:
+            owner = self._owner_of(name)
+            if owner is not None and record.status not in (DISABLED,):
+                if record.plugin is not None:
+                    self._pm.unregister(record.plugin)
+                record = attrs.evolve(
+                    record,
+                    status=BROKEN,
+                    plugin=None,
+                    error=f"method name '{name}' is already provided by {owner.distribution} {owner.version}; "
+                    f"rename the entry point in {record.distribution}",
+                )
+                break
+        key = record.name if record.name not in self._records else f"{record.name}@{record.distribution}"
+        self._records[key] = record
+        if record.status in (READY, MISSING) and record.info:
+            for alias in record.info.aliases:
+                self._aliases[alias.lower()] = record.name
+
+    def _owner_of(self, name: str) -> PluginRecord | None:
+        assert self._records is not None
+        canonical = self._aliases.get(name, name)
+        record = self._records.get(canonical)
+        if record is not None and record.status in (READY, MISSING):
+            return record
+        return None
+
+    def _load_one(self, ep: importlib.metadata.EntryPoint, base: dict[str, str]) -> PluginRecord:
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must not take the host down
+            return PluginRecord(**base, status=BROKEN, error=f"import failed: {type(exc).__name__}: {exc}")
+        location = getattr(plugin, "__file__", "") or ""
+        problem = _contract_problem(self._pm, plugin)
+        if problem:
+            return PluginRecord(**base, status=BROKEN, error=problem, location=location)
+        try:
+            self._pm.register(plugin, name=f"{base['distribution']}:{base['name']}")
+        except Exception as exc:  # pluggy rejects hook signatures that do not match the specs
+            return PluginRecord(**base, status=BROKEN, error=f"invalid hook: {exc}", location=location)
+        try:
+            info = self._pm.subset_hook_caller("describe_method", self._others(plugin))()
+        except Exception as exc:
+            self._pm.unregister(plugin)
+            return PluginRecord(**base, status=BROKEN, error=f"describe_method raised {type(exc).__name__}: {exc}", location=location)
+        if not isinstance(info, MethodInfo):
+            self._pm.unregister(plugin)
+            return PluginRecord(
+                **base, status=BROKEN, location=location,
+                error=f"describe_method returned {type(info).__name__}, expected kbit.MethodInfo",
+            )
+        missing = info.missing_requirements()
+        status = MISSING if missing else READY
+        error = "; ".join(f"needs {r.module}: {r.install}" for r in missing)
+        return PluginRecord(**base, status=status, error=error, location=location, info=info, plugin=plugin)
+
+    def _others(self, plugin: Any) -> list[Any]:
+        return [p for p in self._pm.get_plugins() if p is not plugin]
+
+    # Queries -----------------------------------------------------------------------------
+
+    def records(self) -> list[PluginRecord]:
+        self.load()
+        assert self._records is not None
+        return list(self._records.values())
+
+    def names(self) -> list[str]:
+        """Canonical names and aliases of every usable (ready or missing) method."""
+        usable = [r for r in self.records() if r.status in (READY, MISSING)]
+        return sorted({r.name for r in usable} | set(self._aliases))
+
+    def get(self, name: str) -> Method:
+        """The method called ``name`` (or one of its aliases), ready to use.
+
+        Raises ``UnknownMethodError`` (with the closest names), ``PluginError`` for a broken or
+        disabled plugin, and ``MissingDependencyError`` with the install line.
+        """
+        self.load()
+        assert self._records is not None
+        key = name.strip().lower()
+        canonical = self._aliases.get(key, key)
+        record = self._records.get(canonical)
+        if record is None:
+            close = difflib.get_close_matches(key, self.names(), n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            known = ", ".join(self.names()) or "none"
+            raise UnknownMethodError(f"unknown method '{name}'{hint} (known methods: {known}; see 'kbit methods')")
+        if record.status in (BROKEN, DISABLED):
+            raise PluginError(
+                f"method '{record.name}' from {record.distribution} {record.version} is {record.status}: {record.error}"
+            )
+        if record.status == MISSING:
+            raise MissingDependencyError(f"method '{record.name}' {record.error}")
+        return Method(record.name, record.distribution, record.version, record.info, record.plugin, self._pm)
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "unknown"
+
+
+def _dist_version(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else "unknown"
+
+
+def _contract_problem(pm: pluggy.PluginManager, plugin: Any) -> str:
+    """Why ``plugin`` does not fit the hook specs, or "" when it does."""
+    marker = f"{hookspecs.PROJECT}_impl"
+    implemented = {name for name in dir(plugin) if hasattr(getattr(plugin, name, None), marker)}
+    unknown = sorted(implemented - {n for n in dir(pm.hook) if not n.startswith("_")})
+    if unknown:
+        return f"implements unknown hook(s) {', '.join(unknown)} (misspelled?)"
+    missing = [h for h in hookspecs.REQUIRED_HOOKS if h not in implemented]
+    if missing:
+        return f"lacks required hook(s) {', '.join(missing)}"
+    return ""
+
+
+_DEFAULT: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry over the installed entry points (created on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Registry()
+    return _DEFAULT
+
+
+def get_method(name: str) -> Method:
+    """Shortcut for ``default_registry().get(name)``."""
+    return default_registry().get(name)

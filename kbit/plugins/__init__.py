@@ -1,0 +1,1 @@
+"""Built-in method plugins: one module per method, registered through the ``kbit.methods`` entry points."""

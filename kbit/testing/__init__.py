@@ -1,0 +1,16 @@
+"""Public test helpers for plugin authors: the method contract suite and tiny random models.
+
+    from kbit.testing import MethodContract
+
+    class TestMyMethod(MethodContract):
+        method = "my-method"          # the name your entry point registers
+        options = {"bits": "4"}       # optional overrides used by every contract test
+
+Run it with pytest against your installed plugin. Nothing is downloaded: the tiny model is built
+from a config with random weights and a character-level tokenizer.
+"""
+
+from kbit.testing.contract import MethodContract
+from kbit.testing.tiny import TINY_CHAT_TEMPLATE, make_tiny_model
+
+__all__ = ["TINY_CHAT_TEMPLATE", "MethodContract", "make_tiny_model"]

@@ -1,0 +1,61 @@
+"""Shared fixtures: throwaway plugin distributions on a path, and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class PluginSite:
+    """A directory of real (uninstalled) distributions: modules plus ``*.dist-info`` metadata."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def add(self, dist: str, version: str, entry_points: dict[str, str], modules: tuple[str, ...] = ()) -> None:
+        for module in modules:
+            shutil.copy(FIXTURES / "plugins" / f"{module}.py", self.root / f"{module}.py")
+        info = self.root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[kbit.methods]\n{lines}")
+
+    def entry_points(self):
+        import importlib.metadata
+
+        eps = []
+        for dist in importlib.metadata.distributions(path=[str(self.root)]):
+            eps.extend(ep for ep in dist.entry_points if ep.group == "kbit.methods")
+        own = importlib.metadata.entry_points(group="kbit.methods")
+        return [*own, *eps]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KBIT_")}
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root), env.get("PYTHONPATH", "")])
+        env.update(extra)
+        return env
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PluginSite:
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    yield PluginSite(root)
+    for name in ("kbit_toy", "kbit_broken", "kbit_import_error"):
+        sys.modules.pop(name, None)
+
+
+def run_kbit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 900):
+    """Run the installed CLI in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "kbit", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+    )
