@@ -99,6 +99,71 @@ def spec_command(
     Console().print(Pretty(result))
 
 
+@app.command("train")
+def train_command(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="arith (default), openmath, squad, a .jsonl/.json/.csv/.parquet file or a hub dataset.")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for other tables: prompt=COL,completion=COL[,answer=COL].")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Quantization method (see 'kbit methods'); default qlora.")] = None,
+    option: OptionsArg = None,
+    peft: Annotated[Optional[str], typer.Option("--peft", help="Adapter type: lora, dora or vera (where the method allows).")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML file of settings; flags win over it.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-O", help="Run directory (default runs/NAME).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name tag (default derived from model, data and method).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (0 = use --epochs).")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
+    batch_size: Annotated[Optional[str], typer.Option("--batch-size", help="Micro-batch size or 'auto'.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="linear, cosine, constant, constant_with_warmup.")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
+    logging_steps: Annotated[Optional[int], typer.Option("--logging-steps")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="none, tensorboard or wandb.")] = None,
+    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Held-out items scored before/after (0 = skip).")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty run directory.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
+) -> None:
+    """Fine-tune a model with adapters on a quantized base (defaults: SmolLM2 + arithmetic + qlora)."""
+    from kbit.core.options import parse_assignments
+    from kbit.core.train.config import build_config, read_yaml
+
+    overrides = dict(
+        model=model, dataset=dataset, columns=columns, method=method, output=output, name=name,
+        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        scheduler=scheduler, max_length=max_length, seed=seed, packing=packing, logging_steps=logging_steps,
+        save_steps=save_steps, report_to=report_to, max_examples=max_examples, eval_limit=eval_limit,
+        trust_remote_code=trust_remote_code, overwrite=overwrite,
+    )
+    options = parse_assignments(option or [])
+    if peft:
+        options["peft_type"] = peft
+    overrides["options"] = options or None
+    if resume:
+        from pathlib import Path
+
+        from kbit.core.metadata import read_metadata
+
+        recorded = read_metadata(Path(resume))
+        if recorded is None:
+            from kbit.core.errors import ConfigError
+
+            raise ConfigError(f"cannot resume: {resume} is not a kbit run (no kbit.json)")
+        base = {k: v for k, v in recorded.get("config", {}).items() if v is not None}
+        settings = build_config(None, {**base, **{k: v for k, v in overrides.items() if v is not None}, "output": resume})
+    else:
+        settings = build_config(config, overrides)
+    from kbit.core.train.pipeline import run_training
+    from kbit.core.train.summary import print_summary
+
+    result = run_training(settings, resume=bool(resume))
+    print_summary(result)
+
+
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 

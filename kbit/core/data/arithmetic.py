@@ -1,0 +1,37 @@
+"""The embedded default dataset: seeded two-number arithmetic questions with a disjoint held-out split."""
+
+from __future__ import annotations
+
+import random
+
+from kbit.core.data.examples import Example, TaskData
+
+NAME = "arith"
+
+
+def _question(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    if rng.random() < 0.5:
+        return f"What is {a} + {b}?", str(a + b)
+    a, b = max(a, b), min(a, b)
+    return f"What is {a} - {b}?", str(a - b)
+
+
+def generate(train_size: int = 2000, held_out_size: int = 100, seed: int = 0) -> TaskData:
+    """Questions like "What is 37 + 45?" answered with the bare number; no question is in both splits."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    examples: list[Example] = []
+    while len(examples) < train_size + held_out_size:
+        question, answer = _question(rng)
+        if question in seen:
+            continue
+        seen.add(question)
+        examples.append(Example(prompt=[("user", question)], completion=answer, answers=[answer]))
+    return TaskData(
+        name=NAME,
+        task="arithmetic",
+        train=examples[held_out_size:],
+        held_out=examples[:held_out_size],
+        source=f"generated(seed={seed})",
+    )

@@ -1,0 +1,49 @@
+"""The normalised example every format is turned into, and a train/held-out pair of them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import attrs
+
+TASKS = ("arithmetic", "openmath", "squad", "generic")
+"""How answers are scored: numeric exact match (arithmetic, openmath), EM + token F1 (squad), loss only."""
+
+
+@attrs.frozen
+class Example:
+    """One supervised example: chat ``prompt`` messages, the target ``completion``, gold ``answers``."""
+
+    prompt: tuple[tuple[str, str], ...] = attrs.field(converter=lambda m: tuple((r, c) for r, c in m))
+    completion: str
+    answers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    def prompt_messages(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.prompt]
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt_messages(), "completion": self.completion, "answers": list(self.answers)}
+
+
+@attrs.frozen
+class TaskData:
+    """A named dataset with its task type, training examples and held-out examples."""
+
+    name: str
+    task: str = attrs.field(validator=attrs.validators.in_(TASKS))
+    train: tuple[Example, ...] = attrs.field(converter=tuple)
+    held_out: tuple[Example, ...] = attrs.field(converter=tuple)
+    source: str = ""
+
+    def fingerprint(self) -> str:
+        """sha256 over every example, train then held-out: equal data gives an equal fingerprint."""
+        digest = hashlib.sha256()
+        for example in (*self.train, "--held-out--", *self.held_out):
+            payload = example if isinstance(example, str) else json.dumps(example.to_dict(), sort_keys=True)
+            digest.update(payload.encode())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "task": self.task, "source": self.source, "train_examples": len(self.train),
+                "held_out_examples": len(self.held_out), "fingerprint": self.fingerprint()}

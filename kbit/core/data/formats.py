@@ -1,0 +1,98 @@
+"""Row formats: how a dataset row becomes an ``Example``.
+
+Known formats are detected from column names; ``--columns prompt=COL,completion=COL[,answer=COL]``
+maps any other table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kbit.core.data.examples import Example
+from kbit.core.errors import ConfigError
+
+RowConverter = Callable[[Mapping[str, Any]], Example]
+
+
+def openmath(row: Mapping[str, Any]) -> Example:
+    """OpenMathInstruct-style: ``problem``, ``generated_solution`` (or ``solution``), ``expected_answer``."""
+    solution = row.get("generated_solution") or row.get("solution") or ""
+    answer = row.get("expected_answer")
+    if answer is None:
+        boxed = re.findall(r"\\boxed\{([^{}]*)\}", str(solution))
+        answer = boxed[-1] if boxed else ""
+    return Example(prompt=[("user", str(row["problem"]))], completion=str(solution), answers=[str(answer)])
+
+
+def squad(row: Mapping[str, Any]) -> Example:
+    """SQuAD: ``context``, ``question``, ``answers`` ({"text": [...]}); the first answer is the target."""
+    answers = row["answers"]
+    texts = list(answers.get("text", [])) if isinstance(answers, Mapping) else list(answers)
+    if not texts:
+        raise ValueError("row has no answer text")
+    prompt = f"Answer with a short span from the context.\nContext: {row['context']}\nQuestion: {row['question']}"
+    return Example(prompt=[("user", prompt)], completion=str(texts[0]), answers=[str(t) for t in texts])
+
+
+def chat_messages(row: Mapping[str, Any]) -> Example:
+    """Chat rows: ``messages`` = [{"role", "content"}, …]; the last assistant turn is the target."""
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    last = messages[-1]
+    if not isinstance(last, Mapping) or last.get("role") != "assistant":
+        raise ValueError("the last message must have role 'assistant'")
+    prompt = [(str(m["role"]), str(m["content"])) for m in messages[:-1]]
+    if not prompt:
+        raise ValueError("'messages' needs at least one message before the assistant's answer")
+    return Example(prompt=prompt, completion=str(last["content"]), answers=[str(last["content"])])
+
+
+def columns(mapping: Mapping[str, str]) -> RowConverter:
+    """Rows with named prompt/completion (and optional answer) columns."""
+    def convert(row: Mapping[str, Any]) -> Example:
+        completion = str(row[mapping["completion"]])
+        answer = str(row[mapping["answer"]]) if "answer" in mapping else completion
+        return Example(prompt=[("user", str(row[mapping["prompt"]]))], completion=completion, answers=[answer])
+
+    return convert
+
+
+FORMATS: dict[str, tuple[frozenset[str], RowConverter, str]] = {
+    "messages": (frozenset({"messages"}), chat_messages, "generic"),
+    "openmath": (frozenset({"problem", "expected_answer"}), openmath, "openmath"),
+    "squad": (frozenset({"context", "question", "answers"}), squad, "squad"),
+    "prompt-completion": (frozenset({"prompt", "completion"}), columns({"prompt": "prompt", "completion": "completion"}), "generic"),
+    "question-answer": (frozenset({"question", "answer"}), columns({"prompt": "question", "completion": "answer"}), "generic"),
+}
+
+
+def parse_column_mapping(text: str) -> dict[str, str]:
+    """``"prompt=q,completion=a"`` → mapping; refuses unknown roles or a missing prompt/completion."""
+    mapping: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        role, sep, column = part.partition("=")
+        if not sep or role.strip() not in ("prompt", "completion", "answer") or not column.strip():
+            raise ConfigError(f"--columns entry '{part}' must be prompt=COL, completion=COL or answer=COL")
+        mapping[role.strip()] = column.strip()
+    if not {"prompt", "completion"} <= set(mapping):
+        raise ConfigError("--columns must map both prompt and completion, e.g. --columns prompt=question,completion=answer")
+    return mapping
+
+
+def choose_format(column_names: list[str], mapping: Mapping[str, str] | None, source: str) -> tuple[RowConverter, str]:
+    """The converter and task for a table with ``column_names`` (explicit ``mapping`` wins)."""
+    if mapping:
+        missing = [c for c in mapping.values() if c not in column_names]
+        if missing:
+            raise ConfigError(f"dataset {source} has no column(s) {', '.join(missing)}; its columns: {', '.join(column_names)}")
+        return columns(mapping), "generic"
+    for required, converter, task in FORMATS.values():
+        if required <= set(column_names):
+            return converter, task
+    raise ConfigError(
+        f"dataset {source} has no known format (columns: {', '.join(column_names) or 'none'}); "
+        "use --columns prompt=COL,completion=COL or a messages/openmath/squad layout"
+    )

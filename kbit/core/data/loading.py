@@ -1,0 +1,142 @@
+"""Load a dataset reference into ``TaskData``.
+
+A reference is ``arith`` (the embedded default), ``openmath`` or ``squad`` (their hub datasets),
+a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, or any hub dataset name.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kbit.core.data import arithmetic
+from kbit.core.data.examples import Example, TaskData
+from kbit.core.data.formats import choose_format, parse_column_mapping
+from kbit.core.errors import ConfigError
+
+DEFAULT_DATASET = arithmetic.NAME
+NAMED_HUB_DATASETS = {
+    # name: (hub id, config, train split, held-out split or None to carve one out)
+    "openmath": ("nvidia/OpenMathInstruct-2", None, "train_1M", None),
+    "squad": ("rajpurkar/squad", None, "train", "validation"),
+}
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def load_task_data(
+    reference: str | None = None,
+    *,
+    columns: str | None = None,
+    held_out_fraction: float = 0.1,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> TaskData:
+    """Resolve ``reference`` and return normalised train and held-out examples.
+
+    Raises ``ConfigError`` for a missing file, a malformed row (with its line or row number), an
+    unknown format, missing columns, an empty dataset, or an unreachable hub dataset.
+    """
+    mapping = parse_column_mapping(columns) if columns else None
+    if reference in (None, "", DEFAULT_DATASET):
+        return arithmetic.generate(train_size=min(max_examples or 2000, 2000), seed=seed)
+    path = Path(reference).expanduser()
+    if path.suffix.lower() in FILE_SUFFIXES or path.exists():
+        rows = _read_file(path)
+        return _build(path.stem, str(path), rows, None, mapping, held_out_fraction, max_examples, seed)
+    hub_id, config, train_split, held_split = NAMED_HUB_DATASETS.get(reference, (reference, None, "train", None))
+    train_rows = _read_hub(hub_id, config, train_split, max_examples)
+    held_rows = _read_hub(hub_id, config, held_split, None) if held_split else None
+    name = reference if reference in NAMED_HUB_DATASETS else reference.split("/")[-1]
+    return _build(name, f"hub:{hub_id}", train_rows, held_rows, mapping, held_out_fraction, max_examples, seed)
+
+
+def _read_file(path: Path) -> list[Mapping[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"dataset file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        # Parsed here rather than by `datasets` so a malformed row is reported with its line number.
+        rows = []
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path} line {number}: invalid JSON ({exc.msg}); fix or remove that line") from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+        return rows
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+        if isinstance(data, Mapping) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
+            raise ConfigError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
+        return data
+    if suffix in (".csv", ".parquet"):
+        import datasets
+
+        try:
+            table = datasets.load_dataset(suffix[1:], data_files=str(path), split="train")
+        except Exception as exc:
+            raise ConfigError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        return list(table)
+    raise ConfigError(f"dataset file {path} has an unknown type; use one of {', '.join(FILE_SUFFIXES)}")
+
+
+def _read_hub(hub_id: str, config: str | None, split: str, limit: int | None) -> list[Mapping[str, Any]]:
+    import datasets
+
+    try:
+        if limit:
+            stream = datasets.load_dataset(hub_id, config, split=split, streaming=True)
+            return list(stream.take(limit))
+        return list(datasets.load_dataset(hub_id, config, split=split))
+    except Exception as exc:  # offline, unknown name, missing split: one line with the fix
+        raise ConfigError(
+            f"cannot load dataset '{hub_id}' split '{split}' from the hub ({type(exc).__name__}); "
+            "check the name and network, or pass a local .jsonl/.json/.csv/.parquet file"
+        ) from None
+
+
+def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[Example]:
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            examples.append(converter(row))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ConfigError(f"{source} row {number}: {detail}") from None
+    return examples
+
+
+def _build(name, source, rows, held_rows, mapping, held_out_fraction, max_examples, seed) -> TaskData:
+    if not rows:
+        raise ConfigError(f"dataset {source} is empty")
+    converter, task = choose_format(sorted(rows[0].keys()), mapping, source)
+    if max_examples:
+        rows = rows[:max_examples]
+    examples = _convert(rows, converter, source)
+    if held_rows is not None:
+        held_out = _convert(held_rows, converter, source)
+        train = examples
+    else:
+        if not 0 < held_out_fraction < 1:
+            raise ConfigError(f"held-out fraction must be between 0 and 1, got {held_out_fraction}")
+        if len(examples) < 2:
+            raise ConfigError(f"dataset {source} has {len(examples)} example; at least 2 are needed (train + held-out)")
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        cut = max(1, int(round(len(examples) * held_out_fraction)))
+        held_out = [examples[i] for i in sorted(order[:cut])]
+        train = [examples[i] for i in sorted(order[cut:])]
+    return TaskData(name=name, task=task, train=train, held_out=held_out, source=source)

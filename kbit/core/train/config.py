@@ -1,0 +1,111 @@
+"""``TrainConfig``: every setting of a training run, from defaults, a YAML file and CLI flags.
+
+Precedence: defaults < YAML file < command-line flags. Unknown YAML keys are refused by name.
+The resolved config is saved with the run (``kbit.json``), so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core.errors import ConfigError
+from kbit.core.options import boolean, choice, integer, number
+
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+REPORT_TO = ("none", "tensorboard", "wandb")
+
+
+@attrs.frozen
+class TrainConfig:
+    """A training run's settings. Defaults train the embedded default model on the arithmetic set."""
+
+    model: str = "default"
+    dataset: str = "arith"
+    columns: str | None = None
+    method: str = "qlora"
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    output: str | None = None
+    name: str | None = None
+    max_steps: int = attrs.field(default=120, converter=integer(minimum=0))
+    epochs: float = attrs.field(default=1.0, converter=number(minimum=0))
+    batch_size: int | str = attrs.field(default=8, converter=integer(minimum=1, auto=True))
+    grad_accum: int = attrs.field(default=1, converter=integer(minimum=1))
+    lr: float = attrs.field(default=1e-3, converter=number(minimum=0))
+    scheduler: str = attrs.field(default="linear", converter=choice(*SCHEDULERS))
+    warmup_ratio: float = attrs.field(default=0.05, converter=number(minimum=0, below=1))
+    max_length: int = attrs.field(default=256, converter=integer(minimum=8))
+    seed: int = attrs.field(default=0, converter=integer(minimum=0))
+    packing: bool = attrs.field(default=False, converter=boolean)
+    logging_steps: int = attrs.field(default=10, converter=integer(minimum=1))
+    save_steps: int = attrs.field(default=40, converter=integer(minimum=1))
+    report_to: str = attrs.field(default="none", converter=choice(*REPORT_TO))
+    held_out_fraction: float = attrs.field(default=0.1, converter=number(minimum=0, below=1))
+    max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2)))
+    eval_limit: int = attrs.field(default=100, converter=integer(minimum=0))
+    max_new_tokens: int = attrs.field(default=16, converter=integer(minimum=1))
+    trust_remote_code: bool = attrs.field(default=False, converter=boolean)
+    overwrite: bool = attrs.field(default=False, converter=boolean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+FIELDS = tuple(f.name for f in attrs.fields(TrainConfig))
+
+
+def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> TrainConfig:
+    """Defaults, then the YAML ``file``, then ``overrides`` (flags; ``None`` values are ignored)."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        values.update(read_yaml(Path(file)))
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "options":
+            values["options"] = {**values.get("options", {}), **value}
+        else:
+            values[key] = value
+    try:
+        return TrainConfig(**values)
+    except ValueError as exc:
+        field = _failing_field(values)
+        raise ConfigError(f"invalid value for '{field}': {exc}") from None
+
+
+def _failing_field(values: Mapping[str, Any]) -> str:
+    for key in values:
+        try:
+            TrainConfig(**{key: values[key]})
+        except (ValueError, TypeError):
+            return key
+    return "config"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML config; refuses a missing file, bad YAML and unknown keys, naming them."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of settings, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], FIELDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"config file {path}: unknown key '{unknown[0]}'{hint}; valid keys: {', '.join(FIELDS)}")
+    if "options" in data and not isinstance(data["options"], dict):
+        raise ConfigError(f"config file {path}: 'options' must be a mapping of method options")
+    return data
