@@ -124,7 +124,11 @@ def convert_gguf(gguf: Path, name: str) -> Path:
         clean.load_state_dict(loaded.state_dict())
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # else another process converted it first
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -104,7 +104,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     if resume:
         if not (run_dir / meta.FILENAME).is_file():
             raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {meta.FILENAME})")
-    elif run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()) and not config.overwrite:
+    elif is_main_process() and run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()) and not config.overwrite:
         raise ConfigError(f"output directory {run_dir} is not empty; pass --overwrite to replace it or --resume to continue it")
     check_writable(run_dir, min_free_bytes=3 * _weights_bytes(Path(source.path)) + (64 << 20))
     return RunPlan(config, method, spec, device, data, source, tokenizer, batch_size, sizing, name, run_dir, resume)
@@ -298,11 +298,12 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
     trainer = _trainer(plan, model)
     checkpoint = _last_checkpoint(plan.run_dir / CHECKPOINTS) if plan.resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
+    digests = _adapter_digests(trainer.model)
     if not trainer.is_world_process_zero():
         return
     history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
     record["train"].update(steps=trainer.state.global_step, world_size=trainer.args.world_size,
-                           resumed_from=checkpoint and Path(checkpoint).name)
+                           resumed_from=checkpoint and Path(checkpoint).name, rank_adapter_digests=digests)
     record["loss_history"] = history
     peft_model = trainer.model
     adapter_dir = plan.run_dir / "adapter"
@@ -332,6 +333,25 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
     write_model_card(plan.run_dir / "README.md", record)
     record["artifacts"]["model_card"] = "README.md"
     meta.write_metadata(plan.run_dir, record)
+
+
+def _adapter_digests(model: Any) -> list[str]:
+    """sha256 of the trained adapter weights on every rank (gathered to all ranks under DDP)."""
+    import hashlib
+
+    import torch.distributed as dist
+    from peft import get_peft_model_state_dict
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(get_peft_model_state_dict(model).items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    mine = digest.hexdigest()[:16]
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
 
 
 def _last_checkpoint(folder: Path) -> str | None:

@@ -1,0 +1,162 @@
+"""End-to-end training on a tiny random model through the real CLI and the method hooks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from kbit.core.metadata import read_metadata, spec_of
+from kbit.testing import make_tiny_model
+from tests.conftest import run_kbit
+
+TRAIN = ("--max-steps", "3", "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--eval-limit", "4",
+         "--logging-steps", "1", "--save-steps", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def qlora_run(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "qlora"
+    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), *TRAIN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_run_directory_has_every_output(qlora_run):
+    out, result = qlora_run
+    for name in ("adapter", "merged", "kbit.json", "README.md", "loss.png"):
+        assert (out / name).exists(), name
+    assert not (out / ".kbit.lock").exists()
+    assert "held-out exact match" in result.stdout and str(out) in result.stdout
+
+
+def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
+    out, _ = qlora_run
+    record = read_metadata(out)
+    assert record["status"] == "finished" and record["error"] is None
+    spec = spec_of(record, out)
+    assert spec.method == "qlora" and spec.extras["adapter"]["r"] == 4
+    assert [h["step"] for h in record["loss_history"]] == [1, 2, 3]
+    for key in ("base_model", "dataset", "versions", "merge_policy", "wall_time_s", "peak_memory_bytes", "config"):
+        assert record[key], key
+    assert record["dataset"]["fingerprint"] and record["base_model"]["revision"]
+    assert record["versions"]["transformers"]
+
+
+def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from kbit.core.registry import get_method
+
+    out, _ = qlora_run
+    record = read_metadata(out)
+    assert record["merge"]["max_abs_logit_diff"] < 1e-2
+    assert record["merge"]["top1_agreement"] == 1.0
+    spec = spec_of(record, out)
+    method = get_method(record["method"])
+    base = AutoModelForCausalLM.from_pretrained(record["base_model"]["path"], quantization_config=method.build_quant_config(spec), dtype=torch.float32)
+    adapter_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    ids = torch.tensor([[5, 20, 30, 40, 50, 60, 70]])
+    with torch.no_grad():
+        diff = (adapter_model(input_ids=ids).logits - merged(input_ids=ids).logits).abs().max().item()
+    assert diff < 1e-2
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_model_card_has_front_matter(qlora_run):
+    card = (qlora_run[0] / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ")
+    assert "library_name: peft" in card and "- qlora" in card
+
+
+def test_third_party_method_trains_through_the_hooks(plugin_site, tiny_model, tmp_path):
+    plugin_site.add("kbit-toy", "1.0", {"toy": "kbit_toy"}, modules=("kbit_toy",))
+    out = tmp_path / "toy"
+    result = run_kbit("train", "--method", "toy", "--model", str(tiny_model), "--output", str(out), *TRAIN,
+                      env=plugin_site.env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "kbit.json").read_text())
+    assert record["method"] == "toy" and record["merge"]["base"] == "original"
+
+
+def test_yaml_config_with_flags_winning(tiny_model, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_model}\nmax_steps: 1\nbatch_size: 2\nmax_examples: 20\neval_limit: 0\n"
+                      "options:\n  r: 2\n  merge_after_train: false\n")
+    out = tmp_path / "yaml-run"
+    result = run_kbit("train", "--config", str(config), "-o", "r=3", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_metadata(out)
+    assert record["spec"]["extras"]["adapter"]["r"] == 3
+    assert record["config"]["max_steps"] == 1
+    assert record["merge"]["action"] == "keep_adapter" and not (out / "merged").exists()
+
+
+def test_auto_rank_and_batch_are_chosen_and_recorded(tiny_model, tmp_path):
+    out = tmp_path / "auto"
+    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), "--max-steps", "1",
+                      "-o", "r=auto", "--batch-size", "auto", "--max-examples", "20", "--eval-limit", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_metadata(out)
+    assert record["spec"]["extras"]["adapter"]["r"] == 8  # hidden 64 → floor of the [8, 64] range
+    assert record["train"]["batch_size"] == 16 and "batch=16" in record["sizing"]["batch_size"]
+    assert "auto sizing" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--model", "/nonexistent/model"), "does not exist"),
+    (("--dataset", "no_such_local_dataset_xyz"), "cannot load dataset"),
+    (("--dataset", "{jsonl}", "--columns", "prompt=q,completion=missing"), "no column(s) missing"),
+    (("--dataset", "{empty}"), "is empty"),
+    (("--max-length", "10"), "max length 10 is too short"),
+    (("-o", "bogus=1"), "unknown option 'bogus'"),
+    (("--output", "{nonempty}"), "is not empty"),
+    (("--method", "qlroa"), "did you mean qlora"),
+    (("--lr", "-1"), "'lr'"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_model, tmp_path, args, message):
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text('{"q": "1+1", "a": "2"}\n{"q": "2+2", "a": "4"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    nonempty = tmp_path / "taken"
+    nonempty.mkdir()
+    (nonempty / "file.txt").write_text("mine")
+    paths = {"jsonl": jsonl, "empty": empty, "nonempty": nonempty}
+    args = [a.format(**paths) for a in args]
+    if "--output" not in args:
+        args += ["--output", str(tmp_path / "out")]
+    result = run_kbit("train", "--model", str(tiny_model), "--max-steps", "1", *args,
+                      env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("kbit: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in nonempty.iterdir()] == ["file.txt"]
+
+
+def test_two_processes_under_torchrun_train_the_same_adapter(tiny_model, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not installed")
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kbit", "train", "--model", str(tiny_model),
+         "--output", str(out), *TRAIN],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_metadata(out)
+    digests = record["train"]["rank_adapter_digests"]
+    assert record["train"]["world_size"] == 2 and len(digests) == 2 and digests[0] == digests[1]
+    assert result.stdout.count("held-out exact match") == 1  # only rank 0 reports and writes
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "adapter", "checkpoints", "kbit.json", "loss.png", "merged"])
