@@ -164,6 +164,42 @@ def train_command(
     print_summary(result)
 
 
+@app.command("eval")
+def eval_command(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Run directories (kbit.json) or model directories; default: the latest run under ./runs.")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Also evaluate a base model: directory, .gguf, hub id or 'default' (repeatable).")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option("--variant", help="base, adapter, merged or quantized (repeatable; default: all present).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Also evaluate each base loaded through this method's quantization config.")] = None,
+    option: OptionsArg = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on this dataset instead of each run's own.")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for --dataset: prompt=COL,completion=COL[,answer=COL].")] = None,
+    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Read at most N rows of --dataset.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items per model (default 100).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generated tokens per answer (default 16).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per forward/generate batch (default 8).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Data split seed (default: each run's seed, else 0).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP); replaced if it exists.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from plain model repositories.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
+) -> None:
+    """Evaluate runs and models on held-out data: loss, perplexity, task scores, memory, bits/weight, speed."""
+    from kbit.core.evaluate.pipeline import build_eval_config, run_eval
+    from kbit.core.evaluate.report import print_table
+    from kbit.core.options import parse_assignments
+
+    settings = build_eval_config(
+        paths=paths or None, models=model or None, variants=variant or None, method=method,
+        options=parse_assignments(option or []), dataset=dataset, columns=columns, max_examples=max_examples,
+        seed=seed, trust_remote_code=trust_remote_code, limit=limit, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, out=out,
+    )
+    result = run_eval(settings)
+    if as_json:
+        typer.echo(json.dumps({"out_dir": str(result.out_dir), **_jsonable(result.report)}, indent=2))
+        return
+    print_table(result.report, result.out_dir)
+
+
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 

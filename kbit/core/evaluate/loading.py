@@ -1,0 +1,338 @@
+"""What ``kbit eval`` evaluates, and loading each model the way its metadata says.
+
+A target is a run directory (``kbit.json`` + ``adapter/``, ``merged/``, ``quantized/``), a directory
+with ``kbit.json`` of kind "quantized", a plain Hugging Face model directory, or a model reference
+(``--model``: ``default``, a ``.gguf`` file, a hub id). Each target expands into ``Candidate``s, one
+per variant:
+
+- ``base``: the plain model as stored (a run's base is ``kbit.json`` → ``base_model.path``); with
+  ``--method`` also the same base loaded through that method's quantization config;
+- ``adapter``: the run's base loaded with its method's quant config, then ``PeftModel`` on top;
+- ``merged`` / ``quantized``: the run's merged or post-training-quantized model, loaded plainly.
+
+Planning reads only metadata and configs, so bad input fails before any model is loaded. A
+variant that was asked for but is not there becomes a ``Gap``, not an error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core import metadata as meta
+from kbit.core.device import DeviceInfo
+from kbit.core.errors import ConfigError
+from kbit.core.models import ModelSource, resolve_model
+from kbit.core.spec import QuantizationSpec
+
+VARIANTS = ("base", "adapter", "merged", "quantized")
+RUNS_ROOT = Path("runs")
+
+
+@attrs.frozen
+class DataRequest:
+    """The arguments of ``load_task_data`` that pick a held-out split; equal requests share data."""
+
+    dataset: str = "arith"
+    columns: str | None = None
+    held_out_fraction: float = 0.1
+    max_examples: int | None = None
+    seed: int = 0
+
+
+@attrs.frozen
+class Candidate:
+    """One model to evaluate and how to load it.
+
+    ``method``/``spec`` are set when the model is loaded through a method's quant config (an adapter's
+    base, or ``--method`` on a base); ``produced_by`` names the method that made a merged/quantized model.
+    """
+
+    label: str
+    variant: str = attrs.field(validator=attrs.validators.in_(VARIANTS))
+    path: str
+    source: str
+    tokenizer_path: str
+    data: DataRequest
+    base_path: str | None = None
+    method: str | None = None
+    spec: QuantizationSpec | None = attrs.field(default=None, eq=False)
+    produced_by: str | None = None
+    trust_remote_code: bool = False
+
+    @property
+    def display_variant(self) -> str:
+        """``base+qlora`` for a base quantized on load; otherwise the variant itself."""
+        return f"{self.variant}+{self.method}" if self.variant == "base" and self.method else self.variant
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.path, self.variant, self.method, self.data)
+
+
+@attrs.frozen
+class Gap:
+    """A variant that was asked for but could not be evaluated, and why."""
+
+    label: str
+    variant: str
+    source: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class Selection:
+    """What the user asked for, as far as planning needs it."""
+
+    paths: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+    method: str | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    dataset: str | None = None
+    columns: str | None = None
+    max_examples: int | None = None
+    seed: int | None = None
+    trust_remote_code: bool = False
+
+
+def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown --variant '{unknown[0]}'; choose from {', '.join(VARIANTS)}")
+    return tuple(dict.fromkeys(variants))
+
+
+def latest_run(root: Path = RUNS_ROOT) -> Path:
+    """The run under ``root`` whose ``kbit.json`` was written last."""
+    found = [p for p in Path(root).glob(f"*/{meta.FILENAME}") if p.is_file()]
+    if not found:
+        raise ConfigError(f"no runs under ./{root} (no */{meta.FILENAME}); pass a run directory or --model MODEL")
+    return max(found, key=lambda p: p.stat().st_mtime).parent
+
+
+def plan_candidates(selection: Selection, device: DeviceInfo) -> tuple[list[Candidate], list[Gap]]:
+    """Expand the selection into candidates (deduplicated, in order) and gaps; reads no weights."""
+    explicit = bool(selection.variants)
+    wanted = selection.variants or VARIANTS
+    paths = list(selection.paths)
+    if not paths and not selection.models:
+        paths = [str(latest_run())]
+    method_spec = _method_spec(selection, device) if selection.method else None
+    candidates: list[Candidate] = []
+    gaps: list[Gap] = []
+    for raw in paths:
+        found, missing = _plan_path(Path(raw).expanduser(), selection, wanted, explicit, method_spec)
+        candidates += found
+        gaps += missing
+    for reference in selection.models:
+        source = resolve_model(reference, trust_remote_code=selection.trust_remote_code)
+        data = _data_request(selection, None)
+        if "base" in wanted:
+            candidates += _base_candidates(source.name, source.path, reference, data, selection.trust_remote_code, method_spec)
+        elif explicit:
+            gaps += [Gap(source.name, v, reference, "a plain model has only the base variant") for v in wanted]
+    seen: set[tuple[Any, ...]] = set()
+    unique = [c for c in candidates if not (c.key() in seen or seen.add(c.key()))]
+    if not unique:
+        detail = "; ".join(f"{g.label} {g.variant}: {g.reason}" for g in gaps) or "no variant selected"
+        raise ConfigError(f"nothing to evaluate ({detail})")
+    return unique, gaps
+
+
+def _method_spec(selection: Selection, device: DeviceInfo) -> tuple[str, QuantizationSpec]:
+    from kbit.core.registry import get_method
+
+    method = get_method(selection.method)
+    method.check_requirements(device)
+    return method.name, method.resolve_spec(selection.options, device)
+
+
+def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit: bool,
+               method_spec: tuple[str, QuantizationSpec] | None) -> tuple[list[Candidate], list[Gap]]:
+    if path.is_file() and path.suffix == ".gguf":
+        source = resolve_model(str(path))
+        base = _base_candidates(source.name, source.path, str(path), _data_request(selection, None),
+                                selection.trust_remote_code, method_spec)
+        return (base if "base" in wanted else []), []
+    if not path.is_dir():
+        raise ConfigError(f"{path} does not exist; pass a kbit run directory or a model directory")
+    record = meta.read_metadata(path)
+    if record is None:
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path} is neither a kbit run (no {meta.FILENAME}) nor a model directory (no config.json)")
+        data = _data_request(selection, None)
+        if "base" not in wanted:
+            gaps = [Gap(path.name, v, str(path), "a plain model directory has only the base variant") for v in wanted] if explicit else []
+            return [], gaps
+        return _base_candidates(path.resolve().name, str(path.resolve()), str(path), data, selection.trust_remote_code, method_spec), []
+    if record.get("kind") == "quantized":
+        return _plan_quantized_dir(path, record, selection, wanted, explicit)
+    return _plan_run(path, record, selection, wanted, explicit, method_spec)
+
+
+def _plan_run(run: Path, record: dict[str, Any], selection: Selection, wanted: Sequence[str], explicit: bool,
+              method_spec: tuple[str, QuantizationSpec] | None) -> tuple[list[Candidate], list[Gap]]:
+    label = str(record.get("name") or run.name)
+    data = _data_request(selection, record)
+    trust = bool(record.get("trust_remote_code", False))
+    candidates: list[Candidate] = []
+    gaps: list[Gap] = []
+    base_path: str | None = None
+    if "base" in wanted or "adapter" in wanted:
+        base_path = _run_base_path(run, record)
+    if "base" in wanted:
+        base = record.get("base_model", {})
+        candidates += _base_candidates(str(base.get("name") or Path(base_path).name), base_path, str(run), data, trust, method_spec)
+    for variant in ("adapter", "merged", "quantized"):
+        if variant not in wanted:
+            continue
+        directory = _artifact_dir(run, record, variant)
+        marker = "adapter_config.json" if variant == "adapter" else "config.json"
+        if directory is None or not (directory / marker).is_file():
+            if explicit:
+                status = record.get("status", "unknown")
+                gaps.append(Gap(label, variant, str(run), f"the run has no {variant}/ artifact (run status: {status})"))
+            continue
+        tokenizer = str(directory) if (directory / "tokenizer_config.json").is_file() else (base_path or _run_base_path(run, record))
+        if variant == "adapter":
+            from kbit.core.registry import get_method
+
+            method = get_method(str(record.get("method")))
+            spec = meta.spec_of(record, run)
+            candidates.append(Candidate(label, "adapter", str(directory), str(run), tokenizer, data, base_path=base_path,
+                                        method=method.name, spec=spec, trust_remote_code=trust))
+        else:
+            produced = record.get("method") if variant == "merged" else _quantized_method(directory, record)
+            candidates.append(Candidate(label, variant, str(directory), str(run), tokenizer, data,
+                                        produced_by=produced, trust_remote_code=trust))
+    return candidates, gaps
+
+
+def _plan_quantized_dir(path: Path, record: dict[str, Any], selection: Selection, wanted: Sequence[str],
+                        explicit: bool) -> tuple[list[Candidate], list[Gap]]:
+    label = str(record.get("name") or path.name)
+    if "quantized" not in wanted:
+        return [], ([Gap(label, v, str(path), "a quantized model directory has only the quantized variant") for v in wanted] if explicit else [])
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path} has a {meta.FILENAME} of kind 'quantized' but no config.json; rerun the quantize step")
+    return [Candidate(label, "quantized", str(path), str(path), str(path), _data_request(selection, record),
+                      produced_by=record.get("method"), trust_remote_code=bool(record.get("trust_remote_code", False)))], []
+
+
+def _base_candidates(label: str, path: str, source: str, data: DataRequest, trust: bool,
+                     method_spec: tuple[str, QuantizationSpec] | None) -> list[Candidate]:
+    found = [Candidate(label, "base", path, source, path, data, trust_remote_code=trust)]
+    if method_spec is not None:
+        name, spec = method_spec
+        found.append(Candidate(label, "base", path, source, path, data, base_path=path, method=name, spec=spec,
+                               trust_remote_code=trust))
+    return found
+
+
+def _run_base_path(run: Path, record: dict[str, Any]) -> str:
+    base = record.get("base_model")
+    if not isinstance(base, Mapping) or not base.get("path"):
+        raise ConfigError(f"{run / meta.FILENAME} has no base_model.path; it is incomplete")
+    path = Path(str(base["path"]))
+    if (path / "config.json").is_file():
+        return str(path)
+    if base.get("origin") in ("default", "gguf", "hub"):
+        # A cached conversion or download that is gone: resolve the recorded reference again.
+        reference = record.get("config", {}).get("model") if base.get("origin") != "default" else None
+        return resolve_model(reference).path
+    raise ConfigError(f"base model {path} of run {run} is missing; restore it or evaluate the merged model only (--variant merged)")
+
+
+def _artifact_dir(run: Path, record: dict[str, Any], variant: str) -> Path | None:
+    recorded = record.get("artifacts", {}).get(variant) if isinstance(record.get("artifacts"), Mapping) else None
+    if isinstance(recorded, Mapping):
+        recorded = recorded.get("path")
+    directory = run / (recorded if isinstance(recorded, str) and recorded else variant)
+    return directory if directory.is_dir() else None
+
+
+def _quantized_method(directory: Path, record: dict[str, Any]) -> str | None:
+    inner = meta.read_metadata(directory)
+    if inner and inner.get("method"):
+        return str(inner["method"])
+    quantize = record.get("quantize")
+    return str(quantize["method"]) if isinstance(quantize, Mapping) and quantize.get("method") else None
+
+
+def _data_request(selection: Selection, record: dict[str, Any] | None) -> DataRequest:
+    config = (record or {}).get("config") or {}
+    seed = selection.seed if selection.seed is not None else int(config.get("seed") or 0)
+    if selection.dataset:
+        return DataRequest(selection.dataset, selection.columns, float(config.get("held_out_fraction") or 0.1),
+                           selection.max_examples, seed)
+    dataset = config.get("dataset") or (record or {}).get("dataset", {}).get("name") or "arith"
+    return DataRequest(
+        dataset=str(dataset),
+        columns=config.get("columns") if record else selection.columns,
+        held_out_fraction=float(config.get("held_out_fraction") or 0.1),
+        max_examples=config.get("max_examples") if record else selection.max_examples,
+        seed=seed,
+    )
+
+
+# Loading -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Loaded:
+    model: Any
+    tokenizer: Any
+    load_s: float
+
+
+def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
+    """Load ``candidate``'s model (eval mode, on ``device``) and tokenizer."""
+    from kbit.core.models import load_causal_lm, load_tokenizer
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(ModelSource(path=candidate.tokenizer_path, name=candidate.label, origin="local"),
+                               trust_remote_code=candidate.trust_remote_code)
+    device_map = {"": 0} if device.kind == "cuda" else None
+    if candidate.spec is not None:
+        from kbit.core.registry import get_method
+
+        method = get_method(candidate.method)
+        quant_config = method.build_quant_config(candidate.spec)
+        compute = candidate.spec.extras.get("compute_dtype", "float32")
+        base_path = candidate.base_path or candidate.path
+        model = load_causal_lm(base_path, quant_config=quant_config, dtype=compute,
+                               trust_remote_code=candidate.trust_remote_code, device_map=device_map)
+        if candidate.variant == "adapter":
+            from peft import PeftModel
+
+            try:
+                model = PeftModel.from_pretrained(model, candidate.path)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise ConfigError(f"cannot load the adapter in {candidate.path}: {_first_line(exc)}") from None
+    else:
+        model = load_plain(candidate.path, trust_remote_code=candidate.trust_remote_code, device_map=device_map)
+    model.eval()
+    return Loaded(model, tokenizer, time.perf_counter() - started)
+
+
+def load_plain(path: str, *, trust_remote_code: bool = False, device_map: Any = None) -> Any:
+    """A model directory as stored: its own dtype and, if any, its own quantization config."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=trust_remote_code,
+                                                    use_safetensors=True, device_map=device_map)
+    except (OSError, ValueError, ImportError) as exc:
+        raise ConfigError(f"cannot load model from {path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,205 @@
+"""``kbit eval``: evaluate runs and models on held-out data and write a comparison report.
+
+plan candidates (metadata only) → load every held-out split → for each candidate, one at a time:
+load as its metadata says, completion loss, greedy answers and task scores, memory and bits per
+weight → report folder (json, markdown, plot, predictions), written atomically. All input checks
+happen before the first model is loaded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core import metadata as meta
+from kbit.core.data import TaskData, load_task_data
+from kbit.core.device import DeviceInfo, detect_device
+from kbit.core.errors import ConfigError
+from kbit.core.evaluate.generation import generate_answers
+from kbit.core.evaluate.loading import Candidate, DataRequest, Selection, check_variants, load_candidate, plan_candidates
+from kbit.core.evaluate.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
+from kbit.core.evaluate.report import write_report
+from kbit.core.options import integer
+
+log = logging.getLogger("kbit")
+REPORTS_ROOT = Path("reports")
+
+
+@attrs.frozen
+class EvalConfig:
+    """Settings of one ``kbit eval``: what to evaluate (``selection``) and how much of it."""
+
+    selection: Selection = attrs.field(factory=Selection)
+    limit: int = attrs.field(default=100, converter=integer(minimum=1))
+    max_new_tokens: int = attrs.field(default=16, converter=integer(minimum=1))
+    batch_size: int = attrs.field(default=8, converter=integer(minimum=1))
+    out: str | None = None
+
+
+@attrs.frozen
+class EvalResult:
+    out_dir: Path
+    report: dict[str, Any]
+
+
+def build_eval_config(**values: Any) -> EvalConfig:
+    """An ``EvalConfig`` from CLI-style values (``None`` = default); invalid values raise ConfigError."""
+    selection_fields = {f.name for f in attrs.fields(Selection)}
+    chosen = {k: v for k, v in values.items() if v is not None}
+    selection = {k: v for k, v in chosen.items() if k in selection_fields}
+    if "variants" in selection:
+        selection["variants"] = check_variants(selection["variants"])
+    for key in ("paths", "models"):
+        if key in selection:
+            selection[key] = tuple(selection[key])
+    for key, minimum in (("max_examples", 2), ("seed", 0)):
+        if key in selection:
+            selection[key] = _checked(key, selection[key], minimum)
+    rest = {k: v for k, v in chosen.items() if k not in selection_fields}
+    try:
+        return EvalConfig(selection=Selection(**selection), **rest)
+    except ValueError as exc:
+        field = next((k for k in rest if k != "out"), "setting")
+        raise ConfigError(f"invalid value for '{field}': {exc}") from None
+
+
+def _checked(name: str, value: Any, minimum: int) -> int:
+    try:
+        return integer(minimum=minimum)(value)
+    except ValueError as exc:
+        raise ConfigError(f"invalid value for '{name}': {exc}") from None
+
+
+def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult:
+    """Evaluate every planned candidate and write the report; returns its folder and content."""
+    device = device or detect_device()
+    candidates, gaps = plan_candidates(config.selection, device)
+    datasets = {request: _held_out(request, config.limit) for request in dict.fromkeys(c.data for c in candidates)}
+    rows: list[dict[str, Any]] = []
+    predictions: list[dict[str, Any]] = []
+    for candidate in candidates:
+        data, items = datasets[candidate.data]
+        log.info("evaluating %s (%s) on %d %s items", candidate.label, candidate.display_variant, len(items), data.name)
+        row, predicted = evaluate_candidate(candidate, data, items, config, device)
+        rows.append(row)
+        predictions += predicted
+    report = {
+        "kind": "eval",
+        "created": meta.now(),
+        "settings": {
+            "limit": config.limit,
+            "max_new_tokens": config.max_new_tokens,
+            "batch_size": config.batch_size,
+            "seed": config.selection.seed if config.selection.seed is not None else "per run (default 0)",
+            "variants": list(config.selection.variants) or "all present",
+            "method": config.selection.method,
+            "method_options": dict(config.selection.options),
+            "dataset_override": config.selection.dataset,
+        },
+        "device": attrs.asdict(device),
+        "datasets": [{**data.describe(), "request": attrs.asdict(request), "evaluated_items": len(items)}
+                     for request, (data, items) in datasets.items()],
+        "rows": rows,
+        "gaps": [g.to_dict() for g in gaps],
+        "versions": meta.package_versions(),
+    }
+    out_dir = Path(config.out) if config.out else default_out_dir(candidates)
+    write_report(out_dir, report, predictions)
+    return EvalResult(out_dir, report)
+
+
+def default_out_dir(candidates: list[Candidate]) -> Path:
+    labels = list(dict.fromkeys(c.label for c in candidates))
+    name = labels[0] if len(labels) == 1 else "eval"
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return REPORTS_ROOT / f"{re.sub(r'[^A-Za-z0-9._+-]', '-', name)}-{stamp}"
+
+
+def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
+    data = load_task_data(request.dataset, columns=request.columns, held_out_fraction=request.held_out_fraction,
+                          max_examples=request.max_examples, seed=request.seed)
+    items = list(data.held_out[:limit])
+    if not items:
+        raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")
+    empty = next((i for i, e in enumerate(items) if not e.completion.strip()), None)
+    if empty is not None:
+        raise ConfigError(f"dataset {data.source} held-out example {empty + 1} has an empty completion; "
+                          "check --columns (completion=COL must name the answer column)")
+    return data, items
+
+
+def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig,
+                       device: DeviceInfo) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Load ``candidate`` and measure it on ``items``: the report row and its per-example predictions."""
+    from transformers import set_seed
+
+    set_seed(candidate.data.seed)
+    loaded = load_candidate(candidate, device)
+    model, tokenizer, load_s = loaded.model, loaded.tokenizer, loaded.load_s
+    try:
+        generate_answers(model, tokenizer, items[:1], max_new_tokens=2)  # warm-up, so speed is comparable
+        started = time.perf_counter()
+        loss = completion_loss(model, tokenizer, items, batch_size=config.batch_size)
+        answers, speed = generate_answers(model, tokenizer, items, max_new_tokens=config.max_new_tokens,
+                                          batch_size=config.batch_size)
+        per_example, means = task_scores(data.task, answers, items)
+        footprint = memory_footprint(model)
+        bits = linear_weight_bits(model)
+        elapsed = time.perf_counter() - started
+    finally:
+        del model, loaded
+        _release(device)
+    row = {
+        "model": candidate.label,
+        "variant": candidate.display_variant,
+        "method": candidate.method or candidate.produced_by,
+        "source": candidate.source,
+        "path": candidate.path,
+        "dataset": data.name,
+        "task": data.task,
+        "items": len(items),
+        "loss": loss["loss"],
+        "perplexity": loss["perplexity"],
+        "loss_tokens": loss["tokens"],
+        **means,
+        "memory_bytes": footprint,
+        "bits_per_weight": bits["bits_per_weight"],
+        "linear_weights": bits["linear_weights"],
+        "tokens_per_s": speed,
+        "load_s": round(load_s, 2),
+        "eval_s": round(elapsed, 2),
+    }
+    predicted = [
+        {
+            "model": candidate.label,
+            "variant": candidate.display_variant,
+            "index": i,
+            "prompt": _prompt_text(example),
+            "prediction": answer,
+            "gold": example.answers[0] if example.answers else example.completion,
+            "answers": list(example.answers),
+            "scores": scores,
+            "loss": per_loss,
+        }
+        for i, (example, answer, scores, per_loss) in enumerate(zip(items, answers, per_example, loss["per_example"]))
+    ]
+    return row, predicted
+
+
+def _prompt_text(example: Any) -> str:
+    return "\n".join(content for _, content in example.prompt)
+
+
+def _release(device: DeviceInfo) -> None:
+    gc.collect()
+    if device.kind == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()

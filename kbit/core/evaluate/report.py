@@ -1,0 +1,184 @@
+"""The evaluation report: ``report.json``, ``report.md``, ``report.png`` and ``predictions.jsonl``.
+
+One row per model/variant and one column per metric; the best value of each column is marked
+(lowest loss, perplexity, memory and bits; highest scores and speed). Gaps — variants asked for
+but not evaluated — are listed under the table. The folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core.rundir import atomic_directory, write_json_atomic
+
+SCHEMA_VERSION = 1
+BEST_MARK = "*"
+
+
+@attrs.frozen
+class Column:
+    key: str
+    title: str
+    better: str  # "min" or "max"
+    unit: str = ""
+
+    def format(self, value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        if self.key in ("exact_match", "f1"):
+            return f"{100 * value:.1f}%"
+        if self.key == "memory_bytes":
+            return f"{value / 2**20:.1f} MiB"
+        if self.key == "tokens_per_s":
+            return f"{value:.1f}"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+COLUMNS = (
+    Column("loss", "loss", "min"),
+    Column("perplexity", "perplexity", "min"),
+    Column("exact_match", "exact match", "max"),
+    Column("f1", "F1", "max"),
+    Column("memory_bytes", "memory", "min"),
+    Column("bits_per_weight", "bits/weight", "min"),
+    Column("tokens_per_s", "tokens/s", "max"),
+)
+PLOTTED = ("perplexity", "exact_match", "memory_bytes", "bits_per_weight", "tokens_per_s")
+
+
+def columns_for(rows: Sequence[dict[str, Any]]) -> list[Column]:
+    """The metric columns any row has a value for (F1 only for tasks that score it)."""
+    return [c for c in COLUMNS if any(_number(r.get(c.key)) is not None for r in rows)]
+
+
+def best_rows(rows: Sequence[dict[str, Any]], column: Column) -> set[int]:
+    """Indices of the rows holding the column's best value; empty when fewer than two rows differ."""
+    values = {i: _number(r.get(column.key)) for i, r in enumerate(rows)}
+    values = {i: v for i, v in values.items() if v is not None}
+    if len(values) < 2 or len(set(values.values())) == 1:
+        return set()  # nothing to compare, or every row ties
+    target = (min if column.better == "min" else max)(values.values())
+    return {i for i, v in values.items() if v == target}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def row_name(row: dict[str, Any]) -> tuple[str, str]:
+    return row["model"], row["variant"]
+
+
+def write_report(out_dir: Path, report: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> Path:
+    """Write the four report files into ``out_dir`` atomically; returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as staging:
+        write_json_atomic(staging / "report.json", {"schema_version": SCHEMA_VERSION, **report})
+        (staging / "report.md").write_text(markdown(report), encoding="utf-8")
+        with open(staging / "predictions.jsonl", "w", encoding="utf-8") as handle:
+            for item in predictions:
+                handle.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
+        plot(staging / "report.png", report["rows"])
+    return out_dir
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    columns = columns_for(rows)
+    best = {c.key: best_rows(rows, c) for c in columns}
+    header = ["model", "variant", "method", "dataset", "items", *(c.title for c in columns)]
+    lines = [
+        f"# kbit eval — {report.get('created', '')}",
+        "",
+        f"Held-out items per model: up to {report['settings']['limit']}; greedy generation, "
+        f"max {report['settings']['max_new_tokens']} new tokens; seed {report['settings']['seed']}. "
+        f"Best value per column marked **bold{BEST_MARK}** (lowest loss/perplexity/memory/bits, highest scores/speed).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for i, row in enumerate(rows):
+        cells = [row["model"], row["variant"], row.get("method") or "", row.get("dataset", ""), str(row.get("items", ""))]
+        for column in columns:
+            text = column.format(row.get(column.key))
+            cells.append(f"**{text}{BEST_MARK}**" if i in best[column.key] else text)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    gaps = report.get("gaps", [])
+    lines += ["", "## Gaps", ""]
+    if gaps:
+        lines += [f"- {g['label']} — {g['variant']}: not evaluated; {g['reason']}" for g in gaps]
+    else:
+        lines.append("None: every requested variant was evaluated.")
+    lines += [
+        "",
+        "Loss and perplexity are over completion tokens only (prompt masked), as trained. Memory counts",
+        "parameters, buffers and quantization state as stored. Bits/weight covers the base linear layers",
+        "(output head and adapters excluded), including scales and quantization state.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Bar charts of the main metrics, one bar per model/variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [c for c in columns_for(rows) if c.key in PLOTTED] or [COLUMNS[0]]
+    labels = [f"{r['model'][:24]}\n{r['variant']}" for r in rows]
+    figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns) + 1, 3.6), dpi=100, squeeze=False)
+    for axis, column in zip(axes[0], columns):
+        values = [_number(r.get(column.key)) for r in rows]
+        scale = 100 if column.key == "exact_match" else (1 / 2**20 if column.key == "memory_bytes" else 1)
+        heights = [0.0 if v is None or math.isinf(v) else v * scale for v in values]
+        best = best_rows(rows, column)
+        colors = ["tab:green" if i in best else "tab:blue" for i in range(len(rows))]
+        axis.bar(range(len(rows)), heights, color=colors)
+        axis.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=6)
+        unit = {"exact_match": " (%)", "memory_bytes": " (MiB)"}.get(column.key, "")
+        axis.set_title(column.title + unit, fontsize=9)
+        axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
+    """The report table on the terminal (best per column in bold green), then gaps and the folder."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = report["rows"]
+    columns = columns_for(rows)
+    best = {c.key: best_rows(rows, c) for c in columns}
+    table = Table(title="kbit eval")
+    table.add_column("model", overflow="fold", min_width=12)
+    table.add_column("variant", no_wrap=True)
+    table.add_column("items", no_wrap=True, justify="right")
+    for column in columns:
+        table.add_column(column.title, no_wrap=True, justify="right")
+    for i, row in enumerate(rows):
+        cells = [escape(row["model"]), escape(row["variant"]), str(row.get("items", ""))]
+        for column in columns:
+            text = column.format(row.get(column.key))
+            cells.append(f"[bold green]{text}{BEST_MARK}[/bold green]" if i in best[column.key] else text)
+        table.add_row(*cells)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # piped output: keep rows on one line each
+    console.print(table)
+    for gap in report.get("gaps", []):
+        console.print(f"[yellow]gap[/yellow] {escape(gap['label'])} {gap['variant']}: {escape(gap['reason'])}")
+    if out_dir is not None:
+        console.print(f"[bold]report[/bold] {out_dir}")

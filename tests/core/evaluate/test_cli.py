@@ -1,0 +1,111 @@
+"""``kbit eval`` end to end, and bad input: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from kbit.core.cli import main
+from tests.conftest import run_kbit
+from tests.core.evaluate.conftest import offline_env
+
+
+def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
+    out = tmp_path / "report"
+    result = run_kbit("eval", str(tiny_run), "--limit", "3", "--max-new-tokens", "4", "--variant", "quantized",
+                      "--variant", "adapter", "--variant", "merged", "--variant", "base", "--out", str(out), env=offline_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kbit eval" in result.stdout and "bits/weight" in result.stdout and "gap" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["base", "adapter", "merged"]
+    assert [g["variant"] for g in report["gaps"]] == ["quantized"]
+    base, adapter, merged = report["rows"]
+    assert base["bits_per_weight"] == merged["bits_per_weight"] == 32
+    assert 4 < adapter["bits_per_weight"] < 5 and adapter["memory_bytes"] < base["memory_bytes"]
+    assert all(r["items"] == 3 and r["loss"] > 0 and r["tokens_per_s"] > 0 for r in report["rows"])
+    assert abs(adapter["loss"] - merged["loss"]) < 0.05  # the merge keeps what the adapter learned
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and {"prompt", "prediction", "gold", "scores"} <= set(json.loads(lines[0]))
+    assert (out / "report.md").is_file() and (out / "report.png").is_file()
+
+
+def test_reruns_are_identical(tiny_run, tmp_path, capsys):
+    outputs = []
+    for name in ("one", "two"):
+        main(["eval", str(tiny_run), "--variant", "merged", "--limit", "4", "--max-new-tokens", "4", "--out", str(tmp_path / name), "--json"])
+        outputs.append(json.loads(capsys.readouterr().out))
+    keep = ("loss", "perplexity", "exact_match", "memory_bytes", "bits_per_weight")
+    assert [{k: r[k] for k in keep} for r in outputs[0]["rows"]] == [{k: r[k] for k in keep} for r in outputs[1]["rows"]]
+    assert (tmp_path / "one" / "predictions.jsonl").read_text() == (tmp_path / "two" / "predictions.jsonl").read_text()
+
+
+def _fails(args, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kbit: error: ") and "\n" not in err, err
+    return err
+
+
+def _copy_meta(tiny_run, tmp_path, **changes):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "adapter", run / "adapter")
+    data = {**json.loads((tiny_run / "kbit.json").read_text()), **changes}
+    (run / "kbit.json").write_text(json.dumps(data))
+    return run
+
+
+def test_a_path_that_is_no_model_or_run(tmp_path, capsys):
+    assert "does not exist" in _fails(["eval", str(tmp_path / "missing")], capsys)
+    assert "neither a kbit run" in _fails(["eval", str(tmp_path)], capsys)
+
+
+def test_corrupt_and_newer_metadata(tiny_run, tmp_path, capsys):
+    run = tmp_path / "corrupt"
+    run.mkdir()
+    (run / "kbit.json").write_text("{not json")
+    assert "is corrupt" in _fails(["eval", str(run)], capsys)
+    newer = _copy_meta(tiny_run, tmp_path, schema_version=99)
+    assert "schema version 99" in _fails(["eval", str(newer)], capsys)
+
+
+def test_method_without_an_installed_plugin(tiny_run, tmp_path, capsys):
+    run = _copy_meta(tiny_run, tmp_path, method="gptq-nope")
+    assert "unknown method 'gptq-nope'" in _fails(["eval", str(run), "--variant", "adapter"], capsys)
+    assert "unknown method" in _fails(["eval", str(tiny_run), "--variant", "base", "--method", "nope"], capsys)
+
+
+def test_dataset_that_does_not_fit(tiny_run, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"foo": i, "bar": i}) + "\n" for i in range(5)))
+    assert "no known format" in _fails(["eval", str(tiny_run), "--variant", "merged", "--dataset", str(data)], capsys)
+    assert "no column(s) nope" in _fails(["eval", str(tiny_run), "--variant", "merged", "--dataset", str(data),
+                                          "--columns", "prompt=foo,completion=nope"], capsys)
+
+
+def test_bad_options(tiny_run, capsys):
+    assert "unknown --variant 'lora'" in _fails(["eval", str(tiny_run), "--variant", "lora"], capsys)
+    assert "'limit'" in _fails(["eval", str(tiny_run), "--limit", "0"], capsys)
+
+
+def test_bad_input_through_the_installed_cli(tmp_path):
+    result = run_kbit("eval", str(tmp_path / "nope"), env=offline_env())
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+
+
+@pytest.mark.slow
+def test_default_model_base_and_its_qlora_quantization(tmp_path):
+    out = tmp_path / "report"
+    result = run_kbit("eval", "--model", "default", "--method", "qlora", "--limit", "5", "--out", str(out), "--json",
+                      env=offline_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["variant"] for r in rows] == ["base", "base+qlora"]
+    base, quantized = rows
+    assert base["model"] == "SmolLM2-135M-Instruct" and base["bits_per_weight"] == 32
+    assert 4.1 < quantized["bits_per_weight"] < 4.3 and quantized["memory_bytes"] < base["memory_bytes"] / 2
+    assert all(r["items"] == 5 and 0 < r["loss"] < 20 for r in rows)
