@@ -200,6 +200,33 @@ def eval_command(
     print_table(result.report, result.out_dir)
 
 
+@app.command("quantize")
+def quantize_command(
+    path: Annotated[str, typer.Argument(help="A kbit run directory (quantizes its merged model) or a model directory.")],
+    method: Annotated[Optional[str], typer.Option("--method", help="Post-training method, e.g. gptq or awq (default: the run's method).")] = None,
+    option: OptionsArg = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-O", help="Output directory (default RUN/quantized; required for a model directory).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Calibration data (default: the run's training data, else arith).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the quantize record as JSON.")] = False,
+) -> None:
+    """Quantize a merged model after training (GPTQ, AWQ, ...) into a compressed checkpoint."""
+    import contextlib
+    from pathlib import Path
+
+    from kbit.core.options import parse_assignments
+    from kbit.core.quantize import quantize_path
+
+    with contextlib.redirect_stdout(sys.stderr):  # quantizers print progress; keep stdout for the result
+        target, record = quantize_path(Path(path), method, parse_assignments(option or []),
+                                       Path(output) if output else None, dataset)
+    if as_json:
+        typer.echo(json.dumps({"output": str(target), **_jsonable(record["quantize"])}, indent=2))
+        return
+    info = record["quantize"]
+    typer.echo(f"quantized with {info['method']} ({info['format']}) in {info['seconds']} s from "
+               f"{info['calibration_samples']} calibration texts: {target} ({info['size_bytes'] / 2**20:.1f} MiB)")
+
+
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 

@@ -5,7 +5,8 @@ specs. It is registered under its method name in the ``kbit.methods`` entry-poin
 each hook on the selected method's plugin only, so a hook never needs to check which method is meant.
 
 Required: ``describe_method``, ``resolve_spec``, ``build_quant_config``, ``prepare_model``,
-``merge_policy``. Optional: ``quantize_model`` (post-training quantization methods).
+``merge_policy``. Optional: ``prepare_inference`` (fast generation after training) and
+``quantize_model`` (post-training quantization methods).
 Hooks must not import torch at module import time; import heavy packages inside the hook.
 """
 
@@ -79,6 +80,17 @@ def merge_policy(spec: QuantizationSpec) -> MergePolicy:
 
     :return: a ``kbit.MergePolicy``: merge (into which base, in which dtype), keep the adapter
         only, or refuse, with the reason. kbit's merge step carries it out.
+    """
+
+
+@hookspec(firstresult=True)
+def prepare_inference(model: Any, spec: QuantizationSpec) -> Any:
+    """Optional: switch a trained (or loaded) model to the backend's fastest inference path.
+
+    Called after training and after the merge has been checked, before generation-heavy
+    evaluation; the model is not trained again. Use it to undo training-only settings of
+    ``prepare_model`` (e.g. re-enable inference weight repacking).
+    :return: the model to generate with.
     """
 
 

@@ -98,6 +98,13 @@ class Method:
             raise self._wrong_type("prepare_model", prepared, "a torch.nn.Module")
         return prepared
 
+    def prepare_inference(self, model: Any, spec: QuantizationSpec) -> Any:
+        """The plugin's inference-ready model, or ``model`` itself when it has no such hook."""
+        if not self.implements("prepare_inference"):
+            return model
+        result = self._call("prepare_inference", model=model, spec=spec)
+        return model if result is None else result
+
     def merge_policy(self, spec: QuantizationSpec) -> MergePolicy:
         policy = self._call("merge_policy", spec=spec)
         if not isinstance(policy, MergePolicy):

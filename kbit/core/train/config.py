@@ -46,7 +46,7 @@ class TrainConfig:
     held_out_fraction: float = attrs.field(default=0.1, converter=number(minimum=0, below=1))
     max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2)))
     eval_limit: int = attrs.field(default=100, converter=integer(minimum=0))
-    max_new_tokens: int = attrs.field(default=16, converter=integer(minimum=1))
+    max_new_tokens: int = attrs.field(default=8, converter=integer(minimum=1))
     trust_remote_code: bool = attrs.field(default=False, converter=boolean)
     overwrite: bool = attrs.field(default=False, converter=boolean)
 

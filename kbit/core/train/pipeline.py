@@ -30,6 +30,7 @@ from kbit.core.merge import logit_agreement, merged_model, save_model
 from kbit.core.method import Method
 from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer, resolve_model
 from kbit.core.naming import run_name
+from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.registry import get_method
 from kbit.core.rundir import LOCK_NAME, RunLock, atomic_directory, check_writable
 from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec
@@ -291,9 +292,6 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
     model = load_causal_lm(plan.source.path, quant_config=quant_config, dtype=compute,
                            trust_remote_code=plan.config.trust_remote_code)
     metrics: dict[str, Any] = {}
-    if main and plan.config.eval_limit and not plan.resume:
-        before = _held_out_scores(model, plan.tokenizer, plan.data, plan.config.eval_limit, plan.config.max_new_tokens)
-        metrics["before"] = before
     model = attach_adapter(plan.method.prepare_model(model, plan.spec), plan.spec)
     trainer = _trainer(plan, model)
     checkpoint = _last_checkpoint(plan.run_dir / CHECKPOINTS) if plan.resume else None
@@ -312,8 +310,6 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
         plan.tokenizer.save_pretrained(staging)
     record["artifacts"]["adapter"] = "adapter"
     peft_model.eval()
-    if plan.config.eval_limit:
-        metrics["after"] = _held_out_scores(peft_model, plan.tokenizer, plan.data, plan.config.eval_limit, plan.config.max_new_tokens)
     policy = plan.method.merge_policy(plan.spec)
     record["merge"] = {"action": policy.action, "reason": policy.reason}
     if policy.action == "merge":
@@ -323,6 +319,19 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
         record["artifacts"]["merged"] = "merged"
         record["merge"].update(base=policy.base, dtype=policy.dtype, **agreement)
         del merged
+    if plan.config.eval_limit:
+        # Scored after the merge check, on the backend's inference path. "Before" is the same
+        # quantized base with the adapter switched off, so both numbers see identical base weights.
+        generator = plan.method.prepare_inference(peft_model, plan.spec)
+        limit, new_tokens = plan.config.eval_limit, plan.config.max_new_tokens
+        with generator.disable_adapter():
+            metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
+        metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
+        if plan.method.implements("quantize_model"):
+            calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
+            record["quantize"] = quantize_into(plan.method, plan.spec, plan.run_dir / "merged", calibration,
+                                               plan.run_dir / "quantized")
+            record["artifacts"]["quantized"] = "quantized"
     metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
     metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
     record["metrics"] = metrics

@@ -1,0 +1,135 @@
+"""Post-training quantization of a full-precision model through a method's ``quantize_model`` hook.
+
+Used by ``kbit train`` (after the merge, for methods that implement the hook) and by
+``kbit quantize`` (on a finished run or a plain model directory). Calibration texts are the run's
+training examples as the model saw them: the rendered prompt followed by the completion.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kbit.core import metadata as meta
+from kbit.core.errors import ConfigError
+from kbit.core.method import Method
+from kbit.core.rundir import RunLock, atomic_directory
+from kbit.core.spec import QuantizationSpec
+
+DEFAULT_CALIBRATION_SAMPLES = 64
+
+
+def calibration_texts(tokenizer: Any, examples: Sequence[Any], spec: QuantizationSpec, method: Method) -> list[str]:
+    """The first ``spec.extras['calibration_samples']`` training examples, rendered; [] if not needed."""
+    if not method.info.needs_calibration:
+        return []
+    from kbit.core.evaluate.generation import render_prompt
+
+    count = int(spec.extras.get("calibration_samples", DEFAULT_CALIBRATION_SAMPLES))
+    return [render_prompt(tokenizer, e) + e.completion for e in list(examples)[:count]]
+
+
+def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calibration: list[str], target: Path) -> dict[str, Any]:
+    """Quantize ``model_dir`` into ``target`` atomically; returns the record kept under ``"quantize"``."""
+    started = time.time()
+    with atomic_directory(target) as staging:
+        method.quantize_model(Path(model_dir), spec, calibration, staging)
+        if not (staging / "config.json").is_file():
+            raise ConfigError(f"method '{method.name}' wrote no model into {target} (no config.json)")
+    config = json.loads((Path(target) / "config.json").read_text())
+    quant = config.get("quantization_config") or {}
+    return {
+        "method": method.name,
+        "spec": spec.to_dict(),
+        "seconds": round(time.time() - started, 1),
+        "calibration_samples": len(calibration),
+        "format": quant.get("quant_method", ""),
+        "config_groups": quant.get("config_groups", {}),
+        "size_bytes": sum(f.stat().st_size for f in Path(target).glob("*.safetensors")),
+        "source": str(model_dir),
+    }
+
+
+def _run_examples(record: Mapping[str, Any]) -> Any:
+    from kbit.core.data import load_task_data
+
+    config = record.get("config", {})
+    return load_task_data(config.get("dataset"), columns=config.get("columns"),
+                          held_out_fraction=config.get("held_out_fraction", 0.1),
+                          max_examples=config.get("max_examples"), seed=config.get("seed", 0))
+
+
+def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any], output: Path | None,
+                  dataset: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """``kbit quantize``: quantize a run's merged model (into run/quantized, updating its kbit.json)
+    or a plain model directory (into ``output``, with a kbit.json of kind "quantized").
+
+    Returns the output directory and its metadata.
+    """
+    from kbit.core.data import load_task_data
+    from kbit.core.models import ModelSource, load_tokenizer, weights_digest
+    from kbit.core.registry import get_method
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a directory; pass a kbit run or a Hugging Face model directory")
+    record = meta.read_metadata(path)
+    is_run = record is not None and record.get("kind") == "run"
+    name = method_name or (record or {}).get("method")
+    if not name:
+        raise ConfigError("pass --method (e.g. --method gptq); see 'kbit methods' for those that quantize after training")
+    method = get_method(name)
+    method.check_requirements()
+    if not method.implements("quantize_model"):
+        raise ConfigError(f"method '{method.name}' does not quantize after training; choose one whose capabilities "
+                          "list post-training quantization (see 'kbit methods')")
+    if is_run and not options and method.name == record.get("method"):
+        spec = meta.spec_of(record, path)
+    else:
+        spec = method.resolve_spec(dict(options))
+    if is_run:
+        model_dir = path / "merged"
+        if not (model_dir / "config.json").is_file():
+            raise ConfigError(f"run {path} has no merged model to quantize (its merge policy kept only the adapter)")
+        target = Path(output) if output else path / "quantized"
+        data = load_task_data(dataset) if dataset else _run_examples(record)
+    else:
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path} is neither a kbit run (kbit.json) nor a model directory (config.json)")
+        if output is None:
+            raise ConfigError("pass --output DIR for the quantized model of a plain model directory")
+        model_dir, target = path, Path(output)
+        data = load_task_data(dataset or "arith")
+    if target.resolve() == model_dir.resolve():
+        raise ConfigError(f"--output {target} is the model being quantized; choose another directory")
+    tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name=model_dir.name, origin="local"))
+    calibration = calibration_texts(tokenizer, data.train, spec, method)
+    lock = RunLock(path) if is_run else None
+    if lock:
+        lock.acquire()
+    try:
+        result = quantize_into(method, spec, model_dir, calibration, target)
+        result["dataset"] = data.describe()
+        if is_run and target == path / "quantized":
+            record.setdefault("artifacts", {})["quantized"] = "quantized"
+            record["quantize"] = result
+            meta.write_metadata(path, record)
+            return target, record
+        described = {
+            "kind": "quantized", "status": "finished", "error": None, "created": meta.now(),
+            "method": method.name,
+            "method_plugin": {"distribution": method.distribution, "version": method.version},
+            "spec": spec.to_dict(),
+            "base_model": {"path": str(model_dir.resolve()), "name": model_dir.name, "origin": "local",
+                           "revision": weights_digest(model_dir)},
+            "source_run": str(path.resolve()) if is_run else None,
+            "quantize": result, "versions": meta.package_versions(), "artifacts": {"model": "."},
+        }
+        meta.write_metadata(target, described)
+        return target, described
+    finally:
+        if lock:
+            lock.release()
