@@ -100,12 +100,13 @@ def test_bad_input_through_the_installed_cli(tmp_path):
 @pytest.mark.slow
 def test_default_model_base_and_its_qlora_quantization(tmp_path):
     out = tmp_path / "report"
-    result = run_kbit("eval", "--model", "default", "--method", "qlora", "--limit", "5", "--out", str(out), "--json",
+    result = run_kbit("eval", "--model", "default", "--method", "qlora", "--limit", "5", "--max-new-tokens", "8",
+                      "--out", str(out), "--json",
                       env=offline_env())
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(result.stdout)["rows"]
     assert [r["variant"] for r in rows] == ["base", "base+qlora"]
     base, quantized = rows
     assert base["model"] == "SmolLM2-135M-Instruct" and base["bits_per_weight"] == 32
-    assert 4.1 < quantized["bits_per_weight"] < 4.3 and quantized["memory_bytes"] < base["memory_bytes"] / 2
+    assert 4.1 < quantized["bits_per_weight"] < 4.35 and quantized["memory_bytes"] < base["memory_bytes"] / 2
     assert all(r["items"] == 5 and 0 < r["loss"] < 20 for r in rows)
