@@ -130,7 +130,7 @@ def train_command(
 ) -> None:
     """Fine-tune a model with adapters on a quantized base (defaults: SmolLM2 + arithmetic + qlora)."""
     from kbit.core.options import parse_assignments
-    from kbit.core.train.config import build_config, read_yaml
+    from kbit.core.train.config import build_config
 
     overrides = dict(
         model=model, dataset=dataset, columns=columns, method=method, output=output, name=name,

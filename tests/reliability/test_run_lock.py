@@ -2,13 +2,10 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from safetensors.torch import load_file
 
 from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit

@@ -284,7 +284,6 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
     from transformers import set_seed
 
     set_seed(plan.config.seed)
-    main = is_main_process()
     for key, reason in plan.sizing.items():
         log.warning("auto sizing: %s", reason)
     quant_config = plan.method.build_quant_config(plan.spec)
