@@ -75,6 +75,7 @@ def resolve_model(reference: str | None, trust_remote_code: bool = False) -> Mod
     if candidate.is_dir():
         if not (candidate / "config.json").is_file():
             raise ConfigError(f"{reference} is not a Hugging Face model directory (no config.json)")
+        check_weights(candidate)
         return ModelSource(path=str(candidate.resolve()), name=candidate.resolve().name, origin="local", revision=weights_digest(candidate))
     if candidate.exists() or reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ConfigError(f"model path {reference} does not exist or is not a model directory")
@@ -140,6 +141,26 @@ def convert_gguf(gguf: Path, name: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def check_weights(directory: Path) -> None:
+    """Refuse a model directory without safetensors weights or with a corrupt/truncated file.
+
+    kbit loads weights only from safetensors (never pickles), so ``*.bin`` checkpoints are refused.
+    """
+    from safetensors import safe_open
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        pickled = any(Path(directory).glob("*.bin")) or any(Path(directory).glob("*.pt"))
+        hint = " (it has pickle *.bin weights, which kbit does not load; convert them to safetensors)" if pickled else ""
+        raise ConfigError(f"model directory {directory} has no *.safetensors weights{hint}")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # SafetensorError is not exported under a stable name
+            raise ConfigError(f"model weights {file} are corrupt or truncated ({exc}); re-download or re-save them") from None
 
 
 def _file_digest(path: Path, chunk: int = 1 << 20) -> str:

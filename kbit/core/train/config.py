@@ -29,7 +29,7 @@ class TrainConfig:
     method: str = "qlora"
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     output: str | None = None
-    name: str | None = None
+    name: str | None = attrs.field(default=None)
     max_steps: int = attrs.field(default=120, converter=integer(minimum=0))
     epochs: float = attrs.field(default=1.0, converter=number(minimum=0))
     batch_size: int | str = attrs.field(default=8, converter=integer(minimum=1, auto=True))
@@ -49,6 +49,12 @@ class TrainConfig:
     max_new_tokens: int = attrs.field(default=8, converter=integer(minimum=1))
     trust_remote_code: bool = attrs.field(default=False, converter=boolean)
     overwrite: bool = attrs.field(default=False, converter=boolean)
+
+    @name.validator
+    def _plain_name(self, attribute: attrs.Attribute, value: str | None) -> None:
+        # A name becomes a directory under runs/: it must not climb out of it.
+        if value is not None and (not value or "/" in value or "\\" in value or value.startswith(".")):
+            raise ValueError(f"run name {value!r} must be a plain folder name (no '/', '\\' or leading '.')")
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -71,7 +77,7 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
             values[key] = value
     try:
         return TrainConfig(**values)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         field = _failing_field(values)
         raise ConfigError(f"invalid value for '{field}': {exc}") from None
 
