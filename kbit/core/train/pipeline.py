@@ -318,6 +318,11 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
         record["artifacts"]["merged"] = "merged"
         record["merge"].update(base=policy.base, dtype=policy.dtype, **agreement)
         del merged
+        if plan.method.implements("quantize_model"):
+            calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
+            record["quantize"] = quantize_into(plan.method, plan.spec, plan.run_dir / "merged", calibration,
+                                               plan.run_dir / "quantized")
+            record["artifacts"]["quantized"] = "quantized"
     if plan.config.eval_limit:
         # Scored after the merge check, on the backend's inference path. "Before" is the same
         # quantized base with the adapter switched off, so both numbers see identical base weights.
@@ -326,11 +331,6 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
         with generator.disable_adapter():
             metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
         metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
-        if plan.method.implements("quantize_model"):
-            calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
-            record["quantize"] = quantize_into(plan.method, plan.spec, plan.run_dir / "merged", calibration,
-                                               plan.run_dir / "quantized")
-            record["artifacts"]["quantized"] = "quantized"
     metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
     metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
     record["metrics"] = metrics

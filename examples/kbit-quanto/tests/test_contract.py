@@ -1,0 +1,27 @@
+import pytest
+
+from kbit.core.device import DeviceInfo
+from kbit.core.registry import default_registry
+from kbit.testing import MethodContract
+
+
+class TestQuantoInt8Contract(MethodContract):
+    method = "quanto-int8"
+
+
+class TestQuantoInt4DoraContract(MethodContract):
+    method = "quanto-int4"
+    options = {"peft_type": "dora", "r": "4"}
+
+
+@pytest.mark.parametrize("name, bits, action", [("quanto-int8", 8, "merge"), ("quanto-int4", 4, "keep_adapter")])
+def test_spec_and_policy(name, bits, action):
+    method = default_registry().get(name)
+    assert method.distribution == "kbit-quanto"
+    spec = method.resolve_spec({}, DeviceInfo.cpu())
+    assert (spec.weights_bits, spec.backend, spec.extras["compute_dtype"]) == (bits, "optimum-quanto", "float32")
+    assert type(method.build_quant_config(spec)).__name__ == "QuantoConfig"
+    policy = method.merge_policy(spec)
+    assert policy.action == action and "dequantize" in policy.reason
+    if action == "merge":
+        assert policy.base == "original"

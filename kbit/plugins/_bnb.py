@@ -1,0 +1,43 @@
+"""Helpers shared by the bitsandbytes methods (``qlora``, ``bnb-int8``). Not a plugin itself."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from kbit import Requirement
+
+REQUIRES = (
+    Requirement("bitsandbytes", "pip install 'bitsandbytes>=0.47'"),
+    Requirement("peft", "pip install peft"),
+)
+
+
+def _init_8bit_state_keeping_scales(self: Any) -> None:
+    # bitsandbytes' Linear8bitLt.init_8bit_state with one change: it never replaces known row
+    # scales (state.SCB) with None.
+    if self.weight.SCB is not None:
+        self.state.SCB = self.weight.SCB
+    self.state.CB = self.weight.CB
+    self.weight.CB = None
+    self.weight.SCB = None
+
+
+def keep_int8_scales_on_cpu(model: Any) -> int:
+    """Work around DoRA on 8-bit weights on a CPU (peft 0.21 + bitsandbytes 0.50); returns layers patched.
+
+    DoRA dequantizes the base weight on every forward. On a CPU, peft then re-assigns
+    ``module.weight = module.weight.to("cpu")``, which builds a fresh ``Int8Params`` whose ``CB`` is
+    set but whose row scales ``SCB`` are None (they already moved to ``module.state``). The next
+    forward's ``init_8bit_state`` copies that None over ``state.SCB`` and the matmul fails with
+    "'NoneType' object has no attribute ...". Only CPU-resident ``Linear8bitLt`` layers are patched,
+    per instance; tests/plugins/test_bnb_int8.py says when upstream no longer needs it.
+    """
+    import bitsandbytes as bnb
+
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear8bitLt) and module.weight.device.type == "cpu":
+            module.init_8bit_state = types.MethodType(_init_8bit_state_keeping_scales, module)
+            patched += 1
+    return patched

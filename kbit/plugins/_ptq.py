@@ -1,0 +1,189 @@
+"""Helpers shared by the post-training quantization methods (``gptq``, ``awq``). Not a plugin itself.
+
+Both train an adapter on the full-precision base, merge it, and then quantize the merged model with
+llm-compressor's ``oneshot`` into a compressed-tensors checkpoint that ``from_pretrained`` loads.
+They differ only in the llm-compressor modifier that does the rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kbit import ConfigError, MergePolicy, Option, OptionSchema, QuantizationSpec, Requirement
+from kbit.core.adapters import adapter_options
+from kbit.core.device import DeviceInfo
+from kbit.core.options import boolean
+from kbit.plugins._common import merge_or_keep, training_extras, training_options
+
+PEFT_TYPES = ("lora", "vera")
+GROUP_CANDIDATES = (128, 64, 32)
+REQUIRES = (
+    Requirement("llmcompressor", "pip install 'llmcompressor==0.14.0.1'"),
+    Requirement("compressed_tensors", "pip install 'compressed-tensors==0.19.0'"),
+    Requirement("peft", "pip install peft"),
+)
+
+
+def _bits(raw: Any) -> int:
+    if isinstance(raw, bool) or str(raw).strip() not in ("4", "8"):
+        raise ValueError("expected 4 or 8")
+    return int(raw)
+
+
+def _group_size(raw: Any) -> int | str:
+    if raw == "auto":
+        return "auto"
+    if isinstance(raw, bool):
+        raise ValueError("expected a positive integer or 'auto'")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a positive integer or 'auto'") from None
+    if value <= 0:
+        raise ValueError("expected a positive integer or 'auto'")
+    return value
+
+
+def _names(raw: Any) -> list[str]:
+    names = [str(n).strip() for n in raw] if isinstance(raw, (list, tuple)) else [n.strip() for n in str(raw).split(",")]
+    names = [n for n in names if n and n != "none"]
+    return names
+
+
+def _positive(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError("expected a positive integer")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a positive integer") from None
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def ptq_options(*, symmetric: bool, extra: tuple[Option, ...] = ()) -> OptionSchema:
+    """Adapter and training options plus the quantization settings both methods share."""
+    return (
+        adapter_options(r=64, lora_alpha=16, lora_dropout=0.05, peft_types=PEFT_TYPES)
+        + training_options()
+        + OptionSchema(
+            (
+                Option("bits", 4, _bits, "weight bits: 4 or 8"),
+                Option("group_size", "auto", _group_size,
+                       "weights per scale; auto = the largest of 128/64/32 dividing every quantized layer's width"),
+                Option("symmetric", symmetric, boolean,
+                       "symmetric integer grid (no zero point)"),
+                Option("ignore", ["lm_head"], _names, "comma-separated modules left unquantized ('none' for none)"),
+                Option("calibration_samples", 64, _positive, "calibration texts taken from the training data"),
+                Option("calibration_max_length", 256, _positive, "tokens per calibration text (longer ones are cut)"),
+                *extra,
+            )
+        )
+    )
+
+
+def ptq_spec(name: str, options: OptionSchema, raw: Mapping[str, Any], device: DeviceInfo,
+             extra_keys: tuple[str, ...] = ()) -> QuantizationSpec:
+    """The spec of a post-training method; ``extra_keys`` are its own options copied into extras."""
+    values = options.resolve(raw, method=name)
+    group = values["group_size"]
+    return QuantizationSpec(
+        method=name,
+        weights_bits=values["bits"],
+        activations_bits=None,
+        group_size=None if group == "auto" else group,  # 'auto' is settled against the model in quantize_model
+        symmetric=values["symmetric"],
+        backend="llm-compressor",
+        extras={
+            "scheme": f"W{values['bits']}A16",
+            "group_size": group,
+            "ignore": values["ignore"],
+            "calibration_samples": values["calibration_samples"],
+            "calibration_max_length": values["calibration_max_length"],
+            **{key: values[key] for key in extra_keys},
+            **training_extras(values, device),
+        },
+    )
+
+
+def ptq_merge_policy(spec: QuantizationSpec) -> MergePolicy:
+    policy = merge_or_keep(spec, base="original")
+    if policy.action != "merge":
+        # Without a merged model there is nothing to quantize; say so rather than silently skip.
+        return MergePolicy(action="keep_adapter", reason="merge_after_train=false: the merged model is not "
+                           "written, so it is not quantized either (run 'kbit quantize' on a merged model later)")
+    return policy
+
+
+def layer_widths(config: Any) -> dict[str, int]:
+    """in_features of the quantized Linear layers, by the config field they come from."""
+    widths = {"hidden_size": int(config.hidden_size), "intermediate_size": int(config.intermediate_size)}
+    head_dim = getattr(config, "head_dim", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if head_dim and heads and head_dim * heads != config.hidden_size:
+        widths["num_attention_heads*head_dim (o_proj input)"] = int(head_dim * heads)
+    return widths
+
+
+def resolve_group_size(requested: int | str, widths: Mapping[str, int]) -> int:
+    """The group size to quantize with; ConfigError names the layer width that does not fit."""
+    described = ", ".join(f"{k}={v}" for k, v in widths.items())
+    if requested == "auto":
+        for candidate in GROUP_CANDIDATES:
+            if all(width % candidate == 0 for width in widths.values()):
+                return candidate
+        raise ConfigError(
+            f"no group size of {'/'.join(map(str, GROUP_CANDIDATES))} divides every quantized layer width ({described}); "
+            "pass -o group_size=N with N dividing them all"
+        )
+    for field, width in widths.items():
+        if width % requested:
+            fits = [c for c in (256, *GROUP_CANDIDATES, 16) if all(w % c == 0 for w in widths.values())]
+            hint = f"; e.g. group_size={fits[0]}" if fits else ""
+            raise ConfigError(
+                f"group_size={requested} does not divide the layer width {field}={width}: every quantized Linear "
+                f"needs in_features divisible by the group size ({described}){hint}"
+            )
+    return int(requested)
+
+
+def quantize_with(recipe_factory: Callable[..., Any], model_dir: Path, spec: QuantizationSpec, calibration: list[str],
+                  output_dir: Path, context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+    """Load ``model_dir``, run llm-compressor ``oneshot`` and save compressed tensors.
+
+    ``recipe_factory(config_groups=..., ignore=...)`` returns the method's oneshot recipe.
+    """
+    from transformers import AutoConfig
+
+    if not calibration:
+        raise ConfigError(f"method '{spec.method}' needs calibration texts; none were given")
+    extras = spec.extras
+    group = resolve_group_size(extras["group_size"], layer_widths(AutoConfig.from_pretrained(model_dir)))
+
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from datasets import Dataset
+    from llmcompressor import oneshot
+
+    from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name=Path(model_dir).name, origin="local"))
+    model = load_causal_lm(str(model_dir), dtype=extras["compute_dtype"])
+    texts = list(calibration[: extras["calibration_samples"]])
+    max_length = extras["calibration_max_length"]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=False)
+    dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
+    scheme = QuantizationScheme(
+        targets=["Linear"],
+        weights=QuantizationArgs(num_bits=spec.weights_bits, type="int", symmetric=spec.symmetric,
+                                 strategy="group", group_size=group),
+    )
+    recipe = recipe_factory(config_groups={"group_0": scheme}, ignore=list(extras["ignore"]))
+    with context():
+        oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=len(texts),
+                max_seq_length=max_length, shuffle_calibration_samples=False)
+    model.save_pretrained(output_dir, save_compressed=True)
+    tokenizer.save_pretrained(output_dir)

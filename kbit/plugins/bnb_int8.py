@@ -1,0 +1,77 @@
+"""bnb-int8: an LLM.int8() bitsandbytes base (8-bit weights, outliers kept in 16 bits) with a LoRA,
+DoRA or VeRA adapter on top.
+
+After training the adapter is merged into the dequantized base (int8 weights times their row
+scales) — the weights it was trained against — not into a re-quantized int8 base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kbit import MergePolicy, MethodInfo, Option, OptionSchema, QuantizationSpec, hookimpl
+from kbit.core.adapters import adapter_options
+from kbit.core.device import DeviceInfo
+from kbit.core.options import number
+from kbit.plugins._bnb import REQUIRES, keep_int8_scales_on_cpu
+from kbit.plugins._common import merge_or_keep, prepare_for_adapter, training_extras, training_options
+
+NAME = "bnb-int8"
+PEFT_TYPES = ("lora", "dora", "vera")
+
+OPTIONS = (
+    adapter_options(r=64, lora_alpha=16, lora_dropout=0.05, peft_types=PEFT_TYPES)
+    + OptionSchema(
+        (
+            Option("threshold", 6.0, number(minimum=0),
+                   "LLM.int8 outlier threshold: input features above it stay in 16 bits (0 = none)"),
+        )
+    )
+    + training_options()
+)
+
+
+@hookimpl
+def describe_method() -> MethodInfo:
+    return MethodInfo(
+        summary="bitsandbytes LLM.int8 base (8-bit weights, fp16 outliers), LoRA/DoRA/VeRA adapter",
+        options=OPTIONS,
+        aliases=("int8", "bnb-8bit", "llm-int8"),
+        requires=REQUIRES,
+        peft_types=PEFT_TYPES,
+        quantized_training=True,
+    )
+
+
+@hookimpl
+def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
+    values = OPTIONS.resolve(options, method=NAME)
+    return QuantizationSpec(
+        method=NAME,
+        weights_bits=8,
+        group_size=None,  # one absmax scale per output row
+        symmetric=True,
+        backend="bitsandbytes",
+        extras={"threshold": values["threshold"], **training_extras(values, device)},
+    )
+
+
+@hookimpl
+def build_quant_config(spec: QuantizationSpec) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=spec.extras["threshold"])
+
+
+@hookimpl
+def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
+    model = prepare_for_adapter(model, spec, kbit_base=True)
+    if spec.extras["adapter"]["peft_type"] == "dora":
+        keep_int8_scales_on_cpu(model)
+    return model
+
+
+@hookimpl
+def merge_policy(spec: QuantizationSpec) -> MergePolicy:
+    return merge_or_keep(spec, base="dequantized")

@@ -1,0 +1,67 @@
+"""gptq: train an adapter on the full-precision base, merge it, then quantize the merged model with GPTQ.
+
+GPTQ (Frantar et al. 2022) rounds each layer's weights column by column, correcting the rounding
+error with second-order statistics gathered from calibration text. llm-compressor's ``oneshot`` with
+a ``GPTQModifier`` does it and saves a compressed-tensors checkpoint (e.g. W4A16, grouped scales)
+that ``from_pretrained`` and vLLM load. Calibration text comes from the run's training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kbit import MergePolicy, MethodInfo, Option, QuantizationSpec, hookimpl
+from kbit.core.device import DeviceInfo
+from kbit.core.options import number
+from kbit.plugins._common import prepare_for_adapter
+from kbit.plugins._ptq import PEFT_TYPES, REQUIRES, ptq_merge_policy, ptq_options, ptq_spec, quantize_with
+
+NAME = "gptq"
+OPTIONS = ptq_options(
+    symmetric=True,
+    extra=(Option("dampening", 0.01, number(minimum=0, below=1), "Hessian dampening, as a fraction of its mean diagonal"),),
+)
+
+
+@hookimpl
+def describe_method() -> MethodInfo:
+    return MethodInfo(
+        summary="adapter on the full-precision base, merged, then GPTQ post-training quantization (llm-compressor)",
+        options=OPTIONS,
+        requires=REQUIRES,
+        peft_types=PEFT_TYPES,
+        post_training_quantization=True,
+        needs_calibration=True,
+    )
+
+
+@hookimpl
+def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
+    return ptq_spec(NAME, OPTIONS, options, device, extra_keys=("dampening",))
+
+
+@hookimpl
+def build_quant_config(spec: QuantizationSpec) -> None:
+    return None  # the base trains in full precision; quantization comes after the merge
+
+
+@hookimpl
+def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
+    return prepare_for_adapter(model, spec, kbit_base=False)
+
+
+@hookimpl
+def merge_policy(spec: QuantizationSpec) -> MergePolicy:
+    return ptq_merge_policy(spec)
+
+
+@hookimpl
+def quantize_model(model_dir: Path, spec: QuantizationSpec, calibration: list[str], output_dir: Path) -> None:
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    def recipe(**kwargs: Any) -> Any:
+        return GPTQModifier(dampening_frac=spec.extras["dampening"], **kwargs)
+
+    quantize_with(recipe, model_dir, spec, calibration, output_dir)

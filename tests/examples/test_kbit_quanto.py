@@ -1,0 +1,57 @@
+"""The example external plugin in examples/kbit-quanto: installed, discovered, selected and trained."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kbit.testing import make_tiny_model
+from tests.conftest import run_kbit
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kbit-quanto"
+
+
+def _installed_here() -> bool:
+    try:
+        dist = importlib.metadata.distribution("kbit-quanto")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    direct = dist.read_text("direct_url.json") or "{}"
+    return str(EXAMPLE) in json.loads(direct).get("url", "").replace("file://", "")
+
+
+@pytest.fixture(scope="module")
+def installed() -> None:
+    """``pip install --no-deps -e examples/kbit-quanto`` unless this checkout's copy is already installed."""
+    if not _installed_here():
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(EXAMPLE)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_listed_by_kbit_methods(installed):
+    result = run_kbit("methods", "--json")
+    assert result.returncode == 0, result.stderr
+    records = {r["name"]: r for r in json.loads(result.stdout)}
+    for name in ("quanto-int8", "quanto-int4"):
+        assert records[name]["status"] == "ready", records[name]["error"]
+        assert records[name]["distribution"] == "kbit-quanto" and not records[name]["builtin"]
+        assert records[name]["capabilities"]["quantized_training"]
+
+
+def test_selected_by_name_and_trained(installed, tmp_path):
+    model = make_tiny_model(tmp_path / "tiny")
+    run = tmp_path / "run"
+    result = run_kbit("train", "--model", str(model), "--method", "quanto-int8", "--max-steps", "2", "--batch-size", "2",
+                      "-o", "r=4", "--max-examples", "40", "--eval-limit", "2", "--output", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((run / "kbit.json").read_text())
+    assert record["status"] == "finished" and record["method"] == "quanto-int8"
+    assert record["method_plugin"]["distribution"] == "kbit-quanto"
+    assert record["train"]["steps"] == 2 and record["artifacts"]["merged"] == "merged"
+    assert record["merge"]["base"] == "original" and record["merge"]["top1_agreement"] > 0.9

@@ -1,0 +1,39 @@
+"""Checks shared by the gptq and awq tests (a helper module, not a test file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kbit.core.quantize import quantize_path
+from tests.plugins.conftest import train_tiny
+
+FAST = {"calibration_samples": "4", "calibration_max_length": "48"}
+
+
+def train_and_quantize(tiny_model: Path, method: str, run: Path, bits: int, symmetric: bool) -> dict:
+    """Train METHOD on the tiny model through the CLI and check run/quantized loads and runs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    record = train_tiny(tiny_model, method, run, *(f"{k}={v}" for k, v in FAST.items()))
+    assert record["artifacts"]["quantized"] == "quantized"
+    info = record["quantize"]
+    assert info["format"] == "compressed-tensors" and info["calibration_samples"] == 4 and info["seconds"] > 0
+    weights = info["config_groups"]["group_0"]["weights"]
+    # tiny widths are 64 (hidden) and 128 (intermediate): 'auto' picks 64
+    assert (weights["num_bits"], weights["group_size"], weights["symmetric"]) == (bits, 64, symmetric)
+    model = AutoModelForCausalLM.from_pretrained(run / "quantized")
+    assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.isfinite().all()
+    return record
+
+
+def requantize_run(run: Path, method: str) -> dict:
+    """``kbit quantize RUN`` (in process): new options re-quantize run/merged into run/quantized."""
+    target, record = quantize_path(run, method, {**FAST, "bits": "8", "group_size": "32"}, None)
+    assert target == run / "quantized"
+    on_disk = json.loads((run / "kbit.json").read_text())
+    weights = on_disk["quantize"]["config_groups"]["group_0"]["weights"]
+    assert (weights["num_bits"], weights["group_size"]) == (8, 32)
+    assert on_disk["artifacts"]["quantized"] == "quantized" and on_disk["kind"] == "run"
+    return record

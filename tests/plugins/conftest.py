@@ -1,0 +1,29 @@
+"""Fixtures for the built-in method tests: one tiny model per session and a CLI training helper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kbit.testing import make_tiny_model
+from tests.conftest import run_kbit
+
+TRAIN_ARGS = ("--max-steps", "2", "--batch-size", "2", "--max-examples", "40", "--eval-limit", "2", "-o", "r=4")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")
+
+
+def train_tiny(model: Path, method: str, output: Path, *options: str) -> dict:
+    """``kbit train`` a tiny model for 2 steps with METHOD; returns the run's kbit.json (asserts success)."""
+    extra = [arg for option in options for arg in ("-o", option)]
+    result = run_kbit("train", "--model", str(model), "--method", method, *TRAIN_ARGS, *extra, "--output", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((output / "kbit.json").read_text())
+    assert record["status"] == "finished" and record["method"] == method
+    assert record["train"]["steps"] == 2
+    return record

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from kbit.core.device import DeviceInfo
+from kbit.core.errors import ConfigError
+from kbit.core.registry import get_method
+from kbit.plugins._ptq import resolve_group_size
+from kbit.testing import MethodContract
+from tests.conftest import run_kbit
+from tests.plugins._ptq_checks import FAST, requantize_run, train_and_quantize
+
+
+class TestGptqContract(MethodContract):
+    method = "gptq"
+    options = FAST
+
+
+def test_capabilities_and_spec():
+    chosen = get_method("gptq")
+    assert chosen.info.post_training_quantization and chosen.info.needs_calibration
+    assert chosen.implements("quantize_model")
+    spec = chosen.resolve_spec({"bits": "8", "group_size": "32"}, DeviceInfo.cpu())
+    assert (spec.weights_bits, spec.group_size, spec.symmetric, spec.backend) == (8, 32, True, "llm-compressor")
+    assert spec.extras["ignore"] == ["lm_head"] and spec.extras["compute_dtype"] == "float32"
+    assert chosen.build_quant_config(spec) is None
+    assert chosen.merge_policy(spec).base == "original"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"peft_type": "dora"}, "expected one of lora, vera"),
+    ({"bits": "3"}, "expected 4 or 8"),
+    ({"group_size": "0"}, "group_size"),
+])
+def test_unsupported_settings_are_refused_at_resolve_time(options, message):
+    with pytest.raises(ConfigError, match=message):
+        get_method("gptq").resolve_spec(options, DeviceInfo.cpu())
+
+
+def test_group_size_auto_and_explicit():
+    assert resolve_group_size("auto", {"hidden_size": 64, "intermediate_size": 128}) == 64
+    assert resolve_group_size("auto", {"hidden_size": 576, "intermediate_size": 1536}) == 64  # SmolLM2-135M
+    assert resolve_group_size("auto", {"hidden_size": 2048, "intermediate_size": 8192}) == 128
+    with pytest.raises(ConfigError, match="layer width hidden_size=576.*e.g. group_size=64"):
+        resolve_group_size(128, {"hidden_size": 576, "intermediate_size": 1536})
+    with pytest.raises(ConfigError, match="no group size"):
+        resolve_group_size("auto", {"hidden_size": 100, "intermediate_size": 200})
+
+
+def test_bad_group_size_is_refused_before_calibration(tiny_model, tmp_path):
+    chosen = get_method("gptq")
+    spec = chosen.resolve_spec({**FAST, "group_size": "48"}, DeviceInfo.cpu())
+    with pytest.raises(ConfigError, match="group_size=48 does not divide the layer width hidden_size=64"):
+        chosen.quantize_model(tiny_model, spec, ["text"], tmp_path)
+
+
+def test_train_quantize_and_requantize_run(tiny_model, tmp_path):
+    train_and_quantize(tiny_model, "gptq", tmp_path / "run", bits=4, symmetric=True)
+    requantize_run(tmp_path / "run", "gptq")
+
+
+def test_quantize_cli_on_a_model_directory(tiny_model, tmp_path):
+    out = tmp_path / "q"
+    args = [f"-o{k}={v}" for k, v in FAST.items()]
+    result = run_kbit("quantize", str(tiny_model), "--method", "gptq", *args, "--output", str(out), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["format"] == "compressed-tensors"
+    record = json.loads((out / "kbit.json").read_text())
+    assert record["kind"] == "quantized" and record["method"] == "gptq"
+    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+
+
+def test_quantize_cli_refuses_a_method_without_the_hook(tiny_model, tmp_path):
+    result = run_kbit("quantize", str(tiny_model), "--method", "lora", "--output", str(tmp_path / "q"))
+    assert result.returncode == 2 and "does not quantize after training" in result.stderr

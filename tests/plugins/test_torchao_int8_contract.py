@@ -1,0 +1,34 @@
+from kbit.core.device import DeviceInfo
+from kbit.core.registry import get_method
+from kbit.testing import MethodContract
+from tests.plugins.conftest import train_tiny
+
+
+class TestTorchaoInt8Contract(MethodContract):
+    method = "torchao-int8"
+
+
+def test_quant_config_is_int8_weight_only_and_policy_says_why():
+    chosen = get_method("torchao-int8")
+    spec = chosen.resolve_spec({}, DeviceInfo.cpu())
+    config = chosen.build_quant_config(spec)
+    assert type(config).__name__ == "TorchAoConfig"
+    assert type(config.quant_type).__name__ == "Int8WeightOnlyConfig"
+    policy = chosen.merge_policy(spec)
+    assert (policy.action, policy.base) == ("merge", "original") and "re-quantiz" in policy.reason
+
+
+def test_base_weights_are_int8_tensors(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    chosen = get_method("torchao-int8")
+    spec = chosen.resolve_spec({}, DeviceInfo.cpu())
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=chosen.build_quant_config(spec), dtype=torch.float32)
+    assert "Int8" in type(model.model.layers[0].self_attn.q_proj.weight).__name__
+
+
+def test_train_end_to_end(tiny_model, tmp_path):
+    record = train_tiny(tiny_model, "torchao-int8", tmp_path / "run")
+    assert record["artifacts"]["merged"] == "merged"
+    assert record["merge"]["top1_agreement"] > 0.9
