@@ -116,6 +116,7 @@ def train_command(
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="linear, cosine, constant, constant_with_warmup.")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Fraction of steps spent warming up the learning rate.")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
@@ -135,7 +136,7 @@ def train_command(
     overrides = dict(
         model=model, dataset=dataset, columns=columns, method=method, output=output, name=name,
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        scheduler=scheduler, max_length=max_length, seed=seed, packing=packing, logging_steps=logging_steps,
+        scheduler=scheduler, warmup_ratio=warmup_ratio, max_length=max_length, seed=seed, packing=packing, logging_steps=logging_steps,
         save_steps=save_steps, report_to=report_to, max_examples=max_examples, eval_limit=eval_limit,
         trust_remote_code=trust_remote_code, overwrite=overwrite,
     )

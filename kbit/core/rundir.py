@@ -110,13 +110,18 @@ class RunLock:
 
 
 def check_writable(directory: Path, min_free_bytes: int) -> None:
-    """Fail before training when ``directory`` cannot be written or has too little free space."""
+    """Fail before training when ``directory`` cannot be created or written, or has too little space."""
     directory = Path(directory)
-    probe_parent = directory if directory.exists() else next(p for p in directory.parents if p.exists())
-    if not os.access(probe_parent, os.W_OK):
-        raise ConfigError(f"output directory {directory} is not writable; choose another --output")
-    free = shutil.disk_usage(probe_parent).free
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise ConfigError(f"output directory {directory} cannot be created: {existing} is a file")
+    try:  # os.access says yes to root even on read-only mounts, so really write
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"output directory {directory} is not writable ({exc.strerror}); choose another --output") from None
+    free = shutil.disk_usage(existing).free
     if free < min_free_bytes:
         raise ConfigError(
-            f"only {free / 2**20:.0f} MiB free under {probe_parent}; the run needs about {min_free_bytes / 2**20:.0f} MiB"
+            f"only {free / 2**20:.0f} MiB free under {existing}; the run needs about {min_free_bytes / 2**20:.0f} MiB"
         )

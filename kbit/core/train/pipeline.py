@@ -200,6 +200,7 @@ def _trainer(plan: RunPlan, model: Any) -> Any:
         warmup_steps=int(math.ceil(config.warmup_ratio * max(config.max_steps, 1))),
         logging_steps=config.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # the default hides NaN losses, which must stop the run
         save_steps=config.save_steps,
         save_total_limit=2,
         seed=config.seed,

@@ -159,3 +159,19 @@ def test_two_processes_under_torchrun_train_the_same_adapter(tiny_model, tmp_pat
     assert record["train"]["world_size"] == 2 and len(digests) == 2 and digests[0] == digests[1]
     assert result.stdout.count("held-out exact match") == 1  # only rank 0 reports and writes
     assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "adapter", "checkpoints", "kbit.json", "loss.png", "merged"])
+
+
+def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_site, tiny_model, tmp_path):
+    plugin_site.add("kbit-nan", "1.0", {"toy": "kbit_nan"}, modules=("kbit_nan", "kbit_toy"))
+    out = tmp_path / "nan"
+    result = run_kbit("train", "--method", "toy", "--model", str(tiny_model), "--output", str(out), "--max-steps", "6",
+                      "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--eval-limit", "0",
+                      "--logging-steps", "1", "--save-steps", "1", env=plugin_site.env())
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("kbit: error:")]
+    assert len(error) == 1 and "training loss became nan" in error[0]
+    record = read_metadata(out)
+    assert record["status"] == "failed" and "training loss became nan" in record["error"]
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"], "the good checkpoints stay, no poisoned one is saved"
+    assert not (out / "adapter").exists() and not (out / ".kbit.lock").exists()

@@ -1,0 +1,62 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kbit.core.errors import ConfigError
+from kbit.core.rundir import RunLock, atomic_directory, check_writable, write_json_atomic
+
+
+def test_atomic_directory_appears_only_complete(tmp_path):
+    target = tmp_path / "adapter"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as staging:
+            (staging / "half.bin").write_text("x")
+            raise RuntimeError("killed mid-save")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_directory(target) as staging:
+        (staging / "whole.bin").write_text("x")
+    assert [p.name for p in target.iterdir()] == ["whole.bin"]
+    with atomic_directory(target) as staging:  # replacing keeps the old one until the new one is whole
+        (staging / "new.bin").write_text("y")
+    assert [p.name for p in target.iterdir()] == ["new.bin"]
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_write_json_atomic_survives_a_serialisation_error(tmp_path):
+    path = tmp_path / "kbit.json"
+    write_json_atomic(path, {"status": "running"})
+    circular: dict = {"status": "finished"}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular"):
+        write_json_atomic(path, circular)
+    assert json.loads(path.read_text()) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["kbit.json"]
+
+
+def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
+    first = RunLock(tmp_path)
+    first.acquire()
+    with pytest.raises(ConfigError, match=f"in use by process {os.getpid()}"):
+        RunLock(tmp_path).acquire()
+    first.release()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".kbit.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
+    second = RunLock(tmp_path)
+    second.acquire()
+    assert json.loads((tmp_path / ".kbit.lock").read_text())["pid"] == os.getpid()
+    second.release()
+    assert not (tmp_path / ".kbit.lock").exists()
+
+
+def test_check_writable_refuses_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        check_writable(blocker / "run", min_free_bytes=0)
+    with pytest.raises(ConfigError, match="MiB free"):
+        check_writable(tmp_path / "run", min_free_bytes=1 << 60)
+    check_writable(tmp_path / "run", min_free_bytes=1)
+    assert not (tmp_path / "run").exists()
