@@ -32,6 +32,12 @@ def installed_methods() -> list[dict]:
     return [m for m in json.loads(result.stdout) if m["status"] == "ready"]
 
 
+def method_option_names(method: str) -> list[str]:
+    from kbit.core.registry import get_method  # no torch import: option schemas are plain data
+
+    return get_method(method).info.options.names
+
+
 def train(method: str, run: Path, args: argparse.Namespace) -> dict:
     record_path = run / "kbit.json"
     if record_path.is_file() and json.loads(record_path.read_text()).get("status") == "finished":
@@ -42,8 +48,10 @@ def train(method: str, run: Path, args: argparse.Namespace) -> dict:
         command += ["--model", args.model]
     if args.dataset:
         command += ["--dataset", args.dataset]
-    for option in args.option:
-        command += ["-o", option]
+    accepted = set(method_option_names(method))
+    for option in args.option:  # each method gets the options it has (e.g. calibration_samples only for PTQ)
+        if option.partition("=")[0].strip() in accepted:
+            command += ["-o", option]
     started = time.time()
     result = kbit(*command, timeout=args.timeout)
     if result.returncode != 0:
@@ -109,7 +117,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=50, help="held-out items to score")
-    parser.add_argument("--option", "-o", action="append", default=[], help="method option for every method")
+    parser.add_argument("--option", "-o", action="append", default=[],
+                        help="key=value method option, passed to every method that has that option")
     parser.add_argument("--root", default="runs/methods-table")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per kbit command")
     args = parser.parse_args()
