@@ -124,20 +124,21 @@ def main() -> None:
     args = parser.parse_args()
     args.has_eval = kbit("eval", "--help", timeout=300).returncode == 0
     methods = args.methods.split(",") if args.methods else [m["name"] for m in installed_methods()]
-    rows, failures = [], []
-    for method in methods:
+    source = "kbit eval" if args.has_eval else "kbit.json (no kbit eval installed)"
+    print(f"{args.steps} steps per method; held-out metrics from {source}\n")
+    print("| method | variant | held-out loss | exact match | bits/param | size (memory) | size (disk) | train s | quantize s |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    failures = []
+    for method in methods:  # rows are printed as they finish: a long run shows progress
         print(f"[methods_table] {method} ...", file=sys.stderr, flush=True)
         try:
-            rows.append(row_for(method, Path(args.root) / method, args))
+            r = row_for(method, Path(args.root) / method, args)
         except Exception as exc:  # one failing method must not hide the others
             failures.append((method, f"{type(exc).__name__}: {exc}"))
-    source = "kbit eval" if args.has_eval else "kbit.json (no kbit eval installed)"
-    print(f"\n{args.steps} steps per method; held-out metrics from {source}\n")
-    print("| method | variant | held-out loss | exact match | bits/param | size (memory) | size (disk) | train s | quantize s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+            continue
         print(f"| {r['method']} | {r['variant']} | {fmt(r['loss'])} | {fmt(r['exact_match'], 'pct')} | {fmt(r['bits'])} | "
-              f"{fmt(r['size'], 'mib')} | {fmt(r.get('disk'), 'mib')} | {fmt(r['train_s'])} | {fmt(r['quantize_s'])} |")
+              f"{fmt(r['size'], 'mib')} | {fmt(r.get('disk'), 'mib')} | {fmt(r['train_s'])} | {fmt(r['quantize_s'])} |",
+              flush=True)
     for method, error in failures:
         print(f"\n- {method}: failed: {error}")
 
