@@ -28,7 +28,7 @@ from benchmarks._common import (Figure, check_device, emit_result, finish, media
 
 ITEM = "2 framework tax"
 # kbit's defaults (TrainConfig, qlora options) spelled out for the hand-written reference.
-LR, WARMUP_RATIO, MAX_LENGTH, SEED = 1e-3, 0.05, 256, 0
+LR, WARMUP_RATIO, MAX_LENGTH, SEED = 2e-3, 0.05, 256, 0
 LORA = dict(r=64, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear")
 
 
@@ -116,7 +116,7 @@ def kbit_worker(args: argparse.Namespace) -> dict[str, Any]:
     original = pipeline._trainer
     pipeline._trainer = lambda plan, model: probe.attach(original(plan, model))
     options = {"merge_after_train": "false", **dict(o.split("=", 1) for o in args.option)}
-    config = TrainConfig(method=args.method, options=options, max_steps=args.steps, batch_size=args.batch,
+    config = TrainConfig(method=args.method, options=options, max_steps=args.steps, batch_size=args.batch, lr=LR,
                          logging_steps=1, save_steps=args.steps + 1000, eval_limit=0, seed=SEED,
                          output=str(Path(args.output) / "run"), overwrite=True)
     started = time.perf_counter()

@@ -41,3 +41,20 @@ def keep_int8_scales_on_cpu(model: Any) -> int:
             module.init_8bit_state = types.MethodType(_init_8bit_state_keeping_scales, module)
             patched += 1
     return patched
+
+
+def set_cpu_repacking(model: Any, enabled: bool) -> None:
+    """Allow or forbid bitsandbytes' CPU inference repacking of 4-bit weights.
+
+    On CPUs with AVX512-BF16, bitsandbytes >= 0.49 repacks a Linear4bit's weights the first time it
+    runs without gradients: permanently, with bf16 scales and no double quantization, after which
+    dequantizing gives wrong weights and backward goes through a kernel without autograd support.
+    Training (and the merge check, which must see the trained weights) therefore runs with
+    repacking off; inference may turn it on.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import has_avx512bf16
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = enabled and has_avx512bf16()

@@ -16,7 +16,7 @@ from kbit import ConfigError, MergePolicy, Option, OptionSchema, QuantizationSpe
 from kbit.core.adapters import adapter_options
 from kbit.core.device import DeviceInfo
 from kbit.core.options import boolean
-from kbit.plugins._common import merge_or_keep, training_extras, training_options
+from kbit.core.adapters import merge_or_keep, training_extras, training_options
 
 PEFT_TYPES = ("lora", "vera")
 GROUP_CANDIDATES = (128, 64, 32)

@@ -21,7 +21,7 @@ from typing import Any
 from kbit import MergePolicy, MethodInfo, Option, QuantizationSpec, hookimpl
 from kbit.core.device import DeviceInfo
 from kbit.core.options import boolean
-from kbit.plugins._common import prepare_for_adapter
+from kbit.core.adapters import prepare_for_adapter
 from kbit.plugins._ptq import PEFT_TYPES, REQUIRES, ptq_merge_policy, ptq_options, ptq_spec, quantize_with
 
 NAME = "awq"

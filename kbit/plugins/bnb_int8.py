@@ -15,7 +15,7 @@ from kbit.core.adapters import adapter_options
 from kbit.core.device import DeviceInfo
 from kbit.core.options import number
 from kbit.plugins._bnb import REQUIRES, keep_int8_scales_on_cpu
-from kbit.plugins._common import merge_or_keep, prepare_for_adapter, training_extras, training_options
+from kbit.core.adapters import merge_or_keep, prepare_for_adapter, training_extras, training_options
 
 NAME = "bnb-int8"
 PEFT_TYPES = ("lora", "dora", "vera")

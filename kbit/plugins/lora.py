@@ -13,7 +13,7 @@ from typing import Any
 from kbit import MergePolicy, MethodInfo, QuantizationSpec, Requirement, hookimpl
 from kbit.core.adapters import adapter_options
 from kbit.core.device import DeviceInfo
-from kbit.plugins._common import merge_or_keep, prepare_for_adapter, training_extras, training_options
+from kbit.core.adapters import merge_or_keep, prepare_for_adapter, training_extras, training_options
 
 NAME = "lora"
 PEFT_TYPES = ("lora", "dora", "vera")

@@ -1,6 +1,7 @@
 """qlora: a 4-bit bitsandbytes base (NF4 + double quantization) with a LoRA adapter on top.
 
-The reference plugin: it uses only kbit's public API, exactly as a third-party plugin would.
+The reference plugin: it uses kbit's public API exactly as a third-party plugin would (plus the
+bitsandbytes helpers it shares with ``bnb-int8``).
 After training, the adapter is merged into the dequantized base — the very weights it was trained
 against — rather than into a re-quantized 4-bit base, which would round most of a small update away.
 """
@@ -10,32 +11,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kbit import MergePolicy, MethodInfo, Option, OptionSchema, QuantizationSpec, Requirement, hookimpl
-from kbit.core.adapters import adapter_extras, adapter_options
-from kbit.core.device import DeviceInfo, resolve_compute_dtype, torch_dtype
-from kbit.core.options import DTYPES, boolean, choice
+import attrs
+
+from kbit import MergePolicy, MethodInfo, Option, OptionSchema, QuantizationSpec, hookimpl
+from kbit.core.adapters import adapter_options
+from kbit.core.device import DeviceInfo, torch_dtype
+from kbit.core.options import boolean, choice
+from kbit.plugins._bnb import REQUIRES, set_cpu_repacking
+from kbit.core.adapters import merge_or_keep, prepare_for_adapter, training_extras, training_options
 
 NAME = "qlora"
 BLOCK_SIZE = 64  # bitsandbytes' 4-bit quantization block size; transformers does not expose it.
+PEFT_TYPES = ("lora", "dora", "vera")
 
-OPTIONS = adapter_options(r=64, lora_alpha=16, lora_dropout=0.05, peft_types=("lora", "dora", "vera")) + OptionSchema(
-    (
-        Option("quant_type", "nf4", choice("nf4", "fp4"), "4-bit data type"),
-        Option("double_quant", True, boolean, "quantize the quantization constants too (saves ~0.37 bit/param)"),
-        Option("compute_dtype", "auto", choice(*DTYPES), "matmul dtype: auto = bf16 on a GPU that has it, fp32 on CPU"),
-        Option("quant_storage", "uint8", choice("uint8", "bfloat16", "float16", "float32"),
-               "storage dtype of packed 4-bit weights; set it to the model dtype for FSDP sharding"),
-        Option("gradient_checkpointing", "auto", choice("auto", "true", "false"),
-               "recompute activations in backward to save memory: auto = on a GPU only (it costs ~40% step time on CPU)"),
-        Option("merge_after_train", True, boolean, "merge the adapter into the dequantized base after training"),
-        Option("merge_dtype", "auto", choice(*DTYPES), "dtype of the merged model: auto = the compute dtype"),
-        Option("keep_lm_head_fp16", False, boolean, "store the merged model's lm_head in float16"),
+OPTIONS = (
+    adapter_options(r=64, lora_alpha=16, lora_dropout=0.05, peft_types=PEFT_TYPES)
+    + OptionSchema(
+        (
+            Option("quant_type", "nf4", choice("nf4", "fp4"), "4-bit data type"),
+            Option("double_quant", True, boolean, "quantize the quantization constants too (saves ~0.37 bit/param)"),
+            Option("quant_storage", "uint8", choice("uint8", "bfloat16", "float16", "float32"),
+                   "storage dtype of packed 4-bit weights; set it to the model dtype for FSDP sharding"),
+            Option("keep_lm_head_fp16", False, boolean, "store the merged model's lm_head in float16"),
+        )
     )
-)
-
-REQUIRES = (
-    Requirement("bitsandbytes", "pip install 'bitsandbytes>=0.47'"),
-    Requirement("peft", "pip install peft"),
+    + training_options()
 )
 
 
@@ -46,7 +46,7 @@ def describe_method() -> MethodInfo:
         options=OPTIONS,
         aliases=("nf4", "bnb-4bit"),
         requires=REQUIRES,
-        peft_types=("lora", "dora", "vera"),
+        peft_types=PEFT_TYPES,
         quantized_training=True,
     )
 
@@ -54,7 +54,6 @@ def describe_method() -> MethodInfo:
 @hookimpl
 def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
     values = OPTIONS.resolve(options, method=NAME)
-    compute = resolve_compute_dtype(values["compute_dtype"], device)
     return QuantizationSpec(
         method=NAME,
         weights_bits=4,
@@ -67,14 +66,9 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
             "quant_type": values["quant_type"],
             "double_quant": values["double_quant"],
             "block_size": BLOCK_SIZE,
-            "compute_dtype": compute,
             "quant_storage": values["quant_storage"],
-            "gradient_checkpointing": values["gradient_checkpointing"] == "true"
-            or (values["gradient_checkpointing"] == "auto" and device.kind == "cuda"),
-            "merge_after_train": values["merge_after_train"],
-            "merge_dtype": resolve_compute_dtype(values["merge_dtype"], device),
             "keep_lm_head_fp16": values["keep_lm_head_fp16"],
-            "adapter": adapter_extras(values),
+            **training_extras(values, device),
         },
     )
 
@@ -94,46 +88,19 @@ def build_quant_config(spec: QuantizationSpec) -> Any:
 
 @hookimpl
 def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
-    from peft import prepare_model_for_kbit_training
-
-    checkpointing = spec.extras["gradient_checkpointing"]
-    _set_cpu_repacking(model, enabled=False)
-    return prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-    )
+    set_cpu_repacking(model, enabled=False)
+    return prepare_for_adapter(model, spec, kbit_base=True)
 
 
 @hookimpl
 def prepare_inference(model: Any, spec: QuantizationSpec) -> Any:
-    _set_cpu_repacking(model, enabled=True)
+    set_cpu_repacking(model, enabled=True)
     return model
-
-
-def _set_cpu_repacking(model: Any, enabled: bool) -> None:
-    """Allow or forbid bitsandbytes' CPU inference repacking of 4-bit weights.
-
-    On CPUs with AVX512-BF16, bitsandbytes >= 0.49 repacks a Linear4bit's weights the first time it
-    runs without gradients: permanently, with bf16 scales and no double quantization, after which
-    backward goes through a kernel without autograd support. Training (and the merge check, which
-    must see the trained weights) therefore runs with repacking off; inference may turn it on.
-    """
-    import bitsandbytes as bnb
-    from bitsandbytes.functional import has_avx512bf16
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = enabled and has_avx512bf16()
 
 
 @hookimpl
 def merge_policy(spec: QuantizationSpec) -> MergePolicy:
-    if not spec.extras["merge_after_train"]:
-        return MergePolicy(action="keep_adapter", reason="merge_after_train=false")
-    return MergePolicy(
-        action="merge",
-        base="dequantized",
-        dtype=spec.extras["merge_dtype"],
-        lm_head_dtype="float16" if spec.extras["keep_lm_head_fp16"] else None,
-    )
+    policy = merge_or_keep(spec, base="dequantized")
+    if policy.action == "merge" and spec.extras["keep_lm_head_fp16"]:
+        return attrs.evolve(policy, lm_head_dtype="float16")
+    return policy

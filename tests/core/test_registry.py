@@ -87,9 +87,14 @@ def test_allow_list_block_list_and_builtins_only(plugin_site):
         registry = Registry(entry_points=plugin_site.entry_points(), environ=environ)
         return {r.name: r.status for r in registry.records()}
 
-    assert status({"KBIT_PLUGINS": "toy"}) == {"qlora": READY, "toy": READY, "other": DISABLED}
-    assert status({"KBIT_DISABLE_PLUGINS": "toy"})["toy"] == DISABLED
-    assert status({"KBIT_BUILTINS_ONLY": "1"}) == {"qlora": READY, "toy": DISABLED, "other": DISABLED}
+    allowed = status({"KBIT_PLUGINS": "toy"})
+    assert (allowed["qlora"], allowed["toy"], allowed["other"]) == (READY, READY, DISABLED)
+    assert status({"KBIT_DISABLE_PLUGINS": "toy,qlora"})["toy"] == DISABLED
+    assert status({"KBIT_DISABLE_PLUGINS": "toy,qlora"})["qlora"] == DISABLED
+    builtins_only = status({"KBIT_BUILTINS_ONLY": "1"})
+    assert builtins_only["qlora"] == READY
+    assert {name for name, state in builtins_only.items() if state == READY} <= {"qlora", "lora", "bnb-int8", "torchao-int8", "gptq", "awq"}
+    assert (builtins_only["toy"], builtins_only["other"]) == (DISABLED, DISABLED)
 
 
 def test_missing_requirement_gives_install_line(plugin_site):

@@ -30,11 +30,11 @@ class TrainConfig:
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     output: str | None = None
     name: str | None = attrs.field(default=None)
-    max_steps: int = attrs.field(default=120, converter=integer(minimum=0))
+    max_steps: int = attrs.field(default=100, converter=integer(minimum=0))
     epochs: float = attrs.field(default=1.0, converter=number(minimum=0))
     batch_size: int | str = attrs.field(default=8, converter=integer(minimum=1, auto=True))
     grad_accum: int = attrs.field(default=1, converter=integer(minimum=1))
-    lr: float = attrs.field(default=1e-3, converter=number(minimum=0))
+    lr: float = attrs.field(default=2e-3, converter=number(minimum=0))
     scheduler: str = attrs.field(default="linear", converter=choice(*SCHEDULERS))
     warmup_ratio: float = attrs.field(default=0.05, converter=number(minimum=0, below=1))
     max_length: int = attrs.field(default=256, converter=integer(minimum=8))
