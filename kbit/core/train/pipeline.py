@@ -250,6 +250,8 @@ def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", wall_time_s=round(time.time() - started, 1))
             meta.write_metadata(plan.run_dir, record)
         raise
+    else:
+        _leave_process_group()
     finally:
         lock.release()
     return RunResult(plan.run_dir, record)
@@ -342,6 +344,19 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
     write_model_card(plan.run_dir / "README.md", record)
     record["artifacts"]["model_card"] = "README.md"
     meta.write_metadata(plan.run_dir, record)
+
+
+def _leave_process_group() -> None:
+    """Under torchrun/accelerate: wait for rank 0 to finish writing, then tear the group down.
+
+    A rank that exits while the others still hold the gloo group can abort at interpreter exit
+    ("terminate called without an active exception"), failing the whole launch.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _adapter_digests(model: Any) -> list[str]:
