@@ -1,9 +1,8 @@
 """SIGKILL a real `kbit train` at several points, resume it, and compare with an uninterrupted run.
 
-Measured here: the first resumed step's loss matches to ~1e-6 relative (float summation order);
-Adam then amplifies that to ~1e-4 over a few steps, hence the tolerances below. LoRA dropout is off:
-with it on, the resumed run's dropout masks differ (the adapter ends ~2-3% apart) although the
-Trainer restores the checkpoint's RNG state — an open point, recorded in the issue.
+LoRA dropout is on, so the dropout masks after the resume depend on the restored RNG state too.
+Measured here: the resumed run is bit-identical to the uninterrupted one (losses and adapter). The
+tolerances below are kept small but not zero, for BLAS libraries that reorder sums between runs.
 """
 
 import json
@@ -18,7 +17,7 @@ from safetensors.torch import load_file
 from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
-ARGS = ("--max-steps", "8", "--batch-size", "2", "-o", "r=4", "-o", "merge_after_train=false", "-o", "lora_dropout=0", "--max-examples", "60",
+ARGS = ("--max-steps", "8", "--batch-size", "2", "-o", "r=4", "-o", "merge_after_train=false", "-o", "lora_dropout=0.1", "--max-examples", "60",
         "--eval-limit", "0", "--logging-steps", "1", "--save-steps", "2", "--seed", "3")
 
 
@@ -60,7 +59,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny, reference, tmp_pat
     assert resumed["status"] == "finished" and resumed["train"]["resumed_from"].startswith("checkpoint-")
     assert [h["step"] for h in resumed["loss_history"]] == list(range(1, 9))
     for got, want in zip(resumed["loss_history"], expected["loss_history"]):
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-3), (got, want)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6), (got, want)
     a = load_file(out / "adapter" / "adapter_model.safetensors")
     b = load_file(reference / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
@@ -68,4 +67,4 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny, reference, tmp_pat
     # the largest adapter weight overall.
     scale = max(b[k].abs().max().item() for k in b)
     worst = max((a[k] - b[k]).abs().max().item() for k in a) / scale
-    assert worst < 1e-2, f"adapter differs by {worst:.2e} relative to its largest weight"
+    assert worst < 1e-5, f"adapter differs by {worst:.2e} relative to its largest weight"

@@ -217,13 +217,30 @@ def _trainer(plan: RunPlan, model: Any) -> Any:
         disable_tqdm=not is_main_process(),
         ddp_find_unused_parameters=False,
     )
-    return SFTTrainer(
+    adapter_dtypes = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=_sft_dataset(plan.tokenizer, plan.data.train),
         processing_class=plan.tokenizer,
         callbacks=[NonFiniteLossCallback()],
     )
+    _restore_adapter_dtypes(trainer.model, adapter_dtypes)
+    return trainer
+
+
+def _restore_adapter_dtypes(model: Any, dtypes: dict[str, Any]) -> None:
+    """Give the trainable parameters back the dtypes PEFT created them in.
+
+    trl's SFTTrainer casts the adapter of a bitsandbytes base to bf16 whatever the compute dtype.
+    That makes CPU runs slow (bf16 matmuls) and breaks ``--resume``: the Trainer reloads a
+    checkpoint through PEFT, which upcasts the adapter to float32, so a resumed run would train in
+    another dtype than the run it continues. Keeping PEFT's dtype makes both runs identical.
+    """
+    for name, parameter in model.named_parameters():
+        wanted = dtypes.get(name)
+        if wanted is not None and parameter.dtype != wanted:
+            parameter.data = parameter.data.to(wanted)
 
 
 def run_training(config: TrainConfig, resume: bool = False) -> RunResult:

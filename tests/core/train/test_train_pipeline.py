@@ -72,6 +72,16 @@ def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
+def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
+    from safetensors.torch import load_file
+
+    out, _ = qlora_run
+    assert spec_of(read_metadata(out), out).extras["compute_dtype"] == "float32"
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    # trl casts a quantized base's adapter to bf16; kbit keeps PEFT's float32 (see _restore_adapter_dtypes).
+    assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}
+
+
 def test_model_card_has_front_matter(qlora_run):
     card = (qlora_run[0] / "README.md").read_text()
     assert card.startswith("---\nbase_model: ")
