@@ -20,6 +20,8 @@ from typing import Any
 from kbit.core.errors import ConfigError
 
 LOCK_NAME = ".kbit.lock"
+STAGING_MARK = ".tmp-"  # .<artifact>.tmp-XXXX: being written; renamed into place when complete
+REPLACED_MARK = ".old-"  # .<artifact>.old-XXXX: the previous version, deleted after the swap
 
 
 @contextlib.contextmanager
@@ -27,11 +29,11 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield an empty temp sibling of ``target``; on success it replaces ``target`` in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=target.parent))
     try:
         yield staging
         if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}{REPLACED_MARK}", dir=target.parent))
             os.replace(target, trash / target.name)
             os.replace(staging, target)
             shutil.rmtree(trash, ignore_errors=True)
@@ -41,10 +43,24 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def clear_staging(directory: Path) -> list[str]:
+    """Delete what a killed writer left in ``directory``: staging and replaced copies of artifacts.
+
+    Only call this while holding the directory's :class:`RunLock`, so no live writer owns them.
+    Returns the names removed.
+    """
+    removed = []
+    for entry in sorted(Path(directory).glob(".*")):
+        if STAGING_MARK in entry.name or REPLACED_MARK in entry.name:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry.name)
+    return removed
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temp file in the same folder and an atomic rename."""
     path = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}{STAGING_MARK}", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=False, default=str)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from kbit.core.errors import ConfigError
-from kbit.core.rundir import RunLock, atomic_directory, check_writable, write_json_atomic
+from kbit.core.rundir import LOCK_NAME, RunLock, atomic_directory, check_writable, clear_staging, write_json_atomic
 
 
 def test_atomic_directory_appears_only_complete(tmp_path):
@@ -23,6 +23,18 @@ def test_atomic_directory_appears_only_complete(tmp_path):
         (staging / "new.bin").write_text("y")
     assert [p.name for p in target.iterdir()] == ["new.bin"]
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_clear_staging_removes_only_what_a_killed_writer_left(tmp_path):
+    (tmp_path / "merged").mkdir()
+    (tmp_path / ".merged.tmp-abc").mkdir()
+    (tmp_path / ".merged.tmp-abc" / "model.safetensors").write_text("half")
+    (tmp_path / ".adapter.old-xyz").mkdir()
+    (tmp_path / ".kbit.json.tmp-123").write_text("{")
+    (tmp_path / LOCK_NAME).write_text("{}")
+    (tmp_path / "kbit.json").write_text("{}")
+    assert clear_staging(tmp_path) == [".adapter.old-xyz", ".kbit.json.tmp-123", ".merged.tmp-abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_NAME, "kbit.json", "merged"])
 
 
 def test_write_json_atomic_survives_a_serialisation_error(tmp_path):

@@ -68,3 +68,30 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny, reference, tmp_pat
     scale = max(b[k].abs().max().item() for k in b)
     worst = max((a[k] - b[k]).abs().max().item() for k in a) / scale
     assert worst < 1e-5, f"adapter differs by {worst:.2e} relative to its largest weight"
+
+
+def test_kill_during_post_training_quantization_leaves_nothing_that_looks_complete(plugin_site, tiny, tmp_path):
+    plugin_site.add("kbit-slow-ptq", "1.0", {"toy": "kbit_slow_ptq"}, modules=("kbit_slow_ptq", "kbit_toy"))
+    out = tmp_path / "run"
+    args = ("train", "--method", "toy", "--model", str(tiny), "--output", str(out), "--max-steps", "2", "--batch-size", "2",
+            "-o", "r=4", "--max-examples", "20", "--eval-limit", "0", "--save-steps", "2")
+    process = subprocess.Popen([sys.executable, "-m", "kbit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=plugin_site.env(KBIT_SLOW_PTQ_SECONDS="600"))
+    deadline = time.time() + 300
+    while not list(out.glob(".quantized.tmp-*/stalled")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it reached quantization"
+
+    killed = json.loads((out / "kbit.json").read_text())
+    assert killed["status"] == "running" and "quantized" not in killed["artifacts"]
+    assert not (out / "quantized").exists() and (out / "merged" / "config.json").is_file()
+
+    result = run_kbit("train", "--resume", str(out), env=plugin_site.env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "removed .quantized.tmp-" in result.stderr
+    record = json.loads((out / "kbit.json").read_text())
+    assert record["status"] == "finished" and record["artifacts"]["quantized"] == "quantized"
+    assert not (out / "quantized" / "stalled").exists()
+    assert not [p.name for p in out.glob(".*") if p.name != ".kbit.lock"]

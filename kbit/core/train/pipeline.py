@@ -32,7 +32,7 @@ from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer, resolv
 from kbit.core.naming import run_name
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.registry import get_method
-from kbit.core.rundir import LOCK_NAME, RunLock, atomic_directory, check_writable
+from kbit.core.rundir import LOCK_NAME, RunLock, atomic_directory, check_writable, clear_staging
 from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec
 from kbit.core.spec import QuantizationSpec
 from kbit.core.train.config import TrainConfig
@@ -258,6 +258,8 @@ def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         else:
             lock.acquire()
+            for name in clear_staging(plan.run_dir) if resume else ():
+                log.warning("removed %s, left by the interrupted run", name)
         record = _initial_record(plan)
         meta.write_metadata(plan.run_dir, record)
     try:
