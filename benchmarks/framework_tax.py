@@ -8,6 +8,11 @@ on a CPU, torch.cuda.max_memory_allocated on a GPU), tokens per second and the l
 
 Targets: step time ratio kbit/reference <= 1.02, peak memory ratio <= 1.00, losses equal within 1e-4.
 
+trl casts the adapter of a bitsandbytes base to bf16; kbit keeps it in float32 (see
+``kbit.core.train.pipeline._restore_adapter_dtypes``) and the reference does the same, so the ratio
+measures the framework only. A third run per pair, the reference left with trl's bf16 adapter
+(``--worker reference-trl``), shows what that choice costs or saves: informational, no target.
+
 The same worker (``--worker kbit``) also serves items 3 (qlora vs lora) and 7 (fp32 vs bf16).
 """
 
@@ -160,6 +165,12 @@ def reference_worker(args: argparse.Namespace) -> dict[str, Any]:
         gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    # trl casts a bitsandbytes base's adapter to bf16; kbit keeps PEFT's float32 (resume reloads it
+    # in float32): do the same, so both sides run the same arithmetic. "reference-trl" keeps trl's.
+    if args.worker == "reference":
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
     probe = Probe(args.device)
     probe.attach(trainer)
     trainer.train()
@@ -196,9 +207,12 @@ def measure(args: argparse.Namespace) -> list[Figure]:
     steps, batch, pairs = (3, 2, 1) if args.quick else (10, 8, 2)
     base = workdir(args, "framework_tax")
     print(f"item 2: kbit train vs peft+trl script, {steps} steps, batch {batch}, {pairs} alternating pairs", flush=True)
-    order = [pair for _ in range(pairs) for pair in (("kbit", "kbit", ("qlora",)), ("ref", "reference", ("qlora",)))]
+    order = [run for _ in range(pairs) for run in (("kbit", "kbit", ("qlora",)), ("ref", "reference", ("qlora",)),
+                                                   ("trl-bf16-adapter", "reference-trl", ("qlora",)))]
     runs = train_runs(order, steps, batch, args.device, base)
-    kbit, ref = runs["kbit"], runs["ref"]
+    kbit, ref, trl = runs["kbit"], runs["ref"], runs["trl-bf16-adapter"]
+    step_t = median([r["mean_step_s"] for r in trl])
+    trl_diff = max(abs(a - b) for k, r in zip(kbit, trl) for a, b in zip(k["losses"], r["losses"]))
     step_k, step_r = median([r["mean_step_s"] for r in kbit]), median([r["mean_step_s"] for r in ref])
     mem_k, mem_r = median([r["peak_train_bytes"] for r in kbit]), median([r["peak_train_bytes"] for r in ref])
     tok_k, tok_r = median([r["tokens_per_s"] for r in kbit]), median([r["tokens_per_s"] for r in ref])
@@ -214,12 +228,14 @@ def measure(args: argparse.Namespace) -> list[Figure]:
         Figure(ITEM, "loss curve max |kbit - ref| per step", loss_diff, 0.0, loss_diff, "<= 0.0001", "loss",
                f"ratio column = the difference; {steps} steps equal length: {same_length}; kbit losses {shown}",
                passed=None if not same_length else loss_diff <= 1e-4),
+        Figure(ITEM, "step time, fp32 adapter (kbit) vs trl's bf16 adapter", step_k, step_t, ratio(step_k, step_t), "",
+               "s", f"informational; loss curves differ by up to {trl_diff:.2e}"),
     ]
 
 
 def main(argv: list[str] | None = None) -> list[Figure]:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--worker", choices=("kbit", "reference"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("kbit", "reference", "reference-trl"), help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     p.add_argument("--method", default="qlora", help=argparse.SUPPRESS)
