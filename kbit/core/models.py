@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -76,6 +77,7 @@ def resolve_model(reference: str | None, trust_remote_code: bool = False) -> Mod
         if not (candidate / "config.json").is_file():
             raise ConfigError(f"{reference} is not a Hugging Face model directory (no config.json)")
         check_weights(candidate)
+        check_remote_code(candidate, trust_remote_code)
         return ModelSource(path=str(candidate.resolve()), name=candidate.resolve().name, origin="local", revision=weights_digest(candidate))
     if candidate.exists() or reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ConfigError(f"model path {reference} does not exist or is not a model directory")
@@ -87,7 +89,8 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"] + (["*.py"] if trust_remote_code else [])
+        path = snapshot_download(repo_id, allow_patterns=patterns)
     except HFValidationError:
         raise ConfigError(f"'{repo_id}' is neither a local model path nor a valid hub id") from None
     except Exception as exc:  # offline, unknown repo, gated: all surface as one line
@@ -95,7 +98,26 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
             f"cannot fetch model '{repo_id}' from the Hugging Face hub ({type(exc).__name__}); "
             "check the name and network, or pass a local directory or .gguf file"
         ) from None
+    check_remote_code(Path(path), trust_remote_code)
     return ModelSource(path=path, name=repo_id.split("/")[-1], origin="hub", revision=Path(path).name)
+
+
+def check_remote_code(directory: Path, trust_remote_code: bool) -> None:
+    """Refuse a model whose config or tokenizer names its own code (``auto_map``) unless trusted.
+
+    transformers refuses too, but only once it is asked to load, with a message that does not name
+    kbit's flag; checking the JSON first gives one line with the fix and imports nothing.
+    """
+    if trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # absent or unreadable files are reported by whatever needs them
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise ConfigError(f"{directory} ships its own model code (auto_map in {name}); "
+                              "read it, then pass --trust-remote-code to run it")
 
 
 def convert_gguf(gguf: Path, name: str) -> Path:
