@@ -16,7 +16,7 @@ from typing import Any
 from kbit.core import metadata as meta
 from kbit.core.errors import ConfigError
 from kbit.core.method import Method
-from kbit.core.rundir import RunLock, atomic_directory
+from kbit.core.rundir import RunLock, atomic_directory, clear_staging
 from kbit.core.spec import QuantizationSpec
 
 DEFAULT_CALIBRATION_SAMPLES = 64
@@ -110,6 +110,7 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     lock = RunLock(path) if is_run else None
     if lock:
         lock.acquire()
+        clear_staging(path)  # what a killed train or quantize left; the lock says no writer is live
     try:
         result = quantize_into(method, spec, model_dir, calibration, target)
         result["dataset"] = data.describe()
