@@ -86,7 +86,7 @@ def attach_adapter(model: Any, spec: Any) -> Any:
 
 
 def training_options(*, merge: bool = True) -> OptionSchema:
-    """compute_dtype, gradient_checkpointing, merge_after_train and merge_dtype with a method's defaults."""
+    """compute_dtype, gradient_checkpointing, merge_after_train, merge_dtype and adapter_dtype with a method's defaults."""
     return OptionSchema(
         (
             Option("compute_dtype", "auto", choice(*DTYPES), "matmul dtype: auto = bf16 on a GPU that has it, fp32 on CPU"),
@@ -94,6 +94,9 @@ def training_options(*, merge: bool = True) -> OptionSchema:
                    "recompute activations in backward to save memory: auto = on a GPU only (it costs ~40% step time on CPU)"),
             Option("merge_after_train", merge, boolean, "merge the adapter into a full model after training"),
             Option("merge_dtype", "auto", choice(*DTYPES), "dtype of the merged model: auto = the compute dtype"),
+            Option("adapter_dtype", "auto", choice(*DTYPES),
+                   "dtype of the trained adapter weights: auto = float32 (PEFT's default; Adam keeps small updates), "
+                   "unless the method needs one dtype throughout (qlora with a float quant_storage, for FSDP)"),
         )
     )
 
@@ -106,6 +109,7 @@ def training_extras(values: Mapping[str, Any], device: DeviceInfo) -> dict[str, 
         or (values["gradient_checkpointing"] == "auto" and device.kind == "cuda"),
         "merge_after_train": values["merge_after_train"],
         "merge_dtype": resolve_compute_dtype(values["merge_dtype"], device),
+        "adapter_dtype": "float32" if values["adapter_dtype"] == "auto" else values["adapter_dtype"],
         "adapter": adapter_extras(values),
     }
 

@@ -54,6 +54,10 @@ def describe_method() -> MethodInfo:
 @hookimpl
 def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
     values = OPTIONS.resolve(options, method=NAME)
+    extras = training_extras(values, device)
+    if values["adapter_dtype"] == "auto" and values["quant_storage"] != "uint8":
+        # FSDP flattens each wrapped module into one tensor of one dtype: the adapter must match the storage.
+        extras["adapter_dtype"] = values["quant_storage"]
     return QuantizationSpec(
         method=NAME,
         weights_bits=4,
@@ -68,7 +72,7 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
             "block_size": BLOCK_SIZE,
             "quant_storage": values["quant_storage"],
             "keep_lm_head_fp16": values["keep_lm_head_fp16"],
-            **training_extras(values, device),
+            **extras,
         },
     )
 

@@ -185,7 +185,8 @@ def _peak_memory(device: DeviceInfo) -> int:
 def _trainer(plan: RunPlan, model: Any) -> Any:
     from trl import SFTConfig, SFTTrainer
 
-    from kbit.core.train.callbacks import NonFiniteLossCallback
+    from kbit.core.device import torch_dtype
+    from kbit.core.train.callbacks import AdapterDtypeCallback, NonFiniteLossCallback, set_adapter_dtype
 
     config, compute = plan.config, plan.spec.extras.get("compute_dtype", "float32")
     checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
@@ -217,7 +218,7 @@ def _trainer(plan: RunPlan, model: Any) -> Any:
         disable_tqdm=not is_main_process(),
         ddp_find_unused_parameters=False,
     )
-    adapter_dtypes = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    adapter_dtype = torch_dtype(plan.spec.extras.get("adapter_dtype", "float32"))
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -225,22 +226,11 @@ def _trainer(plan: RunPlan, model: Any) -> Any:
         processing_class=plan.tokenizer,
         callbacks=[NonFiniteLossCallback()],
     )
-    _restore_adapter_dtypes(trainer.model, adapter_dtypes)
+    # trl casts the adapter of a bitsandbytes base to bf16 whatever the compute dtype; kbit applies
+    # the spec's adapter_dtype instead, and again once a resumed run has reloaded its checkpoint.
+    set_adapter_dtype(trainer.model, adapter_dtype)
+    trainer.add_callback(AdapterDtypeCallback(adapter_dtype))
     return trainer
-
-
-def _restore_adapter_dtypes(model: Any, dtypes: dict[str, Any]) -> None:
-    """Give the trainable parameters back the dtypes PEFT created them in.
-
-    trl's SFTTrainer casts the adapter of a bitsandbytes base to bf16 whatever the compute dtype.
-    That makes CPU runs slow (bf16 matmuls) and breaks ``--resume``: the Trainer reloads a
-    checkpoint through PEFT, which upcasts the adapter to float32, so a resumed run would train in
-    another dtype than the run it continues. Keeping PEFT's dtype makes both runs identical.
-    """
-    for name, parameter in model.named_parameters():
-        wanted = dtypes.get(name)
-        if wanted is not None and parameter.dtype != wanted:
-            parameter.data = parameter.data.to(wanted)
 
 
 def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
