@@ -9,7 +9,7 @@ on a CPU, torch.cuda.max_memory_allocated on a GPU), tokens per second and the l
 Targets: step time ratio kbit/reference <= 1.02, peak memory ratio <= 1.00, losses equal within 1e-4.
 
 trl casts the adapter of a bitsandbytes base to bf16; kbit keeps it in float32 (see
-``kbit.core.train.pipeline._restore_adapter_dtypes``) and the reference does the same, so the ratio
+``kbit.core.train.trainer``) and the reference does the same, so the ratio
 measures the framework only. A third run per pair, the reference left with trl's bf16 adapter
 (``--worker reference-trl``), shows what that choice costs or saves: informational, no target.
 

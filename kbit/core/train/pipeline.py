@@ -183,10 +183,11 @@ def _peak_memory(device: DeviceInfo) -> int:
 
 
 def _trainer(plan: RunPlan, model: Any) -> Any:
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from kbit.core.device import torch_dtype
-    from kbit.core.train.callbacks import AdapterDtypeCallback, NonFiniteLossCallback, set_adapter_dtype
+    from kbit.core.train.callbacks import NonFiniteLossCallback
+    from kbit.core.train.trainer import KbitSFTTrainer
 
     config, compute = plan.config, plan.spec.extras.get("compute_dtype", "float32")
     checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
@@ -218,19 +219,14 @@ def _trainer(plan: RunPlan, model: Any) -> Any:
         disable_tqdm=not is_main_process(),
         ddp_find_unused_parameters=False,
     )
-    adapter_dtype = torch_dtype(plan.spec.extras.get("adapter_dtype", "float32"))
-    trainer = SFTTrainer(
+    return KbitSFTTrainer(
         model=model,
         args=args,
         train_dataset=_sft_dataset(plan.tokenizer, plan.data.train),
         processing_class=plan.tokenizer,
         callbacks=[NonFiniteLossCallback()],
+        adapter_dtype=torch_dtype(plan.spec.extras.get("adapter_dtype", "float32")),
     )
-    # trl casts the adapter of a bitsandbytes base to bf16 whatever the compute dtype; kbit applies
-    # the spec's adapter_dtype instead, and again once a resumed run has reloaded its checkpoint.
-    set_adapter_dtype(trainer.model, adapter_dtype)
-    trainer.add_callback(AdapterDtypeCallback(adapter_dtype))
-    return trainer
 
 
 def run_training(config: TrainConfig, resume: bool = False) -> RunResult:

@@ -78,7 +78,7 @@ def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
     out, _ = qlora_run
     assert spec_of(read_metadata(out), out).extras["compute_dtype"] == "float32"
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
-    # trl casts a quantized base's adapter to bf16; kbit keeps PEFT's float32 (see _restore_adapter_dtypes).
+    # trl casts a quantized base's adapter to bf16; kbit keeps PEFT's float32 (see kbit.core.train.trainer).
     assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}
 
 
