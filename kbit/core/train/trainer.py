@@ -41,6 +41,8 @@ class KbitSFTTrainer(SFTTrainer):
         self.adapter_dtype = adapter_dtype
         set_adapter_dtype(self.model, adapter_dtype)
 
+    # A private Trainer method, and the only point between the reload and the optimizer's creation;
+    # if transformers renames it, the bf16 case of tests/reliability/test_kill_and_resume.py fails.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         set_adapter_dtype(self.model, self.adapter_dtype)
