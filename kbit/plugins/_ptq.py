@@ -1,4 +1,4 @@
-"""Helpers shared by the post-training quantization methods (``gptq``, ``awq``). Not a plugin itself.
+"""Helpers and hooks shared by the post-training quantization methods (``gptq``, ``awq``). Not a plugin itself.
 
 Both train an adapter on the full-precision base, merge it, and then quantize the merged model with
 llm-compressor's ``oneshot`` into a compressed-tensors checkpoint that ``from_pretrained`` loads.
@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kbit import ConfigError, MergePolicy, Option, OptionSchema, QuantizationSpec, Requirement
+from kbit import ConfigError, MergePolicy, Option, OptionSchema, QuantizationSpec, Requirement, hookimpl
 from kbit.core.adapters import adapter_options
 from kbit.core.device import DeviceInfo
-from kbit.core.options import boolean
-from kbit.core.adapters import merge_or_keep, training_extras, training_options
+from kbit.core.options import boolean, integer
+from kbit.core.adapters import merge_or_keep, prepare_for_adapter, training_extras, training_options
 
 PEFT_TYPES = ("lora", "vera")
 GROUP_CANDIDATES = (128, 64, 32)
@@ -33,36 +33,10 @@ def _bits(raw: Any) -> int:
     return int(raw)
 
 
-def _group_size(raw: Any) -> int | str:
-    if raw == "auto":
-        return "auto"
-    if isinstance(raw, bool):
-        raise ValueError("expected a positive integer or 'auto'")
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError("expected a positive integer or 'auto'") from None
-    if value <= 0:
-        raise ValueError("expected a positive integer or 'auto'")
-    return value
-
-
 def _names(raw: Any) -> list[str]:
     names = [str(n).strip() for n in raw] if isinstance(raw, (list, tuple)) else [n.strip() for n in str(raw).split(",")]
     names = [n for n in names if n and n != "none"]
     return names
-
-
-def _positive(raw: Any) -> int:
-    if isinstance(raw, bool):
-        raise ValueError("expected a positive integer")
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError("expected a positive integer") from None
-    if value <= 0:
-        raise ValueError("expected a positive integer")
-    return value
 
 
 def ptq_options(*, symmetric: bool, extra: tuple[Option, ...] = ()) -> OptionSchema:
@@ -73,13 +47,13 @@ def ptq_options(*, symmetric: bool, extra: tuple[Option, ...] = ()) -> OptionSch
         + OptionSchema(
             (
                 Option("bits", 4, _bits, "weight bits: 4 or 8"),
-                Option("group_size", "auto", _group_size,
+                Option("group_size", "auto", integer(minimum=1, auto=True),
                        "weights per scale; auto = the largest of 128/64/32 dividing every quantized layer's width"),
                 Option("symmetric", symmetric, boolean,
                        "symmetric integer grid (no zero point)"),
                 Option("ignore", ["lm_head"], _names, "comma-separated modules left unquantized ('none' for none)"),
-                Option("calibration_samples", 64, _positive, "calibration texts taken from the training data"),
-                Option("calibration_max_length", 256, _positive, "tokens per calibration text (longer ones are cut)"),
+                Option("calibration_samples", 64, integer(minimum=1), "calibration texts taken from the training data"),
+                Option("calibration_max_length", 256, integer(minimum=1), "tokens per calibration text (longer ones are cut)"),
                 *extra,
             )
         )
@@ -110,7 +84,21 @@ def ptq_spec(name: str, options: OptionSchema, raw: Mapping[str, Any], device: D
     )
 
 
-def ptq_merge_policy(spec: QuantizationSpec) -> MergePolicy:
+# The hooks both methods implement the same way; each method module imports them, and pluggy
+# registers them as that module's own (it collects every marked attribute of the plugin module).
+
+@hookimpl
+def build_quant_config(spec: QuantizationSpec) -> None:
+    return None  # the base trains in full precision; quantization comes after the merge
+
+
+@hookimpl
+def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
+    return prepare_for_adapter(model, spec, kbit_base=False)
+
+
+@hookimpl
+def merge_policy(spec: QuantizationSpec) -> MergePolicy:
     policy = merge_or_keep(spec, base="original")
     if policy.action != "merge":
         # Without a merged model there is nothing to quantize; say so rather than silently skip.

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kbit import MergePolicy, MethodInfo, Option, QuantizationSpec, hookimpl
+from kbit import MethodInfo, Option, QuantizationSpec, hookimpl
 from kbit.core.device import DeviceInfo
 from kbit.core.options import number
-from kbit.core.adapters import prepare_for_adapter
-from kbit.plugins._ptq import PEFT_TYPES, REQUIRES, ptq_merge_policy, ptq_options, ptq_spec, quantize_with
+from kbit.plugins._ptq import PEFT_TYPES, REQUIRES, ptq_options, ptq_spec, quantize_with
+from kbit.plugins._ptq import build_quant_config, merge_policy, prepare_model  # noqa: F401  (shared hooks)
 
 NAME = "gptq"
 OPTIONS = ptq_options(
@@ -40,21 +40,6 @@ def describe_method() -> MethodInfo:
 @hookimpl
 def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
     return ptq_spec(NAME, OPTIONS, options, device, extra_keys=("dampening",))
-
-
-@hookimpl
-def build_quant_config(spec: QuantizationSpec) -> None:
-    return None  # the base trains in full precision; quantization comes after the merge
-
-
-@hookimpl
-def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
-    return prepare_for_adapter(model, spec, kbit_base=False)
-
-
-@hookimpl
-def merge_policy(spec: QuantizationSpec) -> MergePolicy:
-    return ptq_merge_policy(spec)
 
 
 @hookimpl
