@@ -47,9 +47,14 @@ def custom_model(tmp_path_factory):
 TRAIN = ("--max-steps", "1", "--batch-size", "2", "-o", "r=4", "--max-examples", "20", "--eval-limit", "0")
 
 
+def _env(tmp_path):
+    """The marker file's path, and an environment whose remote-code module cache is private to the test."""
+    marker = tmp_path / "ran"
+    return marker, {**os.environ, "KBIT_TEST_MARKER": str(marker), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+
+
 def test_repository_code_is_refused_without_the_flag(custom_model, tmp_path):
-    marker, out = tmp_path / "ran", tmp_path / "run"
-    env = {**os.environ, "KBIT_TEST_MARKER": str(marker), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    (marker, env), out = _env(tmp_path), tmp_path / "run"
     result = run_kbit("train", "--model", str(custom_model), "--output", str(out), *TRAIN, env=env)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("kbit: error:")]
@@ -59,8 +64,7 @@ def test_repository_code_is_refused_without_the_flag(custom_model, tmp_path):
 
 
 def test_repository_code_runs_with_the_flag_and_the_run_records_it(custom_model, tmp_path):
-    marker, out = tmp_path / "ran", tmp_path / "run"
-    env = {**os.environ, "KBIT_TEST_MARKER": str(marker), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    (marker, env), out = _env(tmp_path), tmp_path / "run"
     result = run_kbit("train", "--model", str(custom_model), "--output", str(out), "--trust-remote-code", *TRAIN,
                       "-o", "merge_after_train=false", env=env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -244,8 +244,9 @@ def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         else:
             lock.acquire()
-            for name in clear_staging(plan.run_dir) if resume else ():
-                log.warning("removed %s, left by the interrupted run", name)
+            if resume:
+                for name in clear_staging(plan.run_dir):
+                    log.warning("removed %s, left by the interrupted run", name)
         record = _initial_record(plan)
         meta.write_metadata(plan.run_dir, record)
     try:
