@@ -23,4 +23,3 @@ class NonFiniteLossCallback(TrainerCallback):
                 f"training loss became {loss} at step {state.global_step}; lower --lr or check the data "
                 "(the last good checkpoint is kept)"
             )
-

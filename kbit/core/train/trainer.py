@@ -14,19 +14,16 @@ import torch
 from trl import SFTTrainer
 
 
-def set_adapter_dtype(model: Any, dtype: torch.dtype) -> int:
-    """Cast the trainable parameters of ``model`` to ``dtype``; returns how many changed.
+def set_adapter_dtype(model: Any, dtype: torch.dtype) -> None:
+    """Cast the trainable parameters of ``model`` to ``dtype``.
 
     A DoRA magnitude vector stays float32: its updates are often below bf16's resolution, so in bf16
     it would silently stop training. Only ``.data`` changes, so parameter identity is kept.
     """
-    changed = 0
     for name, parameter in model.named_parameters():
         wanted = torch.float32 if "lora_magnitude_vector" in name else dtype
         if parameter.requires_grad and parameter.dtype != wanted:
             parameter.data = parameter.data.to(wanted)
-            changed += 1
-    return changed
 
 
 class KbitSFTTrainer(SFTTrainer):
