@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from kbit import Requirement
+from kbit.plugin import Requirement
 
 REQUIRES = (
     Requirement("bitsandbytes", "pip install 'bitsandbytes>=0.47'"),

@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
-from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
 TRAIN_ARGS = ("--max-steps", "2", "--batch-size", "2", "--max-examples", "40", "--eval-limit", "2", "-o", "r=4")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")
 
 
 def train_tiny(model: Path, method: str, output: Path, *options: str) -> dict:

@@ -300,7 +300,7 @@ class Loaded:
 
 def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
     """Load ``candidate``'s model (eval mode, on ``device``) and tokenizer."""
-    from kbit.core.models import load_causal_lm, load_tokenizer
+    from kbit.core.models import load_tokenizer
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(ModelSource(path=candidate.tokenizer_path, name=candidate.label, origin="local"),
@@ -309,12 +309,11 @@ def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
     if candidate.spec is not None:
         from kbit.core.registry import get_method
 
+        from kbit.core.bases import load_base
+
         method = get_method(candidate.method)
-        quant_config = method.build_quant_config(candidate.spec)
-        compute = candidate.spec.extras.get("compute_dtype", "float32")
-        base_path = candidate.base_path or candidate.path
-        model = load_causal_lm(base_path, quant_config=quant_config, dtype=compute,
-                               trust_remote_code=candidate.trust_remote_code, device_map=device_map)
+        model = load_base(method, candidate.spec, candidate.base_path or candidate.path,
+                          trust_remote_code=candidate.trust_remote_code, device_map=device_map)
         if candidate.variant == "adapter":
             from peft import PeftModel
 

@@ -49,7 +49,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
     from kbit.core.train.callbacks import StopOnNonFinite
     from kbit.core.train.trainer import KbitSFTTrainer
 
-    config, compute = plan.config, plan.spec.extras.get("compute_dtype", "float32")
+    config, compute = plan.config, plan.spec.training.compute_dtype
     checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
     args = SFTConfig(
         output_dir=str(plan.run_dir / CHECKPOINTS),
@@ -85,7 +85,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         train_dataset=sft_dataset(plan.tokenizer, plan.data.train),
         processing_class=plan.tokenizer,
         callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints()],
-        adapter_dtype=torch_dtype(plan.spec.extras.get("adapter_dtype", "float32")),
+        adapter_dtype=torch_dtype(plan.spec.training.adapter_dtype),
     )
 
 
@@ -114,7 +114,7 @@ def load_adapter_weights(model: Any, folder: Path, spec: Any) -> None:
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise RuntimeError(f"adapter in {folder} does not fit the model (unexpected keys {unexpected[:3]})")
-    set_adapter_dtype(model, torch_dtype(spec.extras.get("adapter_dtype", "float32")))
+    set_adapter_dtype(model, torch_dtype(spec.training.adapter_dtype))
 
 
 def _losses(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:

@@ -9,7 +9,7 @@ from typing import Any
 def write_model_card(path: Path, metadata: dict[str, Any]) -> None:
     """A model card with Hugging Face front matter (base_model, library_name, tags incl. the method)."""
     spec = metadata["spec"]
-    adapter = spec["extras"].get("adapter", {})
+    adapter = spec.get("adapter") or {}
     metrics = metadata.get("metrics", {})
     merge = metadata.get("merge", {})
     tags = ["kbit", spec["method"], "sft", adapter.get("peft_type", "adapter")]
