@@ -106,7 +106,7 @@ def training_extras(values: Mapping[str, Any], device: DeviceInfo) -> dict[str, 
     return {
         "compute_dtype": resolve_compute_dtype(values["compute_dtype"], device),
         "gradient_checkpointing": values["gradient_checkpointing"] == "true"
-        or (values["gradient_checkpointing"] == "auto" and device.kind == "cuda"),
+        or (values["gradient_checkpointing"] == "auto" and device.accelerator),
         "merge_after_train": values["merge_after_train"],
         "merge_dtype": resolve_compute_dtype(values["merge_dtype"], device),
         "adapter_dtype": "float32" if values["adapter_dtype"] == "auto" else values["adapter_dtype"],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.adapters import adapter_settings, attach_adapter
 from kbit.core.data import TaskData, load_task_data
-from kbit.core.device import DeviceInfo, detect_device
+from kbit.core.device import DeviceInfo, detect_device, peak_memory_bytes, trainer_device_args
 from kbit.core.errors import ConfigError
 from kbit.core.evaluate.generation import generate_answers, render_prompt
 from kbit.core.evaluate.scoring import score
@@ -174,14 +173,6 @@ def _probe_batches(tokenizer: Any, data: TaskData, count: int = 16) -> list[dict
         tokenizer.padding_side = side
 
 
-def _peak_memory(device: DeviceInfo) -> int:
-    if device.kind == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _trainer(plan: RunPlan, model: Any) -> Any:
     from trl import SFTConfig
 
@@ -210,9 +201,7 @@ def _trainer(plan: RunPlan, model: Any) -> Any:
         max_length=config.max_length,
         packing=config.packing,
         report_to=[] if config.report_to == "none" else [config.report_to],
-        bf16=compute == "bfloat16",
-        fp16=compute == "float16",
-        use_cpu=plan.device.kind == "cpu",
+        **trainer_device_args(plan.device, compute),
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         dataloader_num_workers=0,
@@ -343,7 +332,7 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
     metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
     metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
     record["metrics"] = metrics
-    record.update(status="finished", wall_time_s=round(time.time() - started, 1), peak_memory_bytes=_peak_memory(plan.device))
+    record.update(status="finished", wall_time_s=round(time.time() - started, 1), peak_memory_bytes=peak_memory_bytes(plan.device))
     if history:
         write_loss_plot(plan.run_dir / "loss.png", history, plan.name)
         record["artifacts"]["loss_plot"] = "loss.png"
