@@ -25,7 +25,7 @@ import pluggy
 from kbit.core import hookspecs
 from kbit.core.errors import MissingDependencyError, PluginError, UnknownMethodError
 from kbit.core.method import Method
-from kbit.core.method_info import MethodInfo
+from kbit.core.method_info import MethodInfo, describe_missing
 
 ENTRY_POINT_GROUP = "kbit.methods"
 BUILTIN_DISTRIBUTION = "kbit"
@@ -182,7 +182,7 @@ class Registry:
             )
         missing = info.missing_requirements()
         status = MISSING if missing else READY
-        error = "; ".join(f"needs {r.module}: {r.install}" for r in missing)
+        error = describe_missing(missing)
         return PluginRecord(**base, status=status, error=error, location=location, info=info, plugin=plugin)
 
     def _others(self, plugin: Any) -> list[Any]:

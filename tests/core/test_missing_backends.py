@@ -1,0 +1,67 @@
+"""A built-in method whose backend extra is not installed: listed as missing with its install line,
+and refused at use with that line (exit 2) before any work.
+
+The CLI runs in a subprocess in which the backend packages are made uninstalled for Python: a
+``None`` entry in ``sys.modules`` makes ``importlib.util.find_spec`` return None and ``import``
+raise ModuleNotFoundError, exactly what an environment without them shows.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PTQ_LINE = "pip install 'kbit[ptq]'"
+TORCHAO_LINE = "pip install 'kbit[torchao]'"
+
+WITHOUT = """\
+import sys
+sys.modules.update(dict.fromkeys(sys.argv[1].split(",")))
+from kbit.core.cli import main
+try:
+    main(sys.argv[2:])
+finally:
+    print(f"torch imported: {'torch' in sys.modules}", file=sys.stderr)
+"""
+
+
+def kbit_without(modules: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``kbit ARGS`` with the comma-separated top-level ``modules`` absent."""
+    return subprocess.run([sys.executable, "-c", WITHOUT, modules, *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_methods_lists_each_missing_backend_with_its_install_line():
+    result = kbit_without("llmcompressor,compressed_tensors,torchao", "methods")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("gptq", "awq"):
+        assert f"{name} missing: needs llmcompressor, compressed_tensors: {PTQ_LINE}" in lines, result.stdout
+    assert f"torchao-int8 missing: needs torchao: {TORCHAO_LINE}" in lines, result.stdout
+    assert not any(line.startswith(("qlora ", "lora ")) for line in lines)  # ready methods have no note
+
+    listed = json.loads(kbit_without("llmcompressor", "methods", "--json").stdout)
+    status = {m["name"]: (m["status"], m["error"]) for m in listed if m["builtin"]}
+    assert status["gptq"] == ("missing", f"needs llmcompressor: {PTQ_LINE}")
+    assert status["qlora"] == ("ready", "") and status["torchao-int8"][0] == "ready"
+
+
+@pytest.mark.parametrize("method, modules, line", [
+    ("gptq", "llmcompressor,compressed_tensors", PTQ_LINE),
+    ("awq", "compressed_tensors", PTQ_LINE),
+    ("ao-int8", "torchao", TORCHAO_LINE),  # an alias reaches the same refusal
+])
+def test_using_a_missing_method_is_refused_with_the_install_line_before_any_work(tmp_path, method, modules, line):
+    run = tmp_path / "run"
+    result = kbit_without(modules, "train", "--method", method, "--output", str(run), "--max-steps", "1", cwd=tmp_path)
+    assert result.returncode == 2
+    error, marker = result.stderr.strip().splitlines()
+    assert error.startswith("kbit: error: method ") and error.endswith(line), error
+    assert marker == "torch imported: False"  # refused before the heavy stack loads
+    assert not run.exists() and not (tmp_path / "runs").exists()
+
+    spec = kbit_without(modules, "spec", method)
+    assert spec.returncode == 2 and spec.stderr.splitlines()[0].endswith(line)
