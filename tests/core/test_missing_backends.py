@@ -8,11 +8,17 @@ raise ModuleNotFoundError, exactly what an environment without them shows.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from kbit.core.registry import Registry
 
 PTQ_LINE = "pip install 'kbit[ptq]'"
 TORCHAO_LINE = "pip install 'kbit[torchao]'"
@@ -65,3 +71,24 @@ def test_using_a_missing_method_is_refused_with_the_install_line_before_any_work
 
     spec = kbit_without(modules, "spec", method)
     assert spec.returncode == 2 and spec.stderr.splitlines()[0].endswith(line)
+
+
+def test_each_builtin_install_line_names_the_extra_or_core_dependency_that_provides_the_module():
+    metadata = importlib.metadata.metadata("kbit")
+    requirements = [Requirement(r) for r in importlib.metadata.requires("kbit")]
+    core = {canonicalize_name(r.name) for r in requirements if r.marker is None}
+    extras = {extra: {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": extra})}
+              for extra in metadata.get_all("Provides-Extra")}
+    checked = 0
+    for record in Registry(environ={"KBIT_BUILTINS_ONLY": "1"}).records():
+        if not record.builtin:
+            continue
+        for needed in record.info.requires:
+            distribution = canonicalize_name(needed.module.replace("_", "-"))
+            extra = re.fullmatch(r"pip install 'kbit\[([a-z]+)\]'", needed.install)
+            if extra:
+                assert distribution in extras[extra[1]], (record.name, needed)
+                checked += 1
+            else:
+                assert distribution in core, (record.name, needed)
+    assert checked == 5  # gptq and awq: llmcompressor, compressed_tensors; torchao-int8: torchao
