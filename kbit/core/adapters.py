@@ -135,6 +135,20 @@ def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:
     return model
 
 
+def checkpointing_enabled(model: Any) -> bool:
+    """Whether ``model`` (a transformers model, or a PEFT model around one) recomputes activations.
+
+    transformers after 5.17 renamed ``is_gradient_checkpointing`` to ``is_activation_checkpointing``;
+    the old name warns there and goes in v6, so the new one is asked first.
+    """
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        try:
+            return bool(getattr(model, name))
+        except AttributeError:
+            continue
+    return False
+
+
 def merge_or_keep(spec: Any, *, base: str, reason: str = "") -> MergePolicy:
     """Merge into ``base`` in the merge dtype, unless the user turned merging off."""
     if not spec.extras["merge_after_train"]:

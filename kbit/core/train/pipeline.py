@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from kbit.core import metadata as meta
-from kbit.core.adapters import adapter_settings, attach_adapter
+from kbit.core.adapters import adapter_settings, attach_adapter, checkpointing_enabled
 from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import DeviceInfo, detect_device, peak_memory_bytes, trainer_device_args
 from kbit.core.errors import ConfigError
@@ -181,7 +181,7 @@ def _trainer(plan: RunPlan, model: Any) -> Any:
     from kbit.core.train.trainer import KbitSFTTrainer
 
     config, compute = plan.config, plan.spec.extras.get("compute_dtype", "float32")
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    checkpointing = checkpointing_enabled(model)
     args = SFTConfig(
         output_dir=str(plan.run_dir / CHECKPOINTS),
         max_steps=config.max_steps if config.max_steps > 0 else -1,
