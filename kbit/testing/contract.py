@@ -35,7 +35,8 @@ class MethodContract:
         return chosen.resolve_spec(self.options, DeviceInfo.cpu())
 
     @pytest.fixture(scope="class")
-    def tiny_model_dir(self, tmp_path_factory: pytest.TempPathFactory):
+    @classmethod  # pytest 9.2 deprecates class-scoped fixtures on instances (removed in pytest 10)
+    def tiny_model_dir(cls, tmp_path_factory: pytest.TempPathFactory):
         return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
     def test_listed_as_ready(self, chosen: Method) -> None:
