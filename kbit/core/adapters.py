@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kbit.core.compat import REENTRANT_OFF, enable_checkpointing
 from kbit.core.device import DeviceInfo, resolve_compute_dtype
 from kbit.core.errors import ConfigError
 from kbit.core.method_info import MergePolicy
@@ -122,7 +123,7 @@ def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:
     A full-precision base is left in its compute dtype.
     """
     checkpointing = bool(spec.extras["gradient_checkpointing"])
-    kwargs = {"use_reentrant": False} if checkpointing else None
+    kwargs = dict(REENTRANT_OFF) if checkpointing else None
     if kbit_base:
         from peft import prepare_model_for_kbit_training
 
@@ -130,23 +131,9 @@ def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model)
         model.enable_input_require_grads()
     return model
-
-
-def checkpointing_enabled(model: Any) -> bool:
-    """Whether ``model`` (a transformers model, or a PEFT model around one) recomputes activations.
-
-    transformers after 5.17 renamed ``is_gradient_checkpointing`` to ``is_activation_checkpointing``;
-    the old name warns there and goes in v6, so the new one is asked first.
-    """
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        try:
-            return bool(getattr(model, name))
-        except AttributeError:
-            continue
-    return False
 
 
 def merge_or_keep(spec: Any, *, base: str, reason: str = "") -> MergePolicy:

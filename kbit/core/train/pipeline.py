@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 
 from kbit.core import metadata as meta
-from kbit.core.adapters import adapter_settings, attach_adapter, checkpointing_enabled
+from kbit.core.adapters import adapter_settings, attach_adapter
+from kbit.core.compat import checkpointing_arguments, checkpointing_enabled
 from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import DeviceInfo, detect_device, peak_memory_bytes, trainer_device_args
 from kbit.core.errors import ConfigError
@@ -202,8 +203,7 @@ def _trainer(plan: RunPlan, model: Any) -> Any:
         packing=config.packing,
         report_to=[] if config.report_to == "none" else [config.report_to],
         **trainer_device_args(plan.device, compute),
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        **checkpointing_arguments(SFTConfig, checkpointing),
         dataloader_num_workers=0,
         disable_tqdm=not is_main_process(),
         ddp_find_unused_parameters=False,
