@@ -49,10 +49,10 @@ def test_methods_lists_each_missing_backend_with_its_install_line():
     assert f"torchao-int8 missing: needs torchao: {TORCHAO_LINE}" in lines, result.stdout
     assert not any(line.startswith(("qlora ", "lora ")) for line in lines)  # ready methods have no note
 
-    listed = json.loads(kbit_without("llmcompressor", "methods", "--json").stdout)
+    listed = json.loads(kbit_without("llmcompressor,compressed_tensors", "methods", "--json").stdout)
     status = {m["name"]: (m["status"], m["error"]) for m in listed if m["builtin"]}
-    assert status["gptq"] == ("missing", f"needs llmcompressor: {PTQ_LINE}")
-    assert status["qlora"] == ("ready", "") and status["torchao-int8"][0] == "ready"
+    assert status["gptq"] == ("missing", f"needs llmcompressor, compressed_tensors: {PTQ_LINE}")
+    assert status["qlora"] == ("ready", "") and status["lora"] == ("ready", "")
 
 
 @pytest.mark.parametrize("method, modules, line", [
