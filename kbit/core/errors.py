@@ -25,3 +25,12 @@ class PluginError(KbitError):
 
 class MissingDependencyError(KbitError):
     """A method needs a package or device that is not here; the message gives the install line."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: like ``KeyboardInterrupt``, it unwinds the command so it can mark its output
+    interrupted and release its lock; the CLI then exits ``128 + signal_number``."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(f"terminated by signal {signal_number}")
+        self.signal_number = signal_number
