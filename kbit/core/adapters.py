@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kbit.core.compat import REENTRANT_OFF, enable_checkpointing
 from kbit.core.device import DeviceInfo, resolve_compute_dtype
 from kbit.core.errors import ConfigError
 from kbit.core.method_info import MergePolicy
@@ -73,7 +74,7 @@ def training_settings(values: Mapping[str, Any], device: DeviceInfo, *, adapter_
         compute_dtype=resolve_compute_dtype(values["compute_dtype"], device),
         adapter_dtype=(adapter_dtype or "float32") if requested == "auto" else requested,
         gradient_checkpointing=values["gradient_checkpointing"] == "true"
-        or (values["gradient_checkpointing"] == "auto" and device.kind == "cuda"),
+        or (values["gradient_checkpointing"] == "auto" and device.accelerator),
         merge_after_train=values["merge_after_train"],
         merge_dtype=resolve_compute_dtype(values["merge_dtype"], device),
     )
@@ -137,7 +138,7 @@ def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:
     (norms, embeddings) to float32 for stability. Any other base is left in its compute dtype.
     """
     checkpointing = spec.training.gradient_checkpointing
-    kwargs = {"use_reentrant": False} if checkpointing else None
+    kwargs = dict(REENTRANT_OFF) if checkpointing else None
     if kbit_base:
         from peft import prepare_model_for_kbit_training
 
@@ -145,7 +146,7 @@ def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model)
         model.enable_input_require_grads()
     return model
 

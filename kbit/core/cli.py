@@ -62,9 +62,11 @@ def methods_command(
                 ("needs_gpu", "GPU only"),
             ) if caps.get(key)
         )
-        status = r["status"] + (f": {r['error']}" if r["error"] else "")
-        table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['distribution']} {r['version']}", status, cap_text)
+        table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['distribution']} {r['version']}", r["status"], cap_text)
     Console().print(table)
+    for r in records:  # below the table, unwrapped, so an install line can be copied whole
+        if r["error"]:
+            typer.echo(f"{r['name']} {r['status']}: {r['error']}")
 
 
 @app.command("spec")

@@ -15,7 +15,7 @@ import pluggy
 
 from kbit.core.device import DeviceInfo
 from kbit.core.errors import KbitError, MissingDependencyError, PluginError
-from kbit.core.method_info import MergePolicy, MethodInfo
+from kbit.core.method_info import MergePolicy, MethodInfo, describe_missing
 from kbit.core.spec import QuantizationSpec
 
 
@@ -61,8 +61,7 @@ class Method:
         """Raise ``MissingDependencyError`` with the install line before any heavy work."""
         missing = self.info.missing_requirements()
         if missing:
-            lines = "; ".join(f"{r.module} ({r.install})" for r in missing)
-            raise MissingDependencyError(f"method '{self.name}' needs {lines}")
+            raise MissingDependencyError(f"method '{self.name}' {describe_missing(missing)}")
         if device is not None and self.info.needs_gpu and device.kind != "cuda":
             raise MissingDependencyError(f"method '{self.name}' needs a CUDA GPU; none is visible here")
 

@@ -128,18 +128,21 @@ def convert_gguf(gguf: Path, name: str) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise MissingDependencyError("loading .gguf models needs the gguf package: pip install gguf")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         try:
-            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            # transformers (5.17 on) keeps GGUF weights in their quantized blocks, on MPS where present,
+            # whenever it can fetch a GGUF matmul kernel; asked explicitly, it unpacks them to float32.
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                          quantization_config=GgufConfig(dequantize=True))
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         except Exception as exc:
             raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {exc}") from None
-        # save_pretrained refuses a model that still carries its GGUF quantizer: rebuild it clean
-        # from its config and load the dequantized weights.
+        # save_pretrained refuses a model that still carries its GGUF quantizer, dequantized or not
+        # (transformers 5.17 up to at least 5.24): rebuild it clean from its config and load the weights.
         config = loaded.config
         for attribute in ("quantization_config", "_pre_quantization_dtype"):
             if hasattr(config, attribute):

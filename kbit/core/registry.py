@@ -25,7 +25,7 @@ import pluggy
 from kbit.core import hookspecs
 from kbit.core.errors import MissingDependencyError, PluginError, UnknownMethodError
 from kbit.core.method import Method
-from kbit.core.method_info import MethodInfo
+from kbit.core.method_info import MethodInfo, describe_missing
 
 ENTRY_POINT_GROUP = "kbit.methods"
 BUILTIN_DISTRIBUTION = "kbit"
@@ -182,8 +182,8 @@ class Registry:
             )
         missing = info.missing_requirements()
         if missing:
-            error = "; ".join(f"needs {r.module}: {r.install}" for r in missing)
-            return PluginRecord(**base, status=MISSING, error=error, location=location, info=info, plugin=plugin)
+            return PluginRecord(**base, status=MISSING, error=describe_missing(missing), location=location, info=info,
+                                plugin=plugin)
         problem = self._default_spec_problem(base["name"], base, info, plugin)
         if problem:
             self._pm.unregister(plugin)

@@ -8,7 +8,7 @@ from typing import Any
 from kbit.plugin import Requirement
 
 REQUIRES = (
-    Requirement("bitsandbytes", "pip install 'bitsandbytes>=0.47'"),
+    Requirement("bitsandbytes", "pip install bitsandbytes"),
     Requirement("peft", "pip install peft"),
 )
 

@@ -38,8 +38,8 @@ from kbit.plugin import (
 PEFT_TYPES = ("lora", "vera")
 GROUP_CANDIDATES = (128, 64, 32)
 REQUIRES = (
-    Requirement("llmcompressor", "pip install 'llmcompressor==0.14.0.1'"),
-    Requirement("compressed_tensors", "pip install 'compressed-tensors==0.19.0'"),
+    Requirement("llmcompressor", "pip install 'kbit[ptq]'"),
+    Requirement("compressed_tensors", "pip install 'kbit[ptq]'"),
     Requirement("peft", "pip install peft"),
 )
 

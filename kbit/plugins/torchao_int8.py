@@ -43,7 +43,7 @@ def describe_method() -> MethodInfo:
         summary="torchao int8 weight-only base (per-channel), LoRA/DoRA adapter; merged into the original base",
         options=OPTIONS,
         aliases=("torchao", "ao-int8"),
-        requires=(Requirement("torchao", "pip install 'torchao>=0.13'"), Requirement("peft", "pip install peft")),
+        requires=(Requirement("torchao", "pip install 'kbit[torchao]'"), Requirement("peft", "pip install peft")),
         peft_types=PEFT_TYPES,
         quantized_training=True,
     )

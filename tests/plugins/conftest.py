@@ -5,10 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 
+from kbit.core.registry import MISSING, default_registry
 from tests.conftest import run_kbit
 
 TRAIN_ARGS = ("--max-steps", "2", "--batch-size", "2", "--max-examples", "40", "--eval-limit", "2", "-o", "r=4")
+
+
+def needs_backend(method: str) -> pytest.MarkDecorator:
+    """Skip where METHOD's backend (a kbit extra) is not installed, giving the line that installs it.
+
+    The bare environment (``pip install .``, no extras) runs the core tests only; with every extra
+    installed (scripts/install.sh) the method is ready and nothing is skipped.
+    """
+    record = next(r for r in default_registry().records() if r.name == method)
+    return pytest.mark.skipif(record.status == MISSING, reason=f"method '{method}' {record.error}")
 
 
 def train_tiny(model: Path, method: str, output: Path, *options: str) -> dict:

@@ -9,6 +9,9 @@ from kbit.plugins._ptq import resolve_group_size
 from kbit.testing import MethodContract
 from tests.conftest import run_kbit
 from tests.plugins._ptq_checks import FAST, requantize_run, train_and_quantize
+from tests.plugins.conftest import needs_backend
+
+pytestmark = needs_backend("gptq")
 
 
 class TestGptqContract(MethodContract):

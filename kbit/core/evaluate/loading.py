@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from kbit.core import metadata as meta
-from kbit.core.device import DeviceInfo
+from kbit.core.device import DeviceInfo, device_map_for
 from kbit.core.errors import ConfigError
 from kbit.core.models import ModelSource, check_remote_code, check_weights, resolve_model
 from kbit.core.spec import QuantizationSpec
@@ -305,7 +305,7 @@ def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
     started = time.perf_counter()
     tokenizer = load_tokenizer(ModelSource(path=candidate.tokenizer_path, name=candidate.label, origin="local"),
                                trust_remote_code=candidate.trust_remote_code)
-    device_map = {"": 0} if device.kind == "cuda" else None
+    device_map = device_map_for(device)
     if candidate.spec is not None:
         from kbit.core.registry import get_method
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.adapters import attach_adapter
 from kbit.core.data import TaskData
-from kbit.core.device import DeviceInfo
+from kbit.core.device import peak_memory_bytes
 from kbit.core.errors import Terminated
 from kbit.core.evaluate.generation import generate_answers, render_prompt
 from kbit.core.evaluate.scoring import score
@@ -242,7 +241,7 @@ def _score(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
 def _finish(plan: RunPlan, record: dict[str, Any]) -> None:
     history = record.get("loss_history", [])
     record.update(status="finished", wall_time_s=round(time.time() - record["_started"], 1),
-                  peak_memory_bytes=_peak_memory(plan.device))
+                  peak_memory_bytes=peak_memory_bytes(plan.device))
     if history:
         write_loss_plot(plan.run_dir / "loss.png", history, plan.name)
         record["artifacts"]["loss_plot"] = "loss.png"
@@ -274,14 +273,6 @@ def _probe_batches(tokenizer: Any, data: TaskData, count: int = 16) -> list[dict
         return [dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))]
     finally:
         tokenizer.padding_side = side
-
-
-def _peak_memory(device: DeviceInfo) -> int:
-    if device.kind == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _leave_process_group() -> None:

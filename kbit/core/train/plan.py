@@ -58,8 +58,8 @@ def is_main_process() -> bool:
 
 def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     """Validate every input and decide the run; raises ConfigError before anything is written."""
+    method = get_method(config.method)  # first: a method whose backend is missing is refused before torch loads
     device = detect_device()
-    method = get_method(config.method)
     method.check_requirements(device)
     spec = method.resolve_spec(config.options, device)
     adapter = require_adapter(spec)
