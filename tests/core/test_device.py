@@ -52,8 +52,8 @@ def test_the_cpu_is_forced_only_on_a_cpu_only_machine():
 ])
 def test_method_specs_follow_the_device(device, checkpointing, dtype):
     spec = get_method("qlora").resolve_spec({}, device)
-    assert spec.extras["compute_dtype"] == dtype and spec.extras["merge_dtype"] == dtype
-    assert spec.extras["gradient_checkpointing"] is checkpointing  # "auto": on wherever memory is the accelerator's
+    assert spec.training.compute_dtype == dtype and spec.training.merge_dtype == dtype
+    assert spec.training.gradient_checkpointing is checkpointing  # "auto": on wherever memory is the accelerator's
 
 
 def test_device_kinds_are_torch_device_types():
