@@ -43,9 +43,15 @@ def adapter_options(
     )
 
 
-def adapter_settings(values: Mapping[str, Any]) -> AdapterSettings:
-    """``spec.adapter`` from option values resolved against ``adapter_options``."""
-    return AdapterSettings(**{key: values[key] for key in ADAPTER_KEYS})
+def adapter_settings(values: Mapping[str, Any], *, qa_group_size: int | None = None) -> AdapterSettings:
+    """``spec.adapter`` from option values resolved against ``adapter_options``.
+
+    ``qa_group_size`` makes the LoRA adapter a QA-LoRA one (see ``AdapterSettings``).
+    """
+    try:
+        return AdapterSettings(**{key: values[key] for key in ADAPTER_KEYS}, qa_group_size=qa_group_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def training_options(*, merge: bool = True) -> OptionSchema:
@@ -127,7 +133,47 @@ def attach_adapter(model: Any, spec: Any) -> Any:
     """Wrap ``model`` (already passed through the method's ``prepare_model``) in a PEFT model."""
     from peft import get_peft_model
 
-    return get_peft_model(model, build_peft_config(spec))
+    peft_model = get_peft_model(model, build_peft_config(spec))
+    if require_adapter(spec).qa_group_size:
+        pool_adapter_inputs(peft_model, spec.adapter.qa_group_size)
+    return peft_model
+
+
+def pool_adapter_inputs(model: Any, group_size: int) -> None:
+    """Make every LoRA ``A`` matrix of ``model`` constant within groups of ``group_size`` input features,
+    and keep it so while it trains: QA-LoRA (Xu et al. 2023) as a plain PEFT LoRA.
+
+    QA-LoRA averages the adapter's input over each group before a narrow ``A``. A full-width ``A``
+    whose columns are equal within each group computes the same thing (up to a constant factor), so
+    its update ``B @ A`` is constant within each group of a weight row. kbit keeps the adapter an
+    ordinary PEFT LoRA — saved, loaded, resumed and merged by PEFT as any other — instead of PEFT's
+    own QA-LoRA variant, which (peft 0.21) applies only to GPTQ layers and cannot merge.
+    ``A`` starts as one column per group repeated (the same output scale as PEFT's initialisation)
+    and each gradient is replaced by its group mean; Adam then updates every column of a group
+    identically, bit for bit, so ``A`` stays group-constant.
+    """
+    import torch
+
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict):
+            continue
+        for layer in lora_a.values():
+            weight = layer.weight
+            rank, width = weight.shape
+            if width % group_size:
+                raise ConfigError(f"QA-LoRA group size {group_size} does not divide the input width {width} of {name}; "
+                                  "choose a group size dividing every adapted layer's input width")
+            with torch.no_grad():
+                first = weight[:, ::group_size]
+                weight.copy_(first.repeat_interleave(group_size, dim=1))
+            weight.register_hook(lambda grad, g=group_size: _group_mean(grad, g))
+
+
+def _group_mean(grad: Any, group_size: int) -> Any:
+    rank, width = grad.shape
+    means = grad.reshape(rank, width // group_size, group_size).mean(dim=-1, keepdim=True)
+    return means.expand(rank, width // group_size, group_size).reshape(rank, width)
 
 
 def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:

@@ -83,13 +83,24 @@ def _check_targets(instance: Any, attribute: attrs.Attribute, value: str | tuple
 
 @attrs.frozen
 class AdapterSettings:
-    """The adapter kbit attaches to the prepared base and trains (LoRA, DoRA or VeRA)."""
+    """The adapter kbit attaches to the prepared base and trains (LoRA, DoRA or VeRA).
+
+    ``qa_group_size`` (LoRA only) makes it a QA-LoRA adapter: it sees its input averaged over groups
+    of that many consecutive features, so its update is constant within each group of a weight row —
+    and merges into a quantized base with one offset per block of that size without rounding.
+    """
 
     peft_type: str = attrs.field(default="lora", validator=attrs.validators.in_(PEFT_TYPES))
     r: int | str = attrs.field(default=64, validator=_rank)
     lora_alpha: float = attrs.field(default=16, validator=_finite(0))
     lora_dropout: float = attrs.field(default=0.05, validator=_finite(0, 1))
     target_modules: str | tuple[str, ...] = attrs.field(default="all-linear", converter=_targets, validator=_check_targets)
+    qa_group_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_int))
+
+    @qa_group_size.validator
+    def _lora_only(self, attribute: attrs.Attribute, value: int | None) -> None:
+        if value is not None and self.peft_type != "lora":
+            raise ValueError(f"qa_group_size (QA-LoRA) needs peft_type 'lora', not '{self.peft_type}'")
 
 
 @attrs.frozen
