@@ -82,7 +82,7 @@ def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy,
     return model.to(torch_dtype(policy.dtype)), described
 
 
-def prepare_for_training(method: Method, spec: QuantizationSpec, model: Any) -> Any:
+def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePolicy, model: Any) -> Any:
     """``method.prepare_model(model, spec)``; refuses, before training, a merge it would make wrong.
 
     ``prepare_model`` may freeze, upcast or wrap, but not change base weights: the merge reloads the
@@ -91,7 +91,6 @@ def prepare_for_training(method: Method, spec: QuantizationSpec, model: Any) -> 
     """
     before = weights_fingerprint(model)
     prepared = method.prepare_model(model, spec)
-    policy = method.merge_policy(spec)
     if policy.action == "merge":
         after = weights_fingerprint(prepared)
         changed = sorted(name for name in before.keys() & after.keys() if before[name] != after[name])

@@ -125,7 +125,6 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _initial_record(plan: RunPlan) -> dict[str, Any]:
-    policy = plan.method.merge_policy(plan.spec)
     return {
         "kind": "run",
         "status": "running",
@@ -137,7 +136,7 @@ def _initial_record(plan: RunPlan) -> dict[str, Any]:
         "method_summary": plan.method.info.summary,
         "method_options": dict(plan.config.options),
         "spec": plan.spec.to_dict(),
-        "merge_policy": policy.to_dict(),
+        "merge_policy": plan.policy.to_dict(),
         "base_model": plan.source.to_dict(),
         "dataset": plan.data.describe(),
         "config": plan.config.to_dict(),
@@ -169,7 +168,7 @@ def _run_stages(plan: RunPlan, record: dict[str, Any] | None) -> None:
     for reason in plan.sizing.values():
         log.warning("auto sizing: %s", reason)
     model = load_base(plan.method, plan.spec, plan.source.path, trust_remote_code=plan.config.trust_remote_code)
-    model = attach_adapter(prepare_for_training(plan.method, plan.spec, model), plan.spec)
+    model = attach_adapter(prepare_for_training(plan.method, plan.spec, plan.policy, model), plan.spec)
     if adapter_done:
         load_adapter_weights(model, plan.run_dir / "adapter", plan.spec)
         trained = None
@@ -197,7 +196,7 @@ def _save_adapter(plan: RunPlan, record: dict[str, Any], trained: Trained) -> No
 
 
 def _merge_and_quantize(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
-    policy = plan.method.merge_policy(plan.spec)
+    policy = plan.policy
     if policy.action != "merge":
         record["merge"] = {"action": policy.action, "reason": policy.reason}
         return

@@ -21,6 +21,7 @@ from kbit.core.device import DeviceInfo, detect_device
 from kbit.core.errors import ConfigError
 from kbit.core.evaluate.generation import render_prompt
 from kbit.core.method import Method
+from kbit.core.method_info import MergePolicy
 from kbit.core.model_check import check_adapter_fits, check_weights_match, load_config, skeleton
 from kbit.core.models import ModelSource, load_tokenizer, resolve_model
 from kbit.core.naming import run_name
@@ -41,6 +42,7 @@ class RunPlan:
     config: TrainConfig
     method: Method
     spec: QuantizationSpec
+    policy: MergePolicy  # merge_policy(spec), asked once: every stage carries out this one
     device: DeviceInfo
     data: TaskData
     source: ModelSource
@@ -93,7 +95,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     name = config.name or run_name(source.name, data.name, spec, head)
     run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume)
     check_writable(run_dir, min_free_bytes=3 * weights_bytes(Path(source.path)) + (64 << 20))
-    return RunPlan(config, method, spec, device, data, source, tokenizer, batch_size, sizing, name, run_dir, resume)
+    return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, name, run_dir, resume)
 
 
 def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> Path:
