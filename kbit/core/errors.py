@@ -25,3 +25,9 @@ class PluginError(KbitError):
 
 class MissingDependencyError(KbitError):
     """A method needs a package or device that is not here; the message gives the install line."""
+
+
+class FidelityError(KbitError):
+    """A measured fidelity figure is outside its expected range; the message gives the figure, the bound and the override."""
+
+    exit_code = 1

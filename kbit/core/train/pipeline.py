@@ -21,6 +21,7 @@ import attrs
 
 from kbit.core import metadata as meta
 from kbit.core.adapters import adapter_settings, attach_adapter
+from kbit.core.cards import name_base_in_adapter, write_cards
 from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import DeviceInfo, detect_device
 from kbit.core.errors import ConfigError
@@ -36,7 +37,7 @@ from kbit.core.rundir import LOCK_NAME, RunLock, atomic_directory, check_writabl
 from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec
 from kbit.core.spec import QuantizationSpec
 from kbit.core.train.config import TrainConfig
-from kbit.core.train.outputs import write_loss_plot, write_model_card
+from kbit.core.train.outputs import write_loss_plot
 
 log = logging.getLogger("kbit")
 RUNS_ROOT = Path("runs")
@@ -316,6 +317,7 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
     with atomic_directory(adapter_dir) as staging:
         peft_model.save_pretrained(staging)
         plan.tokenizer.save_pretrained(staging)
+        name_base_in_adapter(staging, plan.source.hub_id or plan.source.name)
     record["artifacts"]["adapter"] = "adapter"
     peft_model.eval()
     policy = plan.method.merge_policy(plan.spec)
@@ -347,7 +349,7 @@ def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> 
     if history:
         write_loss_plot(plan.run_dir / "loss.png", history, plan.name)
         record["artifacts"]["loss_plot"] = "loss.png"
-    write_model_card(plan.run_dir / "README.md", record)
+    write_cards(plan.run_dir, record)
     record["artifacts"]["model_card"] = "README.md"
     meta.write_metadata(plan.run_dir, record)
 
