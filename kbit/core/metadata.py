@@ -3,7 +3,8 @@
 It is a versioned JSON object; readers refuse a newer schema or a corrupt file with one line.
 Fields: schema_version, kind ("run" or "quantized"), status ("running", "finished", "failed"),
 error, method, spec, method_options, merge_policy, base_model, dataset, config, versions,
-artifacts, merge, metrics, loss_history, wall_time_s, peak_memory_bytes, created/updated.
+artifacts, merge, metrics, loss_history, wall_time_s, peak_memory_bytes, created/updated; quantize
+after post-training quantization; exports (one entry per file `kbit export` wrote, with its check).
 """
 
 from __future__ import annotations
