@@ -114,12 +114,12 @@ class Probe:
 
 def kbit_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Train through kbit's own pipeline (``run_training``), instrumented with the same probe."""
-    from kbit.core.train import pipeline
+    from kbit.core.train import fit, pipeline
     from kbit.core.train.config import TrainConfig
 
     probe = Probe(args.device)
-    original = pipeline._trainer
-    pipeline._trainer = lambda plan, model: probe.attach(original(plan, model))
+    original = fit.build_trainer
+    fit.build_trainer = lambda plan, model: probe.attach(original(plan, model))
     options = {"merge_after_train": "false", **dict(o.split("=", 1) for o in args.option)}
     config = TrainConfig(method=args.method, options=options, max_steps=args.steps, batch_size=args.batch, lr=LR,
                          logging_steps=1, save_steps=args.steps + 1000, eval_limit=0, seed=SEED,

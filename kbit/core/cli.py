@@ -145,17 +145,9 @@ def train_command(
         options["peft_type"] = peft
     overrides["options"] = options or None
     if resume:
-        from pathlib import Path
+        from kbit.core.train.config import resume_config
 
-        from kbit.core.metadata import read_metadata
-
-        recorded = read_metadata(Path(resume))
-        if recorded is None:
-            from kbit.core.errors import ConfigError
-
-            raise ConfigError(f"cannot resume: {resume} is not a kbit run (no kbit.json)")
-        base = {k: v for k, v in recorded.get("config", {}).items() if v is not None}
-        settings = build_config(None, {**base, **{k: v for k, v in overrides.items() if v is not None}, "output": resume})
+        settings = resume_config(resume, overrides)
     else:
         settings = build_config(config, overrides)
     from kbit.core.train.pipeline import run_training
@@ -179,7 +171,8 @@ def eval_command(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generated tokens per answer (default 16).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per forward/generate batch (default 8).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Data split seed (default: each run's seed, else 0).")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP); replaced if it exists.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP); an earlier report there is replaced, anything else refused.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds something other than a kbit report (never a run).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from plain model repositories.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
 ) -> None:
@@ -192,7 +185,7 @@ def eval_command(
         paths=paths or None, models=model or None, variants=variant or None, method=method,
         options=parse_assignments(option or []), dataset=dataset, columns=columns, max_examples=max_examples,
         seed=seed, trust_remote_code=trust_remote_code, limit=limit, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, out=out,
+        batch_size=batch_size, out=out, overwrite=overwrite or None,
     )
     result = run_eval(settings)
     if as_json:
@@ -208,6 +201,7 @@ def quantize_command(
     option: OptionsArg = None,
     output: Annotated[Optional[str], typer.Option("--output", "-O", help="Output directory (default RUN/quantized; required for a model directory).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Calibration data (default: the run's training data, else arith).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output even if it holds something other than a kbit quantized model (never a run).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the quantize record as JSON.")] = False,
 ) -> None:
     """Quantize a merged model after training (GPTQ, AWQ, ...) into a compressed checkpoint."""
@@ -219,7 +213,7 @@ def quantize_command(
 
     with contextlib.redirect_stdout(sys.stderr):  # quantizers print progress; keep stdout for the result
         target, record = quantize_path(Path(path), method, parse_assignments(option or []),
-                                       Path(output) if output else None, dataset)
+                                       Path(output) if output else None, dataset, overwrite)
     if as_json:
         typer.echo(json.dumps({"output": str(target), **_jsonable(record["quantize"])}, indent=2))
         return
@@ -296,34 +290,78 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Click's ``ClickException`` as typer raises it: typer >= 0.17 bundles its own copy of click."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, ``timeout``) into ``Terminated`` so a run is marked interrupted and unlocked."""
+    import signal
+
+    from kbit.core.errors import Terminated
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (kbit called from a library): leave signals alone
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI: a ``KbitError`` becomes one line on stderr and its exit code (traceback with --debug)."""
+    """Run the CLI. Every failure ends in one line on stderr and a non-zero exit (traceback with --debug).
+
+    ``KbitError`` (bad input or environment) and usage errors exit 2; Ctrl-C exits 130 and SIGTERM
+    143, after the running command has marked its output interrupted and released its lock; an
+    ``OSError`` (a full or read-only disk) exits 2 naming the path; anything else is a bug: exit 1.
+    """
+    from kbit.core.errors import Terminated
+
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    usage_errors = _usage_error_types()
+    _exit_on_sigterm()
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except KbitError as exc:
         if debug:
             raise
         typer.echo(f"kbit: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("kbit: aborted", err=True)
-        sys.exit(130)
     except KeyboardInterrupt:
         typer.echo("kbit: interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence; click usage errors handled below
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            if debug:
-                raise
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
+    except Terminated as exc:
+        typer.echo(f"kbit: terminated by signal {exc.signal_number}", err=True)
+        sys.exit(128 + exc.signal_number)
+    except usage_errors as exc:
+        if debug:
+            raise
+        command = " ".join(["kbit", *[a for a in args if not a.startswith("-")][:1], "--help"])
+        typer.echo(f"kbit: error: {exc.format_message()}; see '{command}'", err=True)
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(f"kbit: error: {exc.strerror or exc}{where}; check the disk, its free space and permissions", err=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
         if debug:
             raise
         typer.echo(f"kbit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C into this return code
+        typer.echo("kbit: interrupted", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)

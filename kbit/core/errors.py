@@ -31,3 +31,12 @@ class FidelityError(KbitError):
     """A measured fidelity figure is outside its expected range; the message gives the figure, the bound and the override."""
 
     exit_code = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: like ``KeyboardInterrupt``, it unwinds the command so it can mark its output
+    interrupted and release its lock; the CLI then exits ``128 + signal_number``."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(f"terminated by signal {signal_number}")
+        self.signal_number = signal_number

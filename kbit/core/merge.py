@@ -8,6 +8,7 @@ on held-out prompts, and the measured difference is returned for the run's metad
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,12 @@ def merged_model(base_path: str, adapter_dir: Path, policy: MergePolicy, quant_c
 
 
 def logit_agreement(reference: Any, candidate: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
-    """Max/mean absolute logit difference and top-1 agreement of ``candidate`` against ``reference``."""
+    """Max/mean absolute logit difference and top-1 agreement of ``candidate`` against ``reference``.
+
+    NaN-aware: a position where either model's logits are not finite counts as a disagreement with
+    an infinite difference (NaN compares unequal to everything, so a plain max or argmax would
+    report a broken model as a perfect match).
+    """
     import torch
 
     max_err, total_err, count, agree, positions = 0.0, 0.0, 0, 0, 0
@@ -47,11 +53,16 @@ def logit_agreement(reference: Any, candidate: Any, batches: list[dict[str, Any]
             ref = reference(**batch).logits.float()
             cand = candidate(**batch).logits.float()
             mask = batch["attention_mask"].bool()
+            finite = (torch.isfinite(ref).all(-1) & torch.isfinite(cand).all(-1))[mask]
             diff = (ref - cand).abs()[mask]
-            max_err = max(max_err, float(diff.max()))
-            total_err += float(diff.sum())
+            if not bool(finite.all()):
+                max_err = math.inf
+            good = diff[finite]
+            if good.numel():
+                max_err = max(max_err, float(good.max()))
+            total_err += float(good.sum()) if bool(finite.all()) else math.inf
             count += diff.numel()
-            agree += int((ref.argmax(-1) == cand.argmax(-1))[mask].sum())
+            agree += int(((ref.argmax(-1) == cand.argmax(-1))[mask] & finite).sum())
             positions += int(mask.sum())
     return {
         "max_abs_logit_diff": max_err,

@@ -60,7 +60,29 @@ def read_metadata(directory: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path} has no schema_version; it was not written by kbit")
     if version > SCHEMA_VERSION:
         raise ConfigError(f"{path} has schema version {version}, newer than this kbit reads ({SCHEMA_VERSION}); upgrade kbit")
+    _check_types(data, path)
     return data
+
+
+# The fields kbit reads back, and the JSON types they must have (absent is allowed: older or partial records).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "status": (str,), "name": (str, type(None)), "method": (str,), "error": (str, type(None)),
+    "spec": (dict,), "merge_policy": (dict,), "base_model": (dict,), "dataset": (dict,), "config": (dict,),
+    "artifacts": (dict,), "train": (dict,), "merge": (dict,), "metrics": (dict,), "quantize": (dict,),
+    "loss_history": (list,), "trust_remote_code": (bool,), "method_options": (dict,),
+}
+
+
+def _check_types(data: dict[str, Any], path: Path) -> None:
+    for field, types in _FIELD_TYPES.items():
+        if field in data and not isinstance(data[field], types):
+            expected = " or ".join("null" if t is type(None) else {"str": "a string", "dict": "an object", "list": "a list",
+                                                                     "bool": "true/false"}[t.__name__] for t in types)
+            raise ConfigError(f"{path}: field '{field}' must be {expected}, got {type(data[field]).__name__}; "
+                              "the file was edited or damaged — restore it")
+    base = data.get("base_model") or {}
+    if "path" in base and not isinstance(base["path"], str):
+        raise ConfigError(f"{path}: field 'base_model.path' must be a string; restore the file")
 
 
 def spec_of(metadata: dict[str, Any], where: Path) -> QuantizationSpec:

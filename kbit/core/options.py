@@ -8,6 +8,7 @@ refuses unknown names and invalid values with a ``ConfigError`` that lists what 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -110,6 +111,7 @@ def _int_expectation(minimum: int | None, maximum: int | None, auto: bool) -> st
 
 
 def number(minimum: float | None = None, below: float | None = None) -> Parser:
+    """A finite float (NaN and infinities are refused: they would silently poison a run)."""
     def parse(raw: Any) -> float:
         if isinstance(raw, bool):
             raise ValueError("expected a number")
@@ -117,6 +119,8 @@ def number(minimum: float | None = None, below: float | None = None) -> Parser:
             value = float(raw)
         except (TypeError, ValueError):
             raise ValueError("expected a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value}")
         if (minimum is not None and value < minimum) or (below is not None and value >= below):
             low = f">= {minimum}" if minimum is not None else ""
             high = f"< {below}" if below is not None else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from kbit.core.errors import ConfigError
 from kbit.core.method import Method
 from kbit.core.rundir import RunLock, atomic_directory, clear_staging
 from kbit.core.spec import QuantizationSpec
+from kbit.core.targets import claim, enclosing_run, kbit_kind
 
 DEFAULT_CALIBRATION_SAMPLES = 64
 
@@ -33,25 +34,32 @@ def calibration_texts(tokenizer: Any, examples: Sequence[Any], spec: Quantizatio
     return [render_prompt(tokenizer, e) + e.completion for e in list(examples)[:count]]
 
 
-def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calibration: list[str], target: Path) -> dict[str, Any]:
-    """Quantize ``model_dir`` into ``target`` atomically; returns the record kept under ``"quantize"``."""
+def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calibration: list[str], target: Path,
+                  metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Quantize ``model_dir`` into ``target`` atomically; returns the record kept under ``"quantize"``.
+
+    ``metadata(record)``, when given, returns a ``kbit.json`` written inside ``target`` before it appears.
+    """
     started = time.time()
     with atomic_directory(target) as staging:
         method.quantize_model(Path(model_dir), spec, calibration, staging)
         if not (staging / "config.json").is_file():
             raise ConfigError(f"method '{method.name}' wrote no model into {target} (no config.json)")
-    config = json.loads((Path(target) / "config.json").read_text())
-    quant = config.get("quantization_config") or {}
-    return {
-        "method": method.name,
-        "spec": spec.to_dict(),
-        "seconds": round(time.time() - started, 1),
-        "calibration_samples": len(calibration),
-        "format": quant.get("quant_method", ""),
-        "config_groups": quant.get("config_groups", {}),
-        "size_bytes": sum(f.stat().st_size for f in Path(target).glob("*.safetensors")),
-        "source": str(model_dir),
-    }
+        config = json.loads((staging / "config.json").read_text())
+        quant = config.get("quantization_config") or {}
+        record = {
+            "method": method.name,
+            "spec": spec.to_dict(),
+            "seconds": round(time.time() - started, 1),
+            "calibration_samples": len(calibration),
+            "format": quant.get("quant_method", ""),
+            "config_groups": quant.get("config_groups", {}),
+            "size_bytes": sum(f.stat().st_size for f in staging.glob("*.safetensors")),
+            "source": str(model_dir),
+        }
+        if metadata is not None:
+            meta.write_metadata(staging, metadata(record))
+    return record
 
 
 def run_examples(record: Mapping[str, Any]) -> Any:
@@ -65,7 +73,7 @@ def run_examples(record: Mapping[str, Any]) -> Any:
 
 
 def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any], output: Path | None,
-                  dataset: str | None = None) -> tuple[Path, dict[str, Any]]:
+                  dataset: str | None = None, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """``kbit quantize``: quantize a run's merged model (into run/quantized, updating its kbit.json)
     or a plain model directory (into ``output``, with a kbit.json of kind "quantized").
 
@@ -107,6 +115,9 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
         data = load_task_data(dataset or "arith")
     if target.resolve() == model_dir.resolve():
         raise ConfigError(f"--output {target} is the model being quantized; choose another directory")
+    own_artifact = (path / "quantized").resolve() if is_run else None
+    target = claim(target, overwrite=overwrite, what="quantized model",
+                   is_own=lambda p: p == own_artifact or (kbit_kind(p) == "quantized" and enclosing_run(p) is None))
     tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name=model_dir.name, origin="local"))
     calibration = calibration_texts(tokenizer, data.train, spec, method)
     lock = RunLock(path) if is_run else None
@@ -114,25 +125,32 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
         lock.acquire()
         clear_staging(path)  # what a killed train or quantize left; the lock says no writer is live
     try:
-        result = quantize_into(method, spec, model_dir, calibration, target)
-        result["dataset"] = data.describe()
-        if is_run and target == path / "quantized":
+        if is_run and target == own_artifact:
+            result = quantize_into(method, spec, model_dir, calibration, target)
+            result["dataset"] = data.describe()
             record.setdefault("artifacts", {})["quantized"] = "quantized"
             record["quantize"] = result
             write_cards(path, record)
             meta.write_metadata(path, record)
             return target, record
-        described = {
-            "kind": "quantized", "status": "finished", "error": None, "created": meta.now(),
-            "method": method.name,
-            "method_plugin": {"distribution": method.distribution, "version": method.version},
-            "spec": spec.to_dict(),
-            "base_model": {"path": str(model_dir.resolve()), "name": model_dir.name, "origin": "local",
-                           "revision": weights_digest(model_dir)},
-            "source_run": str(path.resolve()) if is_run else None,
-            "quantize": result, "versions": meta.package_versions(), "artifacts": {"model": "."},
-        }
-        meta.write_metadata(target, described)
+
+        described: dict[str, Any] = {}
+
+        def describe(result: dict[str, Any]) -> dict[str, Any]:
+            described.update({
+                "kind": "quantized", "status": "finished", "error": None, "created": meta.now(),
+                "method": method.name,
+                "method_plugin": {"distribution": method.distribution, "version": method.version},
+                "spec": spec.to_dict(),
+                "base_model": {"path": str(model_dir.resolve()), "name": model_dir.name, "origin": "local",
+                               "revision": weights_digest(model_dir)},
+                "source_run": str(path.resolve()) if is_run else None,
+                "quantize": {**result, "dataset": data.describe()}, "versions": meta.package_versions(),
+                "artifacts": {"model": "."},
+            })
+            return described
+
+        quantize_into(method, spec, model_dir, calibration, target, metadata=describe)
         return target, described
     finally:
         if lock:

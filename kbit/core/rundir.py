@@ -1,8 +1,8 @@
 """Run directories: exclusive ownership (a lock file) and atomic artifacts (temp sibling + rename).
 
 A reader never sees a half-written artifact: ``adapter/``, ``merged/``, ``kbit.json`` and reports
-appear only complete. A second process pointed at a locked run is refused; a lock left by a dead
-process is taken over.
+appear only complete, with the permissions the user's umask gives any new file. A second process
+pointed at a locked run is refused; a dead process holds no lock.
 """
 
 from __future__ import annotations
@@ -24,19 +24,26 @@ STAGING_MARK = ".tmp-"  # .<artifact>.tmp-XXXX: being written; renamed into plac
 REPLACED_MARK = ".old-"  # .<artifact>.old-XXXX: the previous version, deleted after the swap
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield an empty temp sibling of ``target``; on success it replaces ``target`` in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=target.parent))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
     try:
         yield staging
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}{REPLACED_MARK}", dir=target.parent))
-            os.replace(target, trash / target.name)
+        if os.path.lexists(target):
+            trash = set_aside(target)
             os.replace(staging, target)
-            shutil.rmtree(trash, ignore_errors=True)
+            discard(trash)
         else:
             os.replace(staging, target)
     finally:
@@ -57,6 +64,20 @@ def clear_staging(directory: Path) -> list[str]:
     return removed
 
 
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` (a folder or file) to a hidden sibling and return it; delete that later with
+    ``discard`` once what replaces it is complete. Nothing inside is followed or deleted yet."""
+    path = Path(path)
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}{REPLACED_MARK}", dir=path.parent))
+    os.replace(path, trash / path.name)
+    return trash
+
+
+def discard(trash: Path) -> None:
+    """Delete what ``set_aside`` moved away (symlinks inside are removed, never followed)."""
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temp file in the same folder and an atomic rename."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
@@ -67,6 +88,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}{STAGING_MARK}", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -78,55 +100,56 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
-    """An exclusive lock on a run directory, held by this process until ``release``."""
+    """An exclusive lock on a run directory, held by this process until ``release``.
+
+    The lock is an OS file lock (``filelock``) on ``.kbit.lock``: the kernel drops it when its process
+    dies, so a killed run never blocks the next one and two live processes can never both hold it.
+    The file's content (pid and host of the holder) only serves the refusal message.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
-        self.held = False
+        self._lock: Any = None
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
 
     def acquire(self) -> None:
-        """Take the lock; refuse if a live process holds it, take over a dead process's lock."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", -1))):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
-                raise ConfigError(
-                    f"run directory {self.path.parent} is in use by {who}; wait for it or choose another --output"
-                ) from None
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
-            self.held = True
-            return
-        raise ConfigError(f"could not lock {self.path.parent}; remove {self.path} if no run is using it")
+        """Take the lock, or raise ``ConfigError`` naming the live process that holds it."""
+        import filelock
 
-    def _owner(self) -> dict[str, Any] | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(self.path), timeout=0)
         try:
-            return json.loads(self.path.read_text())
+            lock.acquire()
+        except filelock.Timeout:
+            owner = self._owner()
+            who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
+            raise ConfigError(
+                f"run directory {self.path.parent} is in use by {who}; wait for it or choose another --output"
+            ) from None
+        self._lock = lock
+        with open(self.path, "w", encoding="utf-8") as handle:  # same inode: the OS lock stays
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
+
+    def _owner(self) -> dict[str, Any]:
+        try:
+            owner = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
+            return {}
+        return owner if isinstance(owner, dict) else {}
 
     def release(self) -> None:
-        if self.held:
+        """Drop the lock and its file. Never raises: a failing release must not hide the real error."""
+        if self._lock is None:
+            return
+        with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
-            self.held = False
+        with contextlib.suppress(Exception):
+            self._lock.release()
+        self._lock = None
 
 
 def check_writable(directory: Path, min_free_bytes: int) -> None:

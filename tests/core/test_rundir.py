@@ -63,6 +63,56 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
     assert not (tmp_path / ".kbit.lock").exists()
 
 
+def test_an_empty_lock_file_is_taken_over(tmp_path):
+    (tmp_path / ".kbit.lock").write_text("")
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert lock.held
+    lock.release()
+
+
+HOLD = """
+import sys, time
+from kbit.core.rundir import RunLock
+lock = RunLock(sys.argv[1])
+try:
+    lock.acquire()
+except Exception:
+    print("refused", flush=True)
+    sys.exit(0)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_two_live_processes_never_both_hold_the_lock(tmp_path):
+    racers = [subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), "5"], stdout=subprocess.PIPE, text=True)
+              for _ in range(4)]
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in racers)
+    assert outcomes == ["held", "refused", "refused", "refused"]
+
+
+def test_release_never_raises_when_the_lock_file_cannot_be_removed(tmp_path):
+    lock = RunLock(tmp_path / "run")
+    lock.acquire()
+    lock.path.unlink()
+    lock.path.mkdir()  # unlink() now fails with an OSError, as on a folder made read-only
+    lock.release()
+    assert not lock.held
+
+
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "merged") as staging:
+            (staging / "weights").write_text("w")
+        write_json_atomic(tmp_path / "kbit.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "kbit.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_check_writable_refuses_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

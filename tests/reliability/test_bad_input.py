@@ -12,6 +12,7 @@ from kbit.core import registry as registry_module
 from kbit.core.cli import main
 from kbit.core.registry import Registry
 from kbit.testing import make_tiny_model
+from tests.conftest import run_kbit
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,31 @@ def tiny(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def _files(root: Path, tiny: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def run(tiny, tmp_path_factory):
+    """A finished run: the target that output commands must never destroy."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "1", "--batch-size", "2",
+                      "-o", "r=4", "--max-examples", "12", "--eval-limit", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def _listing(root: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else 0) for p in root.rglob("*"))
+
+
+def _with_record(root: Path, run: Path, name: str, change) -> Path:
+    """A copy of ``run`` whose kbit.json ``change(record)`` edited."""
+    copy = root / name
+    shutil.copytree(run, copy)
+    record = json.loads((copy / "kbit.json").read_text())
+    change(record)
+    (copy / "kbit.json").write_text(json.dumps(record))
+    return copy
+
+
+def _files(root: Path, tiny: Path, run: Path) -> dict[str, Path]:
     """Every broken input the table refers to, written into ``root``."""
     def write(name: str, text: str) -> Path:
         (root / name).write_text(text)
@@ -67,6 +92,70 @@ def _files(root: Path, tiny: Path) -> dict[str, Path]:
     (files["vit"] / "config.json").write_text(json.dumps({**config, "model_type": "vit", "architectures": ["ViTModel"]}))
     files["taken"].mkdir()
     (files["taken"] / "notes.txt").write_text("someone else's")
+    files.update(_more_files(root, tiny, run, write))
+    return files
+
+
+def _more_files(root: Path, tiny: Path, run: Path, write) -> dict[str, Path]:
+    rows = lambda answer: "".join(json.dumps({"question": f"What is {i} + 1?", "answer": answer(i)}) + "\n" for i in range(6))
+    files = {
+        "run": run,
+        "adapter": run / "adapter",
+        "jsonl_binary": root / "binary.jsonl",
+        "yaml_binary": root / "binary.yaml",
+        "yaml_inf": write("inf.yaml", "lr: .inf\n"),
+        "yaml_options_list": write("options_list.yaml", "options: [r, 4]\n"),
+        "jsonl_null_answers": write("null.jsonl", rows(lambda i: None)),
+        "jsonl_empty_answers": write("empty_answers.jsonl", rows(lambda i: "")),
+        "jsonl_null_prompt": write("null_prompt.jsonl", '{"question": null, "answer": "1"}\n{"question": "b", "answer": "2"}\n'),
+        "jsonl_one": write("one.jsonl", '{"question": "a", "answer": "1"}\n'),
+        "jsonl_nested": write("nested.jsonl", '{"question": {"a": 1}, "answer": "1"}\n{"question": "b", "answer": "2"}\n'),
+        "chat_not_object": write("chat2.jsonl", '{"messages": ["hi", {"role": "assistant", "content": "yo"}]}\n' * 3),
+        "json_data_dict": write("data_dict.json", '{"data": {"question": "a"}}'),
+        "parquet_bad": write("bad.parquet", "not parquet at all"),
+        "a_file": write("plain.txt", "just a file"),
+        "link_other": root / "link-to-taken",
+        "link_broken": root / "broken-link",
+        "no_tokenizer": root / "no-tokenizer",
+        "wrong_shape": root / "wrong-shape",
+        "lacking": root / "lacking",
+        "model_copy": root / "a-model",
+        "empty_gguf": write("empty.gguf", ""),
+        "run_spec_str": _with_record(root, run, "run-spec-str", lambda r: r.update(spec="qlora")),
+        "run_config_list": _with_record(root, run, "run-config-list", lambda r: r.update(config=[1, 2])),
+        "run_lr_text": _with_record(root, run, "run-lr-text", lambda r: r["config"].update(lr="fast")),
+        "run_base_int": _with_record(root, run, "run-base-int", lambda r: r["base_model"].update(path=5)),
+        "run_status_int": _with_record(root, run, "run-status-int", lambda r: r.update(status=5)),
+        "run_unknown_key": _with_record(root, run, "run-unknown-key", lambda r: r["config"].update(bogus_key=1)),
+        "run_quantized_kind": _with_record(root, run, "run-quantized-kind", lambda r: r.update(kind="quantized")),
+        "run_artifacts_list": _with_record(root, run, "run-artifacts-list", lambda r: r.update(artifacts=["adapter"])),
+        "run_truncated_adapter": _with_record(root, run, "run-truncated-adapter", lambda r: None),
+        "run_remote_code": _with_record(root, run, "run-remote-code", lambda r: r.update(trust_remote_code=True)),
+    }
+    (root / "binary.jsonl").write_bytes(b"\xff\xfe\x00binary\x80" * 20)
+    (root / "binary.yaml").write_bytes(b"\xff\xfe\x00binary\x80" * 20)
+    files["link_other"].symlink_to(root / "taken")
+    files["link_broken"].symlink_to(root / "nowhere")
+    shutil.copytree(tiny, files["no_tokenizer"])
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        (files["no_tokenizer"] / name).unlink(missing_ok=True)
+    shutil.copytree(tiny, files["wrong_shape"])
+    config = json.loads((tiny / "config.json").read_text())
+    (files["wrong_shape"] / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] * 2}))
+    shutil.copytree(tiny, files["lacking"])
+    (files["lacking"] / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] + 1}))
+    shutil.copytree(tiny, files["model_copy"])
+    adapter = files["run_truncated_adapter"] / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+    # a run whose base ships its own code: kbit must not run it unless the flag is given now
+    remote_base = root / "remote-base"
+    shutil.copytree(tiny, remote_base)
+    (remote_base / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "evil.Config"}}))
+    (remote_base / "evil.py").write_text("open('EVIL_RAN', 'w').close()\n")
+    record = json.loads((files["run_remote_code"] / "kbit.json").read_text())
+    record["base_model"]["path"] = str(remote_base)
+    record["config"]["model"] = str(remote_base)
+    (files["run_remote_code"] / "kbit.json").write_text(json.dumps(record))
     return files
 
 
@@ -114,10 +203,106 @@ CASES = [
     (("train", "--model", "{gguf_bad}", "--max-steps", "1"), "cannot read GGUF model"),
     ((*TRAIN, "--max-length", "12"), "max length 12 is too short"),
     # runs and metadata
-    ((*TRAIN, "--output", "{taken}"), "is not empty; pass --overwrite"),
+    ((*TRAIN, "--output", "{taken}"), "already holds other data, not written by this command; choose another path or pass --overwrite"),
     (("train", "--resume", "{not_run}"), "is not a kbit run"),
     (("train", "--resume", "{kbitjson_corrupt}"), "kbit.json is corrupt"),
     (("train", "--resume", "{kbitjson_newer}"), "newer than this kbit reads"),
+    # usage errors (typer's own click exceptions)
+    (("methods", "bogus"), "Got unexpected extra argument(s) (bogus); see 'kbit methods --help'"),
+    ((*TRAIN, "--bogus"), "No such option: --bogus"),
+    ((*TRAIN, "--lr", "abc"), "Invalid value for '--lr'"),
+    ((*TRAIN, "--max-steps", "1.5"), "Invalid value for '--max-steps'"),
+    ((*TRAIN, "--scheduler"), "requires an argument"),
+    (("bogus-command",), "No such command 'bogus-command'"),
+    (("spec",), "Missing argument"),
+    (("quantize",), "Missing argument"),
+    (("eval", "--limit", "many"), "Invalid value for '--limit'"),
+    (("eval", "{run}", "--variant", "nothing"), "unknown --variant 'nothing'"),
+    # settings that are finite and in range
+    ((*TRAIN, "--lr", "inf"), "expected a finite number, got inf"),
+    ((*TRAIN, "--lr", "nan"), "expected a finite number, got nan"),
+    ((*TRAIN, "--warmup-ratio", "nan"), "invalid value for 'warmup_ratio'"),
+    ((*TRAIN, "--epochs", "inf"), "invalid value for 'epochs'"),
+    ((*TRAIN, "-o", "lora_alpha=nan"), "option 'lora_alpha' for method qlora: expected a finite number"),
+    ((*TRAIN, "-o", "lora_dropout=nan"), "option 'lora_dropout' for method qlora: expected a finite number"),
+    ((*TRAIN, "-o", "lora_alpha=inf"), "option 'lora_alpha' for method qlora: expected a finite number"),
+    ((*TRAIN, "--config", "{yaml_inf}"), "invalid value for 'lr'"),
+    ((*TRAIN, "--config", "{yaml_options_list}"), "'options' must be a mapping"),
+    ((*TRAIN, "--seed", "4294967296"), "invalid value for 'seed': expected an integer between 0 and 4294967295"),
+    ((*TRAIN, "--seed", "-1"), "invalid value for 'seed'"),
+    ((*TRAIN, "--max-steps", "-1"), "invalid value for 'max_steps'"),
+    ((*TRAIN, "--batch-size", "0"), "invalid value for 'batch_size'"),
+    ((*TRAIN, "--grad-accum", "0"), "invalid value for 'grad_accum'"),
+    ((*TRAIN, "--max-length", "4"), "invalid value for 'max_length'"),
+    (("spec", "qlora", "-o", "compute_dtype=float64"), "expected one of auto, float32, bfloat16, float16"),
+    (("spec", "qlora", "-o", "r=1.5"), "option 'r' for method qlora: expected an integer"),
+    # run names
+    ((*TRAIN, "--name", "x" * 300), "run name is 300 bytes long; use at most 200"),
+    ((*TRAIN, "--name", "two\nlines"), "no newlines or control characters"),
+    ((*TRAIN, "--name", "   "), "must not be empty or blank"),
+    ((*TRAIN, "--name", ""), "must not be empty or blank"),
+    ((*TRAIN, "--name", ".hidden"), "must be a plain folder name"),
+    ((*TRAIN, "--name", " padded "), "must be a plain folder name"),
+    # models and adapters checked against each other before anything is written
+    ((*TRAIN, "-o", "target_modules=nosuch"), "target_modules nosuch match no linear layer"),
+    ((*TRAIN, "-o", "target_modules=q_proj,nosuch"), "target_modules nosuch match no linear layer"),
+    ((*TRAIN, "-o", "r=100000"), "adapter rank r=100000 exceeds what any targeted layer can use"),
+    (("train", "--model", "{wrong_shape}", "--max-steps", "1"), "has shape"),
+    (("train", "--model", "{lacking}", "--max-steps", "1"), "config.json describes weights the files lack"),
+    (("train", "--model", "{no_tokenizer}", "--max-steps", "1"), "cannot load a tokenizer"),
+    (("train", "--model", "{empty_gguf}", "--max-steps", "1"), "cannot read GGUF model"),
+    (("eval", "--model", "{no_tokenizer}"), "cannot load a tokenizer"),
+    # data
+    ((*TRAIN, "--dataset", "{jsonl_binary}"), "is not UTF-8 text"),
+    ((*TRAIN, "--config", "{yaml_binary}"), "is not UTF-8 text"),
+    ((*TRAIN, "--dataset", "{jsonl_null_answers}"), "every one of its 6 rows has an empty or null completion"),
+    ((*TRAIN, "--dataset", "{jsonl_empty_answers}"), "every one of its 6 rows has an empty or null completion"),
+    ((*TRAIN, "--dataset", "{jsonl_null_prompt}"), "row 1: field 'question' is null"),
+    ((*TRAIN, "--dataset", "{jsonl_nested}"), "row 1: field 'question' must be text, got dict"),
+    ((*TRAIN, "--dataset", "{jsonl_one}"), "at least 2 are needed"),
+    ((*TRAIN, "--dataset", "{chat_not_object}"), "row 1: every message must be an object"),
+    ((*TRAIN, "--dataset", "{json_data_dict}"), "expected a JSON list of objects"),
+    ((*TRAIN, "--dataset", "{parquet_bad}"), "cannot read"),
+    ((*TRAIN, "--dataset", "{jsonl_cols}", "--columns", "prompt=q,completion=a,bogus=x"), "--columns entry 'bogus=x'"),
+    # output targets: nothing a command does not own is replaced
+    ((*TRAIN, "--output", "{a_file}"), "is a file, not written by this command"),
+    ((*TRAIN, "--output", "{link_other}"), "is a symlink to"),
+    ((*TRAIN, "--output", "{link_broken}"), "is a broken symlink"),
+    ((*TRAIN, "--output", "."), "is the working directory or contains it"),
+    ((*TRAIN, "--output", "{run}"), "holds an earlier run; pass --overwrite to replace it or --resume"),
+    ((*TRAIN, "--output", "{adapter}", "--overwrite"), "lies inside the kbit run"),
+    (("eval", "{run}", "--out", "{run}"), "is the kbit run; a run is never the report folder of another command"),
+    (("eval", "{run}", "--out", "{run}", "--overwrite"), "is the kbit run"),
+    (("eval", "{run}", "--out", "{adapter}"), "lies inside the kbit run"),
+    (("eval", "{run}", "--out", "{model_copy}"), "already holds other data, not written by this command"),
+    (("eval", "{run}", "--out", "{a_file}"), "is a file, not written by this command"),
+    (("eval", "{run}", "--out", "."), "is the working directory or contains it"),
+    (("eval", "{run}", "--out", "{link_other}", "--overwrite"), "is a symlink to"),
+    (("quantize", "{run}", "--method", "gptq", "--output", "{run}"), "is the kbit run; a run is never the quantized model"),
+    (("quantize", "{run}", "--method", "gptq", "--output", "{adapter}"), "lies inside the kbit run"),
+    (("quantize", "{model_copy}", "--method", "gptq", "--output", "{taken}"), "already holds other data"),
+    (("quantize", "{model_copy}", "--method", "gptq"), "pass --output DIR"),
+    (("quantize", "{run}", "--method", "qlora"), "does not quantize after training"),
+    (("quantize", "{run}", "--method", "gptq", "--output", "{model_copy}"), "already holds other data"),
+    # kbit.json edited or damaged, read back by eval and --resume
+    (("eval", "{run_spec_str}", "--variant", "adapter"), "field 'spec' must be an object, got str"),
+    (("train", "--resume", "{run_config_list}"), "field 'config' must be an object, got list"),
+    (("train", "--resume", "{run_lr_text}"), "invalid value for 'lr'"),
+    (("eval", "{run_base_int}", "--variant", "base"), "field 'base_model.path' must be a string"),
+    (("train", "--resume", "{run_status_int}"), "field 'status' must be a string, got int"),
+    (("train", "--resume", "{run_unknown_key}"), "unknown config key 'bogus_key'"),
+    (("train", "--resume", "{run_quantized_kind}"), "describes a 'quantized' output, not a training run"),
+    (("eval", "{run_artifacts_list}"), "field 'artifacts' must be an object, got list"),
+    (("eval", "{run_truncated_adapter}", "--variant", "adapter"), "are corrupt or truncated"),
+    # model code runs only with --trust-remote-code on this invocation, whatever kbit.json says
+    (("eval", "{run_remote_code}", "--variant", "base"), "ships its own model code (auto_map in config.json)"),
+    (("train", "--resume", "{run_remote_code}"), "ships its own model code (auto_map in config.json)"),
+    # resume and eval of what is not there
+    (("train", "--resume", "/nonexistent/run"), "is not a kbit run"),
+    (("eval", "/nonexistent/run"), "does not exist"),
+    (("eval", "--model", "/nonexistent/model.gguf"), "does not exist"),
+    (("eval", "{run}", "--limit", "0"), "invalid value for 'limit'"),
+    (("eval", "{run}", "--max-new-tokens", "0"), "invalid value for 'max_new_tokens'"),
 ]
 
 
@@ -137,8 +322,9 @@ def _run(args, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("args, message", CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(CASES)])
-def test_bad_input(isolated, tiny, capsys, args, message):
-    files = _files(isolated, tiny)
+def test_bad_input(isolated, tiny, run, capsys, args, message):
+    files = _files(isolated, tiny, run)
+    run_before = _listing(run)
     before = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
     code, err = _run([a.format(**files) for a in args], capsys)
     assert code == 2, err
@@ -148,6 +334,8 @@ def test_bad_input(isolated, tiny, capsys, args, message):
     assert "Traceback" not in err
     after = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
     assert after == before, "the failed command left files behind"
+    assert _listing(run) == run_before, "the failed command changed a finished run"
+    assert not (isolated / "EVIL_RAN").exists(), "model code ran without --trust-remote-code"
 
 
 PLUGIN_CASES = [

@@ -1,8 +1,12 @@
 """SIGKILL a real `kbit train` at several points, resume it, and compare with an uninterrupted run.
 
-LoRA dropout is on, so the dropout masks after the resume depend on the restored RNG state too. The
-adapter trains in float32 (the default) or, in one case, bfloat16: the Trainer reloads a checkpoint's
-adapter in float32, and kbit must put it back in the run's dtype.
+Two families:
+- qlora with LoRA dropout on, killed right after checkpoint 4, with a float32 and a bfloat16 adapter:
+  the Trainer reloads a checkpoint's adapter in float32, and kbit must put it back in the run's dtype.
+- every stage that writes: killed while checkpoint 4 is half-written, in the middle of writing the
+  merged model, and in the middle of post-training quantization, for micro-batches of 8 and 16 (16
+  makes the last batch of each epoch a short one, where the Trainer's own resume arithmetic is off).
+
 Measured here: the resumed run is bit-identical to the uninterrupted one (losses and adapter). The
 tolerances below are kept small but not zero, for BLAS libraries that reorder sums between runs.
 """
@@ -12,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -19,8 +24,11 @@ from safetensors.torch import load_file
 from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
-ARGS = ("--max-steps", "8", "--batch-size", "2", "-o", "r=4", "-o", "merge_after_train=false", "-o", "lora_dropout=0.1", "--max-examples", "60",
-        "--eval-limit", "0", "--logging-steps", "1", "--save-steps", "2", "--seed", "3")
+QLORA_ARGS = ("--max-steps", "8", "--batch-size", "2", "-o", "r=4", "-o", "merge_after_train=false", "-o", "lora_dropout=0.1",
+              "--max-examples", "60", "--eval-limit", "0", "--logging-steps", "1", "--save-steps", "2", "--seed", "3")
+STAGE_ARGS = ("--method", "toy", "--max-steps", "6", "-o", "r=4", "--max-examples", "60", "--eval-limit", "0",
+              "--logging-steps", "1", "--save-steps", "2", "--seed", "3")
+FAULTS = Path(__file__).parents[1] / "fixtures" / "faults.py"
 
 
 @pytest.fixture(scope="module")
@@ -30,80 +38,122 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tiny, tmp_path_factory):
-    """The uninterrupted run for each adapter dtype, trained once per module."""
+    """Uninterrupted runs, trained once per module and keyed by their extra arguments."""
     runs = {}
 
-    def uninterrupted(adapter_dtype):
-        if adapter_dtype not in runs:
+    def uninterrupted(*args, env=None):
+        if args not in runs:
             out = tmp_path_factory.mktemp("ref") / "run"
-            result = run_kbit("train", "--model", str(tiny), "--output", str(out), *ARGS, "-o", f"adapter_dtype={adapter_dtype}")
+            result = run_kbit("train", "--model", str(tiny), "--output", str(out), *args, env=env)
             assert result.returncode == 0, result.stderr[-2000:]
-            runs[adapter_dtype] = out
-        return runs[adapter_dtype]
+            runs[args] = out
+        return runs[args]
 
     return uninterrupted
 
 
-def _kill_after_checkpoint(tiny, out, checkpoint_step, adapter_dtype):
-    process = subprocess.Popen([sys.executable, "-m", "kbit", "train", "--model", str(tiny), "--output", str(out), *ARGS,
-                                "-o", f"adapter_dtype={adapter_dtype}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = out / "checkpoints" / f"checkpoint-{checkpoint_step}" / "trainer_state.json"
+def _kill_when(command, flag: Path, env=None):
+    """Start ``command``, SIGKILL it as soon as ``flag`` exists; fail if it ends first."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
-    while not target.exists() and process.poll() is None and time.time() < deadline:
+    while not flag.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
-@pytest.mark.parametrize("kill_at, adapter_dtype", [(2, "float32"), (4, "float32"), (6, "float32"), (4, "bfloat16")])
-def test_resume_after_sigkill_matches_uninterrupted_run(tiny, reference, tmp_path, kill_at, adapter_dtype):
-    out = tmp_path / "run"
-    _kill_after_checkpoint(tiny, out, kill_at, adapter_dtype)
-    killed = json.loads((out / "kbit.json").read_text())
-    assert killed["status"] == "running" and not (out / "adapter").exists()
-    result = run_kbit("train", "--resume", str(out))
-    assert result.returncode == 0, result.stderr[-2000:]
-    resumed = json.loads((out / "kbit.json").read_text())
-    expected = json.loads((reference(adapter_dtype) / "kbit.json").read_text())
-    assert resumed["status"] == "finished" and resumed["train"]["resumed_from"].startswith("checkpoint-")
-    assert [h["step"] for h in resumed["loss_history"]] == list(range(1, 9))
+def _assert_same_run(resumed_dir: Path, reference_dir: Path, steps: int, dtype: str = "float32") -> None:
+    resumed = json.loads((resumed_dir / "kbit.json").read_text())
+    expected = json.loads((reference_dir / "kbit.json").read_text())
+    assert resumed["status"] == "finished", resumed.get("error")
+    assert resumed["train"]["steps"] == expected["train"]["steps"] == steps
+    assert [h["step"] for h in resumed["loss_history"]] == list(range(1, steps + 1))
     for got, want in zip(resumed["loss_history"], expected["loss_history"]):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-6), (got, want)
-    a = load_file(out / "adapter" / "adapter_model.safetensors")
-    b = load_file(reference(adapter_dtype) / "adapter" / "adapter_model.safetensors")
+    a = load_file(resumed_dir / "adapter" / "adapter_model.safetensors")
+    b = load_file(reference_dir / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
-    assert {str(t.dtype) for t in a.values()} == {f"torch.{adapter_dtype}"}
+    assert {str(t.dtype) for t in a.values()} == {f"torch.{dtype}"}
     # LoRA B starts at zero, so per-tensor relative error is meaningless early on; compare against
     # the largest adapter weight overall.
     scale = max(b[k].float().abs().max().item() for k in b)
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a) / scale
     assert worst < 1e-5, f"adapter differs by {worst:.2e} relative to its largest weight"
+    assert not [p.name for p in resumed_dir.glob(".*")], "staging or lock files left behind"
 
 
-def test_kill_during_post_training_quantization_leaves_nothing_that_looks_complete(plugin_site, tiny, tmp_path):
-    plugin_site.add("kbit-slow-ptq", "1.0", {"toy": "kbit_slow_ptq"}, modules=("kbit_slow_ptq", "kbit_toy"))
+@pytest.mark.parametrize("adapter_dtype", ["float32", "bfloat16"])
+def test_qlora_resume_after_sigkill_matches_uninterrupted_run(tiny, reference, tmp_path, adapter_dtype):
     out = tmp_path / "run"
-    args = ("train", "--method", "toy", "--model", str(tiny), "--output", str(out), "--max-steps", "2", "--batch-size", "2",
-            "-o", "r=4", "--max-examples", "20", "--eval-limit", "0", "--save-steps", "2")
-    process = subprocess.Popen([sys.executable, "-m", "kbit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=plugin_site.env(KBIT_SLOW_PTQ_SECONDS="600"))
-    deadline = time.time() + 300
-    while not list(out.glob(".quantized.tmp-*/stalled")) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it reached quantization"
+    args = (*QLORA_ARGS, "-o", f"adapter_dtype={adapter_dtype}")
+    command = [sys.executable, "-m", "kbit", "train", "--model", str(tiny), "--output", str(out), *args]
+    _kill_when(command, out / "checkpoints" / "checkpoint-4" / "kbit-complete")
+    killed = json.loads((out / "kbit.json").read_text())
+    assert killed["status"] == "running" and not (out / "adapter").exists()
+    result = run_kbit("train", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "kbit.json").read_text())["train"]["resumed_from"] == "checkpoint-4"
+    _assert_same_run(out, reference(*args), steps=8, dtype=adapter_dtype)
+
+
+STAGES = {
+    # where the run stalls (the file being opened for writing) → what must be true of the killed run
+    "checkpoint-write": "*/checkpoints/checkpoint-4/trainer_state.json",
+    "merge": "*/.merged.tmp-*/config.json",
+    "quantize": "*/.quantized.tmp-*/config.json",
+}
+
+
+@pytest.mark.parametrize("batch", ["8", "16"])
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_kill_in_the_middle_of_each_write_then_resume(plugin_site, tiny, reference, tmp_path, stage, batch):
+    plugin_site.add("kbit-slow-ptq", "1.0", {"toy": "kbit_slow_ptq"}, modules=("kbit_slow_ptq", "kbit_toy"))
+    env = plugin_site.env()
+    out, flag = tmp_path / "run", tmp_path / "stalled"
+    args = (*STAGE_ARGS, "--batch-size", batch)
+    command = [sys.executable, str(FAULTS), "stall", STAGES[stage], str(flag), "--",
+               "train", "--model", str(tiny), "--output", str(out), *args]
+    _kill_when(command, flag, env=env)
 
     killed = json.loads((out / "kbit.json").read_text())
-    assert killed["status"] == "running" and "quantized" not in killed["artifacts"]
-    assert not (out / "quantized").exists() and (out / "merged" / "config.json").is_file()
+    assert killed["status"] == "running"
+    if stage == "checkpoint-write":
+        assert not (out / "checkpoints" / "checkpoint-4" / "kbit-complete").exists()
+        assert not (out / "adapter").exists()
+    else:
+        assert killed["artifacts"]["adapter"] == "adapter"  # training had finished: it must not run again
+    assert not (out / "quantized").exists()
 
-    result = run_kbit("train", "--resume", str(out), env=plugin_site.env())
+    result = run_kbit("train", "--resume", str(out), env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "removed .quantized.tmp-" in result.stderr
+    resumed = json.loads((out / "kbit.json").read_text())
+    if stage == "checkpoint-write":
+        assert resumed["train"]["resumed_from"] == "checkpoint-2" and "removed checkpoint-4" in result.stderr
+    assert resumed["artifacts"]["merged"] == "merged" and resumed["artifacts"]["quantized"] == "quantized"
+    assert resumed["merge"]["top1_agreement"] == 1.0
+    _assert_same_run(out, reference(*args, env=env), steps=6)
+    assert not list((out / "checkpoints").glob("checkpoint-7"))
+
+
+def test_training_already_finished_is_not_trained_again(tiny, tmp_path):
+    """The Trainer, resumed from its final checkpoint in the middle of an epoch, would run one more step."""
+    args = ("--max-steps", "3", "--save-steps", "2", "--batch-size", "16", "-o", "r=4", "--max-examples", "20",
+            "--eval-limit", "0", "-o", "merge_after_train=false")
+    out = tmp_path / "run"
+    assert run_kbit("train", "--model", str(tiny), "--output", str(out), *args).returncode == 0
     record = json.loads((out / "kbit.json").read_text())
-    assert record["status"] == "finished" and record["artifacts"]["quantized"] == "quantized"
-    assert not (out / "quantized" / "stalled").exists()
-    assert not [p.name for p in out.glob(".*") if p.name != ".kbit.lock"]
+    final = load_file(out / "adapter" / "adapter_model.safetensors")
+    # what a kill between the last checkpoint and the adapter's save leaves behind
+    import shutil
+
+    shutil.rmtree(out / "adapter")
+    record.update(status="running", artifacts={})
+    (out / "kbit.json").write_text(json.dumps(record))
+    result = run_kbit("train", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = json.loads((out / "kbit.json").read_text())
+    assert resumed["train"]["steps"] == 3 and resumed["train"]["resumed_from"] == "checkpoint-3"
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    again = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert all((again[k] == final[k]).all() for k in final)

@@ -16,6 +16,18 @@ from kbit.core.errors import ConfigError
 RowConverter = Callable[[Mapping[str, Any]], Example]
 
 
+def field_text(row: Mapping[str, Any], key: str, *, required: bool = True) -> str:
+    """``row[key]`` as text. A null value is refused (``required``) or read as "" — never as "None"."""
+    value = row[key]
+    if value is None:
+        if required:
+            raise ValueError(f"field '{key}' is null")
+        return ""
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"field '{key}' must be text, got {type(value).__name__}")
+    return str(value)
+
+
 def openmath(row: Mapping[str, Any]) -> Example:
     """OpenMathInstruct-style: ``problem``, ``generated_solution`` (or ``solution``), ``expected_answer``."""
     solution = row.get("generated_solution") or row.get("solution") or ""
@@ -23,7 +35,7 @@ def openmath(row: Mapping[str, Any]) -> Example:
     if answer is None:
         boxed = re.findall(r"\\boxed\{([^{}]*)\}", str(solution))
         answer = boxed[-1] if boxed else ""
-    return Example(prompt=[("user", str(row["problem"]))], completion=str(solution), answers=[str(answer)])
+    return Example(prompt=[("user", field_text(row, "problem"))], completion=str(solution), answers=[str(answer)])
 
 
 def squad(row: Mapping[str, Any]) -> Example:
@@ -32,8 +44,9 @@ def squad(row: Mapping[str, Any]) -> Example:
     texts = list(answers.get("text", [])) if isinstance(answers, Mapping) else list(answers)
     if not texts:
         raise ValueError("row has no answer text")
-    prompt = f"Answer with a short span from the context.\nContext: {row['context']}\nQuestion: {row['question']}"
-    return Example(prompt=[("user", prompt)], completion=str(texts[0]), answers=[str(t) for t in texts])
+    prompt = (f"Answer with a short span from the context.\nContext: {field_text(row, 'context')}\n"
+              f"Question: {field_text(row, 'question')}")
+    return Example(prompt=[("user", prompt)], completion=str(texts[0]), answers=[str(t) for t in texts if t is not None])
 
 
 def chat_messages(row: Mapping[str, Any]) -> Example:
@@ -44,18 +57,21 @@ def chat_messages(row: Mapping[str, Any]) -> Example:
     last = messages[-1]
     if not isinstance(last, Mapping) or last.get("role") != "assistant":
         raise ValueError("the last message must have role 'assistant'")
-    prompt = [(str(m["role"]), str(m["content"])) for m in messages[:-1]]
+    if not all(isinstance(m, Mapping) for m in messages):
+        raise ValueError("every message must be an object with 'role' and 'content'")
+    prompt = [(field_text(m, "role"), field_text(m, "content")) for m in messages[:-1]]
     if not prompt:
         raise ValueError("'messages' needs at least one message before the assistant's answer")
-    return Example(prompt=prompt, completion=str(last["content"]), answers=[str(last["content"])])
+    answer = field_text(last, "content", required=False)
+    return Example(prompt=prompt, completion=answer, answers=[answer])
 
 
 def columns(mapping: Mapping[str, str]) -> RowConverter:
     """Rows with named prompt/completion (and optional answer) columns."""
     def convert(row: Mapping[str, Any]) -> Example:
-        completion = str(row[mapping["completion"]])
-        answer = str(row[mapping["answer"]]) if "answer" in mapping else completion
-        return Example(prompt=[("user", str(row[mapping["prompt"]]))], completion=completion, answers=[answer])
+        completion = field_text(row, mapping["completion"], required=False)
+        answer = field_text(row, mapping["answer"], required=False) if "answer" in mapping else completion
+        return Example(prompt=[("user", field_text(row, mapping["prompt"]))], completion=completion, answers=[answer])
 
     return convert
 

@@ -6,9 +6,11 @@ a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, or any hub dataset name
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from kbit.core.data import arithmetic
 from kbit.core.data.examples import Example, TaskData
 from kbit.core.data.formats import choose_format, parse_column_mapping
 from kbit.core.errors import ConfigError
+
+log = logging.getLogger("kbit")
 
 DEFAULT_DATASET = arithmetic.NAME
 NAMED_HUB_DATASETS = {
@@ -60,17 +64,16 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
     if suffix == ".jsonl":
         # Parsed here rather than by `datasets` so a malformed row is reported with its line number.
         rows = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path} line {number}: invalid JSON ({exc.msg}); fix or remove that line") from None
-                if not isinstance(row, dict):
-                    raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
+        for number, line in enumerate(_text_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path} line {number}: invalid JSON ({exc.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
         return rows
     if suffix == ".json":
         try:
@@ -86,11 +89,30 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
         import datasets
 
         try:
-            table = datasets.load_dataset(suffix[1:], data_files=str(path), split="train")
+            with _silenced("datasets"):  # it logs the failure too; kbit reports it once, in one line
+                table = datasets.load_dataset(suffix[1:], data_files=str(path), split="train")
         except Exception as exc:
             raise ConfigError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         return list(table)
     raise ConfigError(f"dataset file {path} has an unknown type; use one of {', '.join(FILE_SUFFIXES)}")
+
+
+@contextlib.contextmanager
+def _silenced(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _text_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); pass a text .jsonl file") from None
 
 
 def _read_hub(hub_id: str, config: str | None, split: str, limit: int | None) -> list[Mapping[str, Any]]:
@@ -109,13 +131,23 @@ def _read_hub(hub_id: str, config: str | None, split: str, limit: int | None) ->
 
 
 def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[Example]:
+    """Every row as an ``Example``; rows whose completion is empty or null are dropped (with a warning),
+    since they teach nothing, and a dataset where every completion is empty is refused."""
     examples = []
     for number, row in enumerate(rows, start=1):
         try:
-            examples.append(converter(row))
+            example = converter(row)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ConfigError(f"{source} row {number}: {detail}") from None
+        if example.completion.strip():
+            examples.append(example)
+    dropped = len(rows) - len(examples)
+    if rows and not examples:
+        raise ConfigError(f"dataset {source}: every one of its {len(rows)} rows has an empty or null completion; "
+                          "check the answer column (or --columns completion=COL)")
+    if dropped:
+        log.warning("dataset %s: dropped %d of %d rows with an empty or null completion", source, dropped, len(rows))
     return examples
 
 

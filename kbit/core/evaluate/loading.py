@@ -26,7 +26,7 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.device import DeviceInfo
 from kbit.core.errors import ConfigError
-from kbit.core.models import ModelSource, resolve_model
+from kbit.core.models import ModelSource, check_remote_code, check_weights, resolve_model
 from kbit.core.spec import QuantizationSpec
 
 VARIANTS = ("base", "adapter", "merged", "quantized")
@@ -184,12 +184,14 @@ def _plan_run(run: Path, record: dict[str, Any], selection: Selection, wanted: S
               method_spec: tuple[str, QuantizationSpec] | None) -> tuple[list[Candidate], list[Gap]]:
     label = str(record.get("name") or run.name)
     data = _data_request(selection, record)
-    trust = bool(record.get("trust_remote_code", False))
+    # Model code runs only when the user allows it on this invocation, whatever the run recorded.
+    trust = selection.trust_remote_code
     candidates: list[Candidate] = []
     gaps: list[Gap] = []
     base_path: str | None = None
     if "base" in wanted or "adapter" in wanted:
         base_path = _run_base_path(run, record)
+        check_remote_code(Path(base_path), trust)
     if "base" in wanted:
         base = record.get("base_model", {})
         candidates += _base_candidates(str(base.get("name") or Path(base_path).name), base_path, str(run), data, trust, method_spec)
@@ -204,6 +206,8 @@ def _plan_run(run: Path, record: dict[str, Any], selection: Selection, wanted: S
                 gaps.append(Gap(label, variant, str(run), f"the run has no {variant}/ artifact (run status: {status})"))
             continue
         tokenizer = str(directory) if (directory / "tokenizer_config.json").is_file() else (base_path or _run_base_path(run, record))
+        check_weights(directory)
+        check_remote_code(directory, trust)
         if variant == "adapter":
             from kbit.core.registry import get_method
 
@@ -225,8 +229,10 @@ def _plan_quantized_dir(path: Path, record: dict[str, Any], selection: Selection
         return [], ([Gap(label, v, str(path), "a quantized model directory has only the quantized variant") for v in wanted] if explicit else [])
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path} has a {meta.FILENAME} of kind 'quantized' but no config.json; rerun the quantize step")
+    check_weights(path)
+    check_remote_code(path, selection.trust_remote_code)
     return [Candidate(label, "quantized", str(path), str(path), str(path), _data_request(selection, record),
-                      produced_by=record.get("method"), trust_remote_code=bool(record.get("trust_remote_code", False)))], []
+                      produced_by=record.get("method"), trust_remote_code=selection.trust_remote_code)], []
 
 
 def _base_candidates(label: str, path: str, source: str, data: DataRequest, trust: bool,

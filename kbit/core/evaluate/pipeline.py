@@ -27,6 +27,7 @@ from kbit.core.evaluate.loading import Candidate, DataRequest, Selection, check_
 from kbit.core.evaluate.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
 from kbit.core.evaluate.report import write_report
 from kbit.core.options import integer
+from kbit.core.targets import claim, kbit_kind
 
 log = logging.getLogger("kbit")
 REPORTS_ROOT = Path("reports")
@@ -41,6 +42,7 @@ class EvalConfig:
     max_new_tokens: int = attrs.field(default=16, converter=integer(minimum=1))
     batch_size: int = attrs.field(default=8, converter=integer(minimum=1))
     out: str | None = None
+    overwrite: bool = False
 
 
 @attrs.frozen
@@ -81,6 +83,7 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     """Evaluate every planned candidate and write the report; returns its folder and content."""
     device = device or detect_device()
     candidates, gaps = plan_candidates(config.selection, device)
+    out_dir = claim_report_dir(config, candidates)
     datasets = {request: _held_out(request, config.limit) for request in dict.fromkeys(c.data for c in candidates)}
     rows: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
@@ -110,9 +113,16 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
         "gaps": [g.to_dict() for g in gaps],
         "versions": meta.package_versions(),
     }
-    out_dir = Path(config.out) if config.out else default_out_dir(candidates)
     write_report(out_dir, report, predictions)
     return EvalResult(out_dir, report)
+
+
+def claim_report_dir(config: EvalConfig, candidates: list[Candidate]) -> Path:
+    """The report folder: ``--out`` under the output rule (only an earlier report is replaced), else a new one."""
+    if not config.out:
+        return default_out_dir(candidates)
+    return claim(Path(config.out), is_own=lambda p: kbit_kind(p) == "eval", overwrite=config.overwrite,
+                 flag="--out", what="report folder")
 
 
 def default_out_dir(candidates: list[Candidate]) -> Path:

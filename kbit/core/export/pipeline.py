@@ -5,9 +5,11 @@ recorded under ``"exports"`` in the run's ``kbit.json``) or a model reference (d
 hub id or ``default``; ``--output`` required). The file is written to a temporary sibling, checked
 (:mod:`kbit.core.export.check`) and renamed into place only if the check passes.
 
-Ownership: a run's ``gguf/`` folder is this command's output. An existing target that this command
-did not write (not in the run's ``"exports"``) is replaced only with ``--overwrite``; a target inside
-another kbit output (another run, ``adapter/``, ``merged/``, ``quantized/``, a run's root) is refused.
+Ownership: a run's ``gguf/`` folder is this command's output; a file there that the run's
+``"exports"`` does not list is no command's output and is refused, ``--overwrite`` or not (kbit's
+output rule, :mod:`kbit.core.targets`). Outside kbit's outputs an existing file is replaced only with
+``--overwrite``; a target inside another kbit output (another run, ``adapter/``, ``merged/``,
+``quantized/``, a run's root, a report) is refused.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def export_path(path: str, *, format: str = "gguf", file_type: str = "q8_0", out
         plan.target.parent.mkdir(parents=True, exist_ok=True)
         if plan.run:
             clear_staging(plan.target.parent)  # a killed export's temporary file; the lock says none is live
-        if plan.run and plan.target.exists() and not overwrite and not _recorded(plan.record, plan):
-            raise ConfigError(f"{plan.target} appeared while waiting for the run lock; pass --overwrite to replace it")
+        if plan.run and plan.target.exists() and not _recorded(meta.read_metadata(plan.run), plan):
+            raise ConfigError(f"{plan.target} appeared while waiting for the run lock; remove it or choose another --output")
         started = time.time()
         fd, temp_name = tempfile.mkstemp(prefix=f".{plan.target.name}{STAGING_MARK}", dir=plan.target.parent)
         os.close(fd)
@@ -155,26 +157,24 @@ def _source_gguf(origin: str, reference: str | None) -> Path | None:
 
 
 def _check_target(plan: _Plan, overwrite: bool) -> None:
+    """kbit's output rule (:mod:`kbit.core.targets`), plus: no new file inside another kbit output.
+
+    ``claim`` frees an absent target; an export must still not appear inside ``merged/``, a run's
+    root, a quantized model or a report, which other commands own.
+    """
+    from kbit.core.targets import claim, kbit_kind
+
     target = plan.target
     if target.suffix != ".gguf":
         raise ConfigError(f"--output {target} must end in .gguf")
     if target.is_dir():
         raise ConfigError(f"--output {target} is a directory; name the .gguf file to write")
-    owner = _kbit_owner(target)
     own_folder = plan.run is not None and target.parent.resolve() == (plan.run / EXPORTS_DIR).resolve()
+    owner = next((parent for parent in target.resolve().parents if kbit_kind(parent)), None)
     if owner is not None and not own_folder:
         where = f"{plan.run / EXPORTS_DIR}/" if plan.run else "a folder outside kbit's outputs"
-        raise ConfigError(f"{target} is inside {owner}, which another kbit command wrote; write the export to {where}")
-    if target.exists() and not overwrite and not (own_folder and _recorded(plan.record, plan)):
-        raise ConfigError(f"{target} exists and is not an earlier export of this run; pass --overwrite to replace it")
-
-
-def _kbit_owner(target: Path) -> Path | None:
-    """The nearest folder above ``target`` that holds a kbit.json (a run or a quantized model), if any."""
-    for parent in target.resolve().parents:
-        if (parent / meta.FILENAME).is_file():
-            return parent
-    return None
+        raise ConfigError(f"--output {target} is inside {owner}, which another kbit command wrote; write the export to {where}")
+    claim(target, is_own=lambda real: own_folder and _recorded(plan.record, plan), overwrite=overwrite, what="export")
 
 
 def _file_key(plan: _Plan) -> str:

@@ -38,7 +38,7 @@ class TrainConfig:
     scheduler: str = attrs.field(default="linear", converter=choice(*SCHEDULERS))
     warmup_ratio: float = attrs.field(default=0.05, converter=number(minimum=0, below=1))
     max_length: int = attrs.field(default=256, converter=integer(minimum=8))
-    seed: int = attrs.field(default=0, converter=integer(minimum=0))
+    seed: int = attrs.field(default=0, converter=integer(minimum=0, maximum=2**32 - 1))  # numpy's seed range
     packing: bool = attrs.field(default=False, converter=boolean)
     logging_steps: int = attrs.field(default=10, converter=integer(minimum=1))
     save_steps: int = attrs.field(default=40, converter=integer(minimum=1))
@@ -52,12 +52,26 @@ class TrainConfig:
 
     @name.validator
     def _plain_name(self, attribute: attrs.Attribute, value: str | None) -> None:
-        # A name becomes a directory under runs/: it must not climb out of it.
-        if value is not None and (not value or "/" in value or "\\" in value or value.startswith(".")):
-            raise ValueError(f"run name {value!r} must be a plain folder name (no '/', '\\' or leading '.')")
+        if value is not None:
+            check_run_name(value)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+MAX_NAME_BYTES = 200  # a folder name (255 bytes on most filesystems) plus room for kbit's staging suffixes
+
+
+def check_run_name(value: str) -> None:
+    """A run name becomes a folder under runs/: a plain, printable name that cannot climb out of it."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a run name must not be empty or blank")
+    if "/" in value or "\\" in value or value.startswith(".") or value != value.strip():
+        raise ValueError(f"run name {value!r} must be a plain folder name (no '/', '\\', leading '.' or surrounding spaces)")
+    if any(not ch.isprintable() for ch in value):
+        raise ValueError(f"run name {value!r} must be a plain folder name (no newlines or control characters)")
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ValueError(f"run name is {len(value.encode('utf-8'))} bytes long; use at most {MAX_NAME_BYTES}")
 
 
 FIELDS = tuple(f.name for f in attrs.fields(TrainConfig))
@@ -72,6 +86,8 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
         if value is None:
             continue
         if key == "options":
+            if not isinstance(values.get("options", {}), Mapping):
+                raise ConfigError("invalid value for 'options': expected a mapping of method options")
             values["options"] = {**values.get("options", {}), **value}
         else:
             values[key] = value
@@ -99,6 +115,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); pass a YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -115,3 +133,31 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if "options" in data and not isinstance(data["options"], dict):
         raise ConfigError(f"config file {path}: 'options' must be a mapping of method options")
     return data
+
+
+# Settings a resumed run never takes from its kbit.json: permission to run model code is given on
+# each invocation, and the folder is the one being resumed.
+NOT_RESUMED = ("trust_remote_code", "overwrite", "output")
+
+
+def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainConfig:
+    """The settings of the run in ``run_dir`` (its kbit.json), with ``overrides`` (flags) on top."""
+    from kbit.core.metadata import FILENAME, read_metadata
+
+    recorded = read_metadata(Path(run_dir))
+    if recorded is None:
+        raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {FILENAME})")
+    where = Path(run_dir) / FILENAME
+    if recorded.get("kind", "run") != "run":
+        raise ConfigError(f"cannot resume: {where} describes a '{recorded.get('kind')}' output, not a training run")
+    saved = recorded.get("config")
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"cannot resume: {where} has no 'config' object; it is incomplete or was edited")
+    unknown = sorted(set(saved) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"cannot resume: {where} has unknown config key '{unknown[0]}'")
+    base = {k: v for k, v in saved.items() if v is not None and k not in NOT_RESUMED}
+    try:
+        return build_config(None, {**base, **{k: v for k, v in overrides.items() if v is not None}, "output": str(run_dir)})
+    except ConfigError as exc:
+        raise ConfigError(f"cannot resume {run_dir}: {exc} (in {where} or the flags)") from None

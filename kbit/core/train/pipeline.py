@@ -1,65 +1,50 @@
 """``kbit train``: supervised fine-tuning on a quantized base, driven only through the method's hooks.
 
-spec ← resolve_spec; quant config ← build_quant_config; load; prepare_model; attach the adapter;
-SFT with trl's SFTTrainer; save the adapter; carry out merge_policy; score held-out answers; write
-``kbit.json``, the model card and the loss plot. Everything a user can get wrong is checked before
-the run directory is created, so bad input leaves nothing behind.
+The stages, each recorded in ``kbit.json`` as it completes so ``--resume`` continues after the last
+one that finished:
+
+1. plan (``plan.py``): every input checked, nothing written;
+2. train (``fit.py``): load the base through ``build_quant_config``, ``prepare_model``, attach the
+   adapter, SFT with trl; save ``adapter/``;
+3. merge: carry out ``merge_policy``, check the merged model against the adapter model, ``merged/``;
+4. quantize: the method's ``quantize_model`` on the merged model, ``quantized/``;
+5. score: held-out answers before and after training;
+6. finish: loss plot, model card, status "finished".
+
+Only the main process writes; under torchrun the other ranks take part in training only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
-import os
 import resource
-import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from kbit.core import metadata as meta
-from kbit.core.adapters import adapter_settings, attach_adapter
+from kbit.core.adapters import attach_adapter
 from kbit.core.cards import name_base_in_adapter, write_cards
-from kbit.core.data import TaskData, load_task_data
-from kbit.core.device import DeviceInfo, detect_device
-from kbit.core.errors import ConfigError
+from kbit.core.data import TaskData
+from kbit.core.device import DeviceInfo
+from kbit.core.errors import Terminated
 from kbit.core.evaluate.generation import generate_answers, render_prompt
 from kbit.core.evaluate.scoring import score
 from kbit.core.merge import logit_agreement, merged_model, save_model
-from kbit.core.method import Method
-from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer, resolve_model
-from kbit.core.naming import run_name
+from kbit.core.models import load_causal_lm
 from kbit.core.quantize import calibration_texts, quantize_into
-from kbit.core.registry import get_method
-from kbit.core.rundir import LOCK_NAME, RunLock, atomic_directory, check_writable, clear_staging
-from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec
-from kbit.core.spec import QuantizationSpec
+from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, set_aside
+from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
+from kbit.core.train.fit import CHECKPOINTS, Trained, load_adapter_weights, train_adapter
 from kbit.core.train.outputs import write_loss_plot
+from kbit.core.train.plan import RunPlan, is_main_process, plan_run
 
 log = logging.getLogger("kbit")
-RUNS_ROOT = Path("runs")
-CHECKPOINTS = "checkpoints"
-
-
-@attrs.frozen
-class RunPlan:
-    """Everything decided before any heavy work: resolved spec, data, model, sizes, directory."""
-
-    config: TrainConfig
-    method: Method
-    spec: QuantizationSpec
-    device: DeviceInfo
-    data: TaskData
-    source: ModelSource
-    tokenizer: Any
-    batch_size: int
-    sizing: dict[str, str]
-    name: str
-    run_dir: Path
-    resume: bool
 
 
 @attrs.frozen
@@ -68,86 +53,205 @@ class RunResult:
     metadata: dict[str, Any]
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
+    """Plan, train, save, merge, quantize and score one run; returns its directory and metadata."""
+    plan = plan_run(config, resume=resume)
+    if not is_main_process():
+        _run_stages(plan, None)
+        _leave_process_group()
+        return RunResult(plan.run_dir, {})
+    with _owned_run(plan) as record:
+        _run_stages(plan, record)
+    _leave_process_group()
+    return RunResult(plan.run_dir, record)
 
 
-def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
-    """Validate every input and decide the run; raises ConfigError before anything is written."""
-    device = detect_device()
-    method = get_method(config.method)
-    method.check_requirements(device)
-    spec = method.resolve_spec(config.options, device)
-    adapter = adapter_settings(spec)
-    data = load_task_data(config.dataset, columns=config.columns, held_out_fraction=config.held_out_fraction,
-                          max_examples=config.max_examples, seed=config.seed)
-    if not data.train:
-        raise ConfigError(f"dataset {data.source} has no training examples")
-    source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
-    tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
-    _check_lengths(tokenizer, data, config.max_length)
-    model_config = _model_config(source, config.trust_remote_code)
-    sizing: dict[str, str] = {}
-    if adapter["r"] == "auto":
-        rank, sizing["r"] = auto_rank(model_config.hidden_size)
-        spec = concrete_adapter_spec(spec, rank)
-    batch_size = config.batch_size
-    if batch_size == "auto":
-        batch_size, sizing["batch_size"] = auto_batch_size(
-            hidden_size=model_config.hidden_size, layers=model_config.num_hidden_layers,
-            vocab_size=model_config.vocab_size, max_length=config.max_length,
-            model_bytes=_weights_bytes(Path(source.path)), memory_bytes=device.memory_bytes,
-            device_kind=device.kind, checkpointing=bool(spec.extras.get("gradient_checkpointing", True)),
-        )
-    policy = method.merge_policy(spec)
-    head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.extras.get("compute_dtype", "float32")
-    name = config.name or run_name(source.name, data.name, spec, head)
-    run_dir = Path(config.output) if config.output else RUNS_ROOT / name
-    if resume:
-        if not (run_dir / meta.FILENAME).is_file():
-            raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {meta.FILENAME})")
-    elif is_main_process() and run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()) and not config.overwrite:
-        raise ConfigError(f"output directory {run_dir} is not empty; pass --overwrite to replace it or --resume to continue it")
-    check_writable(run_dir, min_free_bytes=3 * _weights_bytes(Path(source.path)) + (64 << 20))
-    return RunPlan(config, method, spec, device, data, source, tokenizer, batch_size, sizing, name, run_dir, resume)
+@contextlib.contextmanager
+def _owned_run(plan: RunPlan) -> Iterator[dict[str, Any]]:
+    """Own the run folder for the stages: its lock, its record, and its status when they end.
 
-
-def _model_config(source: ModelSource, trust_remote_code: bool) -> Any:
-    from transformers import AutoConfig
-
+    ``--overwrite`` moves the previous content aside and deletes it only once the new run finished.
+    On any exception the record says "failed" (or "interrupted" for Ctrl-C and SIGTERM) with the error.
+    """
+    started = time.time()
+    lock = RunLock(plan.run_dir)
+    replaced = _set_previous_aside(plan, lock)
+    record: dict[str, Any] = {}
     try:
-        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the model config in {source.path}: {str(exc).splitlines()[0]}") from None
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        if plan.resume:
+            for name in [*clear_staging(plan.run_dir), *checkpoints.remove_incomplete(plan.run_dir / CHECKPOINTS)]:
+                log.warning("removed %s, left by the interrupted run", name)
+            record = meta.read_metadata(plan.run_dir) or {}
+            record.update(status="running", error=None, resumed=meta.now())
+        else:
+            record = _initial_record(plan)
+        record["_started"] = started
+        meta.write_metadata(plan.run_dir, _public(record))
+        yield record
+    except BaseException as exc:
+        if record:
+            interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+            record.update(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}",
+                          wall_time_s=round(time.time() - started, 1))
+            with contextlib.suppress(OSError):  # a read-only or full disk must not hide the real error
+                meta.write_metadata(plan.run_dir, _public(record))
+        if replaced is not None:
+            log.warning("the previous content of %s is kept in %s", plan.run_dir, replaced)
+        raise
+    finally:
+        lock.release()
+    if replaced is not None:
+        discard(replaced)
 
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code:
-        raise ConfigError(f"model type '{config.model_type}' in {source.path} is not a causal language model")
-    return config
 
-
-def _weights_bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
-
-
-def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> None:
-    longest = max((len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]), i)
-                  for i, e in enumerate(data.train))
-    if longest[0] >= max_length:
-        raise ConfigError(
-            f"max length {max_length} is too short: training prompt {longest[1] + 1} alone has {longest[0]} tokens; "
-            f"raise --max-length above {longest[0]}"
-        )
-
-
-def _sft_dataset(tokenizer: Any, examples) -> Any:
-    from datasets import Dataset
-
-    if getattr(tokenizer, "chat_template", None):
-        rows = [{"prompt": e.prompt_messages(), "completion": [{"role": "assistant", "content": e.completion}]} for e in examples]
+def _set_previous_aside(plan: RunPlan, lock: RunLock) -> Path | None:
+    """Take the run's lock; with ``--overwrite``, first move what the folder held to a hidden sibling."""
+    target = plan.run_dir
+    if plan.resume or not plan.config.overwrite or not target.exists():
+        lock.acquire()
+        return None
+    if target.is_dir():
+        previous = RunLock(target)
+        previous.acquire()  # refuses while another process owns it
+        replaced = set_aside(target)
+        previous.release()
     else:
-        rows = [{"prompt": render_prompt(tokenizer, e), "completion": e.completion + (tokenizer.eos_token or "")} for e in examples]
-    return Dataset.from_list(rows)
+        replaced = set_aside(target)  # a plain file the user chose to overwrite
+    lock.acquire()
+    return replaced
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def _initial_record(plan: RunPlan) -> dict[str, Any]:
+    policy = plan.method.merge_policy(plan.spec)
+    return {
+        "kind": "run",
+        "status": "running",
+        "error": None,
+        "name": plan.name,
+        "created": meta.now(),
+        "method": plan.method.name,
+        "method_plugin": {"distribution": plan.method.distribution, "version": plan.method.version},
+        "method_summary": plan.method.info.summary,
+        "method_options": dict(plan.config.options),
+        "spec": plan.spec.to_dict(),
+        "merge_policy": policy.to_dict(),
+        "base_model": plan.source.to_dict(),
+        "dataset": plan.data.describe(),
+        "config": plan.config.to_dict(),
+        "sizing": plan.sizing,
+        "train": {"batch_size": plan.batch_size},
+        "device": attrs.asdict(plan.device),
+        "trust_remote_code": plan.config.trust_remote_code,
+        "versions": meta.package_versions(),
+        "artifacts": {},
+    }
+
+
+def _done(plan: RunPlan, record: dict[str, Any] | None, artifact: str, marker: str) -> bool:
+    """On ``--resume``: the stage that writes ``artifact`` completed before the interruption."""
+    if not plan.resume:
+        return False
+    if record is None:  # another rank: read what rank 0 recorded
+        record = meta.read_metadata(plan.run_dir) or {}
+    return bool(record.get("artifacts", {}).get(artifact)) and (plan.run_dir / artifact / marker).is_file()
+
+
+def _run_stages(plan: RunPlan, record: dict[str, Any] | None) -> None:
+    from transformers import set_seed
+
+    set_seed(plan.config.seed)
+    adapter_done = _done(plan, record, "adapter", "adapter_config.json")
+    if record is None and adapter_done:
+        return  # nothing left for the other ranks: only training runs on every rank
+    for reason in plan.sizing.values():
+        log.warning("auto sizing: %s", reason)
+    quant_config = plan.method.build_quant_config(plan.spec)
+    compute = plan.spec.extras.get("compute_dtype", "float32")
+    model = load_causal_lm(plan.source.path, quant_config=quant_config, dtype=compute,
+                           trust_remote_code=plan.config.trust_remote_code)
+    model = attach_adapter(plan.method.prepare_model(model, plan.spec), plan.spec)
+    if adapter_done:
+        load_adapter_weights(model, plan.run_dir / "adapter", plan.spec)
+        trained = None
+    else:
+        trained = train_adapter(plan, model)
+        if record is None or not trained.is_main:
+            return
+        model = trained.model
+        _save_adapter(plan, record, trained)
+    model.eval()
+    _merge_and_quantize(plan, record, model, quant_config, compute)
+    _score(plan, record, model)
+    _finish(plan, record)
+
+
+def _save_adapter(plan: RunPlan, record: dict[str, Any], trained: Trained) -> None:
+    record["train"].update(steps=trained.steps, world_size=trained.world_size, resumed_from=trained.resumed_from,
+                           rank_adapter_digests=trained.digests)
+    record["loss_history"] = trained.history
+    with atomic_directory(plan.run_dir / "adapter") as staging:
+        trained.model.save_pretrained(staging)
+        plan.tokenizer.save_pretrained(staging)
+        name_base_in_adapter(staging, plan.source.hub_id or plan.source.name)
+    record["artifacts"]["adapter"] = "adapter"
+    meta.write_metadata(plan.run_dir, _public(record))
+
+
+def _merge_and_quantize(plan: RunPlan, record: dict[str, Any], model: Any, quant_config: Any, compute: str) -> None:
+    policy = plan.method.merge_policy(plan.spec)
+    if policy.action != "merge":
+        record["merge"] = {"action": policy.action, "reason": policy.reason}
+        return
+    merged_dir = plan.run_dir / "merged"
+    if not _done(plan, record, "merged", "config.json"):
+        merged = merged_model(plan.source.path, plan.run_dir / "adapter", policy, quant_config, compute,
+                              plan.config.trust_remote_code)
+        agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
+        save_model(merged, plan.tokenizer, merged_dir)
+        del merged
+        record["merge"] = {"action": policy.action, "reason": policy.reason, "base": policy.base,
+                           "dtype": policy.dtype, **agreement}
+        record["artifacts"]["merged"] = "merged"
+        meta.write_metadata(plan.run_dir, _public(record))
+    if plan.method.implements("quantize_model") and not _done(plan, record, "quantized", "config.json"):
+        calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
+        record["quantize"] = quantize_into(plan.method, plan.spec, merged_dir, calibration, plan.run_dir / "quantized")
+        record["artifacts"]["quantized"] = "quantized"
+        meta.write_metadata(plan.run_dir, _public(record))
+
+
+def _score(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
+    """Held-out answers before and after training, on the backend's inference path.
+
+    Scored after the merge check. "Before" is the same quantized base with the adapter switched
+    off, so both numbers see identical base weights.
+    """
+    metrics: dict[str, Any] = {}
+    if plan.config.eval_limit:
+        generator = plan.method.prepare_inference(model, plan.spec)
+        limit, new_tokens = plan.config.eval_limit, plan.config.max_new_tokens
+        with generator.disable_adapter():
+            metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
+        metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
+    metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
+    metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
+    record["metrics"] = metrics
+
+
+def _finish(plan: RunPlan, record: dict[str, Any]) -> None:
+    history = record.get("loss_history", [])
+    record.update(status="finished", wall_time_s=round(time.time() - record["_started"], 1),
+                  peak_memory_bytes=_peak_memory(plan.device))
+    if history:
+        write_loss_plot(plan.run_dir / "loss.png", history, plan.name)
+        record["artifacts"]["loss_plot"] = "loss.png"
+    write_cards(plan.run_dir, record)
+    record["artifacts"]["model_card"] = "README.md"
+    meta.write_metadata(plan.run_dir, _public(record))
 
 
 def _held_out_scores(model: Any, tokenizer: Any, data: TaskData, limit: int, max_new_tokens: int) -> dict[str, Any]:
@@ -183,177 +287,6 @@ def _peak_memory(device: DeviceInfo) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _trainer(plan: RunPlan, model: Any) -> Any:
-    from trl import SFTConfig
-
-    from kbit.core.device import torch_dtype
-    from kbit.core.train.callbacks import NonFiniteLossCallback
-    from kbit.core.train.trainer import KbitSFTTrainer
-
-    config, compute = plan.config, plan.spec.extras.get("compute_dtype", "float32")
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
-    args = SFTConfig(
-        output_dir=str(plan.run_dir / CHECKPOINTS),
-        max_steps=config.max_steps if config.max_steps > 0 else -1,
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=plan.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.lr,
-        lr_scheduler_type=config.scheduler,
-        warmup_steps=int(math.ceil(config.warmup_ratio * max(config.max_steps, 1))),
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        logging_nan_inf_filter=False,  # the default hides NaN losses, which must stop the run
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        seed=config.seed,
-        data_seed=config.seed,
-        max_length=config.max_length,
-        packing=config.packing,
-        report_to=[] if config.report_to == "none" else [config.report_to],
-        bf16=compute == "bfloat16",
-        fp16=compute == "float16",
-        use_cpu=plan.device.kind == "cpu",
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        dataloader_num_workers=0,
-        disable_tqdm=not is_main_process(),
-        ddp_find_unused_parameters=False,
-    )
-    return KbitSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=_sft_dataset(plan.tokenizer, plan.data.train),
-        processing_class=plan.tokenizer,
-        callbacks=[NonFiniteLossCallback()],
-        adapter_dtype=torch_dtype(plan.spec.extras.get("adapter_dtype", "float32")),
-    )
-
-
-def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
-    """Plan, train, save, merge and score one run; returns its directory and metadata."""
-    plan = plan_run(config, resume=resume)
-    main = is_main_process()
-    lock = RunLock(plan.run_dir)
-    started = time.time()
-    record: dict[str, Any] = {}
-    if main:
-        if plan.config.overwrite and plan.run_dir.exists() and not resume:
-            lock.acquire()
-            for child in plan.run_dir.iterdir():
-                if child.name != LOCK_NAME:
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        else:
-            lock.acquire()
-            if resume:
-                for name in clear_staging(plan.run_dir):
-                    log.warning("removed %s, left by the interrupted run", name)
-        record = _initial_record(plan)
-        meta.write_metadata(plan.run_dir, record)
-    try:
-        _train_and_finish(plan, record, started)
-    except BaseException as exc:
-        if main and record:
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", wall_time_s=round(time.time() - started, 1))
-            meta.write_metadata(plan.run_dir, record)
-        raise
-    else:
-        _leave_process_group()
-    finally:
-        lock.release()
-    return RunResult(plan.run_dir, record)
-
-
-def _initial_record(plan: RunPlan) -> dict[str, Any]:
-    policy = plan.method.merge_policy(plan.spec)
-    return {
-        "kind": "run",
-        "status": "running",
-        "error": None,
-        "name": plan.name,
-        "created": meta.now(),
-        "method": plan.method.name,
-        "method_plugin": {"distribution": plan.method.distribution, "version": plan.method.version},
-        "method_summary": plan.method.info.summary,
-        "method_options": dict(plan.config.options),
-        "spec": plan.spec.to_dict(),
-        "merge_policy": policy.to_dict(),
-        "base_model": plan.source.to_dict(),
-        "dataset": plan.data.describe(),
-        "config": plan.config.to_dict(),
-        "sizing": plan.sizing,
-        "train": {"batch_size": plan.batch_size},
-        "device": attrs.asdict(plan.device),
-        "trust_remote_code": plan.config.trust_remote_code,
-        "versions": meta.package_versions(),
-        "artifacts": {},
-    }
-
-
-def _train_and_finish(plan: RunPlan, record: dict[str, Any], started: float) -> None:
-    from transformers import set_seed
-
-    set_seed(plan.config.seed)
-    for key, reason in plan.sizing.items():
-        log.warning("auto sizing: %s", reason)
-    quant_config = plan.method.build_quant_config(plan.spec)
-    compute = plan.spec.extras.get("compute_dtype", "float32")
-    model = load_causal_lm(plan.source.path, quant_config=quant_config, dtype=compute,
-                           trust_remote_code=plan.config.trust_remote_code)
-    metrics: dict[str, Any] = {}
-    model = attach_adapter(plan.method.prepare_model(model, plan.spec), plan.spec)
-    trainer = _trainer(plan, model)
-    checkpoint = _last_checkpoint(plan.run_dir / CHECKPOINTS) if plan.resume else None
-    trainer.train(resume_from_checkpoint=checkpoint)
-    digests = _adapter_digests(trainer.model)
-    if not trainer.is_world_process_zero():
-        return
-    history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
-    record["train"].update(steps=trainer.state.global_step, world_size=trainer.args.world_size,
-                           resumed_from=checkpoint and Path(checkpoint).name, rank_adapter_digests=digests)
-    record["loss_history"] = history
-    peft_model = trainer.model
-    adapter_dir = plan.run_dir / "adapter"
-    with atomic_directory(adapter_dir) as staging:
-        peft_model.save_pretrained(staging)
-        plan.tokenizer.save_pretrained(staging)
-        name_base_in_adapter(staging, plan.source.hub_id or plan.source.name)
-    record["artifacts"]["adapter"] = "adapter"
-    peft_model.eval()
-    policy = plan.method.merge_policy(plan.spec)
-    record["merge"] = {"action": policy.action, "reason": policy.reason}
-    if policy.action == "merge":
-        merged = merged_model(plan.source.path, adapter_dir, policy, quant_config, compute, plan.config.trust_remote_code)
-        agreement = logit_agreement(peft_model, merged, _probe_batches(plan.tokenizer, plan.data))
-        save_model(merged, plan.tokenizer, plan.run_dir / "merged")
-        record["artifacts"]["merged"] = "merged"
-        record["merge"].update(base=policy.base, dtype=policy.dtype, **agreement)
-        del merged
-        if plan.method.implements("quantize_model"):
-            calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
-            record["quantize"] = quantize_into(plan.method, plan.spec, plan.run_dir / "merged", calibration,
-                                               plan.run_dir / "quantized")
-            record["artifacts"]["quantized"] = "quantized"
-    if plan.config.eval_limit:
-        # Scored after the merge check, on the backend's inference path. "Before" is the same
-        # quantized base with the adapter switched off, so both numbers see identical base weights.
-        generator = plan.method.prepare_inference(peft_model, plan.spec)
-        limit, new_tokens = plan.config.eval_limit, plan.config.max_new_tokens
-        with generator.disable_adapter():
-            metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
-        metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
-    metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
-    metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
-    record["metrics"] = metrics
-    record.update(status="finished", wall_time_s=round(time.time() - started, 1), peak_memory_bytes=_peak_memory(plan.device))
-    if history:
-        write_loss_plot(plan.run_dir / "loss.png", history, plan.name)
-        record["artifacts"]["loss_plot"] = "loss.png"
-    write_cards(plan.run_dir, record)
-    record["artifacts"]["model_card"] = "README.md"
-    meta.write_metadata(plan.run_dir, record)
-
-
 def _leave_process_group() -> None:
     """Under torchrun/accelerate: wait for rank 0 to finish writing, then tear the group down.
 
@@ -365,30 +298,3 @@ def _leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def _adapter_digests(model: Any) -> list[str]:
-    """sha256 of the trained adapter weights on every rank (gathered to all ranks under DDP)."""
-    import hashlib
-
-    import torch.distributed as dist
-    from peft import get_peft_model_state_dict
-
-    digest = hashlib.sha256()
-    for key, tensor in sorted(get_peft_model_state_dict(model).items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    mine = digest.hexdigest()[:16]
-    if not (dist.is_available() and dist.is_initialized()):
-        return [mine]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, mine)
-    return gathered
-
-
-def _last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not folder.is_dir():
-        return None
-    return get_last_checkpoint(str(folder))

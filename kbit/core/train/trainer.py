@@ -27,7 +27,8 @@ def set_adapter_dtype(model: Any, dtype: torch.dtype) -> None:
 
 
 class KbitSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` whose adapter is in ``adapter_dtype`` from the start and after a checkpoint reload.
+    """``SFTTrainer`` whose adapter is in ``adapter_dtype`` from the start and after a checkpoint reload,
+    and which stops at the first non-finite loss.
 
     The reload hook runs before the optimizer is built and before DDP wraps the model, so the
     optimizer state loads straight into that dtype (exactly: it was saved from it).
@@ -37,6 +38,18 @@ class KbitSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.adapter_dtype = adapter_dtype
         set_adapter_dtype(self.model, adapter_dtype)
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        """The Trainer's step, refusing a NaN/infinite loss before the optimizer applies its gradients."""
+        from kbit.core.train.callbacks import NonFiniteLoss
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            raise NonFiniteLoss(
+                f"training loss became {float(loss)} at step {self.state.global_step + 1}; lower --lr or check the "
+                "data (the last good checkpoint is kept)"
+            )
+        return loss
 
     # A private Trainer method, and the only point between the reload and the optimizer's creation;
     # if transformers renames it, the bf16 case of tests/reliability/test_kill_and_resume.py fails.

@@ -68,19 +68,27 @@ def test_exporting_again_replaces_the_commands_own_file(f16_export):
     assert entry["items"] == 2
 
 
-def test_a_file_the_command_did_not_write_is_kept_without_overwrite(f16_export):
+def test_a_file_the_command_did_not_write_is_never_replaced_in_a_run(f16_export, tmp_path):
     run, _ = f16_export
     record = read_metadata(run)
     foreign = run / "gguf" / f"{record['name']}-q8_0.gguf"
     foreign.write_bytes(b"not ours")
-    result = run_kbit("export", str(run), "--type", "q8_0", env=offline_env())
-    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    assert "exists and is not an earlier export of this run; pass --overwrite" in result.stderr
-    assert foreign.read_bytes() == b"not ours"
-    replaced = run_kbit("export", str(run), "--type", "q8_0", "--overwrite", "--limit", "2", env=offline_env())
+    for extra in ((), ("--overwrite",)):
+        result = run_kbit("export", str(run), "--type", "q8_0", *extra, env=offline_env())
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "lies inside the kbit run" in result.stderr and "never the export of another command" in result.stderr
+        assert foreign.read_bytes() == b"not ours"
+    foreign.unlink()
+    # Outside kbit's outputs, an existing file is replaced with --overwrite only.
+    outside = tmp_path / "mine.gguf"
+    outside.write_bytes(b"mine")
+    refused = run_kbit("export", str(run), "--type", "q8_0", "--output", str(outside), env=offline_env())
+    assert refused.returncode == 2 and "pass --overwrite to replace it" in refused.stderr and outside.read_bytes() == b"mine"
+    replaced = run_kbit("export", str(run), "--type", "q8_0", "--output", str(outside), "--overwrite", "--limit", "2",
+                        env=offline_env())
     assert replaced.returncode == 0, replaced.stderr[-3000:]
-    assert foreign.read_bytes()[:4] == b"GGUF"
-    assert {e["type"] for e in read_metadata(run)["exports"]} == {"f16", "q8_0"}
+    assert outside.read_bytes()[:4] == b"GGUF"
+    assert {e["file"] for e in read_metadata(run)["exports"]} == {f"gguf/{record['name']}-f16.gguf", str(outside.resolve())}
 
 
 def test_another_commands_output_is_never_written_into(f16_export):
@@ -88,6 +96,7 @@ def test_another_commands_output_is_never_written_into(f16_export):
     for target in (run / "merged" / "x.gguf", run / "x.gguf"):
         result = run_kbit("export", str(run), "--output", str(target), "--overwrite", env=offline_env())
         assert result.returncode == 2 and "which another kbit command wrote" in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1
         assert not target.exists()
 
 

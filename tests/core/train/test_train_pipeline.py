@@ -129,7 +129,7 @@ def test_auto_rank_and_batch_are_chosen_and_recorded(tiny_model, tmp_path):
     (("--dataset", "{empty}"), "is empty"),
     (("--max-length", "10"), "max length 10 is too short"),
     (("-o", "bogus=1"), "unknown option 'bogus'"),
-    (("--output", "{nonempty}"), "is not empty"),
+    (("--output", "{nonempty}"), "already holds other data, not written by this command"),
     (("--method", "qlroa"), "did you mean qlora"),
     (("--lr", "-1"), "'lr'"),
 ])

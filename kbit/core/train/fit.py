@@ -1,0 +1,140 @@
+"""The training stage: supervised fine-tuning of the attached adapter with trl's SFTTrainer.
+
+A resumed run continues from its last complete checkpoint; when that checkpoint already holds the
+final step, the adapter is read from it instead of training again (see ``checkpoints``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core.device import torch_dtype
+from kbit.core.evaluate.generation import render_prompt
+from kbit.core.train import checkpoints
+from kbit.core.train.plan import RunPlan, is_main_process
+
+CHECKPOINTS = "checkpoints"
+
+
+@attrs.frozen
+class Trained:
+    """What the training stage hands on: the adapter model and how it got there."""
+
+    model: Any
+    history: list[dict[str, float]]
+    steps: int
+    world_size: int
+    resumed_from: str | None
+    digests: list[str]
+    is_main: bool
+
+
+def sft_dataset(tokenizer: Any, examples) -> Any:
+    from datasets import Dataset
+
+    if getattr(tokenizer, "chat_template", None):
+        rows = [{"prompt": e.prompt_messages(), "completion": [{"role": "assistant", "content": e.completion}]} for e in examples]
+    else:
+        rows = [{"prompt": render_prompt(tokenizer, e), "completion": e.completion + (tokenizer.eos_token or "")} for e in examples]
+    return Dataset.from_list(rows)
+
+
+def build_trainer(plan: RunPlan, model: Any) -> Any:
+    from trl import SFTConfig
+
+    from kbit.core.train.callbacks import StopOnNonFinite
+    from kbit.core.train.trainer import KbitSFTTrainer
+
+    config, compute = plan.config, plan.spec.extras.get("compute_dtype", "float32")
+    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    args = SFTConfig(
+        output_dir=str(plan.run_dir / CHECKPOINTS),
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=plan.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=int(math.ceil(config.warmup_ratio * max(config.max_steps, 1))),
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # the default hides NaN losses, which must stop the run
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        max_length=config.max_length,
+        packing=config.packing,
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        bf16=compute == "bfloat16",
+        fp16=compute == "float16",
+        use_cpu=plan.device.kind == "cpu",
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        dataloader_num_workers=0,
+        disable_tqdm=not is_main_process(),
+        ddp_find_unused_parameters=False,
+    )
+    return KbitSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft_dataset(plan.tokenizer, plan.data.train),
+        processing_class=plan.tokenizer,
+        callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints()],
+        adapter_dtype=torch_dtype(plan.spec.extras.get("adapter_dtype", "float32")),
+    )
+
+
+def train_adapter(plan: RunPlan, model: Any) -> Trained:
+    """Train the adapter of ``model`` (resuming from the last complete checkpoint on ``--resume``)."""
+    trainer = build_trainer(plan, model)
+    checkpoint = checkpoints.last_complete(plan.run_dir / CHECKPOINTS) if plan.resume else None
+    if checkpoint is not None and checkpoints.finished_training(checkpoint):
+        load_adapter_weights(trainer.model, checkpoint, plan.spec)
+        state = checkpoints.trainer_state(checkpoint)
+        history, steps = _losses(state.get("log_history", [])), int(state["global_step"])
+    else:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        history, steps = _losses(trainer.state.log_history), trainer.state.global_step
+    return Trained(trainer.model, history, steps, trainer.args.world_size, checkpoint.name if checkpoint else None,
+                   adapter_digests(trainer.model), trainer.is_world_process_zero())
+
+
+def load_adapter_weights(model: Any, folder: Path, spec: Any) -> None:
+    """Put the adapter saved in ``folder`` (a checkpoint or ``adapter/``) into ``model``'s adapter, in the run's dtype."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    from kbit.core.train.trainer import set_adapter_dtype
+
+    result = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise RuntimeError(f"adapter in {folder} does not fit the model (unexpected keys {unexpected[:3]})")
+    set_adapter_dtype(model, torch_dtype(spec.extras.get("adapter_dtype", "float32")))
+
+
+def _losses(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    return [{"step": h["step"], "loss": h["loss"]} for h in log_history if "loss" in h]
+
+
+def adapter_digests(model: Any) -> list[str]:
+    """sha256 of the trained adapter weights on every rank (gathered to all ranks under DDP)."""
+    import hashlib
+
+    import torch.distributed as dist
+    from peft import get_peft_model_state_dict
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(get_peft_model_state_dict(model).items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    mine = digest.hexdigest()[:16]
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered

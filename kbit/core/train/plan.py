@@ -1,0 +1,121 @@
+"""Planning a run: every input checked and every decision made before anything is written.
+
+``plan_run`` resolves the method's spec, loads and splits the data, resolves and checks the model
+against the spec (config, weights, adapter targets), sizes rank and batch, names the run and
+claims its folder. It raises ``ConfigError`` for anything a user can get wrong, with nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core import metadata as meta
+from kbit.core.adapters import adapter_settings
+from kbit.core.data import TaskData, load_task_data
+from kbit.core.device import DeviceInfo, detect_device
+from kbit.core.errors import ConfigError
+from kbit.core.evaluate.generation import render_prompt
+from kbit.core.method import Method
+from kbit.core.model_check import check_adapter_fits, check_weights_match, load_config, skeleton
+from kbit.core.models import ModelSource, load_tokenizer, resolve_model
+from kbit.core.naming import run_name
+from kbit.core.registry import get_method
+from kbit.core.rundir import check_writable
+from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec
+from kbit.core.spec import QuantizationSpec
+from kbit.core.targets import claim, kbit_kind
+from kbit.core.train.config import TrainConfig
+
+RUNS_ROOT = Path("runs")
+
+
+@attrs.frozen
+class RunPlan:
+    """Everything decided before any heavy work: resolved spec, data, model, sizes, directory."""
+
+    config: TrainConfig
+    method: Method
+    spec: QuantizationSpec
+    device: DeviceInfo
+    data: TaskData
+    source: ModelSource
+    tokenizer: Any
+    batch_size: int
+    sizing: dict[str, str]
+    name: str
+    run_dir: Path
+    resume: bool
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
+    """Validate every input and decide the run; raises ConfigError before anything is written."""
+    device = detect_device()
+    method = get_method(config.method)
+    method.check_requirements(device)
+    spec = method.resolve_spec(config.options, device)
+    adapter = adapter_settings(spec)
+    data = load_task_data(config.dataset, columns=config.columns, held_out_fraction=config.held_out_fraction,
+                          max_examples=config.max_examples, seed=config.seed)
+    if not data.train:
+        raise ConfigError(f"dataset {data.source} has no training examples")
+    source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    model_config = load_config(source.path, config.trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
+    _check_lengths(tokenizer, data, config.max_length)
+    sizing: dict[str, str] = {}
+    if adapter["r"] == "auto":
+        rank, sizing["r"] = auto_rank(model_config.hidden_size)
+        spec = concrete_adapter_spec(spec, rank)
+    shape = skeleton(model_config, config.trust_remote_code)
+    check_weights_match(Path(source.path), shape)
+    check_adapter_fits(shape, adapter_settings(spec))
+    batch_size = config.batch_size
+    if batch_size == "auto":
+        batch_size, sizing["batch_size"] = auto_batch_size(
+            hidden_size=model_config.hidden_size, layers=model_config.num_hidden_layers,
+            vocab_size=model_config.vocab_size, max_length=config.max_length,
+            model_bytes=weights_bytes(Path(source.path)), memory_bytes=device.memory_bytes,
+            device_kind=device.kind, checkpointing=bool(spec.extras.get("gradient_checkpointing", True)),
+        )
+    policy = method.merge_policy(spec)
+    head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.extras.get("compute_dtype", "float32")
+    name = config.name or run_name(source.name, data.name, spec, head)
+    run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume)
+    check_writable(run_dir, min_free_bytes=3 * weights_bytes(Path(source.path)) + (64 << 20))
+    return RunPlan(config, method, spec, device, data, source, tokenizer, batch_size, sizing, name, run_dir, resume)
+
+
+def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> Path:
+    """The run folder to write, under the output rule of ``kbit.core.targets``."""
+    if resume:
+        if meta.read_metadata(run_dir) is None:
+            raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {meta.FILENAME})")
+        return run_dir.resolve()
+    if not is_main_process():
+        return run_dir.resolve()  # rank 0 claims; the others only train
+    if kbit_kind(run_dir) == "run" and not config.overwrite:
+        raise ConfigError(f"output directory {run_dir} holds an earlier run; pass --overwrite to replace it "
+                          "or --resume to continue it")
+    return claim(run_dir, is_own=lambda p: kbit_kind(p) == "run", overwrite=config.overwrite, what="run folder")
+
+
+def weights_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+
+
+def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> None:
+    longest = max((len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]), i)
+                  for i, e in enumerate(data.train))
+    if longest[0] >= max_length:
+        raise ConfigError(
+            f"max length {max_length} is too short: training prompt {longest[1] + 1} alone has {longest[0]} tokens; "
+            f"raise --max-length above {longest[0]}"
+        )

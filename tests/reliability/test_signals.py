@@ -1,0 +1,63 @@
+"""Ctrl-C and SIGTERM in the middle of a run: the run is marked interrupted, unlocked, and kbit exits 130/143."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kbit.testing import make_tiny_model
+from tests.conftest import run_kbit
+
+FAULTS = Path(__file__).parents[1] / "fixtures" / "faults.py"
+ARGS = ("--max-steps", "4", "--batch-size", "2", "-o", "r=4", "--max-examples", "20", "--eval-limit", "0", "--save-steps", "2")
+
+
+def _kbit_lines(stderr: str) -> list[str]:
+    """kbit's own lines (a progress bar may share the terminal line it ends on)."""
+    return ["kbit: " + part.split("kbit: ", 1)[1] for line in stderr.splitlines() for part in line.split("\r")
+            if "kbit: " in part]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.mark.parametrize("sent, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_marks_the_run_interrupted_releases_the_lock_and_exits_with_its_code(tiny, tmp_path, sent, code):
+    out, flag = tmp_path / "run", tmp_path / "stalled"
+    process = subprocess.Popen(
+        [sys.executable, str(FAULTS), "stall", "*/checkpoint-2/trainer_state.json", str(flag), "--",
+         "train", "--model", str(tiny), "--output", str(out), *ARGS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not flag.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before the signal"
+    process.send_signal(sent)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err[-2000:]
+    said = _kbit_lines(err)
+    assert "Traceback" not in err and len(said) == 1, err[-2000:]
+    assert said[0] == ("kbit: interrupted" if sent == signal.SIGINT else "kbit: terminated by signal 15")
+    record = json.loads((out / "kbit.json").read_text())
+    assert record["status"] == "interrupted" and record["error"]
+    assert not (out / ".kbit.lock").exists()
+    result = run_kbit("train", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "kbit.json").read_text())["status"] == "finished"
+
+
+def test_a_folder_made_unwritable_mid_run_reports_the_real_cause(tiny, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(FAULTS), "deny", "*/checkpoint-2/trainer_state.json", str(out), "--",
+         "train", "--model", str(tiny), "--output", str(out), *ARGS], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    said = _kbit_lines(result.stderr)
+    assert len(said) == 1 and "Permission denied" in said[0] and "trainer_state.json" in said[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "lock" not in said[0]
