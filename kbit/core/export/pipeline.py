@@ -75,8 +75,8 @@ def export_path(path: str, *, format: str = "gguf", file_type: str = "q8_0", out
         plan.target.parent.mkdir(parents=True, exist_ok=True)
         if plan.run:
             clear_staging(plan.target.parent)  # a killed export's temporary file; the lock says none is live
-        if plan.run and plan.target.exists() and not _recorded(meta.read_metadata(plan.run), plan):
-            raise ConfigError(f"{plan.target} appeared while waiting for the run lock; remove it or choose another --output")
+        if plan.run:  # the run may have changed before the lock was ours: check the target against it again
+            _check_target(attrs.evolve(plan, record=meta.read_metadata(plan.run)), overwrite)
         started = time.time()
         fd, temp_name = tempfile.mkstemp(prefix=f".{plan.target.name}{STAGING_MARK}", dir=plan.target.parent)
         os.close(fd)
