@@ -51,7 +51,7 @@ def quantized_base(device: str) -> Any:
     method = get_method("qlora")
     spec = method.resolve_spec({}, detect_device())
     model = load_causal_lm(model_path(), quant_config=method.build_quant_config(spec),
-                           dtype=spec.extras["compute_dtype"])
+                           dtype=spec.training.compute_dtype)
     # bitsandbytes would repack the 4-bit weights on a CPU's first no-grad forward (bf16 scales,
     # no double quant): keep them as trained, as kbit's qlora prepare_model does.
     return no_cpu_repacking(model)

@@ -70,7 +70,7 @@ def load_with(method_name: str, options: dict[str, str]) -> Any:
 
     method = get_method(method_name)
     spec = method.resolve_spec(options, detect_device())
-    return load_causal_lm(model_path(), quant_config=method.build_quant_config(spec), dtype=spec.extras["compute_dtype"])
+    return load_causal_lm(model_path(), quant_config=method.build_quant_config(spec), dtype=spec.training.compute_dtype)
 
 
 def checkpoint_bits(directory: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
 from kbit.core.options import Option, OptionSchema
 from kbit.core.spec import QuantizationSpec
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConfigError",

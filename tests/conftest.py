@@ -54,6 +54,18 @@ def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PluginSite:
         sys.modules.pop(name, None)
 
 
+# One tiny random model per test session: kbit's pytest plugin (kbit.testing.pytest_plugin) provides it
+# as ``kbit_tiny_model``, as it does for plugin authors; these are the names kbit's own tests use.
+@pytest.fixture(scope="session")
+def tiny(kbit_tiny_model: Path) -> Path:
+    return kbit_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(kbit_tiny_model: Path) -> Path:
+    return kbit_tiny_model
+
+
 def run_kbit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 900):
     """Run the installed CLI in a subprocess, as a user would."""
     return subprocess.run(

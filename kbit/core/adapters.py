@@ -1,12 +1,12 @@
-"""Adapter settings shared by every adapter-training method, and attaching the adapter.
+"""Options shared by methods (adapter, training, calibration), and attaching the adapter.
 
-Plugin authors use ``adapter_options`` + ``training_options`` for their option schema,
-``training_extras`` for the spec's extras, ``prepare_for_adapter`` in ``prepare_model`` and
-``merge_or_keep`` in ``merge_policy``; the built-in methods do exactly that.
-
-A method plugin includes ``adapter_options(...)`` in its option schema (with its own defaults and
-the PEFT types it supports) and stores ``adapter_extras(values)`` under ``spec.extras["adapter"]``.
-kbit builds the PEFT config from that record, so every method trains adapters the same way.
+A plugin puts ``adapter_options(...)`` and ``training_options(...)`` (and, if it quantizes after
+training, ``calibration_options(...)``), with its own defaults, into its option schema, and turns
+the resolved values into the spec's typed records with ``adapter_settings(values)``,
+``training_settings(values, device)`` and ``calibration_settings(values)``. In ``prepare_model`` it
+calls ``prepare_for_adapter``; in ``merge_policy`` ``merge_or_keep``. kbit builds the PEFT config
+from ``spec.adapter``, so every method trains adapters the same way. All of this is public through
+``kbit.plugin``; the built-in methods use nothing else.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kbit.core.compat import REENTRANT_OFF, enable_checkpointing
 from kbit.core.device import DeviceInfo, resolve_compute_dtype
 from kbit.core.errors import ConfigError
 from kbit.core.method_info import MergePolicy
 from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, integer, module_names, number
+from kbit.core.spec import AdapterSettings, CalibrationSettings, TrainingSettings
 
 ADAPTER_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules")
 
@@ -41,48 +43,15 @@ def adapter_options(
     )
 
 
-def adapter_extras(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The adapter record stored in ``spec.extras["adapter"]``, taken from resolved option values."""
-    return {key: values[key] for key in ADAPTER_KEYS}
+def adapter_settings(values: Mapping[str, Any], *, qa_group_size: int | None = None) -> AdapterSettings:
+    """``spec.adapter`` from option values resolved against ``adapter_options``.
 
-
-def adapter_settings(spec: Any) -> dict[str, Any]:
-    """The adapter record of ``spec``; raises ``ConfigError`` when the method trains no adapter."""
-    settings = spec.extras.get("adapter")
-    if not isinstance(settings, Mapping):
-        raise ConfigError(f"method '{spec.method}' trains no adapter (its spec has no extras['adapter'])")
-    return dict(settings)
-
-
-def build_peft_config(spec: Any) -> Any:
-    """The PEFT config for ``spec``'s adapter (LoRA, DoRA or VeRA) on a causal LM."""
-    from peft import LoraConfig, TaskType, VeraConfig
-
-    settings = adapter_settings(spec)
-    if settings["r"] == "auto":
-        raise ConfigError("adapter rank 'auto' must be resolved before building the adapter (see kbit.core.sizing)")
-    if settings["peft_type"] == "vera":
-        return VeraConfig(
-            r=settings["r"],
-            target_modules=settings["target_modules"],
-            vera_dropout=settings["lora_dropout"],
-            task_type=TaskType.CAUSAL_LM,
-        )
-    return LoraConfig(
-        r=settings["r"],
-        lora_alpha=settings["lora_alpha"],
-        lora_dropout=settings["lora_dropout"],
-        target_modules=settings["target_modules"],
-        use_dora=settings["peft_type"] == "dora",
-        task_type=TaskType.CAUSAL_LM,
-    )
-
-
-def attach_adapter(model: Any, spec: Any) -> Any:
-    """Wrap ``model`` (already passed through the method's ``prepare_model``) in a PEFT model."""
-    from peft import get_peft_model
-
-    return get_peft_model(model, build_peft_config(spec))
+    ``qa_group_size`` makes the LoRA adapter a QA-LoRA one (see ``AdapterSettings``).
+    """
+    try:
+        return AdapterSettings(**{key: values[key] for key in ADAPTER_KEYS}, qa_group_size=qa_group_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def training_options(*, merge: bool = True) -> OptionSchema:
@@ -101,28 +70,121 @@ def training_options(*, merge: bool = True) -> OptionSchema:
     )
 
 
-def training_extras(values: Mapping[str, Any], device: DeviceInfo) -> dict[str, Any]:
-    """The extras every adapter method records: resolved dtypes, checkpointing, merge choice, adapter."""
-    return {
-        "compute_dtype": resolve_compute_dtype(values["compute_dtype"], device),
-        "gradient_checkpointing": values["gradient_checkpointing"] == "true"
-        or (values["gradient_checkpointing"] == "auto" and device.kind == "cuda"),
-        "merge_after_train": values["merge_after_train"],
-        "merge_dtype": resolve_compute_dtype(values["merge_dtype"], device),
-        "adapter_dtype": "float32" if values["adapter_dtype"] == "auto" else values["adapter_dtype"],
-        "adapter": adapter_extras(values),
-    }
+def training_settings(values: Mapping[str, Any], device: DeviceInfo, *, adapter_dtype: str | None = None) -> TrainingSettings:
+    """``spec.training`` from option values resolved against ``training_options``, for ``device``.
+
+    ``adapter_dtype`` replaces what ``auto`` means for the adapter (e.g. a storage dtype FSDP needs).
+    """
+    requested = values["adapter_dtype"]
+    return TrainingSettings(
+        compute_dtype=resolve_compute_dtype(values["compute_dtype"], device),
+        adapter_dtype=(adapter_dtype or "float32") if requested == "auto" else requested,
+        gradient_checkpointing=values["gradient_checkpointing"] == "true"
+        or (values["gradient_checkpointing"] == "auto" and device.accelerator),
+        merge_after_train=values["merge_after_train"],
+        merge_dtype=resolve_compute_dtype(values["merge_dtype"], device),
+    )
+
+
+def calibration_options(samples: int = 64, max_length: int = 256) -> OptionSchema:
+    """calibration_samples and calibration_max_length, for methods that quantize after training."""
+    return OptionSchema(
+        (
+            Option("calibration_samples", samples, integer(minimum=1), "calibration texts taken from the training data"),
+            Option("calibration_max_length", max_length, integer(minimum=1), "tokens per calibration text (longer ones are cut)"),
+        )
+    )
+
+
+def calibration_settings(values: Mapping[str, Any]) -> CalibrationSettings:
+    """``spec.calibration`` from option values resolved against ``calibration_options``."""
+    return CalibrationSettings(samples=values["calibration_samples"], max_length=values["calibration_max_length"])
+
+
+def require_adapter(spec: Any) -> AdapterSettings:
+    """``spec.adapter``; raises ``ConfigError`` when the method trains no adapter."""
+    if spec.adapter is None:
+        raise ConfigError(f"method '{spec.method}' trains no adapter (its spec has no adapter settings)")
+    return spec.adapter
+
+
+def build_peft_config(spec: Any) -> Any:
+    """The PEFT config for ``spec``'s adapter (LoRA, DoRA or VeRA) on a causal LM."""
+    from peft import LoraConfig, TaskType, VeraConfig
+
+    settings = require_adapter(spec)
+    if settings.r == "auto":
+        raise ConfigError("adapter rank 'auto' must be resolved before building the adapter (see kbit.core.sizing)")
+    targets = settings.target_modules if isinstance(settings.target_modules, str) else list(settings.target_modules)
+    if settings.peft_type == "vera":
+        return VeraConfig(r=settings.r, target_modules=targets, vera_dropout=settings.lora_dropout,
+                          task_type=TaskType.CAUSAL_LM)
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets,
+        use_dora=settings.peft_type == "dora",
+        task_type=TaskType.CAUSAL_LM,
+    )
+
+
+def attach_adapter(model: Any, spec: Any) -> Any:
+    """Wrap ``model`` (already passed through the method's ``prepare_model``) in a PEFT model."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, build_peft_config(spec))
+    if require_adapter(spec).qa_group_size:
+        pool_adapter_inputs(peft_model, spec.adapter.qa_group_size)
+    return peft_model
+
+
+def pool_adapter_inputs(model: Any, group_size: int) -> None:
+    """Make every LoRA ``A`` matrix of ``model`` constant within groups of ``group_size`` input features,
+    and keep it so while it trains: QA-LoRA (Xu et al. 2023) as a plain PEFT LoRA.
+
+    QA-LoRA averages the adapter's input over each group before a narrow ``A``. A full-width ``A``
+    whose columns are equal within each group computes the same thing (up to a constant factor), so
+    its update ``B @ A`` is constant within each group of a weight row. kbit keeps the adapter an
+    ordinary PEFT LoRA — saved, loaded, resumed and merged by PEFT as any other — instead of PEFT's
+    own QA-LoRA variant, which (peft 0.21) applies only to GPTQ layers and cannot merge.
+    ``A`` starts as one column per group repeated (the same output scale as PEFT's initialisation)
+    and each gradient is replaced by its group mean; Adam then updates every column of a group
+    identically, bit for bit, so ``A`` stays group-constant.
+    """
+    import torch
+
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if not isinstance(lora_a, torch.nn.ModuleDict):
+            continue
+        for layer in lora_a.values():
+            weight = layer.weight
+            rank, width = weight.shape
+            if width % group_size:
+                raise ConfigError(f"QA-LoRA group size {group_size} does not divide the input width {width} of {name}; "
+                                  "choose a group size dividing every adapted layer's input width")
+            with torch.no_grad():
+                first = weight[:, ::group_size]
+                weight.copy_(first.repeat_interleave(group_size, dim=1))
+            weight.register_hook(lambda grad, g=group_size: _group_mean(grad, g))
+
+
+def _group_mean(grad: Any, group_size: int) -> Any:
+    rank, width = grad.shape
+    means = grad.reshape(rank, width // group_size, group_size).mean(dim=-1, keepdim=True)
+    return means.expand(rank, width // group_size, group_size).reshape(rank, width)
 
 
 def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:
-    """Freeze the base and set up gradient checkpointing.
+    """Freeze the base and set up gradient checkpointing (``spec.training.gradient_checkpointing``).
 
-    ``kbit_base``: the base holds k-bit weights; then ``peft.prepare_model_for_kbit_training`` also
-    upcasts the remaining half-precision parameters (norms, embeddings) to float32 for stability.
-    A full-precision base is left in its compute dtype.
+    ``kbit_base``: the base holds k-bit weights loaded by transformers; then
+    ``peft.prepare_model_for_kbit_training`` also upcasts the remaining half-precision parameters
+    (norms, embeddings) to float32 for stability. Any other base is left in its compute dtype.
     """
-    checkpointing = bool(spec.extras["gradient_checkpointing"])
-    kwargs = {"use_reentrant": False} if checkpointing else None
+    checkpointing = spec.training.gradient_checkpointing
+    kwargs = dict(REENTRANT_OFF) if checkpointing else None
     if kbit_base:
         from peft import prepare_model_for_kbit_training
 
@@ -130,13 +192,14 @@ def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model)
         model.enable_input_require_grads()
     return model
 
 
-def merge_or_keep(spec: Any, *, base: str, reason: str = "") -> MergePolicy:
-    """Merge into ``base`` in the merge dtype, unless the user turned merging off."""
-    if not spec.extras["merge_after_train"]:
+def merge_or_keep(spec: Any, *, base: str, reason: str = "", lm_head_dtype: str | None = None) -> MergePolicy:
+    """Merge into ``base`` in ``spec.training.merge_dtype``, unless the user turned merging off."""
+    if not spec.training.merge_after_train:
         return MergePolicy(action="keep_adapter", reason="merge_after_train=false")
-    return MergePolicy(action="merge", base=base, dtype=spec.extras["merge_dtype"], reason=reason)
+    return MergePolicy(action="merge", base=base, dtype=spec.training.merge_dtype, lm_head_dtype=lm_head_dtype,
+                       reason=reason)

@@ -147,7 +147,7 @@ def _render(record: Mapping[str, Any], relation: str, library: str, tags: list[s
 
 def _tags(record: Mapping[str, Any]) -> list[str]:
     spec = record.get("spec") or {}
-    adapter = (spec.get("extras") or {}).get("adapter", {})
+    adapter = (spec.get("adapter") or (spec.get("extras") or {}).get("adapter") or {})
     tags = ["kbit", spec.get("method", ""), "sft", adapter.get("peft_type", "")]
     if spec.get("weights_bits"):
         tags.append(f"{spec['weights_bits']}-bit")
@@ -172,7 +172,7 @@ def _results(record: Mapping[str, Any], folder: str) -> list[tuple[str, float]]:
 
 def _settings(record: Mapping[str, Any]) -> list[str]:
     spec = record.get("spec") or {}
-    adapter = (spec.get("extras") or {}).get("adapter", {})
+    adapter = (spec.get("adapter") or (spec.get("extras") or {}).get("adapter") or {})
     metrics = record.get("metrics") or {}
     merge = record.get("merge") or {}
     return ["## Training", "", "| setting | value |", "|---|---|",

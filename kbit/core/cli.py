@@ -62,9 +62,11 @@ def methods_command(
                 ("needs_gpu", "GPU only"),
             ) if caps.get(key)
         )
-        status = r["status"] + (f": {r['error']}" if r["error"] else "")
-        table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['distribution']} {r['version']}", status, cap_text)
+        table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['distribution']} {r['version']}", r["status"], cap_text)
     Console().print(table)
+    for r in records:  # below the table, unwrapped, so an install line can be copied whole
+        if r["error"]:
+            typer.echo(f"{r['name']} {r['status']}: {r['error']}")
 
 
 @app.command("spec")
@@ -125,6 +127,7 @@ def train_command(
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none, tensorboard or wandb.")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
     eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Held-out items scored before/after (0 = skip).")] = None,
+    merge_min_agreement: Annotated[Optional[float], typer.Option("--merge-min-agreement", help="Fail the run when the merged model agrees with the trained one on fewer top-1 predictions than this (default 0.99; 0 keeps any merge).")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty run directory.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
@@ -138,7 +141,7 @@ def train_command(
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         scheduler=scheduler, warmup_ratio=warmup_ratio, max_length=max_length, seed=seed, packing=packing, logging_steps=logging_steps,
         save_steps=save_steps, report_to=report_to, max_examples=max_examples, eval_limit=eval_limit,
-        trust_remote_code=trust_remote_code, overwrite=overwrite,
+        trust_remote_code=trust_remote_code, overwrite=overwrite, merge_min_agreement=merge_min_agreement,
     )
     options = parse_assignments(option or [])
     if peft:
@@ -284,6 +287,20 @@ def push_command(
         return
     url = push(plan, private=private)
     typer.echo(f"uploaded {len(plan.files)} files ({plan.size_bytes / 2**20:.1f} MiB) to {url}")
+
+
+@app.command("new-method")
+def new_method_command(
+    name: Annotated[str, typer.Argument(help="The method's name, as users will select it (e.g. my-int4).")],
+    directory: Annotated[Optional[str], typer.Option("--dir", help="Where to write the distribution (default ./kbit-NAME).")] = None,
+) -> None:
+    """Write a ready method plugin: pyproject with the entry point, every hook, and contract tests."""
+    from pathlib import Path
+
+    from kbit.core.scaffold import write_method
+
+    target = write_method(name, Path(directory) if directory else None)
+    typer.echo(f"wrote {target}: pip install -e {target} && pytest {target}, then kbit train --method {name}")
 
 
 def _jsonable(value):

@@ -5,8 +5,15 @@ specs. It is registered under its method name in the ``kbit.methods`` entry-poin
 each hook on the selected method's plugin only, so a hook never needs to check which method is meant.
 
 Required: ``describe_method``, ``resolve_spec``, ``build_quant_config``, ``prepare_model``,
-``merge_policy``. Optional: ``prepare_inference`` (fast generation after training) and
-``quantize_model`` (post-training quantization methods).
+``merge_policy``. Optional: ``resolve_for_model`` (check the spec against the model before anything
+is written), ``quantize_base`` and ``dequantize_base`` (a quantized base that is not a transformers
+quantization config), ``prepare_inference`` (fast generation after training) and ``quantize_model``
+(post-training quantization methods).
+
+The order kbit calls them in a run: ``describe_method`` → ``resolve_spec`` → ``resolve_for_model`` →
+``build_quant_config`` → load → ``quantize_base`` → ``prepare_model`` → attach and train the adapter
+→ ``merge_policy`` → merge (loading the base again, then ``dequantize_base``) → ``quantize_model`` →
+``prepare_inference``. Everything a hook needs is importable from ``kbit.plugin``.
 Hooks must not import torch at module import time; import heavy packages inside the hook.
 """
 
@@ -46,10 +53,27 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
     :param options: user overrides by name, as strings (``-o r=16``) or typed values (YAML); apply
         them on top of the method's defaults, e.g. with ``MethodInfo.options.resolve``.
     :param device: where training will run; resolve "auto" settings (compute dtype) against it.
-    :return: a ``kbit.QuantizationSpec`` whose ``method`` is the canonical method name and whose
-        ``extras["adapter"]`` holds the adapter settings (``kbit.core.adapters.adapter_extras``).
+        ``kbit methods`` calls this hook with no options and a CPU device to check its return type:
+        keep it cheap and free of torch imports.
+    :return: a ``kbit.QuantizationSpec`` whose ``method`` is the canonical method name, with
+        ``adapter`` (``kbit.plugin.adapter_settings``) and ``training``
+        (``kbit.plugin.training_settings``) set for an adapter method, ``calibration`` for one that
+        quantizes after training, and the method's private settings in ``extras``.
         Raise ``kbit.ConfigError`` naming the option for an unknown or invalid option, or for an
         unsupported combination (e.g. an adapter type the method cannot train).
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_for_model(spec: QuantizationSpec, model_config: Any) -> QuantizationSpec | None:
+    """Optional: check ``spec`` against the model before anything is loaded or written.
+
+    :param model_config: the base model's ``transformers.PretrainedConfig`` (widths, layers,
+        architecture); no weights are loaded.
+    :return: the spec to run with, with settings that depend on the model settled (e.g. a group
+        size chosen to divide every layer width), or ``None`` to keep ``spec``. Raise
+        ``kbit.ConfigError`` with the fix for a model the method cannot handle (a width the group
+        size does not divide, an unsupported architecture).
     """
 
 
@@ -64,13 +88,42 @@ def build_quant_config(spec: QuantizationSpec) -> Any | None:
 
 
 @hookspec(firstresult=True)
-def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
-    """Make a freshly loaded base model ready for adapters to be attached and trained.
+def quantize_base(model: Any, spec: QuantizationSpec) -> Any:
+    """Optional: quantize a freshly loaded full-precision base in the method's own way.
 
+    For methods whose quantized base is not a transformers quantization config (then
+    ``build_quant_config`` returns None). kbit calls it wherever the base is loaded — for training,
+    for evaluating the adapter, and again before a merge into the dequantized base — so it must be
+    deterministic: the same full-precision weights must give the same quantized weights.
+    Replace each quantized ``torch.nn.Linear`` with a ``kbit.plugin.QuantizedLinear`` subclass so
+    PEFT can attach adapters to it and kbit can measure its storage.
+    :return: the quantized model (the same object or a new one).
+    """
+
+
+@hookspec(firstresult=True)
+def dequantize_base(model: Any, spec: QuantizationSpec) -> Any:
+    """Optional: turn a base quantized by ``quantize_base`` back into plain ``torch.nn.Linear`` layers
+    holding exactly the weights the adapter was trained against (``kbit.plugin.dequantize_linears``
+    does it for ``QuantizedLinear`` layers).
+
+    Required for a merge into the dequantized base when ``quantize_base`` is implemented; without
+    it kbit refuses such a merge before training rather than merge into other weights.
+    :return: the full-precision model to merge the adapter into.
+    """
+
+
+@hookspec(firstresult=True)
+def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
+    """Make a freshly loaded (and, if the method does so, ``quantize_base``-quantized) base ready for
+    adapters to be attached and trained.
+
+    Do not change base weights here: a merge reloads the base and would not see the change (kbit's
+    merge check then fails the run). Quantize in ``build_quant_config`` or ``quantize_base``.
     :param model: the ``PreTrainedModel`` loaded with ``build_quant_config(spec)``.
     :return: the model to attach adapters to (the same object or a new one). After kbit attaches
-        the adapter described by ``spec.extras["adapter"]``, only adapter parameters may be
-        trainable. For k-bit bases this is ``peft.prepare_model_for_kbit_training``.
+        the adapter described by ``spec.adapter``, only adapter parameters may be trainable. For
+        k-bit bases this is ``kbit.plugin.prepare_for_adapter(model, spec, kbit_base=True)``.
     """
 
 
@@ -79,7 +132,11 @@ def merge_policy(spec: QuantizationSpec) -> MergePolicy:
     """Say what happens to the adapter after training.
 
     :return: a ``kbit.MergePolicy``: merge (into which base, in which dtype), keep the adapter
-        only, or refuse, with the reason. kbit's merge step carries it out.
+        only, or refuse, with the reason. kbit's merge step carries it out: "dequantized" loads the
+        base as for training and dequantizes it (``dequantize_base``, or transformers'
+        ``dequantize()`` for a quantization config), "original" loads the unquantized base. kbit then
+        checks the merged model against the trained adapter model and fails the run when they
+        disagree (``kbit.plugin.merge_or_keep`` builds the usual policy).
     """
 
 
@@ -99,8 +156,9 @@ def quantize_model(model_dir: Path, spec: QuantizationSpec, calibration: list[st
     """Post-training quantization (optional hook): quantize a full-precision model directory.
 
     :param model_dir: a Hugging Face model directory (typically the merged model of a run).
-    :param calibration: calibration texts (already formatted with the chat template), possibly empty
-        when ``MethodInfo.needs_calibration`` is false.
+    :param calibration: calibration texts (already formatted with the chat template), the first
+        ``spec.calibration.samples`` training examples; empty when ``MethodInfo.needs_calibration``
+        is false.
     :param output_dir: an empty directory to save the quantized model and its tokenizer into, in a
         format ``AutoModelForCausalLM.from_pretrained`` loads.
     :return: None. Raise ``kbit.ConfigError`` for settings that do not fit the model.

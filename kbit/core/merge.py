@@ -2,8 +2,9 @@
 
 For quantized bases the adapter is merged into the *dequantized* base — the weights it was trained
 against — not into a re-quantized one: re-quantizing after the merge rounds most of a small
-update away (PEFT warns of this). The merged model's logits are compared with the adapter model's
-on held-out prompts, and the measured difference is returned for the run's metadata.
+update away (PEFT warns of this). Which base that is comes from ``kbit.core.bases``. The merged
+model's logits are compared with the adapter model's on held-out prompts; the figures are recorded,
+and ``check_fidelity`` fails the run when the merged model does not reproduce the trained one.
 """
 
 from __future__ import annotations
@@ -12,28 +13,45 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kbit.core.bases import load_merge_base
 from kbit.core.device import torch_dtype
+from kbit.core.errors import KbitError
+from kbit.core.method import Method
 from kbit.core.method_info import MergePolicy
-from kbit.core.models import load_causal_lm
 from kbit.core.rundir import atomic_directory
+from kbit.core.spec import QuantizationSpec
 
 
-def merged_model(base_path: str, adapter_dir: Path, policy: MergePolicy, quant_config: Any, compute_dtype: str,
-                 trust_remote_code: bool = False) -> Any:
-    """Load the policy's base, apply the adapter from ``adapter_dir`` and merge it in."""
+def merged_model(method: Method, spec: QuantizationSpec, policy: MergePolicy, base_path: str, adapter_dir: Path,
+                 trust_remote_code: bool = False) -> tuple[Any, str]:
+    """The base ``policy`` names with the adapter from ``adapter_dir`` merged in, and what that base was."""
     from peft import PeftModel
 
-    if policy.base == "dequantized" and quant_config is not None:
-        base = load_causal_lm(base_path, quant_config=quant_config, dtype=compute_dtype, trust_remote_code=trust_remote_code)
-        base = base.dequantize()
-    else:
-        base = load_causal_lm(base_path, dtype=policy.dtype, trust_remote_code=trust_remote_code)
-    base = base.to(torch_dtype(policy.dtype))
+    base, described = load_merge_base(method, spec, policy, base_path, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     if policy.lm_head_dtype and not getattr(model.config, "tie_word_embeddings", False):
         model.get_output_embeddings().to(torch_dtype(policy.lm_head_dtype))
     model.config.dtype = torch_dtype(policy.dtype)
-    return model
+    return model, described
+
+
+class MergeCheckFailed(KbitError):
+    """The merged model does not reproduce the trained adapter model."""
+
+
+def check_fidelity(agreement: dict[str, float], minimum: float, method: str, described: str) -> None:
+    """Fail loudly when the merged model's top-1 predictions agree with the adapter model's on fewer
+    than ``minimum`` of the probe positions (NaN-aware: see ``logit_agreement``)."""
+    top1 = agreement["top1_agreement"]
+    if top1 >= minimum:
+        return
+    raise MergeCheckFailed(
+        f"merge check failed: after merging into {described}, the merged model agrees with the trained adapter model "
+        f"on {100 * top1:.1f}% of top-1 predictions (max |Δlogit| {agreement['max_abs_logit_diff']:.3g}; required "
+        f"{100 * minimum:g}%), so it is not the model that was trained; adapter/ is kept and merged/ not written. "
+        f"If method '{method}' quantizes its base, it must do so in build_quant_config or quantize_base (see "
+        "docs/plugins.md); --merge-min-agreement 0 keeps such a merge anyway"
+    )
 
 
 def logit_agreement(reference: Any, candidate: Any, batches: list[dict[str, Any]]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from kbit.core.rundir import write_json_atomic
 from kbit.core.spec import QuantizationSpec
 
 FILENAME = "kbit.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the spec holds typed adapter/training/calibration settings (1 still read)
 PACKAGES = ("kbit", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
             "llmcompressor", "compressed-tensors", "torchao", "gguf")
 
@@ -41,7 +41,8 @@ def now() -> str:
 
 def write_metadata(directory: Path, data: dict[str, Any]) -> None:
     """Write ``kbit.json`` atomically, stamping the schema version and update time."""
-    write_json_atomic(Path(directory) / FILENAME, {"schema_version": SCHEMA_VERSION, **data, "updated": now()})
+    fields = {k: v for k, v in data.items() if k not in ("schema_version", "updated")}
+    write_json_atomic(Path(directory) / FILENAME, {"schema_version": SCHEMA_VERSION, **fields, "updated": now()})
 
 
 def read_metadata(directory: Path) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ import pluggy
 
 from kbit.core.device import DeviceInfo
 from kbit.core.errors import KbitError, MissingDependencyError, PluginError
-from kbit.core.method_info import MergePolicy, MethodInfo
+from kbit.core.method_info import MergePolicy, MethodInfo, describe_missing
 from kbit.core.spec import QuantizationSpec
 
 
@@ -61,8 +61,7 @@ class Method:
         """Raise ``MissingDependencyError`` with the install line before any heavy work."""
         missing = self.info.missing_requirements()
         if missing:
-            lines = "; ".join(f"{r.module} ({r.install})" for r in missing)
-            raise MissingDependencyError(f"method '{self.name}' needs {lines}")
+            raise MissingDependencyError(f"method '{self.name}' {describe_missing(missing)}")
         if device is not None and self.info.needs_gpu and device.kind != "cuda":
             raise MissingDependencyError(f"method '{self.name}' needs a CUDA GPU; none is visible here")
 
@@ -81,6 +80,38 @@ class Method:
             )
         return spec
 
+    def resolve_for_model(self, spec: QuantizationSpec, model_config: Any) -> QuantizationSpec:
+        """The spec settled against the model's config (``spec`` itself when the hook is absent or returns None)."""
+        if not self.implements("resolve_for_model"):
+            return spec
+        fitted = self._call("resolve_for_model", spec=spec, model_config=model_config)
+        if fitted is None:
+            return spec
+        if not isinstance(fitted, QuantizationSpec):
+            raise self._wrong_type("resolve_for_model", fitted, "kbit.QuantizationSpec or None")
+        if fitted.method != self.name:
+            raise PluginError(f"method '{self.name}' ({self.distribution} {self.version}): resolve_for_model returned "
+                              f"a spec for method '{fitted.method}'")
+        return fitted
+
+    def quantize_base(self, model: Any, spec: QuantizationSpec) -> Any:
+        """The method's own quantization of a loaded base (``model`` itself when it has no such hook)."""
+        if not self.implements("quantize_base"):
+            return model
+        return self._module_result("quantize_base", self._call("quantize_base", model=model, spec=spec))
+
+    def dequantize_base(self, model: Any, spec: QuantizationSpec) -> Any:
+        if not self.implements("dequantize_base"):
+            raise PluginError(f"method '{self.name}' has no dequantize_base hook")
+        return self._module_result("dequantize_base", self._call("dequantize_base", model=model, spec=spec))
+
+    def _module_result(self, hook: str, value: Any) -> Any:
+        import torch
+
+        if not isinstance(value, torch.nn.Module):
+            raise self._wrong_type(hook, value, "a torch.nn.Module")
+        return value
+
     def build_quant_config(self, spec: QuantizationSpec) -> Any | None:
         config = self._call("build_quant_config", spec=spec)
         if config is not None:
@@ -91,12 +122,7 @@ class Method:
         return config
 
     def prepare_model(self, model: Any, spec: QuantizationSpec) -> Any:
-        prepared = self._call("prepare_model", model=model, spec=spec)
-        import torch
-
-        if not isinstance(prepared, torch.nn.Module):
-            raise self._wrong_type("prepare_model", prepared, "a torch.nn.Module")
-        return prepared
+        return self._module_result("prepare_model", self._call("prepare_model", model=model, spec=spec))
 
     def prepare_inference(self, model: Any, spec: QuantizationSpec) -> Any:
         """The plugin's inference-ready model, or ``model`` itself when it has no such hook."""

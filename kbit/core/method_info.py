@@ -29,6 +29,14 @@ class Requirement:
             return False
 
 
+def describe_missing(missing: list[Requirement]) -> str:
+    """``needs a, b: <install line>`` for each install line, in order; modules sharing a line share it."""
+    by_line: dict[str, list[str]] = {}
+    for requirement in missing:
+        by_line.setdefault(requirement.install, []).append(requirement.module)
+    return "; ".join(f"needs {', '.join(modules)}: {line}" for line, modules in by_line.items())
+
+
 def _peft_types(instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
     unknown = set(value) - set(PEFT_TYPES)
     if unknown:

@@ -88,12 +88,12 @@ def _tied_names(model: Any) -> set[str]:
     return names
 
 
-def check_adapter_fits(model: Any, adapter: dict[str, Any]) -> None:
+def check_adapter_fits(model: Any, adapter: Any) -> None:
     """Refuse ``target_modules`` that match no linear layer, and a rank above the targeted layers' widths."""
     linear = {name: module for name, module in model.named_modules()
               if type(module).__name__ in LINEAR_TYPES and name}
     head = model.get_output_embeddings()
-    targets = adapter.get("target_modules", "all-linear")
+    targets = adapter.target_modules
     if targets == "all-linear":
         chosen = {n: m for n, m in linear.items() if m is not head}
     else:
@@ -105,7 +105,7 @@ def check_adapter_fits(model: Any, adapter: dict[str, Any]) -> None:
                 f"target_modules {', '.join(unmatched)} match no linear layer of this model; "
                 f"its linear layers are {', '.join(suffixes)} (or use all-linear)"
             )
-    rank = adapter.get("r")
+    rank = adapter.r
     if isinstance(rank, int) and chosen:
         # A layer's update has rank at most min(in, out); above the largest such width, every
         # targeted layer only gains parameters (and memory) without gaining capacity.

@@ -179,11 +179,14 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
     if importlib.util.find_spec("gguf") is None:
         raise MissingDependencyError("loading .gguf models needs the gguf package: pip install gguf")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf = Path(gguf)
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers (5.17 on) keeps GGUF weights in their quantized blocks, on MPS where present,
+        # whenever it can fetch a GGUF matmul kernel; asked explicitly, it unpacks them to float32.
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                      quantization_config=GgufConfig(dequantize=True))
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:
         raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {exc}") from None

@@ -15,10 +15,10 @@ _DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 def run_name(model_name: str, dataset_name: str, spec: QuantizationSpec, head_dtype: str) -> str:
     """The run's name tag; only filesystem-safe characters survive."""
-    adapter = spec.extras.get("adapter", {})
+    adapter = spec.adapter
     parts = [f"{model_name}-{dataset_name}", "SFT"]
-    if adapter:
-        parts.append(f"{_ADAPTER_LABELS.get(adapter['peft_type'], adapter['peft_type'])}{adapter['r']}")
+    if adapter is not None:
+        parts.append(f"{_ADAPTER_LABELS.get(adapter.peft_type, adapter.peft_type)}{adapter.r}")
     parts.append(spec.method.upper().replace("-", ""))
     if spec.weights_bits:
         parts.append(f"w{spec.weights_bits}")

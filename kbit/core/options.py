@@ -110,7 +110,7 @@ def _int_expectation(minimum: int | None, maximum: int | None, auto: bool) -> st
     return f"expected an integer{bounds}" + (" or 'auto'" if auto else "")
 
 
-def number(minimum: float | None = None, below: float | None = None) -> Parser:
+def number(minimum: float | None = None, below: float | None = None, maximum: float | None = None) -> Parser:
     """A finite float (NaN and infinities are refused: they would silently poison a run)."""
     def parse(raw: Any) -> float:
         if isinstance(raw, bool):
@@ -121,10 +121,11 @@ def number(minimum: float | None = None, below: float | None = None) -> Parser:
             raise ValueError("expected a number") from None
         if not math.isfinite(value):
             raise ValueError(f"expected a finite number, got {value}")
-        if (minimum is not None and value < minimum) or (below is not None and value >= below):
-            low = f">= {minimum}" if minimum is not None else ""
-            high = f"< {below}" if below is not None else ""
-            raise ValueError(f"expected a number {' and '.join(p for p in (low, high) if p)}")
+        if (minimum is not None and value < minimum) or (below is not None and value >= below) \
+                or (maximum is not None and value > maximum):
+            parts = [f">= {minimum}" if minimum is not None else "", f"< {below}" if below is not None else "",
+                     f"<= {maximum}" if maximum is not None else ""]
+            raise ValueError(f"expected a number {' and '.join(p for p in parts if p)}")
         return value
 
     return parse

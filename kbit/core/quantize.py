@@ -25,12 +25,12 @@ DEFAULT_CALIBRATION_SAMPLES = 64
 
 
 def calibration_texts(tokenizer: Any, examples: Sequence[Any], spec: QuantizationSpec, method: Method) -> list[str]:
-    """The first ``spec.extras['calibration_samples']`` training examples, rendered; [] if not needed."""
+    """The first ``spec.calibration.samples`` training examples, rendered; [] if not needed."""
     if not method.info.needs_calibration:
         return []
     from kbit.core.evaluate.generation import render_prompt
 
-    count = int(spec.extras.get("calibration_samples", DEFAULT_CALIBRATION_SAMPLES))
+    count = spec.calibration.samples if spec.calibration else DEFAULT_CALIBRATION_SAMPLES
     return [render_prompt(tokenizer, e) + e.completion for e in list(examples)[:count]]
 
 
@@ -118,6 +118,9 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     own_artifact = (path / "quantized").resolve() if is_run else None
     target = claim(target, overwrite=overwrite, what="quantized model",
                    is_own=lambda p: p == own_artifact or (kbit_kind(p) == "quantized" and enclosing_run(p) is None))
+    from kbit.core.model_check import load_config
+
+    spec = method.resolve_for_model(spec, load_config(str(model_dir)))
     tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name=model_dir.name, origin="local"))
     calibration = calibration_texts(tokenizer, data.train, spec, method)
     lock = RunLock(path) if is_run else None

@@ -25,7 +25,7 @@ import pluggy
 from kbit.core import hookspecs
 from kbit.core.errors import MissingDependencyError, PluginError, UnknownMethodError
 from kbit.core.method import Method
-from kbit.core.method_info import MethodInfo
+from kbit.core.method_info import MethodInfo, describe_missing
 
 ENTRY_POINT_GROUP = "kbit.methods"
 BUILTIN_DISTRIBUTION = "kbit"
@@ -161,7 +161,7 @@ class Registry:
             plugin = ep.load()
         except Exception as exc:  # a broken plugin must not take the host down
             return PluginRecord(**base, status=BROKEN, error=f"import failed: {type(exc).__name__}: {exc}")
-        location = getattr(plugin, "__file__", "") or ""
+        location = _location(plugin)
         problem = _contract_problem(self._pm, plugin)
         if problem:
             return PluginRecord(**base, status=BROKEN, error=problem, location=location)
@@ -181,9 +181,30 @@ class Registry:
                 error=f"describe_method returned {type(info).__name__}, expected kbit.MethodInfo",
             )
         missing = info.missing_requirements()
-        status = MISSING if missing else READY
-        error = "; ".join(f"needs {r.module}: {r.install}" for r in missing)
-        return PluginRecord(**base, status=status, error=error, location=location, info=info, plugin=plugin)
+        if missing:
+            return PluginRecord(**base, status=MISSING, error=describe_missing(missing), location=location, info=info,
+                                plugin=plugin)
+        problem = self._default_spec_problem(base["name"], base, info, plugin)
+        if problem:
+            self._pm.unregister(plugin)
+            return PluginRecord(**base, status=BROKEN, error=problem, location=location)
+        return PluginRecord(**base, status=READY, location=location, info=info, plugin=plugin)
+
+    def _default_spec_problem(self, name: str, base: dict[str, str], info: MethodInfo, plugin: Any) -> str:
+        """Why ``resolve_spec`` with no options on a CPU does not give this method's spec, or "".
+
+        Cheap by contract (no torch, no model), so listing can afford it and report a plugin that
+        returns the wrong type as broken rather than ready.
+        """
+        from kbit.core.device import DeviceInfo
+        from kbit.core.errors import KbitError
+
+        method = Method(name, base["distribution"], base["version"], info, plugin, self._pm)
+        try:
+            method.resolve_spec({}, DeviceInfo.cpu())
+        except KbitError as exc:
+            return f"resolve_spec with default options failed: {exc}"
+        return ""
 
     def _others(self, plugin: Any) -> list[Any]:
         return [p for p in self._pm.get_plugins() if p is not plugin]
@@ -233,6 +254,19 @@ def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
 def _dist_version(ep: importlib.metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     return dist.version if dist is not None else "unknown"
+
+
+def _location(plugin: Any) -> str:
+    """Where a plugin's code is: its module file, or for an object plugin its class's file."""
+    import inspect
+
+    found = getattr(plugin, "__file__", None)
+    if not found:
+        try:
+            found = inspect.getsourcefile(type(plugin))
+        except TypeError:
+            found = None
+    return found or ""
 
 
 def _contract_problem(pm: pluggy.PluginManager, plugin: Any) -> str:

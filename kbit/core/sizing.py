@@ -9,11 +9,9 @@ from kbit.core.spec import QuantizationSpec
 
 def concrete_adapter_spec(spec: QuantizationSpec, rank: int) -> QuantizationSpec:
     """``spec`` with an adapter rank of 'auto' replaced by ``rank`` (an explicit rank is kept)."""
-    adapter = dict(spec.extras.get("adapter", {}))
-    if adapter.get("r") != "auto":
+    if spec.adapter is None or spec.adapter.r != "auto":
         return spec
-    adapter["r"] = rank
-    return attrs.evolve(spec, extras={**spec.extras, "adapter": adapter})
+    return attrs.evolve(spec, adapter=attrs.evolve(spec.adapter, r=rank))
 
 
 def auto_rank(hidden_size: int) -> tuple[int, str]:

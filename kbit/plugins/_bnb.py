@@ -5,10 +5,10 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from kbit import Requirement
+from kbit.plugin import Requirement
 
 REQUIRES = (
-    Requirement("bitsandbytes", "pip install 'bitsandbytes>=0.47'"),
+    Requirement("bitsandbytes", "pip install bitsandbytes"),
     Requirement("peft", "pip install peft"),
 )
 

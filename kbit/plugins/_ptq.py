@@ -12,17 +12,34 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kbit import ConfigError, MergePolicy, Option, OptionSchema, QuantizationSpec, Requirement, hookimpl
-from kbit.core.adapters import adapter_options
-from kbit.core.device import DeviceInfo
-from kbit.core.options import boolean, integer
-from kbit.core.adapters import merge_or_keep, prepare_for_adapter, training_extras, training_options
+import attrs
+
+from kbit.plugin import (
+    ConfigError,
+    DeviceInfo,
+    MergePolicy,
+    Option,
+    OptionSchema,
+    QuantizationSpec,
+    Requirement,
+    adapter_options,
+    adapter_settings,
+    boolean,
+    calibration_options,
+    calibration_settings,
+    hookimpl,
+    integer,
+    merge_or_keep,
+    prepare_for_adapter,
+    training_options,
+    training_settings,
+)
 
 PEFT_TYPES = ("lora", "vera")
 GROUP_CANDIDATES = (128, 64, 32)
 REQUIRES = (
-    Requirement("llmcompressor", "pip install 'llmcompressor==0.14.0.1'"),
-    Requirement("compressed_tensors", "pip install 'compressed-tensors==0.19.0'"),
+    Requirement("llmcompressor", "pip install 'kbit[ptq]'"),
+    Requirement("compressed_tensors", "pip install 'kbit[ptq]'"),
     Requirement("peft", "pip install peft"),
 )
 
@@ -52,11 +69,10 @@ def ptq_options(*, symmetric: bool, extra: tuple[Option, ...] = ()) -> OptionSch
                 Option("symmetric", symmetric, boolean,
                        "symmetric integer grid (no zero point)"),
                 Option("ignore", ["lm_head"], _names, "comma-separated modules left unquantized ('none' for none)"),
-                Option("calibration_samples", 64, integer(minimum=1), "calibration texts taken from the training data"),
-                Option("calibration_max_length", 256, integer(minimum=1), "tokens per calibration text (longer ones are cut)"),
                 *extra,
             )
         )
+        + calibration_options(samples=64, max_length=256)
     )
 
 
@@ -69,23 +85,30 @@ def ptq_spec(name: str, options: OptionSchema, raw: Mapping[str, Any], device: D
         method=name,
         weights_bits=values["bits"],
         activations_bits=None,
-        group_size=None if group == "auto" else group,  # 'auto' is settled against the model in quantize_model
+        group_size=None if group == "auto" else group,  # 'auto' is settled against the model in resolve_for_model
         symmetric=values["symmetric"],
         backend="llm-compressor",
+        adapter=adapter_settings(values),
+        training=training_settings(values, device),
+        calibration=calibration_settings(values),
         extras={
             "scheme": f"W{values['bits']}A16",
-            "group_size": group,
+            "group_size_requested": group,
             "ignore": values["ignore"],
-            "calibration_samples": values["calibration_samples"],
-            "calibration_max_length": values["calibration_max_length"],
             **{key: values[key] for key in extra_keys},
-            **training_extras(values, device),
         },
     )
 
 
 # The hooks both methods implement the same way; each method module imports them, and pluggy
 # registers them as that module's own (it collects every marked attribute of the plugin module).
+
+@hookimpl
+def resolve_for_model(spec: QuantizationSpec, model_config: Any) -> QuantizationSpec:
+    """Settle the group size against the model's layer widths (or refuse one that does not divide them)."""
+    requested = spec.extras["group_size_requested"]
+    return attrs.evolve(spec, group_size=resolve_group_size(requested, layer_widths(model_config)))
+
 
 @hookimpl
 def build_quant_config(spec: QuantizationSpec) -> None:
@@ -145,23 +168,24 @@ def quantize_with(recipe_factory: Callable[..., Any], model_dir: Path, spec: Qua
 
     ``recipe_factory(config_groups=..., ignore=...)`` returns the method's oneshot recipe.
     """
-    from transformers import AutoConfig
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not calibration:
         raise ConfigError(f"method '{spec.method}' needs calibration texts; none were given")
     extras = spec.extras
-    group = resolve_group_size(extras["group_size"], layer_widths(AutoConfig.from_pretrained(model_dir)))
+    group = resolve_group_size(spec.group_size or extras["group_size_requested"],
+                               layer_widths(AutoConfig.from_pretrained(model_dir)))
 
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from datasets import Dataset
     from llmcompressor import oneshot
 
-    from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer
-
-    tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name=Path(model_dir).name, origin="local"))
-    model = load_causal_lm(str(model_dir), dtype=extras["compute_dtype"])
-    texts = list(calibration[: extras["calibration_samples"]])
-    max_length = extras["calibration_max_length"]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, spec.training.compute_dtype),
+                                                 use_safetensors=True)
+    texts = list(calibration[: spec.calibration.samples])
+    max_length = spec.calibration.max_length
     encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=False)
     dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
     scheme = QuantizationScheme(

@@ -18,11 +18,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from kbit import MethodInfo, Option, QuantizationSpec, hookimpl
-from kbit.core.device import DeviceInfo
-from kbit.core.options import boolean
+from kbit.plugin import DeviceInfo, MethodInfo, Option, QuantizationSpec, boolean, hookimpl
 from kbit.plugins._ptq import PEFT_TYPES, REQUIRES, ptq_options, ptq_spec, quantize_with
-from kbit.plugins._ptq import build_quant_config, merge_policy, prepare_model  # noqa: F401  (shared hooks)
+from kbit.plugins._ptq import build_quant_config, merge_policy, prepare_model, resolve_for_model  # noqa: F401  (shared hooks)
 
 NAME = "awq"
 OPTIONS = ptq_options(

@@ -10,12 +10,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kbit import MergePolicy, MethodInfo, Option, OptionSchema, QuantizationSpec, hookimpl
-from kbit.core.adapters import adapter_options
-from kbit.core.device import DeviceInfo
-from kbit.core.options import number
+from kbit.plugin import (
+    DeviceInfo,
+    MergePolicy,
+    MethodInfo,
+    Option,
+    OptionSchema,
+    QuantizationSpec,
+    adapter_options,
+    adapter_settings,
+    hookimpl,
+    merge_or_keep,
+    number,
+    prepare_for_adapter,
+    training_options,
+    training_settings,
+)
 from kbit.plugins._bnb import REQUIRES, keep_int8_scales_on_cpu
-from kbit.core.adapters import merge_or_keep, prepare_for_adapter, training_extras, training_options
 
 NAME = "bnb-int8"
 PEFT_TYPES = ("lora", "dora", "vera")
@@ -53,7 +64,9 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
         group_size=None,  # one absmax scale per output row
         symmetric=True,
         backend="bitsandbytes",
-        extras={"threshold": values["threshold"], **training_extras(values, device)},
+        adapter=adapter_settings(values),
+        training=training_settings(values, device),
+        extras={"threshold": values["threshold"]},
     )
 
 
@@ -67,7 +80,7 @@ def build_quant_config(spec: QuantizationSpec) -> Any:
 @hookimpl
 def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
     model = prepare_for_adapter(model, spec, kbit_base=True)
-    if spec.extras["adapter"]["peft_type"] == "dora":
+    if spec.adapter.peft_type == "dora":
         keep_int8_scales_on_cpu(model)
     return model
 

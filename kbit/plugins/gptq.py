@@ -12,11 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kbit import MethodInfo, Option, QuantizationSpec, hookimpl
-from kbit.core.device import DeviceInfo
-from kbit.core.options import number
+from kbit.plugin import DeviceInfo, MethodInfo, Option, QuantizationSpec, hookimpl, number
 from kbit.plugins._ptq import PEFT_TYPES, REQUIRES, ptq_options, ptq_spec, quantize_with
-from kbit.plugins._ptq import build_quant_config, merge_policy, prepare_model  # noqa: F401  (shared hooks)
+from kbit.plugins._ptq import build_quant_config, merge_policy, prepare_model, resolve_for_model  # noqa: F401  (shared hooks)
 
 NAME = "gptq"
 OPTIONS = ptq_options(

@@ -10,10 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kbit import MergePolicy, MethodInfo, QuantizationSpec, Requirement, hookimpl
-from kbit.core.adapters import adapter_options
-from kbit.core.device import DeviceInfo
-from kbit.core.adapters import merge_or_keep, prepare_for_adapter, training_extras, training_options
+from kbit.plugin import (
+    DeviceInfo,
+    MergePolicy,
+    MethodInfo,
+    QuantizationSpec,
+    Requirement,
+    adapter_options,
+    adapter_settings,
+    hookimpl,
+    merge_or_keep,
+    prepare_for_adapter,
+    training_options,
+    training_settings,
+)
 
 NAME = "lora"
 PEFT_TYPES = ("lora", "dora", "vera")
@@ -35,9 +45,10 @@ def describe_method() -> MethodInfo:
 @hookimpl
 def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
     values = OPTIONS.resolve(options, method=NAME)
-    extras = training_extras(values, device)
-    bits = {"float32": 32, "bfloat16": 16, "float16": 16}[extras["compute_dtype"]]
-    return QuantizationSpec(method=NAME, weights_bits=bits, backend="none", extras=extras)
+    training = training_settings(values, device)
+    bits = {"float32": 32, "bfloat16": 16, "float16": 16}[training.compute_dtype]
+    return QuantizationSpec(method=NAME, weights_bits=bits, backend="none", adapter=adapter_settings(values),
+                            training=training)
 
 
 @hookimpl

@@ -12,10 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kbit import MergePolicy, MethodInfo, QuantizationSpec, Requirement, hookimpl
-from kbit.core.adapters import adapter_options
-from kbit.core.device import DeviceInfo
-from kbit.core.adapters import merge_or_keep, prepare_for_adapter, training_extras, training_options
+from kbit.plugin import (
+    DeviceInfo,
+    MergePolicy,
+    MethodInfo,
+    QuantizationSpec,
+    Requirement,
+    adapter_options,
+    adapter_settings,
+    hookimpl,
+    merge_or_keep,
+    prepare_for_adapter,
+    training_options,
+    training_settings,
+)
 
 NAME = "torchao-int8"
 PEFT_TYPES = ("lora", "dora")
@@ -33,7 +43,7 @@ def describe_method() -> MethodInfo:
         summary="torchao int8 weight-only base (per-channel), LoRA/DoRA adapter; merged into the original base",
         options=OPTIONS,
         aliases=("torchao", "ao-int8"),
-        requires=(Requirement("torchao", "pip install 'torchao>=0.13'"), Requirement("peft", "pip install peft")),
+        requires=(Requirement("torchao", "pip install 'kbit[torchao]'"), Requirement("peft", "pip install peft")),
         peft_types=PEFT_TYPES,
         quantized_training=True,
     )
@@ -48,7 +58,9 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
         group_size=None,  # one scale per output channel
         symmetric=True,
         backend="torchao",
-        extras={"quant_type": "int8_weight_only", **training_extras(values, device)},
+        adapter=adapter_settings(values),
+        training=training_settings(values, device),
+        extras={"quant_type": "int8_weight_only"},
     )
 
 

@@ -1,107 +1,233 @@
-"""The method contract suite: what every method plugin must satisfy, as a pytest base class."""
+"""The method contract suite: what every method plugin must satisfy, as a pytest base class.
+
+    from kbit.testing import MethodContract
+
+    class TestMyMethod(MethodContract):
+        method = "my-method"
+
+Every test goes through the hooks as kbit calls them, on the tiny random model (the
+``kbit_tiny_model`` fixture of kbit's pytest plugin), and every failure says what to fix. The point
+of the contract is the merge: an adapter with non-zero weights is attached to the base as the
+method prepares it, merged as the method's ``merge_policy`` says, and the merged model must give the
+adapter model's logits.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from kbit.core.adapters import attach_adapter
+from kbit.core.bases import load_base
 from kbit.core.device import DeviceInfo
 from kbit.core.errors import ConfigError
 from kbit.core.method import Method
 from kbit.core.method_info import MergePolicy, MethodInfo
 from kbit.core.registry import READY, default_registry
 from kbit.core.spec import QuantizationSpec
-from kbit.testing.tiny import make_tiny_model
 
 ADAPTER_MARKERS = ("lora_", "vera_")
+HOOK_TESTS = {
+    # every hook in kbit/core/hookspecs.py and the contract test that exercises it (a meta-test keeps this complete)
+    "describe_method": "test_listed_as_ready",
+    "resolve_spec": "test_spec_is_valid_and_round_trips",
+    "resolve_for_model": "test_resolve_for_model_settles_the_spec",
+    "build_quant_config": "test_quantized_training_quantizes_the_base",
+    "quantize_base": "test_quantized_training_quantizes_the_base",
+    "dequantize_base": "test_merge_reproduces_the_adapter_model",
+    "prepare_model": "test_prepare_model_leaves_only_adapter_trainable",
+    "merge_policy": "test_merge_reproduces_the_adapter_model",
+    "prepare_inference": "test_prepare_inference_keeps_the_outputs",
+    "quantize_model": "test_quantize_model_writes_a_loadable_model",
+}
+PROMPTS = ["<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n42<|im_end|>\n",
+           "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\nteal<|im_end|>\n"]
 
 
 class MethodContract:
-    """Subclass as ``TestSomething`` and set ``method`` (and optionally ``options``)."""
+    """Subclass as ``TestSomething`` and set ``method`` (and optionally ``options``, ``merge_tolerance``)."""
 
     method: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
+    merge_tolerance: ClassVar[float] = 1e-3  # max |Δlogit| allowed between the merged and the adapter model
 
     @pytest.fixture
     def chosen(self) -> Method:
-        assert self.method, "set `method` on your MethodContract subclass"
+        assert self.method, "set `method = \"your-method\"` on your MethodContract subclass"
         return default_registry().get(self.method)
 
     @pytest.fixture
-    def spec(self, chosen: Method) -> QuantizationSpec:
-        return chosen.resolve_spec(self.options, DeviceInfo.cpu())
+    def spec(self, chosen: Method, kbit_tiny_model: Path) -> QuantizationSpec:
+        from transformers import AutoConfig
 
-    @pytest.fixture(scope="class")
-    def tiny_model_dir(self, tmp_path_factory: pytest.TempPathFactory):
-        return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+        spec = chosen.resolve_spec(self.options, DeviceInfo.cpu())
+        spec = chosen.resolve_for_model(spec, AutoConfig.from_pretrained(kbit_tiny_model))
+        if spec.adapter is not None and spec.adapter.r == "auto":
+            from kbit.core.sizing import concrete_adapter_spec
+
+            spec = concrete_adapter_spec(spec, rank=8)
+        return spec
+
+    # Description and spec -----------------------------------------------------------------
 
     def test_listed_as_ready(self, chosen: Method) -> None:
         record = next(r for r in default_registry().records() if r.name == chosen.name)
-        assert record.status == READY, record.error
+        assert record.status == READY, f"'kbit methods' lists {chosen.name} as {record.status}: {record.error}"
         assert isinstance(chosen.info, MethodInfo)
-        assert chosen.info.summary
+        assert chosen.info.summary, "describe_method must return a MethodInfo with a one-line summary"
 
     def test_defaults_resolve(self, chosen: Method) -> None:
         values = chosen.info.options.resolve({})
         assert set(values) == set(chosen.info.options.names)
 
     def test_spec_is_valid_and_round_trips(self, chosen: Method, spec: QuantizationSpec) -> None:
-        assert spec.method == chosen.name
-        assert QuantizationSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+        assert spec.method == chosen.name, "resolve_spec must return a spec whose method is the entry-point name"
+        again = QuantizationSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+        assert again == spec, "the spec must survive kbit.json: keep extras JSON-serialisable and settings typed"
 
     def test_unknown_option_is_refused(self, chosen: Method) -> None:
         with pytest.raises(ConfigError, match="no_such_option"):
             chosen.resolve_spec({**self.options, "no_such_option": "1"}, DeviceInfo.cpu())
 
-    def test_quant_config_type(self, chosen: Method, spec: QuantizationSpec) -> None:
+    def test_resolve_for_model_settles_the_spec(self, chosen: Method, kbit_tiny_model: Path) -> None:
+        if not chosen.implements("resolve_for_model"):
+            pytest.skip("method has no resolve_for_model hook")
+        from transformers import AutoConfig
+
+        spec = chosen.resolve_spec(self.options, DeviceInfo.cpu())
+        fitted = chosen.resolve_for_model(spec, AutoConfig.from_pretrained(kbit_tiny_model))
+        assert isinstance(fitted, QuantizationSpec) and fitted.method == chosen.name
+
+    # The base and the adapter -------------------------------------------------------------
+
+    def test_quantized_training_quantizes_the_base(self, chosen: Method, spec: QuantizationSpec,
+                                                   kbit_tiny_model: Path) -> None:
         from transformers.utils.quantization_config import QuantizationConfigMixin
 
         config = chosen.build_quant_config(spec)
+        assert config is None or isinstance(config, QuantizationConfigMixin)
         if chosen.info.quantized_training:
-            assert isinstance(config, QuantizationConfigMixin)
-        else:
-            assert config is None or isinstance(config, QuantizationConfigMixin)
+            assert config is not None or chosen.implements("quantize_base"), (
+                "MethodInfo says quantized_training=True, but build_quant_config returns None and there is no "
+                "quantize_base hook: quantize the base in one of them"
+            )
+        if chosen.implements("quantize_base"):
+            model = load_base(chosen, spec, str(kbit_tiny_model))
+            from kbit.core.quantized_linear import QuantizedLinear
 
-    def test_merge_policy_is_valid(self, chosen: Method, spec: QuantizationSpec) -> None:
-        policy = chosen.merge_policy(spec)
-        assert isinstance(policy, MergePolicy)
-        if chosen.info.post_training_quantization:
-            assert policy.action == "merge", "post-training quantization needs a merged model to quantize"
+            assert any(isinstance(m, QuantizedLinear) for m in model.modules()), (
+                "quantize_base left no kbit.plugin.QuantizedLinear layer: replace the quantized Linear layers with "
+                "QuantizedLinear subclasses (kbit.plugin.replace_linears) so adapters attach and storage is measured"
+            )
 
-    def test_prepare_model_leaves_only_adapter_trainable(self, chosen: Method, spec: QuantizationSpec, tiny_model_dir) -> None:
-        if "adapter" not in spec.extras:
+    def test_prepare_model_leaves_only_adapter_trainable(self, chosen: Method, spec: QuantizationSpec,
+                                                         kbit_tiny_model: Path) -> None:
+        if spec.adapter is None:
             pytest.skip("method trains no adapter")
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from kbit.core.sizing import concrete_adapter_spec
-
-        spec = concrete_adapter_spec(spec, rank=8)
-        config = chosen.build_quant_config(spec)
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=config, dtype=torch.float32)
-        model = attach_adapter(chosen.prepare_model(model, spec), spec)
+        model = _adapter_model(chosen, spec, kbit_tiny_model)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert trainable, "no parameter is trainable after attaching the adapter"
         frozen_side = [n for n in trainable if not any(m in n for m in ADAPTER_MARKERS)]
-        assert not frozen_side, f"non-adapter parameters left trainable: {frozen_side[:5]}"
+        assert not frozen_side, f"prepare_model must freeze the base; still trainable: {frozen_side[:5]}"
         ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
         model.train()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        assert torch.isfinite(loss)
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if p.requires_grad)
+        assert torch.isfinite(loss), "the loss of the prepared base with its adapter is not finite"
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if p.requires_grad), \
+            "no adapter parameter received a gradient"
 
-    def test_quantize_model(self, chosen: Method, spec: QuantizationSpec, tiny_model_dir, tmp_path) -> None:
+    # The merge, the contract's point -------------------------------------------------------
+
+    def test_merge_reproduces_the_adapter_model(self, chosen: Method, spec: QuantizationSpec, kbit_tiny_model: Path,
+                                                tmp_path: Path) -> None:
+        policy = chosen.merge_policy(spec)
+        assert isinstance(policy, MergePolicy)
+        if chosen.info.post_training_quantization:
+            assert policy.action == "merge", "post-training quantization needs a merged model to quantize"
+        if spec.adapter is None or policy.action != "merge":
+            pytest.skip(f"merge policy is {policy.action}: {policy.reason}")
+        from kbit.core.merge import logit_agreement, merged_model
+
+        model = _adapter_model(chosen, spec, kbit_tiny_model, nonzero=True).eval()
+        model.save_pretrained(tmp_path / "adapter")
+        merged, described = merged_model(chosen, spec, policy, str(kbit_tiny_model), tmp_path / "adapter")
+        reference = model
+        if policy.base == "original" and (chosen.build_quant_config(spec) is not None or chosen.implements("quantize_base")):
+            # The policy merges into the unquantized base: the merge must equal the adapter on that base.
+            from peft import PeftModel
+
+            from kbit.core.models import load_causal_lm
+
+            plain = load_causal_lm(str(kbit_tiny_model), dtype=policy.dtype)
+            reference = PeftModel.from_pretrained(plain, str(tmp_path / "adapter")).eval()
+        agreement = logit_agreement(reference, merged, [_batch(kbit_tiny_model)])
+        assert agreement["max_abs_logit_diff"] < self.merge_tolerance, (
+            f"merging method '{chosen.name}' into {described} does not reproduce the adapter model: max |Δlogit| "
+            f"{agreement['max_abs_logit_diff']:.3g} (tolerance {self.merge_tolerance:g}), top-1 agreement "
+            f"{100 * agreement['top1_agreement']:.1f}%. The merge base must hold exactly the weights the adapter "
+            "trained on: quantize in build_quant_config or quantize_base (with dequantize_base), never in prepare_model"
+        )
+
+    def test_prepare_inference_keeps_the_outputs(self, chosen: Method, spec: QuantizationSpec,
+                                                 kbit_tiny_model: Path) -> None:
+        if not chosen.implements("prepare_inference"):
+            pytest.skip("method has no prepare_inference hook")
+        import torch
+
+        model = _adapter_model(chosen, spec, kbit_tiny_model, nonzero=True).eval()
+        batch = _batch(kbit_tiny_model)
+        with torch.no_grad():
+            before = model(**batch).logits.float()
+            with model.disable_adapter():
+                without = model(**batch).logits.float()
+            after = chosen.prepare_inference(model, spec)(**batch).logits.float()
+        change, effect = float((after - before).abs().mean()), float((before - without).abs().mean())
+        assert change <= 0.1 * effect + 1e-4, (
+            f"prepare_inference changed the adapter model's logits by {change:.3g} on average, "
+            f"{100 * change / max(effect, 1e-12):.0f}% of what the adapter itself changes ({effect:.3g}): it may switch "
+            "kernels, not the model"
+        )
+
+    def test_quantize_model_writes_a_loadable_model(self, chosen: Method, spec: QuantizationSpec,
+                                                    kbit_tiny_model: Path, tmp_path: Path) -> None:
         if not chosen.info.post_training_quantization:
             pytest.skip("method does not quantize after training")
+        import torch
         from transformers import AutoModelForCausalLM
 
-        calibration = ["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n"] * 8
+        assert chosen.implements("quantize_model"), "post_training_quantization=True needs a quantize_model hook"
         out = tmp_path / "quantized"
         out.mkdir()
-        chosen.quantize_model(tiny_model_dir, spec, calibration, out)
+        chosen.quantize_model(kbit_tiny_model, spec, PROMPTS * 4, out)
         model = AutoModelForCausalLM.from_pretrained(out)
-        assert model(input_ids=__import__("torch").tensor([[5, 6, 7]])).logits.isfinite().all()
+        logits = model(**_batch(kbit_tiny_model)).logits
+        assert torch.isfinite(logits).all(), "the quantized model gives non-finite logits"
+
+
+def _adapter_model(method: Method, spec: QuantizationSpec, model_dir: Path, nonzero: bool = False) -> Any:
+    """The base as the method prepares it, with the spec's adapter attached (random non-zero weights if asked)."""
+    import torch
+
+    model = attach_adapter(method.prepare_model(load_base(method, spec, str(model_dir)), spec), spec)
+    if nonzero:
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if any(m in name for m in ADAPTER_MARKERS) and parameter.dtype.is_floating_point:
+                    noise = torch.randn(parameter.shape, generator=generator) * 0.05
+                    parameter.add_(noise.to(parameter.device, parameter.dtype))
+    return model
+
+
+def _batch(model_dir: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "right"
+    return dict(tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False))

@@ -17,8 +17,8 @@ def test_spec_reflects_overrides():
     result = run_kbit("spec", "qlora", "-o", "r=16", "-o", "compute_dtype=float32", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["spec"]["extras"]["adapter"]["r"] == 16
-    assert data["spec"]["extras"]["compute_dtype"] == "float32"
+    assert data["spec"]["adapter"]["r"] == 16
+    assert data["spec"]["training"]["compute_dtype"] == "float32"
     assert data["quant_config"]["class"] == "BitsAndBytesConfig"
     assert data["quant_config"]["bnb_4bit_quant_type"] == "nf4"
     assert data["quant_config"]["bnb_4bit_use_double_quant"] is True
@@ -29,10 +29,10 @@ def test_default_spec_matches_the_reference_pipeline():
     assert (data["method"], data["weights_bits"], data["activations_bits"], data["kv_cache_bits"]) == ("qlora", 4, None, None)
     assert (data["symmetric"], data["backend"], data["group_size"]) == (False, "bitsandbytes", 64)
     extras = data["extras"]
-    assert extras["adapter"] == {"peft_type": "lora", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+    assert data["adapter"] == {"peft_type": "lora", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
     assert (extras["quant_type"], extras["double_quant"], extras["block_size"]) == ("nf4", True, 64)
-    assert extras["compute_dtype"] == "float32"  # this machine has no GPU
-    assert (extras["merge_after_train"], extras["keep_lm_head_fp16"]) == (True, False)
+    assert data["training"]["compute_dtype"] == "float32"  # this machine has no GPU
+    assert (data["training"]["merge_after_train"], extras["keep_lm_head_fp16"]) == (True, False)
 
 
 def test_unknown_method_exits_2_naming_the_closest():

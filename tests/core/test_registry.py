@@ -29,7 +29,7 @@ def test_external_distribution_is_listed_and_selected_by_name(plugin_site):
     assert toy["location"].endswith("kbit_toy.py")
     spec = run_kbit("spec", "toy-lora", "-o", "r=4", "--json", env=plugin_site.env())
     assert spec.returncode == 0, spec.stderr
-    assert json.loads(spec.stdout)["spec"]["extras"]["adapter"]["r"] == 4
+    assert json.loads(spec.stdout)["spec"]["adapter"]["r"] == 4
 
 
 BROKEN_WAYS = {

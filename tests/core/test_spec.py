@@ -3,12 +3,14 @@ import json
 import pytest
 
 from kbit.core.errors import ConfigError
-from kbit.core.spec import SCHEMA_VERSION, QuantizationSpec
+from kbit.core.spec import SCHEMA_VERSION, AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
 
 
 def make(**overrides):
     fields = dict(method="qlora", weights_bits=4, group_size=64, symmetric=False, backend="bitsandbytes",
-                  extras={"quant_type": "nf4", "adapter": {"r": 64}})
+                  adapter=AdapterSettings(r=64, target_modules=("q_proj", "v_proj")),
+                  training=TrainingSettings(compute_dtype="bfloat16"), calibration=CalibrationSettings(samples=8),
+                  extras={"quant_type": "nf4"})
     return QuantizationSpec(**{**fields, **overrides})
 
 
@@ -32,6 +34,9 @@ def test_spec_is_frozen_and_extras_detached():
 @pytest.mark.parametrize("field, value", [
     ("method", "QLoRA"), ("method", ""), ("weights_bits", 7), ("weights_bits", True),
     ("group_size", 0), ("symmetric", "yes"), ("extras", {"x": object()}),
+    ("adapter", {"r": 0}), ("adapter", {"lora_dropout": float("nan")}), ("adapter", {"peft_type": "ia3"}),
+    ("adapter", {"target_modules": []}), ("adapter", {"rank": 8}), ("training", {"compute_dtype": "float64"}),
+    ("training", {"merge_after_train": "yes"}), ("calibration", {"samples": 0}), ("adapter", "lora"),
 ])
 def test_invalid_fields_are_refused(field, value):
     with pytest.raises((ValueError, TypeError)):
@@ -46,3 +51,19 @@ def test_from_dict_refuses_newer_schema_and_unknown_fields():
         QuantizationSpec.from_dict({**data, "bogus": 1})
     with pytest.raises(ConfigError, match="invalid quantization spec"):
         QuantizationSpec.from_dict({**data, "weights_bits": 9})
+
+
+def test_a_version_1_spec_of_kbit_0_1_is_read_into_typed_settings():
+    v1 = {"method": "gptq", "weights_bits": 4, "activations_bits": None, "kv_cache_bits": None, "group_size": None,
+          "symmetric": True, "backend": "llm-compressor", "schema_version": 1,
+          "extras": {"adapter": {"peft_type": "lora", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05,
+                                 "target_modules": "all-linear"},
+                     "compute_dtype": "float32", "adapter_dtype": "float32", "gradient_checkpointing": False,
+                     "merge_after_train": True, "merge_dtype": "float32", "calibration_samples": 16,
+                     "calibration_max_length": 64, "scheme": "W4A16", "dampening": 0.01}}
+    spec = QuantizationSpec.from_dict(v1)
+    assert spec.adapter == AdapterSettings(r=64)
+    assert spec.training == TrainingSettings()
+    assert spec.calibration == CalibrationSettings(samples=16, max_length=64)
+    assert dict(spec.extras) == {"scheme": "W4A16", "dampening": 0.01}
+    assert spec.schema_version == SCHEMA_VERSION == 2

@@ -4,6 +4,9 @@ from kbit.core.device import DeviceInfo
 from kbit.core.registry import get_method
 from kbit.testing import MethodContract
 from tests.plugins._ptq_checks import FAST, train_and_quantize
+from tests.plugins.conftest import needs_backend
+
+pytestmark = needs_backend("awq")
 
 
 class TestAwqContract(MethodContract):

@@ -7,18 +7,27 @@ from kbit.testing import MethodContract
 from tests.plugins.conftest import train_tiny
 
 
+# LLM.int8 also rounds the activations of every matmul to int8 (outliers above the threshold stay in
+# 16 bits), which the merged full-precision model does not: measured 3-4e-3 max |Δlogit| on the tiny
+# model with top-1 agreement 100%.
+INT8_ACTIVATIONS = 1e-2
+
+
 class TestBnbInt8Contract(MethodContract):
     method = "bnb-int8"
+    merge_tolerance = INT8_ACTIVATIONS
 
 
 class TestBnbInt8DoraContract(MethodContract):
     method = "bnb-int8"
     options = {"peft_type": "dora", "r": "4"}
+    merge_tolerance = INT8_ACTIVATIONS
 
 
 class TestBnbInt8VeraContract(MethodContract):
     method = "bnb-int8"
     options = {"peft_type": "vera", "r": "8"}
+    merge_tolerance = INT8_ACTIVATIONS
 
 
 def test_quant_config_is_llm_int8_and_merges_into_the_dequantized_base():
@@ -26,7 +35,7 @@ def test_quant_config_is_llm_int8_and_merges_into_the_dequantized_base():
     spec = chosen.resolve_spec({"threshold": "4"}, DeviceInfo.cpu())
     config = chosen.build_quant_config(spec)
     assert config.load_in_8bit and not config.load_in_4bit and config.llm_int8_threshold == 4.0
-    assert (spec.weights_bits, spec.backend, spec.extras["compute_dtype"]) == (8, "bitsandbytes", "float32")
+    assert (spec.weights_bits, spec.backend, spec.training.compute_dtype) == (8, "bitsandbytes", "float32")
     policy = chosen.merge_policy(spec)
     assert (policy.action, policy.base) == ("merge", "dequantized")
 

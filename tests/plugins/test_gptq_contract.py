@@ -9,6 +9,9 @@ from kbit.plugins._ptq import resolve_group_size
 from kbit.testing import MethodContract
 from tests.conftest import run_kbit
 from tests.plugins._ptq_checks import FAST, requantize_run, train_and_quantize
+from tests.plugins.conftest import needs_backend
+
+pytestmark = needs_backend("gptq")
 
 
 class TestGptqContract(MethodContract):
@@ -22,7 +25,7 @@ def test_capabilities_and_spec():
     assert chosen.implements("quantize_model")
     spec = chosen.resolve_spec({"bits": "8", "group_size": "32"}, DeviceInfo.cpu())
     assert (spec.weights_bits, spec.group_size, spec.symmetric, spec.backend) == (8, 32, True, "llm-compressor")
-    assert spec.extras["ignore"] == ["lm_head"] and spec.extras["compute_dtype"] == "float32"
+    assert spec.extras["ignore"] == ["lm_head"] and spec.training.compute_dtype == "float32"
     assert chosen.build_quant_config(spec) is None
     assert chosen.merge_policy(spec).base == "original"
 
@@ -47,11 +50,27 @@ def test_group_size_auto_and_explicit():
         resolve_group_size("auto", {"hidden_size": 100, "intermediate_size": 200})
 
 
-def test_bad_group_size_is_refused_before_calibration(tiny_model, tmp_path):
+def test_bad_group_size_is_refused_before_anything_is_written(tiny_model, tmp_path):
+    from transformers import AutoConfig
+
     chosen = get_method("gptq")
     spec = chosen.resolve_spec({**FAST, "group_size": "48"}, DeviceInfo.cpu())
-    with pytest.raises(ConfigError, match="group_size=48 does not divide the layer width hidden_size=64"):
+    message = "group_size=48 does not divide the layer width hidden_size=64"
+    with pytest.raises(ConfigError, match=message):  # at planning time, from the model's config alone
+        chosen.resolve_for_model(spec, AutoConfig.from_pretrained(tiny_model))
+    with pytest.raises(ConfigError, match=message):  # and again at quantization, for a spec made elsewhere
         chosen.quantize_model(tiny_model, spec, ["text"], tmp_path)
+    result = run_kbit("train", "--model", str(tiny_model), "--method", "gptq", "-o", "group_size=48",
+                      "--output", str(tmp_path / "run"))
+    assert result.returncode == 2 and message in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_auto_group_size_is_recorded_as_the_size_used(tiny_model):
+    from transformers import AutoConfig
+
+    chosen = get_method("gptq")
+    spec = chosen.resolve_for_model(chosen.resolve_spec(FAST, DeviceInfo.cpu()), AutoConfig.from_pretrained(tiny_model))
+    assert spec.group_size == 64 and spec.extras["group_size_requested"] == "auto"
 
 
 def test_train_quantize_and_requantize_run(tiny_model, tmp_path):

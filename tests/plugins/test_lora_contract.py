@@ -19,9 +19,9 @@ def test_base_stays_in_compute_dtype_and_merges_into_the_original():
     chosen = get_method("lora")
     cpu = chosen.resolve_spec({}, DeviceInfo.cpu())
     assert chosen.build_quant_config(cpu) is None
-    assert (cpu.extras["compute_dtype"], cpu.weights_bits) == ("float32", 32)
+    assert (cpu.training.compute_dtype, cpu.weights_bits) == ("float32", 32)
     gpu = chosen.resolve_spec({}, DeviceInfo(kind="cuda", name="gpu", supports_bf16=True, memory_bytes=1 << 34))
-    assert (gpu.extras["compute_dtype"], gpu.weights_bits) == ("bfloat16", 16)
+    assert (gpu.training.compute_dtype, gpu.weights_bits) == ("bfloat16", 16)
     policy = chosen.merge_policy(cpu)
     assert (policy.action, policy.base) == ("merge", "original")
 

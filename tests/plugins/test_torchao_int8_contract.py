@@ -1,7 +1,9 @@
 from kbit.core.device import DeviceInfo
 from kbit.core.registry import get_method
 from kbit.testing import MethodContract
-from tests.plugins.conftest import train_tiny
+from tests.plugins.conftest import needs_backend, train_tiny
+
+pytestmark = needs_backend("torchao-int8")
 
 
 class TestTorchaoInt8Contract(MethodContract):

@@ -11,13 +11,7 @@ import pytest
 from kbit.core import registry as registry_module
 from kbit.core.cli import main
 from kbit.core.registry import Registry
-from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
 QLORA_ARGS = ("--max-steps", "8", "--batch-size", "2", "-o", "r=4", "-o", "merge_after_train=false", "-o", "lora_dropout=0.1",
@@ -29,11 +28,6 @@ QLORA_ARGS = ("--max-steps", "8", "--batch-size", "2", "-o", "r=4", "-o", "merge
 STAGE_ARGS = ("--method", "toy", "--max-steps", "6", "-o", "r=4", "--max-examples", "60", "--eval-limit", "0",
               "--logging-steps", "1", "--save-steps", "2", "--seed", "3")
 FAULTS = Path(__file__).parents[1] / "fixtures" / "faults.py"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,11 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
 from kbit.core.merge import logit_agreement
-from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
 ARGS = ("--max-steps", "1", "--batch-size", "2", "-o", "r=4", "--max-examples", "12", "--eval-limit", "0")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _train(tiny, out, *extra, umask=0o022):

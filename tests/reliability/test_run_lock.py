@@ -4,9 +4,7 @@ import json
 import subprocess
 import sys
 
-import pytest
 
-from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
 HOLD = """
@@ -16,11 +14,6 @@ RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(600)
 """
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def test_second_run_on_a_locked_directory_is_refused_and_a_dead_holder_frees_it(tiny, tmp_path):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
 FAULTS = Path(__file__).parents[1] / "fixtures" / "faults.py"
@@ -20,11 +19,6 @@ def _kbit_lines(stderr: str) -> list[str]:
     """kbit's own lines (a progress bar may share the terminal line it ends on)."""
     return ["kbit: " + part.split("kbit: ", 1)[1] for line in stderr.splitlines() for part in line.split("\r")
             if "kbit: " in part]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.mark.parametrize("sent, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -1,8 +1,7 @@
 import pytest
 
-from kbit.core.device import DeviceInfo
-from kbit.core.registry import default_registry
-from kbit.testing import MethodContract
+from kbit.plugin import DeviceInfo
+from kbit.testing import MethodContract, get_method
 
 
 class TestQuantoInt8Contract(MethodContract):
@@ -16,10 +15,10 @@ class TestQuantoInt4DoraContract(MethodContract):
 
 @pytest.mark.parametrize("name, bits, action", [("quanto-int8", 8, "merge"), ("quanto-int4", 4, "keep_adapter")])
 def test_spec_and_policy(name, bits, action):
-    method = default_registry().get(name)
+    method = get_method(name)
     assert method.distribution == "kbit-quanto"
     spec = method.resolve_spec({}, DeviceInfo.cpu())
-    assert (spec.weights_bits, spec.backend, spec.extras["compute_dtype"]) == (bits, "optimum-quanto", "float32")
+    assert (spec.weights_bits, spec.backend, spec.training.compute_dtype) == (bits, "optimum-quanto", "float32")
     assert type(method.build_quant_config(spec)).__name__ == "QuantoConfig"
     policy = method.merge_policy(spec)
     assert policy.action == action and "dequantize" in policy.reason

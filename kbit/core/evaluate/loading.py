@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from kbit.core import metadata as meta
-from kbit.core.device import DeviceInfo
+from kbit.core.device import DeviceInfo, device_map_for
 from kbit.core.errors import ConfigError
 from kbit.core.models import ModelSource, check_remote_code, check_weights, resolve_model
 from kbit.core.spec import QuantizationSpec
@@ -303,21 +303,20 @@ class Loaded:
 
 def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
     """Load ``candidate``'s model (eval mode, on ``device``) and tokenizer."""
-    from kbit.core.models import load_causal_lm, load_tokenizer
+    from kbit.core.models import load_tokenizer
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(ModelSource(path=candidate.tokenizer_path, name=candidate.label, origin="local"),
                                trust_remote_code=candidate.trust_remote_code)
-    device_map = {"": 0} if device.kind == "cuda" else None
+    device_map = device_map_for(device)
     if candidate.spec is not None:
         from kbit.core.registry import get_method
 
+        from kbit.core.bases import load_base
+
         method = get_method(candidate.method)
-        quant_config = method.build_quant_config(candidate.spec)
-        compute = candidate.spec.extras.get("compute_dtype", "float32")
-        base_path = candidate.base_path or candidate.path
-        model = load_causal_lm(base_path, quant_config=quant_config, dtype=compute,
-                               trust_remote_code=candidate.trust_remote_code, device_map=device_map)
+        model = load_base(method, candidate.spec, candidate.base_path or candidate.path,
+                          trust_remote_code=candidate.trust_remote_code, device_map=device_map)
         if candidate.variant == "adapter":
             from peft import PeftModel
 

@@ -135,7 +135,9 @@ def linear_weight_bits(model: Any) -> dict[str, Any]:
         if weight is None:
             continue
         logical = _logical_elements(module, weight)
-        stored = tensor_bytes(weight) + sum(tensor_bytes(t) for t in quant_state_tensors(weight))
+        # A QuantizedLinear's ``weight`` is computed from its buffers on access: count only the buffers.
+        held = dict(module.named_parameters(recurse=False)).get("weight") is not None
+        stored = (tensor_bytes(weight) + sum(tensor_bytes(t) for t in quant_state_tensors(weight))) if held else 0
         for extra_name, extra in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             if extra is not weight and extra_name != "bias":
                 stored += tensor_bytes(extra)  # scales / zero points of other quantized formats

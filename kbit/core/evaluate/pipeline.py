@@ -20,7 +20,7 @@ import attrs
 
 from kbit.core import metadata as meta
 from kbit.core.data import TaskData, load_task_data
-from kbit.core.device import DeviceInfo, detect_device
+from kbit.core.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.evaluate.generation import generate_answers
 from kbit.core.evaluate.loading import Candidate, DataRequest, Selection, check_variants, load_candidate, plan_candidates
@@ -165,7 +165,8 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
         elapsed = time.perf_counter() - started
     finally:
         del model, loaded
-        _release(device)
+        gc.collect()
+        release_memory(device)
     row = {
         "model": candidate.label,
         "variant": candidate.display_variant,
@@ -207,9 +208,3 @@ def _prompt_text(example: Any) -> str:
     return "\n".join(content for _, content in example.prompt)
 
 
-def _release(device: DeviceInfo) -> None:
-    gc.collect()
-    if device.kind == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()

@@ -47,6 +47,8 @@ class TrainConfig:
     max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2)))
     eval_limit: int = attrs.field(default=100, converter=integer(minimum=0))
     max_new_tokens: int = attrs.field(default=8, converter=integer(minimum=1))
+    # The merge check: the merged model must reproduce the trained model's top-1 predictions this often.
+    merge_min_agreement: float = attrs.field(default=0.99, converter=number(minimum=0, maximum=1))
     trust_remote_code: bool = attrs.field(default=False, converter=boolean)
     overwrite: bool = attrs.field(default=False, converter=boolean)
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import attrs
 
-from kbit.core.device import torch_dtype
+from kbit.core.compat import checkpointing_arguments, checkpointing_enabled
+from kbit.core.device import torch_dtype, trainer_device_args
 from kbit.core.evaluate.generation import render_prompt
 from kbit.core.train import checkpoints
 from kbit.core.train.plan import RunPlan, is_main_process
@@ -49,8 +50,8 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
     from kbit.core.train.callbacks import StopOnNonFinite
     from kbit.core.train.trainer import KbitSFTTrainer
 
-    config, compute = plan.config, plan.spec.extras.get("compute_dtype", "float32")
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    config, compute = plan.config, plan.spec.training.compute_dtype
+    checkpointing = checkpointing_enabled(model)
     args = SFTConfig(
         output_dir=str(plan.run_dir / CHECKPOINTS),
         max_steps=config.max_steps if config.max_steps > 0 else -1,
@@ -70,11 +71,8 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         max_length=config.max_length,
         packing=config.packing,
         report_to=[] if config.report_to == "none" else [config.report_to],
-        bf16=compute == "bfloat16",
-        fp16=compute == "float16",
-        use_cpu=plan.device.kind == "cpu",
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        **trainer_device_args(plan.device, compute),
+        **checkpointing_arguments(SFTConfig, checkpointing),
         dataloader_num_workers=0,
         disable_tqdm=not is_main_process(),
         ddp_find_unused_parameters=False,
@@ -85,7 +83,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         train_dataset=sft_dataset(plan.tokenizer, plan.data.train),
         processing_class=plan.tokenizer,
         callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints()],
-        adapter_dtype=torch_dtype(plan.spec.extras.get("adapter_dtype", "float32")),
+        adapter_dtype=torch_dtype(plan.spec.training.adapter_dtype),
     )
 
 
@@ -114,7 +112,7 @@ def load_adapter_weights(model: Any, folder: Path, spec: Any) -> None:
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise RuntimeError(f"adapter in {folder} does not fit the model (unexpected keys {unexpected[:3]})")
-    set_adapter_dtype(model, torch_dtype(spec.extras.get("adapter_dtype", "float32")))
+    set_adapter_dtype(model, torch_dtype(spec.training.adapter_dtype))
 
 
 def _losses(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +29,12 @@ from kbit.core import metadata as meta
 from kbit.core.adapters import attach_adapter
 from kbit.core.cards import name_base_in_adapter, write_cards
 from kbit.core.data import TaskData
-from kbit.core.device import DeviceInfo
+from kbit.core.device import peak_memory_bytes
 from kbit.core.errors import Terminated
 from kbit.core.evaluate.generation import generate_answers, render_prompt
 from kbit.core.evaluate.scoring import score
-from kbit.core.merge import logit_agreement, merged_model, save_model
-from kbit.core.models import load_causal_lm
+from kbit.core.bases import load_base, prepare_for_training
+from kbit.core.merge import check_fidelity, logit_agreement, merged_model, save_model
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, set_aside
 from kbit.core.train import checkpoints
@@ -82,7 +81,8 @@ def _owned_run(plan: RunPlan) -> Iterator[dict[str, Any]]:
             for name in [*clear_staging(plan.run_dir), *checkpoints.remove_incomplete(plan.run_dir / CHECKPOINTS)]:
                 log.warning("removed %s, left by the interrupted run", name)
             record = meta.read_metadata(plan.run_dir) or {}
-            record.update(status="running", error=None, resumed=meta.now())
+            record.update(status="running", error=None, resumed=meta.now(), spec=plan.spec.to_dict(),
+                          config=plan.config.to_dict())
         else:
             record = _initial_record(plan)
         record["_started"] = started
@@ -169,11 +169,8 @@ def _run_stages(plan: RunPlan, record: dict[str, Any] | None) -> None:
         return  # nothing left for the other ranks: only training runs on every rank
     for reason in plan.sizing.values():
         log.warning("auto sizing: %s", reason)
-    quant_config = plan.method.build_quant_config(plan.spec)
-    compute = plan.spec.extras.get("compute_dtype", "float32")
-    model = load_causal_lm(plan.source.path, quant_config=quant_config, dtype=compute,
-                           trust_remote_code=plan.config.trust_remote_code)
-    model = attach_adapter(plan.method.prepare_model(model, plan.spec), plan.spec)
+    model = load_base(plan.method, plan.spec, plan.source.path, trust_remote_code=plan.config.trust_remote_code)
+    model = attach_adapter(prepare_for_training(plan.method, plan.spec, model), plan.spec)
     if adapter_done:
         load_adapter_weights(model, plan.run_dir / "adapter", plan.spec)
         trained = None
@@ -184,7 +181,7 @@ def _run_stages(plan: RunPlan, record: dict[str, Any] | None) -> None:
         model = trained.model
         _save_adapter(plan, record, trained)
     model.eval()
-    _merge_and_quantize(plan, record, model, quant_config, compute)
+    _merge_and_quantize(plan, record, model)
     _score(plan, record, model)
     _finish(plan, record)
 
@@ -201,20 +198,21 @@ def _save_adapter(plan: RunPlan, record: dict[str, Any], trained: Trained) -> No
     meta.write_metadata(plan.run_dir, _public(record))
 
 
-def _merge_and_quantize(plan: RunPlan, record: dict[str, Any], model: Any, quant_config: Any, compute: str) -> None:
+def _merge_and_quantize(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
     policy = plan.method.merge_policy(plan.spec)
     if policy.action != "merge":
         record["merge"] = {"action": policy.action, "reason": policy.reason}
         return
     merged_dir = plan.run_dir / "merged"
     if not _done(plan, record, "merged", "config.json"):
-        merged = merged_model(plan.source.path, plan.run_dir / "adapter", policy, quant_config, compute,
-                              plan.config.trust_remote_code)
+        merged, described = merged_model(plan.method, plan.spec, policy, plan.source.path, plan.run_dir / "adapter",
+                                         plan.config.trust_remote_code)
         agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
+        record["merge"] = {"action": policy.action, "reason": policy.reason, "base": policy.base, "base_used": described,
+                           "dtype": policy.dtype, "min_top1_agreement": plan.config.merge_min_agreement, **agreement}
+        check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, described)
         save_model(merged, plan.tokenizer, merged_dir)
         del merged
-        record["merge"] = {"action": policy.action, "reason": policy.reason, "base": policy.base,
-                           "dtype": policy.dtype, **agreement}
         record["artifacts"]["merged"] = "merged"
         meta.write_metadata(plan.run_dir, _public(record))
     if plan.method.implements("quantize_model") and not _done(plan, record, "quantized", "config.json"):
@@ -245,7 +243,7 @@ def _score(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
 def _finish(plan: RunPlan, record: dict[str, Any]) -> None:
     history = record.get("loss_history", [])
     record.update(status="finished", wall_time_s=round(time.time() - record["_started"], 1),
-                  peak_memory_bytes=_peak_memory(plan.device))
+                  peak_memory_bytes=peak_memory_bytes(plan.device))
     if history:
         write_loss_plot(plan.run_dir / "loss.png", history, plan.name)
         record["artifacts"]["loss_plot"] = "loss.png"
@@ -277,14 +275,6 @@ def _probe_batches(tokenizer: Any, data: TaskData, count: int = 16) -> list[dict
         return [dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))]
     finally:
         tokenizer.padding_side = side
-
-
-def _peak_memory(device: DeviceInfo) -> int:
-    if device.kind == "cuda":
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _leave_process_group() -> None:

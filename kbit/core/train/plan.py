@@ -14,7 +14,8 @@ from typing import Any
 import attrs
 
 from kbit.core import metadata as meta
-from kbit.core.adapters import adapter_settings
+from kbit.core.adapters import require_adapter
+from kbit.core.bases import check_mergeable
 from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import DeviceInfo, detect_device
 from kbit.core.errors import ConfigError
@@ -57,11 +58,11 @@ def is_main_process() -> bool:
 
 def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     """Validate every input and decide the run; raises ConfigError before anything is written."""
+    method = get_method(config.method)  # first: a method whose backend is missing is refused before torch loads
     device = detect_device()
-    method = get_method(config.method)
     method.check_requirements(device)
     spec = method.resolve_spec(config.options, device)
-    adapter = adapter_settings(spec)
+    adapter = require_adapter(spec)
     data = load_task_data(config.dataset, columns=config.columns, held_out_fraction=config.held_out_fraction,
                           max_examples=config.max_examples, seed=config.seed)
     if not data.train:
@@ -71,22 +72,24 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
     _check_lengths(tokenizer, data, config.max_length)
     sizing: dict[str, str] = {}
-    if adapter["r"] == "auto":
+    if adapter.r == "auto":
         rank, sizing["r"] = auto_rank(model_config.hidden_size)
         spec = concrete_adapter_spec(spec, rank)
+    spec = method.resolve_for_model(spec, model_config)
     shape = skeleton(model_config, config.trust_remote_code)
     check_weights_match(Path(source.path), shape)
-    check_adapter_fits(shape, adapter_settings(spec))
+    check_adapter_fits(shape, spec.adapter)
     batch_size = config.batch_size
     if batch_size == "auto":
         batch_size, sizing["batch_size"] = auto_batch_size(
             hidden_size=model_config.hidden_size, layers=model_config.num_hidden_layers,
             vocab_size=model_config.vocab_size, max_length=config.max_length,
             model_bytes=weights_bytes(Path(source.path)), memory_bytes=device.memory_bytes,
-            device_kind=device.kind, checkpointing=bool(spec.extras.get("gradient_checkpointing", True)),
+            device_kind=device.kind, checkpointing=spec.training.gradient_checkpointing,
         )
     policy = method.merge_policy(spec)
-    head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.extras.get("compute_dtype", "float32")
+    check_mergeable(method, spec, policy)
+    head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
     run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume)
     check_writable(run_dir, min_free_bytes=3 * weights_bytes(Path(source.path)) + (64 << 20))

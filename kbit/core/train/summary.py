@@ -27,8 +27,9 @@ def print_summary(result: Any) -> None:
         f"{_percent(metrics.get('exact_match_after'))} ({metrics.get('after', {}).get('items', 0)} items)"
     )
     if "max_abs_logit_diff" in merge:
+        base = merge.get("base_used") or f"the {merge['base']} base"
         console.print(
-            f"[bold]merged[/bold]   into the {merge['base']} base ({merge['dtype']}): max |Δlogit| "
+            f"[bold]merged[/bold]   into {base} ({merge['dtype']}): max |Δlogit| "
             f"{merge['max_abs_logit_diff']:.2e}, top-1 agreement {100 * merge['top1_agreement']:.2f}%"
         )
     elif merge:

@@ -19,13 +19,6 @@ def offline_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kbit.testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("eval-model") / "tiny")
-
-
-@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """A finished qlora run on the tiny model: kbit.json, adapter/ and merged/."""
     run = tmp_path_factory.mktemp("eval-run") / "run"

@@ -8,16 +8,10 @@ import subprocess
 import pytest
 
 from kbit.core.metadata import read_metadata, spec_of
-from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
 TRAIN = ("--max-steps", "3", "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--eval-limit", "4",
          "--logging-steps", "1", "--save-steps", "2")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +35,7 @@ def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     record = read_metadata(out)
     assert record["status"] == "finished" and record["error"] is None
     spec = spec_of(record, out)
-    assert spec.method == "qlora" and spec.extras["adapter"]["r"] == 4
+    assert spec.method == "qlora" and spec.adapter.r == 4
     assert [h["step"] for h in record["loss_history"]] == [1, 2, 3]
     for key in ("base_model", "dataset", "versions", "merge_policy", "wall_time_s", "peak_memory_bytes", "config"):
         assert record[key], key
@@ -76,7 +70,7 @@ def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
     from safetensors.torch import load_file
 
     out, _ = qlora_run
-    assert spec_of(read_metadata(out), out).extras["compute_dtype"] == "float32"
+    assert spec_of(read_metadata(out), out).training.compute_dtype == "float32"
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     # trl casts a quantized base's adapter to bf16; kbit keeps PEFT's float32 (see kbit.core.train.trainer).
     assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}
@@ -106,7 +100,7 @@ def test_yaml_config_with_flags_winning(tiny_model, tmp_path):
     result = run_kbit("train", "--config", str(config), "-o", "r=3", "--output", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_metadata(out)
-    assert record["spec"]["extras"]["adapter"]["r"] == 3
+    assert record["spec"]["adapter"]["r"] == 3
     assert record["config"]["max_steps"] == 1
     assert record["merge"]["action"] == "keep_adapter" and not (out / "merged").exists()
 
@@ -117,7 +111,7 @@ def test_auto_rank_and_batch_are_chosen_and_recorded(tiny_model, tmp_path):
                       "-o", "r=auto", "--batch-size", "auto", "--max-examples", "20", "--eval-limit", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_metadata(out)
-    assert record["spec"]["extras"]["adapter"]["r"] == 8  # hidden 64 → floor of the [8, 64] range
+    assert record["spec"]["adapter"]["r"] == 8  # hidden 64 → floor of the [8, 64] range
     assert record["train"]["batch_size"] == 16 and "batch=16" in record["sizing"]["batch_size"]
     assert "auto sizing" in result.stderr
 

@@ -1,0 +1,120 @@
+"""A method's base model, loaded the same way wherever kbit needs it.
+
+- ``load_base``: for training and for evaluating an adapter: the weights through the method's
+  ``build_quant_config``, then its ``quantize_base``.
+- ``load_merge_base``: the full-precision weights a ``MergePolicy`` names, with a description of
+  what they really are. "dequantized" is the training base dequantized (by the method's
+  ``dequantize_base``, or by transformers for a quantization config); "original" is the unquantized
+  base. When the policy's base cannot be produced, it is refused — never replaced by other weights.
+- ``check_mergeable``: the refusals that can be known before training.
+- ``prepare_for_training``: the method's ``prepare_model``, refusing a merge when it changed base
+  weights (a merge reloads the base and would never see the change).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kbit.core.device import torch_dtype
+from kbit.core.errors import ConfigError
+from kbit.core.method import Method
+from kbit.core.method_info import MergePolicy
+from kbit.core.models import load_causal_lm
+from kbit.core.spec import QuantizationSpec
+
+
+class MergeRefused(ConfigError):
+    """The merge the policy asks for cannot be carried out faithfully; nothing was merged."""
+
+
+def load_base(method: Method, spec: QuantizationSpec, path: str, *, trust_remote_code: bool = False,
+              device_map: Any = None) -> Any:
+    """The base exactly as the adapter trains on it: loaded through the quant config, then ``quantize_base``."""
+    model = load_causal_lm(path, quant_config=method.build_quant_config(spec), dtype=spec.training.compute_dtype,
+                           trust_remote_code=trust_remote_code, device_map=device_map)
+    return method.quantize_base(model, spec)
+
+
+def check_mergeable(method: Method, spec: QuantizationSpec, policy: MergePolicy) -> None:
+    """Refuse, before any training, a merge into the dequantized base that no hook can produce."""
+    if policy.action != "merge" or policy.base != "dequantized":
+        return
+    if method.implements("quantize_base") and not method.implements("dequantize_base"):
+        raise MergeRefused(
+            f"method '{method.name}' quantizes its base in quantize_base but has no dequantize_base hook, so kbit cannot "
+            "merge into the weights the adapter trains on; add dequantize_base or return MergePolicy(base='original') "
+            "or keep_adapter from merge_policy"
+        )
+    config = method.build_quant_config(spec)
+    if config is not None and not transformers_can_dequantize(config):
+        raise MergeRefused(
+            f"method '{method.name}' asks for a merge into the dequantized base, but transformers cannot dequantize "
+            f"{type(config).__name__} models; return MergePolicy(base='original') (and say so in its reason) or "
+            "keep_adapter from merge_policy"
+        )
+
+
+def transformers_can_dequantize(quant_config: Any) -> bool:
+    """Whether transformers' quantizer for ``quant_config`` implements ``dequantize()``."""
+    from transformers.quantizers import AutoHfQuantizer
+    from transformers.quantizers.base import HfQuantizer
+
+    quantizer = AutoHfQuantizer.from_config(quant_config)
+    return type(quantizer)._dequantize is not HfQuantizer._dequantize
+
+
+def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy, path: str, *,
+                    trust_remote_code: bool = False) -> tuple[Any, str]:
+    """The full-precision model to merge into, in ``policy.dtype``, and what it is (recorded and printed)."""
+    check_mergeable(method, spec, policy)
+    quant_config = method.build_quant_config(spec)
+    quantized = quant_config is not None or method.implements("quantize_base")
+    if policy.base == "original" or not quantized:
+        model = load_causal_lm(path, dtype=policy.dtype, trust_remote_code=trust_remote_code)
+        described = ("the original base (unquantized weights, as loaded)" if quantized else
+                     f"the base as loaded (method '{method.name}' quantizes nothing before training)")
+    elif method.implements("quantize_base"):
+        model = method.dequantize_base(load_base(method, spec, path, trust_remote_code=trust_remote_code), spec)
+        described = f"the dequantized base (method '{method.name}': quantize_base, then dequantize_base)"
+    else:
+        model = load_base(method, spec, path, trust_remote_code=trust_remote_code).dequantize()
+        described = f"the dequantized base (transformers' dequantize() of the {type(quant_config).__name__} weights)"
+    return model.to(torch_dtype(policy.dtype)), described
+
+
+def prepare_for_training(method: Method, spec: QuantizationSpec, model: Any) -> Any:
+    """``method.prepare_model(model, spec)``; refuses, before training, a merge it would make wrong.
+
+    ``prepare_model`` may freeze, upcast or wrap, but not change base weights: the merge reloads the
+    base through ``build_quant_config``/``quantize_base`` and would merge into other weights than the
+    adapter trained on.
+    """
+    before = weights_fingerprint(model)
+    prepared = method.prepare_model(model, spec)
+    policy = method.merge_policy(spec)
+    if policy.action == "merge":
+        after = weights_fingerprint(prepared)
+        changed = sorted(name for name in before.keys() & after.keys() if before[name] != after[name])
+        if changed:
+            raise MergeRefused(
+                f"method '{method.name}' changed base weights in prepare_model ({changed[0]}"
+                f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}), so no merge could use the weights the "
+                "adapter trains on; quantize in build_quant_config or quantize_base (see docs/plugins.md), or return "
+                "keep_adapter from merge_policy"
+            )
+    return prepared
+
+
+def weights_fingerprint(model: Any) -> dict[str, float]:
+    """A float64 sum per parameter: equal for equal values whatever the dtype they are stored in."""
+    import torch
+
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            try:
+                data = parameter.detach()
+                sums[name] = float(data.double().sum() if data.is_floating_point() else data.to(torch.int64).sum())
+            except (RuntimeError, TypeError, NotImplementedError):
+                continue  # a tensor subclass that cannot be summed: not fingerprinted
+    return sums

@@ -1,0 +1,85 @@
+"""``QuantizedLinear``: the building block for a method that quantizes its base itself (``quantize_base``).
+
+A subclass stores its weight in its own buffers (codes, scales, offsets ...) and implements
+``dequantize()``. Everything else works as for a ``torch.nn.Linear``: PEFT attaches LoRA/DoRA to it
+(it *is* a ``Linear``, found by ``target_modules="all-linear"``), ``weight`` reads the dequantized
+values, the forward pass multiplies by them, and kbit's memory and bits-per-weight figures count
+the buffers as stored. ``replace_linears`` swaps a model's layers for quantized ones and
+``dequantize_linears`` swaps them back to plain ``Linear`` layers holding exactly the dequantized
+weights, which is what a merge into the dequantized base needs.
+
+Imports torch: import it inside hooks (``from kbit.plugin import QuantizedLinear``), not at the top
+of a plugin module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+
+class QuantizedLinear(torch.nn.Linear):
+    """A ``torch.nn.Linear`` whose weight lives quantized in the subclass's buffers.
+
+    Subclasses call ``super().__init__(linear)`` with the layer they replace (its shape and bias
+    are kept; its weight is not) and implement ``dequantize()``.
+    """
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        torch.nn.Module.__init__(self)  # not Linear.__init__: there is no full-precision weight to allocate
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.bias = linear.bias
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight as a float tensor of shape (out_features, in_features)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement dequantize()")
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        return self.dequantize()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        weight = self.dequantize().to(inputs.dtype)
+        bias = None if self.bias is None else self.bias.to(inputs.dtype)
+        return torch.nn.functional.linear(inputs, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def replace_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear], torch.nn.Module],
+                    skip: Iterable[str] = ()) -> int:
+    """Replace every plain ``Linear`` of ``model`` by ``make(name, layer)``; returns how many.
+
+    The output head (``model.get_output_embeddings()``, often tied to the input embeddings) and
+    layers whose name ends with one of ``skip`` are left alone.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    skipped = tuple(skip)
+    chosen = [(name, module) for name, module in model.named_modules()
+              if type(module) is torch.nn.Linear and module is not head
+              and not any(name == s or name.endswith(f".{s}") for s in skipped)]
+    for name, module in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name, module))
+    return len(chosen)
+
+
+def dequantize_linears(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Replace every ``QuantizedLinear`` of ``model`` by a plain ``Linear`` with its dequantized weight."""
+    chosen = [(name, module) for name, module in model.named_modules() if isinstance(module, QuantizedLinear)]
+    for name, module in chosen:
+        weight = module.dequantize().detach()
+        plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                device=weight.device, dtype=dtype or weight.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(weight)
+            if module.bias is not None:
+                plain.bias.copy_(module.bias)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, plain)
+    return model

@@ -1,0 +1,58 @@
+"""The public API for method plugins: everything a method needs, in one module.
+
+    from kbit.plugin import hookimpl, MethodInfo, QuantizationSpec, adapter_options, ...
+
+A built-in method imports nothing else from kbit, so a third-party method written from this module
+and ``docs/plugins.md`` is exactly as capable as a built-in one. Importing it never imports torch;
+``QuantizedLinear``, ``replace_linears`` and ``dequantize_linears`` (which do) load on first use —
+use them inside hooks.
+
+- Hook marker and records: ``hookimpl``, ``MethodInfo``, ``Requirement``, ``MergePolicy``,
+  ``QuantizationSpec`` with its typed ``AdapterSettings``, ``TrainingSettings``, ``CalibrationSettings``.
+- Options: ``Option``, ``OptionSchema`` and the parsers ``integer``, ``number``, ``choice``,
+  ``boolean``, ``dtype``, ``module_names``; the shared schemas ``adapter_options``,
+  ``training_options``, ``calibration_options`` and the matching ``adapter_settings``,
+  ``training_settings``, ``calibration_settings``.
+- Device and dtypes: ``DeviceInfo``, ``resolve_compute_dtype``, ``torch_dtype``.
+- Model helpers: ``prepare_for_adapter`` (freeze, k-bit preparation, gradient checkpointing),
+  ``merge_or_keep`` (the usual merge policy), ``QuantizedLinear``, ``replace_linears``,
+  ``dequantize_linears`` (a base quantized in ``quantize_base``).
+- Errors: ``ConfigError`` (bad option or model: one line with the fix), ``MissingDependencyError``,
+  ``PluginError``, ``KbitError``.
+"""
+
+from kbit.core.adapters import (
+    adapter_options,
+    adapter_settings,
+    calibration_options,
+    calibration_settings,
+    merge_or_keep,
+    prepare_for_adapter,
+    training_options,
+    training_settings,
+)
+from kbit.core.device import DeviceInfo, resolve_compute_dtype, torch_dtype
+from kbit.core.errors import ConfigError, KbitError, MissingDependencyError, PluginError
+from kbit.core.hookspecs import hookimpl
+from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
+from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, dtype, integer, module_names, number
+from kbit.core.spec import AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
+
+_NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears")
+
+__all__ = [
+    "DTYPES", "AdapterSettings", "CalibrationSettings", "ConfigError", "DeviceInfo", "KbitError", "MergePolicy",
+    "MethodInfo", "MissingDependencyError", "Option", "OptionSchema", "PluginError", "QuantizationSpec",
+    "Requirement", "TrainingSettings", "adapter_options", "adapter_settings", "boolean", "calibration_options",
+    "calibration_settings", "choice", "dtype", "hookimpl", "integer", "merge_or_keep", "module_names", "number",
+    "prepare_for_adapter", "resolve_compute_dtype", "torch_dtype", "training_options", "training_settings",
+    *_NEEDS_TORCH,
+]
+
+
+def __getattr__(name: str):
+    if name in _NEEDS_TORCH:
+        from kbit.core import quantized_linear
+
+        return getattr(quantized_linear, name)
+    raise AttributeError(f"module 'kbit.plugin' has no attribute {name!r}")
