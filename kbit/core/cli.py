@@ -225,6 +225,70 @@ def quantize_command(
                f"{info['calibration_samples']} calibration texts: {target} ({info['size_bytes'] / 2**20:.1f} MiB)")
 
 
+@app.command("export")
+def export_command(
+    path: Annotated[str, typer.Argument(help="A kbit run (exports its merged model) or a model: directory, .gguf, hub id or 'default'.")],
+    format: Annotated[str, typer.Option("--format", help="File format (gguf).")] = "gguf",
+    file_type: Annotated[str, typer.Option("--type", help="f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1.")] = "q8_0",
+    output: Annotated[Optional[str], typer.Option("--output", "-O", help="File to write (default RUN/gguf/NAME-TYPE.gguf; required for a model).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file this command did not write.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items the check uses (default: the run's eval limit, else 100).")] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Least top-1 agreement the check accepts (default by type).")] = None,
+    max_em_drop: Annotated[Optional[float], typer.Option("--max-em-drop", help="Largest exact-match drop the check accepts, as a fraction.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON.")] = False,
+) -> None:
+    """Write a deployable file (GGUF for llama.cpp, Ollama, LM Studio), check it against its source, record it."""
+    import contextlib
+
+    from kbit.core.export.pipeline import export_path
+
+    with contextlib.redirect_stdout(sys.stderr):  # loaders print progress; keep stdout for the result
+        result = export_path(path, format=format, file_type=file_type, output=output, overwrite=overwrite, limit=limit,
+                             min_top1=min_top1, max_em_drop=max_em_drop)
+    entry = result.entry
+    if as_json:
+        typer.echo(json.dumps({"output": str(result.target), **_jsonable(entry)}, indent=2))
+        return
+    types = ", ".join(f"{name} ×{count}" for name, count in entry["tensor_types"].items())
+    typer.echo(f"wrote    {result.target} ({entry['size_bytes'] / 2**20:.1f} MiB; {types}) in {entry['write_seconds']} s")
+    if entry["fallbacks"]:
+        typer.echo(f"fallback {len(entry['fallbacks'])} tensors: {entry['fallbacks'][0]}")
+    typer.echo(f"check    {entry['items']} held-out items: top-1 agreement {entry['top1_agreement']:.2%} on "
+               f"{entry['answer_positions']} answer tokens ({entry['top1_agreement_all_positions']:.2%} on all "
+               f"{entry['positions']} tokens), |Δlogit| max {entry['max_abs_logit_diff']:.3g} mean {entry['mean_abs_logit_diff']:.3g}")
+    typer.echo(f"         held-out exact match {entry['source']['exact_match']:.1%} ({entry['source']['model']}) → "
+               f"{entry['exact_match']:.1%} (this file); passed the {entry['type']} gate: {_gate_text(entry['gate'])}")
+
+
+def _gate_text(gate: dict) -> str:
+    drop = f", exact match drop ≤ {gate['max_em_drop'] * 100:g} points" if gate.get("max_em_drop") is not None else ""
+    return f"top-1 ≥ {gate['min_top1']:.0%}{drop}"
+
+
+@app.command("push")
+def push_command(
+    path: Annotated[str, typer.Argument(help="A kbit run directory.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repository to create or update, ORG/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+    what: Annotated[Optional[str], typer.Option("--what", help="Comma list of adapter, merged, gguf, quantized (default: all present).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files that would be uploaded; upload nothing.")] = False,
+) -> None:
+    """Upload a run's artifacts to the Hugging Face Hub (one folder: at the repository root; several: as subfolders)."""
+    from pathlib import Path
+
+    from kbit.core.push import plan_push, push
+
+    plan = plan_push(Path(path), repo_id, what)
+    if dry_run:
+        typer.echo(f"would upload {len(plan.files)} files ({plan.size_bytes / 2**20:.1f} MiB) to "
+                   f"{'private ' if private else ''}{plan.repo_id}:")
+        for local, remote in plan.files:
+            typer.echo(f"  {remote}  ←  {local}")
+        return
+    url = push(plan, private=private)
+    typer.echo(f"uploaded {len(plan.files)} files ({plan.size_bytes / 2**20:.1f} MiB) to {url}")
+
+
 @app.command("new-method")
 def new_method_command(
     name: Annotated[str, typer.Argument(help="The method's name, as users will select it (e.g. my-int4).")],

@@ -3,7 +3,8 @@
 It is a versioned JSON object; readers refuse a newer schema or a corrupt file with one line.
 Fields: schema_version, kind ("run" or "quantized"), status ("running", "finished", "failed"),
 error, method, spec, method_options, merge_policy, base_model, dataset, config, versions,
-artifacts, merge, metrics, loss_history, wall_time_s, peak_memory_bytes, created/updated.
+artifacts, merge, metrics, loss_history, wall_time_s, peak_memory_bytes, created/updated; quantize
+after post-training quantization; exports (one entry per file `kbit export` wrote, with its check).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "kind": (str,), "status": (str,), "name": (str, type(None)), "method": (str,), "error": (str, type(None)),
     "spec": (dict,), "merge_policy": (dict,), "base_model": (dict,), "dataset": (dict,), "config": (dict,),
     "artifacts": (dict,), "train": (dict,), "merge": (dict,), "metrics": (dict,), "quantize": (dict,),
-    "loss_history": (list,), "trust_remote_code": (bool,), "method_options": (dict,),
+    "loss_history": (list,), "trust_remote_code": (bool,), "method_options": (dict,), "exports": (list,),
 }
 
 

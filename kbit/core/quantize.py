@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kbit.core import metadata as meta
+from kbit.core.cards import write_cards
 from kbit.core.errors import ConfigError
 from kbit.core.method import Method
 from kbit.core.rundir import RunLock, atomic_directory, clear_staging
@@ -61,7 +62,8 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
     return record
 
 
-def _run_examples(record: Mapping[str, Any]) -> Any:
+def run_examples(record: Mapping[str, Any]) -> Any:
+    """The train and held-out examples of the run described by ``record``, rebuilt from its config."""
     from kbit.core.data import load_task_data
 
     config = record.get("config", {})
@@ -103,7 +105,7 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
         if not (model_dir / "config.json").is_file():
             raise ConfigError(f"run {path} has no merged model to quantize (its merge policy kept only the adapter)")
         target = Path(output) if output else path / "quantized"
-        data = load_task_data(dataset) if dataset else _run_examples(record)
+        data = load_task_data(dataset) if dataset else run_examples(record)
     else:
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is neither a kbit run (kbit.json) nor a model directory (config.json)")
@@ -131,6 +133,7 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
             result["dataset"] = data.describe()
             record.setdefault("artifacts", {})["quantized"] = "quantized"
             record["quantize"] = result
+            write_cards(path, record)
             meta.write_metadata(path, record)
             return target, record
 

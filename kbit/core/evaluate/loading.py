@@ -158,7 +158,10 @@ def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit
                method_spec: tuple[str, QuantizationSpec] | None) -> tuple[list[Candidate], list[Gap]]:
     if path.is_file() and path.suffix == ".gguf":
         source = resolve_model(str(path))
-        base = _base_candidates(source.name, source.path, str(path), _data_request(selection, None),
+        # A file kbit exported into RUN/gguf/ is scored on its run's held-out split.
+        owner = meta.read_metadata(path.parent.parent) if path.parent.name == "gguf" else None
+        record = owner if owner and owner.get("kind") == "run" else None
+        base = _base_candidates(source.name, source.path, str(path), _data_request(selection, record),
                                 selection.trust_remote_code, method_spec)
         return (base if "base" in wanted else []), []
     if not path.is_dir():

@@ -27,6 +27,7 @@ import attrs
 
 from kbit.core import metadata as meta
 from kbit.core.adapters import attach_adapter
+from kbit.core.cards import name_base_in_adapter, write_cards
 from kbit.core.data import TaskData
 from kbit.core.device import peak_memory_bytes
 from kbit.core.errors import Terminated
@@ -39,7 +40,7 @@ from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, 
 from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.fit import CHECKPOINTS, Trained, load_adapter_weights, train_adapter
-from kbit.core.train.outputs import write_loss_plot, write_model_card
+from kbit.core.train.outputs import write_loss_plot
 from kbit.core.train.plan import RunPlan, is_main_process, plan_run
 
 log = logging.getLogger("kbit")
@@ -191,6 +192,7 @@ def _save_adapter(plan: RunPlan, record: dict[str, Any], trained: Trained) -> No
     with atomic_directory(plan.run_dir / "adapter") as staging:
         trained.model.save_pretrained(staging)
         plan.tokenizer.save_pretrained(staging)
+        name_base_in_adapter(staging, plan.source.hub_id or plan.source.name)
     record["artifacts"]["adapter"] = "adapter"
     meta.write_metadata(plan.run_dir, _public(record))
 
@@ -244,7 +246,7 @@ def _finish(plan: RunPlan, record: dict[str, Any]) -> None:
     if history:
         write_loss_plot(plan.run_dir / "loss.png", history, plan.name)
         record["artifacts"]["loss_plot"] = "loss.png"
-    write_model_card(plan.run_dir / "README.md", record)
+    write_cards(plan.run_dir, record)
     record["artifacts"]["model_card"] = "README.md"
     meta.write_metadata(plan.run_dir, _public(record))
 

@@ -1,0 +1,129 @@
+"""The Hugging Face architectures kbit writes as GGUF, and how their config and weights map onto llama.cpp's.
+
+Reproduced from llama.cpp's ``convert_hf_to_gguf.py`` (``TextModel.set_gguf_parameters``,
+``LlamaModel``, ``Qwen2Model``):
+
+- ``LlamaForCausalLM`` and ``MistralForCausalLM`` become GGUF architecture ``llama``;
+  ``Qwen2ForCausalLM`` becomes ``qwen2``.
+- Hyperparameters: block count, context length, embedding and feed-forward width, head counts,
+  RoPE base, RMS-norm epsilon; for ``llama`` also the vocabulary size and the RoPE dimension count
+  (the head width), and key/value length where ``config.json`` states ``head_dim``.
+- Llama's q and k projection rows are permuted (``LlamaModel.permute``): llama.cpp rotates
+  interleaved pairs where transformers rotates halves. Qwen2 uses the halves layout and keeps rows.
+- Tensor names come from ``gguf.get_tensor_name_map``; ``lm_head`` is left out when the
+  embeddings are tied (llama.cpp reuses ``token_embd``), and rotary ``inv_freq`` buffers are dropped.
+
+Everything else is refused in one line, and so are features these rules do not carry over faithfully
+(RoPE scaling, Llama attention/MLP biases): the check after writing would catch them, but only after
+the work; refusing first says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from kbit.core.errors import ConfigError
+
+
+@attrs.frozen
+class Architecture:
+    """How one Hugging Face ``model_type`` is written: GGUF architecture name and q/k row permutation."""
+
+    model_type: str
+    gguf_name: str
+    permute_qk: bool
+
+
+SUPPORTED = {
+    "llama": Architecture("llama", "llama", True),
+    "mistral": Architecture("mistral", "llama", True),
+    "qwen2": Architecture("qwen2", "qwen2", False),
+}
+
+
+def architecture_of(config: Mapping[str, Any], where: str) -> Architecture:
+    """The :class:`Architecture` for ``config.json``'s contents; ConfigError for anything else."""
+    model_type = str(config.get("model_type", ""))
+    if model_type not in SUPPORTED:
+        raise ConfigError(f"{where}: kbit exports GGUF for {', '.join(sorted(SUPPORTED))} models, not '{model_type or 'unknown'}'; "
+                          "use llama.cpp's convert_hf_to_gguf.py on the merged model instead")
+    rope = config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, Mapping) else None
+    parameters = config.get("rope_parameters") or {}
+    if isinstance(parameters, Mapping) and parameters.get("rope_type") not in (None, "default"):
+        rope_type = parameters.get("rope_type")
+    if rope_type not in (None, "default"):
+        raise ConfigError(f"{where}: RoPE scaling '{rope_type}' is not carried into GGUF by kbit; "
+                          "use llama.cpp's convert_hf_to_gguf.py for this model")
+    if model_type != "qwen2" and (config.get("attention_bias") or config.get("mlp_bias")):
+        raise ConfigError(f"{where}: a {model_type} model with attention or MLP biases is not exported by kbit; "
+                          "use llama.cpp's convert_hf_to_gguf.py for this model")
+    return SUPPORTED[model_type]
+
+
+def rope_theta(config: Mapping[str, Any]) -> float | None:
+    parameters = config.get("rope_parameters")
+    if isinstance(parameters, Mapping) and parameters.get("rope_theta") is not None:
+        return float(parameters["rope_theta"])
+    return float(config["rope_theta"]) if config.get("rope_theta") is not None else None
+
+
+def write_hyperparameters(writer: Any, config: Mapping[str, Any], architecture: Architecture) -> None:
+    """Add the architecture keys (``<arch>.block_count`` …) for ``config`` to a ``gguf.GGUFWriter``."""
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    if config.get("max_position_embeddings") is not None:
+        writer.add_context_length(int(config["max_position_embeddings"]))
+    writer.add_embedding_length(int(config["hidden_size"]))
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    heads = int(config["num_attention_heads"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
+    if (theta := rope_theta(config)) is not None:
+        writer.add_rope_freq_base(theta)
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    if config.get("head_dim") is not None:
+        writer.add_key_length(int(config["head_dim"]))
+        writer.add_value_length(int(config["head_dim"]))
+    if architecture.gguf_name == "llama":
+        writer.add_vocab_size(int(config["vocab_size"]))
+        writer.add_rope_dimension_count(int(config.get("head_dim") or int(config["hidden_size"]) // heads))
+
+
+def permute_rows(rows: Any, heads: int) -> Any:
+    """llama.cpp's ``LlamaModel.permute`` on the first axis (works on weights and on packed block rows)."""
+    shape = rows.shape
+    return rows.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def gguf_tensor_names(names: list[str], config: Mapping[str, Any], architecture: Architecture) -> Iterator[tuple[str, str]]:
+    """``(hf_name, gguf_name)`` for every Hugging Face tensor name that goes into the file, in order."""
+    import gguf
+
+    arch = next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == architecture.gguf_name)
+    table = gguf.get_tensor_name_map(arch, int(config["num_hidden_layers"]))
+    tied = bool(config.get("tie_word_embeddings", False))
+    if not tied and "lm_head.weight" not in names:
+        raise ConfigError("the model has untied embeddings but no lm_head.weight; its checkpoint is incomplete")
+    for name in names:
+        if name.endswith(".rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
+            continue
+        mapped = table.get_name(name, try_suffixes=(".weight", ".bias"))
+        if mapped is None:
+            raise ConfigError(f"tensor {name} has no llama.cpp name for architecture {architecture.gguf_name}; "
+                              "kbit cannot export this checkpoint")
+        yield name, mapped
+
+
+def row_permutation_heads(hf_name: str, config: Mapping[str, Any], architecture: Architecture) -> int | None:
+    """The head count to permute ``hf_name``'s rows by, or None when its rows stay as they are."""
+    if not architecture.permute_qk:
+        return None
+    heads = int(config["num_attention_heads"])
+    if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+        return heads
+    if hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+        return int(config.get("num_key_value_heads") or heads)
+    return None

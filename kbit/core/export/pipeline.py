@@ -1,0 +1,232 @@
+"""``kbit export``: write a run's merged model (or any model) as a GGUF file, check it, record it.
+
+Input is a kbit run (its ``merged/`` model; the file goes to ``RUN/gguf/<name>-<type>.gguf`` and is
+recorded under ``"exports"`` in the run's ``kbit.json``) or a model reference (directory, ``.gguf``,
+hub id or ``default``; ``--output`` required). The file is written to a temporary sibling, checked
+(:mod:`kbit.core.export.check`) and renamed into place only if the check passes.
+
+Ownership: a run's ``gguf/`` folder is this command's output; a file there that the run's
+``"exports"`` does not list is no command's output and is refused, ``--overwrite`` or not (kbit's
+output rule, :mod:`kbit.core.targets`). Outside kbit's outputs an existing file is replaced only with
+``--overwrite``; a target inside another kbit output (another run, ``adapter/``, ``merged/``,
+``quantized/``, a run's root, a report) is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core import metadata as meta
+from kbit.core.errors import ConfigError
+from kbit.core.export.check import Gate, check_gguf
+from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
+from kbit.core.rundir import STAGING_MARK, RunLock, clear_staging
+
+FORMATS = ("gguf",)
+EXPORTS_DIR = "gguf"
+
+
+@attrs.frozen
+class ExportResult:
+    target: Path
+    entry: dict[str, Any]
+
+
+@attrs.frozen
+class _Plan:
+    source_dir: Path
+    name: str
+    base: BaseModel
+    data: Any
+    target: Path
+    run: Path | None
+    record: dict[str, Any] | None
+
+
+def export_path(path: str, *, format: str = "gguf", file_type: str = "q8_0", output: str | None = None,
+                overwrite: bool = False, limit: int | None = None, min_top1: float | None = None,
+                max_em_drop: float | None = None, max_new_tokens: int = 16) -> ExportResult:
+    """Export ``path`` (a run or a model reference) as one checked GGUF file; see the module docs."""
+    if format not in FORMATS:
+        raise ConfigError(f"unknown --format '{format}'; kbit exports {', '.join(FORMATS)}")
+    check_file_type(file_type)
+    for label, value in (("--min-top1", min_top1), ("--max-em-drop", max_em_drop)):
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"{label} {value} is outside [0, 1]; pass a fraction such as 0.95")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit} must be at least 1: every export is checked")
+    plan = _plan(path, file_type, output)
+    _check_target(plan, overwrite)
+    gate = Gate.for_type(file_type, min_top1, max_em_drop)
+    items = plan.data.held_out[: limit or _default_limit(plan.record)]
+    lock = RunLock(plan.run) if plan.run else None
+    if lock:
+        lock.acquire()
+        clear_staging(plan.run)
+    try:
+        plan.target.parent.mkdir(parents=True, exist_ok=True)
+        if plan.run:
+            clear_staging(plan.target.parent)  # a killed export's temporary file; the lock says none is live
+        if plan.run:  # the run may have changed before the lock was ours: check the target against it again
+            _check_target(attrs.evolve(plan, record=meta.read_metadata(plan.run)), overwrite)
+        started = time.time()
+        fd, temp_name = tempfile.mkstemp(prefix=f".{plan.target.name}{STAGING_MARK}", dir=plan.target.parent)
+        os.close(fd)
+        temp = Path(temp_name)
+        try:
+            written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,
+                                 datasets=_hub_datasets(plan.record))
+            write_seconds = round(time.time() - started, 1)
+            reference = _source_reference(plan, items, max_new_tokens)
+            figures = check_gguf(temp, plan.source_dir, plan.data.task, items, gate, max_new_tokens,
+                                 source_exact_match=_earlier_source_em(plan.record, reference))
+            os.replace(temp, plan.target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        source = str(plan.source_dir.relative_to(plan.run)) if plan.run else str(plan.source_dir)
+        entry = {
+            "file": _file_key(plan), "format": format, "type": file_type, "size_bytes": plan.target.stat().st_size,
+            "created": meta.now(), "dataset": plan.data.describe(), "write_seconds": write_seconds, **written,
+            **figures, "source": {"model": source, **figures["source"], **reference},
+        }
+        if plan.run:
+            _record(plan, entry)
+        return ExportResult(plan.target, entry)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _plan(path: str, file_type: str, output: str | None) -> _Plan:
+    from kbit.core.data import load_task_data
+    from kbit.core.models import resolve_model
+    from kbit.core.quantize import run_examples
+
+    candidate = Path(path).expanduser()
+    record = meta.read_metadata(candidate) if candidate.is_dir() else None
+    if record is not None and record.get("kind") == "run":
+        merged = candidate / "merged"
+        if not (merged / "config.json").is_file():
+            status = record.get("status", "unknown")
+            raise ConfigError(f"run {candidate} has no merged model to export (status {status}; its merge policy may keep "
+                              "only the adapter); train with a method that merges, or export a model directory")
+        name = str(record.get("name") or candidate.name)
+        default = candidate / EXPORTS_DIR / f"{name}-{file_type}.gguf"
+        target = Path(output).expanduser() if output else default
+        return _Plan(merged, name, _run_base(record), run_examples(record), target, candidate, record)
+    if record is not None:
+        raise ConfigError(f"{candidate} is a kbit {record.get('kind')} directory, not a run; export its run or a model directory")
+    if output is None:
+        raise ConfigError("pass --output FILE.gguf for the export of a model that is not a kbit run")
+    source = resolve_model(path)
+    gguf_file = _source_gguf(source.origin, path)
+    base = BaseModel(name=source.name, hub_id=source.hub_id, license=source.license, gguf=gguf_file)
+    return _Plan(Path(source.path), source.name, base, load_task_data("arith"), Path(output).expanduser(), None, None)
+
+
+def _run_base(record: Mapping[str, Any]) -> BaseModel:
+    base = record.get("base_model") or {}
+    origin = base.get("origin")
+    reference = (record.get("config") or {}).get("model")
+    gguf_file = _source_gguf(str(origin), reference)
+    return BaseModel(name=str(base.get("name") or ""), hub_id=str(base.get("hub_id") or ""),
+                     license=str(base.get("license") or ""), gguf=gguf_file)
+
+
+def _source_gguf(origin: str, reference: str | None) -> Path | None:
+    """The GGUF file a base was converted from (its tokenizer is carried over), or None for other bases."""
+    from kbit.core.models import default_gguf_path
+
+    if origin == "default":
+        return default_gguf_path()
+    if origin == "gguf" and reference and Path(reference).expanduser().is_file():
+        return Path(reference).expanduser()
+    if origin == "gguf":
+        raise ConfigError(f"the run's base was the GGUF file {reference}, which is gone; restore it to export "
+                          "(its tokenizer is carried into the export)")
+    return None
+
+
+def _check_target(plan: _Plan, overwrite: bool) -> None:
+    """kbit's output rule (:mod:`kbit.core.targets`), plus: no new file inside another kbit output.
+
+    ``claim`` frees an absent target; an export must still not appear inside ``merged/``, a run's
+    root, a quantized model or a report, which other commands own.
+    """
+    from kbit.core.targets import claim, kbit_kind
+
+    target = plan.target
+    if target.suffix != ".gguf":
+        raise ConfigError(f"--output {target} must end in .gguf")
+    if target.is_dir():
+        raise ConfigError(f"--output {target} is a directory; name the .gguf file to write")
+    own_folder = plan.run is not None and target.parent.resolve() == (plan.run / EXPORTS_DIR).resolve()
+    owner = next((parent for parent in target.resolve().parents if kbit_kind(parent)), None)
+    if owner is not None and not own_folder:
+        where = f"{plan.run / EXPORTS_DIR}/" if plan.run else "a folder outside kbit's outputs"
+        raise ConfigError(f"--output {target} is inside {owner}, which another kbit command wrote; write the export to {where}")
+    claim(target, is_own=lambda real: own_folder and _recorded(plan.record, plan), overwrite=overwrite, what="export")
+
+
+def _file_key(plan: _Plan) -> str:
+    """How a run's ``exports`` names the file: relative to the run when inside it, else absolute."""
+    target = plan.target.resolve()
+    if plan.run is not None and target.is_relative_to(plan.run.resolve()):
+        return str(target.relative_to(plan.run.resolve()))
+    return str(target)
+
+
+def _recorded(record: Mapping[str, Any] | None, plan: _Plan) -> bool:
+    if not record or plan.run is None:
+        return False
+    return any(isinstance(e, Mapping) and e.get("file") == _file_key(plan) for e in record.get("exports") or [])
+
+
+def _source_reference(plan: _Plan, items: Any, max_new_tokens: int) -> dict[str, Any]:
+    """What the source's exact match depends on: its weights, the items and the generation length."""
+    from kbit.core.data.examples import TaskData
+    from kbit.core.models import weights_digest
+
+    held_out = TaskData(name=plan.data.name, task=plan.data.task, train=(), held_out=tuple(items))
+    return {"weights": weights_digest(plan.source_dir), "items_fingerprint": held_out.fingerprint(),
+            "max_new_tokens": max_new_tokens}
+
+
+def _earlier_source_em(record: Mapping[str, Any] | None, reference: Mapping[str, Any]) -> float | None:
+    """The source's exact match from an earlier export of this run on the same weights and items, if any."""
+    for entry in reversed((record or {}).get("exports") or []):
+        source = entry.get("source") if isinstance(entry, Mapping) else None
+        if isinstance(source, Mapping) and all(source.get(k) == v for k, v in reference.items()):
+            return source.get("exact_match")
+    return None
+
+
+def _default_limit(record: Mapping[str, Any] | None) -> int:
+    limit = ((record or {}).get("config") or {}).get("eval_limit")
+    return int(limit) if isinstance(limit, int) and limit > 0 else 100
+
+
+def _hub_datasets(record: Mapping[str, Any] | None) -> list[str]:
+    source = str(((record or {}).get("dataset") or {}).get("source") or "")
+    return [source.removeprefix("hub:")] if source.startswith("hub:") else []
+
+
+def _record(plan: _Plan, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to the run's ``exports`` (replacing an earlier export of the same file), then refresh the cards."""
+    from kbit.core.cards import write_cards
+
+    record = meta.read_metadata(plan.run) or dict(plan.record or {})
+    exports = [e for e in record.get("exports") or [] if not (isinstance(e, Mapping) and e.get("file") == entry["file"])]
+    record["exports"] = [*exports, entry]
+    record.setdefault("artifacts", {})[EXPORTS_DIR] = EXPORTS_DIR
+    write_cards(plan.run, record)
+    meta.write_metadata(plan.run, record)

@@ -1,0 +1,118 @@
+"""``kbit push``: upload a run's artifact folders to the Hugging Face Hub (``create_repo`` + ``upload_folder``).
+
+One folder chosen (``--what merged``): its contents become the repository root, so its own card is
+the repository card. Several: each goes to a subfolder of the same name and the run's card is the
+repository card. The plan lists exactly the files that go (``--dry-run`` prints it, ``upload_folder``
+gets the same list as its allow-patterns); kbit's bookkeeping stays home: ``kbit.json`` (it records
+local paths), checkpoints, locks and half-written temporary files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+from kbit.core import metadata as meta
+from kbit.core.errors import ConfigError
+from kbit.core.rundir import LOCK_NAME, REPLACED_MARK, STAGING_MARK
+
+ARTIFACTS = ("adapter", "merged", "gguf", "quantized")
+RUN_FILES = ("README.md", "loss.png")
+
+
+@attrs.frozen
+class PushPlan:
+    """What ``push`` uploads: ``files`` are (local path, path in the repository) under ``folder``."""
+
+    repo_id: str
+    folder: Path
+    files: tuple[tuple[Path, str], ...]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(local.stat().st_size for local, _ in self.files)
+
+
+def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
+    """Decide the upload of ``run``'s artifacts to ``repo_id``; ConfigError for bad input, before any network."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        repo_id_ok = False
+    else:
+        repo_id_ok = repo_id.count("/") == 1
+    if not repo_id_ok:
+        raise ConfigError(f"--repo-id '{repo_id}' is not a hub repository id; use ORG/NAME (letters, digits, - _ .)")
+    run = Path(run)
+    record = meta.read_metadata(run) if run.is_dir() else None
+    if record is None or record.get("kind") != "run":
+        raise ConfigError(f"{run} is not a kbit run (no kbit.json of kind 'run'); push uploads a run's artifacts")
+    present = [a for a in ARTIFACTS if _files(run / a)]
+    chosen = _choose(what, present, run)
+    if len(chosen) == 1:
+        folder = run / chosen[0]
+        files = [(folder / relative, relative) for relative in _files(folder)]
+    else:
+        folder = run
+        files = [(run / name, name) for name in RUN_FILES if (run / name).is_file()]
+        files += [(run / a / relative, f"{a}/{relative}") for a in chosen for relative in _files(run / a)]
+    return PushPlan(repo_id, folder, tuple(files))
+
+
+def push(plan: PushPlan, private: bool = False) -> str:
+    """Create the repository if needed and upload exactly ``plan.files``; returns the repository URL."""
+    from huggingface_hub import HfApi, get_token
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ConfigError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it and check the network, "
+                          "or use --dry-run to list the files")
+    token = get_token()
+    if not token:
+        raise ConfigError("no Hugging Face token: run 'hf auth login' or set HF_TOKEN, then push again "
+                          "(--dry-run lists the files without one)")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(plan.repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=plan.repo_id, folder_path=str(plan.folder), repo_type="model",
+                          allow_patterns=[glob.escape(local.relative_to(plan.folder).as_posix()) for local, _ in plan.files],
+                          commit_message="Upload from kbit")
+    except Exception as exc:  # offline, refused token, no rights: one line with the cause
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"cannot push to {plan.repo_id}: {type(exc).__name__}: {first[:200]}; "
+                          "check the network, the token and your rights on the repository") from None
+    return str(url)
+
+
+def _choose(what: str | None, present: Sequence[str], run: Path) -> list[str]:
+    if not what:
+        if not present:
+            raise ConfigError(f"run {run} has no artifacts to push (none of {', '.join(ARTIFACTS)})")
+        return list(present)
+    chosen = [w.strip() for w in what.split(",") if w.strip()]
+    for name in chosen:
+        if name not in ARTIFACTS:
+            raise ConfigError(f"unknown --what '{name}'; choose from {', '.join(ARTIFACTS)}")
+        if name not in present:
+            raise ConfigError(f"run {run} has no {name}/ to push; present: {', '.join(present) or 'none'}")
+    return list(dict.fromkeys(chosen))
+
+
+def _files(folder: Path) -> list[str]:
+    """Files under ``folder`` that belong in a repository, relative and sorted."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue  # hidden: locks, staging and replaced copies (.name.tmp-*, .name.old-*)
+        if path.name == meta.FILENAME or path.name == LOCK_NAME or STAGING_MARK in path.name or REPLACED_MARK in path.name:
+            continue
+        found.append(relative.as_posix())
+    return found

@@ -1,0 +1,77 @@
+"""Model cards and the adapter's base reference, from a run record (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from kbit.core.cards import artifact_card, base_model_id, name_base_in_adapter, write_cards
+
+RECORD = {
+    "name": "SmolLM2-135M-Instruct-arith_SFT_LoRa64_QLORA_w4_headfp32",
+    "base_model": {"name": "SmolLM2-135M-Instruct", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                   "license": "apache-2.0", "origin": "default", "path": "/cache/x"},
+    "dataset": {"name": "squad", "source": "hub:rajpurkar/squad"},
+    "spec": {"method": "qlora", "weights_bits": 4, "extras": {"adapter": {"peft_type": "lora", "r": 64, "lora_alpha": 16}}},
+    "merge": {"action": "merge", "base": "dequantized", "dtype": "float32", "max_abs_logit_diff": 1e-4},
+    "metrics": {"exact_match_before": 0.0, "exact_match_after": 0.89},
+    "train": {"steps": 100},
+}
+
+
+def _front(text):
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_each_folder_card_names_the_hub_base_and_its_relation():
+    for folder, relation, library in (("adapter", "adapter", "peft"), ("merged", "merge", "transformers"),
+                                      ("quantized", "quantized", "transformers"), ("gguf", "quantized", "gguf")):
+        front = _front(artifact_card(RECORD, folder))
+        assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert (front["base_model_relation"], front["library_name"]) == (relation, library)
+        assert front["license"] == "apache-2.0" and front["datasets"] == ["rajpurkar/squad"]
+        assert front["pipeline_tag"] == "text-generation" and "qlora" in front["tags"]
+
+
+def test_model_index_holds_only_what_kbit_measured():
+    adapter = _front(artifact_card(RECORD, "adapter"))
+    [result] = adapter["model-index"][0]["results"]
+    assert result["metrics"][0]["value"] == 0.89 and result["dataset"]["name"] == "squad (held-out)"
+    assert "model-index" not in _front(artifact_card(RECORD, "merged"))  # nothing measured on the merged model yet
+    exported = {**RECORD, "exports": [{"file": "gguf/x-q8_0.gguf", "type": "q8_0", "exact_match": 0.88, "size_bytes": 2**20,
+                                       "top1_agreement": 0.999, "max_abs_logit_diff": 0.3, "mean_abs_logit_diff": 0.01,
+                                       "source": {"model": "merged", "exact_match": 0.89}}]}
+    merged = _front(artifact_card(exported, "merged"))
+    assert merged["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.89
+    gguf = artifact_card(exported, "gguf")
+    assert _front(gguf)["model-index"][0]["results"][0]["metrics"][0]["name"] == "held-out exact match (q8_0)"
+    assert "| `x-q8_0.gguf` | q8_0 | 1.0 MiB | 99.90% |" in gguf
+
+
+def test_base_falls_back_to_its_name_without_a_hub_id():
+    record = {**RECORD, "base_model": {"name": "tiny", "origin": "local", "path": "/nowhere"}}
+    assert base_model_id(record) == "tiny"
+    front = _front(artifact_card(record, "adapter"))
+    assert front["base_model"] == "tiny" and "license" not in front
+
+
+def test_write_cards_covers_present_folders_and_points_the_adapter_at_the_hub(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/root/.cache/kbit/x"}))
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "config.json").write_text("{}")
+    (tmp_path / "gguf").mkdir()  # empty: no card
+    written = write_cards(tmp_path, RECORD)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == ["README.md", "adapter/README.md", "merged/README.md"]
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert not list(tmp_path.glob("**/.*tmp-*"))
+    run_card = (tmp_path / "README.md").read_text()
+    assert _front(run_card)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and "| `merged/` |" in run_card
+
+
+def test_name_base_in_adapter_leaves_other_keys(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/x", "r": 8}))
+    name_base_in_adapter(tmp_path, "org/base")
+    assert json.loads((tmp_path / "adapter_config.json").read_text()) == {"base_model_name_or_path": "org/base", "r": 8}

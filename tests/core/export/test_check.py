@@ -1,0 +1,52 @@
+"""The export check is a gate: logits that disagree, or answers that get worse, fail with one line."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from kbit.core.data import load_task_data
+from kbit.core.errors import FidelityError
+from kbit.core.export.check import Gate, check_gguf
+from kbit.core.export.gguf import BaseModel, write_gguf
+
+
+@pytest.fixture(scope="module")
+def items():
+    return list(load_task_data("arith").held_out[:4])
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("check") / "tiny-f16.gguf"
+    write_gguf(tiny_model, out, "f16", name="tiny", base=BaseModel(name="tiny"))
+    return out
+
+
+def test_a_faithful_file_passes_with_its_figures(tiny_model, tiny_gguf, items):
+    figures = check_gguf(tiny_gguf, tiny_model, "arithmetic", items, Gate.for_type("f16"))
+    assert figures["top1_agreement"] == 1.0 and figures["answer_positions"] > 0 and figures["items"] == 4
+    assert figures["max_abs_logit_diff"] < 2e-3 and figures["gate"] == {"min_top1": 0.99, "max_em_drop": 0.02}
+
+
+def test_logits_that_disagree_fail_the_gate(tiny_model, tiny_gguf, items, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    weights = load_file(other / "model.safetensors")
+    weights["model.norm.weight"] = -weights["model.norm.weight"]  # every logit negated: argmax becomes argmin
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(FidelityError, match=r"export check failed on 4 held-out items: top-1 agreement .* < 99.00% \(--min-top1\)"):
+        check_gguf(tiny_gguf, other, "arithmetic", items, Gate.for_type("f16"))
+    assert torch.equal(load_file(tiny_model / "model.safetensors")["model.norm.weight"], -weights["model.norm.weight"])
+
+
+def test_answers_that_get_worse_fail_the_gate(tiny_model, tiny_gguf, items):
+    # The source's exact match as an earlier check measured it; the random tiny model answers nothing right.
+    with pytest.raises(FidelityError, match=r"held-out exact match 0.0% is 100.0 points below the source's 100.0% \(allowed 2"):
+        check_gguf(tiny_gguf, tiny_model, "arithmetic", items, Gate.for_type("q8_0"), source_exact_match=1.0)
+    figures = check_gguf(tiny_gguf, tiny_model, "arithmetic", items, Gate.for_type("q4_0"), source_exact_match=1.0)
+    assert figures["gate"]["max_em_drop"] is None and figures["source"]["exact_match"] == 1.0  # q4: reported, not gated

@@ -1,0 +1,152 @@
+"""``kbit export`` through the real CLI on a trained tiny run: written, checked, recorded, refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from kbit.core.metadata import read_metadata
+from tests.conftest import run_kbit
+from tests.core.evaluate.conftest import offline_env
+
+
+def _front_matter(path):
+    text = path.read_text()
+    assert text.startswith("---\n"), text[:80]
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")] if folder.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def f16_export(tiny_run):
+    result = run_kbit("export", str(tiny_run), "--type", "f16", env=offline_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tiny_run, result
+
+
+def test_export_writes_checks_and_records_the_file(f16_export):
+    run, result = f16_export
+    record = read_metadata(run)
+    [entry] = record["exports"]
+    target = run / entry["file"]
+    assert entry["file"] == f"gguf/{record['name']}-f16.gguf" and target.is_file()
+    assert entry["type"] == "f16" and entry["size_bytes"] == target.stat().st_size
+    assert entry["top1_agreement"] >= 0.99 and entry["max_abs_logit_diff"] < 0.05 and entry["items"] == 6
+    assert entry["source"]["model"] == "merged" and 0 <= entry["exact_match"] <= 1
+    assert entry["gate"] == {"min_top1": 0.99, "max_em_drop": 0.02}
+    assert record["artifacts"]["gguf"] == "gguf" and _leftovers(run / "gguf") == []
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"wrote    {target}") and "F16 ×" in lines[0]
+    assert "top-1 agreement" in result.stdout and "held-out exact match" in result.stdout and "passed the f16 gate" in result.stdout
+
+
+def test_every_artifact_folder_gets_a_hub_card(f16_export):
+    run, _ = f16_export
+    record = read_metadata(run)
+    expected = {"adapter": ("adapter", "peft"), "merged": ("merge", "transformers"), "gguf": ("quantized", "gguf")}
+    for folder, (relation, library) in expected.items():
+        front = _front_matter(run / folder / "README.md")
+        assert front["base_model"] == record["base_model"]["name"] == "tiny"  # no hub id is known for a local base
+        assert front["base_model_relation"] == relation and front["library_name"] == library, folder
+        assert front["pipeline_tag"] == "text-generation"
+    gguf_card = _front_matter(run / "gguf" / "README.md")
+    assert gguf_card["model-index"][0]["results"][0]["metrics"][0]["type"] == "exact_match"
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "tiny"
+
+
+def test_exporting_again_replaces_the_commands_own_file(f16_export):
+    run, _ = f16_export
+    result = run_kbit("export", str(run), "--type", "f16", "--limit", "2", env=offline_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    [entry] = read_metadata(run)["exports"]
+    assert entry["items"] == 2
+
+
+def test_a_file_the_command_did_not_write_is_never_replaced_in_a_run(f16_export, tmp_path):
+    run, _ = f16_export
+    record = read_metadata(run)
+    foreign = run / "gguf" / f"{record['name']}-q8_0.gguf"
+    foreign.write_bytes(b"not ours")
+    for extra in ((), ("--overwrite",)):
+        result = run_kbit("export", str(run), "--type", "q8_0", *extra, env=offline_env())
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "lies inside the kbit run" in result.stderr and "never the export of another command" in result.stderr
+        assert foreign.read_bytes() == b"not ours"
+    foreign.unlink()
+    # Outside kbit's outputs, an existing file is replaced with --overwrite only.
+    outside = tmp_path / "mine.gguf"
+    outside.write_bytes(b"mine")
+    refused = run_kbit("export", str(run), "--type", "q8_0", "--output", str(outside), env=offline_env())
+    assert refused.returncode == 2 and "pass --overwrite to replace it" in refused.stderr and outside.read_bytes() == b"mine"
+    replaced = run_kbit("export", str(run), "--type", "q8_0", "--output", str(outside), "--overwrite", "--limit", "2",
+                        env=offline_env())
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert outside.read_bytes()[:4] == b"GGUF"
+    assert {e["file"] for e in read_metadata(run)["exports"]} == {f"gguf/{record['name']}-f16.gguf", str(outside.resolve())}
+
+
+def test_another_commands_output_is_never_written_into(f16_export):
+    run, _ = f16_export
+    for target in (run / "merged" / "x.gguf", run / "x.gguf"):
+        result = run_kbit("export", str(run), "--output", str(target), "--overwrite", env=offline_env())
+        assert result.returncode == 2 and "which another kbit command wrote" in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1
+        assert not target.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--type", "q3_k"), "unknown --type 'q3_k'; choose from f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1"),
+    (("--format", "onnx"), "unknown --format 'onnx'; kbit exports gguf"),
+    (("--min-top1", "95"), "--min-top1 95.0 is outside [0, 1]"),
+    (("--output", "x.bin"), "must end in .gguf"),
+])
+def test_bad_options_are_one_line_errors(f16_export, args, message):
+    run, _ = f16_export
+    result = run_kbit("export", str(run), *args, env=offline_env())
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_file_outside_its_gate_fails_loudly_and_is_not_kept(tiny_model, tmp_path):
+    # A tokenizer normaliser the GGUF vocabulary cannot carry: the file would tokenize "What" differently.
+    import shutil
+
+    model = tmp_path / "lowercasing"
+    shutil.copytree(tiny_model, model)
+    spec = json.loads((model / "tokenizer.json").read_text())
+    spec["normalizer"] = {"type": "Lowercase"}
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+    out = tmp_path / "out" / "lowercasing.gguf"
+    out.parent.mkdir()
+    result = run_kbit("export", str(model), "--output", str(out), "--limit", "4", env=offline_env())
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert last.startswith("kbit: error: the GGUF's tokenizer encodes 4 of 4 held-out prompts differently")
+    assert last.endswith("the file was not kept") and list(out.parent.iterdir()) == []
+
+
+def test_kbit_eval_scores_the_exported_file_itself(f16_export, tmp_path):
+    run, _ = f16_export
+    target = run / read_metadata(run)["exports"][0]["file"]
+    report = tmp_path / "report"
+    result = run_kbit("eval", str(target), "--limit", "3", "--max-new-tokens", "4", "--out", str(report), "--json",
+                      env={**offline_env(), "KBIT_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = json.loads((report / "report.json").read_text())["rows"]
+    assert row["variant"] == "base" and row["model"] == target.stem.split(".")[0]
+    converted = list((tmp_path / "cache" / "models").glob(f"{target.stem}-*"))
+    assert len(converted) == 1 and (converted[0] / "kbit-source.json").is_file()
+
+
+def test_a_model_that_is_not_a_run_needs_an_output(tiny_model, tmp_path):
+    result = run_kbit("export", str(tiny_model), env=offline_env())
+    assert result.returncode == 2 and "pass --output FILE.gguf" in result.stderr
+    out = tmp_path / "tiny-q8_0.gguf"
+    result = run_kbit("export", str(tiny_model), "--output", str(out), "--limit", "2", "--json", env=offline_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["output"] == str(out) and out.is_file()
