@@ -29,7 +29,8 @@ def test_default_spec_matches_the_reference_pipeline():
     assert (data["method"], data["weights_bits"], data["activations_bits"], data["kv_cache_bits"]) == ("qlora", 4, None, None)
     assert (data["symmetric"], data["backend"], data["group_size"]) == (False, "bitsandbytes", 64)
     extras = data["extras"]
-    assert data["adapter"] == {"peft_type": "lora", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+    assert data["adapter"] == {"peft_type": "lora", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05,
+                               "target_modules": "all-linear", "qa_group_size": None}
     assert (extras["quant_type"], extras["double_quant"], extras["block_size"]) == ("nf4", True, 64)
     assert data["training"]["compute_dtype"] == "float32"  # this machine has no GPU
     assert (data["training"]["merge_after_train"], extras["keep_lm_head_fp16"]) == (True, False)
