@@ -17,6 +17,8 @@ use them inside hooks.
 - Model helpers: ``prepare_for_adapter`` (freeze, k-bit preparation, gradient checkpointing),
   ``merge_or_keep`` (the usual merge policy), ``QuantizedLinear``, ``replace_linears``,
   ``dequantize_linears`` (a base quantized in ``quantize_base``).
+- GGUF Q4_1 blocks, bit for bit as llama.cpp/gguf write them: ``q4_1_codes`` (round-to-nearest
+  codes of a weight), ``pack_q4_1``/``unpack_q4_1`` (the 20-byte blocks), ``dequantize_q4_1``.
 - Errors: ``ConfigError`` (bad option or model: one line with the fix), ``MissingDependencyError``,
   ``PluginError``, ``KbitError``.
 """
@@ -33,6 +35,7 @@ from kbit.core.adapters import (
 )
 from kbit.core.device import DeviceInfo, resolve_compute_dtype, torch_dtype
 from kbit.core.errors import ConfigError, KbitError, MissingDependencyError, PluginError
+from kbit.core.export.blocks import Q4_1_BLOCK, dequantize_q4_1, pack_q4_1, q4_1_codes, unpack_q4_1
 from kbit.core.hookspecs import hookimpl
 from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
 from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, dtype, integer, module_names, number
@@ -42,9 +45,10 @@ _NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears")
 
 __all__ = [
     "DTYPES", "AdapterSettings", "CalibrationSettings", "ConfigError", "DeviceInfo", "KbitError", "MergePolicy",
-    "MethodInfo", "MissingDependencyError", "Option", "OptionSchema", "PluginError", "QuantizationSpec",
+    "MethodInfo", "MissingDependencyError", "Option", "OptionSchema", "PluginError", "Q4_1_BLOCK", "QuantizationSpec",
     "Requirement", "TrainingSettings", "adapter_options", "adapter_settings", "boolean", "calibration_options",
-    "calibration_settings", "choice", "dtype", "hookimpl", "integer", "merge_or_keep", "module_names", "number",
+    "calibration_settings", "choice", "dequantize_q4_1", "dtype", "hookimpl", "integer", "merge_or_keep", "module_names",
+    "number", "pack_q4_1", "q4_1_codes", "unpack_q4_1",
     "prepare_for_adapter", "resolve_compute_dtype", "torch_dtype", "training_options", "training_settings",
     *_NEEDS_TORCH,
 ]

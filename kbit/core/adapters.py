@@ -197,9 +197,11 @@ def prepare_for_adapter(model: Any, spec: Any, *, kbit_base: bool) -> Any:
     return model
 
 
-def merge_or_keep(spec: Any, *, base: str, reason: str = "", lm_head_dtype: str | None = None) -> MergePolicy:
-    """Merge into ``base`` in ``spec.training.merge_dtype``, unless the user turned merging off."""
+def merge_or_keep(spec: Any, *, base: str, reason: str = "", lm_head_dtype: str | None = None,
+                  export: str | None = None, export_head: str = "q8_0", dtype: str | None = None) -> MergePolicy:
+    """Merge into ``base`` in ``dtype`` (default ``spec.training.merge_dtype``), unless the user turned
+    merging off; ``export`` names the GGUF type the merged model is deployed as (see ``MergePolicy``)."""
     if not spec.training.merge_after_train:
         return MergePolicy(action="keep_adapter", reason="merge_after_train=false")
-    return MergePolicy(action="merge", base=base, dtype=spec.training.merge_dtype, lm_head_dtype=lm_head_dtype,
-                       reason=reason)
+    return MergePolicy(action="merge", base=base, dtype=dtype or spec.training.merge_dtype, lm_head_dtype=lm_head_dtype,
+                       reason=reason, export=export, export_head=export_head)

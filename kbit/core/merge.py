@@ -39,18 +39,18 @@ class MergeCheckFailed(KbitError):
     """The merged model does not reproduce the trained adapter model."""
 
 
-def check_fidelity(agreement: dict[str, float], minimum: float, method: str, described: str) -> None:
-    """Fail loudly when the merged model's top-1 predictions agree with the adapter model's on fewer
-    than ``minimum`` of the probe positions (NaN-aware: see ``logit_agreement``)."""
+def check_fidelity(agreement: dict[str, float], minimum: float, method: str, described: str, *,
+                   candidate: str = "the merged model", outcome: str = "adapter/ is kept and merged/ not written") -> None:
+    """Fail loudly when ``candidate`` (built from ``described``) agrees with the trained adapter model's
+    top-1 predictions on fewer than ``minimum`` of the probe positions (NaN-aware: see ``logit_agreement``)."""
     top1 = agreement["top1_agreement"]
     if top1 >= minimum:
         return
     raise MergeCheckFailed(
-        f"merge check failed: after merging into {described}, the merged model agrees with the trained adapter model "
-        f"on {100 * top1:.1f}% of top-1 predictions (max |Δlogit| {agreement['max_abs_logit_diff']:.3g}; required "
-        f"{100 * minimum:g}%), so it is not the model that was trained; adapter/ is kept and merged/ not written. "
-        f"If method '{method}' quantizes its base, it must do so in build_quant_config or quantize_base (see "
-        "docs/plugins.md); --merge-min-agreement 0 keeps such a merge anyway"
+        f"merge check failed: {candidate}, from {described}, agrees with the trained adapter model on {100 * top1:.1f}% "
+        f"of top-1 predictions (max |Δlogit| {agreement['max_abs_logit_diff']:.3g}; required {100 * minimum:g}%), so it "
+        f"is not the model that was trained; {outcome}. If method '{method}' quantizes its base, it must do so in "
+        "build_quant_config or quantize_base (see docs/plugins.md); --merge-min-agreement 0 keeps such a merge anyway"
     )
 
 

@@ -80,6 +80,7 @@ class MethodInfo:
 
 
 MERGE_ACTIONS = ("merge", "keep_adapter", "refuse")
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # what kbit export writes
 MERGE_BASES = ("dequantized", "original")
 
 
@@ -93,6 +94,11 @@ class MergePolicy:
       the weights the adapter was trained against) or "original" (the unquantized base as loaded).
     - ``dtype``: the dtype of the merged weights ("float32", "bfloat16" or "float16").
     - ``lm_head_dtype``: dtype to store the output head in, or None to use ``dtype``.
+    - ``export``: the GGUF type the merged model is meant to be deployed as (e.g. "q4_1"), or None.
+      ``kbit train`` then writes ``RUN/gguf/NAME-TYPE.gguf`` right after the merge and checks it
+      against the trained model as strictly as the merge; ``kbit export RUN`` defaults to it.
+    - ``export_head``: the output head's (tied embeddings') type in that file: "q8_0" (llama.cpp's
+      choice for these widths) or "f16".
     """
 
     action: str = attrs.field(validator=attrs.validators.in_(MERGE_ACTIONS))
@@ -102,6 +108,13 @@ class MergePolicy:
         default=None, validator=attrs.validators.optional(attrs.validators.in_(("float32", "bfloat16", "float16")))
     )
     reason: str = attrs.field(default="")
+    export: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(GGUF_TYPES)))
+    export_head: str = attrs.field(default="q8_0", validator=attrs.validators.in_(("q8_0", "f16")))
+
+    @export.validator
+    def _export_needs_merge(self, attribute: attrs.Attribute, value: str | None) -> None:
+        if value is not None and self.action != "merge":
+            raise ValueError("a merge policy that exports must merge (action 'merge')")
 
     @reason.validator
     def _reason_when_not_merging(self, attribute: attrs.Attribute, value: str) -> None:

@@ -39,9 +39,10 @@ from kbit.core.export.architectures import (
     write_hyperparameters,
 )
 from kbit.core.export.blocks import PackedTensor
+from kbit.core.method_info import GGUF_TYPES as FILE_TYPES  # one list: MergePolicy.export names these too
 
-FILE_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 LOW_BIT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1")
+HEAD_TYPES = ("q8_0", "f16")
 
 
 @attrs.frozen
@@ -65,8 +66,11 @@ def check_file_type(file_type: str) -> str:
 
 
 def write_gguf(model_dir: Path, target: Path, file_type: str, *, name: str, base: BaseModel,
-               datasets: Sequence[str] = (), prequantized: Mapping[str, PackedTensor] | None = None) -> dict[str, Any]:
+               datasets: Sequence[str] = (), prequantized: Mapping[str, PackedTensor] | None = None,
+               head_type: str = "q8_0") -> dict[str, Any]:
     """Write ``model_dir`` (config.json, safetensors, tokenizer) to ``target`` as a GGUF of ``file_type``.
+
+    ``head_type`` ("q8_0" or "f16"): the output head's type in a q4/q5 file (the embeddings when tied).
 
     Returns what was written: tensor count per GGML type, the tensors that fell back to another type
     and why, and the names written from ``prequantized``. Raises ConfigError for an architecture,
@@ -82,7 +86,9 @@ def write_gguf(model_dir: Path, target: Path, file_type: str, *, name: str, base
     writer = gguf.GGUFWriter(path=None, arch=architecture.gguf_name)
     reader = gguf.GGUFReader(str(base.gguf)) if base.gguf else None
 
-    tensors, report = _tensors(model_dir, config, architecture, file_type, prequantized)
+    if head_type not in HEAD_TYPES:
+        raise ConfigError(f"unknown head type '{head_type}'; choose from {', '.join(HEAD_TYPES)}")
+    tensors, report = _tensors(model_dir, config, architecture, file_type, prequantized, head_type)
     for gguf_name, data, qtype in tensors:
         writer.add_tensor(gguf_name, data, raw_dtype=qtype)
 
@@ -109,7 +115,7 @@ def write_gguf(model_dir: Path, target: Path, file_type: str, *, name: str, base
 
 
 def _tensors(model_dir: Path, config: Mapping[str, Any], architecture: Any, file_type: str,
-             prequantized: dict[str, PackedTensor]) -> tuple[list[tuple[str, Any, Any]], dict[str, Any]]:
+             prequantized: dict[str, PackedTensor], head_type: str) -> tuple[list[tuple[str, Any, Any]], dict[str, Any]]:
     import gguf
     import torch
     from safetensors import safe_open
@@ -145,7 +151,7 @@ def _tensors(model_dir: Path, config: Mapping[str, Any], architecture: Any, file
         if heads:
             array = permute_rows(array, heads)
         array = array.contiguous().numpy()
-        qtype = _tensor_type(gguf_name, array.shape, wanted, file_type, has_output)
+        qtype = _tensor_type(gguf_name, array.shape, wanted, file_type, has_output, head_type)
         try:
             data = gguf.quants.quantize(array, qtype)
         except gguf.QuantError:
@@ -158,13 +164,14 @@ def _tensors(model_dir: Path, config: Mapping[str, Any], architecture: Any, file
                      "prequantized": sorted(prequantized)}
 
 
-def _tensor_type(gguf_name: str, shape: tuple[int, ...], wanted: Any, file_type: str, has_output: bool) -> Any:
+def _tensor_type(gguf_name: str, shape: tuple[int, ...], wanted: Any, file_type: str, has_output: bool,
+                 head_type: str = "q8_0") -> Any:
     import gguf
 
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
         return gguf.GGMLQuantizationType.F32
     if file_type in LOW_BIT_TYPES and (gguf_name == "output.weight" or (not has_output and gguf_name == "token_embd.weight")):
-        return gguf.GGMLQuantizationType.Q8_0
+        return getattr(gguf.GGMLQuantizationType, head_type.upper())
     return wanted
 
 

@@ -26,12 +26,13 @@ import attrs
 
 from kbit.core import metadata as meta
 from kbit.core.errors import ConfigError
-from kbit.core.export.check import Gate, check_gguf
+from kbit.core.export.check import GATES, Gate, check_gguf
 from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
 from kbit.core.rundir import STAGING_MARK, RunLock, clear_staging
 
 FORMATS = ("gguf",)
 EXPORTS_DIR = "gguf"
+DEFAULT_TYPE = "q8_0"
 
 
 @attrs.frozen
@@ -51,13 +52,17 @@ class _Plan:
     record: dict[str, Any] | None
 
 
-def export_path(path: str, *, format: str = "gguf", file_type: str = "q8_0", output: str | None = None,
+def export_path(path: str, *, format: str = "gguf", file_type: str | None = None, output: str | None = None,
                 overwrite: bool = False, limit: int | None = None, min_top1: float | None = None,
                 max_em_drop: float | None = None, max_new_tokens: int = 16) -> ExportResult:
-    """Export ``path`` (a run or a model reference) as one checked GGUF file; see the module docs."""
+    """Export ``path`` (a run or a model reference) as one checked GGUF file; see the module docs.
+
+    ``file_type`` None: the type the run's merge policy names as its deploy format (``export``), else q8_0.
+    """
     if format not in FORMATS:
         raise ConfigError(f"unknown --format '{format}'; kbit exports {', '.join(FORMATS)}")
-    check_file_type(file_type)
+    deploy_type, head_type = _deploy_type(path)
+    file_type = check_file_type(file_type or deploy_type or DEFAULT_TYPE)
     for label, value in (("--min-top1", min_top1), ("--max-em-drop", max_em_drop)):
         if value is not None and not 0 <= value <= 1:
             raise ConfigError(f"{label} {value} is outside [0, 1]; pass a fraction such as 0.95")
@@ -72,38 +77,69 @@ def export_path(path: str, *, format: str = "gguf", file_type: str = "q8_0", out
         lock.acquire()
         clear_staging(plan.run)
     try:
-        plan.target.parent.mkdir(parents=True, exist_ok=True)
-        if plan.run:
-            clear_staging(plan.target.parent)  # a killed export's temporary file; the lock says none is live
         if plan.run:  # the run may have changed before the lock was ours: check the target against it again
             _check_target(attrs.evolve(plan, record=meta.read_metadata(plan.run)), overwrite)
-        started = time.time()
-        fd, temp_name = tempfile.mkstemp(prefix=f".{plan.target.name}{STAGING_MARK}", dir=plan.target.parent)
-        os.close(fd)
-        temp = Path(temp_name)
-        try:
-            written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,
-                                 datasets=_hub_datasets(plan.record))
-            write_seconds = round(time.time() - started, 1)
-            reference = _source_reference(plan, items, max_new_tokens)
-            figures = check_gguf(temp, plan.source_dir, plan.data.task, items, gate, max_new_tokens,
-                                 source_exact_match=_earlier_source_em(plan.record, reference))
-            os.replace(temp, plan.target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-        source = str(plan.source_dir.relative_to(plan.run)) if plan.run else str(plan.source_dir)
-        entry = {
-            "file": _file_key(plan), "format": format, "type": file_type, "size_bytes": plan.target.stat().st_size,
-            "created": meta.now(), "dataset": plan.data.describe(), "write_seconds": write_seconds, **written,
-            **figures, "source": {"model": source, **figures["source"], **reference},
-        }
-        if plan.run:
-            _record(plan, entry)
-        return ExportResult(plan.target, entry)
+        return _write_checked(plan, format, file_type, gate, items, max_new_tokens, head_type)
     finally:
         if lock:
             lock.release()
+
+
+def export_in_run(run: Path, record: Mapping[str, Any], file_type: str, *, min_top1: float, max_new_tokens: int = 16,
+                  limit: int | None = None, head_type: str = "q8_0") -> ExportResult:
+    """Export a run's merged model while ``kbit train`` holds the run's lock: the method's own deploy
+    format (``MergePolicy.export``), gated as strictly as the merge itself (``min_top1``)."""
+    from kbit.core.quantize import run_examples
+
+    name = str(record.get("name") or run.name)
+    plan = _Plan(run / "merged", name, _run_base(record), run_examples(record),
+                 run / EXPORTS_DIR / f"{name}-{file_type}.gguf", run, dict(record))
+    _check_target(plan, overwrite=False)
+    gate = Gate(min_top1=min_top1, max_em_drop=GATES[file_type][1] if GATES[file_type][1] is not None else 0.02)
+    return _write_checked(plan, "gguf", file_type, gate, plan.data.held_out[: limit or _default_limit(record)],
+                          max_new_tokens, head_type)
+
+
+def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: Any, max_new_tokens: int,
+                   head_type: str = "q8_0") -> ExportResult:
+    """Write the file to a temporary sibling, check it, rename it into place, record it (see the module docs)."""
+    plan.target.parent.mkdir(parents=True, exist_ok=True)
+    if plan.run:
+        clear_staging(plan.target.parent)  # a killed export's temporary file; the lock says none is live
+    started = time.time()
+    fd, temp_name = tempfile.mkstemp(prefix=f".{plan.target.name}{STAGING_MARK}", dir=plan.target.parent)
+    os.close(fd)
+    temp = Path(temp_name)
+    try:
+        written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,
+                             datasets=_hub_datasets(plan.record), head_type=head_type)
+        write_seconds = round(time.time() - started, 1)
+        reference = _source_reference(plan, items, max_new_tokens)
+        figures = check_gguf(temp, plan.source_dir, plan.data.task, items, gate, max_new_tokens,
+                             source_exact_match=_earlier_source_em(plan.record, reference))
+        os.replace(temp, plan.target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    source = str(plan.source_dir.relative_to(plan.run)) if plan.run else str(plan.source_dir)
+    entry = {
+        "file": _file_key(plan), "format": format, "type": file_type, "size_bytes": plan.target.stat().st_size,
+        "created": meta.now(), "dataset": plan.data.describe(), "write_seconds": write_seconds, **written,
+        **figures, "source": {"model": source, **figures["source"], **reference},
+    }
+    if plan.run:
+        _record(plan, entry)
+    return ExportResult(plan.target, entry)
+
+
+def _deploy_type(path: str) -> tuple[str | None, str]:
+    """The GGUF type (and head type) a run's merge policy names as its method's deploy format, if any."""
+    candidate = Path(path).expanduser()
+    record = meta.read_metadata(candidate) if candidate.is_dir() else None
+    policy = (record or {}).get("merge_policy") or {}
+    if not isinstance(policy, Mapping):
+        return None, "q8_0"
+    return policy.get("export"), str(policy.get("export_head") or "q8_0")
 
 
 def _plan(path: str, file_type: str, output: str | None) -> _Plan:

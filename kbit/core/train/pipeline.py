@@ -181,6 +181,7 @@ def _run_stages(plan: RunPlan, record: dict[str, Any] | None) -> None:
         _save_adapter(plan, record, trained)
     model.eval()
     _merge_and_quantize(plan, record, model)
+    _export(plan, record, model)
     _score(plan, record, model)
     _finish(plan, record)
 
@@ -209,7 +210,7 @@ def _merge_and_quantize(plan: RunPlan, record: dict[str, Any], model: Any) -> No
         agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
         record["merge"] = {"action": policy.action, "reason": policy.reason, "base": policy.base, "base_used": described,
                            "dtype": policy.dtype, "min_top1_agreement": plan.config.merge_min_agreement, **agreement}
-        check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, described)
+        check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, f"merging into {described}")
         save_model(merged, plan.tokenizer, merged_dir)
         del merged
         record["artifacts"]["merged"] = "merged"
@@ -218,6 +219,36 @@ def _merge_and_quantize(plan: RunPlan, record: dict[str, Any], model: Any) -> No
         calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
         record["quantize"] = quantize_into(plan.method, plan.spec, merged_dir, calibration, plan.run_dir / "quantized")
         record["artifacts"]["quantized"] = "quantized"
+        meta.write_metadata(plan.run_dir, _public(record))
+
+
+def _export(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
+    """The method's deploy file (``MergePolicy.export``): written from the merged model, checked against
+    it by the export and against the trained adapter model here, both as strictly as the merge."""
+    file_type = plan.policy.export
+    if not file_type or "merged" not in record["artifacts"]:
+        return
+    from kbit.core.export.pipeline import EXPORTS_DIR, export_in_run
+    from kbit.core.models import load_gguf
+
+    name = f"{EXPORTS_DIR}/{plan.name}-{file_type}.gguf"
+    if plan.resume and (plan.run_dir / name).is_file() and any(e.get("file") == name for e in record.get("exports", [])):
+        return
+    result = export_in_run(plan.run_dir, _public(record), file_type, min_top1=plan.config.merge_min_agreement,
+                           limit=plan.config.eval_limit or None, head_type=plan.policy.export_head)
+    on_disk = meta.read_metadata(plan.run_dir) or {}
+    record["exports"], record["artifacts"] = on_disk.get("exports", []), on_disk.get("artifacts", record["artifacts"])
+    exported, _ = load_gguf(result.target)
+    agreement = logit_agreement(model, exported, _probe_batches(plan.tokenizer, plan.data))
+    record["exports"][-1]["against_adapter"] = agreement
+    try:
+        check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, "the merged model",
+                       candidate=f"the {file_type} file {name}", outcome="merged/ is kept and the file deleted")
+    except Exception:
+        result.target.unlink(missing_ok=True)
+        record["exports"] = record["exports"][:-1]
+        raise
+    finally:
         meta.write_metadata(plan.run_dir, _public(record))
 
 

@@ -1,0 +1,145 @@
+"""qalora: the 4-bit model you deploy is exactly the model you trained.
+
+- Base: every linear layer (not the output head) quantized to GGUF Q4_1 exactly as llama.cpp's
+  reference quantizer does: blocks of 32 weights along each row, per block ``d = (max - min) / 15``
+  and ``m = min`` stored in float16, codes rounded to 0..15, ``w = d·q + m``. The layers hold the
+  20-byte blocks themselves (5 bits per weight, as in the file).
+- Adapter: QA-LoRA with groups of 32 (``AdapterSettings.qa_group_size``): the adapter's update is
+  constant within each block of 32 weights of a row.
+- Merge: such an update changes only each block's offset, ``m' = m + ΔW[row, block]``, while the
+  codes ``q`` and scales ``d`` stay as trained. kbit merges into the dequantized base in float32,
+  then writes the Q4_1 GGUF (``MergePolicy.export``): re-quantizing the merged rows by llama.cpp's
+  rule gives back the same ``d`` and ``q`` (every block keeps a 0 and a 15 code, so its min and max
+  move together) with the new ``m`` — the file equals the trained model up to float16 rounding of
+  ``m'``, which the run checks by loading the file back.
+
+Why not merge into GPTQ-style integer zero points: they cannot absorb an arbitrary float offset;
+Q4_1's float16 minimum can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kbit.plugin import (
+    ConfigError,
+    DeviceInfo,
+    MergePolicy,
+    MethodInfo,
+    Option,
+    OptionSchema,
+    Q4_1_BLOCK,
+    QuantizationSpec,
+    Requirement,
+    adapter_options,
+    adapter_settings,
+    choice,
+    hookimpl,
+    integer,
+    merge_or_keep,
+    prepare_for_adapter,
+    training_options,
+    training_settings,
+)
+
+NAME = "qalora"
+
+
+def _block(raw: Any) -> int:
+    size = integer(minimum=1)(raw)
+    if size != Q4_1_BLOCK:
+        raise ValueError(f"expected {Q4_1_BLOCK}: a Q4_1 block holds {Q4_1_BLOCK} weights, and the adapter's groups "
+                         "must be the blocks whose offsets the merge changes")
+    return size
+
+
+OPTIONS = (
+    adapter_options(r=64, lora_alpha=16, lora_dropout=0.05, peft_types=("lora",))
+    + training_options()
+    + OptionSchema(
+        (
+            Option("group_size", Q4_1_BLOCK, _block, "weights per Q4_1 block and QA-LoRA group (32 only)"),
+            Option("head_type", "q8_0", choice("q8_0", "f16"),
+                   "how the GGUF stores the output head and embeddings (kept out of the 4-bit blocks)"),
+        )
+    )
+)
+
+
+@hookimpl
+def describe_method() -> MethodInfo:
+    return MethodInfo(
+        summary="GGUF Q4_1 base (llama.cpp's quantizer), QA-LoRA adapter merged into the 4-bit offsets: "
+                "the Q4_1 file is the trained model",
+        options=OPTIONS,
+        aliases=("qa-lora", "q4_1"),
+        requires=(Requirement("peft", "pip install peft"), Requirement("gguf", "pip install gguf")),
+        peft_types=("lora",),
+        quantized_training=True,
+    )
+
+
+@hookimpl
+def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
+    values = OPTIONS.resolve(options, method=NAME)
+    if values["merge_dtype"] not in ("auto", "float32"):
+        raise ConfigError(f"method {NAME} merges in float32 (the new Q4_1 offsets are rounded once, to float16, in "
+                          "the file); drop -o merge_dtype")
+    return QuantizationSpec(
+        method=NAME,
+        weights_bits=4,
+        group_size=values["group_size"],
+        symmetric=False,
+        backend="gguf-q4_1",
+        adapter=adapter_settings(values, qa_group_size=values["group_size"]),
+        training=training_settings(values, device),
+        extras={"head_type": values["head_type"]},
+    )
+
+
+@hookimpl
+def resolve_for_model(spec: QuantizationSpec, model_config: Any) -> None:
+    """Every quantized layer's input width must hold whole blocks."""
+    widths = {"hidden_size": getattr(model_config, "hidden_size", 0),
+              "intermediate_size": getattr(model_config, "intermediate_size", 0)}
+    heads, head_dim = getattr(model_config, "num_attention_heads", 0), getattr(model_config, "head_dim", None)
+    if heads and head_dim:
+        widths["num_attention_heads*head_dim"] = heads * head_dim
+    uneven = {field: width for field, width in widths.items() if width and width % spec.group_size}
+    if uneven:
+        described = ", ".join(f"{k}={v}" for k, v in uneven.items())
+        raise ConfigError(f"method {NAME} needs every linear layer's input width to be a multiple of the Q4_1 block "
+                          f"({spec.group_size}); this model has {described} — choose another method (e.g. qlora)")
+
+
+@hookimpl
+def build_quant_config(spec: QuantizationSpec) -> None:
+    return None  # quantized by quantize_base: transformers has no Q4_1 training format
+
+
+@hookimpl
+def quantize_base(model: Any, spec: QuantizationSpec) -> Any:
+    from kbit.plugin import replace_linears
+    from kbit.plugins._q4_1 import Q41Linear
+
+    replace_linears(model, lambda name, linear: Q41Linear(linear))
+    return model
+
+
+@hookimpl
+def dequantize_base(model: Any, spec: QuantizationSpec) -> Any:
+    from kbit.plugin import dequantize_linears
+
+    return dequantize_linears(model)
+
+
+@hookimpl
+def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
+    return prepare_for_adapter(model, spec, kbit_base=False)
+
+
+@hookimpl
+def merge_policy(spec: QuantizationSpec) -> MergePolicy:
+    return merge_or_keep(spec, base="dequantized", dtype="float32", export="q4_1", export_head=spec.extras["head_type"],
+                         reason="QA-LoRA's update is constant per Q4_1 block: the merge moves only the block offsets")
