@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import compute_dtype, framework_tax, merge_fidelity, ptq, quantized_speed, startup, storage
+from benchmarks import compute_dtype, framework_tax, merge_fidelity, ptq, qalora, quantized_speed, startup, storage
 from benchmarks._common import ROOT, Figure, machine_description, parser, print_figures, setup, write_figures
 
 ITEMS = {
@@ -31,14 +31,15 @@ ITEMS = {
     "5": ("post-training quantization", ptq),
     "6": ("start-up", startup),
     "7": ("compute dtype", compute_dtype),
+    "8": ("qalora", qalora),
 }
 # Start-up first (before this process imports torch); 4 before 5 before 1 (shared outputs).
-ORDER = ("6", "2", "3", "7", "4", "5", "1")
+ORDER = ("6", "2", "3", "7", "4", "5", "1", "8")
 
 
 def main(argv: list[str] | None = None) -> list[Figure]:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--items", default="1,2,3,4,5,6,7", help="comma-separated item numbers (default: all)")
+    p.add_argument("--items", default="1,2,3,4,5,6,7,8", help="comma-separated item numbers (default: all)")
     p.add_argument("--overhead", default="gptq", help="item 5: methods also run through oneshot directly")
     p.set_defaults(out=str(ROOT / "benchmarks" / "results.md"))
     args = p.parse_args(argv)
