@@ -69,7 +69,7 @@ def read_metadata(directory: Path) -> dict[str, Any] | None:
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "kind": (str,), "status": (str,), "name": (str, type(None)), "method": (str,), "error": (str, type(None)),
     "spec": (dict,), "merge_policy": (dict,), "base_model": (dict,), "dataset": (dict,), "config": (dict,),
-    "artifacts": (dict,), "train": (dict,), "merge": (dict,), "metrics": (dict,), "quantize": (dict,),
+    "artifacts": (dict,), "train": (dict,), "merge": (dict, type(None)), "metrics": (dict,), "quantize": (dict, type(None)),
     "loss_history": (list,), "trust_remote_code": (bool,), "method_options": (dict,), "exports": (list,),
 }
 

@@ -1,0 +1,143 @@
+"""One typed record of a run: ``kbit.json``, read and written through ``RunRecord`` only.
+
+A run's folder (kind "run") and a quantized model's folder (kind "quantized") each hold one
+``kbit.json``. ``read_record`` validates it on the way in (a damaged or edited file is refused in
+one line naming the field), turns the spec and the merge policy into their records, and reads
+every schema kbit has written (version 1, kbit 0.1, included); ``write_record`` writes it back
+atomically in the current schema. The stages of a run update the record's fields; nothing else
+reads or writes the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core.errors import ConfigError
+from kbit.core.method_info import MergePolicy
+from kbit.core.spec import QuantizationSpec
+
+FILENAME = "kbit.json"
+SCHEMA_VERSION = 2  # 2: the spec holds typed adapter/training/calibration settings (1 still read)
+KINDS = ("run", "quantized")
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", bool: "true/false", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _typed(*types: type):
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) and bool not in types:
+            ok = False
+        else:
+            ok = isinstance(value, types)
+        if not ok:
+            expected = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+            raise ValueError(f"field '{attribute.name}' must be {expected}, got {type(value).__name__}")
+
+    return check
+
+
+def _field(types: tuple[type, ...], default: Any = attrs.NOTHING, factory: Any = None) -> Any:
+    if factory is not None:
+        return attrs.field(factory=factory, validator=_typed(*types))
+    return attrs.field(default=default, validator=_typed(*types))
+
+
+@attrs.define(kw_only=True)
+class RunRecord:
+    """Everything kbit records about a run, field by field (see README for what each holds).
+
+    ``spec`` and ``merge_policy`` are records; the rest are JSON values whose shape kbit's stages
+    own (``train``: steps, batch, resume point, rank digests; ``merge``: the base used and the
+    measured agreement; ``quantize``/``exports``: what was written and its check; ``metrics``:
+    held-out scores per variant). ``extra`` keeps fields this kbit does not know, written back as read.
+    """
+
+    kind: str = attrs.field(default="run", validator=attrs.validators.in_(KINDS))
+    status: str = attrs.field(default="running", validator=attrs.validators.in_(STATUSES))
+    error: str | None = _field((str, type(None)), None)
+    name: str = _field((str,), "")
+    created: str = _field((str,), "")
+    updated: str | None = _field((str, type(None)), None)
+    resumed: str | None = _field((str, type(None)), None)
+    method: str = _field((str,), "")
+    method_plugin: dict[str, Any] = _field((dict,), factory=dict)
+    method_summary: str = _field((str,), "")
+    method_options: dict[str, Any] = _field((dict,), factory=dict)
+    spec: QuantizationSpec | None = attrs.field(default=None)
+    merge_policy: MergePolicy | None = attrs.field(default=None)
+    base_model: dict[str, Any] = _field((dict,), factory=dict)
+    dataset: dict[str, Any] = _field((dict,), factory=dict)
+    config: dict[str, Any] = _field((dict,), factory=dict)
+    sizing: dict[str, Any] = _field((dict,), factory=dict)
+    train: dict[str, Any] = _field((dict,), factory=dict)
+    device: dict[str, Any] = _field((dict,), factory=dict)
+    trust_remote_code: bool = _field((bool,), False)
+    versions: dict[str, Any] = _field((dict,), factory=dict)
+    artifacts: dict[str, Any] = _field((dict,), factory=dict)
+    loss_history: list[Any] = _field((list,), factory=list)
+    merge: dict[str, Any] | None = _field((dict, type(None)), None)
+    quantize: dict[str, Any] | None = _field((dict, type(None)), None)
+    exports: list[Any] = _field((list,), factory=list)
+    metrics: dict[str, Any] = _field((dict,), factory=dict)
+    source_run: str | None = _field((str, type(None)), None)
+    wall_time_s: float | None = _field((int, float, type(None)), None)
+    peak_memory_bytes: int | None = _field((int, type(None)), None)
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+    def has(self, artifact: str, folder: Path, marker: str) -> bool:
+        """The artifact is recorded and its folder under ``folder`` holds ``marker`` (it was written whole)."""
+        return bool(self.artifacts.get(artifact)) and (Path(folder) / artifact / marker).is_file()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {a.name: getattr(self, a.name) for a in attrs.fields(RunRecord) if a.name != "extra"}
+        data["spec"] = self.spec.to_dict() if self.spec is not None else None
+        data["merge_policy"] = self.merge_policy.to_dict() if self.merge_policy is not None else None
+        return {"schema_version": SCHEMA_VERSION, **data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = FILENAME) -> RunRecord:
+        """A record from a ``kbit.json`` object of any schema kbit wrote; ConfigError names a bad field."""
+        known = {a.name for a in attrs.fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known and k != "schema_version"}
+        try:
+            if isinstance(values.get("spec"), Mapping):
+                values["spec"] = QuantizationSpec.from_dict(values["spec"])
+            elif values.get("spec") is not None:
+                raise ValueError(f"field 'spec' must be an object, got {type(values['spec']).__name__}")
+            policy = values.get("merge_policy")
+            if isinstance(policy, Mapping):
+                values["merge_policy"] = MergePolicy(**policy)
+            elif policy is not None:
+                raise ValueError(f"field 'merge_policy' must be an object, got {type(policy).__name__}")
+            base = values.get("base_model") or {}
+            if isinstance(base, Mapping) and "path" in base and not isinstance(base["path"], str):
+                raise ValueError("field 'base_model.path' must be a string")
+            return cls(**values, extra=extra)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}; the file was edited or damaged — restore it") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}; the file was edited or damaged — restore it") from None
+
+
+def read_record(directory: Path) -> RunRecord | None:
+    """The record in ``directory``, or None when it has no ``kbit.json``; ConfigError when unreadable."""
+    from kbit.core.metadata import read_metadata
+
+    data = read_metadata(directory)
+    return None if data is None else RunRecord.from_dict(data, str(Path(directory) / FILENAME))
+
+
+def write_record(directory: Path, record: RunRecord) -> None:
+    """Write ``record`` as ``directory/kbit.json`` atomically, stamping the update time."""
+    from kbit.core.metadata import now
+    from kbit.core.rundir import write_json_atomic
+
+    record.updated = now()
+    write_json_atomic(Path(directory) / FILENAME, record.to_dict())
