@@ -30,17 +30,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     import torch
 
-    from kbit.core import metadata as meta
     from kbit.core.export.check import answer_batches, exact_match, logit_figures
     from kbit.core.merge import merged_model
     from kbit.core.method_info import MergePolicy
     from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer
     from kbit.core.quantize import run_examples
+    from kbit.core.record import read_record
     from kbit.core.registry import get_method
 
-    record = meta.read_metadata(args.run)
-    spec = meta.spec_of(record, args.run)
-    method = get_method(record["method"])
+    record = read_record(args.run)
+    spec = record.spec
+    method = get_method(record.method)
     policy = method.merge_policy(spec)
     data = run_examples(record)
     items = list(data.held_out[: args.limit])
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
              "exact_match": exact_match(reference, tokenizer, data.task, items, 16)}]
     for dtype in ("bfloat16", "float16"):
         candidate_policy = MergePolicy(action="merge", base=policy.base, dtype=dtype, lm_head_dtype=None)
-        merged = merged_model(record["base_model"]["path"], args.run / "adapter", candidate_policy,
-                              method.build_quant_config(spec), spec.extras.get("compute_dtype", "float32"))
+        merged, _ = merged_model(method, spec, candidate_policy, record.base_model["path"], args.run / "adapter")
         size = sum(p.numel() * p.element_size() for p in merged.parameters())
         merged = merged.to(torch.float32).eval()
         rows.append({"dtype": dtype, "bytes": size, **logit_figures(reference, merged, batches),

@@ -114,6 +114,6 @@ def weights_fingerprint(model: Any) -> dict[str, float]:
             try:
                 data = parameter.detach()
                 sums[name] = float(data.double().sum() if data.is_floating_point() else data.to(torch.int64).sum())
-            except (RuntimeError, TypeError, NotImplementedError):
-                continue  # a tensor subclass that cannot be summed: not fingerprinted
+            except (RuntimeError, TypeError, ValueError, NotImplementedError):
+                continue  # a tensor subclass that cannot be cast or summed (quanto's refuses casts): not fingerprinted
     return sums

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kbit.core.record import RunRecord
 from kbit.core.rundir import write_json_atomic, write_text_atomic
 
 CARD = "README.md"
@@ -68,12 +69,14 @@ def name_base_in_adapter(adapter_dir: Path, base_id: str) -> None:
         write_json_atomic(path, config)
 
 
-def write_cards(run_dir: Path, record: Mapping[str, Any]) -> list[Path]:
+def write_cards(run_dir: Path, run: RunRecord) -> list[Path]:
     """Write the run's card and one per artifact folder present; returns the cards written.
 
-    Also names the hub id in ``adapter/adapter_config.json`` (runs written before kbit did so).
+    Also names the hub id in ``adapter/adapter_config.json`` (runs written before kbit did so). The
+    cards render the record's JSON form (what kbit.json holds), field by field.
     """
     run_dir = Path(run_dir)
+    record = run.to_dict()
     written = []
     for folder in ARTIFACTS:
         directory = run_dir / folder

@@ -18,6 +18,7 @@ import attrs
 
 from kbit.core import metadata as meta
 from kbit.core.errors import ConfigError
+from kbit.core.record import read_record
 from kbit.core.rundir import LOCK_NAME, REPLACED_MARK, STAGING_MARK
 
 ARTIFACTS = ("adapter", "merged", "gguf", "quantized")
@@ -50,8 +51,8 @@ def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
     if not repo_id_ok:
         raise ConfigError(f"--repo-id '{repo_id}' is not a hub repository id; use ORG/NAME (letters, digits, - _ .)")
     run = Path(run)
-    record = meta.read_metadata(run) if run.is_dir() else None
-    if record is None or record.get("kind") != "run":
+    record = read_record(run) if run.is_dir() else None
+    if record is None or record.kind != "run":
         raise ConfigError(f"{run} is not a kbit run (no kbit.json of kind 'run'); push uploads a run's artifacts")
     present = [a for a in ARTIFACTS if _files(run / a)]
     chosen = _choose(what, present, run)

@@ -18,6 +18,7 @@ from kbit.core.cards import write_cards
 from kbit.core.errors import ConfigError
 from kbit.core.method import Method
 from kbit.core.rundir import RunLock, atomic_directory, clear_staging
+from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.spec import QuantizationSpec
 from kbit.core.targets import claim, enclosing_run, kbit_kind
 
@@ -35,10 +36,11 @@ def calibration_texts(tokenizer: Any, examples: Sequence[Any], spec: Quantizatio
 
 
 def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calibration: list[str], target: Path,
-                  metadata: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Quantize ``model_dir`` into ``target`` atomically; returns the record kept under ``"quantize"``.
+                  metadata: Callable[[dict[str, Any]], RunRecord] | None = None) -> dict[str, Any]:
+    """Quantize ``model_dir`` into ``target`` atomically; returns what a run records as its ``quantize``.
 
-    ``metadata(record)``, when given, returns a ``kbit.json`` written inside ``target`` before it appears.
+    ``metadata(result)``, when given, returns the record written as ``kbit.json`` inside ``target``
+    before it appears.
     """
     started = time.time()
     with atomic_directory(target) as staging:
@@ -58,15 +60,15 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
             "source": str(model_dir),
         }
         if metadata is not None:
-            meta.write_metadata(staging, metadata(record))
+            write_record(staging, metadata(record))
     return record
 
 
-def run_examples(record: Mapping[str, Any]) -> Any:
+def run_examples(record: RunRecord) -> Any:
     """The train and held-out examples of the run described by ``record``, rebuilt from its config."""
     from kbit.core.data import load_task_data
 
-    config = record.get("config", {})
+    config = record.config
     return load_task_data(config.get("dataset"), columns=config.get("columns"),
                           held_out_fraction=config.get("held_out_fraction", 0.1),
                           max_examples=config.get("max_examples"), seed=config.get("seed", 0))
@@ -86,9 +88,9 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory; pass a kbit run or a Hugging Face model directory")
-    record = meta.read_metadata(path)
-    is_run = record is not None and record.get("kind") == "run"
-    name = method_name or (record or {}).get("method")
+    record = read_record(path)
+    is_run = record is not None and record.kind == "run"
+    name = method_name or (record.method if record is not None else None)
     if not name:
         raise ConfigError("pass --method (e.g. --method gptq); see 'kbit methods' for those that quantize after training")
     method = get_method(name)
@@ -96,8 +98,8 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     if not method.implements("quantize_model"):
         raise ConfigError(f"method '{method.name}' does not quantize after training; choose one whose capabilities "
                           "list post-training quantization (see 'kbit methods')")
-    if is_run and not options and method.name == record.get("method"):
-        spec = meta.spec_of(record, path)
+    if is_run and not options and method.name == record.method and record.spec is not None:
+        spec = record.spec
     else:
         spec = method.resolve_spec(dict(options))
     if is_run:
@@ -127,34 +129,33 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     if lock:
         lock.acquire()
         clear_staging(path)  # what a killed train or quantize left; the lock says no writer is live
+        record = read_record(path)  # as it is now that no other writer can change it
     try:
         if is_run and target == own_artifact:
             result = quantize_into(method, spec, model_dir, calibration, target)
             result["dataset"] = data.describe()
-            record.setdefault("artifacts", {})["quantized"] = "quantized"
-            record["quantize"] = result
+            record.artifacts["quantized"] = "quantized"
+            record.quantize = result
             write_cards(path, record)
-            meta.write_metadata(path, record)
+            write_record(path, record)
             return target, record
 
-        described: dict[str, Any] = {}
+        made: list[RunRecord] = []
 
-        def describe(result: dict[str, Any]) -> dict[str, Any]:
-            described.update({
-                "kind": "quantized", "status": "finished", "error": None, "created": meta.now(),
-                "method": method.name,
-                "method_plugin": {"distribution": method.distribution, "version": method.version},
-                "spec": spec.to_dict(),
-                "base_model": {"path": str(model_dir.resolve()), "name": model_dir.name, "origin": "local",
-                               "revision": weights_digest(model_dir)},
-                "source_run": str(path.resolve()) if is_run else None,
-                "quantize": {**result, "dataset": data.describe()}, "versions": meta.package_versions(),
-                "artifacts": {"model": "."},
-            })
-            return described
+        def describe(result: dict[str, Any]) -> RunRecord:
+            made.append(RunRecord(
+                kind="quantized", status="finished", created=meta.now(), method=method.name,
+                method_plugin={"distribution": method.distribution, "version": method.version}, spec=spec,
+                base_model={"path": str(model_dir.resolve()), "name": model_dir.name, "origin": "local",
+                            "revision": weights_digest(model_dir)},
+                source_run=str(path.resolve()) if is_run else None,
+                quantize={**result, "dataset": data.describe()}, versions=meta.package_versions(),
+                artifacts={"model": "."},
+            ))
+            return made[0]
 
         quantize_into(method, spec, model_dir, calibration, target, metadata=describe)
-        return target, described
+        return target, made[0]
     finally:
         if lock:
             lock.release()

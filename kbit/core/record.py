@@ -17,11 +17,11 @@ from typing import Any
 import attrs
 
 from kbit.core.errors import ConfigError
+from kbit.core.metadata import FILENAME, SCHEMA_VERSION, now, read_metadata
 from kbit.core.method_info import MergePolicy
+from kbit.core.rundir import write_json_atomic
 from kbit.core.spec import QuantizationSpec
 
-FILENAME = "kbit.json"
-SCHEMA_VERSION = 2  # 2: the spec holds typed adapter/training/calibration settings (1 still read)
 KINDS = ("run", "quantized")
 STATUSES = ("running", "finished", "failed", "interrupted")
 
@@ -58,8 +58,8 @@ class RunRecord:
     held-out scores per variant). ``extra`` keeps fields this kbit does not know, written back as read.
     """
 
-    kind: str = attrs.field(default="run", validator=attrs.validators.in_(KINDS))
-    status: str = attrs.field(default="running", validator=attrs.validators.in_(STATUSES))
+    kind: str = attrs.field(default="run", validator=[_typed(str), attrs.validators.in_(KINDS)])
+    status: str = attrs.field(default="running", validator=[_typed(str), attrs.validators.in_(STATUSES)])
     error: str | None = _field((str, type(None)), None)
     name: str = _field((str,), "")
     created: str = _field((str,), "")
@@ -128,16 +128,11 @@ class RunRecord:
 
 def read_record(directory: Path) -> RunRecord | None:
     """The record in ``directory``, or None when it has no ``kbit.json``; ConfigError when unreadable."""
-    from kbit.core.metadata import read_metadata
-
     data = read_metadata(directory)
     return None if data is None else RunRecord.from_dict(data, str(Path(directory) / FILENAME))
 
 
 def write_record(directory: Path, record: RunRecord) -> None:
     """Write ``record`` as ``directory/kbit.json`` atomically, stamping the update time."""
-    from kbit.core.metadata import now
-    from kbit.core.rundir import write_json_atomic
-
     record.updated = now()
     write_json_atomic(Path(directory) / FILENAME, record.to_dict())

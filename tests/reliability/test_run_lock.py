@@ -10,7 +10,8 @@ from tests.conftest import run_kbit
 HOLD = """
 import sys, time
 from kbit.core.rundir import RunLock
-RunLock(sys.argv[1]).acquire()
+lock = RunLock(sys.argv[1])  # kept referenced: a collected lock object releases its OS lock
+lock.acquire()
 print("held", flush=True)
 time.sleep(600)
 """

@@ -26,6 +26,7 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.device import DeviceInfo, device_map_for
 from kbit.core.errors import ConfigError
+from kbit.core.record import RunRecord, read_record
 from kbit.core.models import ModelSource, check_remote_code, check_weights, resolve_model
 from kbit.core.spec import QuantizationSpec
 
@@ -159,14 +160,14 @@ def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit
     if path.is_file() and path.suffix == ".gguf":
         source = resolve_model(str(path))
         # A file kbit exported into RUN/gguf/ is scored on its run's held-out split.
-        owner = meta.read_metadata(path.parent.parent) if path.parent.name == "gguf" else None
-        record = owner if owner and owner.get("kind") == "run" else None
+        owner = read_record(path.parent.parent) if path.parent.name == "gguf" else None
+        record = owner if owner is not None and owner.kind == "run" else None
         base = _base_candidates(source.name, source.path, str(path), _data_request(selection, record),
                                 selection.trust_remote_code, method_spec)
         return (base if "base" in wanted else []), []
     if not path.is_dir():
         raise ConfigError(f"{path} does not exist; pass a kbit run directory or a model directory")
-    record = meta.read_metadata(path)
+    record = read_record(path)
     if record is None:
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is neither a kbit run (no {meta.FILENAME}) nor a model directory (no config.json)")
@@ -175,14 +176,14 @@ def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit
             gaps = [Gap(path.name, v, str(path), "a plain model directory has only the base variant") for v in wanted] if explicit else []
             return [], gaps
         return _base_candidates(path.resolve().name, str(path.resolve()), str(path), data, selection.trust_remote_code, method_spec), []
-    if record.get("kind") == "quantized":
+    if record.kind == "quantized":
         return _plan_quantized_dir(path, record, selection, wanted, explicit)
     return _plan_run(path, record, selection, wanted, explicit, method_spec)
 
 
-def _plan_run(run: Path, record: dict[str, Any], selection: Selection, wanted: Sequence[str], explicit: bool,
+def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequence[str], explicit: bool,
               method_spec: tuple[str, QuantizationSpec] | None) -> tuple[list[Candidate], list[Gap]]:
-    label = str(record.get("name") or run.name)
+    label = record.name or run.name
     data = _data_request(selection, record)
     # Model code runs only when the user allows it on this invocation, whatever the run recorded.
     trust = selection.trust_remote_code
@@ -193,7 +194,7 @@ def _plan_run(run: Path, record: dict[str, Any], selection: Selection, wanted: S
         base_path = _run_base_path(run, record)
         check_remote_code(Path(base_path), trust)
     if "base" in wanted:
-        base = record.get("base_model", {})
+        base = record.base_model
         candidates += _base_candidates(str(base.get("name") or Path(base_path).name), base_path, str(run), data, trust, method_spec)
     for variant in ("adapter", "merged", "quantized"):
         if variant not in wanted:
@@ -202,7 +203,7 @@ def _plan_run(run: Path, record: dict[str, Any], selection: Selection, wanted: S
         marker = "adapter_config.json" if variant == "adapter" else "config.json"
         if directory is None or not (directory / marker).is_file():
             if explicit:
-                status = record.get("status", "unknown")
+                status = record.status
                 gaps.append(Gap(label, variant, str(run), f"the run has no {variant}/ artifact (run status: {status})"))
             continue
         tokenizer = str(directory) if (directory / "tokenizer_config.json").is_file() else (base_path or _run_base_path(run, record))
@@ -211,20 +212,22 @@ def _plan_run(run: Path, record: dict[str, Any], selection: Selection, wanted: S
         if variant == "adapter":
             from kbit.core.registry import get_method
 
-            method = get_method(str(record.get("method")))
-            spec = meta.spec_of(record, run)
+            method = get_method(record.method)
+            if record.spec is None:
+                raise ConfigError(f"{run / meta.FILENAME} has no 'spec'; it is incomplete")
+            spec = record.spec
             candidates.append(Candidate(label, "adapter", str(directory), str(run), tokenizer, data, base_path=base_path,
                                         method=method.name, spec=spec, trust_remote_code=trust))
         else:
-            produced = record.get("method") if variant == "merged" else _quantized_method(directory, record)
+            produced = record.method if variant == "merged" else _quantized_method(directory, record)
             candidates.append(Candidate(label, variant, str(directory), str(run), tokenizer, data,
                                         produced_by=produced, trust_remote_code=trust))
     return candidates, gaps
 
 
-def _plan_quantized_dir(path: Path, record: dict[str, Any], selection: Selection, wanted: Sequence[str],
+def _plan_quantized_dir(path: Path, record: RunRecord, selection: Selection, wanted: Sequence[str],
                         explicit: bool) -> tuple[list[Candidate], list[Gap]]:
-    label = str(record.get("name") or path.name)
+    label = record.name or path.name
     if "quantized" not in wanted:
         return [], ([Gap(label, v, str(path), "a quantized model directory has only the quantized variant") for v in wanted] if explicit else [])
     if not (path / "config.json").is_file():
@@ -232,7 +235,7 @@ def _plan_quantized_dir(path: Path, record: dict[str, Any], selection: Selection
     check_weights(path)
     check_remote_code(path, selection.trust_remote_code)
     return [Candidate(label, "quantized", str(path), str(path), str(path), _data_request(selection, record),
-                      produced_by=record.get("method"), trust_remote_code=selection.trust_remote_code)], []
+                      produced_by=record.method or None, trust_remote_code=selection.trust_remote_code)], []
 
 
 def _base_candidates(label: str, path: str, source: str, data: DataRequest, trust: bool,
@@ -245,48 +248,48 @@ def _base_candidates(label: str, path: str, source: str, data: DataRequest, trus
     return found
 
 
-def _run_base_path(run: Path, record: dict[str, Any]) -> str:
-    base = record.get("base_model")
-    if not isinstance(base, Mapping) or not base.get("path"):
+def _run_base_path(run: Path, record: RunRecord) -> str:
+    base = record.base_model
+    if not base.get("path"):
         raise ConfigError(f"{run / meta.FILENAME} has no base_model.path; it is incomplete")
     path = Path(str(base["path"]))
     if (path / "config.json").is_file():
         return str(path)
     if base.get("origin") in ("default", "gguf", "hub"):
         # A cached conversion or download that is gone: resolve the recorded reference again.
-        reference = record.get("config", {}).get("model") if base.get("origin") != "default" else None
+        reference = record.config.get("model") if base.get("origin") != "default" else None
         return resolve_model(reference).path
     raise ConfigError(f"base model {path} of run {run} is missing; restore it or evaluate the merged model only (--variant merged)")
 
 
-def _artifact_dir(run: Path, record: dict[str, Any], variant: str) -> Path | None:
-    recorded = record.get("artifacts", {}).get(variant) if isinstance(record.get("artifacts"), Mapping) else None
+def _artifact_dir(run: Path, record: RunRecord, variant: str) -> Path | None:
+    recorded = record.artifacts.get(variant)
     if isinstance(recorded, Mapping):
         recorded = recorded.get("path")
     directory = run / (recorded if isinstance(recorded, str) and recorded else variant)
     return directory if directory.is_dir() else None
 
 
-def _quantized_method(directory: Path, record: dict[str, Any]) -> str | None:
-    inner = meta.read_metadata(directory)
-    if inner and inner.get("method"):
-        return str(inner["method"])
-    quantize = record.get("quantize")
-    return str(quantize["method"]) if isinstance(quantize, Mapping) and quantize.get("method") else None
+def _quantized_method(directory: Path, record: RunRecord) -> str | None:
+    inner = read_record(directory)
+    if inner is not None and inner.method:
+        return inner.method
+    quantize = record.quantize or {}
+    return str(quantize["method"]) if quantize.get("method") else None
 
 
-def _data_request(selection: Selection, record: dict[str, Any] | None) -> DataRequest:
-    config = (record or {}).get("config") or {}
+def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest:
+    config = record.config if record is not None else {}
     seed = selection.seed if selection.seed is not None else int(config.get("seed") or 0)
     if selection.dataset:
         return DataRequest(selection.dataset, selection.columns, float(config.get("held_out_fraction") or 0.1),
                            selection.max_examples, seed)
-    dataset = config.get("dataset") or (record or {}).get("dataset", {}).get("name") or "arith"
+    dataset = config.get("dataset") or (record.dataset.get("name") if record is not None else None) or "arith"
     return DataRequest(
         dataset=str(dataset),
-        columns=config.get("columns") if record else selection.columns,
+        columns=config.get("columns") if record is not None else selection.columns,
         held_out_fraction=float(config.get("held_out_fraction") or 0.1),
-        max_examples=config.get("max_examples") if record else selection.max_examples,
+        max_examples=config.get("max_examples") if record is not None else selection.max_examples,
         seed=seed,
     )
 

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from kbit.core import metadata as meta
+from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.errors import ConfigError
 from kbit.core.export.check import GATES, Gate, check_gguf
 from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
@@ -49,7 +50,7 @@ class _Plan:
     data: Any
     target: Path
     run: Path | None
-    record: dict[str, Any] | None
+    record: RunRecord | None
 
 
 def export_path(path: str, *, format: str = "gguf", file_type: str | None = None, output: str | None = None,
@@ -78,22 +79,24 @@ def export_path(path: str, *, format: str = "gguf", file_type: str | None = None
         clear_staging(plan.run)
     try:
         if plan.run:  # the run may have changed before the lock was ours: check the target against it again
-            _check_target(attrs.evolve(plan, record=meta.read_metadata(plan.run)), overwrite)
+            plan = attrs.evolve(plan, record=read_record(plan.run))
+            _check_target(plan, overwrite)
         return _write_checked(plan, format, file_type, gate, items, max_new_tokens, head_type)
     finally:
         if lock:
             lock.release()
 
 
-def export_in_run(run: Path, record: Mapping[str, Any], file_type: str, *, min_top1: float, max_new_tokens: int = 16,
+def export_in_run(run: Path, record: RunRecord, file_type: str, *, min_top1: float, max_new_tokens: int = 16,
                   limit: int | None = None, head_type: str = "q8_0") -> ExportResult:
     """Export a run's merged model while ``kbit train`` holds the run's lock: the method's own deploy
-    format (``MergePolicy.export``), gated as strictly as the merge itself (``min_top1``)."""
+    format (``MergePolicy.export``), gated as strictly as the merge itself (``min_top1``). The entry
+    goes into ``record`` (the run's record in memory), which is also written."""
     from kbit.core.quantize import run_examples
 
-    name = str(record.get("name") or run.name)
+    name = record.name or run.name
     plan = _Plan(run / "merged", name, _run_base(record), run_examples(record),
-                 run / EXPORTS_DIR / f"{name}-{file_type}.gguf", run, dict(record))
+                 run / EXPORTS_DIR / f"{name}-{file_type}.gguf", run, record)
     _check_target(plan, overwrite=False)
     gate = Gate(min_top1=min_top1, max_em_drop=GATES[file_type][1] if GATES[file_type][1] is not None else 0.02)
     return _write_checked(plan, "gguf", file_type, gate, plan.data.held_out[: limit or _default_limit(record)],
@@ -135,11 +138,9 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
 def _deploy_type(path: str) -> tuple[str | None, str]:
     """The GGUF type (and head type) a run's merge policy names as its method's deploy format, if any."""
     candidate = Path(path).expanduser()
-    record = meta.read_metadata(candidate) if candidate.is_dir() else None
-    policy = (record or {}).get("merge_policy") or {}
-    if not isinstance(policy, Mapping):
-        return None, "q8_0"
-    return policy.get("export"), str(policy.get("export_head") or "q8_0")
+    record = read_record(candidate) if candidate.is_dir() else None
+    policy = record.merge_policy if record is not None else None
+    return (policy.export, policy.export_head) if policy is not None else (None, "q8_0")
 
 
 def _plan(path: str, file_type: str, output: str | None) -> _Plan:
@@ -148,19 +149,19 @@ def _plan(path: str, file_type: str, output: str | None) -> _Plan:
     from kbit.core.quantize import run_examples
 
     candidate = Path(path).expanduser()
-    record = meta.read_metadata(candidate) if candidate.is_dir() else None
-    if record is not None and record.get("kind") == "run":
+    record = read_record(candidate) if candidate.is_dir() else None
+    if record is not None and record.kind == "run":
         merged = candidate / "merged"
         if not (merged / "config.json").is_file():
-            status = record.get("status", "unknown")
+            status = record.status
             raise ConfigError(f"run {candidate} has no merged model to export (status {status}; its merge policy may keep "
                               "only the adapter); train with a method that merges, or export a model directory")
-        name = str(record.get("name") or candidate.name)
+        name = record.name or candidate.name
         default = candidate / EXPORTS_DIR / f"{name}-{file_type}.gguf"
         target = Path(output).expanduser() if output else default
         return _Plan(merged, name, _run_base(record), run_examples(record), target, candidate, record)
     if record is not None:
-        raise ConfigError(f"{candidate} is a kbit {record.get('kind')} directory, not a run; export its run or a model directory")
+        raise ConfigError(f"{candidate} is a kbit {record.kind} directory, not a run; export its run or a model directory")
     if output is None:
         raise ConfigError("pass --output FILE.gguf for the export of a model that is not a kbit run")
     source = resolve_model(path)
@@ -169,10 +170,10 @@ def _plan(path: str, file_type: str, output: str | None) -> _Plan:
     return _Plan(Path(source.path), source.name, base, load_task_data("arith"), Path(output).expanduser(), None, None)
 
 
-def _run_base(record: Mapping[str, Any]) -> BaseModel:
-    base = record.get("base_model") or {}
+def _run_base(record: RunRecord) -> BaseModel:
+    base = record.base_model
     origin = base.get("origin")
-    reference = (record.get("config") or {}).get("model")
+    reference = record.config.get("model")
     gguf_file = _source_gguf(str(origin), reference)
     return BaseModel(name=str(base.get("name") or ""), hub_id=str(base.get("hub_id") or ""),
                      license=str(base.get("license") or ""), gguf=gguf_file)
@@ -221,10 +222,10 @@ def _file_key(plan: _Plan) -> str:
     return str(target)
 
 
-def _recorded(record: Mapping[str, Any] | None, plan: _Plan) -> bool:
-    if not record or plan.run is None:
+def _recorded(record: RunRecord | None, plan: _Plan) -> bool:
+    if record is None or plan.run is None:
         return False
-    return any(isinstance(e, Mapping) and e.get("file") == _file_key(plan) for e in record.get("exports") or [])
+    return any(isinstance(e, Mapping) and e.get("file") == _file_key(plan) for e in record.exports)
 
 
 def _source_reference(plan: _Plan, items: Any, max_new_tokens: int) -> dict[str, Any]:
@@ -237,22 +238,22 @@ def _source_reference(plan: _Plan, items: Any, max_new_tokens: int) -> dict[str,
             "max_new_tokens": max_new_tokens}
 
 
-def _earlier_source_em(record: Mapping[str, Any] | None, reference: Mapping[str, Any]) -> float | None:
+def _earlier_source_em(record: RunRecord | None, reference: Mapping[str, Any]) -> float | None:
     """The source's exact match from an earlier export of this run on the same weights and items, if any."""
-    for entry in reversed((record or {}).get("exports") or []):
+    for entry in reversed(record.exports if record is not None else []):
         source = entry.get("source") if isinstance(entry, Mapping) else None
         if isinstance(source, Mapping) and all(source.get(k) == v for k, v in reference.items()):
             return source.get("exact_match")
     return None
 
 
-def _default_limit(record: Mapping[str, Any] | None) -> int:
-    limit = ((record or {}).get("config") or {}).get("eval_limit")
+def _default_limit(record: RunRecord | None) -> int:
+    limit = record.config.get("eval_limit") if record is not None else None
     return int(limit) if isinstance(limit, int) and limit > 0 else 100
 
 
-def _hub_datasets(record: Mapping[str, Any] | None) -> list[str]:
-    source = str(((record or {}).get("dataset") or {}).get("source") or "")
+def _hub_datasets(record: RunRecord | None) -> list[str]:
+    source = str(record.dataset.get("source") or "") if record is not None else ""
     return [source.removeprefix("hub:")] if source.startswith("hub:") else []
 
 
@@ -260,9 +261,9 @@ def _record(plan: _Plan, entry: dict[str, Any]) -> None:
     """Add ``entry`` to the run's ``exports`` (replacing an earlier export of the same file), then refresh the cards."""
     from kbit.core.cards import write_cards
 
-    record = meta.read_metadata(plan.run) or dict(plan.record or {})
-    exports = [e for e in record.get("exports") or [] if not (isinstance(e, Mapping) and e.get("file") == entry["file"])]
-    record["exports"] = [*exports, entry]
-    record.setdefault("artifacts", {})[EXPORTS_DIR] = EXPORTS_DIR
+    record = plan.record  # the run's record as of now: read under the run's lock, or the running train's
+    record.exports = [*(e for e in record.exports if not (isinstance(e, Mapping) and e.get("file") == entry["file"])),
+                      entry]
+    record.artifacts[EXPORTS_DIR] = EXPORTS_DIR
     write_cards(plan.run, record)
-    meta.write_metadata(plan.run, record)
+    write_record(plan.run, record)

@@ -144,16 +144,16 @@ NOT_RESUMED = ("trust_remote_code", "overwrite", "output")
 
 def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainConfig:
     """The settings of the run in ``run_dir`` (its kbit.json), with ``overrides`` (flags) on top."""
-    from kbit.core.metadata import FILENAME, read_metadata
+    from kbit.core.record import FILENAME, read_record
 
-    recorded = read_metadata(Path(run_dir))
+    recorded = read_record(Path(run_dir))
     if recorded is None:
         raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {FILENAME})")
     where = Path(run_dir) / FILENAME
-    if recorded.get("kind", "run") != "run":
-        raise ConfigError(f"cannot resume: {where} describes a '{recorded.get('kind')}' output, not a training run")
-    saved = recorded.get("config")
-    if not isinstance(saved, Mapping):
+    if recorded.kind != "run":
+        raise ConfigError(f"cannot resume: {where} describes a '{recorded.kind}' output, not a training run")
+    saved = recorded.config
+    if not saved:
         raise ConfigError(f"cannot resume: {where} has no 'config' object; it is incomplete or was edited")
     unknown = sorted(set(saved) - set(FIELDS))
     if unknown:

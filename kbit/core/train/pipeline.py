@@ -36,6 +36,7 @@ from kbit.core.evaluate.scoring import score
 from kbit.core.bases import load_base, prepare_for_training
 from kbit.core.merge import check_fidelity, logit_agreement, merged_model, save_model
 from kbit.core.quantize import calibration_texts, quantize_into
+from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, set_aside
 from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
@@ -49,52 +50,51 @@ log = logging.getLogger("kbit")
 @attrs.frozen
 class RunResult:
     run_dir: Path
-    metadata: dict[str, Any]
+    record: RunRecord | None  # None on the processes of a multi-process run that do not write
 
 
 def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
     """Plan, train, save, merge, quantize and score one run; returns its directory and metadata."""
     plan = plan_run(config, resume=resume)
     if not is_main_process():
-        _run_stages(plan, None)
+        _run_stages(plan, None, time.time())
         _leave_process_group()
-        return RunResult(plan.run_dir, {})
-    with _owned_run(plan) as record:
-        _run_stages(plan, record)
+        return RunResult(plan.run_dir, None)
+    started = time.time()
+    with _owned_run(plan, started) as record:
+        _run_stages(plan, record, started)
     _leave_process_group()
     return RunResult(plan.run_dir, record)
 
 
 @contextlib.contextmanager
-def _owned_run(plan: RunPlan) -> Iterator[dict[str, Any]]:
+def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
     """Own the run folder for the stages: its lock, its record, and its status when they end.
 
     ``--overwrite`` moves the previous content aside and deletes it only once the new run finished.
     On any exception the record says "failed" (or "interrupted" for Ctrl-C and SIGTERM) with the error.
     """
-    started = time.time()
     lock = RunLock(plan.run_dir)
     replaced = _set_previous_aside(plan, lock)
-    record: dict[str, Any] = {}
+    record: RunRecord | None = None
     try:
         if plan.resume:
             for name in [*clear_staging(plan.run_dir), *checkpoints.remove_incomplete(plan.run_dir / CHECKPOINTS)]:
                 log.warning("removed %s, left by the interrupted run", name)
-            record = meta.read_metadata(plan.run_dir) or {}
-            record.update(status="running", error=None, resumed=meta.now(), spec=plan.spec.to_dict(),
-                          config=plan.config.to_dict())
+            record = read_record(plan.run_dir) or _initial_record(plan)
+            record.status, record.error, record.resumed = "running", None, meta.now()
+            record.spec, record.config = plan.spec, plan.config.to_dict()
         else:
             record = _initial_record(plan)
-        record["_started"] = started
-        meta.write_metadata(plan.run_dir, _public(record))
+        write_record(plan.run_dir, record)
         yield record
     except BaseException as exc:
-        if record:
+        if record is not None:
             interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
-            record.update(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}",
-                          wall_time_s=round(time.time() - started, 1))
+            record.status = "interrupted" if interrupted else "failed"
+            record.error, record.wall_time_s = f"{type(exc).__name__}: {exc}", round(time.time() - started, 1)
             with contextlib.suppress(OSError):  # a read-only or full disk must not hide the real error
-                meta.write_metadata(plan.run_dir, _public(record))
+                write_record(plan.run_dir, record)
         if replaced is not None:
             log.warning("the previous content of %s is kept in %s", plan.run_dir, replaced)
         raise
@@ -121,45 +121,38 @@ def _set_previous_aside(plan: RunPlan, lock: RunLock) -> Path | None:
     return replaced
 
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if not k.startswith("_")}
+def _initial_record(plan: RunPlan) -> RunRecord:
+    return RunRecord(
+        kind="run",
+        name=plan.name,
+        created=meta.now(),
+        method=plan.method.name,
+        method_plugin={"distribution": plan.method.distribution, "version": plan.method.version},
+        method_summary=plan.method.info.summary,
+        method_options=dict(plan.config.options),
+        spec=plan.spec,
+        merge_policy=plan.policy,
+        base_model=plan.source.to_dict(),
+        dataset=plan.data.describe(),
+        config=plan.config.to_dict(),
+        sizing=dict(plan.sizing),
+        train={"batch_size": plan.batch_size},
+        device=attrs.asdict(plan.device),
+        trust_remote_code=plan.config.trust_remote_code,
+        versions=meta.package_versions(),
+    )
 
 
-def _initial_record(plan: RunPlan) -> dict[str, Any]:
-    return {
-        "kind": "run",
-        "status": "running",
-        "error": None,
-        "name": plan.name,
-        "created": meta.now(),
-        "method": plan.method.name,
-        "method_plugin": {"distribution": plan.method.distribution, "version": plan.method.version},
-        "method_summary": plan.method.info.summary,
-        "method_options": dict(plan.config.options),
-        "spec": plan.spec.to_dict(),
-        "merge_policy": plan.policy.to_dict(),
-        "base_model": plan.source.to_dict(),
-        "dataset": plan.data.describe(),
-        "config": plan.config.to_dict(),
-        "sizing": plan.sizing,
-        "train": {"batch_size": plan.batch_size},
-        "device": attrs.asdict(plan.device),
-        "trust_remote_code": plan.config.trust_remote_code,
-        "versions": meta.package_versions(),
-        "artifacts": {},
-    }
-
-
-def _done(plan: RunPlan, record: dict[str, Any] | None, artifact: str, marker: str) -> bool:
+def _done(plan: RunPlan, record: RunRecord | None, artifact: str, marker: str) -> bool:
     """On ``--resume``: the stage that writes ``artifact`` completed before the interruption."""
     if not plan.resume:
         return False
     if record is None:  # another rank: read what rank 0 recorded
-        record = meta.read_metadata(plan.run_dir) or {}
-    return bool(record.get("artifacts", {}).get(artifact)) and (plan.run_dir / artifact / marker).is_file()
+        record = read_record(plan.run_dir) or RunRecord()
+    return record.has(artifact, plan.run_dir, marker)
 
 
-def _run_stages(plan: RunPlan, record: dict[str, Any] | None) -> None:
+def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None:
     from transformers import set_seed
 
     set_seed(plan.config.seed)
@@ -183,76 +176,74 @@ def _run_stages(plan: RunPlan, record: dict[str, Any] | None) -> None:
     _merge_and_quantize(plan, record, model)
     _export(plan, record, model)
     _score(plan, record, model)
-    _finish(plan, record)
+    _finish(plan, record, started)
 
 
-def _save_adapter(plan: RunPlan, record: dict[str, Any], trained: Trained) -> None:
-    record["train"].update(steps=trained.steps, world_size=trained.world_size, resumed_from=trained.resumed_from,
-                           rank_adapter_digests=trained.digests)
-    record["loss_history"] = trained.history
+def _save_adapter(plan: RunPlan, record: RunRecord, trained: Trained) -> None:
+    record.train.update(steps=trained.steps, world_size=trained.world_size, resumed_from=trained.resumed_from,
+                        rank_adapter_digests=trained.digests)
+    record.loss_history = trained.history
     with atomic_directory(plan.run_dir / "adapter") as staging:
         trained.model.save_pretrained(staging)
         plan.tokenizer.save_pretrained(staging)
         name_base_in_adapter(staging, plan.source.hub_id or plan.source.name)
-    record["artifacts"]["adapter"] = "adapter"
-    meta.write_metadata(plan.run_dir, _public(record))
+    record.artifacts["adapter"] = "adapter"
+    write_record(plan.run_dir, record)
 
 
-def _merge_and_quantize(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
+def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
     policy = plan.policy
     if policy.action != "merge":
-        record["merge"] = {"action": policy.action, "reason": policy.reason}
+        record.merge = {"action": policy.action, "reason": policy.reason}
         return
     merged_dir = plan.run_dir / "merged"
     if not _done(plan, record, "merged", "config.json"):
         merged, described = merged_model(plan.method, plan.spec, policy, plan.source.path, plan.run_dir / "adapter",
                                          plan.config.trust_remote_code)
         agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
-        record["merge"] = {"action": policy.action, "reason": policy.reason, "base": policy.base, "base_used": described,
+        record.merge = {"action": policy.action, "reason": policy.reason, "base": policy.base, "base_used": described,
                            "dtype": policy.dtype, "min_top1_agreement": plan.config.merge_min_agreement, **agreement}
         check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, f"merging into {described}")
         save_model(merged, plan.tokenizer, merged_dir)
         del merged
-        record["artifacts"]["merged"] = "merged"
-        meta.write_metadata(plan.run_dir, _public(record))
+        record.artifacts["merged"] = "merged"
+        write_record(plan.run_dir, record)
     if plan.method.implements("quantize_model") and not _done(plan, record, "quantized", "config.json"):
         calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
-        record["quantize"] = quantize_into(plan.method, plan.spec, merged_dir, calibration, plan.run_dir / "quantized")
-        record["artifacts"]["quantized"] = "quantized"
-        meta.write_metadata(plan.run_dir, _public(record))
+        record.quantize = quantize_into(plan.method, plan.spec, merged_dir, calibration, plan.run_dir / "quantized")
+        record.artifacts["quantized"] = "quantized"
+        write_record(plan.run_dir, record)
 
 
-def _export(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
+def _export(plan: RunPlan, record: RunRecord, model: Any) -> None:
     """The method's deploy file (``MergePolicy.export``): written from the merged model, checked against
     it by the export and against the trained adapter model here, both as strictly as the merge."""
     file_type = plan.policy.export
-    if not file_type or "merged" not in record["artifacts"]:
+    if not file_type or "merged" not in record.artifacts:
         return
     from kbit.core.export.pipeline import EXPORTS_DIR, export_in_run
     from kbit.core.models import load_gguf
 
     name = f"{EXPORTS_DIR}/{plan.name}-{file_type}.gguf"
-    if plan.resume and (plan.run_dir / name).is_file() and any(e.get("file") == name for e in record.get("exports", [])):
+    if plan.resume and (plan.run_dir / name).is_file() and any(e.get("file") == name for e in record.exports):
         return
-    result = export_in_run(plan.run_dir, _public(record), file_type, min_top1=plan.config.merge_min_agreement,
+    result = export_in_run(plan.run_dir, record, file_type, min_top1=plan.config.merge_min_agreement,
                            limit=plan.config.eval_limit or None, head_type=plan.policy.export_head)
-    on_disk = meta.read_metadata(plan.run_dir) or {}
-    record["exports"], record["artifacts"] = on_disk.get("exports", []), on_disk.get("artifacts", record["artifacts"])
     exported, _ = load_gguf(result.target)
     agreement = logit_agreement(model, exported, _probe_batches(plan.tokenizer, plan.data))
-    record["exports"][-1]["against_adapter"] = agreement
+    record.exports[-1]["against_adapter"] = agreement
     try:
         check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, "the merged model",
                        candidate=f"the {file_type} file {name}", outcome="merged/ is kept and the file deleted")
     except Exception:
         result.target.unlink(missing_ok=True)
-        record["exports"] = record["exports"][:-1]
+        record.exports.pop()
         raise
     finally:
-        meta.write_metadata(plan.run_dir, _public(record))
+        write_record(plan.run_dir, record)
 
 
-def _score(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
+def _score(plan: RunPlan, record: RunRecord, model: Any) -> None:
     """Held-out answers before and after training, on the backend's inference path.
 
     Scored after the merge check. "Before" is the same quantized base with the adapter switched
@@ -267,19 +258,18 @@ def _score(plan: RunPlan, record: dict[str, Any], model: Any) -> None:
         metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
     metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
     metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
-    record["metrics"] = metrics
+    record.metrics = metrics
 
 
-def _finish(plan: RunPlan, record: dict[str, Any]) -> None:
-    history = record.get("loss_history", [])
-    record.update(status="finished", wall_time_s=round(time.time() - record["_started"], 1),
-                  peak_memory_bytes=peak_memory_bytes(plan.device))
-    if history:
-        write_loss_plot(plan.run_dir / "loss.png", history, plan.name)
-        record["artifacts"]["loss_plot"] = "loss.png"
+def _finish(plan: RunPlan, record: RunRecord, started: float) -> None:
+    record.status, record.peak_memory_bytes = "finished", peak_memory_bytes(plan.device)
+    record.wall_time_s = round(time.time() - started, 1)
+    if record.loss_history:
+        write_loss_plot(plan.run_dir / "loss.png", record.loss_history, plan.name)
+        record.artifacts["loss_plot"] = "loss.png"
     write_cards(plan.run_dir, record)
-    record["artifacts"]["model_card"] = "README.md"
-    meta.write_metadata(plan.run_dir, _public(record))
+    record.artifacts["model_card"] = "README.md"
+    write_record(plan.run_dir, record)
 
 
 def _held_out_scores(model: Any, tokenizer: Any, data: TaskData, limit: int, max_new_tokens: int) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from kbit.core.method_info import MergePolicy
 from kbit.core.model_check import check_adapter_fits, check_weights_match, load_config, skeleton
 from kbit.core.models import ModelSource, load_tokenizer, resolve_model
 from kbit.core.naming import run_name
+from kbit.core.record import read_record
 from kbit.core.registry import get_method
 from kbit.core.rundir import check_writable
 from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec
@@ -101,7 +102,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
 def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> Path:
     """The run folder to write, under the output rule of ``kbit.core.targets``."""
     if resume:
-        if meta.read_metadata(run_dir) is None:
+        if read_record(run_dir) is None:
             raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {meta.FILENAME})")
         return run_dir.resolve()
     if not is_main_process():

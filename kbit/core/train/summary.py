@@ -10,18 +10,16 @@ def _percent(value: Any) -> str:
 
 
 def print_summary(result: Any) -> None:
-    if not result.metadata:
+    if result.record is None:
         return  # not the main process
     from rich.console import Console
 
-    record = result.metadata
-    history = record.get("loss_history", [])
-    metrics = record.get("metrics", {})
-    merge = record.get("merge", {})
+    record = result.record
+    history, metrics, merge = record.loss_history, record.metrics, record.merge or {}
     console = Console()
     console.print(f"[bold]run[/bold]      {result.run_dir}")
     if history:
-        console.print(f"[bold]loss[/bold]     {history[0]['loss']:.3f} → {history[-1]['loss']:.3f} over {record['train']['steps']} steps")
+        console.print(f"[bold]loss[/bold]     {history[0]['loss']:.3f} → {history[-1]['loss']:.3f} over {record.train['steps']} steps")
     console.print(
         f"[bold]held-out[/bold] exact match {_percent(metrics.get('exact_match_before'))} → "
         f"{_percent(metrics.get('exact_match_after'))} ({metrics.get('after', {}).get('items', 0)} items)"
@@ -34,4 +32,10 @@ def print_summary(result: Any) -> None:
         )
     elif merge:
         console.print(f"[bold]merge[/bold]    {merge['action']}: {merge.get('reason', '')}")
-    console.print(f"[bold]time[/bold]     {record.get('wall_time_s')} s")
+    for export in record.exports:
+        against = export.get("against_adapter")
+        if against:
+            console.print(f"[bold]deploy[/bold]   {export['file']} ({export['size_bytes'] / 2**20:.1f} MiB): top-1 agreement "
+                          f"with the trained model {100 * against['top1_agreement']:.2f}%, max |Δlogit| "
+                          f"{against['max_abs_logit_diff']:.2e}, held-out exact match {_percent(export.get('exact_match'))}")
+    console.print(f"[bold]time[/bold]     {record.wall_time_s} s")

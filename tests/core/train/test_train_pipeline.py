@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from kbit.core.metadata import read_metadata, spec_of
+from kbit.core.metadata import read_metadata
+from kbit.core.record import read_record
 from tests.conftest import run_kbit
 
 TRAIN = ("--max-steps", "3", "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--eval-limit", "4",
@@ -34,7 +35,7 @@ def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     out, _ = qlora_run
     record = read_metadata(out)
     assert record["status"] == "finished" and record["error"] is None
-    spec = spec_of(record, out)
+    spec = read_record(out).spec
     assert spec.method == "qlora" and spec.adapter.r == 4
     assert [h["step"] for h in record["loss_history"]] == [1, 2, 3]
     for key in ("base_model", "dataset", "versions", "merge_policy", "wall_time_s", "peak_memory_bytes", "config"):
@@ -54,7 +55,7 @@ def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
     record = read_metadata(out)
     assert record["merge"]["max_abs_logit_diff"] < 1e-2
     assert record["merge"]["top1_agreement"] == 1.0
-    spec = spec_of(record, out)
+    spec = read_record(out).spec
     method = get_method(record["method"])
     base = AutoModelForCausalLM.from_pretrained(record["base_model"]["path"], quantization_config=method.build_quant_config(spec), dtype=torch.float32)
     adapter_model = PeftModel.from_pretrained(base, out / "adapter").eval()
@@ -70,7 +71,7 @@ def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
     from safetensors.torch import load_file
 
     out, _ = qlora_run
-    assert spec_of(read_metadata(out), out).training.compute_dtype == "float32"
+    assert read_record(out).spec.training.compute_dtype == "float32"
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     # trl casts a quantized base's adapter to bf16; kbit keeps PEFT's float32 (see kbit.core.train.trainer).
     assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}
