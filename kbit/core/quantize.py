@@ -63,10 +63,10 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
 
 def _run_examples(record: Mapping[str, Any]) -> Any:
     from kbit.core.data import load_task_data
+    from kbit.core.data.split import recorded_held_out
 
     config = record.get("config", {})
-    return load_task_data(config.get("dataset"), columns=config.get("columns"),
-                          held_out_fraction=config.get("held_out_fraction", 0.1),
+    return load_task_data(config.get("dataset"), columns=config.get("columns"), held_out=recorded_held_out(config),
                           max_examples=config.get("max_examples"), seed=config.get("seed", 0))
 
 
