@@ -39,7 +39,12 @@ def held_out_size(value: Any) -> HeldOut:
                 if not 0 < percent < 100:
                     raise ValueError
                 return percent / 100
-            value = int(text) if text.lstrip("+-").isdigit() else float(text)
+            if text.lstrip("+-").isdigit():
+                value = int(text)
+            else:  # written with a decimal point: only a fraction ("1.0" is neither a count nor < 1)
+                value = float(text)
+                if not 0 < value < 1:
+                    raise ValueError
         except ValueError:
             raise ValueError(f"{_EXPECTED}, got {value!r}") from None
     if isinstance(value, int):
