@@ -126,7 +126,9 @@ def train_command(
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none, tensorboard or wandb.")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
+    held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out examples: a count (50) or a fraction (0.1, 10%); default 100 for arith, 10% of a file.")] = None,
     eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Held-out items scored before/after (0 = skip).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each held-out answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
     merge_min_agreement: Annotated[Optional[float], typer.Option("--merge-min-agreement", help="Fail the run when the merged model agrees with the trained one on fewer top-1 predictions than this (default 0.99; 0 keeps any merge).")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty run directory.")] = None,
@@ -140,7 +142,8 @@ def train_command(
         model=model, dataset=dataset, columns=columns, method=method, output=output, name=name,
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         scheduler=scheduler, warmup_ratio=warmup_ratio, max_length=max_length, seed=seed, packing=packing, logging_steps=logging_steps,
-        save_steps=save_steps, report_to=report_to, max_examples=max_examples, eval_limit=eval_limit,
+        save_steps=save_steps, report_to=report_to, max_examples=max_examples, held_out=held_out, eval_limit=eval_limit,
+        max_new_tokens=max_new_tokens,
         trust_remote_code=trust_remote_code, overwrite=overwrite, merge_min_agreement=merge_min_agreement,
     )
     options = parse_assignments(option or [])
@@ -170,8 +173,9 @@ def eval_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on this dataset instead of each run's own.")] = None,
     columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for --dataset: prompt=COL,completion=COL[,answer=COL].")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Read at most N rows of --dataset.")] = None,
+    held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out split of --dataset: a count (50) or a fraction (0.1, 10%); a run is scored on its own split.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items per model (default 100).")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generated tokens per answer (default 16).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per forward/generate batch (default 8).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Data split seed (default: each run's seed, else 0).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP); an earlier report there is replaced, anything else refused.")] = None,
@@ -186,7 +190,7 @@ def eval_command(
 
     settings = build_eval_config(
         paths=paths or None, models=model or None, variants=variant or None, method=method,
-        options=parse_assignments(option or []), dataset=dataset, columns=columns, max_examples=max_examples,
+        options=parse_assignments(option or []), dataset=dataset, columns=columns, max_examples=max_examples, held_out=held_out,
         seed=seed, trust_remote_code=trust_remote_code, limit=limit, max_new_tokens=max_new_tokens,
         batch_size=batch_size, out=out, overwrite=overwrite or None,
     )

@@ -67,10 +67,10 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
 def run_examples(record: RunRecord) -> Any:
     """The train and held-out examples of the run described by ``record``, rebuilt from its config."""
     from kbit.core.data import load_task_data
+    from kbit.core.data.split import recorded_held_out
 
     config = record.config
-    return load_task_data(config.get("dataset"), columns=config.get("columns"),
-                          held_out_fraction=config.get("held_out_fraction", 0.1),
+    return load_task_data(config.get("dataset"), columns=config.get("columns"), held_out=recorded_held_out(config),
                           max_examples=config.get("max_examples"), seed=config.get("seed", 0))
 
 

@@ -48,3 +48,8 @@ def test_an_interrupted_run_of_kbit_0_1_resumes_and_is_rewritten_in_the_current_
     assert record["train"]["steps"] == 4 and [h["step"] for h in record["loss_history"]] == [1, 2, 3, 4]
     assert record["schema_version"] == 2 and record["spec"]["adapter"]["r"] == 4
     assert record["merge"]["top1_agreement"] >= 0.99 and (run / "merged" / "config.json").is_file()
+    # its held_out_fraction is read as --held-out 0.1: the same split, so the same data fingerprint
+    assert record["config"]["held_out"] == 0.1 and "held_out_fraction" not in record["config"]
+    from kbit.core.data import load_task_data
+
+    assert load_task_data(record["config"]["dataset"], held_out=0.1, seed=1).fingerprint() == record["dataset"]["fingerprint"]

@@ -103,6 +103,12 @@ def _more_files(root: Path, tiny: Path, run: Path, write) -> dict[str, Path]:
         "jsonl_empty_answers": write("empty_answers.jsonl", rows(lambda i: "")),
         "jsonl_null_prompt": write("null_prompt.jsonl", '{"question": null, "answer": "1"}\n{"question": "b", "answer": "2"}\n'),
         "jsonl_one": write("one.jsonl", '{"question": "a", "answer": "1"}\n'),
+        "jsonl_six": write("six.jsonl", rows(lambda i: str(i + 1))),
+        "squad_no_answer": write("squad_no_answer.json", json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [
+            {"context": "Ada kept the lamp.", "qas": [{"question": "Who?", "id": "1", "answers": [{"text": "Ada", "answer_start": 0}]},
+                                                     {"question": "Why?", "id": "2", "answers": []}]}]}]})),
+        "squad_no_context": write("squad_no_context.json", json.dumps({"version": "2.0", "data": [{"title": "t", "paragraphs": [
+            {"qas": [{"question": "Who?", "id": "1", "answers": [], "is_impossible": True}]}]}]})),
         "jsonl_nested": write("nested.jsonl", '{"question": {"a": 1}, "answer": "1"}\n{"question": "b", "answer": "2"}\n'),
         "chat_not_object": write("chat2.jsonl", '{"messages": ["hi", {"role": "assistant", "content": "yo"}]}\n' * 3),
         "json_data_dict": write("data_dict.json", '{"data": {"question": "a"}}'),
@@ -297,6 +303,18 @@ CASES = [
     (("eval", "--model", "/nonexistent/model.gguf"), "does not exist"),
     (("eval", "{run}", "--limit", "0"), "invalid value for 'limit'"),
     (("eval", "{run}", "--max-new-tokens", "0"), "invalid value for 'max_new_tokens'"),
+    # held-out sizes and answer budgets
+    ((*TRAIN, "--held-out", "1.5"), "invalid value for 'held_out': expected a count of held-out examples (e.g. 50) or a fraction"),
+    ((*TRAIN, "--held-out", "0"), "invalid value for 'held_out'"),
+    ((*TRAIN, "--held-out", "lots"), "invalid value for 'held_out'"),
+    ((*TRAIN, "--held-out", "100%"), "invalid value for 'held_out'"),
+    ((*TRAIN, "--dataset", "{jsonl_six}", "--held-out", "6"), "--held-out 6 leaves no training examples: dataset"),
+    ((*TRAIN, "--max-new-tokens", "0"), "invalid value for 'max_new_tokens'"),
+    (("eval", "{run}", "--held-out", "5"), "--held-out applies to --dataset: run"),
+    (("eval", "{run}", "--dataset", "{jsonl_six}", "--held-out", "-2"), "invalid value for 'held_out'"),
+    # the nested SQuAD document
+    ((*TRAIN, "--dataset", "{squad_no_answer}"), "data[0].paragraphs[0].qas[1]: has no answer text and is not marked is_impossible"),
+    ((*TRAIN, "--dataset", "{squad_no_context}"), "data[0].paragraphs[0]: 'context' must be non-empty text"),
 ]
 
 

@@ -38,15 +38,79 @@ def openmath(row: Mapping[str, Any]) -> Example:
     return Example(prompt=[("user", field_text(row, "problem"))], completion=str(solution), answers=[str(answer)])
 
 
+UNANSWERABLE = "unanswerable"
+"""The answer kbit trains and scores for a SQuAD v2.0 question its context does not answer."""
+SQUAD_PROMPT = "Answer with a short span from the context."
+SQUAD_V2_PROMPT = f"Answer with a short span from the context, or with '{UNANSWERABLE}' if the context does not answer it."
+
+
 def squad(row: Mapping[str, Any]) -> Example:
-    """SQuAD: ``context``, ``question``, ``answers`` ({"text": [...]}); the first answer is the target."""
-    answers = row["answers"]
-    texts = list(answers.get("text", [])) if isinstance(answers, Mapping) else list(answers)
+    """SQuAD: ``context``, ``question``, ``answers`` ({"text": [...]}); the first answer is the target.
+
+    A row with an ``is_impossible`` field is SQuAD v2.0: its prompt allows the answer
+    ``unanswerable``, which is the target (and the gold answer) of a row whose ``is_impossible`` is true.
+    """
+    v2 = "is_impossible" in row
+    if v2 and row["is_impossible"]:
+        texts = [UNANSWERABLE]
+    else:
+        answers = row["answers"]
+        texts = list(answers.get("text", [])) if isinstance(answers, Mapping) else list(answers)
     if not texts:
         raise ValueError("row has no answer text")
-    prompt = (f"Answer with a short span from the context.\nContext: {field_text(row, 'context')}\n"
+    prompt = (f"{SQUAD_V2_PROMPT if v2 else SQUAD_PROMPT}\nContext: {field_text(row, 'context')}\n"
               f"Question: {field_text(row, 'question')}")
     return Example(prompt=[("user", prompt)], completion=str(texts[0]), answers=[str(t) for t in texts if t is not None])
+
+
+def is_squad_document(data: Any) -> bool:
+    """The official nested SQuAD JSON: ``{"version", "data": [{"title", "paragraphs": [...]}]}``."""
+    articles = data.get("data") if isinstance(data, Mapping) else None
+    return isinstance(articles, list) and bool(articles) and isinstance(articles[0], Mapping) and "paragraphs" in articles[0]
+
+
+def squad_rows(document: Mapping[str, Any], source: str) -> list[dict[str, Any]]:
+    """The questions of a nested SQuAD v1.1/v2.0 document as flat rows for ``squad``.
+
+    A v2.0 document (``version`` v2…, or any question with ``is_impossible``) gives every row an
+    ``is_impossible`` field. Refuses a document of another shape, naming where (``data[0].paragraphs[2]``).
+    """
+    def fail(where: str, problem: str) -> ConfigError:
+        return ConfigError(f"{source}: {where}: {problem}; expected the SQuAD layout "
+                           '{"data": [{"paragraphs": [{"context", "qas": [{"question", "answers"}]}]}]}')
+
+    def items(value: Any, where: str, key: str) -> list[Any]:
+        found = value.get(key) if isinstance(value, Mapping) else None
+        if not isinstance(found, list):
+            raise fail(where, f"'{key}' must be a list")
+        return found
+
+    v2 = str(document.get("version", "")).lstrip("v").startswith("2")
+    rows: list[dict[str, Any]] = []
+    for a, article in enumerate(items(document, "document", "data")):
+        for p, paragraph in enumerate(items(article, f"data[{a}]", "paragraphs")):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = paragraph.get("context") if isinstance(paragraph, Mapping) else None
+            if not isinstance(context, str) or not context.strip():
+                raise fail(where, "'context' must be non-empty text")
+            for q, qa in enumerate(items(paragraph, where, "qas")):
+                spot = f"{where}.qas[{q}]"
+                if not isinstance(qa, Mapping) or not isinstance(qa.get("question"), str):
+                    raise fail(spot, "needs a 'question' text")
+                answers = qa.get("answers", [])
+                if not isinstance(answers, list) or not all(isinstance(x, Mapping) and isinstance(x.get("text"), str) for x in answers):
+                    raise fail(spot, "'answers' must be a list of {\"text\", \"answer_start\"} objects")
+                impossible = bool(qa.get("is_impossible", False))
+                if not impossible and not any(x["text"].strip() for x in answers):
+                    raise fail(spot, "has no answer text and is not marked is_impossible")
+                v2 = v2 or "is_impossible" in qa
+                rows.append({"id": qa.get("id"), "title": article.get("title"), "context": context,
+                             "question": qa["question"], "answers": {"text": [x["text"] for x in answers]},
+                             "is_impossible": impossible})
+    if not v2:
+        for row in rows:
+            del row["is_impossible"]
+    return rows
 
 
 def chat_messages(row: Mapping[str, Any]) -> Example:

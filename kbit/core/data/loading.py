@@ -1,7 +1,8 @@
 """Load a dataset reference into ``TaskData``.
 
 A reference is ``arith`` (the embedded default), ``openmath`` or ``squad`` (their hub datasets),
-a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, or any hub dataset name.
+a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file (a ``.json`` file may also be the official
+nested SQuAD v1.1/v2.0 document), or any hub dataset name.
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kbit.core.data import arithmetic
 from kbit.core.data.examples import Example, TaskData
-from kbit.core.data.formats import choose_format, parse_column_mapping
+from kbit.core.data.formats import choose_format, is_squad_document, parse_column_mapping, squad_rows
+from kbit.core.data.split import HeldOut, arith_held_out, split, take_held_out
 from kbit.core.errors import ConfigError
 
 log = logging.getLogger("kbit")
@@ -34,27 +35,30 @@ def load_task_data(
     reference: str | None = None,
     *,
     columns: str | None = None,
-    held_out_fraction: float = 0.1,
+    held_out: HeldOut = None,
     max_examples: int | None = None,
     seed: int = 0,
 ) -> TaskData:
     """Resolve ``reference`` and return normalised train and held-out examples.
 
+    ``held_out`` is a count or a fraction (``kbit.core.data.split``; ``None``: the dataset's default).
     Raises ``ConfigError`` for a missing file, a malformed row (with its line or row number), an
-    unknown format, missing columns, an empty dataset, or an unreachable hub dataset.
+    unknown format, missing columns, an empty dataset, a held-out size that leaves nothing to
+    train on, or an unreachable hub dataset.
     """
     mapping = parse_column_mapping(columns) if columns else None
     if reference in (None, "", DEFAULT_DATASET):
-        return arithmetic.generate(train_size=min(max_examples or 2000, 2000), seed=seed)
+        train_size = min(max_examples or 2000, 2000)
+        return arithmetic.generate(train_size=train_size, held_out_size=arith_held_out(held_out, train_size), seed=seed)
     path = Path(reference).expanduser()
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
         rows = _read_file(path)
-        return _build(path.stem, str(path), rows, None, mapping, held_out_fraction, max_examples, seed)
+        return _build(path.stem, str(path), rows, None, mapping, held_out, max_examples, seed)
     hub_id, config, train_split, held_split = NAMED_HUB_DATASETS.get(reference, (reference, None, "train", None))
     train_rows = _read_hub(hub_id, config, train_split, max_examples)
     held_rows = _read_hub(hub_id, config, held_split, None) if held_split else None
     name = reference if reference in NAMED_HUB_DATASETS else reference.split("/")[-1]
-    return _build(name, f"hub:{hub_id}", train_rows, held_rows, mapping, held_out_fraction, max_examples, seed)
+    return _build(name, f"hub:{hub_id}", train_rows, held_rows, mapping, held_out, max_examples, seed)
 
 
 def _read_file(path: Path) -> list[Mapping[str, Any]]:
@@ -80,6 +84,8 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+        if is_squad_document(data):
+            return squad_rows(data, str(path))
         if isinstance(data, Mapping) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
@@ -151,7 +157,7 @@ def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[
     return examples
 
 
-def _build(name, source, rows, held_rows, mapping, held_out_fraction, max_examples, seed) -> TaskData:
+def _build(name, source, rows, held_rows, mapping, held_out, max_examples, seed) -> TaskData:
     if not rows:
         raise ConfigError(f"dataset {source} is empty")
     converter, task = choose_format(sorted(rows[0].keys()), mapping, source)
@@ -159,16 +165,7 @@ def _build(name, source, rows, held_rows, mapping, held_out_fraction, max_exampl
         rows = rows[:max_examples]
     examples = _convert(rows, converter, source)
     if held_rows is not None:
-        held_out = _convert(held_rows, converter, source)
-        train = examples
+        train, held = examples, take_held_out(_convert(held_rows, converter, source), held_out, source)
     else:
-        if not 0 < held_out_fraction < 1:
-            raise ConfigError(f"held-out fraction must be between 0 and 1, got {held_out_fraction}")
-        if len(examples) < 2:
-            raise ConfigError(f"dataset {source} has {len(examples)} example; at least 2 are needed (train + held-out)")
-        order = list(range(len(examples)))
-        random.Random(seed).shuffle(order)
-        cut = max(1, int(round(len(examples) * held_out_fraction)))
-        held_out = [examples[i] for i in sorted(order[:cut])]
-        train = [examples[i] for i in sorted(order[cut:])]
-    return TaskData(name=name, task=task, train=train, held_out=held_out, source=source)
+        train, held = split(examples, held_out, seed, source)
+    return TaskData(name=name, task=task, train=train, held_out=held, source=source)

@@ -1,10 +1,12 @@
-"""Greedy generation over chat prompts, batched with left padding."""
+"""Greedy generation over chat prompts, batched with left padding: answers, and a fixed-length speed run."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import attrs
 
 from kbit.core.data.examples import Example
 
@@ -16,17 +18,74 @@ def render_prompt(tokenizer: Any, example: Example) -> str:
     return "\n".join(content for _, content in example.prompt) + "\n"
 
 
-def generate_answers(
-    model: Any, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 16, batch_size: int = 16
-) -> tuple[list[str], float]:
-    """Greedy completions for ``examples`` and the generation speed in new tokens per second."""
+@attrs.frozen
+class Answers:
+    """Greedy answers and what it took: new tokens per answer (the end-of-turn token included), how
+    many answers reached ``max_new_tokens`` without ending their turn, and the seconds spent."""
+
+    texts: list[str]
+    new_tokens: list[int]
+    cut: int
+    max_new_tokens: int
+    seconds: float
+
+
+def generate_answers(model: Any, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 16,
+                     batch_size: int = 16) -> Answers:
+    """Greedy completions for ``examples``, each ending at an end-of-turn token or after ``max_new_tokens``.
+
+    The end-of-turn tokens are ``kbit.core.evaluate.budget.end_of_turn_ids`` of the tokenizer and model;
+    an answer's text stops before the first of them.
+    """
+    import torch
+
+    from kbit.core.evaluate.budget import end_of_turn_ids
+
+    stops = end_of_turn_ids(tokenizer, model)
+    texts: list[str] = []
+    lengths: list[int] = []
+    cut = 0
+    start = time.perf_counter()
+    for completions in _generate(model, tokenizer, examples, batch_size, max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=stops or None):
+        ended = torch.isin(completions, torch.tensor(stops, device=completions.device)) if stops else torch.zeros_like(completions, dtype=torch.bool)
+        for row, row_ended in zip(completions, ended):
+            positions = row_ended.nonzero()
+            if len(positions):
+                end = int(positions[0])
+                lengths.append(end + 1)
+                kept = row[:end]
+            else:
+                lengths.append(int(row.numel()))
+                kept = row
+                cut += int(row.numel()) >= max_new_tokens
+            texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+    return Answers(texts, lengths, cut, max_new_tokens, time.perf_counter() - start)
+
+
+def decode_speed(model: Any, tokenizer: Any, examples: Sequence[Example], new_tokens: int = 32,
+                 batch_size: int = 8) -> dict[str, Any]:
+    """Greedy decoding speed on the first ``batch_size`` prompts, each forced to exactly ``new_tokens``
+    new tokens (end-of-turn suppressed), so models that answer at different lengths compare fairly."""
+    from kbit.core.evaluate.budget import end_of_turn_ids
+
+    prompts = list(examples[:batch_size])
+    stops = end_of_turn_ids(tokenizer, model)
+    start = time.perf_counter()
+    produced = sum(int(c.numel()) for c in _generate(model, tokenizer, prompts, batch_size, max_new_tokens=new_tokens,
+                                                     min_new_tokens=new_tokens, do_sample=False,
+                                                     eos_token_id=stops or None))
+    seconds = time.perf_counter() - start
+    return {"tokens_per_s": produced / seconds if seconds > 0 else 0.0, "prompts": len(prompts),
+            "new_tokens_each": new_tokens, "tokens": produced, "seconds": seconds}
+
+
+def _generate(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int, **settings: Any):
+    """Yield each batch's new-token ids (batch × new tokens), prompts left-padded."""
     import torch
 
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    outputs: list[str] = []
-    new_tokens = 0
-    start = time.perf_counter()
     try:
         model.eval()
         device = next(model.parameters()).device
@@ -34,19 +93,7 @@ def generate_answers(
             batch = [render_prompt(tokenizer, e) for e in examples[begin : begin + batch_size]]
             encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
-                generated = model.generate(
-                    **encoded,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-            completions = generated[:, encoded["input_ids"].shape[1] :]
-            for row in completions:
-                kept = row[row != tokenizer.pad_token_id]
-                new_tokens += int(kept.numel())
-                outputs.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+                generated = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id, **settings)
+            yield generated[:, encoded["input_ids"].shape[1] :]
     finally:
         tokenizer.padding_side = previous_side
-    elapsed = time.perf_counter() - start
-    return outputs, (new_tokens / elapsed if elapsed > 0 else 0.0)

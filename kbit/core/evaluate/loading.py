@@ -25,6 +25,8 @@ import attrs
 
 from kbit.core import metadata as meta
 from kbit.core.device import DeviceInfo, device_map_for
+from kbit.core.data.split import describe as describe_held_out
+from kbit.core.data.split import recorded_held_out
 from kbit.core.errors import ConfigError
 from kbit.core.record import RunRecord, read_record
 from kbit.core.models import ModelSource, check_remote_code, check_weights, resolve_model
@@ -40,7 +42,7 @@ class DataRequest:
 
     dataset: str = "arith"
     columns: str | None = None
-    held_out_fraction: float = 0.1
+    held_out: int | float | None = None
     max_examples: int | None = None
     seed: int = 0
 
@@ -100,6 +102,7 @@ class Selection:
     columns: str | None = None
     max_examples: int | None = None
     seed: int | None = None
+    held_out: int | float | None = None
     trust_remote_code: bool = False
 
 
@@ -279,17 +282,31 @@ def _quantized_method(directory: Path, record: RunRecord) -> str | None:
 
 
 def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest:
+    """The held-out split to score on: ``--dataset`` split by ``--held-out``, else the run's own split.
+
+    A run is scored on the split it was trained beside; ``--held-out`` would cut another one that
+    overlaps its training data, so it is refused without ``--dataset``.
+    """
     config = record.config if record is not None else {}
     seed = selection.seed if selection.seed is not None else int(config.get("seed") or 0)
     if selection.dataset:
-        return DataRequest(selection.dataset, selection.columns, float(config.get("held_out_fraction") or 0.1),
-                           selection.max_examples, seed)
-    dataset = config.get("dataset") or (record.dataset.get("name") if record is not None else None) or "arith"
+        return DataRequest(selection.dataset, selection.columns, selection.held_out, selection.max_examples, seed)
+    if record is None:
+        return DataRequest("arith", selection.columns, selection.held_out, selection.max_examples, seed)
+    try:
+        recorded = recorded_held_out(config)
+    except ValueError as exc:
+        raise ConfigError(f"{record.name or 'run'}: invalid held-out size in {meta.FILENAME}: {exc}") from None
+    if selection.held_out is not None and selection.held_out != recorded:
+        raise ConfigError(f"--held-out applies to --dataset: run {record.name or ''} is scored on its own held-out "
+                          f"split ({describe_held_out(recorded)}), which its training never saw; pass --dataset too, "
+                          "or --limit to score fewer items")
+    dataset = config.get("dataset") or record.dataset.get("name") or "arith"
     return DataRequest(
         dataset=str(dataset),
-        columns=config.get("columns") if record is not None else selection.columns,
-        held_out_fraction=float(config.get("held_out_fraction") or 0.1),
-        max_examples=config.get("max_examples") if record is not None else selection.max_examples,
+        columns=config.get("columns"),
+        held_out=recorded,
+        max_examples=config.get("max_examples"),
         seed=seed,
     )
 

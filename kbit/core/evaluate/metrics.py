@@ -39,7 +39,8 @@ def encode_example(tokenizer: Any, example: Example) -> tuple[list[int], int]:
 
 
 def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int = 8) -> dict[str, Any]:
-    """Token-weighted mean completion loss, perplexity, token count and per-example mean losses."""
+    """Token-weighted mean completion loss, perplexity, completion token count (``tokens``), every
+    token read (``input_tokens``: prompts and completions) and per-example mean losses."""
     import torch
 
     encoded = [encode_example(tokenizer, e) for e in examples]
@@ -72,7 +73,7 @@ def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], bat
                 tokens += count
     loss = total / tokens if tokens else float("nan")
     return {"loss": loss, "perplexity": math.exp(loss) if tokens and loss < 700 else float("inf"),
-            "tokens": tokens, "per_example": per_example}
+            "tokens": tokens, "input_tokens": sum(len(ids) for ids, _ in encoded), "per_example": per_example}
 
 
 def task_scores(task: str, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[dict[str, float]], dict[str, float]]:

@@ -1,9 +1,10 @@
 """``kbit eval``: evaluate runs and models on held-out data and write a comparison report.
 
-plan candidates (metadata only) → load every held-out split → for each candidate, one at a time:
-load as its metadata says, completion loss, greedy answers and task scores, memory and bits per
-weight → report folder (json, markdown, plot, predictions), written atomically. All input checks
-happen before the first model is loaded.
+plan candidates (metadata only) → load every held-out split and its answer budget → for each
+candidate, one at a time: load as its metadata says, completion loss (timed: forward tokens/s),
+greedy answers to the end-of-turn token under the budget and task scores, decoding speed on a
+fixed number of forced new tokens, memory and bits per weight → report folder (json, markdown,
+plot, predictions), written atomically. All input checks happen before the first model is loaded.
 """
 
 from __future__ import annotations
@@ -22,15 +23,20 @@ from kbit.core import metadata as meta
 from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
-from kbit.core.evaluate.generation import generate_answers
+from kbit.core.data.split import held_out_size
+from kbit.core.evaluate.budget import GenerationBudget, generation_budget
+from kbit.core.evaluate.generation import decode_speed, generate_answers
 from kbit.core.evaluate.loading import Candidate, DataRequest, Selection, check_variants, load_candidate, plan_candidates
 from kbit.core.evaluate.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
 from kbit.core.evaluate.report import write_report
+from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, small_sample_warning, too_few
+from kbit.core.evaluate.scoring import MATH_TASKS, math_scorer
 from kbit.core.options import integer
 from kbit.core.targets import claim, kbit_kind
 
 log = logging.getLogger("kbit")
 REPORTS_ROOT = Path("reports")
+SPEED_NEW_TOKENS = 32  # forced new tokens per prompt in the decoding-speed measurement
 
 
 @attrs.frozen
@@ -39,7 +45,8 @@ class EvalConfig:
 
     selection: Selection = attrs.field(factory=Selection)
     limit: int = attrs.field(default=100, converter=integer(minimum=1))
-    max_new_tokens: int = attrs.field(default=16, converter=integer(minimum=1))
+    # None: each dataset's budget from its training completions (kbit.core.evaluate.budget)
+    max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1)))
     batch_size: int = attrs.field(default=8, converter=integer(minimum=1))
     out: str | None = None
     overwrite: bool = False
@@ -64,6 +71,11 @@ def build_eval_config(**values: Any) -> EvalConfig:
     for key, minimum in (("max_examples", 2), ("seed", 0)):
         if key in selection:
             selection[key] = _checked(key, selection[key], minimum)
+    if "held_out" in selection:
+        try:
+            selection["held_out"] = held_out_size(selection["held_out"])
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for 'held_out': {exc}") from None
     rest = {k: v for k, v in chosen.items() if k not in selection_fields}
     try:
         return EvalConfig(selection=Selection(**selection), **rest)
@@ -85,12 +97,14 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     candidates, gaps = plan_candidates(config.selection, device)
     out_dir = claim_report_dir(config, candidates)
     datasets = {request: _held_out(request, config.limit) for request in dict.fromkeys(c.data for c in candidates)}
+    budgets: dict[DataRequest, GenerationBudget] = {}
     rows: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
     for candidate in candidates:
         data, items = datasets[candidate.data]
         log.info("evaluating %s (%s) on %d %s items", candidate.label, candidate.display_variant, len(items), data.name)
-        row, predicted = evaluate_candidate(candidate, data, items, config, device)
+        row, predicted, budget = evaluate_candidate(candidate, data, items, config, device)
+        budgets.setdefault(candidate.data, budget)
         rows.append(row)
         predictions += predicted
     report = {
@@ -98,7 +112,14 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
         "created": meta.now(),
         "settings": {
             "limit": config.limit,
-            "max_new_tokens": config.max_new_tokens,
+            "max_new_tokens": config.max_new_tokens if config.max_new_tokens is not None else "per dataset",
+            "held_out": config.selection.held_out,
+            "speed": {"tokens_per_s": f"greedy decoding, exactly {SPEED_NEW_TOKENS} new tokens for each of up to the first "
+                                      f"{config.batch_size} held-out prompts in one batch (end-of-turn suppressed), "
+                                      "after a warm-up: comparable across variants whatever their answer length",
+                      "forward_tokens_per_s": "prompt + answer tokens of every held-out item through one forward "
+                                              f"pass each (the loss measurement, batch {config.batch_size})"},
+            "min_items": MIN_ITEMS,
             "batch_size": config.batch_size,
             "seed": config.selection.seed if config.selection.seed is not None else "per run (default 0)",
             "variants": list(config.selection.variants) or "all present",
@@ -107,8 +128,11 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
             "dataset_override": config.selection.dataset,
         },
         "device": attrs.asdict(device),
-        "datasets": [{**data.describe(), "request": attrs.asdict(request), "evaluated_items": len(items)}
+        "datasets": [{**data.describe(), "request": attrs.asdict(request), "evaluated_items": len(items),
+                      **({"generation": budgets[request].to_dict()} if request in budgets else {}),
+                      **({"scoring": math_scorer()} if data.task in MATH_TASKS else {})}
                      for request, (data, items) in datasets.items()],
+        "warnings": _sample_warnings(rows),
         "rows": rows,
         "gaps": [g.to_dict() for g in gaps],
         "versions": meta.package_versions(),
@@ -132,8 +156,15 @@ def default_out_dir(candidates: list[Candidate]) -> Path:
     return REPORTS_ROOT / f"{re.sub(r'[^A-Za-z0-9._+-]', '-', name)}-{stamp}"
 
 
+def _sample_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per dataset evaluated on fewer than ``MIN_ITEMS`` items."""
+    counts = dict.fromkeys((r["dataset"], r["items"]) for r in rows if too_few(r.get("items")))
+    return [f"{dataset}: {small_sample_warning(items, f'; exact match is shown as hits/items with its 95% interval; use --limit or --held-out {MIN_ITEMS} or more')}"
+            for dataset, items in counts]
+
+
 def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
-    data = load_task_data(request.dataset, columns=request.columns, held_out_fraction=request.held_out_fraction,
+    data = load_task_data(request.dataset, columns=request.columns, held_out=request.held_out,
                           max_examples=request.max_examples, seed=request.seed)
     items = list(data.held_out[:limit])
     if not items:
@@ -146,20 +177,26 @@ def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
 
 
 def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig,
-                       device: DeviceInfo) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load ``candidate`` and measure it on ``items``: the report row and its per-example predictions."""
+                       device: DeviceInfo) -> tuple[dict[str, Any], list[dict[str, Any]], GenerationBudget]:
+    """Load ``candidate`` and measure it on ``items``: the report row, its per-example predictions and
+    the answer budget used (``--max-new-tokens``, else from ``data``'s training completions)."""
     from transformers import set_seed
 
     set_seed(candidate.data.seed)
     loaded = load_candidate(candidate, device)
     model, tokenizer, load_s = loaded.model, loaded.tokenizer, loaded.load_s
     try:
+        budget = generation_budget(tokenizer, data.train, config.max_new_tokens, model)
         generate_answers(model, tokenizer, items[:1], max_new_tokens=2)  # warm-up, so speed is comparable
         started = time.perf_counter()
         loss = completion_loss(model, tokenizer, items, batch_size=config.batch_size)
-        answers, speed = generate_answers(model, tokenizer, items, max_new_tokens=config.max_new_tokens,
-                                          batch_size=config.batch_size)
+        forward_s = time.perf_counter() - started
+        generated = generate_answers(model, tokenizer, items, max_new_tokens=budget.max_new_tokens,
+                                     batch_size=config.batch_size)
+        answers = generated.texts
+        speed = decode_speed(model, tokenizer, items, new_tokens=SPEED_NEW_TOKENS, batch_size=config.batch_size)
         per_example, means = task_scores(data.task, answers, items)
+        means.update(exact_match_stats([s["exact_match"] for s in per_example]))
         footprint = memory_footprint(model)
         bits = linear_weight_bits(model)
         elapsed = time.perf_counter() - started
@@ -183,7 +220,11 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
         "memory_bytes": footprint,
         "bits_per_weight": bits["bits_per_weight"],
         "linear_weights": bits["linear_weights"],
-        "tokens_per_s": speed,
+        "tokens_per_s": speed["tokens_per_s"],
+        "forward_tokens_per_s": loss["input_tokens"] / forward_s if forward_s > 0 else None,
+        "max_new_tokens": budget.max_new_tokens,
+        "answers_cut": generated.cut,
+        "mean_answer_tokens": round(sum(generated.new_tokens) / len(items), 1),
         "load_s": round(load_s, 2),
         "eval_s": round(elapsed, 2),
     }
@@ -194,14 +235,16 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
             "index": i,
             "prompt": _prompt_text(example),
             "prediction": answer,
+            "answer_tokens": length,
             "gold": example.answers[0] if example.answers else example.completion,
             "answers": list(example.answers),
             "scores": scores,
             "loss": per_loss,
         }
-        for i, (example, answer, scores, per_loss) in enumerate(zip(items, answers, per_example, loss["per_example"]))
+        for i, (example, answer, length, scores, per_loss) in enumerate(
+            zip(items, answers, generated.new_tokens, per_example, loss["per_example"]))
     ]
-    return row, predicted
+    return row, predicted, budget
 
 
 def _prompt_text(example: Any) -> str:

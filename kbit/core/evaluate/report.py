@@ -1,8 +1,10 @@
 """The evaluation report: ``report.json``, ``report.md``, ``report.png`` and ``predictions.jsonl``.
 
 One row per model/variant and one column per metric; the best value of each column is marked
-(lowest loss, perplexity, memory and bits; highest scores and speed). Gaps — variants asked for
-but not evaluated — are listed under the table. The folder is written atomically.
+(lowest loss, perplexity, memory and bits; highest scores and speed). A score measured on fewer
+than ``MIN_ITEMS`` items is shown as hits/items with its 95% interval, is never marked best, and
+the report says so. Gaps — variants asked for but not evaluated — are listed under the table.
+The folder is written atomically.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_text, too_few
 from kbit.core.rundir import atomic_directory, write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -35,7 +38,7 @@ class Column:
             return f"{100 * value:.1f}%"
         if self.key == "memory_bytes":
             return f"{value / 2**20:.1f} MiB"
-        if self.key == "tokens_per_s":
+        if self.key in ("tokens_per_s", "forward_tokens_per_s"):
             return f"{value:.1f}"
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -48,7 +51,9 @@ COLUMNS = (
     Column("memory_bytes", "memory", "min"),
     Column("bits_per_weight", "bits/weight", "min"),
     Column("tokens_per_s", "tokens/s", "max"),
+    Column("forward_tokens_per_s", "forward tok/s", "max"),
 )
+SCORES = ("exact_match", "f1")
 PLOTTED = ("perplexity", "exact_match", "memory_bytes", "bits_per_weight", "tokens_per_s")
 
 
@@ -59,7 +64,8 @@ def columns_for(rows: Sequence[dict[str, Any]]) -> list[Column]:
 
 def best_rows(rows: Sequence[dict[str, Any]], column: Column) -> set[int]:
     """Indices of the rows holding the column's best value; empty when fewer than two rows differ."""
-    values = {i: _number(r.get(column.key)) for i, r in enumerate(rows)}
+    values = {i: _number(r.get(column.key)) for i, r in enumerate(rows)
+              if not (column.key in SCORES and too_few(r.get("items")))}  # too few items to rank
     values = {i: v for i, v in values.items() if v is not None}
     if len(values) < 2 or len(set(values.values())) == 1:
         return set()  # nothing to compare, or every row ties
@@ -71,6 +77,20 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return None
     return float(value)
+
+
+def cell(row: dict[str, Any], column: Column) -> str:
+    """A row's value of ``column`` as text; exact match on too few items as hits/items with its interval."""
+    if column.key == "exact_match" and too_few(row.get("items")) and row.get("exact_match_hits") is not None:
+        return exact_match_text(row["exact_match_hits"], row["items"])
+    return column.format(row.get(column.key))
+
+
+def generation_text(settings: dict[str, Any]) -> str:
+    value = settings.get("max_new_tokens")
+    if isinstance(value, int):
+        return f"at most {value} new tokens (--max-new-tokens)"
+    return "until the end-of-turn token, at most the budget of each dataset (below)"
 
 
 def row_name(row: dict[str, Any]) -> tuple[str, str]:
@@ -98,17 +118,19 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# kbit eval — {report.get('created', '')}",
         "",
-        f"Held-out items per model: up to {report['settings']['limit']}; greedy generation, "
-        f"max {report['settings']['max_new_tokens']} new tokens; seed {report['settings']['seed']}. "
+        f"Held-out items per model: up to {report['settings']['limit']}; greedy answers "
+        f"{generation_text(report['settings'])}; seed {report['settings']['seed']}. "
         f"Best value per column marked **bold{BEST_MARK}** (lowest loss/perplexity/memory/bits, highest scores/speed).",
         "",
+        *[f"> **Warning:** {w}" for w in report.get("warnings", [])],
+        *([""] if report.get("warnings") else []),
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
     for i, row in enumerate(rows):
         cells = [row["model"], row["variant"], row.get("method") or "", row.get("dataset", ""), str(row.get("items", ""))]
         for column in columns:
-            text = column.format(row.get(column.key))
+            text = cell(row, column)
             cells.append(f"**{text}{BEST_MARK}**" if i in best[column.key] else text)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     gaps = report.get("gaps", [])
@@ -117,11 +139,24 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"- {g['label']} — {g['variant']}: not evaluated; {g['reason']}" for g in gaps]
     else:
         lines.append("None: every requested variant was evaluated.")
+    lines += ["", "## Answers", ""]
+    for data in report.get("datasets", []):
+        generation = data.get("generation")
+        if generation:
+            lines.append(f"- {data['name']}: at most {generation['max_new_tokens']} new tokens "
+                         f"({generation['chosen_by']}: {generation['detail']}), stopping at "
+                         f"{', '.join(generation['stop_tokens']) or 'the end-of-sequence token'}"
+                         + (f"; scored with {data['scoring']}" if data.get("scoring") else ""))
+    lines += [f"- {r['model']} {r['variant']}: {r['answers_cut']} of {r['items']} answers reached the cap"
+              for r in rows if r.get("answers_cut")]
+    speed = report["settings"].get("speed", {})
     lines += [
         "",
         "Loss and perplexity are over completion tokens only (prompt masked), as trained. Memory counts",
         "parameters, buffers and quantization state as stored. Bits/weight covers the base linear layers",
         "(output head and adapters excluded), including scales and quantization state.",
+        *([f"Tokens/s: {speed['tokens_per_s']}.", f"Forward tok/s: {speed['forward_tokens_per_s']}."] if speed else []),
+        f"Exact match below {MIN_ITEMS} items is shown as hits/items with its 95% Wilson interval.",
         "",
     ]
     return "\n".join(lines)
@@ -171,7 +206,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     for i, row in enumerate(rows):
         cells = [escape(row["model"]), escape(row["variant"]), str(row.get("items", ""))]
         for column in columns:
-            text = column.format(row.get(column.key))
+            text = escape(cell(row, column))
             cells.append(f"[bold green]{text}{BEST_MARK}[/bold green]" if i in best[column.key] else text)
         table.add_row(*cells)
     console = Console()
@@ -180,5 +215,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     console.print(table)
     for gap in report.get("gaps", []):
         console.print(f"[yellow]gap[/yellow] {escape(gap['label'])} {gap['variant']}: {escape(gap['reason'])}")
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     if out_dir is not None:
         console.print(f"[bold]report[/bold] {out_dir}")

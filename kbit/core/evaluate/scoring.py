@@ -1,13 +1,26 @@
-"""Answer scoring: numeric exact match (arithmetic, openmath) and SQuAD exact match / token F1."""
+"""Answer scoring: math answers (arithmetic, openmath) by value, SQuAD exact match / token F1.
+
+Math answers are compared with ``math-verify`` (Hugging Face's verifier: it reads the final
+``\\boxed{}`` or number of a solution, parses LaTeX — ``\\frac{1}{2}``, ``0.5``, ``50\\%``, ``12\\text{ cm}``,
+``1,000`` — into sympy and compares values). Writing that parser ourselves would be a worse copy.
+Where math-verify is not installed or finds nothing to parse in the gold or the prediction, the
+plain rule decides: the last ``\\boxed{}`` content, else the last number, compared as a number.
+"""
 
 from __future__ import annotations
 
 import collections
+import functools
+import logging
 import re
 import string
+import threading
+from typing import Any
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+MATH_TASKS = ("arithmetic", "openmath")
+PLAIN_RULE = "last \\boxed{} or number, compared as a number"
 
 
 def final_answer(text: str) -> str | None:
@@ -29,9 +42,53 @@ def _canonical_number(text: str) -> str:
 
 
 def numeric_exact_match(prediction: str, gold: str) -> bool:
-    """True when the final answer of ``prediction`` equals ``gold`` (numbers compared by value)."""
+    """The plain rule: the final answer of ``prediction`` equals ``gold`` (numbers compared by value)."""
     answer = final_answer(prediction)
     return answer is not None and _canonical_number(answer) == _canonical_number(gold)
+
+
+@functools.lru_cache(maxsize=1)
+def _math_verify() -> Any:
+    """The ``math_verify`` module, or None when it is not installed (then the plain rule scores)."""
+    try:
+        import math_verify
+    except ImportError:
+        return None
+    # It logs every unparsable prediction at WARNING ("Timeout during parsing", "Error parsing");
+    # a model's half-finished answer is expected here, and kbit records the outcome as the score.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return math_verify
+
+
+def math_scorer() -> str:
+    """What compares math answers in this environment, for reports: ``math-verify X.Y`` or the plain rule."""
+    module = _math_verify()
+    if module is None:
+        return f"plain rule ({PLAIN_RULE}); math-verify is not installed"
+    from importlib.metadata import version
+
+    return f"math-verify {version('math-verify')} (fallback: {PLAIN_RULE})"
+
+
+def math_verify_match(prediction: str, gold: str) -> bool | None:
+    """math-verify's verdict on ``prediction`` against ``gold``; None when it is absent or parses nothing."""
+    module = _math_verify()
+    if module is None:
+        return None
+    # Its time limits use SIGALRM, which only the main thread may set; elsewhere they are switched off.
+    limit = 5 if threading.current_thread() is threading.main_thread() else None
+    gold_text = gold if ("\\boxed" in gold or "$" in gold) else f"\\boxed{{{gold}}}"
+    parsed_gold = module.parse(gold_text, parsing_timeout=limit)
+    parsed_prediction = module.parse(prediction, parsing_timeout=limit)
+    if not parsed_gold or not parsed_prediction:
+        return None
+    return bool(module.verify(parsed_gold, parsed_prediction, timeout_seconds=limit))
+
+
+def math_exact_match(prediction: str, gold: str) -> bool:
+    """``prediction`` states ``gold``'s value: math-verify where it parses both, else the plain rule."""
+    verdict = math_verify_match(prediction, gold)
+    return numeric_exact_match(prediction, gold) if verdict is None else verdict
 
 
 def normalize_answer(text: str) -> str:
@@ -64,8 +121,8 @@ def squad_f1(prediction: str, golds: list[str]) -> float:
 
 def score(task: str, prediction: str, answers: list[str]) -> dict[str, float]:
     """Per-example scores for ``task``: {"exact_match": 0/1} plus {"f1": …} for squad."""
-    if task in ("arithmetic", "openmath"):
-        return {"exact_match": float(bool(answers) and numeric_exact_match(prediction, answers[0]))}
+    if task in MATH_TASKS:
+        return {"exact_match": float(bool(answers) and math_exact_match(prediction, answers[0]))}
     if task == "squad":
         return {"exact_match": float(squad_exact_match(prediction, answers)), "f1": squad_f1(prediction, answers)}
     return {"exact_match": float(any(prediction.strip() == a.strip() for a in answers))}

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from kbit.core.data.split import held_out_size, recorded_held_out
 from kbit.core.errors import ConfigError
 from kbit.core.options import boolean, choice, integer, number
 
@@ -43,10 +44,12 @@ class TrainConfig:
     logging_steps: int = attrs.field(default=10, converter=integer(minimum=1))
     save_steps: int = attrs.field(default=40, converter=integer(minimum=1))
     report_to: str = attrs.field(default="none", converter=choice(*REPORT_TO))
-    held_out_fraction: float = attrs.field(default=0.1, converter=number(minimum=0, below=1))
+    # A count or a fraction of the dataset; None: the dataset's default (see kbit.core.data.split).
+    held_out: int | float | None = attrs.field(default=None, converter=held_out_size)
     max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2)))
     eval_limit: int = attrs.field(default=100, converter=integer(minimum=0))
-    max_new_tokens: int = attrs.field(default=8, converter=integer(minimum=1))
+    # None: until the end-of-turn token, capped by the training completions' length (kbit.core.evaluate.budget).
+    max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1)))
     # The merge check: the merged model must reproduce the trained model's top-1 predictions this often.
     merge_min_agreement: float = attrs.field(default=0.99, converter=number(minimum=0, maximum=1))
     trust_remote_code: bool = attrs.field(default=False, converter=boolean)
@@ -77,6 +80,7 @@ def check_run_name(value: str) -> None:
 
 
 FIELDS = tuple(f.name for f in attrs.fields(TrainConfig))
+LEGACY_KEYS = {"held_out_fraction": "held_out"}  # kbit 0.2 and earlier
 
 
 def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> TrainConfig:
@@ -125,6 +129,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of settings, got {type(data).__name__}")
+    for old, new in LEGACY_KEYS.items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"config file {path}: give '{new}' only ('{old}' is its old name)")
+            data[new] = data.pop(old)
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         import difflib
@@ -155,6 +164,11 @@ def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainCon
     saved = recorded.config
     if not saved:
         raise ConfigError(f"cannot resume: {where} has no 'config' object; it is incomplete or was edited")
+    if "held_out_fraction" in saved:  # a kbit 0.2 run: read its split as it was made
+        try:
+            saved = {**{k: v for k, v in saved.items() if k != "held_out_fraction"}, "held_out": recorded_held_out(saved)}
+        except ValueError as exc:
+            raise ConfigError(f"cannot resume {run_dir}: invalid value for 'held_out_fraction' in {where}: {exc}") from None
     unknown = sorted(set(saved) - set(FIELDS))
     if unknown:
         raise ConfigError(f"cannot resume: {where} has unknown config key '{unknown[0]}'")

@@ -32,7 +32,9 @@ from kbit.core.data import TaskData
 from kbit.core.device import peak_memory_bytes
 from kbit.core.errors import Terminated
 from kbit.core.evaluate.generation import generate_answers, render_prompt
-from kbit.core.evaluate.scoring import score
+from kbit.core.evaluate.budget import generation_budget
+from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, too_few
+from kbit.core.evaluate.scoring import math_scorer, score
 from kbit.core.bases import load_base, prepare_for_training
 from kbit.core.merge import check_fidelity, logit_agreement, merged_model, save_model
 from kbit.core.quantize import calibration_texts, quantize_into
@@ -252,10 +254,16 @@ def _score(plan: RunPlan, record: RunRecord, model: Any) -> None:
     metrics: dict[str, Any] = {}
     if plan.config.eval_limit:
         generator = plan.method.prepare_inference(model, plan.spec)
-        limit, new_tokens = plan.config.eval_limit, plan.config.max_new_tokens
+        budget = generation_budget(plan.tokenizer, plan.data.train, plan.config.max_new_tokens, generator)
+        metrics["generation"] = budget.to_dict()
+        if plan.data.task in ("arithmetic", "openmath"):
+            metrics["scoring"] = math_scorer()
+        limit, new_tokens = plan.config.eval_limit, budget.max_new_tokens
         with generator.disable_adapter():
             metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
         metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
+        metrics["min_items"] = MIN_ITEMS
+        metrics["too_few_items"] = too_few(metrics["after"]["items"])
     metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
     metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
     record.metrics = metrics
@@ -276,12 +284,15 @@ def _held_out_scores(model: Any, tokenizer: Any, data: TaskData, limit: int, max
     items = list(data.held_out[:limit])
     if not items:
         return {"exact_match": None, "items": 0}
-    predictions, speed = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens)
+    answers = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens)
+    predictions = answers.texts
     scores = [score(data.task, p, list(e.answers)) for p, e in zip(predictions, items)]
-    result = {"items": len(items), "tokens_per_s": round(speed, 1), "samples": [
-        {"prompt": e.prompt[-1][1], "prediction": p, "gold": e.answers[0]} for p, e in list(zip(predictions, items))[:5]]}
+    result = {"items": len(items), "answers_cut": answers.cut, "mean_new_tokens": round(sum(answers.new_tokens) / len(items), 1),
+              "samples": [{"prompt": e.prompt[-1][1], "prediction": p, "gold": e.answers[0]}
+                          for p, e in list(zip(predictions, items))[:5]]}
     for key in scores[0]:
         result[key] = sum(s[key] for s in scores) / len(scores)
+    result.update(exact_match_stats([s["exact_match"] for s in scores]))
     return result
 
 

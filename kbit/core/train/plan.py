@@ -66,7 +66,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     method.check_requirements(device)
     spec = method.resolve_spec(config.options, device)
     adapter = require_adapter(spec)
-    data = load_task_data(config.dataset, columns=config.columns, held_out_fraction=config.held_out_fraction,
+    data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
     if not data.train:
         raise ConfigError(f"dataset {data.source} has no training examples")

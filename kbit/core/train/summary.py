@@ -4,26 +4,57 @@ from __future__ import annotations
 
 from typing import Any
 
+from kbit.core.evaluate.sample_size import MIN_ITEMS, interval_text, small_sample_warning, too_few
+
 
 def _percent(value: Any) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def held_out_lines(metrics: dict[str, Any], eval_limit: int | None = None) -> tuple[str, str | None]:
+    """Exact match before → after with its 95% interval (as hits/items below ``MIN_ITEMS`` items), and
+    the small-sample warning that goes with it, if any."""
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    items = after.get("items", 0)
+    if not items or "exact_match_hits" not in after:  # skipped (--eval-limit 0), or a run of kbit 0.2
+        return (f"exact match {_percent(metrics.get('exact_match_before'))} → "
+                f"{_percent(metrics.get('exact_match_after'))} ({items} items)"), None
+    hits = (before.get("exact_match_hits"), after["exact_match_hits"])
+    intervals = " → ".join(interval_text(h, items) for h in hits if h is not None)
+    rates = f"{_percent(before.get('exact_match'))} → {_percent(after.get('exact_match'))}"
+    if not too_few(items):
+        return f"exact match {rates} ({items} items; 95% CI {intervals})", None
+    hint = (f"; raise --eval-limit to {MIN_ITEMS} or more" if eval_limit is not None and eval_limit < MIN_ITEMS
+            else f"; hold out more with --held-out {MIN_ITEMS}")
+    counts = " → ".join(f"{h}/{items}" for h in hits if h is not None)
+    return f"exact match {counts} ({rates}; 95% CI {intervals})", small_sample_warning(items, hint)
 
 
 def print_summary(result: Any) -> None:
     if result.record is None:
         return  # not the main process
     from rich.console import Console
+    from rich.markup import escape
 
     record = result.record
     history, metrics, merge = record.loss_history, record.metrics, record.merge or {}
     console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # piped output: keep each line whole
     console.print(f"[bold]run[/bold]      {result.run_dir}")
     if history:
         console.print(f"[bold]loss[/bold]     {history[0]['loss']:.3f} → {history[-1]['loss']:.3f} over {record.train['steps']} steps")
-    console.print(
-        f"[bold]held-out[/bold] exact match {_percent(metrics.get('exact_match_before'))} → "
-        f"{_percent(metrics.get('exact_match_after'))} ({metrics.get('after', {}).get('items', 0)} items)"
-    )
+    eval_limit = record.config.get("eval_limit")
+    line, warning = held_out_lines(metrics, eval_limit)
+    console.print(f"[bold]held-out[/bold] {escape(line)}")
+    if warning:
+        console.print(f"[bold yellow]warning[/bold yellow]  {escape(warning)}")
+    generation = metrics.get("generation")
+    if generation:
+        cut = (metrics.get("after") or {}).get("answers_cut")
+        cut_text = f"; {cut} answer(s) reached the cap" if cut else ""
+        console.print(f"[bold]answers[/bold]  at most {generation['max_new_tokens']} new tokens "
+                      f"({escape(generation['chosen_by'])}: {escape(generation['detail'])}){cut_text}")
     if "max_abs_logit_diff" in merge:
         base = merge.get("base_used") or f"the {merge['base']} base"
         console.print(

@@ -31,6 +31,34 @@ def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
     assert (out / "report.md").is_file() and (out / "report.png").is_file()
 
 
+def test_the_answer_budget_follows_the_task_and_few_items_are_flagged(tiny_run, tmp_path):
+    out = tmp_path / "auto"
+    result = run_kbit("eval", str(tiny_run), "--limit", "3", "--variant", "merged", "--out", str(out), env=offline_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    generation = report["datasets"][0]["generation"]
+    assert (generation["max_new_tokens"], generation["chosen_by"]) == (16, "training completions")  # arith answers are short
+    assert report["settings"]["max_new_tokens"] == "per dataset"
+    row = report["rows"][0]
+    assert row["max_new_tokens"] == 16 and row["forward_tokens_per_s"] > 0 and row["tokens_per_s"] > 0
+    assert row["exact_match_hits"] == round(3 * row["exact_match"]) and len(row["exact_match_ci95"]) == 2
+    assert report["warnings"][0].startswith("arith: 3 held-out items: too few items to compare")
+    assert "too few items to compare" in result.stdout
+    assert f"{row['exact_match_hits']}/3 (" in (out / "report.md").read_text()
+
+
+def test_held_out_picks_the_split_of_another_dataset(tiny_run, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 2?", "answer": str(i + 2)}) + "\n" for i in range(20)))
+    out = tmp_path / "held"
+    result = run_kbit("eval", str(tiny_run), "--variant", "merged", "--dataset", str(data), "--held-out", "5",
+                      "--max-new-tokens", "3", "--out", str(out), env=offline_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"][0]["items"] == 5 and report["settings"]["held_out"] == 5
+    assert report["datasets"][0]["generation"]["chosen_by"] == "--max-new-tokens"
+
+
 def test_reruns_are_identical(tiny_run, tmp_path, capsys):
     outputs = []
     for name in ("one", "two"):

@@ -47,3 +47,32 @@ def test_write_report_writes_every_file_atomically(tmp_path):
 
 def test_markdown_without_gaps_says_so():
     assert "None: every requested variant was evaluated." in markdown({**REPORT, "gaps": []})
+
+
+SMALL = [{**ROWS[0], "items": 4, "exact_match": 0.5, "exact_match_hits": 2, "exact_match_ci95": [0.15, 0.85]},
+         {**ROWS[1], "items": 4, "exact_match": 0.25, "exact_match_hits": 1, "exact_match_ci95": [0.0456, 0.6994]}]
+
+
+def test_few_items_are_shown_with_their_interval_never_ranked_and_warned_about():
+    by_key = {c.key: c for c in COLUMNS}
+    assert best_rows(SMALL, by_key["exact_match"]) == set()  # 2/4 against 1/4 is no ranking
+    assert best_rows(SMALL, by_key["loss"]) == {1}  # loss is over every answer token, still compared
+    warning = "arith: 4 held-out items: too few items to compare"
+    md = markdown({**REPORT, "rows": SMALL, "warnings": [warning]})
+    assert "| 2/4 (50%, 95% CI 15–85%) |" in md and "| 1/4 (25%, 95% CI 5–70%) |" in md
+    assert "50.0%" not in md and "25.0%" not in md  # no bare percentage of four items
+    assert f"> **Warning:** {warning}" in md
+
+
+def test_budget_and_speed_are_described():
+    report = {**REPORT, "settings": {**REPORT["settings"], "max_new_tokens": "per dataset",
+                                     "speed": {"tokens_per_s": "exactly 32 new tokens", "forward_tokens_per_s": "one pass"}},
+              "datasets": [{"name": "arith", "generation": {"max_new_tokens": 16, "chosen_by": "training completions",
+                                                            "detail": "95th percentile …", "stop_tokens": ["<|im_end|>"]},
+                            "scoring": "math-verify 0.9.0"}],
+              "rows": [{**ROWS[0], "answers_cut": 2}]}
+    md = markdown(report)
+    assert "greedy answers until the end-of-turn token" in md
+    assert "- arith: at most 16 new tokens (training completions: 95th percentile …), stopping at <|im_end|>; scored with math-verify 0.9.0" in md
+    assert "- m base: 2 of 2 answers reached the cap" in md
+    assert "Tokens/s: exactly 32 new tokens." in md and "Forward tok/s: one pass." in md

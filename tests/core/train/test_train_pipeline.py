@@ -18,7 +18,7 @@ TRAIN = ("--max-steps", "3", "--batch-size", "2", "-o", "r=4", "--max-examples",
 @pytest.fixture(scope="session")
 def qlora_run(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "qlora"
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), *TRAIN)
+    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), *TRAIN, "--max-new-tokens", "5")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -42,6 +42,12 @@ def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
         assert record[key], key
     assert record["dataset"]["fingerprint"] and record["base_model"]["revision"]
     assert record["versions"]["transformers"]
+    generation = record["metrics"]["generation"]
+    assert (generation["max_new_tokens"], generation["chosen_by"]) == (5, "--max-new-tokens")
+    assert generation["stop_tokens"] == ["<|im_end|>"]
+    after = record["metrics"]["after"]
+    assert after["items"] == 4 and after["exact_match_hits"] == round(4 * after["exact_match"])
+    assert len(after["exact_match_ci95"]) == 2 and record["metrics"]["too_few_items"] is True
 
 
 def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
@@ -181,3 +187,22 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_
     checkpoints = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-1", "checkpoint-2"], "the good checkpoints stay, no poisoned one is saved"
     assert not (out / "adapter").exists() and not (out / ".kbit.lock").exists()
+
+
+def test_last_step_loss_is_logged_and_few_held_out_items_are_flagged(tiny_model, tmp_path):
+    """DoRA, 3 steps, logging every 10: the summary's last loss is step 3's, not a repeat of step 1's."""
+    out = tmp_path / "dora"
+    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), "--peft", "dora", "--max-steps", "3",
+                      "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--held-out", "6", "--eval-limit", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_metadata(out)
+    history = record["loss_history"]
+    assert [h["step"] for h in history] == [1, 3] and record["config"]["logging_steps"] == 10
+    assert f"loss     {history[0]['loss']:.3f} → {history[-1]['loss']:.3f} over 3 steps" in result.stdout
+    assert record["config"]["held_out"] == 6 and record["dataset"]["held_out_examples"] == 6
+    metrics = record["metrics"]
+    assert metrics["generation"]["chosen_by"] == "training completions" and metrics["generation"]["max_new_tokens"] == 16
+    hits = (metrics["before"]["exact_match_hits"], metrics["after"]["exact_match_hits"])
+    assert f"held-out exact match {hits[0]}/4 → {hits[1]}/4 (" in result.stdout
+    assert "4 held-out items: too few items to compare" in result.stdout and "raise --eval-limit to 30" in result.stdout
+    assert "at most 16 new tokens (training completions: 95th percentile of 40 completion lengths" in result.stdout

@@ -1,0 +1,63 @@
+"""Held-out sizes (``--held-out N|FRACTION``) and the splits they make, through ``load_task_data``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kbit.core.data import load_task_data
+from kbit.core.data.split import held_out_size, recorded_held_out
+from kbit.core.errors import ConfigError
+
+
+@pytest.mark.parametrize("text, expected", [("50", 50), (50, 50), ("0.1", 0.1), (0.25, 0.25), ("10%", 0.1),
+                                            (" 7 ", 7), (30.0, 30), (None, None)])
+def test_counts_and_fractions_are_read(text, expected):
+    value = held_out_size(text)
+    assert value == pytest.approx(expected) if expected is not None else value is None
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "1.5", "1.0", "nan", "inf", "lots", "", "100%", "0%", True, 2.5, -0.1])
+def test_nonsense_is_refused_naming_both_forms(text):
+    with pytest.raises(ValueError, match="a count of held-out examples .* or a fraction between 0 and 1"):
+        held_out_size(text)
+
+
+def _rows(tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(count)))
+    return path
+
+
+def test_a_count_holds_out_exactly_that_many_and_the_split_is_disjoint(tmp_path):
+    data = load_task_data(str(_rows(tmp_path, 40)), held_out=12)
+    assert len(data.held_out) == 12 and len(data.train) == 28
+    assert not {e.prompt for e in data.held_out} & {e.prompt for e in data.train}
+
+
+def test_the_default_is_ten_percent_of_a_file_and_the_same_as_an_explicit_tenth(tmp_path):
+    path = str(_rows(tmp_path, 40))
+    default, tenth = load_task_data(path), load_task_data(path, held_out=0.1)
+    assert len(default.held_out) == 4 and default.fingerprint() == tenth.fingerprint()
+
+
+def test_a_count_that_leaves_nothing_to_train_on_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--held-out 40 leaves no training examples: dataset .* has 40"):
+        load_task_data(str(_rows(tmp_path, 40)), held_out=40)
+
+
+def test_arith_takes_a_count_or_a_fraction_and_defaults_to_100():
+    assert len(load_task_data("arith", max_examples=200).held_out) == 100
+    assert len(load_task_data("arith", max_examples=200, held_out=30).held_out) == 30
+    fraction = load_task_data("arith", max_examples=180, held_out=0.1)
+    assert len(fraction.held_out) == 20 and len(fraction.train) == 180  # 10% of all 200 questions
+
+
+def test_runs_of_kbit_0_2_are_split_as_they_were():
+    assert recorded_held_out({"dataset": "rows.jsonl", "held_out_fraction": 0.2}) == 0.2
+    # kbit 0.2 ignored the fraction for arith and held out 100 questions: read as the default
+    assert recorded_held_out({"dataset": "arith", "held_out_fraction": 0.1}) is None
+    assert recorded_held_out({"dataset": "rows.jsonl", "held_out": 25}) == 25

@@ -1,0 +1,88 @@
+"""Answers end at the end-of-turn token under a budget from the task; speed is measured on forced tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from kbit.core.data.examples import Example
+from kbit.core.evaluate.budget import derived_cap, end_of_turn_ids, generation_budget
+from kbit.core.evaluate.generation import decode_speed, generate_answers
+
+PROMPTS = [Example(prompt=[("user", f"What is {i} + 1?")], completion=str(i + 1), answers=[str(i + 1)]) for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model)
+
+
+def _always(model, token_id: int):
+    """Make the real model prefer ``token_id`` at every position (a bias on its output logits)."""
+    def hook(module, inputs, output):
+        output[..., token_id] += 1e4
+        return output
+
+    return model.get_output_embeddings().register_forward_hook(hook)
+
+
+def test_the_cap_follows_the_training_completions():
+    assert derived_cap([3] * 100) == (16, "95th percentile of 100 completion lengths = 3 tokens × 1.5 = 5, bounded to 16…1024")
+    # of 1..100 the 95th percentile lies between 95 and 96 (numpy: index 94.05); the length above it is taken
+    cap, detail = derived_cap(list(range(1, 101)))
+    assert cap == 144 and detail == "95th percentile of 100 completion lengths = 96 tokens × 1.5 = 144"
+    assert derived_cap([5000])[0] == 1024
+
+
+def test_budget_is_measured_in_tokens_of_the_completions_or_set_by_the_user(tiny):
+    _, tokenizer = tiny
+    long = [Example(prompt=[("user", "q")], completion="x" * 40)] * 10  # one token per character here
+    budget = generation_budget(tokenizer, long)
+    assert budget.max_new_tokens == 62 and budget.chosen_by == "training completions"  # (40 + end of turn) × 1.5
+    assert budget.stop_tokens == ("<|im_end|>",)
+    user = generation_budget(tokenizer, long, explicit=7)
+    assert (user.max_new_tokens, user.chosen_by) == (7, "--max-new-tokens")
+
+
+def test_end_of_turn_comes_from_the_tokenizer_the_model_and_the_chat_template(tiny):
+    model, tokenizer = tiny
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_ids(tokenizer, model) == [im_end]
+    model.generation_config.eos_token_id = [im_end, 5]
+    try:
+        assert end_of_turn_ids(tokenizer, model) == [im_end, 5]
+    finally:
+        model.generation_config.eos_token_id = im_end
+
+
+def test_answers_stop_at_the_end_of_turn_token(tiny):
+    model, tokenizer = tiny
+    handle = _always(model, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    try:
+        answers = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=20, batch_size=2)
+    finally:
+        handle.remove()
+    assert answers.texts == [""] * 5 and answers.new_tokens == [1] * 5 and answers.cut == 0
+
+
+def test_answers_that_never_end_are_cut_at_the_budget_and_counted(tiny):
+    model, tokenizer = tiny
+    handle = _always(model, tokenizer.convert_tokens_to_ids("7"))
+    try:
+        answers = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=2)
+    finally:
+        handle.remove()
+    assert answers.texts == ["777777"] * 5 and answers.new_tokens == [6] * 5 and answers.cut == 5
+
+
+def test_speed_is_measured_on_exactly_the_forced_number_of_tokens_even_when_answers_end_at_once(tiny):
+    model, tokenizer = tiny
+    handle = _always(model, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    try:
+        speed = decode_speed(model, tokenizer, PROMPTS, new_tokens=12, batch_size=4)
+    finally:
+        handle.remove()
+    assert speed["prompts"] == 4 and speed["tokens"] == 4 * 12 and speed["tokens_per_s"] > 0
