@@ -293,6 +293,50 @@ def push_command(
     typer.echo(f"uploaded {len(plan.files)} files ({plan.size_bytes / 2**20:.1f} MiB) to {url}")
 
 
+@app.command("compare")
+def compare_command(
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods, e.g. lora,qlora,gptq (default: every ready method).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="arith (default), openmath, squad, a file or a hub dataset.")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping: prompt=COL,completion=COL[,answer=COL].")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps per method (default 20).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Micro-batch size per method (default 8).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Data split and training seed (default 0).")] = None,
+    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items each variant is scored on (default 50).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="key=value, given to every method that has the option (repeatable); the report notes where it was skipped.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-O", help="Comparison folder (default compare/MODEL-DATASET-Nsteps); an earlier comparison there is continued.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it holds other data, and retrain runs in it trained with other settings.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
+) -> None:
+    """Train each method with the same budget and data, evaluate every variant, write one report.
+
+    Finished runs in the comparison folder are reused, unfinished ones resumed. A method that fails is reported in its row and the others go on; the exit code is 1 only when every method failed (2: bad input, nothing written).
+    """
+    from kbit.core.compare.pipeline import run_compare
+    from kbit.core.compare.plan import build_compare_config
+    from kbit.core.compare.render import print_table
+    from kbit.core.errors import AllMethodsFailed
+    from kbit.core.options import parse_assignments
+
+    settings = build_compare_config(
+        methods=methods, model=model, dataset=dataset, columns=columns, max_steps=max_steps, batch_size=batch_size,
+        seed=seed, max_examples=max_examples, limit=limit, options=parse_assignments(option or []), out=out,
+        overwrite=overwrite,
+    )
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; keep stdout for the result
+        result = run_compare(settings, progress=lambda line: typer.echo(f"compare: {line}", err=True))
+    if as_json:
+        typer.echo(json.dumps({"out_dir": str(result.out_dir), **_jsonable(result.report)}, indent=2))
+    else:
+        print_table(result.report, result.out_dir)
+    if result.every_method_failed:
+        reasons = "; ".join(f"{m['method']}: {m['reason']}" for m in result.failed)
+        raise AllMethodsFailed(f"every method failed ({reasons}); see {result.out_dir / 'report.md'}")
+
+
 @app.command("new-method")
 def new_method_command(
     name: Annotated[str, typer.Argument(help="The method's name, as users will select it (e.g. my-int4).")],

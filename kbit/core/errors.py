@@ -33,6 +33,12 @@ class FidelityError(KbitError):
     exit_code = 1
 
 
+class AllMethodsFailed(KbitError):
+    """``kbit compare`` got no results from any method; its report gives each method's reason."""
+
+    exit_code = 1
+
+
 class Terminated(BaseException):
     """SIGTERM arrived: like ``KeyboardInterrupt``, it unwinds the command so it can mark its output
     interrupted and release its lock; the CLI then exits ``128 + signal_number``."""

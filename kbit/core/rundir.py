@@ -100,6 +100,24 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a temp file path beside ``target`` (same suffix, so writers that go by the extension
+    work); when the block succeeds, the file replaces ``target`` in one rename."""
+    target = Path(target)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}{STAGING_MARK}", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
+        yield Path(temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
 class RunLock:
     """An exclusive lock on a run directory, held by this process until ``release``.
 

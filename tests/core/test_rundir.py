@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from kbit.core.errors import ConfigError
-from kbit.core.rundir import LOCK_NAME, RunLock, atomic_directory, check_writable, clear_staging, write_json_atomic
+from kbit.core.rundir import (LOCK_NAME, RunLock, atomic_directory, atomic_file, check_writable, clear_staging,
+                              current_umask, write_json_atomic)
 
 
 def test_atomic_directory_appears_only_complete(tmp_path):
@@ -23,6 +24,21 @@ def test_atomic_directory_appears_only_complete(tmp_path):
         (staging / "new.bin").write_text("y")
     assert [p.name for p in target.iterdir()] == ["new.bin"]
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_atomic_file_replaces_the_target_only_when_written_whole(tmp_path):
+    target = tmp_path / "report.md"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as staging:
+            assert staging.suffix == ".md" and staging.parent == tmp_path
+            staging.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+    with atomic_file(target) as staging:
+        staging.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
 
 def test_clear_staging_removes_only_what_a_killed_writer_left(tmp_path):

@@ -160,6 +160,7 @@ def _more_files(root: Path, tiny: Path, run: Path, write) -> dict[str, Path]:
 
 
 TRAIN = ("train", "--model", "{tiny}", "--max-steps", "1", "--eval-limit", "0")
+COMPARE = ("compare", "--model", "{tiny}", "--max-steps", "1")
 
 CASES = [
     # command line and method options
@@ -315,6 +316,23 @@ CASES = [
     # the nested SQuAD document
     ((*TRAIN, "--dataset", "{squad_no_answer}"), "data[0].paragraphs[0].qas[1]: has no answer text and is not marked is_impossible"),
     ((*TRAIN, "--dataset", "{squad_no_context}"), "data[0].paragraphs[0]: 'context' must be non-empty text"),
+    # kbit compare: refused before any run is trained or any folder written
+    ((*COMPARE, "--methods", "lorra"), "unknown method 'lorra'; did you mean lora"),
+    ((*COMPARE, "--methods", ""), "--methods is empty; name the methods to compare"),
+    ((*COMPARE, "--methods", " , "), "--methods is empty"),
+    ((*COMPARE, "--methods", "lora", "-o", "bogus=1"), "option 'bogus' is not an option of any method compared (lora)"),
+    ((*COMPARE, "--methods", "lora", "-o", "lora_alpah=8"), "(did you mean lora_alpha?)"),
+    ((*COMPARE, "--methods", "lora", "-o", "r16"), "is not of the form key=value"),
+    ((*COMPARE, "--methods", "lora", "--max-steps", "0"), "invalid value for 'max_steps'"),
+    ((*COMPARE, "--methods", "lora", "--limit", "0"), "invalid value for 'limit'"),
+    ((*COMPARE, "--methods", "lora", "--dataset", "{jsonl_bad}"), "line 3: invalid JSON"),
+    (("compare", "--methods", "lora", "--model", "/nonexistent/model"), "does not exist"),
+    ((*COMPARE, "--methods", "lora", "--out", "{taken}"), "already holds other data, not written by this command"),
+    ((*COMPARE, "--methods", "lora", "--out", "{a_file}"), "is a file, not written by this command"),
+    ((*COMPARE, "--methods", "lora", "--out", "{run}"), "is the kbit run; a run is never the comparison folder"),
+    ((*COMPARE, "--methods", "lora", "--out", "{adapter}", "--overwrite"), "lies inside the kbit run"),
+    ((*COMPARE, "--methods", "lora", "--out", "{link_other}"), "is a symlink to"),
+    ((*COMPARE, "--methods", "lora", "--out", "."), "is the working directory or contains it"),
 ]
 
 

@@ -1,0 +1,130 @@
+"""``kbit compare`` on the tiny model: a row per method, a failing method in its row, reuse on a second call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from kbit.core.cli import main
+from kbit.core.compare.pipeline import run_compare
+from kbit.core.compare.plan import build_compare_config
+
+SMALL = {"max_steps": 1, "batch_size": 2, "max_examples": 20, "limit": 3}
+
+
+def _config(tiny: Path, out: Path, methods: str, **options: str):
+    return build_compare_config(methods=methods, model=str(tiny), options=options, out=str(out), **SMALL)
+
+
+@pytest.fixture(scope="module")
+def compared(kbit_tiny_model, tmp_path_factory):
+    """lora and qlora trained and evaluated; bnb-int8 given an option value it refuses."""
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    lines: list[str] = []
+    config = _config(kbit_tiny_model, out, "lora,qlora,bnb-int8", r="4", threshold="-1")
+    result = run_compare(config, progress=lines.append)
+    return result, lines
+
+
+def _entry(report: dict, method: str) -> dict:
+    return next(m for m in report["methods"] if m["method"] == method)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` but the comparison's own report files."""
+    reports = ("report.json", "report.md", "report.png")
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not (p.parent == root and p.name in reports)}
+
+
+def test_each_method_has_a_row_per_variant_and_the_base_is_scored_once(compared):
+    result, _ = compared
+    report = json.loads((result.out_dir / "report.json").read_text())
+    assert report["kind"] == "compare" and report["status"] == "finished"
+    variants = [(r["method"], r["variant"]) for r in report["rows"]]
+    assert variants == [("base", "base"), ("lora", "adapter"), ("lora", "merged"), ("qlora", "adapter"),
+                        ("qlora", "merged"), ("bnb-int8", None)]
+    for row in report["rows"][:-1]:
+        assert row["items"] == 3 and row["loss"] > 0 and row["disk_bytes"] > 0, row
+    qlora_adapter = report["rows"][3]
+    assert qlora_adapter["bits_per_weight"] < 5 < report["rows"][1]["bits_per_weight"]  # NF4 base vs float32
+    for method in ("lora", "qlora"):
+        entry = _entry(report, method)
+        assert entry["status"] == "finished" and entry["action"] == "trained"
+        assert entry["train_s"] > 0 and entry["quantize_s"] is None
+        assert json.loads((result.out_dir / "runs" / method / "kbit.json").read_text())["status"] == "finished"
+    markdown = (result.out_dir / "report.md").read_text()
+    assert "| qlora | adapter |" in markdown and "| base | base |" in markdown
+    assert (result.out_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_method_is_reported_in_its_row_and_the_others_go_on(compared):
+    result, lines = compared
+    failed = _entry(result.report, "bnb-int8")
+    assert failed["status"] == "failed" and failed["rows"] == []
+    assert failed["reason"].startswith("invalid value '-1' for option 'threshold' for method bnb-int8")
+    assert "\n" not in failed["reason"]
+    assert "| bnb-int8 | — |" in (result.out_dir / "report.md").read_text()
+    assert any(line.startswith("bnb-int8: failed: invalid value '-1'") for line in lines)
+    assert not result.every_method_failed and result.failed == [failed]
+
+
+def test_options_go_only_to_the_methods_that_have_them(compared):
+    result, _ = compared
+    for method in ("lora", "qlora"):
+        record = json.loads((result.out_dir / "runs" / method / "kbit.json").read_text())
+        assert record["config"]["options"] == {"r": "4"}
+        assert _entry(result.report, method)["skipped_options"] == ["threshold"]
+    assert "`-o threshold=-1`: applied to bnb-int8; skipped for lora, qlora (no such option)" in (
+        result.out_dir / "report.md").read_text()
+
+
+def test_a_second_call_reuses_the_runs_and_their_evaluations(compared, kbit_tiny_model, monkeypatch):
+    result, _ = compared
+    before = _digests(result.out_dir)
+    import kbit.core.evaluate.pipeline as evaluation
+    import kbit.core.train.pipeline as training
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished comparison trained or evaluated again")
+
+    monkeypatch.setattr(training, "run_training", refuse)
+    monkeypatch.setattr(evaluation, "run_eval", refuse)
+    lines: list[str] = []
+    again = run_compare(_config(kbit_tiny_model, result.out_dir, "lora,qlora", r="4"), progress=lines.append)
+    assert [(m["method"], m["action"], m["eval_reused"]) for m in again.report["methods"]] == [
+        ("lora", "reused", True), ("qlora", "reused", True)]
+    assert f"lora: reusing the finished run {result.out_dir / 'runs' / 'lora'}" in lines[0]
+    assert "not training it again" in lines[0]
+    assert _digests(result.out_dir) == before  # no run and no evaluation was written again
+    measured = ("method", "variant", "loss", "exact_match", "bits_per_weight", "memory_bytes", "disk_bytes", "train_s")
+    assert [[r.get(k) for k in measured] for r in again.report["rows"]] == [
+        [r.get(k) for k in measured] for r in result.report["rows"][:5]]
+    assert "0 trained, 2 reused (not trained again)" in (result.out_dir / "report.md").read_text()
+
+
+def test_a_changed_option_is_refused_rather_than_mixing_runs(compared, kbit_tiny_model, capsys):
+    result, _ = compared
+    before = _digests(result.out_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--methods", "lora", "--model", str(kbit_tiny_model), "--out", str(result.out_dir),
+              "--max-steps", "2", "--batch-size", "2", "--max-examples", "20", "--limit", "3", "-o", "r=4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert "holds a run with other settings (max_steps 1, not 2); pass --overwrite to retrain it" in err[0]
+    assert _digests(result.out_dir) == before
+
+
+def test_the_command_fails_only_when_every_method_failed(compared, kbit_tiny_model, tmp_path, capsys):
+    out = tmp_path / "all-failed"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--methods", "bnb-int8", "--model", str(kbit_tiny_model), "--out", str(out),
+              "--max-steps", "1", "--max-examples", "20", "--limit", "3", "-o", "threshold=-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1
+    assert err[-1].startswith("kbit: error: every method failed (bnb-int8: invalid value '-1' for option 'threshold'")
+    assert err[-1].endswith(f"see {out.resolve() / 'report.md'}")
+    assert json.loads((out / "report.json").read_text())["methods"][0]["status"] == "failed"
