@@ -28,7 +28,7 @@ def set_adapter_dtype(model: Any, dtype: torch.dtype) -> None:
 
 class KbitSFTTrainer(SFTTrainer):
     """``SFTTrainer`` whose adapter is in ``adapter_dtype`` from the start and after a checkpoint reload,
-    and which stops at the first non-finite loss.
+    which scores only labelled positions (``kbit.core.train.loss``) and stops at the first non-finite loss.
 
     The reload hook runs before the optimizer is built and before DDP wraps the model, so the
     optimizer state loads straight into that dtype (exactly: it was saved from it).
@@ -38,6 +38,60 @@ class KbitSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.adapter_dtype = adapter_dtype
         set_adapter_dtype(self.model, adapter_dtype)
+        self.scores_labelled_positions_only = self._plain_token_loss()
+
+    def _plain_token_loss(self) -> bool:
+        """True when trl's loss here is the plain mean token NLL that ``labelled_loss`` computes.
+
+        Anything else trl adds to it (another loss type, label smoothing, a custom loss function, a
+        MoE router loss, vision inputs, a scaled or soft-capped head) keeps trl's own path, and so does
+        a run on several processes or GPUs (``labelled_loss`` calls the backbone past DDP's wrapper).
+        """
+        from kbit.core.train.loss import plain_head
+
+        return (
+            self.accelerator.num_processes == 1
+            and self.args.n_gpu <= 1
+            and plain_head(self.model)
+            and getattr(self.args, "loss_type", "nll") == "nll"
+            and self.compute_loss_func is None
+            and self.label_smoother is None
+            and getattr(self, "aux_loss_enabled", True) is False
+            and getattr(self, "_is_vision_dataset", True) is False
+        )
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        """trl's loss, computed on the labelled positions only, and trl's metrics (entropy, token
+        accuracy, tokens seen) from them; trl's own path where that is not the same loss."""
+        if return_outputs or not self.scores_labelled_positions_only:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        from kbit.core.train.loss import labelled_loss
+
+        scored = labelled_loss(model, inputs, num_items_in_batch)
+        loss = scored.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as trl and the Trainer do
+        self._log_token_metrics(inputs, scored)
+        return loss
+
+    def _log_token_metrics(self, inputs: Any, scored: Any) -> None:
+        """What trl's ``compute_loss`` logs besides the loss, so the logs read the same either way."""
+        metrics = getattr(self, "_metrics", None)
+        if metrics is None:
+            return
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        valid = gather(scored.labelled).sum()
+        entropy, correct = gather(scored.entropy_sum).sum(), gather(scored.correct).sum()
+        metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
+        metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                seen = inputs["attention_mask"].sum()
+            else:  # padding-free: one row without padding
+                seen = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            self._total_train_tokens += gather(seen).sum().item() // getattr(self, "_tp_size", 1)
+        metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         """The Trainer's step, refusing a NaN/infinite loss before the optimizer applies its gradients."""
