@@ -58,7 +58,7 @@ def training_options(*, merge: bool = True) -> OptionSchema:
     """compute_dtype, gradient_checkpointing, merge_after_train, merge_dtype and adapter_dtype with a method's defaults."""
     return OptionSchema(
         (
-            Option("compute_dtype", "auto", choice(*DTYPES), "matmul dtype: auto = bf16 on a GPU that has it, fp32 on CPU"),
+            Option("compute_dtype", "auto", choice(*DTYPES), "matmul dtype: auto = bf16 on a GPU or CPU that has it natively (AVX512-BF16/AMX), else fp16 on a GPU, fp32 on a CPU"),
             Option("gradient_checkpointing", "auto", choice("auto", "true", "false"),
                    "recompute activations in backward to save memory: auto = on a GPU only (it costs ~40% step time on CPU)"),
             Option("merge_after_train", merge, boolean, "merge the adapter into a full model after training"),

@@ -2,13 +2,16 @@
 
 The device is the accelerator torch itself would use (``torch.accelerator``: CUDA or ROCm, Intel
 XPU, Apple MPS, ...), else the CPU. Compute dtype "auto" means bfloat16 on an accelerator that
-supports it (float16 on one that does not) and float32 on a CPU: there bf16 matmuls are an order
-of magnitude slower than fp32 (see BENCHMARKS.md, compute dtype).
+supports it (float16 on one that does not); on a CPU, bfloat16 where the CPU has native bf16
+instructions (AVX512-BF16 or AMX: a training step measured ~1.2x faster with ~23% less memory than
+float32, BENCHMARKS.md item 7) and float32 elsewhere (bf16 emulated in AVX2/AVX512 code is several
+times slower than float32).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,8 +23,8 @@ class DeviceInfo:
 
     - ``kind``: the torch device type: "cpu", or the accelerator's ("cuda", "xpu", "mps", ...).
     - ``name``: what the hardware calls itself.
-    - ``supports_bf16``: bfloat16 arithmetic runs natively here. Meaningful for every kind, CPUs
-      included, though "auto" does not yet pick bf16 on a CPU (see ``resolve_compute_dtype``).
+    - ``supports_bf16``: bfloat16 arithmetic runs natively here (on a CPU: ``cpu_bf16_flags``).
+    - ``bf16_evidence``: what ``supports_bf16`` was read from, for the record.
     - ``memory_bytes``: the memory a run may use (the accelerator's own, or system memory on a CPU).
     """
 
@@ -29,6 +32,7 @@ class DeviceInfo:
     name: str = "cpu"
     supports_bf16: bool = False
     memory_bytes: int = 0
+    bf16_evidence: str = ""
 
     @property
     def accelerator(self) -> bool:
@@ -36,10 +40,52 @@ class DeviceInfo:
         return self.kind != "cpu"
 
     @classmethod
-    def cpu(cls, memory_bytes: int | None = None, supports_bf16: bool = False) -> DeviceInfo:
+    def cpu(cls, memory_bytes: int | None = None, supports_bf16: bool = False, bf16_evidence: str = "") -> DeviceInfo:
+        """A CPU; ``supports_bf16`` as given (``detect_device`` reads it from the CPU's flags)."""
         if memory_bytes is None:
             memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return cls(kind="cpu", name="cpu", supports_bf16=supports_bf16, memory_bytes=memory_bytes)
+        return cls(kind="cpu", name="cpu", supports_bf16=supports_bf16, memory_bytes=memory_bytes,
+                   bf16_evidence=bf16_evidence)
+
+
+@attrs.frozen
+class Decision:
+    """A value kbit chose for the user (``auto``), and why, as recorded in ``kbit.json``."""
+
+    value: Any
+    reason: str
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lake / Zen 4+, Sapphire Rapids+)
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The native-bf16 instruction-set flags among ``CPU_BF16_FLAGS`` that ``cpuinfo`` (the text of
+    ``/proc/cpuinfo``; read from there when None) lists; empty where there is no such file.
+
+    Read from the flags rather than torch: ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is True
+    on any AVX512 CPU, where oneDNN emulates bf16, which is slower than float32.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(errors="replace")
+        except OSError:
+            return ()
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
+
+
+def host_cpu(cpuinfo: str | None = None) -> DeviceInfo:
+    """This machine's CPU as a training device, with native bf16 read from its flags."""
+    flags = cpu_bf16_flags(cpuinfo)
+    evidence = (f"{', '.join(flags)} in /proc/cpuinfo" if flags
+                else "no " + " or ".join(CPU_BF16_FLAGS) + " in /proc/cpuinfo")
+    return DeviceInfo.cpu(supports_bf16=bool(flags), bf16_evidence=evidence)
 
 
 def detect_device() -> DeviceInfo:
@@ -48,7 +94,7 @@ def detect_device() -> DeviceInfo:
 
     accelerator = torch.accelerator.current_accelerator(check_available=True)
     if accelerator is None:
-        return DeviceInfo.cpu()
+        return host_cpu()
     kind = accelerator.type
     module = torch.get_device_module(kind)
     if kind == "mps":
@@ -68,13 +114,24 @@ def _bf16_on_accelerator() -> bool:
     return bool(is_torch_bf16_gpu_available())
 
 
+def decide_compute_dtype(requested: str, device: DeviceInfo) -> Decision:
+    """The concrete dtype name for ``requested`` ("auto" or a dtype name) on ``device``, and why."""
+    if requested != "auto":
+        return Decision(requested, "requested")
+    evidence = f" ({device.bf16_evidence})" if device.bf16_evidence else ""
+    if device.accelerator:
+        if device.supports_bf16:
+            return Decision("bfloat16", f"auto: {device.kind} supports bfloat16{evidence}")
+        return Decision("float16", f"auto: {device.kind} has no bfloat16{evidence}, float16 mixed precision instead")
+    if device.supports_bf16:
+        return Decision("bfloat16", f"auto: the CPU has native bf16{evidence}; a step measured faster and smaller "
+                                    "than float32 there (BENCHMARKS.md item 7)")
+    return Decision("float32", f"auto: the CPU has no native bf16{evidence}; emulated bf16 is slower than float32")
+
+
 def resolve_compute_dtype(requested: str, device: DeviceInfo) -> str:
     """Turn "auto" into a concrete dtype name for ``device``; other names pass through."""
-    if requested != "auto":
-        return requested
-    if device.accelerator:
-        return "bfloat16" if device.supports_bf16 else "float16"
-    return "float32"  # on a CPU, even one with native bf16, until that is measured faster here
+    return decide_compute_dtype(requested, device).value
 
 
 def trainer_device_args(device: DeviceInfo, compute_dtype: str) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class RunRecord:
     sizing: dict[str, Any] = _field((dict,), factory=dict)
     train: dict[str, Any] = _field((dict,), factory=dict)
     device: dict[str, Any] = _field((dict,), factory=dict)
+    decisions: dict[str, Any] = _field((dict,), factory=dict)
     trust_remote_code: bool = _field((bool,), False)
     versions: dict[str, Any] = _field((dict,), factory=dict)
     artifacts: dict[str, Any] = _field((dict,), factory=dict)

@@ -6,7 +6,10 @@ import pytest
 
 from kbit.core.device import (
     DeviceInfo,
+    cpu_bf16_flags,
+    decide_compute_dtype,
     detect_device,
+    host_cpu,
     device_map_for,
     peak_memory_bytes,
     resolve_compute_dtype,
@@ -26,11 +29,48 @@ BF16_CPU = DeviceInfo.cpu(memory_bytes=24 * GIB, supports_bf16=True)  # e.g. AMX
 
 @pytest.mark.parametrize("device, dtype", [
     (CUDA, "bfloat16"), (OLD_CUDA, "float16"), (MPS, "bfloat16"), (OLD_MPS, "float16"), (XPU, "bfloat16"),
-    (CPU, "float32"), (BF16_CPU, "float32"),
+    (CPU, "float32"), (BF16_CPU, "bfloat16"),
 ])
 def test_auto_compute_dtype_follows_the_device(device, dtype):
     assert resolve_compute_dtype("auto", device) == dtype
     assert resolve_compute_dtype("float16", device) == "float16"  # an explicit dtype is kept
+
+
+# /proc/cpuinfo excerpts: an AMD EPYC (Zen 4) with AVX512-BF16, an Intel Sapphire Rapids with AMX, a Skylake with
+# AVX512 but no native bf16, and an AVX2-only desktop CPU.
+ZEN4 = "processor\t: 0\nmodel name\t: AMD EPYC 9454\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
+SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_fp16 amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+SKYLAKE = "processor\t: 0\nmodel name\t: Intel Xeon Gold 6148\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
+AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\nbugs\t\t: avx512_bf16\n"  # a flag name outside "flags" is not a flag
+
+
+@pytest.mark.parametrize("cpuinfo, flags, dtype", [
+    (ZEN4, ("avx512_bf16",), "bfloat16"), (SAPPHIRE, ("amx_bf16",), "bfloat16"),
+    (SKYLAKE, (), "float32"), (AVX2, (), "float32"), ("", (), "float32"),
+])
+def test_auto_on_a_cpu_is_bf16_exactly_where_the_cpu_has_native_bf16(cpuinfo, flags, dtype):
+    assert cpu_bf16_flags(cpuinfo) == flags
+    cpu = host_cpu(cpuinfo)
+    assert cpu.supports_bf16 is bool(flags) and not cpu.accelerator
+    decision = decide_compute_dtype("auto", cpu)
+    assert decision.value == dtype
+    assert ("native bf16" in decision.reason) and (flags[0] in decision.reason if flags else "no avx512_bf16" in decision.reason)
+    spec = get_method("qlora").resolve_spec({}, cpu)
+    assert spec.training.compute_dtype == dtype and spec.training.merge_dtype == dtype
+    assert spec.training.adapter_dtype == "float32"  # the adapter itself stays float32 either way (Adam, --resume)
+    assert get_method("lora").resolve_spec({"compute_dtype": "float32"}, cpu).training.compute_dtype == "float32"
+    assert decide_compute_dtype("float32", cpu).reason == "requested"
+
+
+def test_this_machine_reads_its_own_cpu_flags():
+    from pathlib import Path
+
+    device = detect_device()
+    if device.accelerator or not Path("/proc/cpuinfo").exists():
+        pytest.skip("needs a CPU-only Linux machine")
+    text = Path("/proc/cpuinfo").read_text()
+    assert device.supports_bf16 is any(f" {flag}" in text for flag in ("avx512_bf16", "amx_bf16"))
+    assert device.bf16_evidence.endswith("in /proc/cpuinfo")
 
 
 @pytest.mark.parametrize("device", [CUDA, MPS, XPU])

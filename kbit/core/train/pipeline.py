@@ -140,6 +140,7 @@ def _initial_record(plan: RunPlan) -> RunRecord:
         sizing=dict(plan.sizing),
         train={"batch_size": plan.batch_size},
         device=attrs.asdict(plan.device),
+        decisions=dict(plan.decisions),
         trust_remote_code=plan.config.trust_remote_code,
         versions=meta.package_versions(),
     )

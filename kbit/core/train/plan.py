@@ -32,6 +32,7 @@ from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec
 from kbit.core.spec import QuantizationSpec
 from kbit.core.targets import claim, kbit_kind
 from kbit.core.train.config import TrainConfig
+from kbit.core.train.decisions import compute_dtype_decision
 
 RUNS_ROOT = Path("runs")
 
@@ -50,6 +51,7 @@ class RunPlan:
     tokenizer: Any
     batch_size: int
     sizing: dict[str, str]
+    decisions: dict[str, Any]  # what "auto" became and why (kbit.core.train.decisions), for kbit.json
     name: str
     run_dir: Path
     resume: bool
@@ -90,13 +92,15 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
             model_bytes=weights_bytes(Path(source.path)), memory_bytes=device.memory_bytes,
             device_kind=device.kind, checkpointing=spec.training.gradient_checkpointing,
         )
+    decisions = {"compute_dtype": compute_dtype_decision(config.options, device, spec.training.compute_dtype)}
     policy = method.merge_policy(spec)
     check_mergeable(method, spec, policy)
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
     run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume)
     check_writable(run_dir, min_free_bytes=3 * weights_bytes(Path(source.path)) + (64 << 20))
-    return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, name, run_dir, resume)
+    return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
+                   run_dir, resume)
 
 
 def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> Path:
