@@ -1,9 +1,10 @@
 """Item 7, compute dtype: qlora training steps with float32 against bfloat16 compute on this machine.
 
-kbit's ``compute_dtype=auto`` is float32 on a CPU and bfloat16 on a GPU that supports it. This
-measures the step time of both on the machine it runs on (fresh subprocess each, alternating), so
-the choice for a CPU is backed by a number: ratio = bf16 time / fp32 time; a ratio above 1 means
-bf16 is slower here and ``auto`` = float32 is right. The loss after the last step is shown too.
+kbit's ``compute_dtype=auto`` is bfloat16 on a GPU that supports it and on a CPU with native bf16
+(avx512_bf16 / amx_bf16), float32 on other CPUs. This measures the step time of both on the machine
+it runs on (fresh subprocess each, alternating), so the choice is backed by a number: ratio = bf16
+time / fp32 time; the target is <= 1 where auto picks bf16 here and >= 1 where it picks float32.
+The loss after the last step is shown too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def measure(args: argparse.Namespace) -> list[Figure]:
     fp32, bf16 = runs["fp32"], runs["bf16"]
     step_32, step_16 = median([r["mean_step_s"] for r in fp32]), median([r["mean_step_s"] for r in bf16])
     peak_32, peak_16 = median([r["peak_train_bytes"] for r in fp32]), median([r["peak_train_bytes"] for r in bf16])
-    auto = "float32" if args.device == "cpu" else "bfloat16"
+    from kbit.core.device import detect_device, host_cpu, resolve_compute_dtype
+
+    auto = resolve_compute_dtype("auto", host_cpu() if args.device == "cpu" else detect_device())
     verdict = ">= 1.0" if auto == "float32" else "<= 1.0"
     return [
         Figure(ITEM, "step time bf16 / fp32", step_16, step_32, ratio(step_16, step_32), verdict, "s",
