@@ -122,6 +122,7 @@ def train_command(
     max_length: Annotated[Optional[int], typer.Option("--max-length")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
+    padding_free: Annotated[Optional[str], typer.Option("--padding-free", help="Micro-batches as one row of concatenated examples, no padding: auto (where the attention keeps examples apart and padding would be >= 15%), true or false.")] = None,
     logging_steps: Annotated[Optional[int], typer.Option("--logging-steps")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none, tensorboard or wandb.")] = None,
@@ -141,7 +142,8 @@ def train_command(
     overrides = dict(
         model=model, dataset=dataset, columns=columns, method=method, output=output, name=name,
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        scheduler=scheduler, warmup_ratio=warmup_ratio, max_length=max_length, seed=seed, packing=packing, logging_steps=logging_steps,
+        scheduler=scheduler, warmup_ratio=warmup_ratio, max_length=max_length, seed=seed, packing=packing, padding_free=padding_free,
+        logging_steps=logging_steps,
         save_steps=save_steps, report_to=report_to, max_examples=max_examples, held_out=held_out, eval_limit=eval_limit,
         max_new_tokens=max_new_tokens,
         trust_remote_code=trust_remote_code, overwrite=overwrite, merge_min_agreement=merge_min_agreement,

@@ -41,6 +41,8 @@ class TrainConfig:
     max_length: int = attrs.field(default=256, converter=integer(minimum=8))
     seed: int = attrs.field(default=0, converter=integer(minimum=0, maximum=2**32 - 1))  # numpy's seed range
     packing: bool = attrs.field(default=False, converter=boolean)
+    # Micro-batches as one row of concatenated examples: auto, true, false (see kbit.core.train.padding).
+    padding_free: str = attrs.field(default="auto", converter=choice("auto", "true", "false"))
     logging_steps: int = attrs.field(default=10, converter=integer(minimum=1))
     save_steps: int = attrs.field(default=40, converter=integer(minimum=1))
     report_to: str = attrs.field(default="none", converter=choice(*REPORT_TO))

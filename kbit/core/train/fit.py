@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from kbit.core.compat import checkpointing_arguments, checkpointing_enabled
-from kbit.core.device import torch_dtype, trainer_device_args
+from kbit.core.device import Decision, torch_dtype, trainer_device_args
 from kbit.core.evaluate.generation import render_prompt
 from kbit.core.train import checkpoints
 from kbit.core.train.plan import RunPlan, is_main_process
@@ -32,6 +32,8 @@ class Trained:
     resumed_from: str | None
     digests: list[str]
     is_main: bool
+    padding_free: dict[str, Any] | None = None  # the decision, for kbit.json
+    tokens: dict[str, int] | None = None  # real tokens and tokens in the micro-batches (padding included)
 
 
 def sft_dataset(tokenizer: Any, examples) -> Any:
@@ -44,6 +46,19 @@ def sft_dataset(tokenizer: Any, examples) -> Any:
     return Dataset.from_list(rows)
 
 
+def padding_free_decision(plan: RunPlan, model: Any, dataset: Any) -> Decision:
+    """Whether ``plan``'s micro-batches are padding-free for ``model`` (see ``kbit.core.train.padding``)."""
+    from kbit.core.train.padding import (attention_separates_packed_examples, decide_padding_free, example_lengths,
+                                         expected_padding)
+
+    config = plan.config
+    lengths = example_lengths(plan.tokenizer, dataset)
+    return decide_padding_free(config.padding_free, packing=config.packing, longest=max(lengths, default=0),
+                               max_length=config.max_length,
+                               padding=expected_padding(lengths, plan.batch_size, seed=config.seed),
+                               attention=attention_separates_packed_examples(model))
+
+
 def build_trainer(plan: RunPlan, model: Any) -> Any:
     from trl import SFTConfig
 
@@ -52,6 +67,8 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
 
     config, compute = plan.config, plan.spec.training.compute_dtype
     checkpointing = checkpointing_enabled(model)
+    dataset = sft_dataset(plan.tokenizer, plan.data.train)
+    padding_free = padding_free_decision(plan, model, dataset)
     args = SFTConfig(
         output_dir=str(plan.run_dir / CHECKPOINTS),
         max_steps=config.max_steps if config.max_steps > 0 else -1,
@@ -68,8 +85,10 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         save_total_limit=2,
         seed=config.seed,
         data_seed=config.seed,
-        max_length=config.max_length,
+        # trl cuts no example in a padding-free batch; the decision checked that every one fits.
+        max_length=None if padding_free.value else config.max_length,
         packing=config.packing,
+        padding_free=padding_free.value,
         report_to=[] if config.report_to == "none" else [config.report_to],
         **trainer_device_args(plan.device, compute),
         **checkpointing_arguments(SFTConfig, checkpointing),
@@ -77,14 +96,17 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         disable_tqdm=not is_main_process(),
         ddp_find_unused_parameters=False,
     )
-    return KbitSFTTrainer(
+    trainer = KbitSFTTrainer(
         model=model,
         args=args,
-        train_dataset=sft_dataset(plan.tokenizer, plan.data.train),
+        train_dataset=dataset,
         processing_class=plan.tokenizer,
         callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints()],
         adapter_dtype=torch_dtype(plan.spec.training.adapter_dtype),
     )
+    trainer.padding_free_decision = {"value": padding_free.value, "requested": config.padding_free,
+                                     "reason": padding_free.reason}
+    return trainer
 
 
 def train_adapter(plan: RunPlan, model: Any) -> Trained:
@@ -99,7 +121,8 @@ def train_adapter(plan: RunPlan, model: Any) -> Trained:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         history, steps = _losses(trainer.state.log_history), trainer.state.global_step
     return Trained(trainer.model, history, steps, trainer.args.world_size, checkpoint.name if checkpoint else None,
-                   adapter_digests(trainer.model), trainer.is_world_process_zero())
+                   adapter_digests(trainer.model), trainer.is_world_process_zero(),
+                   padding_free=trainer.padding_free_decision, tokens=trainer.token_counts())
 
 
 def load_adapter_weights(model: Any, folder: Path, spec: Any) -> None:

@@ -184,7 +184,9 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
 
 def _save_adapter(plan: RunPlan, record: RunRecord, trained: Trained) -> None:
     record.train.update(steps=trained.steps, world_size=trained.world_size, resumed_from=trained.resumed_from,
-                        rank_adapter_digests=trained.digests)
+                        rank_adapter_digests=trained.digests, **(trained.tokens or {}))
+    if trained.padding_free is not None:
+        record.decisions["padding_free"] = trained.padding_free
     record.loss_history = trained.history
     with atomic_directory(plan.run_dir / "adapter") as staging:
         trained.model.save_pretrained(staging)

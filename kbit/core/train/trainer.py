@@ -39,6 +39,12 @@ class KbitSFTTrainer(SFTTrainer):
         self.adapter_dtype = adapter_dtype
         set_adapter_dtype(self.model, adapter_dtype)
         self.scores_labelled_positions_only = self._plain_token_loss()
+        self._tokens_real: Any = 0  # summed on the device, read once at the end (no sync per step)
+        self._tokens_in_batches = 0
+
+    def token_counts(self) -> dict[str, int]:
+        """Tokens this process trained on so far: the examples' own and the micro-batches' (padding included)."""
+        return {"tokens_real": int(self._tokens_real), "tokens_in_batches": self._tokens_in_batches}
 
     def _plain_token_loss(self) -> bool:
         """True when trl's loss here is the plain mean token NLL that ``labelled_loss`` computes.
@@ -97,6 +103,10 @@ class KbitSFTTrainer(SFTTrainer):
         """The Trainer's step, refusing a NaN/infinite loss before the optimizer applies its gradients."""
         from kbit.core.train.callbacks import NonFiniteLoss
 
+        self._tokens_in_batches += inputs["input_ids"].numel()
+        mask = inputs.get("attention_mask")
+        # Padding-free rows hold no padding (trl pads them only to pad_to_multiple_of, which kbit leaves unset).
+        self._tokens_real = self._tokens_real + (mask.sum() if mask is not None else inputs["input_ids"].numel())
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss).all()):
             raise NonFiniteLoss(
