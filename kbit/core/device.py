@@ -152,6 +152,25 @@ def device_map_for(device: DeviceInfo) -> dict[str, str] | None:
     return {"": device.kind} if device.accelerator else None
 
 
+def free_memory_bytes(device: DeviceInfo, meminfo: str | None = None) -> int:
+    """Memory a run can still take now: the accelerator's free memory, or on a CPU the kernel's
+    MemAvailable (``meminfo``: the text of /proc/meminfo, read when None; total memory where there is none)."""
+    if device.accelerator and device.kind != "mps":
+        import torch
+
+        return int(torch.accelerator.get_memory_info(torch.accelerator.current_device_index())[0])
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return device.memory_bytes
+    for line in meminfo.splitlines():
+        key, _, value = line.partition(":")
+        if key == "MemAvailable":
+            return int(value.split()[0]) * 1024  # kB
+    return device.memory_bytes
+
+
 def peak_memory_bytes(device: DeviceInfo) -> int:
     """The most memory this process has held on ``device`` (the accelerator's, or resident memory)."""
     import resource

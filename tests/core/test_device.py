@@ -56,7 +56,8 @@ def test_auto_on_a_cpu_is_bf16_exactly_where_the_cpu_has_native_bf16(cpuinfo, fl
     assert decision.value == dtype
     assert ("native bf16" in decision.reason) and (flags[0] in decision.reason if flags else "no avx512_bf16" in decision.reason)
     spec = get_method("qlora").resolve_spec({}, cpu)
-    assert spec.training.compute_dtype == dtype and spec.training.merge_dtype == dtype
+    assert spec.training.compute_dtype == dtype
+    assert spec.training.merge_dtype == "float32"  # a bf16 merge would round a short run's update away
     assert spec.training.adapter_dtype == "float32"  # the adapter itself stays float32 either way (Adam, --resume)
     assert get_method("lora").resolve_spec({"compute_dtype": "float32"}, cpu).training.compute_dtype == "float32"
     assert decide_compute_dtype("float32", cpu).reason == "requested"
@@ -92,7 +93,7 @@ def test_the_cpu_is_forced_only_on_a_cpu_only_machine():
 ])
 def test_method_specs_follow_the_device(device, checkpointing, dtype):
     spec = get_method("qlora").resolve_spec({}, device)
-    assert spec.training.compute_dtype == dtype and spec.training.merge_dtype == dtype
+    assert spec.training.compute_dtype == dtype and spec.training.merge_dtype == (dtype if device.accelerator else "float32")
     assert spec.training.gradient_checkpointing is checkpointing  # "auto": on wherever memory is the accelerator's
 
 

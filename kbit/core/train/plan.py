@@ -17,7 +17,7 @@ from kbit.core import metadata as meta
 from kbit.core.adapters import require_adapter
 from kbit.core.bases import check_mergeable
 from kbit.core.data import TaskData, load_task_data
-from kbit.core.device import DeviceInfo, detect_device
+from kbit.core.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
 from kbit.core.evaluate.generation import render_prompt
 from kbit.core.method import Method
@@ -28,7 +28,7 @@ from kbit.core.naming import run_name
 from kbit.core.record import read_record
 from kbit.core.registry import get_method
 from kbit.core.rundir import check_writable
-from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec
+from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec, decide_checkpointing
 from kbit.core.spec import QuantizationSpec
 from kbit.core.targets import claim, kbit_kind
 from kbit.core.train.config import TrainConfig
@@ -75,12 +75,13 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     model_config = load_config(source.path, config.trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
-    _check_lengths(tokenizer, data, config.max_length)
+    longest_prompt = _check_lengths(tokenizer, data, config.max_length)
     sizing: dict[str, str] = {}
     if adapter.r == "auto":
         rank, sizing["r"] = auto_rank(model_config.hidden_size)
         spec = concrete_adapter_spec(spec, rank)
     spec = method.resolve_for_model(spec, model_config)
+    decisions = {"compute_dtype": compute_dtype_decision(config.options, device, spec.training.compute_dtype)}
     shape = skeleton(model_config, config.trust_remote_code)
     check_weights_match(Path(source.path), shape)
     check_adapter_fits(shape, spec.adapter)
@@ -90,9 +91,13 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
             hidden_size=model_config.hidden_size, layers=model_config.num_hidden_layers,
             vocab_size=model_config.vocab_size, max_length=config.max_length,
             model_bytes=weights_bytes(Path(source.path)), memory_bytes=device.memory_bytes,
-            device_kind=device.kind, checkpointing=spec.training.gradient_checkpointing,
+            device_kind=device.kind,
+            checkpointing=spec.training.gradient_checkpointing and _requested(config, "gradient_checkpointing") != "auto",
         )
-    decisions = {"compute_dtype": compute_dtype_decision(config.options, device, spec.training.compute_dtype)}
+    spec, decisions["gradient_checkpointing"] = _checkpointing(
+        config, spec, device, model_config, batch_size, weights_bytes(Path(source.path)),
+        length=min(config.max_length, longest_prompt + _longest_completion(tokenizer, data)),
+    )
     policy = method.merge_policy(spec)
     check_mergeable(method, spec, policy)
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
@@ -121,7 +126,33 @@ def weights_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
 
 
-def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> None:
+def _requested(config: TrainConfig, option: str) -> str:
+    return str(config.options.get(option, "auto")).strip().lower()
+
+
+def _checkpointing(config: TrainConfig, spec: QuantizationSpec, device: DeviceInfo, model_config: Any, batch_size: int,
+                   model_bytes: int, length: int) -> tuple[QuantizationSpec, dict[str, Any]]:
+    """``spec`` with gradient checkpointing decided from memory where it was left to auto, and the record of it."""
+    requested = _requested(config, "gradient_checkpointing")
+    decision, estimates = decide_checkpointing(
+        requested if requested in ("true", "false") else "auto", hidden_size=model_config.hidden_size,
+        layers=model_config.num_hidden_layers, vocab_size=model_config.vocab_size, length=length,
+        batch_size=batch_size, model_bytes=model_bytes, free_bytes=free_memory_bytes(device))
+    if requested == "auto":
+        spec = attrs.evolve(spec, training=attrs.evolve(spec.training, gradient_checkpointing=decision.value))
+    elif spec.training.gradient_checkpointing != decision.value:  # a method that decides it itself
+        decision = Decision(spec.training.gradient_checkpointing, "set by the method")
+    return spec, {"value": spec.training.gradient_checkpointing, "requested": requested, "reason": decision.reason,
+                  **estimates}
+
+
+def _longest_completion(tokenizer: Any, data: TaskData) -> int:
+    """Tokens of the longest training completion, plus a few for the chat template's end of turn."""
+    return max(len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in data.train) + 4
+
+
+def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> int:
+    """The token count of the longest training prompt; ConfigError where one reaches ``max_length``."""
     longest = max((len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]), i)
                   for i, e in enumerate(data.train))
     if longest[0] >= max_length:
@@ -129,3 +160,4 @@ def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> None:
             f"max length {max_length} is too short: training prompt {longest[1] + 1} alone has {longest[0]} tokens; "
             f"raise --max-length above {longest[0]}"
         )
+    return longest[0]

@@ -92,6 +92,25 @@ def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
     assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}
 
 
+def test_batch_layout_decision_and_token_counts_are_recorded(qlora_run):
+    record = read_record(qlora_run[0])
+    decision = record.decisions["padding_free"]
+    assert decision["requested"] == "auto" and isinstance(decision["value"], bool) and decision["reason"]
+    real, in_batches = record.train["tokens_real"], record.train["tokens_in_batches"]
+    assert 0 < real <= in_batches
+    assert (real == in_batches) is decision["value"]  # padding-free batches carry no padding; padded ones some
+
+
+def test_checkpointing_decision_is_recorded_with_its_memory_estimates(qlora_run):
+    record = read_record(qlora_run[0])
+    decision = record.decisions["gradient_checkpointing"]
+    # The tiny model's step needs a few MiB: auto leaves checkpointing off, whatever the device.
+    assert (decision["value"], decision["requested"]) == (False, "auto")
+    assert record.spec.training.gradient_checkpointing is False
+    assert 0 < decision["estimated_bytes_with"] < decision["estimated_bytes_without"] < decision["free_bytes"]
+    assert "MiB free" in decision["reason"]
+
+
 def test_model_card_has_front_matter(qlora_run):
     card = (qlora_run[0] / "README.md").read_text()
     assert card.startswith("---\nbase_model: ")
