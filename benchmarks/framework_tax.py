@@ -138,10 +138,12 @@ def reference_worker(args: argparse.Namespace) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from kbit.core.data.arithmetic import generate
+    from kbit.core.device import detect_device, host_cpu, resolve_compute_dtype
 
     started = time.perf_counter()
     cuda = args.device == "cuda"
-    compute = torch.bfloat16 if cuda else torch.float32  # kbit's compute_dtype=auto
+    # kbit's compute_dtype=auto on this machine: bf16 on a GPU that has it and on a CPU with native bf16.
+    compute = getattr(torch, resolve_compute_dtype("auto", detect_device() if cuda else host_cpu()))
     path = model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = generate(seed=SEED)  # kbit's arithmetic set, the same 2000 training questions
@@ -153,16 +155,17 @@ def reference_worker(args: argparse.Namespace) -> dict[str, Any]:
     # On a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights on the first no-grad forward
     # (bf16 scales, no double quant; training breaks after it): switch it off, as kbit's qlora does.
     no_cpu_repacking(model)
-    # Gradient checkpointing on a GPU only: kbit's default (on a CPU it costs ~40% step time).
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None)
+    # No gradient checkpointing: kbit's auto leaves it off where a step fits in half the free memory,
+    # as this 135M model's does on any machine these benchmarks run on (kbit.json records the decision).
+    checkpointing = False
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
     config = SFTConfig(
         output_dir=str(Path(args.output) / "reference"), max_steps=args.steps, per_device_train_batch_size=args.batch,
         learning_rate=LR, lr_scheduler_type="linear", warmup_steps=int(-(-WARMUP_RATIO * args.steps // 1)),
         logging_steps=1, save_strategy="no", seed=SEED, data_seed=SEED, max_length=MAX_LENGTH, report_to=[],
-        bf16=cuda, use_cpu=not cuda, gradient_checkpointing=cuda,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cuda else None, dataloader_num_workers=0,
+        bf16=compute == torch.bfloat16, fp16=compute == torch.float16, use_cpu=not cuda,
+        gradient_checkpointing=checkpointing, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     # trl casts a bitsandbytes base's adapter to bf16; kbit keeps PEFT's float32 (resume reloads it

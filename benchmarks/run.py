@@ -20,7 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import compute_dtype, framework_tax, merge_fidelity, ptq, qalora, quantized_speed, startup, storage
+from benchmarks import (compute_dtype, framework_tax, merge_fidelity, ptq, qalora, quantized_speed, startup, storage,
+                        vs_recipe)
 from benchmarks._common import ROOT, Figure, machine_description, parser, print_figures, setup, write_figures
 
 ITEMS = {
@@ -32,14 +33,15 @@ ITEMS = {
     "6": ("start-up", startup),
     "7": ("compute dtype", compute_dtype),
     "8": ("qalora", qalora),
+    "9": ("kbit vs recipe", vs_recipe),
 }
 # Start-up first (before this process imports torch); 4 before 5 before 1 (shared outputs).
-ORDER = ("6", "2", "3", "7", "4", "5", "1", "8")
+ORDER = ("6", "2", "3", "7", "4", "5", "1", "8", "9")
 
 
 def main(argv: list[str] | None = None) -> list[Figure]:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--items", default="1,2,3,4,5,6,7,8", help="comma-separated item numbers (default: all)")
+    p.add_argument("--items", default="1,2,3,4,5,6,7,8,9", help="comma-separated item numbers (default: all)")
     p.add_argument("--overhead", default="gptq", help="item 5: methods also run through oneshot directly")
     p.set_defaults(out=str(ROOT / "benchmarks" / "results.md"))
     args = p.parse_args(argv)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     wanted = [i.strip() for i in args.items.split(",") if i.strip()]
     unknown = [i for i in wanted if i not in ITEMS]
     if unknown:
-        p.error(f"unknown item(s) {', '.join(unknown)}; choose from 1-7")
+        p.error(f"unknown item(s) {', '.join(unknown)}; choose from 1-9")
     if not args.workdir:
         args.workdir = tempfile.mkdtemp(prefix="kbit-bench-")
     print(f"work folder {args.workdir}; machine: {machine_description()}", flush=True)
