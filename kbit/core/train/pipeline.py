@@ -36,7 +36,7 @@ from kbit.core.evaluate.budget import generation_budget
 from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, too_few
 from kbit.core.evaluate.scoring import math_scorer, score
 from kbit.core.bases import load_base, prepare_for_training
-from kbit.core.merge import check_fidelity, logit_agreement, merged_model, save_model
+from kbit.core.merge import check_fidelity, computing_in, logit_agreement, merged_model, save_model
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, set_aside
@@ -205,7 +205,8 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
     if not _done(plan, record, "merged", "config.json"):
         merged, described = merged_model(plan.method, plan.spec, policy, plan.source.path, plan.run_dir / "adapter",
                                          plan.config.trust_remote_code)
-        agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
+        with computing_in(model, policy.dtype):  # as the merged model computes (see computing_in)
+            agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
         record.merge = {"action": policy.action, "reason": policy.reason, "base": policy.base, "base_used": described,
                            "dtype": policy.dtype, "min_top1_agreement": plan.config.merge_min_agreement, **agreement}
         check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, f"merging into {described}")
