@@ -18,6 +18,7 @@ Targets (issue 16): wall ratio kbit/recipe <= 0.67, peak memory ratio <= 1.00, e
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (Figure, check_device, emit_result, finish, median, model_path, no_cpu_repacking,
+from benchmarks._common import (MODEL_VARIABLE, Figure, check_device, emit_result, finish, median, model_path, no_cpu_repacking,
                                 parser, ratio, run_worker, setup, workdir)
 
 ITEM = "9 kbit vs recipe"
@@ -36,9 +37,11 @@ EXAMPLES, RANK, LR, SEED, MAX_LENGTH = 400, 16, 2e-4, 0, 256
 
 
 def kbit_command(steps: int, batch: int, output: Path) -> list[str]:
+    model = os.environ.get(MODEL_VARIABLE)  # --model DIR; the embedded default otherwise
     return [sys.executable, "-m", "kbit", "train", "--max-examples", str(EXAMPLES), "--max-steps", str(steps),
             "--batch-size", str(batch), "-o", f"r={RANK}", "--lr", str(LR), "-o", "merge_after_train=false",
-            "--eval-limit", "0", "--seed", str(SEED), "--output", str(output), "--overwrite"]
+            "--eval-limit", "0", "--seed", str(SEED), "--output", str(output), "--overwrite",
+            *(["--model", model] if model else [])]
 
 
 def recipe_command(steps: int, batch: int, output: Path, device: str) -> list[str]:

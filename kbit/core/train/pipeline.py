@@ -236,7 +236,8 @@ def _export(plan: RunPlan, record: RunRecord, model: Any) -> None:
     result = export_in_run(plan.run_dir, record, file_type, min_top1=plan.config.merge_min_agreement,
                            limit=plan.config.eval_limit or None, head_type=plan.policy.export_head)
     exported, _ = load_gguf(result.target)
-    agreement = logit_agreement(model, exported, _probe_batches(plan.tokenizer, plan.data))
+    with computing_in(model, plan.policy.dtype):  # as the merged model it was written from computes
+        agreement = logit_agreement(model, exported, _probe_batches(plan.tokenizer, plan.data))
     record.exports[-1]["against_adapter"] = agreement
     try:
         check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, "the merged model",
