@@ -46,10 +46,19 @@ def test_four_bit_layers_compute_in_float32_inside_and_their_packed_weights_are_
 
 def test_the_trainers_autocast_wrapper_is_lifted_inside_and_put_back(tiny_model):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(model)  # what the Trainer leaves behind
+    # accelerate keeps one global state per process; earlier tests' trainers set it without mixed precision.
+    saved = dict(AcceleratorState._shared_state), dict(PartialState._shared_state)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(model)  # what the Trainer leaves behind
+    finally:
+        for state, before in zip((AcceleratorState, PartialState), saved):
+            state._shared_state.clear()
+            state._shared_state.update(before)
     ids = torch.tensor([[5, 20, 30, 40, 50, 60, 70]])
     with torch.no_grad():
         expected = prepared.__dict__["_original_forward"](input_ids=ids).logits

@@ -55,6 +55,7 @@ def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from kbit.core.merge import computing_in
     from kbit.core.registry import get_method
 
     out, _ = qlora_run
@@ -63,14 +64,17 @@ def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
     assert record["merge"]["top1_agreement"] == 1.0
     spec = read_record(out).spec
     method = get_method(record["method"])
-    base = AutoModelForCausalLM.from_pretrained(record["base_model"]["path"], quantization_config=method.build_quant_config(spec), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(record["base_model"]["path"], quantization_config=method.build_quant_config(spec),
+                                                # as kbit loads the base it trains on: unquantized weights in the compute dtype
+                                                dtype=getattr(torch, spec.training.compute_dtype))
     adapter_model = PeftModel.from_pretrained(base, out / "adapter").eval()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
     ids = torch.tensor([[5, 20, 30, 40, 50, 60, 70]])
-    with torch.no_grad():
+    # Computed as the merged model computes (the 4-bit layers' compute dtype is bf16 where training ran in bf16),
+    # as kbit's own merge check does.
+    with torch.no_grad(), computing_in(adapter_model, spec.training.merge_dtype):
         diff = (adapter_model(input_ids=ids).logits - merged(input_ids=ids).logits.float()).abs().max().item()
-    # A merged model stored in bf16 (merge_dtype auto = the compute dtype, bf16 on a CPU with native bf16)
-    # carries bf16's rounding of every weight on top of the merge itself.
+    # A merged model stored in bf16 carries bf16's rounding of every weight on top of the merge itself.
     assert diff < (1e-2 if spec.training.merge_dtype == "float32" else 3e-2)
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
