@@ -121,7 +121,7 @@ def kbit_worker(args: argparse.Namespace) -> dict[str, Any]:
     original = fit.build_trainer
     fit.build_trainer = lambda plan, model: probe.attach(original(plan, model))
     options = {"merge_after_train": "false", **dict(o.split("=", 1) for o in args.option)}
-    config = TrainConfig(method=args.method, options=options, max_steps=args.steps, batch_size=args.batch, lr=LR,
+    config = TrainConfig(model=model_path(), method=args.method, options=options, max_steps=args.steps, batch_size=args.batch, lr=LR,
                          logging_steps=1, save_steps=args.steps + 1000, eval_limit=0, seed=SEED,
                          output=str(Path(args.output) / "run"), overwrite=True)
     started = time.perf_counter()

@@ -35,7 +35,7 @@ def train_run(run_dir: Path, steps: int, batch: int) -> Path:
     from kbit.core.train.pipeline import run_training
 
     print(f"  training qlora for {steps} steps (batch {batch}) into {run_dir}", flush=True)
-    config = TrainConfig(method="qlora", max_steps=steps, batch_size=batch, eval_limit=0, logging_steps=5,
+    config = TrainConfig(model=model_path(), method="qlora", max_steps=steps, batch_size=batch, eval_limit=0, logging_steps=5,
                          save_steps=steps + 1000, output=str(run_dir), overwrite=True)
     _, seconds = timed(lambda: run_training(config))
     print(f"  trained and merged in {seconds:.0f}s", flush=True)
