@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kbit.core.device import torch_dtype
@@ -93,7 +94,7 @@ def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePo
     prepared = method.prepare_model(model, spec)
     if policy.action == "merge":
         after = weights_fingerprint(prepared)
-        changed = sorted(name for name in before.keys() & after.keys() if before[name] != after[name])
+        changed = sorted(name for name in before.keys() & after.keys() if not _same_sum(before[name], after[name]))
         if changed:
             raise MergeRefused(
                 f"method '{method.name}' changed base weights in prepare_model ({changed[0]}"
@@ -102,6 +103,12 @@ def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePo
                 "keep_adapter from merge_policy"
             )
     return prepared
+
+
+def _same_sum(a: float, b: float) -> bool:
+    """Equal sums; NaN equals NaN here: packed 4-bit codes stored in a float dtype (qlora's
+    ``quant_storage=bfloat16`` for FSDP) read as floats and often sum to NaN, unchanged."""
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def weights_fingerprint(model: Any) -> dict[str, float]:

@@ -197,3 +197,14 @@ def torch_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def cpu_logits(model: Any, inputs: dict[str, Any]) -> Any:
+    """``model(**inputs).logits`` as float32 on the CPU, the inputs first moved to the model's input device.
+
+    Comparisons of two models (merge check, export check) run each where it lives: the trained model
+    on the accelerator, a reloaded base or an exported file often on the CPU.
+    """
+    device = model.get_input_embeddings().weight.device
+    moved = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+    return model(**moved).logits.float().cpu()

@@ -107,14 +107,15 @@ def logit_agreement(reference: Any, candidate: Any, batches: list[dict[str, Any]
     """
     import torch
 
+    from kbit.core.device import cpu_logits
+
     max_err, total_err, count, agree, positions = 0.0, 0.0, 0, 0, 0
     reference.eval()
     candidate.eval()
     with torch.no_grad():
         for batch in batches:
-            ref = reference(**batch).logits.float()
-            cand = candidate(**batch).logits.float()
-            mask = batch["attention_mask"].bool()
+            ref, cand = cpu_logits(reference, batch), cpu_logits(candidate, batch)
+            mask = batch["attention_mask"].bool().cpu()
             finite = (torch.isfinite(ref).all(-1) & torch.isfinite(cand).all(-1))[mask]
             diff = (ref - cand).abs()[mask]
             if not bool(finite.all()):

@@ -138,12 +138,14 @@ def logit_figures(source: Any, exported: Any, batches: Sequence[dict[str, Any]])
     """|Δlogit| over every real token position; top-1 agreement there and on answer positions."""
     import torch
 
+    from kbit.core.device import cpu_logits
+
     max_err, total, count, agree, positions, answer_agree, answers = 0.0, 0.0, 0, 0, 0, 0, 0
     with torch.no_grad():
         for batch in batches:
             inputs = {k: v for k, v in batch.items() if k != "answer_mask"}
-            ref, out = source(**inputs).logits.float(), exported(**inputs).logits.float()
-            mask, answer = batch["attention_mask"].bool(), batch["answer_mask"]
+            ref, out = cpu_logits(source, inputs), cpu_logits(exported, inputs)
+            mask, answer = batch["attention_mask"].bool().cpu(), batch["answer_mask"].cpu()
             diff = (ref - out).abs()[mask]
             max_err = max(max_err, float(diff.max()))
             total += float(diff.sum())
