@@ -18,8 +18,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False, "quiet": False}
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything: third-party warnings and progress bars.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Show only results and errors.")]
 OptionsArg = Annotated[
     Optional[list[str]],
     typer.Option("--option", "-o", help="Method option as key=value (repeatable), e.g. -o r=16."),
@@ -29,8 +31,30 @@ OptionsArg = Annotated[
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    _state["debug"] = debug
+    _state.update(debug=debug, verbose=verbose, quiet=quiet)
+
+
+def _console(verbose: bool, quiet: bool) -> None:
+    """Set up the console of a command that trains, evaluates or writes models (``kbit.core.console``).
+
+    Imports no torch; ``_load_libraries`` does, right before the command's pipeline.
+    """
+    from kbit.core.console import setup_console
+    from kbit.core.errors import ConfigError
+
+    verbose, quiet = verbose or bool(_state["verbose"]), quiet or bool(_state["quiet"])
+    if verbose and quiet:
+        raise ConfigError("--verbose and --quiet contradict each other; give one of them")
+    setup_console("verbose" if verbose else "quiet" if quiet else "normal")
+
+
+def _load_libraries() -> None:
+    from kbit.core.console import adopt_library_logs
+
+    adopt_library_logs()
 
 
 @app.command("methods")
@@ -133,9 +157,13 @@ def train_command(
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty run directory.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune a model with adapters on a quantized base (defaults: SmolLM2 + arithmetic + qlora)."""
     from kbit.core.options import parse_assignments
+
+    _console(verbose, quiet)
     from kbit.core.train.config import build_config
 
     overrides = dict(
@@ -156,6 +184,7 @@ def train_command(
         settings = resume_config(resume, overrides)
     else:
         settings = build_config(config, overrides)
+    _load_libraries()
     from kbit.core.train.pipeline import run_training
     from kbit.core.train.summary import print_summary
 
@@ -182,8 +211,12 @@ def eval_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds something other than a kbit report (never a run).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from plain model repositories.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Evaluate runs and models on held-out data: loss, perplexity, task scores, memory, bits/weight, speed."""
+    _console(verbose, quiet)
+    _load_libraries()
     from kbit.core.evaluate.pipeline import build_eval_config, run_eval
     from kbit.core.evaluate.report import print_table
     from kbit.core.options import parse_assignments
@@ -210,9 +243,14 @@ def quantize_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Calibration data (default: the run's training data, else arith).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output even if it holds something other than a kbit quantized model (never a run).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the quantize record as JSON.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Quantize a merged model after training (GPTQ, AWQ, ...) into a compressed checkpoint."""
     import contextlib
+
+    _console(verbose, quiet)
+    _load_libraries()
     from pathlib import Path
 
     from kbit.core.options import parse_assignments
@@ -240,9 +278,14 @@ def export_command(
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Least top-1 agreement the check accepts (default by type).")] = None,
     max_em_drop: Annotated[Optional[float], typer.Option("--max-em-drop", help="Largest exact-match drop the check accepts, as a fraction.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write a deployable file (GGUF for llama.cpp, Ollama, LM Studio), check it against its source, record it."""
     import contextlib
+
+    _console(verbose, quiet)
+    _load_libraries()
 
     from kbit.core.export.pipeline import export_path
 
@@ -308,11 +351,15 @@ def compare_command(
     out: Annotated[Optional[str], typer.Option("--out", "-O", help="Comparison folder (default compare/MODEL-DATASET-Nsteps); an earlier comparison there is continued.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it holds other data, and retrain runs in it trained with other settings.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train each method with the same budget and data, evaluate every variant, write one report.
 
     Finished runs in the comparison folder are reused, unfinished ones resumed. A method that fails is reported in its row and the others go on; the exit code is 1 only when every method failed (2: bad input, nothing written).
     """
+    _console(verbose, quiet)
+    _load_libraries()
     from kbit.core.compare.pipeline import run_compare
     from kbit.core.compare.plan import build_compare_config
     from kbit.core.compare.render import print_table
@@ -383,6 +430,15 @@ def _exit_on_sigterm() -> None:
         pass
 
 
+def _run_app(args: list[str]) -> object:
+    from kbit.core.console import teardown_console
+
+    try:
+        return app(args=args, standalone_mode=False)
+    finally:
+        teardown_console()  # kbit called in-process (tests, other programs): leave logging as it was
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Every failure ends in one line on stderr and a non-zero exit (traceback with --debug).
 
@@ -397,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     usage_errors = _usage_error_types()
     _exit_on_sigterm()
     try:
-        code = app(args=args, standalone_mode=False)
+        code = _run_app(args)
     except KbitError as exc:
         if debug:
             raise

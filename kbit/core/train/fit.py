@@ -47,10 +47,15 @@ def sft_dataset(tokenizer: Any, examples) -> Any:
 def build_trainer(plan: RunPlan, model: Any) -> Any:
     from trl import SFTConfig
 
-    from kbit.core.train.callbacks import StopOnNonFinite
+    from transformers import PrinterCallback
+
+    from kbit.core.console import verbosity
+    from kbit.core.train.callbacks import LogProgress, StopOnNonFinite
     from kbit.core.train.trainer import KbitSFTTrainer
 
     config, compute = plan.config, plan.spec.training.compute_dtype
+    # kbit's console (not verbose): logged steps as kbit lines instead of the bar and printed dicts
+    own_progress = verbosity() in ("normal", "quiet")
     checkpointing = checkpointing_enabled(model)
     args = SFTConfig(
         output_dir=str(plan.run_dir / CHECKPOINTS),
@@ -74,10 +79,10 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         **trainer_device_args(plan.device, compute),
         **checkpointing_arguments(SFTConfig, checkpointing),
         dataloader_num_workers=0,
-        disable_tqdm=not is_main_process(),
+        disable_tqdm=own_progress or not is_main_process(),
         ddp_find_unused_parameters=False,
     )
-    return KbitSFTTrainer(
+    trainer = KbitSFTTrainer(
         model=model,
         args=args,
         train_dataset=sft_dataset(plan.tokenizer, plan.data.train),
@@ -85,6 +90,10 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints()],
         adapter_dtype=torch_dtype(plan.spec.training.adapter_dtype),
     )
+    if own_progress and is_main_process():
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LogProgress())
+    return trainer
 
 
 def train_adapter(plan: RunPlan, model: Any) -> Trained:

@@ -28,6 +28,7 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.adapters import attach_adapter
 from kbit.core.cards import name_base_in_adapter, write_cards
+from kbit.core.console import LOG_FILE_ONLY, run_log
 from kbit.core.data import TaskData
 from kbit.core.device import peak_memory_bytes
 from kbit.core.errors import Terminated
@@ -89,7 +90,13 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
         else:
             record = _initial_record(plan)
         write_record(plan.run_dir, record)
-        yield record
+        with run_log(plan.run_dir):
+            log.info("run %s in %s (method %s)", plan.name, plan.run_dir, plan.method.name)
+            try:
+                yield record
+            except BaseException as exc:
+                log.error("run stopped: %s: %s", type(exc).__name__, exc, exc_info=True, extra=LOG_FILE_ONLY)
+                raise
     except BaseException as exc:
         if record is not None:
             interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
@@ -163,6 +170,7 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
         return  # nothing left for the other ranks: only training runs on every rank
     for reason in plan.sizing.values():
         log.warning("auto sizing: %s", reason)
+    log.info("loading %s through %s", plan.source.name, plan.method.name)
     model = load_base(plan.method, plan.spec, plan.source.path, trust_remote_code=plan.config.trust_remote_code)
     model = attach_adapter(prepare_for_training(plan.method, plan.spec, plan.policy, model), plan.spec)
     if adapter_done:
@@ -200,6 +208,7 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
         return
     merged_dir = plan.run_dir / "merged"
     if not _done(plan, record, "merged", "config.json"):
+        log.info("merging the adapter into the %s base (%s)", policy.base, policy.dtype)
         merged, described = merged_model(plan.method, plan.spec, policy, plan.source.path, plan.run_dir / "adapter",
                                          plan.config.trust_remote_code)
         agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
@@ -211,6 +220,7 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
         record.artifacts["merged"] = "merged"
         write_record(plan.run_dir, record)
     if plan.method.implements("quantize_model") and not _done(plan, record, "quantized", "config.json"):
+        log.info("quantizing the merged model with %s", plan.method.name)
         calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
         record.quantize = quantize_into(plan.method, plan.spec, merged_dir, calibration, plan.run_dir / "quantized")
         record.artifacts["quantized"] = "quantized"
@@ -229,6 +239,7 @@ def _export(plan: RunPlan, record: RunRecord, model: Any) -> None:
     name = f"{EXPORTS_DIR}/{plan.name}-{file_type}.gguf"
     if plan.resume and (plan.run_dir / name).is_file() and any(e.get("file") == name for e in record.exports):
         return
+    log.info("writing the %s GGUF file", file_type)
     result = export_in_run(plan.run_dir, record, file_type, min_top1=plan.config.merge_min_agreement,
                            limit=plan.config.eval_limit or None, head_type=plan.policy.export_head)
     exported, _ = load_gguf(result.target)
@@ -259,6 +270,7 @@ def _score(plan: RunPlan, record: RunRecord, model: Any) -> None:
         if plan.data.task in ("arithmetic", "openmath"):
             metrics["scoring"] = math_scorer()
         limit, new_tokens = plan.config.eval_limit, budget.max_new_tokens
+        log.info("scoring %d held-out items before and after training", min(limit, len(plan.data.held_out)))
         with generator.disable_adapter():
             metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
         metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
