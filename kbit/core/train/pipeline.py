@@ -28,7 +28,7 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.adapters import attach_adapter
 from kbit.core.cards import name_base_in_adapter, write_cards
-from kbit.core.console import LOG_FILE_ONLY, run_log
+from kbit.core.console import LOG_FILE_ONLY, LOG_NAME, run_log
 from kbit.core.data import TaskData
 from kbit.core.device import peak_memory_bytes
 from kbit.core.errors import Terminated
@@ -89,6 +89,7 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
             record.spec, record.config = plan.spec, plan.config.to_dict()
         else:
             record = _initial_record(plan)
+        record.artifacts["log"] = LOG_NAME
         write_record(plan.run_dir, record)
         with run_log(plan.run_dir):
             log.info("run %s in %s (method %s)", plan.name, plan.run_dir, plan.method.name)

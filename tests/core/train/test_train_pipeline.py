@@ -31,6 +31,31 @@ def test_run_directory_has_every_output(qlora_run):
     assert "held-out exact match" in result.stdout and str(out) in result.stdout
 
 
+THIRD_PARTY_NOISE = ("Failed to load", "register_constant", "gemm_4bit_forward", "it/s]", "{'loss'", "[transformers")
+
+
+def test_console_shows_kbit_lines_only_and_the_run_log_keeps_the_third_party_ones(qlora_run):
+    out, result = qlora_run
+    for noise in THIRD_PARTY_NOISE:
+        assert noise not in result.stderr and noise not in result.stdout, noise
+    assert "step 3/3  loss" in result.stderr and "scoring 4 held-out items" in result.stderr
+    log = (out / "train.log").read_text()
+    assert "WARNING torchao: Failed to load" in log and "WARNING bitsandbytes" in log
+    assert "INFO kbit: step 3/3  loss" in log and read_record(out).artifacts["log"] == "train.log"
+
+
+def test_quiet_prints_only_results_and_verbose_everything(tiny_model, tmp_path):
+    quiet = run_kbit("train", "-q", "--model", str(tiny_model), "--output", str(tmp_path / "quiet"), *TRAIN)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert quiet.stderr == "" and quiet.stdout.startswith("run ") and "held-out exact match" in quiet.stdout
+    assert "step 3/3  loss" in (tmp_path / "quiet" / "train.log").read_text()
+    verbose = run_kbit("-v", "train", "--model", str(tiny_model), "--output", str(tmp_path / "verbose"), *TRAIN,
+                       "--eval-limit", "0")
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert "warning  [torchao] Failed to load" in verbose.stderr and "Loading weights" in verbose.stderr
+    assert "{'loss'" in verbose.stdout  # the Trainer's own log lines
+
+
 def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     out, _ = qlora_run
     record = read_metadata(out)
