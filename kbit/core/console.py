@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -62,6 +63,14 @@ HARMLESS = (
              "an optional CPU kernel from the `kernels` package; bitsandbytes uses its own CPU path instead"),
     Harmless("torchao.kernel", "WARNING", r"Detected no triton",
              "torchao's Triton kernels serve GPUs (CUDA builds of torch bring Triton); kbit's CPU paths do not use them"),
+    Harmless("llmcompressor", "WARNING", r"^No accelerator available! Compressing model on CPU instead",
+             "a CPU run quantizes on the CPU, as the user chose; the quantize record names the device"),
+    Harmless("llmcompressor", "WARNING", r"^Disabling tokenizer parallelism due to threading conflict",
+             "llmcompressor turns off the tokenizer's threads while it calibrates; results are unchanged"),
+    Harmless("torch.fx._symbolic_trace", "WARNING", r"^is_fx_tracing will return true for both",
+             "a torch deprecation notice triggered by llmcompressor's model tracing"),
+    Harmless("transformers.modeling_utils", "UserWarning", r"^Attempting to save a model with offloaded modules",
+             "llmcompressor keeps the weights in CPU memory while it quantizes; saving them needs no more than that"),
     Harmless("transformers", "WARNING", r"^Ignoring clean_up_tokenization_spaces=True for BPE tokenizer",
              "the tokenizer config asks for a WordPiece clean-up that transformers rightly skips for BPE"),
     Harmless("transformers.integrations.bitsandbytes", "WARNING", r"^The modules are dequantized in",
@@ -176,7 +185,7 @@ class RunLogHandler(logging.Handler):
         super().close()
 
 
-_state: dict[str, object] = {"verbosity": None, "run_log": None, "showwarning": None}
+_state: dict[str, object] = {"verbosity": None, "run_log": None, "showwarning": None, "root_level": None}
 
 
 def verbosity() -> str | None:
@@ -206,8 +215,14 @@ def setup_console(level: str = "normal") -> None:
         handler._kbit = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     log.setLevel(logging.DEBUG)
-    _state.update(verbosity=level, run_log=run_log, showwarning=warnings.showwarning)
+    # Libraries that set no level of their own log INFO into the run log too (the console filter hides it).
+    _state.update(verbosity=level, run_log=run_log, showwarning=warnings.showwarning, root_level=root.level)
+    root.setLevel(logging.INFO)
     warnings.showwarning = _log_warning
+    if level != "verbose":
+        # tqdm reads TQDM_* defaults when it is imported (after this, by the heavy libraries): every bar
+        # off, the Trainer's and quantizers' included; kbit logs its own progress instead.
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def teardown_console() -> None:
@@ -218,7 +233,9 @@ def teardown_console() -> None:
         handler.close()
     if _state["showwarning"] is not None and warnings.showwarning is _log_warning:
         warnings.showwarning = _state["showwarning"]
-    _state.update(verbosity=None, run_log=None, showwarning=None)
+    if _state["root_level"] is not None:
+        root.setLevel(_state["root_level"])
+    _state.update(verbosity=None, run_log=None, showwarning=None, root_level=None)
 
 
 def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -265,6 +282,33 @@ def adopt_library_logs() -> None:
 
         hf_logging.disable_progress_bar()  # also huggingface_hub's
         datasets.disable_progress_bars()
+
+
+LOGURU_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "SUCCESS": logging.INFO,
+                 "METRIC": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+def route_loguru() -> None:
+    """Send llmcompressor's loguru messages through ``logging`` (and so to the console filter and run log).
+
+    llmcompressor sets up its loguru sinks (stdout, INFO and its per-layer METRIC lines) when it is
+    first imported, so it is imported here, before a quantize stage that uses it; a no-op without
+    ``setup_console`` or without llmcompressor.
+    """
+    import importlib.util
+
+    if verbosity() is None or importlib.util.find_spec("llmcompressor") is None:
+        return
+    import llmcompressor  # noqa: F401 - configures its loguru sinks, replaced below
+    from loguru import logger as loguru_logger
+
+    def to_logging(message) -> None:
+        record = message.record
+        level = LOGURU_LEVELS.get(record["level"].name, record["level"].no)
+        logging.getLogger(record["name"] or "loguru").log(level, "%s", record["message"])
+
+    loguru_logger.remove()
+    loguru_logger.add(to_logging, level=0, format="{message}")
 
 
 @contextlib.contextmanager
