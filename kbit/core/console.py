@@ -299,6 +299,9 @@ def route_loguru() -> None:
 
     if verbosity() is None or importlib.util.find_spec("llmcompressor") is None:
         return
+    # llmcompressor adds a stdout sink at import and logs through it while still importing; with an
+    # empty console level it adds none (its documented switch), and the sink below takes over.
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "")
     import llmcompressor  # noqa: F401 - configures its loguru sinks, replaced below
     from loguru import logger as loguru_logger
 

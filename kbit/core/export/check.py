@@ -162,5 +162,5 @@ def exact_match(model: Any, tokenizer: Any, task: str, items: Sequence[Any], max
     from kbit.core.evaluate.generation import generate_answers
     from kbit.core.evaluate.scoring import score
 
-    predictions, _ = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens)
+    predictions = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens).texts
     return sum(score(task, p, list(e.answers))["exact_match"] for p, e in zip(predictions, items)) / len(items)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbit.core.evaluate.sample_size import MIN_ITEMS, interval_text, small_sample_warning, too_few
+from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_text, interval_text, small_sample_warning, too_few
 
 
 def _percent(value: Any) -> str:
@@ -30,6 +30,17 @@ def held_out_lines(metrics: dict[str, Any], eval_limit: int | None = None) -> tu
     return f"exact match {counts} ({rates}; 95% CI {intervals})", small_sample_warning(items, hint)
 
 
+def variant_lines(metrics: dict[str, Any]) -> list[str]:
+    """One line per variant the run scored after training (adapter, merged, quantized, deploy files):
+    its held-out exact match on the same items; empty when only the adapter was scored."""
+    variants = metrics.get("variants") or {}
+    if len(variants) < 2:
+        return []
+    width = max(len(name) for name in variants)
+    return [f"{name:<{width}}  {exact_match_text(v['exact_match_hits'], v['items'])}  {v['model']}"
+            for name, v in variants.items() if v.get("items") and "exact_match_hits" in v]
+
+
 def print_summary(result: Any) -> None:
     if result.record is None:
         return  # not the main process
@@ -47,6 +58,8 @@ def print_summary(result: Any) -> None:
     eval_limit = record.config.get("eval_limit")
     line, warning = held_out_lines(metrics, eval_limit)
     console.print(f"[bold]held-out[/bold] {escape(line)}")
+    for number, variant in enumerate(variant_lines(metrics)):
+        console.print(f"[bold]{'variants' if number == 0 else '':<8}[/bold] {escape(variant)}")
     if warning:
         console.print(f"[bold yellow]warning[/bold yellow]  {escape(warning)}")
     generation = metrics.get("generation")
