@@ -148,7 +148,8 @@ def train_command(
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
     logging_steps: Annotated[Optional[int], typer.Option("--logging-steps")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
-    report_to: Annotated[Optional[str], typer.Option("--report-to", help="none, tensorboard or wandb.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Held-out loss every N steps (default: about 4 times a run and at the end; 0 = never).")] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="Also log to none, tensorboard, wandb or trackio (each an extra: pip install 'kbit[NAME]').")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
     held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out examples: a count (50) or a fraction (0.1, 10%); default 100 for arith, 10% of a file.")] = None,
     eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Held-out items scored before/after (0 = skip).")] = None,
@@ -170,7 +171,7 @@ def train_command(
         model=model, dataset=dataset, columns=columns, method=method, output=output, name=name,
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         scheduler=scheduler, warmup_ratio=warmup_ratio, max_length=max_length, seed=seed, packing=packing, logging_steps=logging_steps,
-        save_steps=save_steps, report_to=report_to, max_examples=max_examples, held_out=held_out, eval_limit=eval_limit,
+        save_steps=save_steps, eval_steps=eval_steps, report_to=report_to, max_examples=max_examples, held_out=held_out, eval_limit=eval_limit,
         max_new_tokens=max_new_tokens,
         trust_remote_code=trust_remote_code, overwrite=overwrite, merge_min_agreement=merge_min_agreement,
     )

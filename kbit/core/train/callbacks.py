@@ -40,6 +40,14 @@ class StopOnNonFinite(TrainerCallback):
             control.should_log = True  # the last step's loss is always logged, whatever --logging-steps says
 
 
+class EvaluateAtEnd(TrainerCallback):
+    """Measure the held-out loss at the last step too, whatever the evaluation interval."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps > 0:
+            control.should_evaluate = True
+
+
 class LogProgress(TrainerCallback):
     """Each logged training step (and evaluation) as one line of the ``kbit`` logger.
 

@@ -44,6 +44,20 @@ def test_console_shows_kbit_lines_only_and_the_run_log_keeps_the_third_party_one
     assert "INFO kbit: step 3/3  loss" in log and read_record(out).artifacts["log"] == "train.log"
 
 
+def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny_model, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), "--max-steps", "4", "--batch-size", "2",
+                      "-o", "r=4", "--max-examples", "40", "--eval-limit", "4", "--logging-steps", "2",
+                      "--report-to", "tensorboard")
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = read_metadata(out)["loss_history"]
+    assert [(h["step"], "eval_loss" in h) for h in history] == [(1, False), (2, True), (4, True)]
+    assert "step 4/4  held-out loss" in result.stderr
+    assert f"held-out loss {history[1]['eval_loss']:.3f} → {history[2]['eval_loss']:.3f}" in result.stdout
+    assert list((out / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
+
+
 def test_quiet_prints_only_results_and_verbose_everything(tiny_model, tmp_path):
     quiet = run_kbit("train", "-q", "--model", str(tiny_model), "--output", str(tmp_path / "quiet"), *TRAIN)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
@@ -63,6 +77,8 @@ def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     spec = read_record(out).spec
     assert spec.method == "qlora" and spec.adapter.r == 4
     assert [h["step"] for h in record["loss_history"]] == [1, 2, 3]
+    # the held-out loss beside the training loss (3 steps, logging every step: measured every step)
+    assert all(h["eval_loss"] > 0 for h in record["loss_history"])
     for key in ("base_model", "dataset", "versions", "merge_policy", "wall_time_s", "peak_memory_bytes", "config"):
         assert record[key], key
     assert record["dataset"]["fingerprint"] and record["base_model"]["revision"]
