@@ -210,7 +210,7 @@ def test_two_processes_under_torchrun_train_the_same_adapter(tiny_model, tmp_pat
     digests = record["train"]["rank_adapter_digests"]
     assert record["train"]["world_size"] == 2 and len(digests) == 2 and digests[0] == digests[1]
     assert result.stdout.count("held-out exact match") == 1  # only rank 0 reports and writes
-    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "adapter", "checkpoints", "kbit.json", "loss.png", "merged"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "adapter", "checkpoints", "kbit.json", "loss.png", "merged", "train.log"])
 
 
 def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_site, tiny_model, tmp_path):
