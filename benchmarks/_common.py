@@ -145,6 +145,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu (default) or cuda; with cuda the training items measure GPU memory and tokens/s")
     p.add_argument("--workdir", help="keep intermediate runs here (default: a temporary folder)")
+    p.add_argument("--model", help="model directory to measure instead of the embedded SmolLM2 default "
+                                   "(sets KBIT_BENCH_MODEL, which the items' workers inherit)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch in this process and its workers (default: torch's choice). "
                         "On a machine shared with other jobs, 1 avoids OpenMP threads waiting on a busy core")
@@ -153,6 +155,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def setup(args: argparse.Namespace) -> None:
     """Apply --threads (before torch is imported, so workers inherit it) and quiet the libraries."""
+    if getattr(args, "model", None):
+        os.environ[MODEL_VARIABLE] = str(Path(args.model).resolve())
     if getattr(args, "threads", 0):
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(args.threads)
@@ -188,11 +192,15 @@ def workdir(args: argparse.Namespace, name: str) -> Path:
 # Model and data ----------------------------------------------------------------------------------
 
 
+MODEL_VARIABLE = "KBIT_BENCH_MODEL"
+
+
 def model_path() -> str:
-    """The default model (SmolLM2-135M-Instruct), converted once to a cached fp32 safetensors dir."""
+    """``--model``'s directory, else the default model (SmolLM2-135M-Instruct), converted once to a
+    cached fp32 safetensors dir."""
     from kbit.core.models import resolve_model
 
-    return resolve_model(None).path
+    return resolve_model(os.environ.get(MODEL_VARIABLE)).path
 
 
 def arith_data(seed: int = 0) -> Any:
@@ -205,7 +213,7 @@ def arith_data(seed: int = 0) -> Any:
 def tokenizer() -> Any:
     from kbit.core.models import load_tokenizer, resolve_model
 
-    return load_tokenizer(resolve_model(None))
+    return load_tokenizer(resolve_model(os.environ.get(MODEL_VARIABLE)))
 
 
 def probe_batches(tok: Any, examples: Sequence[Any], batch_size: int = 16, device: str = "cpu") -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import Figure, finish, parser, ratio, setup, workdir
+from benchmarks._common import Figure, finish, model_path, parser, ratio, setup, workdir
 
 ITEM = "8 qalora"
 
@@ -44,8 +44,8 @@ def train(method: str, steps: int, work: Path, extra: tuple[str, ...]) -> tuple[
     record = out / "kbit.json"
     if record.is_file() and json.loads(record.read_text()).get("status") == "finished":
         return out, float(json.loads(record.read_text())["wall_time_s"])  # reused from an earlier run
-    _, seconds = kbit("train", "--method", method, "--max-steps", str(steps), "--output", str(out), "--overwrite",
-                      *extra, cwd=work)
+    _, seconds = kbit("train", "--model", model_path(), "--method", method, "--max-steps", str(steps), "--output", str(out),
+                      "--overwrite", *extra, cwd=work)
     return out, seconds
 
 

@@ -4,7 +4,7 @@
 # exposes as a method option (-o quant_storage=bfloat16) — the trainer has no FSDP branch.
 # It trains the embedded default for 20 steps on every visible GPU with FSDP (full shard), then checks
 # the run finished, the packed weights were stored in bf16, and the merged model reproduces the adapter.
-# Usage: bash scripts/gpu_fsdp_check.sh        (about 2-3 minutes on one H100/H200)
+# Usage: bash scripts/gpu_fsdp_check.sh [kbit train flags, e.g. --model DIR]   (about 2-3 minutes on one H100/H200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible')"
@@ -26,7 +26,7 @@ fsdp_config:
   fsdp_sync_module_states: true
 YAML
 time accelerate launch --config_file "$config" -m kbit train --output "$out" --max-steps 20 \
-  -o quant_storage=bfloat16 -o compute_dtype=bfloat16 --eval-limit 20
+  -o quant_storage=bfloat16 -o compute_dtype=bfloat16 --eval-limit 20 "$@"
 python - "$out" <<'PY'
 import json, sys
 record = json.load(open(f"{sys.argv[1]}/kbit.json"))

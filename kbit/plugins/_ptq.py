@@ -2,7 +2,8 @@
 
 Both train an adapter on the full-precision base, merge it, and then quantize the merged model with
 llm-compressor's ``oneshot`` into a compressed-tensors checkpoint that ``from_pretrained`` loads.
-They differ only in the llm-compressor modifier that does the rounding.
+They differ in the llm-compressor modifiers of the recipe: gptq rounds with GPTQ; awq scales channels
+with AWQ first, then rounds (with GPTQ by default, see ``kbit.plugins.awq``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from kbit.plugin import (
 )
 
 PEFT_TYPES = ("lora", "vera")
+GPTQ_DAMPENING = 0.01  # GPTQ's Hessian dampening (fraction of the mean diagonal): gptq's default, awq's rounding=gptq
 GROUP_CANDIDATES = (128, 64, 32)
 REQUIRES = (
     Requirement("llmcompressor", "pip install 'kbit[ptq]'"),

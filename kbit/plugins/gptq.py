@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from kbit.plugin import DeviceInfo, MethodInfo, Option, QuantizationSpec, hookimpl, number
-from kbit.plugins._ptq import PEFT_TYPES, REQUIRES, ptq_options, ptq_spec, quantize_with
+from kbit.plugins._ptq import GPTQ_DAMPENING, PEFT_TYPES, REQUIRES, ptq_options, ptq_spec, quantize_with
 from kbit.plugins._ptq import build_quant_config, merge_policy, prepare_model, resolve_for_model  # noqa: F401  (shared hooks)
 
 NAME = "gptq"
 OPTIONS = ptq_options(
     symmetric=True,
-    extra=(Option("dampening", 0.01, number(minimum=0, below=1), "Hessian dampening, as a fraction of its mean diagonal"),),
+    extra=(Option("dampening", GPTQ_DAMPENING, number(minimum=0, below=1), "Hessian dampening, as a fraction of its mean diagonal"),),
 )
 
 
