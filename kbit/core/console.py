@@ -186,6 +186,15 @@ class RunLogHandler(logging.Handler):
 
 
 _state: dict[str, object] = {"verbosity": None, "run_log": None, "showwarning": None, "root_level": None}
+_env_set: list[str] = []  # environment variables setup_console (or route_loguru) set, unset by teardown_console
+_undo: list = []  # how to give torch, transformers and datasets their own logging back (teardown_console)
+
+
+def _set_env(name: str, value: str) -> None:
+    """Set ``name`` for the libraries of this process unless the user set it; undone by ``teardown_console``."""
+    if name not in os.environ:
+        os.environ[name] = value
+        _env_set.append(name)
 
 
 def verbosity() -> str | None:
@@ -222,7 +231,7 @@ def setup_console(level: str = "normal") -> None:
     if level != "verbose":
         # tqdm reads TQDM_* defaults when it is imported (after this, by the heavy libraries): every bar
         # off, the Trainer's and quantizers' included; kbit logs its own progress instead.
-        os.environ.setdefault("TQDM_DISABLE", "1")
+        _set_env("TQDM_DISABLE", "1")
 
 
 def teardown_console() -> None:
@@ -236,6 +245,10 @@ def teardown_console() -> None:
     if _state["root_level"] is not None:
         root.setLevel(_state["root_level"])
     _state.update(verbosity=None, run_log=None, showwarning=None, root_level=None)
+    while _env_set:
+        os.environ.pop(_env_set.pop(), None)
+    while _undo:
+        _undo.pop()()
 
 
 def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -267,6 +280,7 @@ def adopt_library_logs() -> None:
 
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
+    _undo.extend([hf_logging.enable_default_handler, hf_logging.disable_propagation])
     manager = logging.Logger.manager
     for name in list(manager.loggerDict):
         logger = manager.loggerDict[name]
@@ -275,13 +289,16 @@ def adopt_library_logs() -> None:
         own = [h for h in logger.handlers if type(h) is logging.StreamHandler]  # torch._logging's stderr handler
         for handler in own:
             logger.removeHandler(handler)
+            _undo.append(lambda logger=logger, handler=handler: logger.addHandler(handler))
         if own:
             logger.propagate = True
+            _undo.append(lambda logger=logger: setattr(logger, "propagate", False))
     if level != "verbose":
         import datasets
 
         hf_logging.disable_progress_bar()  # also huggingface_hub's
         datasets.disable_progress_bars()
+        _undo.extend([hf_logging.enable_progress_bar, datasets.enable_progress_bars])
 
 
 LOGURU_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "SUCCESS": logging.INFO,
@@ -301,7 +318,7 @@ def route_loguru() -> None:
         return
     # llmcompressor adds a stdout sink at import and logs through it while still importing; with an
     # empty console level it adds none (its documented switch), and the sink below takes over.
-    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "")
+    _set_env("LLM_COMPRESSOR_LOG_LEVEL", "")
     import llmcompressor  # noqa: F401 - configures its loguru sinks, replaced below
     from loguru import logger as loguru_logger
 

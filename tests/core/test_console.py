@@ -77,3 +77,35 @@ def test_setup_routes_warnings_with_their_module_and_category_and_the_run_log_ke
     assert "torchao: Failed to load" in text and "py.warnings: a real deprecation" in text
     assert "resumed" in text and "between runs" not in text
     assert logging.getLogger().handlers == [h for h in logging.getLogger().handlers if not getattr(h, "_kbit", False)]
+
+
+def test_teardown_leaves_the_environment_as_it_was(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    setup_console("quiet")
+    import os
+
+    assert os.environ["TQDM_DISABLE"] == "1"  # for the libraries this command imports
+    teardown_console()
+    assert "TQDM_DISABLE" not in os.environ  # not for the next command or its subprocesses
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    setup_console("normal")
+    teardown_console()
+    assert os.environ["TQDM_DISABLE"] == "0"  # the user's own setting is theirs
+
+
+def test_library_loggers_are_adopted_for_the_command_and_given_back():
+    import torch  # noqa: F401 - torch's own handlers are installed at import
+    import transformers.utils.logging as hf_logging
+
+    from kbit.core.console import adopt_library_logs
+
+    torch_logger = logging.getLogger("torch")
+    before = (list(torch_logger.handlers), torch_logger.propagate, hf_logging.is_progress_bar_enabled())
+    setup_console("normal")
+    try:
+        adopt_library_logs()
+        assert not [h for h in torch_logger.handlers if type(h) is logging.StreamHandler]
+        assert logging.getLogger("transformers").propagate and not hf_logging.is_progress_bar_enabled()
+    finally:
+        teardown_console()
+    assert (list(torch_logger.handlers), torch_logger.propagate, hf_logging.is_progress_bar_enabled()) == before
