@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Annotated, Optional
 
@@ -375,7 +376,7 @@ def compare_command(
     import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; keep stdout for the result
-        result = run_compare(settings, progress=lambda line: typer.echo(f"compare: {line}", err=True))
+        result = run_compare(settings, progress=lambda line: logging.getLogger("kbit").info("compare: %s", line))
     if as_json:
         typer.echo(json.dumps({"out_dir": str(result.out_dir), **_jsonable(result.report)}, indent=2))
     else:
