@@ -78,6 +78,11 @@ HARMLESS = (
 )
 
 
+# Deprecation notices address the developers of the code that calls the deprecated API (Python itself
+# hides them outside __main__); a user of kbit cannot act on them. Kept in the run log.
+DEVELOPER_WARNINGS = ("DeprecationWarning", "PendingDeprecationWarning")
+
+
 def _origin(record: logging.LogRecord) -> tuple[str, str]:
     """(module, category) of a record: a captured warning's own, else the logger name and level."""
     return getattr(record, "warning_module", record.name), getattr(record, "warning_category", record.levelname)
@@ -109,6 +114,8 @@ class ConsoleFilter(logging.Filter):
             return record.levelno >= logging.ERROR
         if _is_kbit(record):
             return record.levelno >= logging.INFO
+        if getattr(record, "warning_category", None) in DEVELOPER_WARNINGS:
+            return False
         return record.levelno >= logging.WARNING and not is_harmless(record)
 
 

@@ -34,7 +34,7 @@ def test_harmless_messages_match_module_category_and_text_only():
 @pytest.mark.parametrize("verbosity, shown", [
     ("normal", {"kbit info", "kbit warning", "other warning", "kbit error"}),
     ("quiet", {"kbit error"}),
-    ("verbose", {"kbit info", "kbit warning", "other warning", "kbit error", "harmless", "other info"}),
+    ("verbose", {"kbit info", "kbit warning", "other warning", "kbit error", "harmless", "other info", "deprecation"}),
 ])
 def test_console_filter_by_verbosity(verbosity, shown):
     records = {
@@ -44,6 +44,8 @@ def test_console_filter_by_verbosity(verbosity, shown):
         "other warning": _record("transformers.modeling_utils", logging.WARNING, "weights not initialized"),
         "other info": _record("transformers", logging.INFO, "loading"),
         "harmless": _record("torchao", logging.WARNING, TORCHAO_SO),
+        "deprecation": _record("py.warnings", logging.WARNING, "script_method is deprecated",
+                               warning_category="DeprecationWarning", warning_module="torch.jit._script"),
         "file only": _record("kbit", logging.ERROR, "traceback", **LOG_FILE_ONLY),
     }
     keep = ConsoleFilter(verbosity)

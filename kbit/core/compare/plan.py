@@ -116,7 +116,7 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
         "columns": config.columns, "max_steps": config.max_steps, "batch_size": config.batch_size,
         "seed": config.seed, "max_examples": config.max_examples, "eval_limit": 0,
     })
-    data = load_task_data(template.dataset, columns=template.columns, held_out_fraction=template.held_out_fraction,
+    data = load_task_data(template.dataset, columns=template.columns, held_out=template.held_out,
                           max_examples=template.max_examples, seed=template.seed)
     if not data.train or not data.held_out:
         raise ConfigError(f"dataset {data.source} has {len(data.train)} training and {len(data.held_out)} held-out "
