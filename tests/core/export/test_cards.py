@@ -7,6 +7,7 @@ import json
 import yaml
 
 from kbit.core.cards import artifact_card, base_model_id, name_base_in_adapter, write_cards
+from kbit.core.record import RunRecord
 
 RECORD = {
     "name": "SmolLM2-135M-Instruct-arith_SFT_LoRa64_QLORA_w4_headfp32",
@@ -62,7 +63,7 @@ def test_write_cards_covers_present_folders_and_points_the_adapter_at_the_hub(tm
     (tmp_path / "merged").mkdir()
     (tmp_path / "merged" / "config.json").write_text("{}")
     (tmp_path / "gguf").mkdir()  # empty: no card
-    written = write_cards(tmp_path, RECORD)
+    written = write_cards(tmp_path, RunRecord.from_dict(RECORD))
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == ["README.md", "adapter/README.md", "merged/README.md"]
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
