@@ -71,6 +71,8 @@ HARMLESS = (
              "a torch deprecation notice triggered by llmcompressor's model tracing"),
     Harmless("transformers.modeling_utils", "UserWarning", r"^Attempting to save a model with offloaded modules",
              "llmcompressor keeps the weights in CPU memory while it quantizes; saving them needs no more than that"),
+    Harmless("transformers.trainer_utils", "WARNING", r"^mtime may not be reliable on this filesystem",
+             "old checkpoints are then rotated by step number, the order kbit's checkpoint-N folders have anyway"),
     Harmless("transformers", "WARNING", r"^Ignoring clean_up_tokenization_spaces=True for BPE tokenizer",
              "the tokenizer config asks for a WordPiece clean-up that transformers rightly skips for BPE"),
     Harmless("transformers.integrations.bitsandbytes", "WARNING", r"^The modules are dequantized in",
