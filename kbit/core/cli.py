@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -18,8 +19,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False, "quiet": False}
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything: third-party warnings and progress bars.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Show only results and errors.")]
 OptionsArg = Annotated[
     Optional[list[str]],
     typer.Option("--option", "-o", help="Method option as key=value (repeatable), e.g. -o r=16."),
@@ -29,8 +32,30 @@ OptionsArg = Annotated[
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    _state["debug"] = debug
+    _state.update(debug=debug, verbose=verbose, quiet=quiet)
+
+
+def _console(verbose: bool, quiet: bool) -> None:
+    """Set up the console of a command that trains, evaluates or writes models (``kbit.core.console``).
+
+    Imports no torch; ``_load_libraries`` does, right before the command's pipeline.
+    """
+    from kbit.core.console import setup_console
+    from kbit.core.errors import ConfigError
+
+    verbose, quiet = verbose or bool(_state["verbose"]), quiet or bool(_state["quiet"])
+    if verbose and quiet:
+        raise ConfigError("--verbose and --quiet contradict each other; give one of them")
+    setup_console("verbose" if verbose else "quiet" if quiet else "normal")
+
+
+def _load_libraries() -> None:
+    from kbit.core.console import adopt_library_logs
+
+    adopt_library_logs()
 
 
 @app.command("methods")
@@ -125,7 +150,8 @@ def train_command(
     padding_free: Annotated[Optional[str], typer.Option("--padding-free", help="Micro-batches as one row of concatenated examples, no padding: auto (where the attention keeps examples apart and padding would be >= 15%), true or false.")] = None,
     logging_steps: Annotated[Optional[int], typer.Option("--logging-steps")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
-    report_to: Annotated[Optional[str], typer.Option("--report-to", help="none, tensorboard or wandb.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Held-out loss every N steps (default: about 4 times a run and at the end; 0 = never).")] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="Also log to none, tensorboard, wandb or trackio (each an extra: pip install 'kbit[NAME]').")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
     held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out examples: a count (50) or a fraction (0.1, 10%); default 100 for arith, 10% of a file.")] = None,
     eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Held-out items scored before/after (0 = skip).")] = None,
@@ -134,9 +160,13 @@ def train_command(
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty run directory.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune a model with adapters on a quantized base (defaults: SmolLM2 + arithmetic + qlora)."""
     from kbit.core.options import parse_assignments
+
+    _console(verbose, quiet)
     from kbit.core.train.config import build_config
 
     overrides = dict(
@@ -144,7 +174,7 @@ def train_command(
         max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         scheduler=scheduler, warmup_ratio=warmup_ratio, max_length=max_length, seed=seed, packing=packing, padding_free=padding_free,
         logging_steps=logging_steps,
-        save_steps=save_steps, report_to=report_to, max_examples=max_examples, held_out=held_out, eval_limit=eval_limit,
+        save_steps=save_steps, eval_steps=eval_steps, report_to=report_to, max_examples=max_examples, held_out=held_out, eval_limit=eval_limit,
         max_new_tokens=max_new_tokens,
         trust_remote_code=trust_remote_code, overwrite=overwrite, merge_min_agreement=merge_min_agreement,
     )
@@ -158,6 +188,7 @@ def train_command(
         settings = resume_config(resume, overrides)
     else:
         settings = build_config(config, overrides)
+    _load_libraries()
     from kbit.core.train.pipeline import run_training
     from kbit.core.train.summary import print_summary
 
@@ -184,8 +215,12 @@ def eval_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds something other than a kbit report (never a run).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from plain model repositories.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Evaluate runs and models on held-out data: loss, perplexity, task scores, memory, bits/weight, speed."""
+    _console(verbose, quiet)
+    _load_libraries()
     from kbit.core.evaluate.pipeline import build_eval_config, run_eval
     from kbit.core.evaluate.report import print_table
     from kbit.core.options import parse_assignments
@@ -212,9 +247,14 @@ def quantize_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Calibration data (default: the run's training data, else arith).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output even if it holds something other than a kbit quantized model (never a run).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the quantize record as JSON.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Quantize a merged model after training (GPTQ, AWQ, ...) into a compressed checkpoint."""
     import contextlib
+
+    _console(verbose, quiet)
+    _load_libraries()
     from pathlib import Path
 
     from kbit.core.options import parse_assignments
@@ -242,9 +282,14 @@ def export_command(
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Least top-1 agreement the check accepts (default by type).")] = None,
     max_em_drop: Annotated[Optional[float], typer.Option("--max-em-drop", help="Largest exact-match drop the check accepts, as a fraction.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write a deployable file (GGUF for llama.cpp, Ollama, LM Studio), check it against its source, record it."""
     import contextlib
+
+    _console(verbose, quiet)
+    _load_libraries()
 
     from kbit.core.export.pipeline import export_path
 
@@ -310,11 +355,15 @@ def compare_command(
     out: Annotated[Optional[str], typer.Option("--out", "-O", help="Comparison folder (default compare/MODEL-DATASET-Nsteps); an earlier comparison there is continued.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it holds other data, and retrain runs in it trained with other settings.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train each method with the same budget and data, evaluate every variant, write one report.
 
     Finished runs in the comparison folder are reused, unfinished ones resumed. A method that fails is reported in its row and the others go on; the exit code is 1 only when every method failed (2: bad input, nothing written).
     """
+    _console(verbose, quiet)
+    _load_libraries()
     from kbit.core.compare.pipeline import run_compare
     from kbit.core.compare.plan import build_compare_config
     from kbit.core.compare.render import print_table
@@ -329,7 +378,7 @@ def compare_command(
     import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; keep stdout for the result
-        result = run_compare(settings, progress=lambda line: typer.echo(f"compare: {line}", err=True))
+        result = run_compare(settings, progress=lambda line: logging.getLogger("kbit").info("compare: %s", line))
     if as_json:
         typer.echo(json.dumps({"out_dir": str(result.out_dir), **_jsonable(result.report)}, indent=2))
     else:
@@ -370,8 +419,11 @@ def _usage_error_types() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _exit_on_sigterm() -> None:
-    """Turn SIGTERM (``kill``, ``timeout``) into ``Terminated`` so a run is marked interrupted and unlocked."""
+def _exit_on_sigterm() -> Any:
+    """Turn SIGTERM (``kill``, ``timeout``) into ``Terminated`` so a run is marked interrupted and unlocked.
+
+    Returns the handler it replaced (None when signals were left alone), for ``_run_app`` to restore.
+    """
     import signal
 
     from kbit.core.errors import Terminated
@@ -380,9 +432,23 @@ def _exit_on_sigterm() -> None:
         raise Terminated(signum)
 
     try:
-        signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (kbit called from a library): leave signals alone
-        pass
+        return None
+
+
+def _run_app(args: list[str]) -> object:
+    import signal
+
+    from kbit.core.console import teardown_console
+
+    previous = _exit_on_sigterm()
+    try:
+        return app(args=args, standalone_mode=False)
+    finally:
+        teardown_console()  # kbit called in-process (tests, other programs): leave logging and signals as they were
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -397,9 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     usage_errors = _usage_error_types()
-    _exit_on_sigterm()
     try:
-        code = app(args=args, standalone_mode=False)
+        code = _run_app(args)
     except KbitError as exc:
         if debug:
             raise

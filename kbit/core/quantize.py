@@ -42,6 +42,9 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
     ``metadata(result)``, when given, returns the record written as ``kbit.json`` inside ``target``
     before it appears.
     """
+    from kbit.core.console import route_loguru
+
+    route_loguru()
     started = time.time()
     with atomic_directory(target) as staging:
         method.quantize_model(Path(model_dir), spec, calibration, staging)

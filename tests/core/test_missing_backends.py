@@ -95,3 +95,23 @@ def test_each_builtin_install_line_names_the_extra_or_core_dependency_that_provi
             else:
                 assert distribution in core, (record.name, needed)
     assert checked == 5  # gptq and awq: llmcompressor, compressed_tensors; torchao-int8: torchao
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_refused_with_its_install_line(tmp_path):
+    run = tmp_path / "run"
+    result = kbit_without("wandb", "train", "--report-to", "wandb", "--model", str(tmp_path / "no-model"),
+                          "--output", str(run), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (error,) = [text for text in result.stderr.splitlines() if text.startswith("kbit: error:")]
+    assert error == "kbit: error: --report-to wandb needs wandb: pip install 'kbit[wandb]'"
+    assert not run.exists() and not (tmp_path / "runs").exists()
+
+
+def test_each_tracker_install_line_names_the_extra_that_provides_it():
+    from kbit.core.train.plan import TRACKERS
+
+    requirements = [Requirement(r) for r in importlib.metadata.requires("kbit")]
+    for name, tracker in TRACKERS.items():
+        extra = re.fullmatch(r"pip install 'kbit\[([a-z]+)\]'", tracker.install)[1]
+        assert tracker.module in {canonicalize_name(r.name) for r in requirements
+                                  if r.marker and r.marker.evaluate({"extra": extra})}, name

@@ -23,8 +23,16 @@ def train_and_quantize(tiny_model: Path, method: str, run: Path, bits: int, symm
     weights = info["config_groups"]["group_0"]["weights"]
     # tiny widths are 64 (hidden) and 128 (intermediate): 'auto' picks 64
     assert (weights["num_bits"], weights["group_size"], weights["symmetric"]) == (bits, 64, symmetric)
+    assert record["spec"]["group_size"] == 64 and record["spec"]["extras"]["group_size_requested"] == "auto"
     model = AutoModelForCausalLM.from_pretrained(run / "quantized")
     assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.isfinite().all()
+    # what ships is scored in the run, on the adapter's held-out items
+    variants = record["metrics"]["variants"]
+    assert list(variants) == ["adapter", "merged", "quantized"]
+    assert {v["items"] for v in variants.values()} == {record["metrics"]["after"]["items"]} == {2}
+    assert variants["quantized"]["model"] == "quantized/ as saved (compressed-tensors)"
+    for v in variants.values():
+        assert v["exact_match_hits"] == round(v["exact_match"] * v["items"]) and len(v["exact_match_ci95"]) == 2
     return record
 
 

@@ -13,7 +13,7 @@ from kbit.testing import MethodContract, get_method, make_tiny_model
 from tests.conftest import run_kbit
 
 TRAIN = ("--method", "qalora", "--max-steps", "4", "--batch-size", "2", "-o", "r=4", "--max-examples", "40",
-         "--eval-limit", "4", "--logging-steps", "1", "--save-steps", "2", "--seed", "3")
+         "--eval-limit", "4", "--logging-steps", "1", "--save-steps", "2", "--seed", "3", "--max-new-tokens", "6")
 
 
 class TestQaloraContract(MethodContract):
@@ -55,6 +55,12 @@ def test_the_q4_1_file_written_by_the_run_is_the_trained_model(qalora_run, tiny_
     assert record["status"] == "finished" and record["merge_policy"]["export"] == "q4_1"
     (export,) = record["exports"]
     assert export["type"] == "q4_1" and export["file"].endswith("-q4_1.gguf")
+    # the file is scored in the run like every variant: same items, same answer budget
+    assert export["items"] == 4 and export["source"]["max_new_tokens"] == 6
+    variants = record["metrics"]["variants"]
+    assert list(variants) == ["adapter", "merged", "gguf q4_1"]
+    assert variants["gguf q4_1"]["exact_match"] == export["exact_match"] and variants["gguf q4_1"]["items"] == 4
+    assert variants["merged"]["exact_match"] == export["source"]["exact_match"]  # the same model, items and budget
     against = export["against_adapter"]
     assert against["top1_agreement"] == 1.0 and against["max_abs_logit_diff"] < 1e-2, against
     # The merge moved only the block offsets: the file's codes and scales are the base's, exactly.

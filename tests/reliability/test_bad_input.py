@@ -176,6 +176,10 @@ CASES = [
     ((*TRAIN, "--batch-size", "many"), "invalid value for 'batch_size'"),
     ((*TRAIN, "--scheduler", "zigzag"), "invalid value for 'scheduler'"),
     ((*TRAIN, "--name", "../escape"), "must be a plain folder name"),
+    ((*TRAIN, "--eval-steps", "-1"), "invalid value for 'eval_steps'"),
+    ((*TRAIN, "--report-to", "mlflow"), "invalid value for 'report_to': expected one of none, tensorboard, wandb, trackio"),
+    ((*TRAIN, "-v", "-q"), "--verbose and --quiet contradict each other; give one of them"),
+    (("-q", *TRAIN, "--verbose"), "--verbose and --quiet contradict each other"),
     # config files
     ((*TRAIN, "--config", "missing.yaml"), "config file missing.yaml does not exist"),
     ((*TRAIN, "--config", "{yaml_bad}"), "line 2: invalid YAML"),

@@ -77,7 +77,7 @@ def run_figures(record: dict[str, Any]) -> dict[str, Any]:
     """
     wall = record.get("wall_time_s")
     quantize_s = (record.get("quantize") or {}).get("seconds")
-    history = record.get("loss_history") or []
+    history = [h for h in record.get("loss_history") or [] if "loss" in h]  # entries may hold only eval_loss
     return {
         "run_name": record.get("name"),
         "steps": (record.get("train") or {}).get("steps"),

@@ -25,7 +25,7 @@ TRAIN, REUSE, RESUME = "train", "reuse", "resume"
 # Settings that do not change what a run trains: where it is written, how it is named, how often it
 # logs or checkpoints, and the scoring at its end (kbit compare scores every variant itself).
 NOT_COMPARED = frozenset({"output", "overwrite", "trust_remote_code", "name", "eval_limit", "max_new_tokens",
-                          "logging_steps", "save_steps", "report_to"})
+                          "logging_steps", "save_steps", "report_to", "eval_steps"})
 COMPARED = tuple(f for f in FIELDS if f not in NOT_COMPARED)
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from transformers import TrainerCallback
 
 from kbit.core.errors import KbitError
+
+log = logging.getLogger("kbit")
 
 
 class NonFiniteLoss(KbitError):
@@ -34,3 +38,31 @@ class StopOnNonFinite(TrainerCallback):
                 )
         if state.global_step >= state.max_steps > 0:
             control.should_log = True  # the last step's loss is always logged, whatever --logging-steps says
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Measure the held-out loss at the last step too, whatever the evaluation interval."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps > 0:
+            control.should_evaluate = True
+
+
+class LogProgress(TrainerCallback):
+    """Each logged training step (and evaluation) as one line of the ``kbit`` logger.
+
+    Used instead of the Trainer's progress bar and printed log dicts unless the console is verbose;
+    the run log keeps the lines either way.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        log.info("training %d steps", state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        width = len(str(state.max_steps))
+        where = f"step {state.global_step:>{width}}/{state.max_steps}"
+        if "loss" in logs:
+            log.info("%s  loss %.4f  lr %.3g", where, logs["loss"], logs.get("learning_rate", 0.0))
+        if "eval_loss" in logs:
+            log.info("%s  held-out loss %.4f", where, logs["eval_loss"])

@@ -17,7 +17,7 @@ from kbit.core.errors import ConfigError
 from kbit.core.options import boolean, choice, integer, number
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-REPORT_TO = ("none", "tensorboard", "wandb")
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 
 
 @attrs.frozen
@@ -45,6 +45,9 @@ class TrainConfig:
     padding_free: str = attrs.field(default="auto", converter=choice("auto", "true", "false"))
     logging_steps: int = attrs.field(default=10, converter=integer(minimum=1))
     save_steps: int = attrs.field(default=40, converter=integer(minimum=1))
+    # Held-out loss during training every N steps; None: about four times a run, on logging steps
+    # (and always at the last step); 0: never. Uses the first eval_limit held-out examples.
+    eval_steps: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=0)))
     report_to: str = attrs.field(default="none", converter=choice(*REPORT_TO))
     # A count or a fraction of the dataset; None: the dataset's default (see kbit.core.data.split).
     held_out: int | float | None = attrs.field(default=None, converter=held_out_size)

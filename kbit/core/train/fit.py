@@ -62,10 +62,17 @@ def padding_free_decision(plan: RunPlan, model: Any, dataset: Any) -> Decision:
 def build_trainer(plan: RunPlan, model: Any) -> Any:
     from trl import SFTConfig
 
-    from kbit.core.train.callbacks import StopOnNonFinite
+    from transformers import PrinterCallback
+
+    from kbit.core.console import verbosity
+    from kbit.core.train.callbacks import EvaluateAtEnd, LogProgress, StopOnNonFinite
     from kbit.core.train.trainer import KbitSFTTrainer
 
     config, compute = plan.config, plan.spec.training.compute_dtype
+    # kbit's console (not verbose): logged steps as kbit lines instead of the bar and printed dicts
+    own_progress = verbosity() in ("normal", "quiet")
+    held_out = list(plan.data.held_out[: config.eval_limit])
+    eval_strategy, eval_steps = training_evaluation(config) if held_out else ("no", None)
     checkpointing = checkpointing_enabled(model)
     dataset = sft_dataset(plan.tokenizer, plan.data.train)
     padding_free = padding_free_decision(plan, model, dataset)
@@ -80,6 +87,9 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         warmup_steps=int(math.ceil(config.warmup_ratio * max(config.max_steps, 1))),
         logging_steps=config.logging_steps,
         logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=eval_steps,
+        per_device_eval_batch_size=plan.batch_size,
         logging_nan_inf_filter=False,  # the default hides NaN losses, which must stop the run
         save_steps=config.save_steps,
         save_total_limit=2,
@@ -93,20 +103,45 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         **trainer_device_args(plan.device, compute),
         **checkpointing_arguments(SFTConfig, checkpointing),
         dataloader_num_workers=0,
-        disable_tqdm=not is_main_process(),
+        disable_tqdm=own_progress or not is_main_process(),
         ddp_find_unused_parameters=False,
     )
     trainer = KbitSFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=sft_dataset(plan.tokenizer, held_out) if eval_strategy != "no" else None,
         processing_class=plan.tokenizer,
-        callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints()],
+        callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints(),
+                   *([EvaluateAtEnd()] if eval_strategy != "no" else [])],
         adapter_dtype=torch_dtype(plan.spec.training.adapter_dtype),
     )
     trainer.padding_free_decision = {"value": padding_free.value, "requested": config.padding_free,
                                      "reason": padding_free.reason}
+    if own_progress and is_main_process():
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LogProgress())
     return trainer
+
+
+EVALS_PER_RUN = 4
+
+
+def training_evaluation(config: Any) -> tuple[str, int | None]:
+    """When the held-out loss is measured during training: the Trainer's ``eval_strategy`` and
+    ``eval_steps`` (see ``TrainConfig.eval_steps``); the last step is always measured (``EvaluateAtEnd``).
+
+    By default about ``EVALS_PER_RUN`` times a run, on logging steps so that each held-out loss sits
+    beside a training loss; a run of whole epochs (no --max-steps), at the end of each epoch.
+    """
+    if config.eval_limit == 0 or config.eval_steps == 0:
+        return "no", None
+    if config.eval_steps is not None:
+        return "steps", config.eval_steps
+    if config.max_steps <= 0:
+        return "epoch", None
+    rounds = max(1, math.ceil(config.max_steps / config.logging_steps / EVALS_PER_RUN))
+    return "steps", rounds * config.logging_steps
 
 
 def train_adapter(plan: RunPlan, model: Any) -> Trained:
@@ -139,7 +174,16 @@ def load_adapter_weights(model: Any, folder: Path, spec: Any) -> None:
 
 
 def _losses(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
-    return [{"step": h["step"], "loss": h["loss"]} for h in log_history if "loss" in h]
+    """Training loss per logged step, with the held-out loss (``eval_loss``) at the steps it was measured.
+
+    Evaluations fall on logged steps (``training_eval_steps``); one that does not gets an entry of its own.
+    """
+    by_step: dict[int, dict[str, float]] = {}
+    for entry in log_history:
+        for key in ("loss", "eval_loss"):
+            if key in entry:
+                by_step.setdefault(entry["step"], {"step": entry["step"]})[key] = entry[key]
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def adapter_digests(model: Any) -> list[str]:

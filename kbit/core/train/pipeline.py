@@ -8,7 +8,8 @@ one that finished:
    adapter, SFT with trl; save ``adapter/``;
 3. merge: carry out ``merge_policy``, check the merged model against the adapter model, ``merged/``;
 4. quantize: the method's ``quantize_model`` on the merged model, ``quantized/``;
-5. score: held-out answers before and after training;
+5. score: held-out answers before and after training, and of every model the run ships (merged,
+   quantized, exported) on the same items under the same answer budget;
 6. finish: loss plot, model card, status "finished".
 
 Only the main process writes; under torchrun the other ranks take part in training only.
@@ -28,11 +29,12 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.adapters import attach_adapter
 from kbit.core.cards import name_base_in_adapter, write_cards
+from kbit.core.console import LOG_FILE_ONLY, LOG_NAME, run_log
 from kbit.core.data import TaskData
 from kbit.core.device import peak_memory_bytes
 from kbit.core.errors import Terminated
 from kbit.core.evaluate.generation import generate_answers, render_prompt
-from kbit.core.evaluate.budget import generation_budget
+from kbit.core.evaluate.budget import GenerationBudget, generation_budget
 from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, too_few
 from kbit.core.evaluate.scoring import math_scorer, score
 from kbit.core.bases import load_base, prepare_for_training
@@ -88,8 +90,15 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
             record.spec, record.config = plan.spec, plan.config.to_dict()
         else:
             record = _initial_record(plan)
+        record.artifacts["log"] = LOG_NAME
         write_record(plan.run_dir, record)
-        yield record
+        with run_log(plan.run_dir):
+            log.info("run %s in %s (method %s)", plan.name, plan.run_dir, plan.method.name)
+            try:
+                yield record
+            except BaseException as exc:
+                log.error("run stopped: %s: %s", type(exc).__name__, exc, exc_info=True, extra=LOG_FILE_ONLY)
+                raise
     except BaseException as exc:
         if record is not None:
             interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
@@ -164,6 +173,7 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
         return  # nothing left for the other ranks: only training runs on every rank
     for reason in plan.sizing.values():
         log.warning("auto sizing: %s", reason)
+    log.info("loading %s through %s", plan.source.name, plan.method.name)
     model = load_base(plan.method, plan.spec, plan.source.path, trust_remote_code=plan.config.trust_remote_code)
     model = attach_adapter(prepare_for_training(plan.method, plan.spec, plan.policy, model), plan.spec)
     if adapter_done:
@@ -176,9 +186,11 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
         model = trained.model
         _save_adapter(plan, record, trained)
     model.eval()
+    # One answer budget for every variant the run scores, the deploy file's check included.
+    budget = generation_budget(plan.tokenizer, plan.data.train, plan.config.max_new_tokens, model)
     _merge_and_quantize(plan, record, model)
-    _export(plan, record, model)
-    _score(plan, record, model)
+    _export(plan, record, model, budget.max_new_tokens)
+    _score(plan, record, model, budget)
     _finish(plan, record, started)
 
 
@@ -203,6 +215,7 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
         return
     merged_dir = plan.run_dir / "merged"
     if not _done(plan, record, "merged", "config.json"):
+        log.info("merging the adapter into the %s base (%s)", policy.base, policy.dtype)
         merged, described = merged_model(plan.method, plan.spec, policy, plan.source.path, plan.run_dir / "adapter",
                                          plan.config.trust_remote_code)
         with computing_in(model, policy.dtype):  # as the merged model computes (see computing_in)
@@ -215,13 +228,14 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
         record.artifacts["merged"] = "merged"
         write_record(plan.run_dir, record)
     if plan.method.implements("quantize_model") and not _done(plan, record, "quantized", "config.json"):
+        log.info("quantizing the merged model with %s", plan.method.name)
         calibration = calibration_texts(plan.tokenizer, plan.data.train, plan.spec, plan.method)
         record.quantize = quantize_into(plan.method, plan.spec, merged_dir, calibration, plan.run_dir / "quantized")
         record.artifacts["quantized"] = "quantized"
         write_record(plan.run_dir, record)
 
 
-def _export(plan: RunPlan, record: RunRecord, model: Any) -> None:
+def _export(plan: RunPlan, record: RunRecord, model: Any, max_new_tokens: int) -> None:
     """The method's deploy file (``MergePolicy.export``): written from the merged model, checked against
     it by the export and against the trained adapter model here, both as strictly as the merge."""
     file_type = plan.policy.export
@@ -233,8 +247,10 @@ def _export(plan: RunPlan, record: RunRecord, model: Any) -> None:
     name = f"{EXPORTS_DIR}/{plan.name}-{file_type}.gguf"
     if plan.resume and (plan.run_dir / name).is_file() and any(e.get("file") == name for e in record.exports):
         return
+    log.info("writing the %s GGUF file", file_type)
     result = export_in_run(plan.run_dir, record, file_type, min_top1=plan.config.merge_min_agreement,
-                           limit=plan.config.eval_limit or None, head_type=plan.policy.export_head)
+                           limit=plan.config.eval_limit or None, head_type=plan.policy.export_head,
+                           max_new_tokens=max_new_tokens)
     exported, _ = load_gguf(result.target)
     with computing_in(model, plan.policy.dtype):  # as the merged model it was written from computes
         agreement = logit_agreement(model, exported, _probe_batches(plan.tokenizer, plan.data))
@@ -250,7 +266,7 @@ def _export(plan: RunPlan, record: RunRecord, model: Any) -> None:
         write_record(plan.run_dir, record)
 
 
-def _score(plan: RunPlan, record: RunRecord, model: Any) -> None:
+def _score(plan: RunPlan, record: RunRecord, model: Any, budget: GenerationBudget) -> None:
     """Held-out answers before and after training, on the backend's inference path.
 
     Scored after the merge check. "Before" is the same quantized base with the adapter switched
@@ -259,19 +275,55 @@ def _score(plan: RunPlan, record: RunRecord, model: Any) -> None:
     metrics: dict[str, Any] = {}
     if plan.config.eval_limit:
         generator = plan.method.prepare_inference(model, plan.spec)
-        budget = generation_budget(plan.tokenizer, plan.data.train, plan.config.max_new_tokens, generator)
         metrics["generation"] = budget.to_dict()
         if plan.data.task in ("arithmetic", "openmath"):
             metrics["scoring"] = math_scorer()
         limit, new_tokens = plan.config.eval_limit, budget.max_new_tokens
+        log.info("scoring %d held-out items before and after training", min(limit, len(plan.data.held_out)))
         with generator.disable_adapter():
             metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
         metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
+        metrics["variants"] = _shipped_scores(plan, record, metrics["after"], limit, new_tokens)
         metrics["min_items"] = MIN_ITEMS
         metrics["too_few_items"] = too_few(metrics["after"]["items"])
     metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
     metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
     record.metrics = metrics
+
+
+SHIPPED = ("merged", "quantized")  # model folders a run writes, scored as stored
+
+
+def _shipped_scores(plan: RunPlan, record: RunRecord, adapter: dict[str, Any], limit: int,
+                    new_tokens: int) -> dict[str, dict[str, Any]]:
+    """Held-out exact match of each variant of the run: the adapter model, each model folder it wrote
+    (loaded as a user would load it) and each deploy file (measured by its export check on the same
+    items under the same budget)."""
+    from kbit.core.device import device_map_for
+    from kbit.core.evaluate.loading import load_plain
+
+    variants = {"adapter": _variant_figures(adapter, "the trained adapter on its quantized base")}
+    for name in SHIPPED:
+        if name not in record.artifacts:
+            continue
+        log.info("scoring the %s model on the same %d held-out items", name, adapter["items"])
+        shipped = load_plain(str(plan.run_dir / record.artifacts[name]), device_map=device_map_for(plan.device)).eval()
+        what = f"{name}/ as saved" + (f" ({record.quantize.get('format')})" if name == "quantized" and record.quantize else "")
+        variants[name] = _variant_figures(_held_out_scores(shipped, plan.tokenizer, plan.data, limit, new_tokens), what)
+        del shipped
+    for export in record.exports:
+        items = export.get("items")
+        if export.get("exact_match") is None or not items:
+            continue
+        hits = int(round(export["exact_match"] * items))
+        variants[f"gguf {export['type']}"] = _variant_figures(
+            {"items": items, **exact_match_stats([1.0] * hits + [0.0] * (items - hits))}, f"{export['file']} (its export check)")
+    return variants
+
+
+def _variant_figures(scores: dict[str, Any], what: str) -> dict[str, Any]:
+    keys = ("items", "exact_match", "exact_match_hits", "exact_match_ci95", "f1", "answers_cut")
+    return {"model": what, **{k: scores[k] for k in keys if k in scores}}
 
 
 def _finish(plan: RunPlan, record: RunRecord, started: float) -> None:

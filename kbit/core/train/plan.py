@@ -21,7 +21,7 @@ from kbit.core.device import Decision, DeviceInfo, detect_device, free_memory_by
 from kbit.core.errors import ConfigError
 from kbit.core.evaluate.generation import render_prompt
 from kbit.core.method import Method
-from kbit.core.method_info import MergePolicy
+from kbit.core.method_info import MergePolicy, Requirement, describe_missing
 from kbit.core.model_check import check_adapter_fits, check_weights_match, load_config, skeleton
 from kbit.core.models import ModelSource, load_tokenizer, resolve_model
 from kbit.core.naming import run_name
@@ -35,6 +35,8 @@ from kbit.core.train.config import TrainConfig
 from kbit.core.train.decisions import compute_dtype_decision
 
 RUNS_ROOT = Path("runs")
+# --report-to: the experiment trackers transformers reports to, each installed by an extra of kbit.
+TRACKERS = {name: Requirement(name, f"pip install 'kbit[{name}]'") for name in ("tensorboard", "wandb", "trackio")}
 
 
 @attrs.frozen
@@ -64,6 +66,7 @@ def is_main_process() -> bool:
 def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     """Validate every input and decide the run; raises ConfigError before anything is written."""
     method = get_method(config.method)  # first: a method whose backend is missing is refused before torch loads
+    _check_tracker(config.report_to)
     device = detect_device()
     method.check_requirements(device)
     spec = method.resolve_spec(config.options, device)
@@ -106,6 +109,12 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     check_writable(run_dir, min_free_bytes=3 * weights_bytes(Path(source.path)) + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
                    run_dir, resume)
+
+
+def _check_tracker(name: str) -> None:
+    tracker = TRACKERS.get(name)
+    if tracker is not None and not tracker.is_met():
+        raise ConfigError(f"--report-to {name} {describe_missing([tracker])}")
 
 
 def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbit.core.evaluate.sample_size import MIN_ITEMS, interval_text, small_sample_warning, too_few
+from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_text, interval_text, small_sample_warning, too_few
 
 
 def _percent(value: Any) -> str:
@@ -30,6 +30,29 @@ def held_out_lines(metrics: dict[str, Any], eval_limit: int | None = None) -> tu
     return f"exact match {counts} ({rates}; 95% CI {intervals})", small_sample_warning(items, hint)
 
 
+def loss_line(history: list[dict[str, Any]], steps: Any) -> str | None:
+    """Training loss first → last logged step, and the held-out loss first → last measured, if any."""
+    train = [h["loss"] for h in history if "loss" in h]
+    held_out = [h["eval_loss"] for h in history if "eval_loss" in h]
+    if not train:
+        return None
+    line = f"{train[0]:.3f} → {train[-1]:.3f} over {steps} steps"
+    if held_out:
+        line += f"; held-out loss {held_out[0]:.3f} → {held_out[-1]:.3f}" if len(held_out) > 1 else f"; held-out loss {held_out[0]:.3f}"
+    return line
+
+
+def variant_lines(metrics: dict[str, Any]) -> list[str]:
+    """One line per variant the run scored after training (adapter, merged, quantized, deploy files):
+    its held-out exact match on the same items; empty when only the adapter was scored."""
+    variants = metrics.get("variants") or {}
+    if len(variants) < 2:
+        return []
+    width = max(len(name) for name in variants)
+    return [f"{name:<{width}}  {exact_match_text(v['exact_match_hits'], v['items'])}  {v['model']}"
+            for name, v in variants.items() if v.get("items") and "exact_match_hits" in v]
+
+
 def print_summary(result: Any) -> None:
     if result.record is None:
         return  # not the main process
@@ -42,11 +65,14 @@ def print_summary(result: Any) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 160)  # piped output: keep each line whole
     console.print(f"[bold]run[/bold]      {result.run_dir}")
-    if history:
-        console.print(f"[bold]loss[/bold]     {history[0]['loss']:.3f} → {history[-1]['loss']:.3f} over {record.train['steps']} steps")
+    line = loss_line(history, record.train.get("steps"))
+    if line:
+        console.print(f"[bold]loss[/bold]     {line}")
     eval_limit = record.config.get("eval_limit")
     line, warning = held_out_lines(metrics, eval_limit)
     console.print(f"[bold]held-out[/bold] {escape(line)}")
+    for number, variant in enumerate(variant_lines(metrics)):
+        console.print(f"[bold]{'variants' if number == 0 else '':<8}[/bold] {escape(variant)}")
     if warning:
         console.print(f"[bold yellow]warning[/bold yellow]  {escape(warning)}")
     generation = metrics.get("generation")

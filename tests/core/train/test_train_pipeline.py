@@ -31,6 +31,45 @@ def test_run_directory_has_every_output(qlora_run):
     assert "held-out exact match" in result.stdout and str(out) in result.stdout
 
 
+THIRD_PARTY_NOISE = ("Failed to load", "register_constant", "gemm_4bit_forward", "it/s]", "{'loss'", "[transformers")
+
+
+def test_console_shows_kbit_lines_only_and_the_run_log_keeps_the_third_party_ones(qlora_run):
+    out, result = qlora_run
+    for noise in THIRD_PARTY_NOISE:
+        assert noise not in result.stderr and noise not in result.stdout, noise
+    assert "step 3/3  loss" in result.stderr and "scoring 4 held-out items" in result.stderr
+    log = (out / "train.log").read_text()
+    assert "WARNING torchao: Failed to load" in log and "WARNING bitsandbytes" in log
+    assert "INFO kbit: step 3/3  loss" in log and read_record(out).artifacts["log"] == "train.log"
+
+
+def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny_model, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), "--max-steps", "4", "--batch-size", "2",
+                      "-o", "r=4", "--max-examples", "40", "--eval-limit", "4", "--logging-steps", "2",
+                      "--report-to", "tensorboard")
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = read_metadata(out)["loss_history"]
+    assert [(h["step"], "eval_loss" in h) for h in history] == [(1, False), (2, True), (4, True)]
+    assert "step 4/4  held-out loss" in result.stderr
+    assert f"held-out loss {history[1]['eval_loss']:.3f} → {history[2]['eval_loss']:.3f}" in result.stdout
+    assert list((out / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
+
+
+def test_quiet_prints_only_results_and_verbose_everything(tiny_model, tmp_path):
+    quiet = run_kbit("train", "-q", "--model", str(tiny_model), "--output", str(tmp_path / "quiet"), *TRAIN)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert quiet.stderr == "" and quiet.stdout.startswith("run ") and "held-out exact match" in quiet.stdout
+    assert "step 3/3  loss" in (tmp_path / "quiet" / "train.log").read_text()
+    verbose = run_kbit("-v", "train", "--model", str(tiny_model), "--output", str(tmp_path / "verbose"), *TRAIN,
+                       "--eval-limit", "0")
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert "warning  [torchao] Failed to load" in verbose.stderr and "Loading weights" in verbose.stderr
+    assert "{'loss'" in verbose.stdout  # the Trainer's own log lines
+
+
 def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     out, _ = qlora_run
     record = read_metadata(out)
@@ -38,6 +77,8 @@ def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     spec = read_record(out).spec
     assert spec.method == "qlora" and spec.adapter.r == 4
     assert [h["step"] for h in record["loss_history"]] == [1, 2, 3]
+    # the held-out loss beside the training loss (3 steps, logging every step: measured every step)
+    assert all(h["eval_loss"] > 0 for h in record["loss_history"])
     for key in ("base_model", "dataset", "versions", "merge_policy", "wall_time_s", "peak_memory_bytes", "config"):
         assert record[key], key
     assert record["dataset"]["fingerprint"] and record["base_model"]["revision"]
@@ -201,7 +242,7 @@ def test_two_processes_under_torchrun_train_the_same_adapter(tiny_model, tmp_pat
     digests = record["train"]["rank_adapter_digests"]
     assert record["train"]["world_size"] == 2 and len(digests) == 2 and digests[0] == digests[1]
     assert result.stdout.count("held-out exact match") == 1  # only rank 0 reports and writes
-    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "adapter", "checkpoints", "kbit.json", "loss.png", "merged"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "adapter", "checkpoints", "kbit.json", "loss.png", "merged", "train.log"])
 
 
 def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_site, tiny_model, tmp_path):

@@ -1,0 +1,19 @@
+"""When the held-out loss is measured during training."""
+
+import pytest
+
+from kbit.core.train.config import TrainConfig
+from kbit.core.train.fit import training_evaluation
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"max_steps": 100, "logging_steps": 10}, ("steps", 30)),  # about 4 times a run, on logging steps
+    ({"max_steps": 3, "logging_steps": 10}, ("steps", 10)),  # a short run: the last step only
+    ({"max_steps": 3, "logging_steps": 1}, ("steps", 1)),
+    ({"max_steps": 40, "logging_steps": 5, "eval_steps": 7}, ("steps", 7)),  # the user's interval
+    ({"max_steps": 40, "eval_steps": 0}, ("no", None)),
+    ({"max_steps": 40, "eval_limit": 0}, ("no", None)),  # no held-out scoring: no held-out loss either
+    ({"max_steps": 0, "epochs": 2}, ("epoch", None)),
+])
+def test_training_evaluation(settings, expected):
+    assert training_evaluation(TrainConfig(**settings)) == expected

@@ -1,0 +1,23 @@
+"""The lines ``kbit train`` prints for the variants a run scored."""
+
+from kbit.core.train.summary import variant_lines
+
+
+def _variant(hits, items, model):
+    return {"model": model, "items": items, "exact_match": hits / items, "exact_match_hits": hits,
+            "exact_match_ci95": [0.0, 1.0]}
+
+
+def test_every_scored_variant_gets_a_line_with_counts_below_30_items_and_rates_above():
+    metrics = {"variants": {"adapter": _variant(3, 4, "the trained adapter"), "merged": _variant(3, 4, "merged/ as saved"),
+                            "gguf q4_1": _variant(2, 4, "gguf/x-q4_1.gguf (its export check)")}}
+    lines = variant_lines(metrics)
+    assert lines[0].startswith("adapter    3/4 (75%, 95% CI ") and lines[0].endswith("the trained adapter")
+    assert lines[2].startswith("gguf q4_1  2/4 (50%, 95% CI ")
+    many = variant_lines({"variants": {"adapter": _variant(45, 50, "a"), "quantized": _variant(40, 50, "q")}})
+    assert many[1].startswith("quantized  80.0% (95% CI ")
+
+
+def test_a_run_that_ships_only_its_adapter_prints_no_variant_lines():
+    assert variant_lines({"variants": {"adapter": _variant(1, 4, "a")}}) == []
+    assert variant_lines({}) == []  # a run of kbit 0.2
