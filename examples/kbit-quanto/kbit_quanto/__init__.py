@@ -70,6 +70,11 @@ class Quanto:
 
     @hookimpl
     def resolve_spec(self, options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
+        if device.kind == "cpu" and options.get("compute_dtype", "auto") == "auto":
+            # quanto's weight tensors keep the dtype they were quantized in and refuse casts, so a bf16
+            # base cannot be computed in float32 for kbit's merge check against the float32 merged model
+            # (mixed bf16/float32 attention inputs); on a CPU this method trains in float32.
+            options = {**options, "compute_dtype": "float32"}
         values = self.options.resolve(options, method=self.name)
         return QuantizationSpec(
             method=self.name,
