@@ -82,6 +82,10 @@ def describe_method() -> MethodInfo:
 
 @hookimpl
 def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> QuantizationSpec:
+    if options.get("compute_dtype", "auto") == "auto":
+        # The base is loaded in the compute dtype and then quantized: the Q4_1 grid must come from the
+        # checkpoint's own weights, as llama.cpp's quantizer takes them, not from a bf16 rounding of them.
+        options = {**options, "compute_dtype": "float32"}
     values = OPTIONS.resolve(options, method=NAME)
     if values["merge_dtype"] not in ("auto", "float32"):
         raise ConfigError(f"method {NAME} merges in float32 (the new Q4_1 offsets are rounded once, to float16, in "
