@@ -55,6 +55,9 @@ class Harmless:
 
 
 HARMLESS = (
+    Harmless("huggingface_hub.utils._http", "WARNING", r"(thrown while requesting|Retrying in \d+s)",
+             "the hub client's retries of a failing request; when they all fail, kbit's own error names what "
+             "could not be fetched and why"),
     Harmless("torchao", "WARNING", r"^Failed to load .*\.so\b",
              "torchao ships kernels built for other CUDA/Python versions; the paths kbit uses do not need them"),
     Harmless("torch.utils._pytree", "WARNING", r"Calling register_constant\(\) on Enum subclasses is deprecated",

@@ -205,6 +205,11 @@ def cpu_logits(model: Any, inputs: dict[str, Any]) -> Any:
     Comparisons of two models (merge check, export check) run each where it lives: the trained model
     on the accelerator, a reloaded base or an exported file often on the CPU.
     """
-    device = model.get_input_embeddings().weight.device
-    moved = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
-    return model(**moved).logits.float().cpu()
+    embeddings = getattr(model, "get_input_embeddings", None)
+    if embeddings is not None:
+        device = embeddings().weight.device
+    else:  # any other module: where its first parameter lives, if it has one
+        device = next((p.device for p in model.parameters()), None) if hasattr(model, "parameters") else None
+    if device is not None:
+        inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+    return model(**inputs).logits.float().cpu()

@@ -102,7 +102,6 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     predictions: list[dict[str, Any]] = []
     for candidate in candidates:
         data, items = datasets[candidate.data]
-        log.info("evaluating %s (%s) on %d %s items", candidate.label, candidate.display_variant, len(items), data.name)
         row, predicted, budget = evaluate_candidate(candidate, data, items, config, device)
         budgets.setdefault(candidate.data, budget)
         rows.append(row)
@@ -185,6 +184,7 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
     set_seed(candidate.data.seed)
     loaded = load_candidate(candidate, device)
     model, tokenizer, load_s = loaded.model, loaded.tokenizer, loaded.load_s
+    log.info("evaluating %s (%s) on %d %s items", candidate.label, candidate.display_variant, len(items), data.name)
     try:
         budget = generation_budget(tokenizer, data.train, config.max_new_tokens, model)
         generate_answers(model, tokenizer, items[:1], max_new_tokens=2)  # warm-up, so speed is comparable
