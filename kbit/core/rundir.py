@@ -170,6 +170,26 @@ class RunLock:
         self._lock = None
 
 
+def take_over(target: Path, lock: RunLock, replace: bool) -> Path | None:
+    """Take ``lock`` on ``target``; with ``replace``, first move what ``target`` holds to a hidden sibling
+    (``set_aside``) and return that path. A folder is moved only while its own lock is held, so a live
+    kbit process's folder is refused (``ConfigError``), never moved from under it; a plain file the user
+    chose to overwrite is moved as it is.
+    """
+    target = Path(target)
+    replaced = None
+    if replace and target.exists():
+        if target.is_dir():
+            previous = RunLock(target)
+            previous.acquire()
+            replaced = set_aside(target)
+            previous.release()
+        else:
+            replaced = set_aside(target)
+    lock.acquire()
+    return replaced
+
+
 def check_writable(directory: Path, min_free_bytes: int) -> None:
     """Fail before training when ``directory`` cannot be created or written, or has too little space."""
     directory = Path(directory)

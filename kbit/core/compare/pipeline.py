@@ -31,7 +31,7 @@ from kbit.core.compare.plan import CompareConfig, ComparePlan, PlannedMethod, pl
 from kbit.core.compare.render import steps
 from kbit.core.compare.runs import RESUME, REUSE
 from kbit.core.errors import ConfigError, KbitError, Terminated
-from kbit.core.rundir import RunLock, discard, set_aside
+from kbit.core.rundir import RunLock, discard, take_over
 
 log = logging.getLogger("kbit")
 VARIANTS = ("adapter", "merged", "quantized")  # what a run can hold; the base is evaluated once
@@ -73,14 +73,10 @@ def run_compare(config: CompareConfig, progress: Progress = log.info) -> Compare
 @contextlib.contextmanager
 def _owned_folder(plan: ComparePlan) -> Iterator[dict[str, Any]]:
     """Own the comparison folder while comparing: its lock, and its report's status when it ends."""
-    replaced = set_aside(plan.out_dir) if plan.replace_other_data else None
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(plan.out_dir)
     try:
-        lock.acquire()
+        replaced = take_over(plan.out_dir, lock, replace=plan.replace_other_data)
     except ConfigError:
-        if replaced is not None:
-            log.warning("the previous content of %s is kept in %s", plan.out_dir, replaced)
         raise ConfigError(f"comparison folder {plan.out_dir} is in use by another kbit process; wait for it "
                           "or choose another --out") from None
     report = reporting.new_report(plan)

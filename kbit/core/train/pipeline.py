@@ -41,7 +41,7 @@ from kbit.core.bases import load_base, prepare_for_training
 from kbit.core.merge import check_fidelity, computing_in, logit_agreement, merged_model, save_model
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.record import RunRecord, read_record, write_record
-from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, set_aside
+from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, take_over
 from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.fit import CHECKPOINTS, Trained, load_adapter_weights, train_adapter
@@ -79,7 +79,8 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
     On any exception the record says "failed" (or "interrupted" for Ctrl-C and SIGTERM) with the error.
     """
     lock = RunLock(plan.run_dir)
-    replaced = _set_previous_aside(plan, lock)
+    # --overwrite: what the folder held is moved aside now and deleted once the new run finished
+    replaced = take_over(plan.run_dir, lock, replace=plan.config.overwrite and not plan.resume)
     record: RunRecord | None = None
     try:
         if plan.resume:
@@ -113,23 +114,6 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
         lock.release()
     if replaced is not None:
         discard(replaced)
-
-
-def _set_previous_aside(plan: RunPlan, lock: RunLock) -> Path | None:
-    """Take the run's lock; with ``--overwrite``, first move what the folder held to a hidden sibling."""
-    target = plan.run_dir
-    if plan.resume or not plan.config.overwrite or not target.exists():
-        lock.acquire()
-        return None
-    if target.is_dir():
-        previous = RunLock(target)
-        previous.acquire()  # refuses while another process owns it
-        replaced = set_aside(target)
-        previous.release()
-    else:
-        replaced = set_aside(target)  # a plain file the user chose to overwrite
-    lock.acquire()
-    return replaced
 
 
 def _initial_record(plan: RunPlan) -> RunRecord:
