@@ -4,7 +4,7 @@
   ``build_quant_config``, then its ``quantize_base``.
 - ``load_merge_base``: the full-precision weights a ``MergePolicy`` names, with a description of
   what they really are. "dequantized" is the training base dequantized (by the method's
-  ``dequantize_base``, or by transformers for a quantization config); "original" is the unquantized
+  ``dequantize_base`` where it has one, else by transformers for a quantization config); "original" is the unquantized
   base. When the policy's base cannot be produced, it is refused — never replaced by other weights.
 - ``check_mergeable``: the refusals that can be known before training.
 - ``prepare_for_training``: the method's ``prepare_model``, refusing a merge when it changed base
@@ -47,7 +47,7 @@ def check_mergeable(method: Method, spec: QuantizationSpec, policy: MergePolicy)
             "or keep_adapter from merge_policy"
         )
     config = method.build_quant_config(spec)
-    if config is not None and not transformers_can_dequantize(config):
+    if config is not None and not method.implements("dequantize_base") and not transformers_can_dequantize(config):
         raise MergeRefused(
             f"method '{method.name}' asks for a merge into the dequantized base, but transformers cannot dequantize "
             f"{type(config).__name__} models; return MergePolicy(base='original') (and say so in its reason) or "
@@ -74,11 +74,13 @@ def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy,
         model = load_causal_lm(path, dtype=policy.dtype, trust_remote_code=trust_remote_code)
         described = ("the original base (unquantized weights, as loaded)" if quantized else
                      f"the base as loaded (method '{method.name}' quantizes nothing before training)")
-    elif method.implements("quantize_base"):
+    elif method.implements("dequantize_base"):
         model = method.dequantize_base(load_base(method, spec, path, trust_remote_code=trust_remote_code), spec)
-        described = f"the dequantized base (method '{method.name}': quantize_base, then dequantize_base)"
+        quantized_by = "quantize_base" if method.implements("quantize_base") else type(quant_config).__name__
+        described = f"the dequantized base (method '{method.name}': {quantized_by}, then dequantize_base)"
     else:
-        model = load_base(method, spec, path, trust_remote_code=trust_remote_code).dequantize()
+        model = load_base(method, spec, path, trust_remote_code=trust_remote_code)
+        model = model.dequantize(dtype=torch_dtype(policy.dtype))
         described = f"the dequantized base (transformers' dequantize() of the {type(quant_config).__name__} weights)"
     return model.to(torch_dtype(policy.dtype)), described
 

@@ -7,7 +7,7 @@ each hook on the selected method's plugin only, so a hook never needs to check w
 Required: ``describe_method``, ``resolve_spec``, ``build_quant_config``, ``prepare_model``,
 ``merge_policy``. Optional: ``resolve_for_model`` (check the spec against the model before anything
 is written), ``quantize_base`` and ``dequantize_base`` (a quantized base that is not a transformers
-quantization config), ``prepare_inference`` (fast generation after training) and ``quantize_model``
+quantization config, or one that transformers cannot dequantize exactly), ``prepare_inference`` (fast generation after training) and ``quantize_model``
 (post-training quantization methods).
 
 The order kbit calls them in a run: ``describe_method`` → ``resolve_spec`` → ``resolve_for_model`` →
@@ -103,12 +103,17 @@ def quantize_base(model: Any, spec: QuantizationSpec) -> Any:
 
 @hookspec(firstresult=True)
 def dequantize_base(model: Any, spec: QuantizationSpec) -> Any:
-    """Optional: turn a base quantized by ``quantize_base`` back into plain ``torch.nn.Linear`` layers
-    holding exactly the weights the adapter was trained against (``kbit.plugin.dequantize_linears``
+    """Optional: turn the quantized base (loaded through ``build_quant_config``, then
+    ``quantize_base``) back into plain ``torch.nn.Linear`` layers holding exactly the weights the
+    adapter was trained against, in ``spec.training.merge_dtype`` (``kbit.plugin.dequantize_linears``
     does it for ``QuantizedLinear`` layers).
 
     Required for a merge into the dequantized base when ``quantize_base`` is implemented; without
-    it kbit refuses such a merge before training rather than merge into other weights.
+    it kbit refuses such a merge before training rather than merge into other weights. A method with
+    a transformers quantization config implements it where transformers' ``dequantize()`` rounds
+    the weights (bitsandbytes dequantizes 4-bit weights in the dtype they were loaded in, e.g. bf16,
+    while the trained model's float32 forward uses the exact values); otherwise kbit calls
+    ``dequantize(dtype=merge_dtype)``.
     :return: the full-precision model to merge the adapter into.
     """
 

@@ -58,3 +58,23 @@ def set_cpu_repacking(model: Any, enabled: bool) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = enabled and has_avx512bf16()
+
+
+def dequantize_4bit_exactly(model: Any, dtype_name: str) -> Any:
+    """``model`` (4-bit bitsandbytes layers) with every ``Linear4bit`` turned into a plain Linear
+    holding its exact dequantized weights in ``dtype_name``.
+
+    bitsandbytes dequantizes into the dtype a weight had when it was quantized (the load dtype, bf16
+    when training computes in bf16), and transformers' ``dequantize(dtype=...)`` casts only after
+    that; the trained model's float32 forward dequantizes in float32. Rounding the NF4 values to bf16
+    first moved logits of SmolLM2 by up to 0.6 and flipped 2.5% of its top-1 predictions, so the
+    dequantization dtype is set before transformers replaces the layers.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and module.weight.quant_state is not None:
+            module.weight.quant_state.dtype = dtype
+    return model.dequantize(dtype=dtype)

@@ -29,7 +29,7 @@ from kbit.plugin import (
     training_options,
     training_settings,
 )
-from kbit.plugins._bnb import REQUIRES, set_cpu_repacking
+from kbit.plugins._bnb import REQUIRES, dequantize_4bit_exactly, set_cpu_repacking
 
 NAME = "qlora"
 BLOCK_SIZE = 64  # bitsandbytes' 4-bit quantization block size; transformers does not expose it.
@@ -104,6 +104,11 @@ def build_quant_config(spec: QuantizationSpec) -> Any:
 def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
     set_cpu_repacking(model, enabled=False)
     return prepare_for_adapter(model, spec, kbit_base=True)
+
+
+@hookimpl
+def dequantize_base(model: Any, spec: QuantizationSpec) -> Any:
+    return dequantize_4bit_exactly(model, spec.training.merge_dtype)
 
 
 @hookimpl
