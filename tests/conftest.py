@@ -71,3 +71,14 @@ def run_kbit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
     return subprocess.run(
         [sys.executable, "-m", "kbit", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One short real qlora run of the embedded SmolLM2-135M (12 steps, 20 held-out items), shared by
+    the slow integration tests (train + eval, export; only the export writes into it, its own gguf/):
+    training it once keeps CI short."""
+    out = tmp_path_factory.mktemp("smollm2") / "run"
+    result = run_kbit("train", "--output", str(out), "--max-steps", "12", "--eval-limit", "20", "--logging-steps", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result

@@ -78,6 +78,8 @@ HARMLESS = (
              "old checkpoints are then rotated by step number, the order kbit's checkpoint-N folders have anyway"),
     Harmless("transformers", "WARNING", r"^Ignoring clean_up_tokenization_spaces=True for BPE tokenizer",
              "the tokenizer config asks for a WordPiece clean-up that transformers rightly skips for BPE"),
+    Harmless("transformers.modeling_utils", "FutureWarning", r"^`is_gradient_checkpointing` is deprecated",
+             "peft reads the attribute by its old name (transformers >= 5.24 renamed it); a notice for peft's developers"),
     Harmless("transformers.integrations.bitsandbytes", "WARNING", r"^The modules are dequantized in",
              "kbit dequantizes the base on purpose to merge; the merge records the dtype and checks the result"),
 )
@@ -299,9 +301,10 @@ def adopt_library_logs() -> None:
         if not isinstance(logger, logging.Logger) or not (name == "torch" or name.startswith("torch.")):
             continue
         own = [h for h in logger.handlers if type(h) is logging.StreamHandler]  # torch._logging's stderr handler
+        if own:
+            _undo.append(lambda logger=logger, handlers=list(logger.handlers): setattr(logger, "handlers", handlers))
         for handler in own:
             logger.removeHandler(handler)
-            _undo.append(lambda logger=logger, handler=handler: logger.addHandler(handler))
         if own:
             logger.propagate = True
             _undo.append(lambda logger=logger: setattr(logger, "propagate", False))

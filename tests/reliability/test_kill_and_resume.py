@@ -3,9 +3,9 @@
 Two families:
 - qlora with LoRA dropout on, killed right after checkpoint 4, with a float32 and a bfloat16 adapter:
   the Trainer reloads a checkpoint's adapter in float32, and kbit must put it back in the run's dtype.
-- every stage that writes: killed while checkpoint 4 is half-written, in the middle of writing the
-  merged model, and in the middle of post-training quantization, for micro-batches of 8 and 16 (16
-  makes the last batch of each epoch a short one, where the Trainer's own resume arithmetic is off).
+- every stage that writes: killed while checkpoint 4 is half-written; and (one run, killed twice) in
+  the middle of writing the merged model, then of post-training quantization; for micro-batches of 8
+  and 16 (16 makes the last batch of each epoch a short one, where the Trainer's own resume arithmetic is off).
 
 Measured here: the resumed run is bit-identical to the uninterrupted one (losses and adapter). The
 tolerances below are kept small but not zero, for BLAS libraries that reorder sums between runs.
@@ -91,43 +91,69 @@ def test_qlora_resume_after_sigkill_matches_uninterrupted_run(tiny, reference, t
     _assert_same_run(out, reference(*args), steps=8, dtype=adapter_dtype)
 
 
-STAGES = {
-    # where the run stalls (the file being opened for writing) → what must be true of the killed run
+STALL_AT = {
+    # the file being opened for writing where a run stalls until it is killed
     "checkpoint-write": "*/checkpoints/checkpoint-4/trainer_state.json",
     "merge": "*/.merged.tmp-*/config.json",
     "quantize": "*/.quantized.tmp-*/config.json",
 }
 
 
-@pytest.mark.parametrize("batch", ["8", "16"])
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_kill_in_the_middle_of_each_write_then_resume(plugin_site, tiny, reference, tmp_path, stage, batch):
-    plugin_site.add("kbit-slow-ptq", "1.0", {"toy": "kbit_slow_ptq"}, modules=("kbit_slow_ptq", "kbit_toy"))
-    env = plugin_site.env()
-    out, flag = tmp_path / "run", tmp_path / "stalled"
-    args = (*STAGE_ARGS, "--batch-size", batch)
-    command = [sys.executable, str(FAULTS), "stall", STAGES[stage], str(flag), "--",
-               "train", "--model", str(tiny), "--output", str(out), *args]
-    _kill_when(command, flag, env=env)
+def _stall_and_kill(tmp_path: Path, stage: str, kbit_args: list[str], env: dict[str, str]) -> None:
+    flag = tmp_path / f"stalled-{stage}"
+    _kill_when([sys.executable, str(FAULTS), "stall", STALL_AT[stage], str(flag), "--", *kbit_args], flag, env=env)
 
-    killed = json.loads((out / "kbit.json").read_text())
-    assert killed["status"] == "running"
-    if stage == "checkpoint-write":
-        assert not (out / "checkpoints" / "checkpoint-4" / "kbit-complete").exists()
-        assert not (out / "adapter").exists()
-    else:
-        assert killed["artifacts"]["adapter"] == "adapter"  # training had finished: it must not run again
-    assert not (out / "quantized").exists()
 
+def _resumed(out: Path, env: dict[str, str]) -> tuple[dict, subprocess.CompletedProcess]:
     result = run_kbit("train", "--resume", str(out), env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    resumed = json.loads((out / "kbit.json").read_text())
-    if stage == "checkpoint-write":
-        assert resumed["train"]["resumed_from"] == "checkpoint-2" and "removed checkpoint-4" in result.stderr
+    return json.loads((out / "kbit.json").read_text()), result
+
+
+def _assert_finished_like_uninterrupted(out: Path, resumed: dict, reference_dir: Path) -> None:
     assert resumed["artifacts"]["merged"] == "merged" and resumed["artifacts"]["quantized"] == "quantized"
     assert resumed["merge"]["top1_agreement"] == 1.0
-    _assert_same_run(out, reference(*args, env=env), steps=6)
+    _assert_same_run(out, reference_dir, steps=6)
     assert not list((out / "checkpoints").glob("checkpoint-7"))
+
+
+@pytest.mark.parametrize("batch", ["8", "16"])
+def test_kill_while_a_checkpoint_is_written_then_resume(plugin_site, tiny, reference, tmp_path, batch):
+    plugin_site.add("kbit-slow-ptq", "1.0", {"toy": "kbit_slow_ptq"}, modules=("kbit_slow_ptq", "kbit_toy"))
+    env, out = plugin_site.env(), tmp_path / "run"
+    args = (*STAGE_ARGS, "--batch-size", batch)
+    _stall_and_kill(tmp_path, "checkpoint-write", ["train", "--model", str(tiny), "--output", str(out), *args], env)
+    killed = json.loads((out / "kbit.json").read_text())
+    assert killed["status"] == "running"
+    assert not (out / "checkpoints" / "checkpoint-4" / "kbit-complete").exists() and not (out / "adapter").exists()
+
+    resumed, result = _resumed(out, env)
+    assert resumed["train"]["resumed_from"] == "checkpoint-2" and "removed checkpoint-4" in result.stderr
+    _assert_finished_like_uninterrupted(out, resumed, reference(*args, env=env))
+
+
+@pytest.mark.parametrize("batch", ["8", "16"])
+def test_kill_while_merging_then_while_quantizing_then_resume(plugin_site, tiny, reference, tmp_path, batch):
+    """Both kills come after training, so one run serves both: killed in the middle of writing merged/,
+    resumed and killed again in the middle of post-training quantization, then resumed to the end."""
+    plugin_site.add("kbit-slow-ptq", "1.0", {"toy": "kbit_slow_ptq"}, modules=("kbit_slow_ptq", "kbit_toy"))
+    env, out = plugin_site.env(), tmp_path / "run"
+    args = (*STAGE_ARGS, "--batch-size", batch)
+    _stall_and_kill(tmp_path, "merge", ["train", "--model", str(tiny), "--output", str(out), *args], env)
+    killed = json.loads((out / "kbit.json").read_text())
+    assert killed["status"] == "running" and killed["artifacts"]["adapter"] == "adapter"  # trained: not again
+    assert "merged" not in killed["artifacts"] and not (out / "quantized").exists()
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+
+    _stall_and_kill(tmp_path, "quantize", ["train", "--resume", str(out)], env)
+    killed = json.loads((out / "kbit.json").read_text())
+    assert killed["status"] == "running" and killed["artifacts"]["merged"] == "merged"
+    assert not (out / "quantized").exists()
+    again = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert all((again[k] == adapter[k]).all() for k in adapter), "the adapter was trained again"
+
+    resumed, _ = _resumed(out, env)
+    _assert_finished_like_uninterrupted(out, resumed, reference(*args, env=env))
 
 
 def test_training_already_finished_is_not_trained_again(tiny, tmp_path):

@@ -9,8 +9,8 @@ Face base the keys are built as llama.cpp's ``convert_hf_to_gguf.py`` builds the
   USER_DEFINED, ids missing from the vocabulary ``[PADn]`` UNUSED), merges through
   ``gguf.SpecialVocab``. The pre-tokenizer name (``tokenizer.ggml.pre``) llama.cpp finds by hashing
   the tokens of a probe text (``get_vocab_base_pre``); kbit keeps the hashes of the families it
-  supports and also recognises two pre-tokenizers by their structure in ``tokenizer.json`` (plain
-  GPT-2 ``ByteLevel``; SmolLM's single digits + ``ByteLevel``). An unknown one is refused, as
+  supports and also recognises three pre-tokenizers by their structure in the tokenizer transformers
+  loads (plain GPT-2 ``ByteLevel``; SmolLM's single digits + ``ByteLevel``; Qwen2's split rule + ``ByteLevel``). An unknown one is refused, as
   llama.cpp refuses it.
 - SentencePiece-style BPE with byte fallback (Llama 2, Mistral v0.1): ``gguf.LlamaHfVocab``, the class
   ``LlamaModel._set_vocab_llama_hf`` uses; tokenizer model ``llama``, pre-tokenizer ``default``.
@@ -161,14 +161,26 @@ def _base_vocab(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+# Qwen2's split rule (transformers' Qwen2Tokenizer; llama.cpp's "qwen2" pre-tokenizer, the same regex
+# with the contractions spelled case by case): letters, single digits, punctuation, whitespace.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def _pre_tokenizer(spec: dict[str, Any], tokenizer: Any, model_dir: Path) -> str:
-    pre = spec.get("pre_tokenizer") or {}
+    """llama.cpp's name for the pre-tokenizer transformers really runs for this model: from 5.2x a
+    tokenizer class may replace ``tokenizer.json``'s (``Qwen2Tokenizer`` sets Qwen2's split rule)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = (json.loads(backend.to_str()).get("pre_tokenizer") if backend is not None else spec.get("pre_tokenizer")) or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex")) for s in steps]
     if kinds == [("ByteLevel", None, True)]:
         return "gpt-2"
     if kinds == [("Digits", True, None), ("ByteLevel", None, True)]:
         return "smollm"
+    if kinds == [("Split", None, None), ("ByteLevel", None, False)] \
+            and steps[0].get("pattern", {}).get("Regex") == QWEN2_SPLIT and steps[0].get("behavior") == "Isolated":
+        return "qwen2"
     digest = sha256(str(tokenizer.encode(PROBE_TEXT)).encode()).hexdigest()
     if digest in KNOWN_PRE_HASHES:
         return KNOWN_PRE_HASHES[digest]

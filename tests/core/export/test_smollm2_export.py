@@ -16,10 +16,8 @@ pytestmark = pytest.mark.slow
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def test_default_run_is_hub_ready_and_exports_a_checked_q8_0_gguf(tmp_path):
-    run = tmp_path / "run"
-    trained = run_kbit("train", "--output", str(run), "--max-steps", "30", "--eval-limit", "20", "--logging-steps", "10")
-    assert trained.returncode == 0, trained.stderr[-3000:]
+def test_default_run_is_hub_ready_and_exports_a_checked_q8_0_gguf(smollm2_run):
+    run, _ = smollm2_run
     record = read_metadata(run)
     assert record["base_model"]["hub_id"] == HUB_ID and record["base_model"]["license"] == "apache-2.0"
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == HUB_ID

@@ -10,10 +10,8 @@ from tests.conftest import run_kbit
 pytestmark = pytest.mark.slow
 
 
-def test_short_qlora_run_on_smollm2_then_eval(tmp_path):
-    out = tmp_path / "run"
-    result = run_kbit("train", "--output", str(out), "--max-steps", "8", "--eval-limit", "10", "--logging-steps", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_short_qlora_run_on_smollm2_then_eval(smollm2_run, tmp_path):
+    out, result = smollm2_run
     record = read_metadata(out)
     assert record["base_model"]["name"] == "SmolLM2-135M-Instruct" and record["base_model"]["origin"] == "default"
     history = record["loss_history"]
