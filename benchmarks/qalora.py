@@ -17,6 +17,7 @@ GPTQ path, the file sizes (against the float32 merged model) and the wall time o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import Figure, finish, model_path, parser, ratio, setup, workdir
+from benchmarks._common import MODEL_VARIABLE, Figure, finish, parser, ratio, setup, workdir
 
 ITEM = "8 qalora"
 
@@ -44,8 +45,9 @@ def train(method: str, steps: int, work: Path, extra: tuple[str, ...]) -> tuple[
     record = out / "kbit.json"
     if record.is_file() and json.loads(record.read_text()).get("status") == "finished":
         return out, float(json.loads(record.read_text())["wall_time_s"])  # reused from an earlier run
-    _, seconds = kbit("train", "--model", model_path(), "--method", method, "--max-steps", str(steps), "--output", str(out),
-                      "--overwrite", *extra, cwd=work)
+    model = os.environ.get(MODEL_VARIABLE)  # --model DIR; the embedded default (as `kbit train` runs it) otherwise
+    _, seconds = kbit("train", *(["--model", model] if model else []), "--method", method, "--max-steps", str(steps),
+                      "--output", str(out), "--overwrite", *extra, cwd=work)
     return out, seconds
 
 

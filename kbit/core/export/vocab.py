@@ -86,7 +86,9 @@ def add_hf_tokenizer(writer: Any, model_dir: Path, vocab_size: int, architecture
     spec = json.loads(path.read_text(encoding="utf-8"))
     model = spec.get("model") or {}
     kind = model.get("type")
-    if kind == "BPE" and model.get("byte_fallback"):
+    # A byte-level pre-tokenizer makes it a GPT-2 style vocabulary even with byte_fallback set (the
+    # tokenizer.json transformers writes for a model it converted from a GGUF file has both).
+    if kind == "BPE" and model.get("byte_fallback") and not _byte_level(spec):
         vocab = gguf.LlamaHfVocab(Path(model_dir))
         tokens, scores, types = zip(*vocab.all_tokens())
         writer.add_tokenizer_model("llama")
@@ -165,6 +167,12 @@ def _base_vocab(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
 # with the contractions spelled case by case): letters, single digits, punctuation, whitespace.
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _byte_level(spec: dict[str, Any]) -> bool:
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return any(step.get("type") == "ByteLevel" for step in steps)
 
 
 def _pre_tokenizer(spec: dict[str, Any], tokenizer: Any, model_dir: Path) -> str:

@@ -160,3 +160,17 @@ def test_hub_id_comes_from_the_gguf_metadata():
     assert gguf_hub_id({"general.source.url": "https://huggingface.co/org/model/tree/main"}, "x") == "org/model"
     assert gguf_hub_id({"general.organization": "HuggingFaceTB"}, "SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert gguf_hub_id({"general.name": "no organization"}, "file") == ""
+
+
+def test_a_byte_level_vocabulary_with_byte_fallback_is_written_as_gpt2(tiny_model, tmp_path):
+    """transformers' tokenizer.json for a model it converted from a GGUF file has a ByteLevel
+    pre-tokenizer and byte_fallback set; it is a GPT-2 style vocabulary, not a SentencePiece one."""
+    model = bpe_model(tiny_model, tmp_path / "fallback")
+    spec = json.loads((model / "tokenizer.json").read_text())
+    spec["model"]["byte_fallback"] = True
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+    out = tmp_path / "fallback.gguf"
+    report = write_gguf(model, out, "f16", name="fallback", base=BaseModel(name="tiny"))
+    keys, _ = _fields(out)
+    assert keys["tokenizer.ggml.model"] == "gpt2" and report["tokenizer"].startswith("gpt2")
+    assert _compare(model, out) < 2e-3

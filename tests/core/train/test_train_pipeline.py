@@ -210,7 +210,11 @@ def test_auto_rank_and_batch_are_chosen_and_recorded(tiny_model, tmp_path):
     (("--method", "qlroa"), "did you mean qlora"),
     (("--lr", "-1"), "'lr'"),
 ])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_model, tmp_path, args, message):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_model, tmp_path, monkeypatch, capsys, args, message):
+    """In-process, as tests/reliability/test_bad_input.py runs its table (a subprocess per case would
+    spend most of its time importing the libraries)."""
+    from kbit.core.cli import main
+
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text('{"q": "1+1", "a": "2"}\n{"q": "2+2", "a": "4"}\n')
     empty = tmp_path / "empty.jsonl"
@@ -222,12 +226,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_model, tmp_path
     args = [a.format(**paths) for a in args]
     if "--output" not in args:
         args += ["--output", str(tmp_path / "out")]
-    result = run_kbit("train", "--model", str(tiny_model), "--max-steps", "1", *args,
-                      env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("kbit: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", str(tiny_model), "--max-steps", "1", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("kbit: error:")]
+    assert len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
     assert [p.name for p in nonempty.iterdir()] == ["file.txt"]
 
