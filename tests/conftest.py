@@ -75,10 +75,11 @@ def run_kbit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
 
 @pytest.fixture(scope="session")
 def smollm2_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One short real qlora run of the embedded SmolLM2-135M (12 steps, 20 held-out items), shared by
+    """One short real qlora run of the embedded SmolLM2-135M (30 steps, 20 held-out items), shared by
     the slow integration tests (train + eval, export; only the export writes into it, its own gguf/):
-    training it once keeps CI short."""
+    training it once keeps CI short. 30 steps: after 12 the model is unsure enough that q8_0 rounding
+    flipped one of the 54 answer tokens of the export test's 20 items (98.1% < its 99% gate)."""
     out = tmp_path_factory.mktemp("smollm2") / "run"
-    result = run_kbit("train", "--output", str(out), "--max-steps", "12", "--eval-limit", "20", "--logging-steps", "4")
+    result = run_kbit("train", "--output", str(out), "--max-steps", "30", "--eval-limit", "20", "--logging-steps", "10")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
