@@ -301,13 +301,14 @@ def adopt_library_logs() -> None:
         if not isinstance(logger, logging.Logger) or not (name == "torch" or name.startswith("torch.")):
             continue
         own = [h for h in logger.handlers if type(h) is logging.StreamHandler]  # torch._logging's stderr handler
-        if own:
-            _undo.append(lambda logger=logger, handlers=list(logger.handlers): setattr(logger, "handlers", handlers))
+        if not own:
+            continue
+        # given back as the whole list, so the handlers keep their order
+        _undo.append(lambda logger=logger, handlers=list(logger.handlers): setattr(logger, "handlers", handlers))
         for handler in own:
             logger.removeHandler(handler)
-        if own:
-            logger.propagate = True
-            _undo.append(lambda logger=logger: setattr(logger, "propagate", False))
+        logger.propagate = True
+        _undo.append(lambda logger=logger: setattr(logger, "propagate", False))
     if level != "verbose":
         import datasets
 

@@ -10,9 +10,8 @@ and ``check_fidelity`` fails the run when the merged model does not reproduce th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 

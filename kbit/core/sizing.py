@@ -77,10 +77,8 @@ def decide_checkpointing(
     if requested in ("true", "false"):
         return Decision(requested == "true", "requested"), estimates
     without, mib = estimates["estimated_bytes_without"], 2**20
-    if without > CHECKPOINT_ABOVE * free_bytes:
-        reason = (f"auto: without it a step needs ~{without / mib:.0f} MiB (model + batch {batch_size} x {length} tokens), "
-                  f"over {CHECKPOINT_ABOVE:.0%} of the {free_bytes / mib:.0f} MiB free")
-        return Decision(True, reason), estimates
+    on = without > CHECKPOINT_ABOVE * free_bytes
     reason = (f"auto: without it a step needs ~{without / mib:.0f} MiB (model + batch {batch_size} x {length} tokens), "
-              f"within {CHECKPOINT_ABOVE:.0%} of the {free_bytes / mib:.0f} MiB free; recomputing would only cost time")
-    return Decision(False, reason), estimates
+              f"{'over' if on else 'within'} {CHECKPOINT_ABOVE:.0%} of the {free_bytes / mib:.0f} MiB free"
+              + ("" if on else "; recomputing would only cost time"))
+    return Decision(on, reason), estimates

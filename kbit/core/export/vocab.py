@@ -169,18 +169,21 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+def _pre_steps(pre: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The steps of a tokenizers pre-tokenizer spec (a ``Sequence``'s members, or the one step)."""
+    pre = pre or {}
+    return pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+
+
 def _byte_level(spec: dict[str, Any]) -> bool:
-    pre = spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    return any(step.get("type") == "ByteLevel" for step in steps)
+    return any(step.get("type") == "ByteLevel" for step in _pre_steps(spec.get("pre_tokenizer")))
 
 
 def _pre_tokenizer(spec: dict[str, Any], tokenizer: Any, model_dir: Path) -> str:
     """llama.cpp's name for the pre-tokenizer transformers really runs for this model: from 5.2x a
     tokenizer class may replace ``tokenizer.json``'s (``Qwen2Tokenizer`` sets Qwen2's split rule)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    pre = (json.loads(backend.to_str()).get("pre_tokenizer") if backend is not None else spec.get("pre_tokenizer")) or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    steps = _pre_steps(json.loads(backend.to_str()).get("pre_tokenizer") if backend is not None else spec.get("pre_tokenizer"))
     kinds = [(s.get("type"), s.get("individual_digits"), s.get("use_regex")) for s in steps]
     if kinds == [("ByteLevel", None, True)]:
         return "gpt-2"

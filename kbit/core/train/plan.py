@@ -88,17 +88,18 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     shape = skeleton(model_config, config.trust_remote_code)
     check_weights_match(Path(source.path), shape)
     check_adapter_fits(shape, spec.adapter)
+    model_bytes = weights_bytes(Path(source.path))
     batch_size = config.batch_size
     if batch_size == "auto":
         batch_size, sizing["batch_size"] = auto_batch_size(
             hidden_size=model_config.hidden_size, layers=model_config.num_hidden_layers,
             vocab_size=model_config.vocab_size, max_length=config.max_length,
-            model_bytes=weights_bytes(Path(source.path)), memory_bytes=device.memory_bytes,
+            model_bytes=model_bytes, memory_bytes=device.memory_bytes,
             device_kind=device.kind,
             checkpointing=spec.training.gradient_checkpointing and _requested(config, "gradient_checkpointing") != "auto",
         )
     spec, decisions["gradient_checkpointing"] = _checkpointing(
-        config, spec, device, model_config, batch_size, weights_bytes(Path(source.path)),
+        config, spec, device, model_config, batch_size, model_bytes,
         length=min(config.max_length, longest_prompt + _longest_completion(tokenizer, data)),
     )
     policy = method.merge_policy(spec)
@@ -106,7 +107,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
     run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume)
-    check_writable(run_dir, min_free_bytes=3 * weights_bytes(Path(source.path)) + (64 << 20))
+    check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
                    run_dir, resume)
 
