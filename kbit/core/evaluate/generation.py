@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -89,11 +90,34 @@ def _generate(model: Any, tokenizer: Any, examples: Sequence[Example], batch_siz
     try:
         model.eval()
         device = next(model.parameters()).device
-        for begin in range(0, len(examples), batch_size):
-            batch = [render_prompt(tokenizer, e) for e in examples[begin : begin + batch_size]]
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad():
-                generated = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id, **settings)
-            yield generated[:, encoded["input_ids"].shape[1] :]
+        with _contiguous_head_input(model):
+            for begin in range(0, len(examples), batch_size):
+                batch = [render_prompt(tokenizer, e) for e in examples[begin : begin + batch_size]]
+                encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                with torch.no_grad():
+                    generated = model.generate(**encoded, pad_token_id=tokenizer.pad_token_id, **settings)
+                yield generated[:, encoded["input_ids"].shape[1] :]
     finally:
         tokenizer.padding_side = previous_side
+
+
+@contextlib.contextmanager
+def _contiguous_head_input(model: Any) -> Iterator[None]:
+    """Hand the output head contiguous hidden states while generating.
+
+    The prompt's forward pass keeps only the last position (``hidden[:, -1:, :]``, a strided view).
+    ``torch.matmul`` folds a 3-D input into one matrix product only when that is free of copies or
+    when the weight needs a gradient; for a frozen head (an adapter model) it broadcasts the weight to
+    every row instead and copies it: batch × vocabulary × hidden values per batch (905 MB for 16
+    SmolLM2 prompts in bf16, 2.3 s of a 4.0 s batch). Copying the hidden rows (16 × 576) avoids that;
+    the logits are the same.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]) if args else None)
+    try:
+        yield
+    finally:
+        handle.remove()

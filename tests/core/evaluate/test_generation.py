@@ -86,3 +86,20 @@ def test_speed_is_measured_on_exactly_the_forced_number_of_tokens_even_when_answ
     finally:
         handle.remove()
     assert speed["prompts"] == 4 and speed["tokens"] == 4 * 12 and speed["tokens_per_s"] > 0
+
+
+def test_a_frozen_head_sees_contiguous_hidden_states_and_answers_do_not_change(tiny):
+    # torch.matmul copies a frozen weight once per batch row for a strided 3-D input (see _generate)
+    model, tokenizer = tiny
+    head = model.get_output_embeddings()
+    seen = []
+    handle = head.register_forward_hook(lambda module, args, output: seen.append(args[0].is_contiguous()))
+    try:
+        model.requires_grad_(False)
+        frozen = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=4, batch_size=5)
+        model.requires_grad_(True)
+        trainable = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=4, batch_size=5)
+    finally:
+        handle.remove()
+    assert seen and all(seen)
+    assert frozen.texts == trainable.texts and not head._forward_pre_hooks
