@@ -150,7 +150,7 @@ def train_command(
     padding_free: Annotated[Optional[str], typer.Option("--padding-free", help="Micro-batches as one row of concatenated examples, no padding: auto (where the attention keeps examples apart and padding would be >= 15%), true or false.")] = None,
     logging_steps: Annotated[Optional[int], typer.Option("--logging-steps")] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
-    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Held-out loss every N steps (default: about 4 times a run and at the end; 0 = never).")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Held-out loss (on the first 32 scored items) every N steps (default: about 4 times a run and at the end; 0 = never).")] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="Also log to none, tensorboard, wandb or trackio (each an extra: pip install 'kbit[NAME]').")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
     held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out examples: a count (50) or a fraction (0.1, 10%); default 100 for arith, 10% of a file.")] = None,

@@ -46,7 +46,7 @@ class TrainConfig:
     logging_steps: int = attrs.field(default=10, converter=integer(minimum=1))
     save_steps: int = attrs.field(default=40, converter=integer(minimum=1))
     # Held-out loss during training every N steps; None: about four times a run, on logging steps
-    # (and always at the last step); 0: never. Uses the first eval_limit held-out examples.
+    # (and always at the last step); 0: never. On the first fit.EVAL_LOSS_ITEMS of the eval_limit held-out examples.
     eval_steps: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=0)))
     report_to: str = attrs.field(default="none", converter=choice(*REPORT_TO))
     # A count or a fraction of the dataset; None: the dataset's default (see kbit.core.data.split).

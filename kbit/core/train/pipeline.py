@@ -180,7 +180,8 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
 
 def _save_adapter(plan: RunPlan, record: RunRecord, trained: Trained) -> None:
     record.train.update(steps=trained.steps, world_size=trained.world_size, resumed_from=trained.resumed_from,
-                        rank_adapter_digests=trained.digests, **(trained.tokens or {}))
+                        rank_adapter_digests=trained.digests, held_out_loss_items=trained.held_out_loss_items,
+                        **(trained.tokens or {}))
     if trained.padding_free is not None:
         record.decisions["padding_free"] = trained.padding_free
     record.loss_history = trained.history

@@ -1,9 +1,11 @@
 """When the held-out loss is measured during training."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from kbit.core.train.config import TrainConfig
-from kbit.core.train.fit import training_evaluation
+from kbit.core.train.fit import EVAL_LOSS_ITEMS, held_out_loss_items, training_evaluation
 
 
 @pytest.mark.parametrize("settings, expected", [
@@ -17,3 +19,14 @@ from kbit.core.train.fit import training_evaluation
 ])
 def test_training_evaluation(settings, expected):
     assert training_evaluation(TrainConfig(**settings)) == expected
+
+
+@pytest.mark.parametrize("eval_limit, held_out, expected", [
+    (100, 100, EVAL_LOSS_ITEMS),  # the default run: a curve on the first items, not all 100
+    (10, 100, 10),  # never more than the items scored after training
+    (100, 5, 5),
+    (0, 100, 0),
+])
+def test_the_held_out_loss_is_measured_on_the_first_scored_items(eval_limit, held_out, expected):
+    plan = SimpleNamespace(config=TrainConfig(eval_limit=eval_limit), data=SimpleNamespace(held_out=list(range(held_out))))
+    assert held_out_loss_items(plan) == list(range(expected))

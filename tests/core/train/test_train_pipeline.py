@@ -81,7 +81,7 @@ def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     assert spec.method == "qlora" and spec.adapter.r == 4
     assert [h["step"] for h in record["loss_history"]] == [1, 2, 3]
     # the held-out loss beside the training loss (3 steps, logging every step: measured every step)
-    assert all(h["eval_loss"] > 0 for h in record["loss_history"])
+    assert all(h["eval_loss"] > 0 for h in record["loss_history"]) and record["train"]["held_out_loss_items"] == 4
     for key in ("base_model", "dataset", "versions", "merge_policy", "wall_time_s", "peak_memory_bytes", "config"):
         assert record[key], key
     assert record["dataset"]["fingerprint"] and record["base_model"]["revision"]
