@@ -3,14 +3,15 @@
 The device is the accelerator torch itself would use (``torch.accelerator``: CUDA or ROCm, Intel
 XPU, Apple MPS, ...), else the CPU. Compute dtype "auto" means bfloat16 on an accelerator that
 supports it (float16 on one that does not); on a CPU, bfloat16 where the CPU has native bf16
-instructions (AVX512-BF16 or AMX: a training step measured ~1.2x faster with ~23% less memory than
-float32, BENCHMARKS.md item 7) and float32 elsewhere (bf16 emulated in AVX2/AVX512 code is several
-times slower than float32).
+instructions (AVX512-BF16 or AMX) and a bf16 probe runs faster than float32 there
+(``kbit.core.cpu_probe``: 0.82× on one such machine, 1.45× on another), float32 elsewhere (bf16
+emulated in AVX2/AVX512 code is several times slower than float32).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ class DeviceInfo:
     - ``supports_bf16``: bfloat16 arithmetic runs natively here (on a CPU: ``cpu_bf16_flags``).
     - ``bf16_evidence``: what ``supports_bf16`` was read from, for the record.
     - ``memory_bytes``: the memory a run may use (the accelerator's own, or system memory on a CPU).
+    - ``bf16_time_ratio``: on a CPU with native bf16, bf16 time / float32 time measured by
+      ``kbit.core.cpu_probe`` (below 1: bf16 is faster); None where not measured.
     """
 
     kind: str = attrs.field(validator=attrs.validators.matches_re(r"^[a-z][a-z0-9_]*$"))
@@ -33,6 +36,7 @@ class DeviceInfo:
     supports_bf16: bool = False
     memory_bytes: int = 0
     bf16_evidence: str = ""
+    bf16_time_ratio: float | None = None
 
     @property
     def accelerator(self) -> bool:
@@ -40,12 +44,14 @@ class DeviceInfo:
         return self.kind != "cpu"
 
     @classmethod
-    def cpu(cls, memory_bytes: int | None = None, supports_bf16: bool = False, bf16_evidence: str = "") -> DeviceInfo:
-        """A CPU; ``supports_bf16`` as given (``detect_device`` reads it from the CPU's flags)."""
+    def cpu(cls, memory_bytes: int | None = None, supports_bf16: bool = False, bf16_evidence: str = "",
+            bf16_time_ratio: float | None = None) -> DeviceInfo:
+        """A CPU; ``supports_bf16`` as given (``detect_device`` reads it from the CPU's flags and
+        measures ``bf16_time_ratio``)."""
         if memory_bytes is None:
             memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return cls(kind="cpu", name="cpu", supports_bf16=supports_bf16, memory_bytes=memory_bytes,
-                   bf16_evidence=bf16_evidence)
+                   bf16_evidence=bf16_evidence, bf16_time_ratio=bf16_time_ratio)
 
 
 @attrs.frozen
@@ -80,12 +86,27 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
     return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
 
 
-def host_cpu(cpuinfo: str | None = None) -> DeviceInfo:
-    """This machine's CPU as a training device, with native bf16 read from its flags."""
+def host_cpu(cpuinfo: str | None = None, measure: Callable[[], float] | None = None) -> DeviceInfo:
+    """This machine's CPU as a training device: native bf16 read from its flags (``cpuinfo``, the text
+    of /proc/cpuinfo, read when None) and, where it has them, bf16's speed against float32 measured
+    (``measure``, default ``kbit.core.cpu_probe``: cached per CPU and torch version; imports torch)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
     flags = cpu_bf16_flags(cpuinfo)
     evidence = (f"{', '.join(flags)} in /proc/cpuinfo" if flags
                 else "no " + " or ".join(CPU_BF16_FLAGS) + " in /proc/cpuinfo")
-    return DeviceInfo.cpu(supports_bf16=bool(flags), bf16_evidence=evidence)
+    ratio = None
+    if flags:
+        if measure is None:
+            from kbit.core.cpu_probe import bf16_time_ratio
+
+            ratio = bf16_time_ratio(cpuinfo)
+        else:
+            ratio = measure()
+    return DeviceInfo.cpu(supports_bf16=bool(flags), bf16_evidence=evidence, bf16_time_ratio=ratio)
 
 
 def detect_device() -> DeviceInfo:
@@ -123,9 +144,14 @@ def decide_compute_dtype(requested: str, device: DeviceInfo) -> Decision:
         if device.supports_bf16:
             return Decision("bfloat16", f"auto: {device.kind} supports bfloat16{evidence}")
         return Decision("float16", f"auto: {device.kind} has no bfloat16{evidence}, float16 mixed precision instead")
+    ratio = device.bf16_time_ratio
+    if device.supports_bf16 and ratio is None:
+        return Decision("bfloat16", f"auto: the CPU has native bf16{evidence}")
     if device.supports_bf16:
-        return Decision("bfloat16", f"auto: the CPU has native bf16{evidence}; a step measured faster and smaller "
-                                    "than float32 there (BENCHMARKS.md item 7)")
+        measured = f"; the bf16 probe took {ratio:.2f}× float32's time here (kbit.core.cpu_probe)"
+        if ratio < 1:
+            return Decision("bfloat16", f"auto: the CPU has native bf16{evidence}{measured}")
+        return Decision("float32", f"auto: the CPU has native bf16{evidence}, but{measured[1:]}")
     return Decision("float32", f"auto: the CPU has no native bf16{evidence}; emulated bf16 is slower than float32")
 
 

@@ -24,12 +24,14 @@ MPS = DeviceInfo(kind="mps", name="Apple MPS", supports_bf16=True, memory_bytes=
 OLD_MPS = DeviceInfo(kind="mps", name="Apple MPS", supports_bf16=False, memory_bytes=8 * GIB)  # macOS < 14
 XPU = DeviceInfo(kind="xpu", name="Intel Data Center GPU Max 1100", supports_bf16=True, memory_bytes=48 * GIB)
 CPU = DeviceInfo.cpu(memory_bytes=24 * GIB)
-BF16_CPU = DeviceInfo.cpu(memory_bytes=24 * GIB, supports_bf16=True)  # e.g. AMX or avx512_bf16
+BF16_CPU = DeviceInfo.cpu(memory_bytes=24 * GIB, supports_bf16=True)  # e.g. AMX or avx512_bf16, not measured
+FAST_BF16_CPU = DeviceInfo.cpu(memory_bytes=24 * GIB, supports_bf16=True, bf16_time_ratio=0.82)  # measured on an AMD EPYC
+SLOW_BF16_CPU = DeviceInfo.cpu(memory_bytes=24 * GIB, supports_bf16=True, bf16_time_ratio=1.45)  # an Intel Xeon without AMX
 
 
 @pytest.mark.parametrize("device, dtype", [
     (CUDA, "bfloat16"), (OLD_CUDA, "float16"), (MPS, "bfloat16"), (OLD_MPS, "float16"), (XPU, "bfloat16"),
-    (CPU, "float32"), (BF16_CPU, "bfloat16"),
+    (CPU, "float32"), (BF16_CPU, "bfloat16"), (FAST_BF16_CPU, "bfloat16"), (SLOW_BF16_CPU, "float32"),
 ])
 def test_auto_compute_dtype_follows_the_device(device, dtype):
     assert resolve_compute_dtype("auto", device) == dtype
@@ -44,17 +46,21 @@ SKYLAKE = "processor\t: 0\nmodel name\t: Intel Xeon Gold 6148\nflags\t\t: fpu ss
 AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\nbugs\t\t: avx512_bf16\n"  # a flag name outside "flags" is not a flag
 
 
-@pytest.mark.parametrize("cpuinfo, flags, dtype", [
-    (ZEN4, ("avx512_bf16",), "bfloat16"), (SAPPHIRE, ("amx_bf16",), "bfloat16"),
-    (SKYLAKE, (), "float32"), (AVX2, (), "float32"), ("", (), "float32"),
+@pytest.mark.parametrize("cpuinfo, flags, ratio, dtype", [
+    (ZEN4, ("avx512_bf16",), 0.82, "bfloat16"), (SAPPHIRE, ("amx_bf16",), 0.6, "bfloat16"),
+    (ZEN4, ("avx512_bf16",), 1.45, "float32"),  # native bf16, but measured slower than float32 on this CPU
+    (SKYLAKE, (), None, "float32"), (AVX2, (), None, "float32"), ("", (), None, "float32"),
 ])
-def test_auto_on_a_cpu_is_bf16_exactly_where_the_cpu_has_native_bf16(cpuinfo, flags, dtype):
+def test_auto_on_a_cpu_is_bf16_exactly_where_the_cpu_has_native_bf16_and_it_measures_faster(cpuinfo, flags, ratio, dtype):
     assert cpu_bf16_flags(cpuinfo) == flags
-    cpu = host_cpu(cpuinfo)
-    assert cpu.supports_bf16 is bool(flags) and not cpu.accelerator
+    measured = []
+    cpu = host_cpu(cpuinfo, measure=lambda: measured.append(ratio) or ratio)
+    assert measured == ([ratio] if flags else [])  # measured only where there is native bf16 to measure
+    assert cpu.supports_bf16 is bool(flags) and not cpu.accelerator and cpu.bf16_time_ratio == ratio
     decision = decide_compute_dtype("auto", cpu)
     assert decision.value == dtype
     assert ("native bf16" in decision.reason) and (flags[0] in decision.reason if flags else "no avx512_bf16" in decision.reason)
+    assert (f"{ratio:.2f}×" in decision.reason) if flags else "probe" not in decision.reason
     spec = get_method("qlora").resolve_spec({}, cpu)
     assert spec.training.compute_dtype == dtype
     assert spec.training.merge_dtype == "float32"  # a bf16 merge would round a short run's update away
@@ -72,6 +78,7 @@ def test_this_machine_reads_its_own_cpu_flags():
     text = Path("/proc/cpuinfo").read_text()
     assert device.supports_bf16 is any(f" {flag}" in text for flag in ("avx512_bf16", "amx_bf16"))
     assert device.bf16_evidence.endswith("in /proc/cpuinfo")
+    assert (device.bf16_time_ratio is not None) is device.supports_bf16  # measured where bf16 is native
 
 
 @pytest.mark.parametrize("device", [CUDA, MPS, XPU])

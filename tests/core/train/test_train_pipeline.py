@@ -126,11 +126,11 @@ def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
 def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
     from safetensors.torch import load_file
 
-    from kbit.core.device import cpu_bf16_flags
+    from kbit.core.device import detect_device, resolve_compute_dtype
 
     out, _ = qlora_run
     record = read_record(out)
-    expected = "bfloat16" if cpu_bf16_flags() else "float32"  # auto on this CPU-only machine
+    expected = resolve_compute_dtype("auto", detect_device())  # auto on this CPU-only machine
     assert record.spec.training.compute_dtype == expected
     decision = record.decisions["compute_dtype"]
     assert (decision["value"], decision["requested"]) == (expected, "auto")
