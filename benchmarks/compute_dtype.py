@@ -1,7 +1,8 @@
 """Item 7, compute dtype: qlora training steps with float32 against bfloat16 compute on this machine.
 
 kbit's ``compute_dtype=auto`` is bfloat16 on a GPU that supports it and on a CPU with native bf16
-(avx512_bf16 / amx_bf16), float32 on other CPUs. This measures the step time of both on the machine
+(avx512_bf16 / amx_bf16) where its bf16 probe (``kbit.core.cpu_probe``) ran faster than float32,
+float32 on other CPUs. This measures the step time of both on the machine
 it runs on (fresh subprocess each, alternating), so the choice is backed by a number: ratio = bf16
 time / fp32 time; the target is <= 1 where auto picks bf16 here and >= 1 where it picks float32.
 The loss after the last step is shown too.
