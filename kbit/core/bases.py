@@ -114,15 +114,20 @@ def _same_sum(a: float, b: float) -> bool:
 
 
 def weights_fingerprint(model: Any) -> dict[str, float]:
-    """A float64 sum per parameter: equal for equal values whatever the dtype they are stored in."""
+    """A float64 sum per parameter: equal for equal values whatever the dtype they are stored in.
+
+    Summed a million values at a time: a float64 copy of SmolLM2's embeddings alone is 226 MB, and
+    torch's ``sum(dtype=float64)`` makes that copy too.
+    """
     import torch
 
     sums: dict[str, float] = {}
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             try:
-                data = parameter.detach()
-                sums[name] = float(data.double().sum() if data.is_floating_point() else data.to(torch.int64).sum())
+                data = parameter.detach().reshape(-1)
+                wide = torch.float64 if data.is_floating_point() else torch.int64
+                sums[name] = float(sum(float(chunk.to(wide).sum()) for chunk in data.split(1 << 20)))
             except (RuntimeError, TypeError, ValueError, NotImplementedError):
                 continue  # a tensor subclass that cannot be cast or summed (quanto's refuses casts): not fingerprinted
     return sums
