@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +48,7 @@ def bf16_time_ratio(cpuinfo: str, cache_dir: Path | None = None,
     """bf16 time / float32 time of the probe on this CPU (below 1: bf16 is faster), from the cache
     when this CPU and torch were measured before; a cache that cannot be read or written is skipped."""
     from kbit.core.models import cache_root
+    from kbit.core.rundir import write_json_atomic
 
     path = (cache_dir or cache_root()) / CACHE_FILE
     key = probe_key(cpuinfo)
@@ -66,10 +65,7 @@ def bf16_time_ratio(cpuinfo: str, cache_dir: Path | None = None,
     cached[key] = {"ratio": round(ratio, 4), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=".cpu-probe-", dir=path.parent)
-        with os.fdopen(handle, "w") as out:
-            json.dump(cached, out, indent=1)
-        os.replace(staging, path)
+        write_json_atomic(path, cached)
     return ratio
 
 
