@@ -16,6 +16,7 @@ Imported lazily (imports torch).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import statistics
 import time
@@ -30,8 +31,6 @@ CACHE_FILE = "cpu-probe.json"
 
 def probe_key(cpuinfo: str) -> str:
     """What the measurement depends on: CPU model, its flags, torch version and threads, the probe."""
-    import hashlib
-
     model, flags = "", ""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")

@@ -10,6 +10,7 @@ emulated in AVX2/AVX512 code is several times slower than float32).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -98,14 +99,11 @@ def host_cpu(cpuinfo: str | None = None, measure: Callable[[], float] | None = N
     flags = cpu_bf16_flags(cpuinfo)
     evidence = (f"{', '.join(flags)} in /proc/cpuinfo" if flags
                 else "no " + " or ".join(CPU_BF16_FLAGS) + " in /proc/cpuinfo")
-    ratio = None
-    if flags:
-        if measure is None:
-            from kbit.core.cpu_probe import bf16_time_ratio
+    if flags and measure is None:
+        from kbit.core.cpu_probe import bf16_time_ratio
 
-            ratio = bf16_time_ratio(cpuinfo)
-        else:
-            ratio = measure()
+        measure = functools.partial(bf16_time_ratio, cpuinfo)
+    ratio = measure() if flags else None
     return DeviceInfo.cpu(supports_bf16=bool(flags), bf16_evidence=evidence, bf16_time_ratio=ratio)
 
 
@@ -144,14 +142,14 @@ def decide_compute_dtype(requested: str, device: DeviceInfo) -> Decision:
         if device.supports_bf16:
             return Decision("bfloat16", f"auto: {device.kind} supports bfloat16{evidence}")
         return Decision("float16", f"auto: {device.kind} has no bfloat16{evidence}, float16 mixed precision instead")
-    ratio = device.bf16_time_ratio
-    if device.supports_bf16 and ratio is None:
-        return Decision("bfloat16", f"auto: the CPU has native bf16{evidence}")
     if device.supports_bf16:
-        measured = f"; the bf16 probe took {ratio:.2f}× float32's time here (kbit.core.cpu_probe)"
+        ratio = device.bf16_time_ratio
+        if ratio is None:
+            return Decision("bfloat16", f"auto: the CPU has native bf16{evidence}")
+        measured = f"the bf16 probe took {ratio:.2f}× float32's time here (kbit.core.cpu_probe)"
         if ratio < 1:
-            return Decision("bfloat16", f"auto: the CPU has native bf16{evidence}{measured}")
-        return Decision("float32", f"auto: the CPU has native bf16{evidence}, but{measured[1:]}")
+            return Decision("bfloat16", f"auto: the CPU has native bf16{evidence}; {measured}")
+        return Decision("float32", f"auto: the CPU has native bf16{evidence}, but {measured}")
     return Decision("float32", f"auto: the CPU has no native bf16{evidence}; emulated bf16 is slower than float32")
 
 
