@@ -21,6 +21,7 @@ from kbit.core.errors import ConfigError
 from kbit.core.method import Method
 from kbit.core.method_info import MergePolicy
 from kbit.core.models import load_causal_lm
+from kbit.core.resident_memory import release_load_memory
 from kbit.core.spec import QuantizationSpec
 
 
@@ -30,10 +31,13 @@ class MergeRefused(ConfigError):
 
 def load_base(method: Method, spec: QuantizationSpec, path: str, *, trust_remote_code: bool = False,
               device_map: Any = None) -> Any:
-    """The base exactly as the adapter trains on it: loaded through the quant config, then ``quantize_base``."""
+    """The base exactly as the adapter trains on it: loaded through the quant config, then ``quantize_base``
+    (after which the checkpoint's memory map holds weights that were replaced, and is let go of)."""
     model = load_causal_lm(path, quant_config=method.build_quant_config(spec), dtype=spec.training.compute_dtype,
                            trust_remote_code=trust_remote_code, device_map=device_map)
-    return method.quantize_base(model, spec)
+    model = method.quantize_base(model, spec)
+    release_load_memory(model)
+    return model
 
 
 def check_mergeable(method: Method, spec: QuantizationSpec, policy: MergePolicy) -> None:

@@ -10,6 +10,7 @@ A model reference is one of:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -331,20 +332,27 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
 
 
 def load_causal_lm(path: str, *, quant_config: Any = None, dtype: str = "float32", trust_remote_code: bool = False, device_map: Any = None) -> Any:
-    """``AutoModelForCausalLM.from_pretrained`` with kbit's safety defaults (safetensors only)."""
+    """``AutoModelForCausalLM.from_pretrained`` with kbit's safety defaults (safetensors only); a quantized
+    load reads the checkpoint tensor by tensor instead of mapping it, and what loading leaves resident
+    beyond the model is given back (``kbit.core.resident_memory``)."""
     from transformers import AutoModelForCausalLM
 
     from kbit.core.device import torch_dtype
+    from kbit.core.resident_memory import reading_tensors_one_by_one, release_load_memory
 
+    reading = reading_tensors_one_by_one() if quant_config is not None else contextlib.nullcontext()
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            path,
-            quantization_config=quant_config,
-            dtype=torch_dtype(dtype),
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-            device_map=device_map,
-        )
+        with reading:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                quantization_config=quant_config,
+                dtype=torch_dtype(dtype),
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+                device_map=device_map,
+            )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot load model from {path}: {first}") from None
+    release_load_memory(model)
+    return model

@@ -354,11 +354,15 @@ def load_plain(path: str, *, trust_remote_code: bool = False, device_map: Any = 
     """A model directory as stored: its own dtype and, if any, its own quantization config."""
     from transformers import AutoModelForCausalLM
 
+    from kbit.core.resident_memory import release_load_memory
+
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=trust_remote_code,
-                                                    use_safetensors=True, device_map=device_map)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True, device_map=device_map)
     except (OSError, ValueError, ImportError) as exc:
         raise ConfigError(f"cannot load model from {path}: {_first_line(exc)}") from None
+    release_load_memory(model)
+    return model
 
 
 def _first_line(exc: BaseException) -> str:
