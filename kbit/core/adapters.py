@@ -140,10 +140,14 @@ def build_peft_config(spec: Any) -> Any:
 
 
 def attach_adapter(model: Any, spec: Any) -> Any:
-    """Wrap ``model`` (already passed through the method's ``prepare_model``) in a PEFT model."""
+    """Wrap ``model`` (already passed through the method's ``prepare_model``) in a PEFT model, whose
+    plain LoRA layers apply their input dropout without keeping the dropped input (``kbit.core.lora_dropout``)."""
     from peft import get_peft_model
 
+    from kbit.core.lora_dropout import fuse_lora_dropout
+
     peft_model = get_peft_model(model, build_peft_config(spec))
+    fuse_lora_dropout(peft_model)
     if require_adapter(spec).qa_group_size:
         pool_adapter_inputs(peft_model, spec.adapter.qa_group_size)
     return peft_model
