@@ -2,9 +2,11 @@
 
 PEFT trains adapters on torchao int8 weights (``peft.tuners.lora.torchao``), and it can merge into
 them only by dequantizing, adding the update and re-quantizing to int8, which rounds most of a small
-update away; transformers cannot dequantize a torchao model either. So the adapter is merged into
-the original full-precision base. The int8 rounding the adapter trained against is small (per-channel
-scales), and kbit records how closely the merged model's logits match the trained adapter model's.
+update away. So the adapter is merged into the dequantized int8 weights — exactly what it trained
+against, since the int8 weights are only ever used dequantized (weight-only) — with torchao's own
+``dequantize()`` (``dequantize_base``: transformers cannot dequantize torchao models). Merging into the
+original base instead agreed with the trained model on only 90.4% of SmolLM2's top-1 predictions
+after 10 steps: the int8 rounding the adapter learned against is not negligible for a small model.
 """
 
 from __future__ import annotations
@@ -23,16 +25,13 @@ from kbit.plugin import (
     hookimpl,
     merge_or_keep,
     prepare_for_adapter,
+    torch_dtype,
     training_options,
     training_settings,
 )
 
 NAME = "torchao-int8"
 PEFT_TYPES = ("lora", "dora")
-MERGE_REASON = (
-    "PEFT merges into torchao int8 weights only by re-quantizing them (rounding a small update away) and "
-    "transformers cannot dequantize torchao models, so the adapter is merged into the original base"
-)
 
 OPTIONS = adapter_options(r=64, lora_alpha=16, lora_dropout=0.05, peft_types=PEFT_TYPES) + training_options()
 
@@ -40,7 +39,7 @@ OPTIONS = adapter_options(r=64, lora_alpha=16, lora_dropout=0.05, peft_types=PEF
 @hookimpl
 def describe_method() -> MethodInfo:
     return MethodInfo(
-        summary="torchao int8 weight-only base (per-channel), LoRA/DoRA adapter; merged into the original base",
+        summary="torchao int8 weight-only base (per-channel), LoRA/DoRA adapter; merged into the dequantized int8 weights",
         options=OPTIONS,
         aliases=("torchao", "ao-int8"),
         requires=(Requirement("torchao", "pip install 'kbit[torchao]'"), Requirement("peft", "pip install peft")),
@@ -79,5 +78,25 @@ def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
 
 
 @hookimpl
+def dequantize_base(model: Any, spec: QuantizationSpec) -> Any:
+    """The loaded int8 base with every torchao weight replaced by its ``dequantize()``d values (int8
+    times the channel scale, as the weight-only forward computes them) in ``merge_dtype``, no longer
+    marked quantized."""
+    import torch
+
+    dtype = torch_dtype(spec.training.merge_dtype)
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and type(weight) not in (torch.Tensor, torch.nn.Parameter) \
+                    and callable(getattr(weight, "dequantize", None)):
+                module.weight = torch.nn.Parameter(weight.dequantize().to(dtype), requires_grad=False)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)  # transformers' own: the model now saves as a plain one
+    return model
+
+
+@hookimpl
 def merge_policy(spec: QuantizationSpec) -> MergePolicy:
-    return merge_or_keep(spec, base="original", reason=MERGE_REASON)
+    return merge_or_keep(spec, base="dequantized")

@@ -10,14 +10,14 @@ class TestTorchaoInt8Contract(MethodContract):
     method = "torchao-int8"
 
 
-def test_quant_config_is_int8_weight_only_and_policy_says_why():
+def test_quant_config_is_int8_weight_only_and_merges_into_the_dequantized_int8_weights():
     chosen = get_method("torchao-int8")
     spec = chosen.resolve_spec({}, DeviceInfo.cpu())
     config = chosen.build_quant_config(spec)
     assert type(config).__name__ == "TorchAoConfig"
     assert type(config.quant_type).__name__ == "Int8WeightOnlyConfig"
     policy = chosen.merge_policy(spec)
-    assert (policy.action, policy.base) == ("merge", "original") and "re-quantiz" in policy.reason
+    assert (policy.action, policy.base) == ("merge", "dequantized")
 
 
 def test_base_weights_are_int8_tensors(tiny_model):
@@ -30,7 +30,25 @@ def test_base_weights_are_int8_tensors(tiny_model):
     assert "Int8" in type(model.model.layers[0].self_attn.q_proj.weight).__name__
 
 
+def test_dequantize_base_gives_the_weights_the_int8_forward_uses(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    chosen = get_method("torchao-int8")
+    spec = chosen.resolve_spec({}, DeviceInfo.cpu())
+    quantized = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=chosen.build_quant_config(spec),
+                                                     dtype=torch.float32)
+    ids = torch.randint(0, 100, (1, 16))
+    with torch.no_grad():
+        expected = quantized(input_ids=ids).logits
+        plain = chosen.dequantize_base(quantized, spec)
+        assert all(type(p) is torch.nn.Parameter for p in plain.parameters())
+        assert not getattr(plain, "is_quantized", False) and not hasattr(plain.config, "quantization_config")
+        torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_train_end_to_end(tiny_model, tmp_path):
     record = train_tiny(tiny_model, "torchao-int8", tmp_path / "run")
     assert record["artifacts"]["merged"] == "merged"
-    assert record["merge"]["top1_agreement"] > 0.9
+    assert record["merge"]["base"] == "dequantized"
+    assert record["merge"]["top1_agreement"] == 1.0 and record["merge"]["max_abs_logit_diff"] < 1e-3
