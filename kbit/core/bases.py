@@ -35,6 +35,8 @@ def load_base(method: Method, spec: QuantizationSpec, path: str, *, trust_remote
     (after which the checkpoint's memory map holds weights that were replaced, and is let go of)."""
     model = load_causal_lm(path, quant_config=method.build_quant_config(spec), dtype=spec.training.compute_dtype,
                            trust_remote_code=trust_remote_code, device_map=device_map)
+    if not method.implements("quantize_base"):
+        return model  # load_causal_lm has already given back what loading left
     model = method.quantize_base(model, spec)
     release_load_memory(model)
     return model
