@@ -1,13 +1,15 @@
 """bnb-int8: an LLM.int8() bitsandbytes base (8-bit weights, outliers kept in 16 bits) with a LoRA,
 DoRA or VeRA adapter on top.
 
-After training the adapter is kept, not merged. LLM.int8 inference rounds every layer's input to
-int8 as well (outliers above the threshold excepted), which no merged weights reproduce: merged into
-the dequantized base (int8 weights times their row scales) the model agreed with the trained adapter
-model on only 87% of SmolLM2's top-1 predictions after 10 steps, and re-quantizing the merged
-weights to int8 (PEFT's merge) rounds most of a small update away. (On a CPU bitsandbytes trains
-through the dequantized weights and quantizes activations only at inference.) The adapter serves on
-the int8 base it was trained for: ``PeftModel.from_pretrained`` on a ``load_in_8bit`` base.
+After training the adapter is kept, not merged: no merged weights reproduce the adapter model as
+bitsandbytes serves it. LLM.int8 inference rounds every layer's input to int8 (outliers above the
+threshold excepted); merged into the dequantized base (int8 weights times their row scales) the
+model agreed with the adapter model on only 87% of SmolLM2's top-1 predictions after 10 steps, and
+re-quantizing the merged weights to int8 (PEFT's merge) rounds most of a small update away. Serve the
+adapter on a ``load_in_8bit`` base (``PeftModel.from_pretrained``), as ``kbit eval`` does. (On a CPU
+bitsandbytes runs training steps through the dequantized weights, which is faster there, and rounds
+activations only at inference: the same int8 weights either way.) ``merge_after_train`` is therefore
+false here, and asking for it is refused with the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kbit.plugin import (
+    ConfigError,
     DeviceInfo,
     MergePolicy,
     MethodInfo,
@@ -43,7 +46,7 @@ OPTIONS = (
                    "LLM.int8 outlier threshold: input features above it stay in 16 bits (0 = none)"),
         )
     )
-    + training_options()
+    + training_options(merge=False)
 )
 
 
@@ -96,4 +99,6 @@ KEEP_REASON = ("LLM.int8 inference also rounds each layer's input to int8, which
 
 @hookimpl
 def merge_policy(spec: QuantizationSpec) -> MergePolicy:
+    if spec.training.merge_after_train:
+        raise ConfigError(f"{NAME} cannot merge its adapter: {KEEP_REASON}; drop -o merge_after_train=true")
     return MergePolicy(action="keep_adapter", reason=KEEP_REASON)

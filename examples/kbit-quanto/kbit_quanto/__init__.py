@@ -61,7 +61,8 @@ class Quanto:
     @hookimpl
     def describe_method(self) -> MethodInfo:
         return MethodInfo(
-            summary=f"optimum-quanto {self.weights} weight-only base, LoRA/DoRA adapter (example external plugin)",
+            summary=f"optimum-quanto {self.weights} weight-only base, LoRA/DoRA adapter, merged into the dequantized "
+                    "weights (example external plugin)",
             options=self.options,
             requires=REQUIRES,
             peft_types=PEFT_TYPES,
