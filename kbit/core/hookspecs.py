@@ -112,8 +112,8 @@ def dequantize_base(model: Any, spec: QuantizationSpec) -> Any:
     quantization config transformers cannot dequantize (torchao, quanto: use the backend's own
     ``dequantize()``); without it kbit refuses such a merge before training rather than merge into
     other weights. A method with a transformers quantization config also implements it where
-    transformers' ``dequantize()`` rounds the weights (bitsandbytes dequantizes 4-bit weights in the dtype they were loaded in, e.g. bf16,
-    while the trained model's float32 forward uses the exact values); otherwise kbit calls
+    transformers' ``dequantize()`` rounds the weights (bitsandbytes dequantizes 4-bit weights in the
+    dtype they were loaded in, e.g. bf16, while the trained model's float32 forward uses the exact values); otherwise kbit calls
     ``dequantize(dtype=merge_dtype)``.
     :return: the full-precision model to merge the adapter into.
     """

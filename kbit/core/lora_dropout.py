@@ -11,9 +11,10 @@ is given (the base layer's, so no new memory) and a one-byte keep mask, and reco
 input in the backward pass (one elementwise product). The dropout is the same (each element kept
 with probability ``1 - p`` and scaled by ``1 / (1 - p)``, a fresh mask per call), the parameters and
 their names are untouched, so saving, loading, merging and resuming are PEFT's as before. On a CPU
-the mask even draws the same random numbers as torch's dropout (the default run's losses are unchanged
-to the last printed digit); elsewhere the stream may differ. Layers PEFT computes differently (DoRA and other variants,
-whose forward reads the dropout module), and calls under autocast, keep PEFT's own path.
+the mask even draws the same random numbers as torch's dropout (the default run's losses are
+unchanged to the last printed digit); elsewhere the stream may differ. Layers PEFT computes
+differently (DoRA and other variants, whose forward reads the dropout module), and calls under
+autocast, keep PEFT's own path.
 
 Imported lazily (imports torch).
 """

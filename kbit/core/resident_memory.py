@@ -10,9 +10,9 @@ whole files into memory first, a higher peak), so ``reading_tensors_one_by_one``
 ``safe_open`` calls of one ``from_pretrained``.
 
 **The checkpoint's memory map, after an unquantized load.** An unquantized load keeps every tensor
-whose dtype matches the file as a view of the map. When ``quantize_base`` (qalora, or a plugin made by
-``kbit new-method``) then replaces the linear weights, the few views left (embeddings, norms) keep the whole map, and every
-page of it loading read, alive. ``release_checkpoint_mappings`` copies those views when they cover
+whose dtype matches the file as a view of the map. When ``quantize_base`` (qalora, or a plugin
+made by ``kbit new-method``) then replaces the linear weights, the few views left (embeddings,
+norms) keep the whole map, and every page of it loading read, alive. ``release_checkpoint_mappings`` copies those views when they cover
 less than half of their file, so the map goes.
 
 **Freed heap.** Loading and quantizing allocate many temporary full-precision tensors of a few MB; glibc
