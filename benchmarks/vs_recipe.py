@@ -8,7 +8,9 @@ double quantization and bf16 compute, ``prepare_model_for_kbit_training`` with g
 checkpointing, a peft ``LoraConfig``, trl's ``SFTTrainer`` with its defaults (bf16 mixed precision).
 Each side is one fresh process, timed from start to exit by a small parent process that also reads
 the child's peak resident memory (``getrusage(RUSAGE_CHILDREN).ru_maxrss``); the sides alternate
-(kbit, recipe, kbit, recipe, ...), and the figures are medians. Afterwards, untimed, both adapters are
+(kbit, recipe, kbit, recipe, ...), and the figures are medians. A third, informational side runs kbit
+with glibc's malloc defaults (``KBIT_SYSTEM_MALLOC=1``, see ``kbit.core.allocator``), to show what
+the command's malloc settings account for. Afterwards, untimed, both adapters are
 scored on the same 100 held-out questions by the same scorer (kbit's generation and exact match on
 the 4-bit base), so the speed does not come from learning less.
 
@@ -31,8 +33,10 @@ if __package__ in (None, ""):
 
 from benchmarks._common import (MODEL_VARIABLE, Figure, check_device, emit_result, finish, median, model_path, no_cpu_repacking,
                                 parser, ratio, run_worker, setup, workdir)
+from kbit.core.allocator import OPT_OUT
 
 ITEM = "9 kbit vs recipe"
+SYSTEM_MALLOC = "kbit-system-malloc"  # kbit under glibc's malloc defaults
 EXAMPLES, RANK, LR, SEED, MAX_LENGTH = 400, 16, 2e-4, 0, 256
 
 
@@ -123,27 +127,31 @@ def measure(args: argparse.Namespace) -> list[Figure]:
     base = workdir(args, "vs_recipe")
     print(f"item 9: kbit train vs the hand-written recipe, whole process, {steps} steps x batch {batch}, "
           f"{runs} alternating runs each", flush=True)
-    results: dict[str, list[dict[str, Any]]] = {"kbit": [], "recipe": []}
+    results: dict[str, list[dict[str, Any]]] = {"kbit": [], "recipe": [], SYSTEM_MALLOC: []}
     for index in range(runs):
-        for side in ("kbit", "recipe"):
+        for side in results:
             out = base / f"{index}-{side}"
-            command = (kbit_command(steps, batch, out) if side == "kbit"
-                       else recipe_command(steps, batch, out, args.device))
-            result = run_worker("benchmarks.vs_recipe", ["--measure", "--", *command], timeout=3600)
+            command = (recipe_command(steps, batch, out, args.device) if side == "recipe"
+                       else kbit_command(steps, batch, out))
+            env = {OPT_OUT: "1"} if side == SYSTEM_MALLOC else None
+            result = run_worker("benchmarks.vs_recipe", ["--measure", "--", *command], timeout=3600, env=env)
             result["adapter"] = str(out / "adapter")
             results[side].append(result)
             print(f"  [{side}] wall {result['wall_s']:.1f}s, peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
     scores = {side: run_worker("benchmarks.vs_recipe", ["--worker", "score", "--output", results[side][0]["adapter"],
                                                         "--limit", str(limit)])
-              for side in results}
+              for side in ("kbit", "recipe")}
     wall_k, wall_r = (median([r["wall_s"] for r in results[s]]) for s in ("kbit", "recipe"))
     peak_k, peak_r = (median([r["peak_rss_bytes"] for r in results[s]]) for s in ("kbit", "recipe"))
+    peak_s = median([r["peak_rss_bytes"] for r in results[SYSTEM_MALLOC]])
     em_k, em_r = scores["kbit"]["exact_match"], scores["recipe"]["exact_match"]
     setting = f"median of {runs}, {steps} steps x batch {batch}, r={RANK}, lr {LR}, {EXAMPLES} arith rows, {args.device}"
     return [
         Figure(ITEM, "whole-process wall time", wall_k, wall_r, ratio(wall_k, wall_r), "<= 0.67", "s", setting),
         Figure(ITEM, "peak RSS of the process", peak_k / 2**20, peak_r / 2**20, ratio(peak_k, peak_r), "<= 1.00", "MiB",
                "getrusage(RUSAGE_CHILDREN).ru_maxrss of each run"),
+        Figure(ITEM, "peak RSS, kbit with glibc's malloc defaults", peak_s / 2**20, peak_r / 2**20, ratio(peak_s, peak_r),
+               "", "MiB", f"{OPT_OUT}=1 (informational: what kbit.core.allocator's settings save)"),
         Figure(ITEM, "held-out exact match after training", em_k, em_r, ratio(em_k, em_r) if em_r else None, "",
                "EM", f"{scores['kbit']['items']} held-out questions, same scorer; no worse: {em_k >= em_r}",
                passed=em_k >= em_r),

@@ -15,6 +15,7 @@ import attrs
 
 from kbit.core import metadata as meta
 from kbit.core.adapters import require_adapter
+from kbit.core.allocator import malloc_decision
 from kbit.core.bases import check_mergeable
 from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import Decision, DeviceInfo, detect_device, free_memory_bytes
@@ -84,7 +85,8 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         rank, sizing["r"] = auto_rank(model_config.hidden_size)
         spec = concrete_adapter_spec(spec, rank)
     spec = method.resolve_for_model(spec, model_config)
-    decisions = {"compute_dtype": compute_dtype_decision(config.options, device, spec.training.compute_dtype)}
+    decisions = {"compute_dtype": compute_dtype_decision(config.options, device, spec.training.compute_dtype),
+                 "malloc": malloc_decision()}
     shape = skeleton(model_config, config.trust_remote_code)
     check_weights_match(Path(source.path), shape)
     check_adapter_fits(shape, spec.adapter)

@@ -149,6 +149,16 @@ def test_batch_layout_decision_and_token_counts_are_recorded(qlora_run):
     assert (real == in_batches) is decision["value"]  # padding-free batches carry no padding; padded ones some
 
 
+def test_the_command_trained_under_kbits_malloc_settings(qlora_run):
+    from kbit.core.allocator import TUNABLES, tuned_environment
+
+    decision = read_record(qlora_run[0]).decisions["malloc"]
+    if tuned_environment({}) is None:  # not glibc >= 2.26: nothing to set
+        assert decision["value"] == "default"
+    else:
+        assert (decision["value"], decision["requested"]) == (":".join(TUNABLES), "auto")
+
+
 def test_checkpointing_decision_is_recorded_with_its_memory_estimates(qlora_run):
     record = read_record(qlora_run[0])
     decision = record.decisions["gradient_checkpointing"]
