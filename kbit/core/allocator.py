@@ -1,19 +1,20 @@
-"""The ``kbit`` command runs with glibc's malloc set up for training: no per-thread cache and no fast
-bins, so freed memory coalesces.
+"""The ``kbit`` commands that run models do so with glibc's malloc set up for training: no per-thread
+cache and no fast bins, so freed memory coalesces.
 
-Measured (SmolLM2-135M qlora step, float32 activations): with glibc's defaults the forward pass
-grew the process by about twice what autograd keeps alive (+515 MB for 265 MB of saved tensors),
-and the peak of ``kbit train`` was ~220 MiB higher than with these settings (1385 vs 1163 MiB), at
-the same step time. The cause is small chunks (tensor and autograd bookkeeping) that glibc's tcache
-and fast bins hold back without coalescing: lying between the freed activation buffers, they keep
-those from merging into holes the next, differently sized buffer could reuse, so the heap grows
-instead. Large allocations through ``mmap`` (a lower ``M_MMAP_THRESHOLD``) avoid that too, but
-made the step twice as slow (a page fault per fresh page).
+Measured (``python -m benchmarks.step_memory``: one SmolLM2-135M qlora step, float32 activations):
+with glibc's defaults the forward pass grew the process by about twice what autograd keeps alive
+(+475 MiB for 249 MiB of saved tensors), with these settings by +273 MiB, at the same or a shorter
+step time; ``kbit train``'s peak in BENCHMARKS.md item 9 fell from ~1400 to ~1155 MiB. The cause is
+small chunks (tensor and autograd bookkeeping) that glibc's tcache and fast bins hold back without
+coalescing: lying between the freed activation buffers, they keep those from merging into holes the
+next, differently sized buffer could reuse, so the heap grows instead. Large allocations through
+``mmap`` (a lower ``M_MMAP_THRESHOLD``) avoid that too, but made the step 1.6× as slow (a page fault
+per fresh page).
 
-glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so the command
-re-executes itself once with them added, before anything is loaded; the same is what
-``python -m torch.backends.xeon.run_cpu`` does to preload another allocator. Settings the user
-already gave in ``GLIBC_TUNABLES`` come last and win. ``KBIT_SYSTEM_MALLOC=1`` keeps the defaults.
+glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so a command that runs
+models (``kbit.__main__``) re-executes itself once with them added, before anything is loaded, as
+``torch.backends.xeon.run_cpu`` relaunches a program to preload another allocator. Settings the
+user already gave in ``GLIBC_TUNABLES`` win. ``KBIT_SYSTEM_MALLOC=1`` keeps glibc's defaults.
 Elsewhere (no glibc, glibc < 2.26, a program that imports kbit) nothing changes.
 """
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from kbit.__main__ import runs_models
 from kbit.core.allocator import OPT_OUT, TUNABLES, malloc_decision, tuned_environment
 
 GLIBC = ("glibc", "2.36")
@@ -54,16 +55,32 @@ def test_decision_says_what_is_in_force():
 
 
 @pytest.mark.skipif(tuned_environment({}) is None, reason="needs glibc >= 2.26")
-def test_the_command_reexecutes_once_with_the_settings_and_keeps_its_exit_status(tmp_path):
-    # ``python -m kbit`` runs the same code as the ``kbit`` script; a usage error must still exit 2,
-    # with one line on stderr, after the relaunch.
+def test_the_command_reexecutes_once_with_the_settings_and_keeps_its_exit_status():
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT)}
-    result = subprocess.run([sys.executable, "-m", "kbit", "train", "--no-such-flag"], capture_output=True, text=True,
-                            env=env, timeout=120)
-    assert result.returncode == 2 and "--no-such-flag" in result.stderr
-    probe = ("import os, runpy, sys; sys.argv = ['kbit', '--help']; "
+    # ``python -m kbit`` runs the same entry point as the ``kbit`` script: the code before it runs
+    # twice, first without the settings, then, re-executed, with them; a usage error still exits 2
+    # with one line on stderr.
+    probe = ("import os, runpy, sys; sys.argv = ['kbit', 'train', '--no-such-flag']; "
              "print(os.environ.get('GLIBC_TUNABLES'), file=sys.stderr); runpy.run_module('kbit', run_name='__main__')")
-    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
-    assert shown.returncode == 0 and "Usage" in shown.stdout
-    # the code ran twice: first without the settings, then, re-executed, with them
-    assert shown.stderr.split() == ["None", OURS], shown.stderr
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and lines[:2] == ["None", OURS], result.stderr
+    assert len(lines) == 3 and "--no-such-flag" in lines[2]
+    # a command that runs no model starts once
+    probe = probe.replace("'train', '--no-such-flag'", "'methods', '--json'")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stderr.splitlines()[0] == "None" and OURS not in result.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train"], True),
+    (["--debug", "-q", "eval", "runs/x"], True),
+    (["compare", "--methods", "qlora"], True),
+    (["train", "--help"], False),
+    (["--help"], False),
+    ([], False),
+    (["methods", "--json"], False),
+    (["spec", "qlora"], False),
+])
+def test_only_commands_that_run_models_are_relaunched(args, expected):
+    assert runs_models(args) is expected
