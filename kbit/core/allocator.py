@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 TUNABLES = ("glibc.malloc.tcache_count=0", "glibc.malloc.mxfast=0")
 OPT_OUT = "KBIT_SYSTEM_MALLOC"
+RELAUNCHED = "KBIT_MALLOC_RELAUNCHED"  # set in the re-executed process
 MIN_GLIBC = (2, 26)  # the first with a tcache and with tunables for it
 
 
@@ -78,8 +79,11 @@ def relaunch_with_tuned_malloc() -> None:
     """
     env = tuned_environment(os.environ)
     command = list(getattr(sys, "orig_argv", []))
-    if env is None or not command or not sys.executable:
+    # A program read from stdin ("-") or typed interactively ("") cannot be run a second time; and
+    # the marker stops a loop where glibc drops the variable (a secure-execution process).
+    if env is None or not command or not sys.executable or sys.argv[0] in ("-", "") or RELAUNCHED in os.environ:
         return
+    env[RELAUNCHED] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
     try:

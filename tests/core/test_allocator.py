@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from kbit.__main__ import runs_models
-from kbit.core.allocator import OPT_OUT, TUNABLES, malloc_decision, tuned_environment
+from kbit.core.allocator import OPT_OUT, RELAUNCHED, TUNABLES, malloc_decision, tuned_environment
 
 GLIBC = ("glibc", "2.36")
 OURS = ":".join(TUNABLES)
@@ -56,7 +56,7 @@ def test_decision_says_what_is_in_force():
 
 @pytest.mark.skipif(tuned_environment({}) is None, reason="needs glibc >= 2.26")
 def test_the_command_reexecutes_once_with_the_settings_and_keeps_its_exit_status():
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT)}
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT, RELAUNCHED)}
     # ``python -m kbit`` runs the same entry point as the ``kbit`` script: the code before it runs
     # twice, first without the settings, then, re-executed, with them; a usage error still exits 2
     # with one line on stderr.
@@ -66,6 +66,10 @@ def test_the_command_reexecutes_once_with_the_settings_and_keeps_its_exit_status
     lines = result.stderr.splitlines()
     assert result.returncode == 2 and lines[:2] == ["None", OURS], result.stderr
     assert len(lines) == 3 and "--no-such-flag" in lines[2]
+    # never twice: where the variable did not survive the first relaunch, the marker stops a loop
+    marked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, RELAUNCHED: "1"},
+                            timeout=120)
+    assert marked.returncode == 2 and marked.stderr.splitlines()[0] == "None" and OURS not in marked.stderr
     # a command that runs no model starts once
     probe = probe.replace("'train', '--no-such-flag'", "'methods', '--json'")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
