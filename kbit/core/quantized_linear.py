@@ -68,18 +68,28 @@ def replace_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear
     return len(chosen)
 
 
-def dequantize_linears(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """Replace every ``QuantizedLinear`` of ``model`` by a plain ``Linear`` with its dequantized weight."""
-    chosen = [(name, module) for name, module in model.named_modules() if isinstance(module, QuantizedLinear)]
-    for name, module in chosen:
-        weight = module.dequantize().detach()
+def dequantize_linears(model: torch.nn.Module, dtype: torch.dtype | None = None,
+                       weight_of: Callable[[torch.nn.Linear], torch.Tensor | None] | None = None) -> torch.nn.Module:
+    """Replace every ``QuantizedLinear`` of ``model`` by a plain ``Linear`` with its dequantized weight
+    (in ``dtype``, else the dequantized weight's own).
+
+    ``weight_of`` widens this to another backend's quantized layers: it gets each ``Linear`` (a
+    subclass included) and returns its dequantized weight, or None to leave the layer alone, e.g.
+    ``lambda m: m.qweight.dequantize() if hasattr(m, "qweight") else None`` for optimum-quanto.
+    """
+    if weight_of is None:
+        weight_of = lambda module: module.dequantize() if isinstance(module, QuantizedLinear) else None  # noqa: E731
+    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    for name, module in linears:
+        weight = weight_of(module)
+        if weight is None:
+            continue
+        weight = weight.detach()
         plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                                 device=weight.device, dtype=dtype or weight.dtype)
         with torch.no_grad():
             plain.weight.copy_(weight)
             if module.bias is not None:
                 plain.bias.copy_(module.bias)
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, plain)
+        model.set_submodule(name, plain)
     return model

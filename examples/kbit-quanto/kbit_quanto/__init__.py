@@ -101,20 +101,10 @@ class Quanto:
     @hookimpl
     def dequantize_base(self, model: Any, spec: QuantizationSpec) -> Any:
         """Every quanto ``QLinear`` of ``model`` replaced by a plain ``Linear`` with its dequantized weight."""
-        import torch
+        from kbit.plugin import dequantize_linears
 
-        dtype = torch_dtype(spec.training.merge_dtype)
-        quantized = [(name, module) for name, module in model.named_modules()
-                     if isinstance(module, torch.nn.Linear) and hasattr(module, "qweight")]
-        with torch.no_grad():
-            for name, module in quantized:
-                plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                        device=module.qweight.device, dtype=dtype)
-                plain.weight.copy_(module.qweight.dequantize())
-                if module.bias is not None:
-                    plain.bias.copy_(module.bias)
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, plain)
+        dequantize_linears(model, torch_dtype(spec.training.merge_dtype),
+                           weight_of=lambda module: module.qweight.dequantize() if hasattr(module, "qweight") else None)
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None:
             quantizer.remove_quantization_config(model)  # transformers' own: the model saves as a plain one
