@@ -3,6 +3,8 @@
 Everything here reads only ``config.json`` and the safetensors headers, and builds the model's
 skeleton on the meta device (no weights in memory), so a mismatch is refused in a second:
 
+- the config declares no more layers than the weight files hold (read from the raw JSON, before
+  transformers spends time in proportion to the declared count);
 - the config names a causal language model;
 - the weight files hold exactly the tensors (and shapes) the config describes — transformers would
   otherwise start the missing or mis-shaped ones from random values with only a warning;
@@ -11,12 +13,59 @@ skeleton on the meta device (no weights in memory), so a mismatch is refused in 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 from kbit.core.errors import ConfigError
+from kbit.core.input_files import refuse_special_files
 
 LINEAR_TYPES = ("Linear", "Conv1D")  # torch Linear and GPT-2-style Conv1D, as PEFT targets them
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer|decoder_layers)\.(\d+)\.")
+
+
+def stored_tensors(directory: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor of ``directory``'s ``*.safetensors`` files: name → (file name, shape), from the headers alone."""
+    from safetensors import safe_open
+
+    stored: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                stored[key] = (file.name, tuple(handle.get_slice(key).get_shape()))
+    return stored
+
+
+def check_layer_count(directory: Path) -> None:
+    """Refuse a ``config.json`` that declares more layers than the weight files hold.
+
+    Read from the raw JSON and the safetensors headers, before transformers parses the config or
+    builds a skeleton: both take time in proportion to the declared layer count (minutes for a
+    million), and those layers would start from random values anyway. Layers are counted from the
+    tensor names (``model.layers.N.``); where the names follow no known pattern, no model can have
+    more layers than tensors. A pipe or device among the files is refused before any is opened.
+    """
+    refuse_special_files(directory, "model directory")
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_config reports an unreadable config
+    declared = next((config[k] for k in LAYER_COUNT_KEYS if isinstance(config, dict) and k in config), None)
+    if not isinstance(declared, int) or isinstance(declared, bool):
+        return
+    names = stored_tensors(Path(directory))
+    if not names:
+        return
+    indices = {int(m.group(1)) for m in map(_LAYER_INDEX.search, names) if m}
+    held = max(indices) + 1 if indices else len(names)
+    if declared > held:
+        what = f"{held} layers" if indices else f"{held} tensors in all"
+        raise ConfigError(
+            f"{directory}: config.json describes weights the files lack (it declares {declared} layers; the weight "
+            f"files hold {what}); they would start from random values — use the config that came with these weights"
+        )
 
 
 def load_config(path: str, trust_remote_code: bool = False) -> Any:
@@ -24,6 +73,7 @@ def load_config(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    check_layer_count(Path(path))
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:

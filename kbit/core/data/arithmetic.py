@@ -24,9 +24,25 @@ def _question(rng: random.Random, operations: tuple[str, ...]) -> tuple[str, str
     return f"What is {a} {op} {b}?", str(OPERATIONS[op](a, b))
 
 
+def distinct_questions(operations: tuple[str, ...] = DEFAULT_OPERATIONS) -> int:
+    """How many different questions ``_question`` can ask with ``operations`` (8,100 for addition alone)."""
+    count = 0
+    for op in set(operations):
+        pairs = {(max(a, b), min(a, b)) if op == "-" else (a, b) for a in range(10, 100) for b in range(10, 100)}
+        count += len(pairs)
+    return count
+
+
 def generate(train_size: int = 2000, held_out_size: int = 100, seed: int = 0,
              operations: tuple[str, ...] = DEFAULT_OPERATIONS) -> TaskData:
-    """Questions like "What is 37 + 45?" answered with the bare number; no question is in both splits."""
+    """Questions like "What is 37 + 45?" answered with the bare number; no question is in both splits.
+
+    Raises ``ValueError`` when more questions are asked for than ``distinct_questions`` (drawing
+    distinct ones would never end); callers size the split with ``kbit.core.data.split.arith_held_out``.
+    """
+    available = distinct_questions(operations)
+    if train_size + held_out_size > available:
+        raise ValueError(f"{train_size} + {held_out_size} arith questions asked for; only {available} exist")
     rng = random.Random(seed)
     seen: set[str] = set()
     examples: list[Example] = []

@@ -6,6 +6,7 @@ maps any other table.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,19 +24,30 @@ def field_text(row: Mapping[str, Any], key: str, *, required: bool = True) -> st
         if required:
             raise ValueError(f"field '{key}' is null")
         return ""
+    return as_text(value, key)
+
+
+def as_text(value: Any, key: str) -> str:
+    """A field's non-null ``value`` as text; ``ValueError`` naming ``key`` for an object, a list, or a
+    NaN/infinite number (a parquet or pandas NaN would otherwise train as the text "nan")."""
     if isinstance(value, (dict, list)):
         raise ValueError(f"field '{key}' must be text, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"field '{key}' is the number {value}, not text; write the value as text, "
+                         "or null where there is none")
     return str(value)
 
 
 def openmath(row: Mapping[str, Any]) -> Example:
     """OpenMathInstruct-style: ``problem``, ``generated_solution`` (or ``solution``), ``expected_answer``."""
-    solution = row.get("generated_solution") or row.get("solution") or ""
+    key = "generated_solution" if row.get("generated_solution") else "solution"
+    solution = as_text(row.get(key) or "", key)
     answer = row.get("expected_answer")
     if answer is None:
-        boxed = re.findall(r"\\boxed\{([^{}]*)\}", str(solution))
+        boxed = re.findall(r"\\boxed\{([^{}]*)\}", solution)
         answer = boxed[-1] if boxed else ""
-    return Example(prompt=[("user", field_text(row, "problem"))], completion=str(solution), answers=[str(answer)])
+    return Example(prompt=[("user", field_text(row, "problem"))], completion=solution,
+                   answers=[as_text(answer, "expected_answer")])
 
 
 UNANSWERABLE = "unanswerable"
@@ -51,7 +63,7 @@ def squad(row: Mapping[str, Any]) -> Example:
     ``unanswerable``, which is the target (and the gold answer) of a row whose ``is_impossible`` is true.
     """
     v2 = "is_impossible" in row
-    if v2 and row["is_impossible"]:
+    if v2 and _flag(row["is_impossible"]):
         texts = [UNANSWERABLE]
     else:
         answers = row["answers"]
@@ -60,7 +72,15 @@ def squad(row: Mapping[str, Any]) -> Example:
         raise ValueError("row has no answer text")
     prompt = (f"{SQUAD_V2_PROMPT if v2 else SQUAD_PROMPT}\nContext: {field_text(row, 'context')}\n"
               f"Question: {field_text(row, 'question')}")
-    return Example(prompt=[("user", prompt)], completion=str(texts[0]), answers=[str(t) for t in texts if t is not None])
+    return Example(prompt=[("user", prompt)], completion=as_text(texts[0], "answers"),
+                   answers=[as_text(t, "answers") for t in texts if t is not None])
+
+
+def _flag(value: Any) -> bool:
+    """A true/false field; a CSV cell is text, where "False" and "0" are false."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
 
 
 def is_squad_document(data: Any) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from kbit.core.data.examples import Example, TaskData
 from kbit.core.data.formats import choose_format, is_squad_document, parse_column_mapping, squad_rows
 from kbit.core.data.split import HeldOut, arith_held_out, split, take_held_out
 from kbit.core.errors import ConfigError
+from kbit.core.input_files import refuse_special_file
 
 log = logging.getLogger("kbit")
 
@@ -42,15 +44,22 @@ def load_task_data(
     """Resolve ``reference`` and return normalised train and held-out examples.
 
     ``held_out`` is a count or a fraction (``kbit.core.data.split``; ``None``: the dataset's default).
-    Raises ``ConfigError`` for a missing file, a malformed row (with its line or row number), an
-    unknown format, missing columns, an empty dataset, a held-out size that leaves nothing to
-    train on, or an unreachable hub dataset.
+    Raises ``ConfigError`` for a missing file, a pipe or device instead of a file, a malformed row
+    (with its line or row number: invalid JSON, NaN/Infinity, a CSV row that does not fit its
+    header), an unknown format, missing columns, ``columns`` for the built-in arith set, an empty
+    dataset, a held-out size that leaves nothing to train on or asks for more than exists, or an
+    unreachable hub dataset.
     """
     mapping = parse_column_mapping(columns) if columns else None
     if reference in (None, "", DEFAULT_DATASET):
+        if mapping:
+            raise ConfigError(f"--columns applies to a dataset file or a hub dataset; the built-in '{DEFAULT_DATASET}' "
+                              "dataset has its own question and answer fields: drop --columns or pass --dataset FILE")
         train_size = min(max_examples or 2000, 2000)
-        return arithmetic.generate(train_size=train_size, held_out_size=arith_held_out(held_out, train_size), seed=seed)
+        held_out_size = arith_held_out(held_out, train_size, arithmetic.distinct_questions())
+        return arithmetic.generate(train_size=train_size, held_out_size=held_out_size, seed=seed)
     path = Path(reference).expanduser()
+    refuse_special_file(path, "dataset file")
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
         rows = _read_file(path)
         return _build(path.stem, str(path), rows, None, mapping, held_out, max_examples, seed)
@@ -72,18 +81,22 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = parse_json(line)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path} line {number}: invalid JSON ({exc.msg}); fix or remove that line") from None
+            except ValueError as exc:
+                raise ConfigError(f"{path} line {number}: {exc}") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
         return rows
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: invalid JSON ({exc})") from None
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if is_squad_document(data):
             return squad_rows(data, str(path))
         if isinstance(data, Mapping) and isinstance(data.get("data"), list):
@@ -91,7 +104,9 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
         if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
             raise ConfigError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
         return data
-    if suffix in (".csv", ".parquet"):
+    if suffix == ".csv":
+        return _csv_rows(path)
+    if suffix == ".parquet":
         import datasets
 
         try:
@@ -101,6 +116,84 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
             raise ConfigError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         return list(table)
     raise ConfigError(f"dataset file {path} has an unknown type; use one of {', '.join(FILE_SUFFIXES)}")
+
+
+MAX_INT_DIGITS = 4300
+"""Python's own limit for int(text); a longer integer is refused with a line naming the fix."""
+
+
+class _NotJSON(ValueError):
+    """A value Python's json module would accept but is not JSON or cannot be held."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not a JSON value; write the number as a string (\"{name}\") or leave the row out")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _NotJSON(f"an integer of {len(text.lstrip('-'))} digits is longer than kbit reads "
+                       f"({MAX_INT_DIGITS}); write it as a string")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON that Python reads as infinity
+        raise _NotJSON(f"the number {text[:20]} is too large for a float; write it as a string")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` for dataset files, strict where Python's json is lenient or fragile.
+
+    Raises ``json.JSONDecodeError`` for malformed JSON, and a ``ValueError`` that names the fix for
+    ``NaN``/``Infinity`` (not JSON: they would train as the text "nan"), a number too large for a
+    float (read as infinity), an integer over ``MAX_INT_DIGITS`` digits, and nesting deeper than
+    Python's recursion limit.
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
+    except RecursionError:
+        raise _NotJSON("its JSON is nested too deeply to read; flatten it") from None
+
+
+CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: long contexts fit (Python's default is 131,072)
+
+
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    """A CSV file's rows as dicts keyed by the header row, every row checked against it.
+
+    Read here rather than by ``datasets`` (pandas), which takes a row with one field too many as an
+    index and shifts every column: here such a row is refused with its line number. Empty cells
+    read as null, as they did through ``datasets``.
+    """
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, strict=True)
+            header = next(reader, None)
+            if header is None:
+                return []
+            names = [name.strip() or f"Unnamed: {i}" for i, name in enumerate(header)]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ConfigError(f"{path} line 1: column {twice[0]} appears more than once in the header; rename it")
+            rows = []
+            for fields in reader:
+                if not fields:
+                    continue  # a blank line
+                if len(fields) != len(names):
+                    raise ConfigError(f"{path} line {reader.line_num}: {len(fields)} fields but the header has "
+                                      f"{len(names)} ({', '.join(names)}); quote fields that hold commas")
+                rows.append({name: value if value != "" else None for name, value in zip(names, fields)})
+            return rows
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: invalid CSV ({exc}); check its quoting") from None
 
 
 @contextlib.contextmanager

@@ -98,20 +98,38 @@ def split(examples: Sequence[T], size: HeldOut, seed: int, source: str) -> tuple
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
-def arith_held_out(size: HeldOut, train_size: int, default: int = 100) -> int:
-    """How many arith questions to hold out: a count as given, a fraction of all generated questions."""
+def arith_held_out(size: HeldOut, train_size: int, available: int, default: int = 100) -> int:
+    """How many arith questions to hold out: a count as given, a fraction of all generated questions.
+
+    Refuses a size for which the ``available`` distinct questions do not suffice beside the
+    ``train_size`` training ones, naming the largest count and fraction that fit.
+    """
     if size is None:
-        return default
-    if isinstance(size, int):
-        return size
-    return max(1, int(round(train_size * size / (1 - size))))
+        count = default
+    elif isinstance(size, int):
+        count = size
+    else:
+        count = max(1, int(round(train_size * size / (1 - size))))
+    most = available - train_size
+    if count > most:
+        largest_fraction = math.floor(most / available * 100) / 100
+        raise ConfigError(
+            f"--held-out {size if size is not None else count:g} asks for {count} held-out arith questions, but only "
+            f"{available} distinct questions exist and {train_size} are for training; hold out at most {most} "
+            f"(a count up to {most}, or a fraction up to {largest_fraction:g})"
+        )
+    return count
 
 
 def take_held_out(examples: Sequence[T], size: HeldOut, source: str) -> list[T]:
-    """A dataset's own held-out split, cut to ``size`` examples when it is a count."""
+    """A dataset's own held-out split, cut to ``size`` examples when it is a count (refused when it
+    holds fewer: a smaller split than asked for would be scored without a word)."""
     if size is None:
         return list(examples)
     if isinstance(size, float):
         raise ConfigError(f"dataset {source} has its own held-out split ({len(examples)} examples); "
                           "--held-out takes a count there (e.g. --held-out 200), not a fraction")
+    if size > len(examples):
+        raise ConfigError(f"--held-out {size} asks for more examples than the held-out split of dataset {source} "
+                          f"holds ({len(examples)}); hold out at most {len(examples)}")
     return list(examples[:size])

@@ -1,0 +1,62 @@
+"""Reading dataset files into examples: CSV checked row by row, JSON strictly, arith sized to what exists."""
+
+from __future__ import annotations
+
+import pytest
+
+from kbit.core.data import load_task_data
+from kbit.core.data.arithmetic import distinct_questions, generate
+from kbit.core.data.split import take_held_out
+from kbit.core.errors import ConfigError
+
+
+def test_csv_reads_quoted_commas_and_newlines_and_empty_cells_as_null(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text('\ufeffquestion,answer,note\n"What is 1, plus 1?",2,\n"Two\nlines?",yes,x\nWhat is 3?,,\n'
+                    'What is 4?,007,y\n', encoding="utf-8")
+    data = load_task_data(str(path), held_out=1)
+    examples = sorted((*data.train, *data.held_out), key=lambda e: e.prompt[0][1])
+    assert [(e.prompt[0][1], e.completion) for e in examples] == [
+        ("Two\nlines?", "yes"), ("What is 1, plus 1?", "2"), ("What is 4?", "007")]  # the empty answer is dropped
+
+
+def test_a_csv_row_with_an_extra_field_is_refused_not_shifted(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("question,answer\nWhat is 1?,1,x\nWhat is 2?,2,y\nWhat is 3?,3,z\n")
+    with pytest.raises(ConfigError, match=r"line 2: 3 fields but the header has 2 \(question, answer\)"):
+        load_task_data(str(path))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("NaN", "NaN is not a JSON value"), ("Infinity", "Infinity is not a JSON value"),
+    ("-Infinity", "-Infinity is not a JSON value"), ("1e999", "the number 1e999 is too large for a float"),
+])
+def test_json_numbers_python_would_read_as_nan_or_infinity_are_refused(tmp_path, value, message):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "a", "answer": "1"}\n' f'{{"question": "b", "answer": {value}}}\n')
+    with pytest.raises(ConfigError, match=f"line 2: {message}"):
+        load_task_data(str(path))
+
+
+def test_arith_holds_out_up_to_every_question_that_exists_and_no_more():
+    assert distinct_questions(("+",)) == 90 * 90
+    assert distinct_questions(("+", "-")) == 90 * 90 + 90 * 91 // 2
+    data = load_task_data("arith", held_out=6100)
+    questions = [e.prompt[0][1] for e in (*data.train, *data.held_out)]
+    assert len(data.train) == 2000 and len(data.held_out) == 6100 and len(set(questions)) == 8100
+    with pytest.raises(ConfigError, match="hold out at most 6100"):
+        load_task_data("arith", held_out=6101)
+    with pytest.raises(ConfigError, match=r"hold out at most 7988 \(a count up to 7988, or a fraction up to 0.98\)"):
+        load_task_data("arith", held_out=0.99, max_examples=112)
+    assert len(load_task_data("arith", held_out=0.98, max_examples=112).held_out) == 5488
+
+
+def test_generate_refuses_more_questions_than_exist_instead_of_drawing_for_ever():
+    with pytest.raises(ValueError, match="only 8100 exist"):
+        generate(train_size=8000, held_out_size=101)
+
+
+def test_a_held_out_count_beyond_a_datasets_own_split_is_refused_naming_its_size():
+    assert take_held_out(list(range(5)), 5, "squad") == [0, 1, 2, 3, 4]
+    with pytest.raises(ConfigError, match=r"--held-out 6 asks for more .* holds \(5\); hold out at most 5"):
+        take_held_out(list(range(5)), 6, "squad")
