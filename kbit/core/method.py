@@ -1,8 +1,9 @@
 """``Method``: one selected method plugin, called through its hooks with their contracts enforced.
 
 Every call goes to this plugin's implementation only. Return values are type-checked, and an
-unexpected exception inside a plugin becomes a ``PluginError`` naming the distribution; kbit's own
-typed errors raised by a hook (``ConfigError`` …) pass through unchanged.
+unexpected exception inside a plugin becomes a ``PluginError`` naming the distribution, ``SystemExit``
+included (a plugin never decides kbit's exit code); kbit's own typed errors raised by a hook
+(``ConfigError`` …) and the interrupts (Ctrl-C, SIGTERM) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Any
 import pluggy
 
 from kbit.core.device import DeviceInfo
-from kbit.core.errors import KbitError, MissingDependencyError, PluginError
+from kbit.core.errors import KbitError, MissingDependencyError, PluginError, Terminated
 from kbit.core.method_info import MergePolicy, MethodInfo, describe_missing
 from kbit.core.spec import QuantizationSpec
+
+
+INTERRUPTS = (KeyboardInterrupt, Terminated)  # what unwinds through plugin code untouched; all else is its failure
 
 
 class Method:
@@ -40,9 +44,9 @@ class Method:
         caller = self._pm.subset_hook_caller(hook, others)
         try:
             return caller(**kwargs)
-        except KbitError:
+        except (KbitError, *INTERRUPTS):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook is the plugin's error, not kbit's exit
             raise PluginError(
                 f"method '{self.name}' ({self.distribution} {self.version}): hook {hook} raised "
                 f"{type(exc).__name__}: {exc}"

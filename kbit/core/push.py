@@ -5,6 +5,10 @@ the repository card. Several: each goes to a subfolder of the same name and the 
 repository card. The plan lists exactly the files that go (``--dry-run`` prints it, ``upload_folder``
 gets the same list as its allow-patterns); kbit's bookkeeping stays home: ``kbit.json`` (it records
 local paths), checkpoints, locks and half-written temporary files.
+
+A run folder is untrusted input: ``upload_folder`` reads what a link points to, so a symbolic link
+anywhere in what would go (``adapter/notes.txt -> ~/.ssh/id_rsa``) and any path resolving outside the
+run refuse the whole push, checked when planning and again right before the upload.
 """
 
 from __future__ import annotations
@@ -54,15 +58,15 @@ def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
     record = read_record(run) if run.is_dir() else None
     if record is None or record.kind != "run":
         raise ConfigError(f"{run} is not a kbit run (no kbit.json of kind 'run'); push uploads a run's artifacts")
-    present = [a for a in ARTIFACTS if _files(run / a)]
+    present = [a for a in ARTIFACTS if _files(run / a, run)]
     chosen = _choose(what, present, run)
     if len(chosen) == 1:
         folder = run / chosen[0]
-        files = [(folder / relative, relative) for relative in _files(folder)]
+        files = [(folder / relative, relative) for relative in _files(folder, run)]
     else:
         folder = run
-        files = [(run / name, name) for name in RUN_FILES if (run / name).is_file()]
-        files += [(run / a / relative, f"{a}/{relative}") for a in chosen for relative in _files(run / a)]
+        files = [(run / name, name) for name in RUN_FILES if _own_file(run / name, run)]
+        files += [(run / a / relative, f"{a}/{relative}") for a in chosen for relative in _files(run / a, run)]
     return PushPlan(repo_id, folder, tuple(files))
 
 
@@ -77,6 +81,8 @@ def push(plan: PushPlan, private: bool = False) -> str:
     if not token:
         raise ConfigError("no Hugging Face token: run 'hf auth login' or set HF_TOKEN, then push again "
                           "(--dry-run lists the files without one)")
+    for local, _ in plan.files:  # again: the folder may have changed since the plan
+        _own_file(local, plan.folder)
     api = HfApi(token=token)
     try:
         url = api.create_repo(plan.repo_id, private=private, exist_ok=True, repo_type="model")
@@ -104,16 +110,40 @@ def _choose(what: str | None, present: Sequence[str], run: Path) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def _files(folder: Path) -> list[str]:
-    """Files under ``folder`` that belong in a repository, relative and sorted."""
+def _files(folder: Path, run: Path) -> list[str]:
+    """Files under ``folder`` (an artifact folder of ``run``) that belong in a repository, relative and
+    sorted. ``ConfigError`` when ``folder`` or anything in it is a symbolic link or lies outside ``run``."""
+    if not os.path.lexists(folder):
+        return []
+    _refuse_link(folder, run)
     if not folder.is_dir():
         return []
     found = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
-            continue  # hidden: locks, staging and replaced copies (.name.tmp-*, .name.old-*)
-        if path.name == meta.FILENAME or path.name == LOCK_NAME or STAGING_MARK in path.name or REPLACED_MARK in path.name:
-            continue
-        found.append(relative.as_posix())
-    return found
+    for top, dirs, names in os.walk(folder):  # links to folders are listed, never entered
+        for name in [*dirs, *names]:
+            _refuse_link(Path(top) / name, run)
+        for name in names:
+            path = Path(top) / name
+            relative = path.relative_to(folder)
+            if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+                continue  # hidden: locks, staging and replaced copies (.name.tmp-*, .name.old-*)
+            if path.name == meta.FILENAME or path.name == LOCK_NAME or STAGING_MARK in path.name or REPLACED_MARK in path.name:
+                continue
+            found.append(relative.as_posix())
+    return sorted(found, key=lambda relative: Path(relative).parts)
+
+
+def _own_file(path: Path, root: Path) -> bool:
+    """Whether ``path`` is a regular file of ``root``; ``ConfigError`` for a link or a path outside it."""
+    if not os.path.lexists(path):
+        return False
+    _refuse_link(path, root)
+    return path.is_file()
+
+
+def _refuse_link(path: Path, root: Path) -> None:
+    if path.is_symlink():
+        raise ConfigError(f"{path} is a symbolic link (to {os.readlink(path)}); push uploads only files inside the run, "
+                          "never what a link points to: replace the link with a copy of the file or remove it")
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(f"{path} resolves to {path.resolve()}, outside {root}; push uploads only files inside the run")

@@ -24,7 +24,7 @@ import pluggy
 
 from kbit.core import hookspecs
 from kbit.core.errors import MissingDependencyError, PluginError, UnknownMethodError
-from kbit.core.method import Method
+from kbit.core.method import INTERRUPTS, Method
 from kbit.core.method_info import MethodInfo, describe_missing
 
 ENTRY_POINT_GROUP = "kbit.methods"
@@ -159,7 +159,9 @@ class Registry:
     def _load_one(self, ep: importlib.metadata.EntryPoint, base: dict[str, str]) -> PluginRecord:
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken plugin must not take the host down
+        except INTERRUPTS:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin (even one calling sys.exit) must not take the host down
             return PluginRecord(**base, status=BROKEN, error=f"import failed: {type(exc).__name__}: {exc}")
         location = _location(plugin)
         problem = _contract_problem(self._pm, plugin)
@@ -171,7 +173,9 @@ class Registry:
             return PluginRecord(**base, status=BROKEN, error=f"invalid hook: {exc}", location=location)
         try:
             info = self._pm.subset_hook_caller("describe_method", self._others(plugin))()
-        except Exception as exc:
+        except INTERRUPTS:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included
             self._pm.unregister(plugin)
             return PluginRecord(**base, status=BROKEN, error=f"describe_method raised {type(exc).__name__}: {exc}", location=location)
         if not isinstance(info, MethodInfo):

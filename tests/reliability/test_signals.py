@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM in the middle of a run: the run is marked interrupted, unlocked, and kbit exits 130/143."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -55,3 +56,64 @@ def test_a_folder_made_unwritable_mid_run_reports_the_real_cause(tiny, tmp_path)
     said = _kbit_lines(result.stderr)
     assert len(said) == 1 and "Permission denied" in said[0] and "trainer_state.json" in said[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "lock" not in said[0]
+
+
+def _stalled_run(tiny, tmp_path) -> tuple[subprocess.Popen, Path]:
+    """A tiny ``kbit train`` stopped in the middle of writing its second checkpoint (Popen: a shell's
+    background job would start it with SIGINT ignored)."""
+    out, flag = tmp_path / "run", tmp_path / "stalled"
+    process = subprocess.Popen(
+        [sys.executable, str(FAULTS), "stall", "*/checkpoint-2/trainer_state.json", str(flag), "--",
+         "train", "--model", str(tiny), "--output", str(out), *ARGS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not flag.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before the signal"
+    return process, out
+
+
+SAID = {130: "kbit: interrupted", 143: "kbit: terminated by signal 15", 129: "kbit: terminated by signal 1"}
+
+
+@pytest.mark.parametrize("first, then, codes", [
+    (signal.SIGINT, signal.SIGINT, (130,)),
+    (signal.SIGTERM, signal.SIGTERM, (143,)),
+    (signal.SIGTERM, signal.SIGINT, (143, 130)),  # both pending at once: Python handles SIGINT first
+    (signal.SIGHUP, None, (129,)),
+])
+def test_repeated_signals_and_sighup_never_leave_the_run_running(tiny, tmp_path, first, then, codes):
+    """The first signal stops the run; more of them close behind (two Ctrl-C, kill twice, here one
+    every ~1 ms for 0.2 s, so some land while the final status is written) never cut that write short."""
+    process, out = _stalled_run(tiny, tmp_path)
+    process.send_signal(first)
+    until = time.monotonic() + 0.2
+    while then is not None and process.poll() is None and time.monotonic() < until:
+        time.sleep(0.001)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(then)
+    _, err = process.communicate(timeout=120)
+    record = json.loads((out / "kbit.json").read_text())
+    assert record["status"] == "interrupted" and record["error"], record["status"]
+    assert not (out / ".kbit.lock").exists()
+    assert process.returncode in codes, err[-2000:]
+    said = _kbit_lines(err)
+    assert "Traceback" not in err and len(said) == 1, err[-2000:]
+    assert said[0] == SAID[process.returncode]
+
+
+def test_a_full_disk_names_the_run_folder_and_marks_the_run_failed(tiny, tmp_path):
+    """ENOSPC from a write (no file name) while the Trainer saves a checkpoint; even kbit.json cannot be
+    written anew, so the status goes over the old record in place."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(FAULTS), "full", "*/checkpoint-2/trainer_state.json", str(out), "--",
+         "train", "--model", str(tiny), "--output", str(out), *ARGS], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    said = _kbit_lines(result.stderr)
+    assert len(said) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert said[0].startswith("kbit: error: No space left on device") and f"({out})" in said[0], said[0]
+    assert "free space on that disk" in said[0]
+    record = json.loads((out / "kbit.json").read_text())
+    assert record["status"] == "failed" and "No space left on device" in record["error"]
+    assert not (out / ".kbit.lock").exists()
