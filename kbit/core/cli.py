@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -158,7 +158,7 @@ def train_command(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each held-out answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
     merge_min_agreement: Annotated[Optional[float], typer.Option("--merge-min-agreement", help="Fail the run when the merged model agrees with the trained one on fewer top-1 predictions than this (default 0.99; 0 keeps any merge).")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty run directory.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace an earlier run or other data at --output (never a folder holding another kbit output or this command's inputs).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -182,6 +182,11 @@ def train_command(
     if peft:
         options["peft_type"] = peft
     overrides["options"] = options or None
+    if resume and config:
+        from kbit.core.errors import ConfigError
+
+        raise ConfigError("--config does not apply to --resume: a resumed run keeps the settings in its kbit.json; "
+                          "drop --config")
     if resume:
         from kbit.core.train.config import resume_config
 
@@ -212,7 +217,7 @@ def eval_command(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per forward/generate batch (default 8).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Data split seed (default: each run's seed, else 0).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP); an earlier report there is replaced, anything else refused.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds something other than a kbit report (never a run).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds something other than a kbit report (never a run, a folder holding kbit outputs, or this command's inputs).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from plain model repositories.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
     verbose: VerboseOpt = False,
@@ -245,7 +250,7 @@ def quantize_command(
     option: OptionsArg = None,
     output: Annotated[Optional[str], typer.Option("--output", "-O", help="Output directory (default RUN/quantized; required for a model directory).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Calibration data (default: the run's training data, else arith).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output even if it holds something other than a kbit quantized model (never a run).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output even if it holds something other than a kbit quantized model (never a run, a folder holding kbit outputs, or this command's inputs).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the quantize record as JSON.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -419,43 +424,65 @@ def _usage_error_types() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _exit_on_sigterm() -> Any:
-    """Turn SIGTERM (``kill``, ``timeout``) into ``Terminated`` so a run is marked interrupted and unlocked.
+def _help_command(exc: BaseException) -> str:
+    """The help to read for a usage error: of the command that refused the arguments, else ``kbit --help``.
 
-    Returns the handler it replaced (None when signals were left alone), for ``_run_app`` to restore.
+    Taken from click's context, never from the arguments: ``kbit frobnicate`` has no help of its own.
     """
-    import signal
-
-    from kbit.core.errors import Terminated
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated(signum)
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (kbit called from a library): leave signals alone
-        return None
+    names = []
+    context = getattr(exc, "ctx", None)
+    while context is not None and context.parent is not None:  # the root's name is the program's file
+        names.append(context.info_name)
+        context = context.parent
+    return " ".join(["kbit", *reversed(names), "--help"])
 
 
-def _run_app(args: list[str]) -> object:
-    import signal
+def _disk_message(exc: OSError) -> str:
+    """One line for an ``OSError`` that reached the top: what failed, where, and what to do."""
+    import errno
 
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{exc.strerror or exc}{where}; free space on that disk or write the output elsewhere, "
+                "then run the command again (kbit train --resume RUN continues a run)")
+    return f"{exc.strerror or exc}{where}; check the disk, its free space and permissions"
+
+
+def _run_app(args: list[str], program: bool) -> object:
+    """Run the typer app under the stop handlers of ``kbit.core.signals`` (Ctrl-C, SIGTERM, SIGHUP).
+
+    Called in-process (tests, other programs), kbit leaves logging and signals as they were. As the
+    program itself, once stopped by a signal it keeps the handlers: the process is on its way out and a
+    repeated Ctrl-C must not break into its exit (interpreter shutdown) with a traceback.
+    """
     from kbit.core.console import teardown_console
+    from kbit.core.signals import StopHandlers
 
-    previous = _exit_on_sigterm()
+    handlers = StopHandlers()
+    handlers.install()
     try:
         return app(args=args, standalone_mode=False)
     finally:
-        teardown_console()  # kbit called in-process (tests, other programs): leave logging and signals as they were
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        teardown_console()
+        if not (program and handlers.stopped):
+            handlers.restore()
+
+
+def _exiting_on_a_signal(program: bool) -> None:
+    """kbit, the program, exits on a stop signal: a repeat must not break into the exit (called
+    in-process, it leaves the caller's signals alone)."""
+    if program:
+        from kbit.core.signals import ignore_stops
+
+        ignore_stops()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI. Every failure ends in one line on stderr and a non-zero exit (traceback with --debug).
+    """Run the CLI: ``argv``, else the program's arguments (``sys.argv``: kbit is the program).
+    Every failure ends in one line on stderr and a non-zero exit (traceback with --debug).
 
-    ``KbitError`` (bad input or environment) and usage errors exit 2; Ctrl-C exits 130 and SIGTERM
-    143, after the running command has marked its output interrupted and released its lock; an
+    ``KbitError`` (bad input or environment) and usage errors exit 2; Ctrl-C exits 130, SIGTERM 143
+    and SIGHUP 129, after the running command has marked its output interrupted and released its lock; an
     ``OSError`` (a full or read-only disk) exits 2 naming the path; anything else is a bug: exit 1.
     """
     from kbit.core.errors import Terminated
@@ -464,29 +491,29 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     usage_errors = _usage_error_types()
     try:
-        code = _run_app(args)
+        code = _run_app(args, program=argv is None)
     except KbitError as exc:
         if debug:
             raise
         typer.echo(f"kbit: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        _exiting_on_a_signal(program=argv is None)
         typer.echo("kbit: interrupted", err=True)
         sys.exit(130)
     except Terminated as exc:
+        _exiting_on_a_signal(program=argv is None)
         typer.echo(f"kbit: terminated by signal {exc.signal_number}", err=True)
         sys.exit(128 + exc.signal_number)
     except usage_errors as exc:
         if debug:
             raise
-        command = " ".join(["kbit", *[a for a in args if not a.startswith("-")][:1], "--help"])
-        typer.echo(f"kbit: error: {exc.format_message()}; see '{command}'", err=True)
+        typer.echo(f"kbit: error: {exc.format_message()}; see '{_help_command(exc)}'", err=True)
         sys.exit(exc.exit_code)
     except OSError as exc:
         if debug:
             raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        typer.echo(f"kbit: error: {exc.strerror or exc}{where}; check the disk, its free space and permissions", err=True)
+        typer.echo(f"kbit: error: {_disk_message(exc)}", err=True)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if debug:
@@ -494,6 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"kbit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C into this return code
+        _exiting_on_a_signal(program=argv is None)
         typer.echo("kbit: interrupted", err=True)
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -55,3 +55,13 @@ def refuse_special_files(directory: str | os.PathLike[str], what: str) -> None:
         return  # not a readable directory: whatever reads it next reports that
     for entry in entries:
         refuse_special_file(Path(directory) / entry.name, f"{what} entry")
+
+
+def require_regular_file(path: str | os.PathLike[str], what: str) -> None:
+    """Raise ``ConfigError`` unless ``path`` (described as ``what``) is a regular file: a missing path,
+    a folder and a special file are each named as what they are."""
+    refuse_special_file(path, what)
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path} is a folder, not a file; pass the file inside it")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path} does not exist")

@@ -41,8 +41,9 @@ def read_metadata(directory: Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is corrupt ({exc}); restore it or rerun the step that wrote it") from None
+    except (ValueError, RecursionError) as exc:  # not JSON or UTF-8, a 5000-digit number, nesting past the stack
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise ConfigError(f"{path} is corrupt ({reason}); restore it or rerun the step that wrote it") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} is corrupt (not a JSON object)")
     version = data.get("schema_version")

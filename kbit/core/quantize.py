@@ -118,11 +118,10 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
             raise ConfigError("pass --output DIR for the quantized model of a plain model directory")
         model_dir, target = path, Path(output)
         data = load_task_data(dataset or "arith")
-    if target.resolve() == model_dir.resolve():
-        raise ConfigError(f"--output {target} is the model being quantized; choose another directory")
     own_artifact = (path / "quantized").resolve() if is_run else None
-    target = claim(target, overwrite=overwrite, what="quantized model",
-                   is_own=lambda p: p == own_artifact or (kbit_kind(p) == "quantized" and enclosing_run(p) is None))
+    target = claim(target, overwrite=overwrite, what="quantized model", kind="quantized",
+                   is_own=lambda p: p == own_artifact or (kbit_kind(p) == "quantized" and enclosing_run(p) is None),
+                   inputs=(path, model_dir, dataset), home=path if target.resolve() == own_artifact else None)
     from kbit.core.model_check import load_config
 
     spec = method.resolve_for_model(spec, load_config(str(model_dir)))

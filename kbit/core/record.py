@@ -103,7 +103,11 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = FILENAME) -> RunRecord:
-        """A record from a ``kbit.json`` object of any schema kbit wrote; ConfigError names a bad field."""
+        """A record from a ``kbit.json`` object of any schema kbit wrote; ConfigError names a bad field.
+
+        A run's ``config`` is validated setting by setting as ``kbit train`` validates its flags, and
+        held in its typed, current form, so every reader (resume, eval, export) gets checked values.
+        """
         known = {a.name for a in attrs.fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known and k != "schema_version"}
@@ -120,11 +124,27 @@ class RunRecord:
             base = values.get("base_model") or {}
             if isinstance(base, Mapping) and "path" in base and not isinstance(base["path"], str):
                 raise ValueError("field 'base_model.path' must be a string")
+            for name in ("exports", "loss_history"):
+                entries = values.get(name)
+                if isinstance(entries, list) and not all(isinstance(e, Mapping) for e in entries):
+                    raise ValueError(f"field '{name}' must be a list of objects")
+            if values.get("kind", "run") == "run" and isinstance(values.get("config"), Mapping) and values["config"]:
+                values["config"] = _recorded_config(values["config"])
             return cls(**values, extra=extra)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}; the file was edited or damaged — restore it") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}; the file was edited or damaged — restore it") from None
+
+
+def _recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's settings, typed and validated as ``kbit train`` validates its flags (see ``recorded_config``)."""
+    from kbit.core.train.config import recorded_config
+
+    try:
+        return recorded_config(config)
+    except ConfigError as exc:
+        raise ValueError(f"field 'config': {exc}") from None
 
 
 def read_record(directory: Path) -> RunRecord | None:

@@ -8,16 +8,18 @@ pointed at a locked run is refused; a dead process holds no lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kbit.core.errors import ConfigError
+from kbit.core.errors import ConfigError, KbitError
 
 LOCK_NAME = ".kbit.lock"
 STAGING_MARK = ".tmp-"  # .<artifact>.tmp-XXXX: being written; renamed into place when complete
@@ -31,15 +33,87 @@ def current_umask() -> int:
     return mask
 
 
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "os error 28", "StorageFull")  # as libraries word it
+
+
+def disk_full(exc: BaseException, where: Path) -> OSError | None:
+    """``exc`` as the ``OSError`` of a full disk that names a path, or None when it is no such error.
+
+    A full disk reaches kbit as ``OSError(ENOSPC)`` from a ``write`` (no file name) or as a library's
+    own error (safetensors, torch); either becomes ``OSError(ENOSPC, ..., where)``, so the user is told
+    where space ran out. An ``OSError`` that already names its file is returned unchanged; kbit's own
+    errors are never reworded.
+    """
+    if isinstance(exc, KbitError):
+        return None
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        return exc if exc.filename else OSError(exc.errno, os.strerror(exc.errno), str(where))
+    if isinstance(exc, Exception) and any(text in str(exc) for text in FULL_TEXTS):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+    return None
+
+
+@contextlib.contextmanager
+def naming_a_full_disk(where: Path) -> Iterator[None]:
+    """Raise a full disk met in the block as ``disk_full`` words it, naming ``where``."""
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full(exc, where)
+        if full is None or full is exc:
+            raise
+        raise full from exc
+
+
+def overwrite_json_in_place(path: Path, data: Any) -> bool:
+    """Last resort for a final status when ``write_json_atomic`` failed on a full disk: write ``data``
+    compactly over ``path``'s own bytes, padded with spaces to the same length, so the filesystem needs
+    no new block. Not atomic, so only for a status that would otherwise stay wrong; False when the
+    compact form does not fit in the old file."""
+    text = json.dumps(data, separators=(",", ":"), default=str).encode("utf-8")
+    size = os.stat(path).st_size
+    if len(text) + 1 > size:
+        return False
+    with open(path, "r+b") as handle:
+        handle.write(text + b" " * (size - len(text) - 1) + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def follow_umask(path: Path) -> None:
+    """Give ``path``, and everything in it when it is a folder, the mode the umask gives a new file or
+    folder (0644 and 0755 under umask 022; executables keep their x bits).
+
+    ``mkstemp``/``mkdtemp`` and libraries that write through private temp files (safetensors) make
+    0600/0700 whatever the umask, so an artifact is set right once complete, before it is renamed
+    into place. Symbolic links are left alone, never followed.
+    """
+    mask = current_umask()
+    root = Path(path)
+    entries = [root]
+    if root.is_dir() and not root.is_symlink():
+        for top, dirs, names in os.walk(root):  # links to folders are listed in dirs, never entered
+            entries += [Path(top) / name for name in (*dirs, *names)]
+    for entry in entries:
+        mode = os.lstat(entry).st_mode
+        if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and mode & stat.S_IXUSR):
+            os.chmod(entry, 0o777 & ~mask)
+        elif stat.S_ISREG(mode):
+            os.chmod(entry, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield an empty temp sibling of ``target``; on success it replaces ``target`` in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=target.parent))
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
     try:
-        yield staging
+        with naming_a_full_disk(target):
+            yield staging
+        follow_umask(staging)
         if os.path.lexists(target):
             trash = set_aside(target)
             os.replace(staging, target)
@@ -86,10 +160,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and an atomic rename."""
     path = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}{STAGING_MARK}", dir=path.parent)
+    with naming_a_full_disk(path):
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}{STAGING_MARK}", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with naming_a_full_disk(path), os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -108,8 +183,9 @@ def atomic_file(target: Path) -> Iterator[Path]:
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}{STAGING_MARK}", suffix=target.suffix, dir=target.parent)
     os.close(fd)
     try:
-        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
-        yield Path(temp)
+        with naming_a_full_disk(target):
+            yield Path(temp)
+        follow_umask(Path(temp))  # after the block: a writer may have replaced the file with its own temp file
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, target)
@@ -174,10 +250,14 @@ def take_over(target: Path, lock: RunLock, replace: bool) -> Path | None:
     """Take ``lock`` on ``target``; with ``replace``, first move what ``target`` holds to a hidden sibling
     (``set_aside``) and return that path. A folder is moved only while its own lock is held, so a live
     kbit process's folder is refused (``ConfigError``), never moved from under it; a plain file the user
-    chose to overwrite is moved as it is.
+    chose to overwrite is moved as it is. Nothing is moved that is reached through a symlink (in any
+    component of ``target``): what the output rule checked must be what is moved.
     """
     target = Path(target)
     replaced = None
+    if replace and target.resolve() != Path(os.path.abspath(target)):
+        raise ConfigError(f"{target} is reached through a symlink ({target.resolve()}); kbit replaces only a "
+                          "folder named by its real path — pass that path or choose another")
     if replace and target.exists():
         if target.is_dir():
             previous = RunLock(target)
@@ -190,8 +270,9 @@ def take_over(target: Path, lock: RunLock, replace: bool) -> Path | None:
     return replaced
 
 
-def check_writable(directory: Path, min_free_bytes: int) -> None:
-    """Fail before training when ``directory`` cannot be created or written, or has too little space."""
+def check_writable(directory: Path, min_free_bytes: int, flag: str = "--output", needs: str = "the run needs") -> None:
+    """Fail before the work when ``directory`` cannot be created or written, or has too little space;
+    the message names ``flag``, the option that chooses another place."""
     directory = Path(directory)
     existing = next((p for p in (directory, *directory.parents) if p.exists()), Path("/"))
     if not existing.is_dir():
@@ -200,9 +281,10 @@ def check_writable(directory: Path, min_free_bytes: int) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise ConfigError(f"output directory {directory} is not writable ({exc.strerror}); choose another --output") from None
+        raise ConfigError(f"output directory {directory} is not writable ({exc.strerror}); choose another {flag}") from None
     free = shutil.disk_usage(existing).free
     if free < min_free_bytes:
         raise ConfigError(
-            f"only {free / 2**20:.0f} MiB free under {existing}; the run needs about {min_free_bytes / 2**20:.0f} MiB"
+            f"only {free / 2**20:.0f} MiB free under {existing}; {needs} about {min_free_bytes / 2**20:.0f} MiB; "
+            f"free some space or choose another {flag}"
         )

@@ -129,6 +129,43 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     assert (tmp_path / "kbit.json").stat().st_mode & 0o777 == 0o644
 
 
+def test_what_libraries_write_0600_into_an_artifact_follows_the_umask(tmp_path):
+    """safetensors (like mkstemp) makes 0600 files whatever the umask; the artifact gets the umask's modes."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    previous = os.umask(0o027)
+    try:
+        with atomic_directory(tmp_path / "adapter") as staging:
+            (staging / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(staging / "sub" / "adapter_model.safetensors"))
+            (staging / "run.sh").write_text("#!/bin/sh\n")
+            os.chmod(staging / "run.sh", 0o700)
+        with atomic_file(tmp_path / "model.gguf") as temp:  # a writer that renames its own temp file over it
+            fd, own = tempfile.mkstemp(dir=tmp_path)
+            os.close(fd)
+            os.replace(own, temp)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert modes == {"adapter": 0o750, "sub": 0o750, "adapter_model.safetensors": 0o640, "run.sh": 0o750,
+                     "model.gguf": 0o640}
+
+
+def test_a_full_disk_is_named_by_the_artifact_being_written(tmp_path):
+    import errno
+
+    with pytest.raises(OSError) as raised, atomic_directory(tmp_path / "merged"):
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "merged")
+    with pytest.raises(OSError) as raised, atomic_file(tmp_path / "x.gguf"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert raised.value.filename == str(tmp_path / "x.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_check_writable_refuses_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -11,17 +11,6 @@ import pytest
 from kbit.core import registry as registry_module
 from kbit.core.cli import main
 from kbit.core.registry import Registry
-from tests.conftest import run_kbit
-
-
-@pytest.fixture(scope="module")
-def run(tiny, tmp_path_factory):
-    """A finished run: the target that output commands must never destroy."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "1", "--batch-size", "2",
-                      "-o", "r=4", "--max-examples", "12", "--eval-limit", "0")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
 
 
 def _listing(root: Path) -> list[tuple[str, int]]:
@@ -337,16 +326,15 @@ CASES = [
     ((*COMPARE, "--methods", "lora", "--out", "{adapter}", "--overwrite"), "lies inside the kbit run"),
     ((*COMPARE, "--methods", "lora", "--out", "{link_other}"), "is a symlink to"),
     ((*COMPARE, "--methods", "lora", "--out", "."), "is the working directory or contains it"),
+    # found probing 0.3: work without end, folders taken for files, names no file system takes
+    ((*TRAIN, "--max-new-tokens", "100000000"), "--max-new-tokens 100000000 reaches past the model's context of 512 tokens"),
+    (("eval", "{run}", "--max-new-tokens", "512"), "--max-new-tokens 512 reaches past the model's context of 512 tokens"),
+    ((*TRAIN, "--config", "{not_run}"), "config file {not_run} is a folder, not a file"),
+    ((*TRAIN, "--dataset", "{not_run}"), "dataset file {not_run} is a folder, not a file"),
+    ((*TRAIN, "--output", "x" * 300), "is 300 bytes long, and file systems allow 255; choose a shorter name"),
+    (("eval", "{run}", "--out", "reports/" + "é" * 200), "is 400 bytes long, and file systems allow 255"),
+    (("train", "--resume", "{run}", "--config", "{yaml_unknown}"), "--config does not apply to --resume"),
 ]
-
-
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("KBIT_CACHE", str(tmp_path / "cache"))
-    return tmp_path
 
 
 def _run(args, capsys) -> tuple[int, str]:
@@ -364,7 +352,7 @@ def test_bad_input(isolated, tiny, run, capsys, args, message):
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kbit: error: "), err
-    assert message in lines[0], lines[0]
+    assert message.format(**files) in lines[0], lines[0]
     assert "Traceback" not in err
     after = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
     assert after == before, "the failed command left files behind"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_kbit
-from tests.reliability.test_bad_input import TRAIN, _listing, _run, isolated, run  # noqa: F401 (fixtures)
+from tests.reliability.test_bad_input import TRAIN, _listing, _run
 
 QUESTIONS = [f"What is {i} + 1?" for i in range(6)]
 
@@ -109,7 +109,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, message", CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(CASES)])
-def test_bad_input(isolated, tiny, run, capsys, args, message):  # noqa: F811 (fixtures imported above)
+def test_bad_input(isolated, tiny, run, capsys, args, message):
     files = _files(isolated, tiny)
     run_before = _listing(run)
     before = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)

@@ -20,11 +20,20 @@ def _train(tiny, out, *extra, umask=0o022):
 
 
 def test_artifacts_follow_the_umask(tiny, tmp_path):
+    """Every file of adapter/, merged/ and the GGUF (which safetensors and mkstemp make 0600) is 0644
+    under umask 022, every folder 0755."""
     out = tmp_path / "run"
     result = _train(tiny, out)
     assert result.returncode == 0, result.stderr[-2000:]
-    for folder in ("adapter", "merged"):
+    code = "import os, sys; os.umask(0o022); from kbit.core.cli import main; main(sys.argv[1:])"
+    exported = subprocess.run([sys.executable, "-c", code, "export", str(out), "--type", "f16", "--limit", "4"],
+                              capture_output=True, text=True, timeout=900)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    for folder in ("adapter", "merged", "gguf"):
         assert (out / folder).stat().st_mode & 0o777 == 0o755, folder
+        modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in (out / folder).rglob("*")}
+        assert modes and set(modes.values()) == {"0o644"}, modes
+    assert any(name.endswith(".gguf") for name in modes)
     assert (out / "kbit.json").stat().st_mode & 0o777 == 0o644
 
 

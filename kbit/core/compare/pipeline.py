@@ -32,6 +32,7 @@ from kbit.core.compare.render import steps
 from kbit.core.compare.runs import RESUME, REUSE
 from kbit.core.errors import ConfigError, KbitError, Terminated
 from kbit.core.rundir import RunLock, discard, take_over
+from kbit.core.signals import signals_held
 
 log = logging.getLogger("kbit")
 VARIANTS = ("adapter", "merged", "quantized")  # what a run can hold; the base is evaluated once
@@ -86,13 +87,14 @@ def _owned_folder(plan: ComparePlan) -> Iterator[dict[str, Any]]:
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
         report.update(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(OSError):
+        with signals_held(), contextlib.suppress(OSError):  # a second Ctrl-C must not cut the status short
             reporting.write(plan.out_dir, report)
         if replaced is not None:
             log.warning("the previous content of %s is kept in %s", plan.out_dir, replaced)
         raise
     finally:
-        lock.release()
+        with signals_held():
+            lock.release()
     if replaced is not None:
         discard(replaced)
 

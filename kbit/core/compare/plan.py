@@ -2,9 +2,10 @@
 
 ``plan_compare`` refuses with a ``ConfigError`` (exit 2) an unknown or empty method list, an
 option no chosen method has, invalid settings, a model or dataset that cannot be read, an output
-folder that holds other data and a run folder in it trained with other settings. A method that is
-known but cannot run here (its extra is not installed, its plugin is broken) is not refused: it
-becomes a failed row of the report with the reason.
+folder that holds other data (or a run, or the model or dataset; ``kbit.core.targets``), a symlink
+inside it on the way to a run or evaluation folder, and a run folder in it trained with other
+settings. A method that is known but cannot run here (its extra is not installed, its plugin is
+broken) is not refused: it becomes a failed row of the report with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import attrs
 from kbit.core.compare.runs import TRAIN, RunDecision, decide
 from kbit.core.errors import ConfigError, KbitError, UnknownMethodError
 from kbit.core.options import integer
-from kbit.core.targets import claim, kbit_kind
+from kbit.core.targets import check_no_link_inside_output, claim, kbit_kind
 from kbit.core.train.config import TrainConfig, build_config
 
 COMPARE_ROOT = Path("compare")
@@ -122,12 +123,15 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
         raise ConfigError(f"dataset {data.source} has {len(data.train)} training and {len(data.held_out)} held-out "
                           "examples; a comparison needs both (use more rows)")
     source = resolve_model(template.model)
-    out_dir = _claim_out_dir(config, source.name, data.name)
+    out_dir = _claim_out_dir(config, source.name, data.name, inputs=(template.model, source.path, template.dataset))
     own = kbit_kind(out_dir) == KIND
+    check_no_link_inside_output(out_dir / "evals" / "base", "--out")
     planned = []
     for choice in choices:
         train = attrs.evolve(template, method=choice.name, options=choice.options,
                              output=str(out_dir / "runs" / choice.name))
+        for folder in (Path(train.output), out_dir / "evals" / choice.name):  # before any run is read through one
+            check_no_link_inside_output(folder, "--out")
         decision = None
         if choice.problem is None and not own:
             decision = RunDecision(TRAIN)  # a new folder: nothing to reuse
@@ -198,8 +202,9 @@ def default_out_dir(model_name: str, dataset_name: str, max_steps: int) -> Path:
     return COMPARE_ROOT / name
 
 
-def _claim_out_dir(config: CompareConfig, model_name: str, dataset_name: str) -> Path:
-    """The comparison folder under kbit's output rule: an earlier comparison is continued, never replaced."""
+def _claim_out_dir(config: CompareConfig, model_name: str, dataset_name: str, inputs: tuple[str, ...]) -> Path:
+    """The comparison folder under kbit's output rule: an earlier comparison is continued, never replaced;
+    ``inputs`` (the model and dataset) are never replaced."""
     target = Path(config.out) if config.out else default_out_dir(model_name, dataset_name, config.max_steps)
-    return claim(target, is_own=lambda p: kbit_kind(p) == KIND, overwrite=config.overwrite, flag="--out",
-                 what="comparison folder")
+    return claim(target, is_own=lambda p: kbit_kind(p) == KIND, kind=KIND, overwrite=config.overwrite, flag="--out",
+                 what="comparison folder", inputs=inputs)

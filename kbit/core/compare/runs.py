@@ -44,8 +44,10 @@ def decide(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model_r
     if not os.path.lexists(run_dir) or (run_dir.is_dir() and all(p.name == LOCK_NAME for p in run_dir.iterdir())):
         return RunDecision(TRAIN)
     problem = mismatch(run_dir, wanted, data_fingerprint=data_fingerprint, model_revision=model_revision)
+    if problem and run_dir.is_symlink():  # --overwrite would not help: kbit never replaces through a link
+        raise ConfigError(f"{run_dir} {problem}; replace the link by a real folder or choose another --out")
     if problem:
-        if overwrite and not run_dir.is_symlink():
+        if overwrite:
             return RunDecision(TRAIN, replaces=problem)
         raise ConfigError(f"{run_dir} {problem}; pass --overwrite to retrain it there or choose another --out")
     status = (meta.read_metadata(run_dir) or {}).get("status")

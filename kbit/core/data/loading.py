@@ -20,7 +20,7 @@ from kbit.core.data.examples import Example, TaskData
 from kbit.core.data.formats import choose_format, is_squad_document, parse_column_mapping, squad_rows
 from kbit.core.data.split import HeldOut, arith_held_out, split, take_held_out
 from kbit.core.errors import ConfigError
-from kbit.core.input_files import refuse_special_file
+from kbit.core.input_files import require_regular_file
 
 log = logging.getLogger("kbit")
 
@@ -59,7 +59,6 @@ def load_task_data(
         held_out_size = arith_held_out(held_out, train_size, arithmetic.distinct_questions())
         return arithmetic.generate(train_size=train_size, held_out_size=held_out_size, seed=seed)
     path = Path(reference).expanduser()
-    refuse_special_file(path, "dataset file")
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
         rows = _read_file(path)
         return _build(path.stem, str(path), rows, None, mapping, held_out, max_examples, seed)
@@ -71,8 +70,7 @@ def load_task_data(
 
 
 def _read_file(path: Path) -> list[Mapping[str, Any]]:
-    if not path.is_file():
-        raise ConfigError(f"dataset file {path} does not exist")
+    require_regular_file(path, "dataset file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         # Parsed here rather than by `datasets` so a malformed row is reported with its line number.

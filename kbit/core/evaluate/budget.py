@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from kbit.core.data.examples import Example
+from kbit.core.errors import ConfigError
 
 PERCENTILE = 95
 FACTOR = 1.5
@@ -92,11 +93,31 @@ def _template_end_id(tokenizer: Any) -> int | None:
     return ids[0] if ids and ids[0] in special else None
 
 
+def context_length(model_config: Any) -> int | None:
+    """The most positions ``model_config`` describes (``max_position_embeddings`` or its older names), or None."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits_context(explicit: int | None, model_config: Any) -> None:
+    """Refuse a ``--max-new-tokens`` that reaches the model's context: greedy decoding would run on past
+    the positions the model was built for, for minutes, on an answer nothing can score."""
+    context = context_length(model_config)
+    if explicit is not None and context is not None and explicit >= context:
+        raise ConfigError(f"--max-new-tokens {explicit} reaches past the model's context of {context} tokens; "
+                          f"pass a value below {context} (answers end at the end-of-turn token anyway)")
+
+
 def generation_budget(tokenizer: Any, train: Sequence[Example], explicit: int | None = None,
                       model: Any = None) -> GenerationBudget:
-    """The budget for answers to a task whose training completions are ``train`` (``explicit`` wins)."""
+    """The budget for answers to a task whose training completions are ``train`` (``explicit`` wins;
+    ``ConfigError`` where it reaches past ``model``'s context)."""
     stops = tuple(tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer, model))
     if explicit is not None:
+        check_fits_context(explicit, getattr(model, "config", None))
         return GenerationBudget(int(explicit), "--max-new-tokens", "set by the user", stops)
     cap, detail = derived_cap(completion_lengths(tokenizer, train))
     return GenerationBudget(cap, "training completions", detail, stops)

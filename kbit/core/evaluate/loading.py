@@ -11,7 +11,8 @@ per variant:
 - ``merged`` / ``quantized``: the run's merged or post-training-quantized model, loaded plainly.
 
 Planning reads only metadata and configs, so bad input fails before any model is loaded. A
-variant that was asked for but is not there becomes a ``Gap``, not an error.
+variant that was asked for but is not there becomes a ``Gap``, not an error; so does a run's missing
+adapter, asked for or not, with why (its status) and what to do.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from kbit.core.device import DeviceInfo, device_map_for
 from kbit.core.data.split import describe as describe_held_out
 from kbit.core.data.split import recorded_held_out
 from kbit.core.errors import ConfigError
+from kbit.core.input_files import refuse_special_file
 from kbit.core.record import RunRecord, read_record
-from kbit.core.models import ModelSource, check_remote_code, check_weights, resolve_model
+from kbit.core.models import ModelSource, check_remote_code, check_weights, conversion_problem, resolve_model
 from kbit.core.spec import QuantizationSpec
 
 VARIANTS = ("base", "adapter", "merged", "quantized")
@@ -160,6 +162,7 @@ def _method_spec(selection: Selection, device: DeviceInfo) -> tuple[str, Quantiz
 
 def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit: bool,
                method_spec: tuple[str, QuantizationSpec] | None) -> tuple[list[Candidate], list[Gap]]:
+    refuse_special_file(path, "input")
     if path.is_file() and path.suffix == ".gguf":
         source = resolve_model(str(path))
         # A file kbit exported into RUN/gguf/ is scored on its run's held-out split.
@@ -205,7 +208,9 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
         directory = _artifact_dir(run, record, variant)
         marker = "adapter_config.json" if variant == "adapter" else "config.json"
         if directory is None or not (directory / marker).is_file():
-            if explicit:
+            if variant == "adapter":  # every run trains one: its absence is news, asked for or not
+                gaps.append(Gap(label, variant, str(run), _no_adapter(run, record)))
+            elif explicit:
                 status = record.status
                 gaps.append(Gap(label, variant, str(run), f"the run has no {variant}/ artifact (run status: {status})"))
             continue
@@ -226,6 +231,18 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
             candidates.append(Candidate(label, variant, str(directory), str(run), tokenizer, data,
                                         produced_by=produced, trust_remote_code=trust))
     return candidates, gaps
+
+
+def _no_adapter(run: Path, record: RunRecord) -> str:
+    """Why a run has no adapter to evaluate, from its status, and what to do about it."""
+    resume = f"continue it with kbit train --resume {run}"
+    if record.status == "finished":
+        return "the run has no adapter/ artifact: it finished, so adapter/ was moved or deleted since; restore it"
+    if record.status == "failed":
+        error = (record.error or "no error recorded").splitlines()[0][:200]
+        return f"the run has no adapter/ artifact: it failed before saving one ({error}); fix the cause and {resume}"
+    stopped = "it was interrupted" if record.status == "interrupted" else "it is still training, or was stopped"
+    return f"the run has no adapter/ artifact yet: {stopped} before training finished (status {record.status}); {resume}"
 
 
 def _plan_quantized_dir(path: Path, record: RunRecord, selection: Selection, wanted: Sequence[str],
@@ -256,10 +273,11 @@ def _run_base_path(run: Path, record: RunRecord) -> str:
     if not base.get("path"):
         raise ConfigError(f"{run / meta.FILENAME} has no base_model.path; it is incomplete")
     path = Path(str(base["path"]))
-    if (path / "config.json").is_file():
+    converted = base.get("origin") in ("default", "gguf")
+    if (path / "config.json").is_file() and not (converted and conversion_problem(path)):
         return str(path)
     if base.get("origin") in ("default", "gguf", "hub"):
-        # A cached conversion or download that is gone: resolve the recorded reference again.
+        # A cached conversion or download that is gone or damaged: resolve the recorded reference again.
         reference = record.config.get("model") if base.get("origin") != "default" else None
         return resolve_model(reference).path
     raise ConfigError(f"base model {path} of run {run} is missing; restore it or evaluate the merged model only (--variant merged)")

@@ -24,18 +24,21 @@ from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
-from kbit.core.evaluate.budget import GenerationBudget, generation_budget
+from kbit.core.evaluate.budget import GenerationBudget, check_fits_context, generation_budget
 from kbit.core.evaluate.generation import decode_speed, generate_answers
 from kbit.core.evaluate.loading import Candidate, DataRequest, Selection, check_variants, load_candidate, plan_candidates
 from kbit.core.evaluate.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
 from kbit.core.evaluate.report import write_report
 from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, small_sample_warning, too_few
 from kbit.core.evaluate.scoring import MATH_TASKS, math_scorer
+from kbit.core.model_check import load_config
 from kbit.core.options import integer
+from kbit.core.rundir import check_writable
 from kbit.core.targets import claim, kbit_kind
 
 log = logging.getLogger("kbit")
 REPORTS_ROOT = Path("reports")
+REPORT_BYTES = 16 << 20  # report.json, report.md, predictions and the plot, with room to spare
 SPEED_NEW_TOKENS = 32  # forced new tokens per prompt in the decoding-speed measurement
 
 
@@ -96,6 +99,8 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     device = device or detect_device()
     candidates, gaps = plan_candidates(config.selection, device)
     out_dir = claim_report_dir(config, candidates)
+    check_writable(out_dir, min_free_bytes=REPORT_BYTES, flag="--out", needs="the report needs")  # before any scoring
+    _check_answer_budget(config.max_new_tokens, candidates)
     datasets = {request: _held_out(request, config.limit) for request in dict.fromkeys(c.data for c in candidates)}
     budgets: dict[DataRequest, GenerationBudget] = {}
     rows: list[dict[str, Any]] = []
@@ -140,19 +145,33 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     return EvalResult(out_dir, report)
 
 
+def _check_answer_budget(max_new_tokens: int | None, candidates: list[Candidate]) -> None:
+    """Refuse a ``--max-new-tokens`` past a candidate's context before any model is loaded or scored."""
+    if max_new_tokens is None:
+        return
+    for candidate in candidates:
+        folder = Path(candidate.base_path or candidate.path)
+        if (folder / "config.json").is_file():
+            check_fits_context(max_new_tokens, load_config(str(folder), candidate.trust_remote_code))
+
+
 def claim_report_dir(config: EvalConfig, candidates: list[Candidate]) -> Path:
-    """The report folder: ``--out`` under the output rule (only an earlier report is replaced), else a new one."""
-    if not config.out:
-        return default_out_dir(candidates)
-    return claim(Path(config.out), is_own=lambda p: kbit_kind(p) == "eval", overwrite=config.overwrite,
-                 flag="--out", what="report folder")
+    """The report folder: ``--out`` under the output rule (only an earlier report is replaced, never a folder
+    holding what is evaluated), else a new one."""
+    target = Path(config.out) if config.out else default_out_dir(candidates)
+    inputs = (*config.selection.paths, *config.selection.models, config.selection.dataset,
+              *(path for c in candidates for path in (c.path, c.tokenizer_path, c.base_path, c.data.dataset)))
+    claimed = claim(target, is_own=lambda p: kbit_kind(p) == "eval", kind="eval", overwrite=config.overwrite,
+                    flag="--out", what="report folder", inputs=inputs)
+    return claimed if config.out else target  # the default, new folder is shown as reports/NAME
 
 
 def default_out_dir(candidates: list[Candidate]) -> Path:
     labels = list(dict.fromkeys(c.label for c in candidates))
     name = labels[0] if len(labels) == 1 else "eval"
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return REPORTS_ROOT / f"{re.sub(r'[^A-Za-z0-9._+-]', '-', name)}-{stamp}"
+    safe = re.sub(r'[^A-Za-z0-9._+-]', '-', name)[:150]  # a folder name (255 bytes) with kbit's staging suffix
+    return REPORTS_ROOT / f"{safe}-{stamp}"
 
 
 def _sample_warnings(rows: list[dict[str, Any]]) -> list[str]:

@@ -14,9 +14,6 @@ output rule, :mod:`kbit.core.targets`). Outside kbit's outputs an existing file 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +26,7 @@ from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.errors import ConfigError
 from kbit.core.export.check import GATES, Gate, check_gguf
 from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
-from kbit.core.rundir import STAGING_MARK, RunLock, clear_staging
+from kbit.core.rundir import RunLock, atomic_file, clear_staging
 
 FORMATS = ("gguf",)
 EXPORTS_DIR = "gguf"
@@ -94,7 +91,7 @@ def export_in_run(run: Path, record: RunRecord, file_type: str, *, min_top1: flo
     goes into ``record`` (the run's record in memory), which is also written."""
     from kbit.core.quantize import run_examples
 
-    name = record.name or run.name
+    name = _run_name(record, run)
     plan = _Plan(run / "merged", name, _run_base(record), run_examples(record),
                  run / EXPORTS_DIR / f"{name}-{file_type}.gguf", run, record)
     _check_target(plan, overwrite=False)
@@ -110,20 +107,13 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
     if plan.run:
         clear_staging(plan.target.parent)  # a killed export's temporary file; the lock says none is live
     started = time.time()
-    fd, temp_name = tempfile.mkstemp(prefix=f".{plan.target.name}{STAGING_MARK}", dir=plan.target.parent)
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
+    with atomic_file(plan.target) as temp:  # renamed into place only once checked, with the umask's mode
         written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,
                              datasets=_hub_datasets(plan.record), head_type=head_type)
         write_seconds = round(time.time() - started, 1)
         reference = _source_reference(plan, items, max_new_tokens)
         figures = check_gguf(temp, plan.source_dir, plan.data.task, items, gate, max_new_tokens,
                              source_exact_match=_earlier_source_em(plan.record, reference))
-        os.replace(temp, plan.target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
     source = str(plan.source_dir.relative_to(plan.run)) if plan.run else str(plan.source_dir)
     entry = {
         "file": _file_key(plan), "format": format, "type": file_type, "size_bytes": plan.target.stat().st_size,
@@ -156,7 +146,7 @@ def _plan(path: str, file_type: str, output: str | None) -> _Plan:
             status = record.status
             raise ConfigError(f"run {candidate} has no merged model to export (status {status}; its merge policy may keep "
                               "only the adapter); train with a method that merges, or export a model directory")
-        name = record.name or candidate.name
+        name = _run_name(record, candidate)
         default = candidate / EXPORTS_DIR / f"{name}-{file_type}.gguf"
         target = Path(output).expanduser() if output else default
         return _Plan(merged, name, _run_base(record), run_examples(record), target, candidate, record)
@@ -168,6 +158,20 @@ def _plan(path: str, file_type: str, output: str | None) -> _Plan:
     gguf_file = _source_gguf(source.origin, path)
     base = BaseModel(name=source.name, hub_id=source.hub_id, license=source.license, gguf=gguf_file)
     return _Plan(Path(source.path), source.name, base, load_task_data("arith"), Path(output).expanduser(), None, None)
+
+
+def _run_name(record: RunRecord, run: Path) -> str:
+    """The run's name, which names its GGUF file in ``gguf/``. ``kbit.json`` is untrusted input: its name
+    is checked as ``--name`` is, so it cannot lead the file out of the run."""
+    from kbit.core.train.config import check_run_name
+
+    if not record.name:
+        return run.resolve().name
+    try:
+        check_run_name(record.name)
+    except ValueError as exc:
+        raise ConfigError(f"{meta.FILENAME} of run {run}: {exc}; fix its 'name' field") from None
+    return record.name
 
 
 def _run_base(record: RunRecord) -> BaseModel:
@@ -194,12 +198,9 @@ def _source_gguf(origin: str, reference: str | None) -> Path | None:
 
 
 def _check_target(plan: _Plan, overwrite: bool) -> None:
-    """kbit's output rule (:mod:`kbit.core.targets`), plus: no new file inside another kbit output.
-
-    ``claim`` frees an absent target; an export must still not appear inside ``merged/``, a run's
-    root, a quantized model or a report, which other commands own.
-    """
-    from kbit.core.targets import claim, kbit_kind
+    """kbit's output rule (:mod:`kbit.core.targets`): inside a kbit output, only the run's own ``gguf/``
+    is this command's; the source model, the run and the base's GGUF are never replaced."""
+    from kbit.core.targets import claim
 
     target = plan.target
     if target.suffix != ".gguf":
@@ -207,11 +208,9 @@ def _check_target(plan: _Plan, overwrite: bool) -> None:
     if target.is_dir():
         raise ConfigError(f"--output {target} is a directory; name the .gguf file to write")
     own_folder = plan.run is not None and target.parent.resolve() == (plan.run / EXPORTS_DIR).resolve()
-    owner = next((parent for parent in target.resolve().parents if kbit_kind(parent)), None)
-    if owner is not None and not own_folder:
-        where = f"{plan.run / EXPORTS_DIR}/" if plan.run else "a folder outside kbit's outputs"
-        raise ConfigError(f"--output {target} is inside {owner}, which another kbit command wrote; write the export to {where}")
-    claim(target, is_own=lambda real: own_folder and _recorded(plan.record, plan), overwrite=overwrite, what="export")
+    claim(target, is_own=lambda real: own_folder and _recorded(plan.record, plan), kind="export",
+          overwrite=overwrite, what="export", inputs=(plan.source_dir, plan.run, plan.base.gguf),
+          home=plan.run if own_folder else None)
 
 
 def _file_key(plan: _Plan) -> str:

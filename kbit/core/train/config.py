@@ -2,6 +2,8 @@
 
 Precedence: defaults < YAML file < command-line flags. Unknown YAML keys are refused by name.
 The resolved config is saved with the run (``kbit.json``), so a run can be repeated exactly.
+Every value is typed and validated by ``TrainConfig`` itself, whether it comes from a YAML file,
+a flag or a run's kbit.json (``recorded_config``); ``resume_config`` keeps what a run trains as recorded.
 """
 
 from __future__ import annotations
@@ -18,43 +20,68 @@ from kbit.core.options import boolean, choice, integer, number
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
+# The largest count a setting takes (steps, lengths, sizes): an int32, which every library below takes,
+# and beyond any run that could finish. Bigger numbers are typos or probes, refused in one line.
+MAX_COUNT = 2**31 - 1
+
+
+def text(raw: Any) -> str:
+    """A setting that names something (model, dataset, method, path, column mapping): non-blank text
+    only, so a YAML number, list, mapping, date or null is refused rather than passed on."""
+    if not isinstance(raw, str):
+        shown = "" if isinstance(raw, (list, dict, tuple, set)) else f" {raw!r:.40}"
+        raise ValueError(f"expected text, got {type(raw).__name__}{shown}")
+    if not raw.strip():
+        raise ValueError("must not be empty or blank")
+    return raw
+
+
+def method_options(raw: Any) -> dict[str, Any]:
+    """Method options as ``name: value`` (values are parsed by the method's own option schema)."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"expected a mapping of method options (name: value), got {type(raw).__name__}")
+    named = [k for k in raw if not isinstance(k, str)]
+    if named:
+        raise ValueError(f"option names are text, got {type(named[0]).__name__} {named[0]!r:.40}")
+    return dict(raw)
 
 
 @attrs.frozen
 class TrainConfig:
     """A training run's settings. Defaults train the embedded default model on the arithmetic set."""
 
-    model: str = "default"
-    dataset: str = "arith"
-    columns: str | None = None
-    method: str = "qlora"
-    options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
-    output: str | None = None
-    name: str | None = attrs.field(default=None)
-    max_steps: int = attrs.field(default=100, converter=integer(minimum=0))
-    epochs: float = attrs.field(default=1.0, converter=number(minimum=0))
-    batch_size: int | str = attrs.field(default=8, converter=integer(minimum=1, auto=True))
-    grad_accum: int = attrs.field(default=1, converter=integer(minimum=1))
+    model: str = attrs.field(default="default", converter=text)
+    dataset: str = attrs.field(default="arith", converter=text)
+    columns: str | None = attrs.field(default=None, converter=attrs.converters.optional(text))
+    method: str = attrs.field(default="qlora", converter=text)
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=method_options)
+    output: str | None = attrs.field(default=None, converter=attrs.converters.optional(text))
+    name: str | None = attrs.field(default=None, converter=attrs.converters.optional(text))
+    max_steps: int = attrs.field(default=100, converter=integer(minimum=0, maximum=MAX_COUNT))
+    epochs: float = attrs.field(default=1.0, converter=number(minimum=0, maximum=MAX_COUNT))
+    batch_size: int | str = attrs.field(default=8, converter=integer(minimum=1, maximum=MAX_COUNT, auto=True))
+    # Micro-batches per optimizer step; at most what an epoch of the training set fills (checked in plan_run).
+    grad_accum: int = attrs.field(default=1, converter=integer(minimum=1, maximum=MAX_COUNT))
     lr: float = attrs.field(default=2e-3, converter=number(minimum=0))
     scheduler: str = attrs.field(default="linear", converter=choice(*SCHEDULERS))
     warmup_ratio: float = attrs.field(default=0.05, converter=number(minimum=0, below=1))
-    max_length: int = attrs.field(default=256, converter=integer(minimum=8))
+    max_length: int = attrs.field(default=256, converter=integer(minimum=8, maximum=MAX_COUNT))
     seed: int = attrs.field(default=0, converter=integer(minimum=0, maximum=2**32 - 1))  # numpy's seed range
     packing: bool = attrs.field(default=False, converter=boolean)
     # Micro-batches as one row of concatenated examples: auto, true, false (see kbit.core.train.padding).
     padding_free: str = attrs.field(default="auto", converter=choice("auto", "true", "false"))
-    logging_steps: int = attrs.field(default=10, converter=integer(minimum=1))
-    save_steps: int = attrs.field(default=40, converter=integer(minimum=1))
+    logging_steps: int = attrs.field(default=10, converter=integer(minimum=1, maximum=MAX_COUNT))
+    save_steps: int = attrs.field(default=40, converter=integer(minimum=1, maximum=MAX_COUNT))
     # Held-out loss during training every N steps; None: about four times a run, on logging steps
     # (and always at the last step); 0: never. On the first fit.EVAL_LOSS_ITEMS of the eval_limit held-out examples.
-    eval_steps: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=0)))
+    eval_steps: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=0, maximum=MAX_COUNT)))
     report_to: str = attrs.field(default="none", converter=choice(*REPORT_TO))
     # A count or a fraction of the dataset; None: the dataset's default (see kbit.core.data.split).
     held_out: int | float | None = attrs.field(default=None, converter=held_out_size)
-    max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2)))
-    eval_limit: int = attrs.field(default=100, converter=integer(minimum=0))
+    max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2, maximum=MAX_COUNT)))
+    eval_limit: int = attrs.field(default=100, converter=integer(minimum=0, maximum=MAX_COUNT))
     # None: until the end-of-turn token, capped by the training completions' length (kbit.core.evaluate.budget).
-    max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1)))
+    max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1, maximum=MAX_COUNT)))
     # The merge check: the merged model must reproduce the trained model's top-1 predictions this often.
     merge_min_agreement: float = attrs.field(default=0.99, converter=number(minimum=0, maximum=1))
     trust_remote_code: bool = attrs.field(default=False, converter=boolean)
@@ -64,6 +91,12 @@ class TrainConfig:
     def _plain_name(self, attribute: attrs.Attribute, value: str | None) -> None:
         if value is not None:
             check_run_name(value)
+
+    def __attrs_post_init__(self) -> None:
+        # max_steps 0 hands the budget to epochs: both 0 would "train" a run of no step at all
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ValueError("max_steps 0 means 'train for epochs', and epochs is 0: the run would train no step; "
+                             "give --max-steps N (N >= 1) or --epochs above 0")
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -97,7 +130,7 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
         if value is None:
             continue
         if key == "options":
-            if not isinstance(values.get("options", {}), Mapping):
+            if not isinstance(values.get("options", {}), Mapping) or not isinstance(value, Mapping):
                 raise ConfigError("invalid value for 'options': expected a mapping of method options")
             values["options"] = {**values.get("options", {}), **value}
         else:
@@ -106,24 +139,26 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
         return TrainConfig(**values)
     except (ValueError, TypeError) as exc:
         field = _failing_field(values)
-        raise ConfigError(f"invalid value for '{field}': {exc}") from None
+        raise ConfigError(f"invalid value for '{field}': {exc}" if field else f"invalid settings: {exc}") from None
 
 
-def _failing_field(values: Mapping[str, Any]) -> str:
+def _failing_field(values: Mapping[str, Any]) -> str | None:
+    """The setting that is invalid on its own; None when only a combination of settings is."""
     for key in values:
         try:
             TrainConfig(**{key: values[key]})
         except (ValueError, TypeError):
             return key
-    return "config"
+    return None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config; refuses a missing file, bad YAML and unknown keys, naming them."""
     import yaml
 
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    from kbit.core.input_files import require_regular_file
+
+    require_regular_file(path, "config file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
@@ -132,18 +167,24 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting deeper than Python's stack
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise ConfigError(f"config file {path}: invalid YAML ({reason}); write the settings as plain key: value lines") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of settings, got {type(data).__name__}")
+    if _too_big(data, MAX_YAML_VALUES):
+        raise ConfigError(f"config file {path} holds more than {MAX_YAML_VALUES} values (YAML aliases expanding "
+                          "into each other?); write the settings as plain key: value lines")
     for old, new in LEGACY_KEYS.items():
         if old in data:
             if new in data:
                 raise ConfigError(f"config file {path}: give '{new}' only ('{old}' is its old name)")
             data[new] = data.pop(old)
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted((k for k in data if k not in FIELDS), key=str)  # YAML keys may be numbers or null
     if unknown:
         import difflib
 
-        close = difflib.get_close_matches(unknown[0], FIELDS, n=1)
+        close = difflib.get_close_matches(str(unknown[0]), FIELDS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"config file {path}: unknown key '{unknown[0]}'{hint}; valid keys: {', '.join(FIELDS)}")
     if "options" in data and not isinstance(data["options"], dict):
@@ -151,34 +192,109 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# A config file is a few dozen settings; aliases that refer to each other can make a small file
+# stand for billions of values, which printing or checking one of them would never finish.
+MAX_YAML_VALUES = 10_000
+
+
+def _too_big(value: Any, budget: int) -> bool:
+    """Whether ``value`` holds more than ``budget`` values, counting shared ones each time they appear;
+    stops counting at the budget, so it is quick whatever the structure."""
+    pending = [value]
+    while pending:
+        budget -= 1
+        if budget < 0:
+            return True
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set)):
+            pending.extend(item)
+    return False
+
+
 # Settings a resumed run never takes from its kbit.json: permission to run model code is given on
 # each invocation, and the folder is the one being resumed.
 NOT_RESUMED = ("trust_remote_code", "overwrite", "output")
+# Settings a resume takes from the flags: how the rest of the run logs, checkpoints, reports and checks
+# and scores its end. Every other setting decides what the run trains, so it stays as recorded: a
+# resume that changed one would record a mix of two runs.
+RESUMABLE = ("logging_steps", "save_steps", "eval_steps", "report_to", "eval_limit", "max_new_tokens",
+             "merge_min_agreement", "trust_remote_code")
+
+
+def recorded_config(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's recorded ``config`` (its kbit.json), validated as a ``TrainConfig`` and returned in the
+    current form (every key, typed values; kbit 0.1/0.2's ``held_out_fraction`` read as ``held_out``).
+
+    Raises ConfigError naming an unknown key or the invalid setting; null stands for the default.
+    """
+    if "held_out_fraction" in saved:  # a kbit 0.1/0.2 run: read its split as it was made
+        try:
+            saved = {**{k: v for k, v in saved.items() if k != "held_out_fraction"}, "held_out": recorded_held_out(saved)}
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for 'held_out_fraction': {exc}") from None
+    unknown = sorted((k for k in saved if k not in FIELDS), key=str)
+    if unknown:
+        raise ConfigError(f"unknown config key '{unknown[0]}'")
+    return build_config(None, saved).to_dict()
 
 
 def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainConfig:
-    """The settings of the run in ``run_dir`` (its kbit.json), with ``overrides`` (flags) on top."""
+    """The settings of the run in ``run_dir`` (its kbit.json), with the ``RESUMABLE`` ``overrides`` (flags) on top.
+
+    Refuses a flag that would change what the run trains (method, options, model, dataset, step budget
+    and the rest), naming each change, and ``--output``/``--overwrite``, which a resume does not take.
+    """
     from kbit.core.record import FILENAME, read_record
 
-    recorded = read_record(Path(run_dir))
+    recorded = read_record(Path(run_dir))  # its config validated on the way in (recorded_config)
     if recorded is None:
         raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {FILENAME})")
     where = Path(run_dir) / FILENAME
     if recorded.kind != "run":
         raise ConfigError(f"cannot resume: {where} describes a '{recorded.kind}' output, not a training run")
-    saved = recorded.config
-    if not saved:
+    if not recorded.config:
         raise ConfigError(f"cannot resume: {where} has no 'config' object; it is incomplete or was edited")
-    if "held_out_fraction" in saved:  # a kbit 0.2 run: read its split as it was made
-        try:
-            saved = {**{k: v for k, v in saved.items() if k != "held_out_fraction"}, "held_out": recorded_held_out(saved)}
-        except ValueError as exc:
-            raise ConfigError(f"cannot resume {run_dir}: invalid value for 'held_out_fraction' in {where}: {exc}") from None
-    unknown = sorted(set(saved) - set(FIELDS))
-    if unknown:
-        raise ConfigError(f"cannot resume: {where} has unknown config key '{unknown[0]}'")
-    base = {k: v for k, v in saved.items() if v is not None and k not in NOT_RESUMED}
+    saved = {k: v for k, v in recorded.config.items() if k not in NOT_RESUMED}
+    started = build_config(None, {**saved, "output": str(run_dir)})
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    _refuse_placement_flags(Path(run_dir), flags.pop("output", None), flags.pop("overwrite", False))
+    if "options" in flags:
+        flags["options"] = {**started.options, **flags["options"]}
     try:
-        return build_config(None, {**base, **{k: v for k, v in overrides.items() if v is not None}, "output": str(run_dir)})
+        wanted = build_config(None, {**saved, **flags, "output": str(run_dir)})
     except ConfigError as exc:
-        raise ConfigError(f"cannot resume {run_dir}: {exc} (in {where} or the flags)") from None
+        raise ConfigError(f"cannot resume {run_dir}: {exc}") from None
+    changes = resume_changes(started, wanted)
+    if changes:
+        raise ConfigError(f"cannot resume {run_dir} with other training settings: {'; '.join(changes)}; a resume "
+                          "continues the run as it started: drop those flags, or train a new run (--output NEW) with them")
+    return wanted
+
+
+def _refuse_placement_flags(run_dir: Path, output: str | None, overwrite: bool) -> None:
+    if output is not None and Path(output).resolve() != run_dir.resolve():
+        raise ConfigError(f"--output {output} does not go with --resume: the resumed run stays in {run_dir}; drop --output")
+    if overwrite:
+        raise ConfigError(f"--overwrite does not go with --resume: a resume keeps what {run_dir} holds; drop --overwrite, "
+                          f"or train anew with --output {run_dir} --overwrite")
+
+
+def resume_changes(started: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """What ``wanted`` changes in a run that ``started`` with other settings, as the flags that change it."""
+    def shown(value: Any) -> str:
+        return "the default" if value is None else str(value)
+
+    changes = [f"--{f.replace('_', '-')} {shown(getattr(wanted, f))} (the run has {shown(getattr(started, f))})"
+               for f in FIELDS if f not in (*RESUMABLE, "options") and getattr(started, f) != getattr(wanted, f)]
+    for key in sorted(set(started.options) | set(wanted.options)):
+        old, new = started.options.get(key), wanted.options.get(key)
+        if _option_text(old) != _option_text(new):  # YAML's 4 and the flag's "4" are one value
+            changes.append(f"-o {key}={new} (the run has {shown(old) if old is None else f'{key}={old}'})")
+    return changes
+
+
+def _option_text(value: Any) -> str | None:
+    return None if value is None else str(value).strip().lower()

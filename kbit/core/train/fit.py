@@ -6,6 +6,7 @@ final step, the adapter is read from it instead of training again (see ``checkpo
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from kbit.core.train import checkpoints
 from kbit.core.train.plan import RunPlan, is_main_process
 
 CHECKPOINTS = "checkpoints"
+log = logging.getLogger("kbit")
 
 
 @attrs.frozen
@@ -158,6 +160,9 @@ def train_adapter(plan: RunPlan, model: Any) -> Trained:
     """Train the adapter of ``model`` (resuming from the last complete checkpoint on ``--resume``)."""
     trainer = build_trainer(plan, model)
     checkpoint = checkpoints.last_complete(plan.run_dir / CHECKPOINTS) if plan.resume else None
+    if plan.resume and checkpoint is None and is_main_process():
+        log.warning("no checkpoint to resume from in %s (none was saved before the run stopped, or they were "
+                    "deleted or damaged): training starts again from step 1", plan.run_dir / CHECKPOINTS)
     if checkpoint is not None and checkpoints.finished_training(checkpoint):
         load_adapter_weights(trainer.model, checkpoint, plan.spec)
         state = checkpoints.trainer_state(checkpoint)

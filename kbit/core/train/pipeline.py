@@ -41,7 +41,8 @@ from kbit.core.bases import load_base, prepare_for_training
 from kbit.core.merge import check_fidelity, computing_in, logit_agreement, merged_model, save_model
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.record import RunRecord, read_record, write_record
-from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, take_over
+from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, disk_full, overwrite_json_in_place, take_over
+from kbit.core.signals import signals_held
 from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.fit import CHECKPOINTS, Trained, load_adapter_weights, train_adapter
@@ -84,8 +85,10 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
     record: RunRecord | None = None
     try:
         if plan.resume:
-            for name in [*clear_staging(plan.run_dir), *checkpoints.remove_incomplete(plan.run_dir / CHECKPOINTS)]:
+            for name in clear_staging(plan.run_dir):
                 log.warning("removed %s, left by the interrupted run", name)
+            for line in checkpoints.remove_incomplete(plan.run_dir / CHECKPOINTS):  # each says why
+                log.warning("%s", line)
             record = read_record(plan.run_dir) or _initial_record(plan)
             record.status, record.error, record.resumed = "running", None, meta.now()
             record.spec, record.config = plan.spec, plan.config.to_dict()
@@ -101,19 +104,37 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
                 log.error("run stopped: %s: %s", type(exc).__name__, exc, exc_info=True, extra=LOG_FILE_ONLY)
                 raise
     except BaseException as exc:
-        if record is not None:
-            interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
-            record.status = "interrupted" if interrupted else "failed"
-            record.error, record.wall_time_s = f"{type(exc).__name__}: {exc}", round(time.time() - started, 1)
-            with contextlib.suppress(OSError):  # a read-only or full disk must not hide the real error
-                write_record(plan.run_dir, record)
+        full = disk_full(exc, plan.run_dir)  # a write that failed without saying where: the run's disk
+        with signals_held():  # a second Ctrl-C or SIGTERM must not leave the status "running"
+            _record_end(plan, record, full or exc, started)
         if replaced is not None:
             log.warning("the previous content of %s is kept in %s", plan.run_dir, replaced)
+        if full is not None and full is not exc:
+            raise full from exc
         raise
     finally:
-        lock.release()
+        with signals_held():
+            lock.release()
     if replaced is not None:
         discard(replaced)
+
+
+def _record_end(plan: RunPlan, record: RunRecord | None, exc: BaseException, started: float) -> None:
+    """Record why the run stopped: "interrupted" for Ctrl-C and signals, else "failed", with the error.
+
+    On a full disk the record is written over the old one in place; a read-only disk keeps the old
+    record (the error itself is what the user must see, so no write error is raised here).
+    """
+    if record is None:
+        return
+    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    record.status = "interrupted" if interrupted else "failed"
+    record.error, record.wall_time_s = f"{type(exc).__name__}: {exc}", round(time.time() - started, 1)
+    try:
+        write_record(plan.run_dir, record)
+    except OSError:
+        with contextlib.suppress(OSError):
+            overwrite_json_in_place(plan.run_dir / meta.FILENAME, record.to_dict())
 
 
 def _initial_record(plan: RunPlan) -> RunRecord:
@@ -153,6 +174,10 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
 
     set_seed(plan.config.seed)
     adapter_done = _done(plan, record, "adapter", "adapter_config.json")
+    if adapter_done and (damage := checkpoints.adapter_damage(plan.run_dir / "adapter")):
+        # read back from the final checkpoint (not trained again) and saved anew
+        log.warning("adapter/ cannot be used: %s; taking the adapter from the last checkpoint again", damage)
+        adapter_done = False
     if record is None and adapter_done:
         return  # nothing left for the other ranks: only training runs on every rank
     for reason in plan.sizing.values():

@@ -20,6 +20,7 @@ from kbit.core.bases import check_mergeable
 from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
+from kbit.core.evaluate.budget import check_fits_context
 from kbit.core.evaluate.generation import render_prompt
 from kbit.core.method import Method
 from kbit.core.method_info import MergePolicy, Requirement, describe_missing
@@ -78,6 +79,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         raise ConfigError(f"dataset {data.source} has no training examples")
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     model_config = load_config(source.path, config.trust_remote_code)
+    check_fits_context(config.max_new_tokens, model_config)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
     longest_prompt = _check_lengths(tokenizer, data, config.max_length)
     sizing: dict[str, str] = {}
@@ -100,6 +102,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
             device_kind=device.kind,
             checkpointing=spec.training.gradient_checkpointing and _requested(config, "gradient_checkpointing") != "auto",
         )
+    _check_accumulation(config.grad_accum, batch_size, len(data.train))
     spec, decisions["gradient_checkpointing"] = _checkpointing(
         config, spec, device, model_config, batch_size, model_bytes,
         length=min(config.max_length, longest_prompt + _longest_completion(tokenizer, data)),
@@ -108,7 +111,8 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     check_mergeable(method, spec, policy)
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
-    run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume)
+    run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume,
+                             inputs=(config.model, source.path, config.dataset))
     check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
                    run_dir, resume)
@@ -120,18 +124,36 @@ def _check_tracker(name: str) -> None:
         raise ConfigError(f"--report-to {name} {describe_missing([tracker])}")
 
 
-def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> Path:
-    """The run folder to write, under the output rule of ``kbit.core.targets``."""
+def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool, inputs: tuple[str | None, ...]) -> Path:
+    """The run folder to write, under the output rule of ``kbit.core.targets``; ``inputs`` are what the run reads."""
     if resume:
         if read_record(run_dir) is None:
             raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {meta.FILENAME})")
         return run_dir.resolve()
     if not is_main_process():
         return run_dir.resolve()  # rank 0 claims; the others only train
+
+    def claimed(overwrite: bool) -> Path:
+        return claim(run_dir, is_own=lambda p: kbit_kind(p) == "run", kind="run", overwrite=overwrite,
+                     what="run folder", inputs=inputs)
+
     if kbit_kind(run_dir) == "run" and not config.overwrite:
+        claimed(overwrite=True)  # what --overwrite would still refuse is said first, not suggested away
         raise ConfigError(f"output directory {run_dir} holds an earlier run; pass --overwrite to replace it "
                           "or --resume to continue it")
-    return claim(run_dir, is_own=lambda p: kbit_kind(p) == "run", overwrite=config.overwrite, what="run folder")
+    return claimed(config.overwrite)
+
+
+def _check_accumulation(grad_accum: int, batch_size: int, examples: int) -> None:
+    """Refuse a ``--grad-accum`` above the micro-batches an epoch of the training set fills (each
+    process's share under torchrun): the Trainer would silently cut every step short at the epoch's end."""
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    per_epoch = -(-examples // (batch_size * world))
+    if grad_accum > per_epoch:
+        share = " per process" if world > 1 else ""
+        raise ConfigError(f"--grad-accum {grad_accum} asks for {grad_accum} micro-batches per optimizer step, but the "
+                          f"{examples} training examples fill only {per_epoch} micro-batches of {batch_size}{share} an "
+                          f"epoch; use --grad-accum {per_epoch} or less, or a smaller --batch-size")
 
 
 def weights_bytes(directory: Path) -> int:

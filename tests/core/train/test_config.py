@@ -1,0 +1,78 @@
+"""Settings from defaults, YAML, flags and a run's kbit.json: one typed validation, and what a resume may change."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kbit.core.errors import ConfigError
+from kbit.core.record import read_record
+from kbit.core.train.config import (
+    RESUMABLE,
+    TrainConfig,
+    build_config,
+    recorded_config,
+    resume_config,
+)
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "run-0.1"
+
+
+def _run(tmp_path: Path, **settings) -> Path:
+    """A run folder whose kbit.json records ``settings`` (and nothing else a resume reads)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig(**{"max_steps": 60, "options": {"r": 4}, **settings}).to_dict()
+    (run / "kbit.json").write_text(json.dumps({"schema_version": 2, "kind": "run", "status": "finished", "config": config}))
+    return run
+
+
+def test_a_resume_takes_the_recorded_settings_and_flags_that_repeat_them(tmp_path):
+    run = _run(tmp_path)
+    config = resume_config(run, {"max_steps": 60, "options": {"r": "4"}, "method": "qlora", "output": str(run)})
+    assert config.max_steps == 60 and str(config.options["r"]) == "4" and config.output == str(run)
+
+
+def test_a_resume_takes_the_flags_that_only_change_how_the_run_is_logged_checked_and_scored(tmp_path):
+    run = _run(tmp_path)
+    flags = {"logging_steps": 5, "save_steps": 7, "eval_steps": 0, "report_to": "none", "eval_limit": 3,
+             "max_new_tokens": 9, "merge_min_agreement": 0.5, "trust_remote_code": True}
+    assert set(flags) == set(RESUMABLE)
+    config = resume_config(run, flags)
+    assert {k: getattr(config, k) for k in flags} == flags
+
+
+@pytest.mark.parametrize("flags, change", [
+    ({"max_steps": 80}, "--max-steps 80 (the run has 60)"),
+    ({"method": "lora"}, "--method lora (the run has qlora)"),
+    ({"dataset": "squad"}, "--dataset squad (the run has arith)"),
+    ({"model": "other"}, "--model other (the run has default)"),
+    ({"options": {"r": "8"}}, "-o r=8 (the run has r=4)"),
+    ({"options": {"lora_dropout": "0.1"}}, "-o lora_dropout=0.1 (the run has the default)"),
+])
+def test_a_resume_refuses_to_change_what_the_run_trains_naming_the_change(tmp_path, flags, change):
+    run = _run(tmp_path)
+    with pytest.raises(ConfigError, match="with other training settings") as refused:
+        resume_config(run, flags)
+    assert change in str(refused.value)
+    assert read_record(run).config["max_steps"] == 60
+
+
+def test_a_kbit_0_1_config_is_read_into_the_current_typed_form():
+    saved = json.loads((FIXTURE / "finished" / "kbit.json").read_text())["config"]
+    config = recorded_config(saved)
+    assert config["held_out"] == 0.1 and "held_out_fraction" not in config
+    assert config == TrainConfig(**config).to_dict() and config["padding_free"] == "auto"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"model": 12345}, "invalid value for 'model': expected text, got int"),
+    ({"options": [["r", 4]]}, "invalid value for 'options'"),
+    ({"max_steps": 0, "epochs": 0}, "invalid settings: max_steps 0 means 'train for epochs'"),
+    ({"grad_accum": 2**31}, "invalid value for 'grad_accum': expected an integer between 1 and 2147483647"),
+])
+def test_every_setting_is_typed_wherever_it_comes_from(values, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        build_config(None, values)
+    with pytest.raises(ConfigError):
+        recorded_config(values)

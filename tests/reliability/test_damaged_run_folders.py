@@ -1,0 +1,122 @@
+"""Run folders damaged between runs, resumed and evaluated through the CLI.
+
+A sealed checkpoint damaged since (truncated adapter, broken trainer_state.json, an optimizer.pt that
+would run pickled code) is removed with a line saying why, and the resume falls back to the previous
+one, finishing as the uninterrupted run did; a damaged adapter/ is read again from the final
+checkpoint; with checkpoints/ gone the resume says it trains from step 1; eval of a run with no
+adapter yet says so beside the base row.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import run_kbit
+
+ARGS = ("--max-steps", "6", "--save-steps", "2", "--batch-size", "2", "-o", "r=4", "-o", "merge_after_train=false",
+        "--max-examples", "20", "--eval-limit", "0", "--logging-steps", "1", "--seed", "3")
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """A finished 6-step run that kept checkpoint-4 and checkpoint-6."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), *ARGS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    return out
+
+
+def _killed_after_last_checkpoint(finished: Path, out: Path) -> Path:
+    """A copy of ``finished`` as a kill between the last checkpoint and the adapter's save leaves it."""
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "adapter")
+    record = json.loads((out / "kbit.json").read_text())
+    record.update(status="running", artifacts={})
+    (out / "kbit.json").write_text(json.dumps(record))
+    return out
+
+
+class _RunsCode:
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self):
+        return open, (str(self.flag), "w")
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    "truncated adapter": (lambda c, flag: _truncate(c / "adapter_model.safetensors"), "its adapter weights are corrupt or truncated"),
+    "broken trainer state": (lambda c, flag: (c / "trainer_state.json").write_text('{"global_step": 6, "max_st'),
+                             "its trainer_state.json is damaged"),
+    "pickled optimizer": (lambda c, flag: torch.save({"state": _RunsCode(flag)}, c / "optimizer.pt"),
+                          "its optimizer.pt is not a plain tensor file"),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(finished, tmp_path, kind):
+    spoil, reason = DAMAGE[kind]
+    out = _killed_after_last_checkpoint(finished, tmp_path / "run")
+    flag = tmp_path / "CODE_RAN"
+    spoil(out / "checkpoints" / "checkpoint-6", flag)
+    result = run_kbit("train", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = [line for line in result.stderr.splitlines() if "removed checkpoint-6" in line]
+    assert len(said) == 1 and reason in said[0] and "resuming from checkpoint-4 instead" in said[0], result.stderr[-2000:]
+    assert "weights_only" not in result.stderr and not flag.exists()
+    record = json.loads((out / "kbit.json").read_text())
+    assert record["status"] == "finished" and record["train"]["resumed_from"] == "checkpoint-4"
+    assert record["train"]["steps"] == 6 and [h["step"] for h in record["loss_history"]] == list(range(1, 7))
+    reference = json.loads((finished / "kbit.json").read_text())
+    for got, want in zip(record["loss_history"], reference["loss_history"]):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), (got, want)
+    a, b = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(finished / "adapter" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in b)
+
+
+def test_a_damaged_adapter_folder_is_read_again_from_the_final_checkpoint(finished, tmp_path):
+    """A run stopped after saving adapter/ (e.g. while merging), whose adapter was damaged since."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    record = json.loads((out / "kbit.json").read_text())
+    (out / "kbit.json").write_text(json.dumps({**record, "status": "running"}))
+    _truncate(out / "adapter" / "adapter_model.safetensors")
+    result = run_kbit("train", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = [line for line in result.stderr.splitlines() if "adapter/ cannot be used" in line]
+    assert len(said) == 1 and "corrupt or truncated" in said[0], result.stderr[-2000:]
+    resumed = json.loads((out / "kbit.json").read_text())
+    assert resumed["status"] == "finished" and resumed["train"]["resumed_from"] == "checkpoint-6"
+    a, b = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(finished / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b), "the adapter was trained again"
+
+
+def test_a_resume_without_checkpoints_says_it_trains_from_step_1(finished, tmp_path):
+    out = _killed_after_last_checkpoint(finished, tmp_path / "run")
+    shutil.rmtree(out / "checkpoints")
+    result = run_kbit("train", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = [line for line in result.stderr.splitlines() if "no checkpoint to resume from" in line]
+    assert len(said) == 1 and "training starts again from step 1" in said[0], result.stderr[-2000:]
+    record = json.loads((out / "kbit.json").read_text())
+    assert record["status"] == "finished" and record["train"]["resumed_from"] is None and record["train"]["steps"] == 6
+
+
+def test_eval_of_a_run_with_no_adapter_yet_says_so(finished, tmp_path):
+    out = _killed_after_last_checkpoint(finished, tmp_path / "run")
+    result = run_kbit("eval", str(out), "--limit", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "report"), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert [row["variant"] for row in report["rows"]] == ["base"]
+    gaps = [g for g in report["gaps"] if g["variant"] == "adapter"]
+    assert len(gaps) == 1 and "no adapter/ artifact yet" in gaps[0]["reason"] and "status running" in gaps[0]["reason"]
+    assert f"kbit train --resume {out}" in gaps[0]["reason"]
