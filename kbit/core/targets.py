@@ -46,7 +46,7 @@ def kbit_kind(path: Path) -> str | None:
     """
     for name, key in ((METADATA, "kind"), ("report.json", "kind")):
         file = Path(path) / name
-        if file.is_file():
+        if os.path.isfile(file):  # False, not an OSError, for a name too long to exist
             try:
                 data = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, ValueError):

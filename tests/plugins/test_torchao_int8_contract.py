@@ -48,7 +48,9 @@ def test_dequantize_base_gives_the_weights_the_int8_forward_uses(tiny_model):
 
 
 def test_train_end_to_end(tiny_model, tmp_path):
-    record = train_tiny(tiny_model, "torchao-int8", tmp_path / "run")
+    # float32 compute: a CPU where kbit's probe picks bf16 (an AMD EPYC: 0.25x float32's step time)
+    # rounds the adapter model's logits by ~1e-3, which would hide whether the merge itself is exact
+    record = train_tiny(tiny_model, "torchao-int8", tmp_path / "run", "compute_dtype=float32")
     assert record["artifacts"]["merged"] == "merged"
     assert record["merge"]["base"] == "dequantized"
     assert record["merge"]["top1_agreement"] == 1.0 and record["merge"]["max_abs_logit_diff"] < 1e-3

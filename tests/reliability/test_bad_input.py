@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 
 from kbit.core import registry as registry_module
-from kbit.core.cli import main
 from kbit.core.registry import Registry
-
-
-def _listing(root: Path) -> list[tuple[str, int]]:
-    return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else 0) for p in root.rglob("*"))
+from tests.reliability.refusals import assert_refused, run_in_process
 
 
 def _with_record(root: Path, run: Path, name: str, change) -> Path:
@@ -337,26 +333,10 @@ CASES = [
 ]
 
 
-def _run(args, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("args, message", CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(CASES)])
 def test_bad_input(isolated, tiny, run, capsys, args, message):
     files = _files(isolated, tiny, run)
-    run_before = _listing(run)
-    before = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
-    code, err = _run([a.format(**files) for a in args], capsys)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kbit: error: "), err
-    assert message.format(**files) in lines[0], lines[0]
-    assert "Traceback" not in err
-    after = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
-    assert after == before, "the failed command left files behind"
-    assert _listing(run) == run_before, "the failed command changed a finished run"
+    assert_refused([a.format(**files) for a in args], message.format(**files), capsys, isolated, run)
     assert not (isolated / "EVIL_RAN").exists(), "model code ran without --trust-remote-code"
 
 
@@ -372,7 +352,7 @@ PLUGIN_CASES = [
 def test_bad_plugins(isolated, plugin_site, monkeypatch, capsys, target, message):
     plugin_site.add("kbit-broken", "0.0.3", {"bad": target}, modules=("kbit_broken", "kbit_import_error"))
     monkeypatch.setattr(registry_module, "_DEFAULT", Registry(entry_points=plugin_site.entry_points(), environ={}))
-    code, err = _run(["spec", "bad"], capsys)
+    code, err = run_in_process(["spec", "bad"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert message in err and "kbit-broken 0.0.3" in err
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.test_bad_input import _listing, _run, _with_record
+from tests.reliability.refusals import assert_refused
+from tests.reliability.test_bad_input import _with_record
 
 TRAIN = ("train", "--model", "{tiny}", "--max-steps", "1", "--eval-limit", "0")
 # Settings come from the file only (a flag would win over it); the file starts with the tiny model,
@@ -177,27 +178,13 @@ def _inputs(root: Path, tiny: Path, finished: Path, args: tuple[str, ...]) -> di
     return files
 
 
-def _refused(isolated, run, capsys, args, message):
-    run_before = _listing(run)
-    before = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
-    code, err = _run(args, capsys)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kbit: error: "), err
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in err
-    after = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
-    assert after == before, "the failed command left files behind"
-    assert _listing(run) == run_before, "the failed command changed a finished run"
-
-
 @pytest.mark.parametrize("text, message", YAML_CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(YAML_CASES)])
 def test_bad_config_file(isolated, tiny, run, capsys, text, message):
     (isolated / "settings.yaml").write_text(YAML_HEAD.format(tiny=tiny) + text)
-    _refused(isolated, run, capsys, ["train", "--config", str(isolated / "settings.yaml")], message)
+    assert_refused(["train", "--config", str(isolated / "settings.yaml")], message, capsys, isolated, run)
 
 
 @pytest.mark.parametrize("args, message", RUN_CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(RUN_CASES)])
 def test_bad_run_folder_or_resume(isolated, tiny, run, capsys, args, message):
     files = _inputs(isolated, tiny, run, args)
-    _refused(isolated, run, capsys, [a.format(**files) for a in args], message)
+    assert_refused([a.format(**files) for a in args], message, capsys, isolated, run)

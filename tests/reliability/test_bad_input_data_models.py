@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_kbit
-from tests.reliability.test_bad_input import TRAIN, _listing, _run
+from tests.reliability.refusals import assert_refused, listing
+from tests.reliability.test_bad_input import TRAIN
 
 QUESTIONS = [f"What is {i} + 1?" for i in range(6)]
 
@@ -111,17 +112,7 @@ CASES = [
 @pytest.mark.parametrize("args, message", CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(CASES)])
 def test_bad_input(isolated, tiny, run, capsys, args, message):
     files = _files(isolated, tiny)
-    run_before = _listing(run)
-    before = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
-    code, err = _run([a.format(**files) for a in args], capsys)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kbit: error: "), err
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in err
-    after = sorted(p.relative_to(isolated) for p in isolated.rglob("*") if "cache" not in p.parts)
-    assert after == before, "the failed command left files behind"
-    assert _listing(run) == run_before, "the failed command changed a finished run"
+    assert_refused([a.format(**files) for a in args], message, capsys, isolated, run)
 
 
 # Cases that hung (or took minutes) before they were refused: each runs in a subprocess that is
@@ -172,7 +163,7 @@ def test_bad_input_that_hung_ends_in_time(tmp_path, tiny, args, message):
     files = _hang_files(tmp_path, tiny)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBIT_")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", KBIT_CACHE=str(tmp_path / "cache"))
-    before = _listing(tmp_path)
+    before = listing(tmp_path)
     started = time.monotonic()
     try:
         result = run_kbit(*[a.format(**files) for a in args], env=env, cwd=tmp_path, timeout=HANG_LIMIT_S)
@@ -183,5 +174,5 @@ def test_bad_input_that_hung_ends_in_time(tmp_path, tiny, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kbit: error: "), result.stderr[-2000:]
     assert message.format(**files) in lines[0], lines[0]
-    after = [entry for entry in _listing(tmp_path) if not entry[0].startswith("cache")]
+    after = [entry for entry in listing(tmp_path) if not entry[0].startswith("cache")]
     assert after == before, "the failed command left files behind"

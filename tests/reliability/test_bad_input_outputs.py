@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.test_bad_input import _listing, _run
+from tests.reliability.refusals import assert_refused
 
 
 def _output(folder: Path, kind: str) -> Path:
@@ -120,16 +120,7 @@ CASES = [
 @pytest.mark.parametrize("args, message", CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(CASES)])
 def test_bad_input(isolated, tiny, run, capsys, args, message):
     files = _files(isolated, tiny, run)
-    run_before = _listing(run)
-    before = _contents(isolated)
-    code, err = _run([a.format(**files) for a in args], capsys)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kbit: error: "), err
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in err
-    assert _contents(isolated) == before, "the failed command left files behind or changed what it does not own"
-    assert _listing(run) == run_before, "the failed command changed a finished run"
+    assert_refused([a.format(**files) for a in args], message, capsys, isolated, run)
     assert not list(isolated.parents[1].glob("escaped*")), "a file was written outside the run"
 
 

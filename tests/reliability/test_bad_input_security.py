@@ -15,7 +15,7 @@ import pytest
 from kbit.core import registry as registry_module
 from kbit.core.registry import Registry
 from tests.conftest import run_kbit
-from tests.reliability.test_bad_input import _listing, _run
+from tests.reliability.refusals import assert_refused
 from tests.reliability.test_signals import _kbit_lines
 
 PUSH = ("--repo-id", "a/b", "--dry-run")
@@ -73,27 +73,10 @@ CASES = [
 ]
 
 
-def _assert_refused(code: int, err: str, message: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kbit: error: "), err
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in err
-
-
-def _snapshot(root: Path) -> list[Path]:
-    return sorted(p.relative_to(root) for p in root.rglob("*") if "cache" not in p.parts)
-
-
 @pytest.mark.parametrize("args, message", CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(CASES)])
 def test_bad_input(isolated, tiny, run, capsys, args, message):
     files = _files(isolated, tiny, run)
-    run_before = _listing(run)
-    before = _snapshot(isolated)
-    code, err = _run([a.format(**files) for a in args], capsys)
-    _assert_refused(code, err, message)
-    assert _snapshot(isolated) == before, "the failed command left files behind"
-    assert _listing(run) == run_before, "the failed command changed a finished run"
+    err = assert_refused([a.format(**files) for a in args], message, capsys, isolated, run)
     assert "PRIVATE KEY" not in err
 
 
@@ -107,12 +90,10 @@ def test_eval_checks_the_report_folder_has_room_before_scoring(isolated, run, ca
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: full)
     scored = []
     monkeypatch.setattr(pipeline, "evaluate_candidate", lambda *args, **kwargs: scored.append(args) or 1 / 0)
-    run_before, before = _listing(run), _snapshot(isolated)
-    code, err = _run(["eval", str(run), "--out", str(isolated / "report")], capsys)
-    _assert_refused(code, err, "only 0 MiB free under")
+    err = assert_refused(["eval", str(run), "--out", str(isolated / "report")], "only 0 MiB free under", capsys,
+                         isolated, run)
     assert "the report needs about 16 MiB; free some space or choose another --out" in err
     assert not scored, "models were scored before the report folder was checked"
-    assert _snapshot(isolated) == before and _listing(run) == run_before
 
 
 EXIT_PLUGIN_CASES = [
@@ -125,11 +106,8 @@ EXIT_PLUGIN_CASES = [
 def test_a_plugin_calling_sys_exit_is_reported_as_its_error(isolated, plugin_site, monkeypatch, capsys, target, message):
     plugin_site.add("kbit-broken", "0.0.3", {"bad": target}, modules=("kbit_broken",))
     monkeypatch.setattr(registry_module, "_DEFAULT", Registry(entry_points=plugin_site.entry_points(), environ={}))
-    before = _snapshot(isolated)
-    code, err = _run(["spec", "bad"], capsys)
-    _assert_refused(code, err, message)
+    err = assert_refused(["spec", "bad"], message, capsys, isolated)
     assert "kbit-broken 0.0.3" in err
-    assert _snapshot(isolated) == before
 
 
 def test_sys_exit_in_a_hook_after_training_fails_the_run_naming_the_plugin(plugin_site, tiny, tmp_path):
