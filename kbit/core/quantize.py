@@ -77,6 +77,14 @@ def run_examples(record: RunRecord) -> Any:
                           max_examples=config.get("max_examples"), seed=config.get("seed", 0))
 
 
+def _run_inputs(record: RunRecord | None) -> tuple[str | None, ...]:
+    """What the run was made from (its base model, its dataset): the calibration data by default, and
+    never the output of a command that reads the run."""
+    if record is None:
+        return ()
+    return (record.base_model.get("path"), record.config.get("dataset"))
+
+
 def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any], output: Path | None,
                   dataset: str | None = None, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """``kbit quantize``: quantize a run's merged model (into run/quantized, updating its kbit.json)
@@ -121,7 +129,8 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     own_artifact = (path / "quantized").resolve() if is_run else None
     target = claim(target, overwrite=overwrite, what="quantized model", kind="quantized",
                    is_own=lambda p: p == own_artifact or (kbit_kind(p) == "quantized" and enclosing_run(p) is None),
-                   inputs=(path, model_dir, dataset), home=path if target.resolve() == own_artifact else None)
+                   inputs=(path, model_dir, dataset, *_run_inputs(record if is_run else None)),
+                   home=path if target.resolve() == own_artifact else None)
     from kbit.core.model_check import load_config
 
     spec = method.resolve_for_model(spec, load_config(str(model_dir)))

@@ -117,6 +117,10 @@ def claim(target: Path, *, is_own: Callable[[Path], bool], kind: str, overwrite:
     if not own and target.is_symlink():
         raise ConfigError(f"{flag} {target} is a symlink to {real}, which holds other data; "
                           "pass a path that is not a link")
+    other = None if own or not real.is_dir() else output_kind(real)
+    if other is not None:
+        raise ConfigError(f"{flag} {target} is the {_label(other)} another kbit command wrote; a {what} never "
+                          "replaces another command's output, --overwrite or not — choose another path")
     held = held_output(real, own)
     if held is not None:
         raise ConfigError(f"{flag} {target} holds the {_label(output_kind(held))} {held}; a folder holding another "

@@ -41,6 +41,7 @@ def _files(root: Path, tiny: Path, run: Path) -> dict[str, Path]:
         "model_copy": root / "a-model",
         "holder": root / "holder",
         "run_escape_name": root / "run-escape-name",
+        "run_on_copy": root / "run-on-copy",
     }
     _output(files["report_with_run"] / "nested", "run")
     _output(files["quantized_with_run"] / "nested", "run")
@@ -57,6 +58,11 @@ def _files(root: Path, tiny: Path, run: Path) -> dict[str, Path]:
     shutil.copytree(run, files["run_escape_name"], symlinks=True)
     record = json.loads((files["run_escape_name"] / "kbit.json").read_text())
     (files["run_escape_name"] / "kbit.json").write_text(json.dumps({**record, "name": "../../../../escaped"}))
+    # a run made from model_copy and data_dir: what a command reading it must never replace
+    shutil.copytree(run, files["run_on_copy"], symlinks=True)
+    record["base_model"]["path"] = str(files["model_copy"])
+    record["config"].update(model=str(files["model_copy"]), dataset=str(files["data_dir"] / "train.jsonl"))
+    (files["run_on_copy"] / "kbit.json").write_text(json.dumps(record))
     return files
 
 
@@ -114,6 +120,18 @@ CASES = [
     (("export", "{run_escape_name}"), "kbit.json of run"),
     (("export", "{run_escape_name}"), "must be a plain folder name"),
     (("export", "{run_escape_name}", "--type", "f16"), "fix its 'name' field"),
+    # found by a hostile-user probe: what a run was made from, other commands' outputs, the scaffold
+    (("quantize", "{run_on_copy}", "--method", "gptq", "--output", "{data_dir}", "--overwrite"), "which this command reads"),
+    (("quantize", "{run_on_copy}", "--method", "gptq", "--output", "{model_copy}", "--overwrite"), "which this command reads"),
+    ((*TRAIN, "--output", "{quantized}", "--overwrite"), "is the kbit quantized model another kbit command wrote"),
+    ((*TRAIN, "--output", "{report}", "--overwrite"), "is the kbit report another kbit command wrote"),
+    (("eval", "{run}", "--limit", "3", "--out", "{quantized}", "--overwrite"), "is the kbit quantized model another"),
+    ((*QUANTIZE, "--output", "{report}", "--overwrite"), "is the kbit report another kbit command wrote"),
+    ((*COMPARE, "--out", "{quantized}", "--overwrite"), "is the kbit quantized model another kbit command wrote"),
+    (("new-method", "foo", "--dir", "{run}/plugin"), "lies inside the kbit run"),
+    (("new-method", "foo", "--dir", "{report}/plugin"), "lies inside the kbit report"),
+    (("new-method", "qlora"), "method name 'qlora' is already the method from kbit"),
+    (("new-method", "nf4"), "'nf4' is already an alias of the method 'qlora'"),
 ]
 
 

@@ -11,9 +11,21 @@ import re
 from pathlib import Path
 
 from kbit.core.errors import ConfigError
+from kbit.core.targets import claim
 
 TEMPLATE = Path(__file__).parent / "template"  # its "package" folder becomes the method's module
 _NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+def _check_name_free(name: str) -> None:
+    """Refuse a name an installed method (or alias) already has: the plugin would lose the clash."""
+    from kbit.core.registry import default_registry
+
+    for record in default_registry().records():
+        if name == record.name or name in (record.info.aliases if record.info else ()):
+            taken = "the method" if name == record.name else f"an alias of the method '{record.name}'"
+            raise ConfigError(f"method name '{name}' is already {taken} from {record.distribution}; "
+                              "choose another name")
 
 
 def write_method(name: str, directory: Path | None = None) -> Path:
@@ -26,9 +38,13 @@ def write_method(name: str, directory: Path | None = None) -> Path:
     if not _NAME.fullmatch(name):
         raise ConfigError(f"method name '{name}' must be lowercase letters, digits and single hyphens, "
                           "starting with a letter (e.g. my-int4)")
+    _check_name_free(name)
     target = Path(directory) if directory else Path(f"kbit-{name}")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ConfigError(f"{target} already exists and is not an empty folder; choose another --dir")
+        state = "is a file" if target.is_file() else "already exists and is not an empty folder"
+        raise ConfigError(f"{target} {state}; choose another --dir")
+    # the output rule of every command: never inside a kbit run, report or other output, never through a link in one
+    claim(target, is_own=lambda p: False, kind="plugin", flag="--dir", what="plugin folder")
     module = "kbit_" + name.replace("-", "_")
     tokens = {"{name}": name, "{module}": module, "{dist}": f"kbit-{name}",
               "{kbit_version}": ".".join(__version__.split(".")[:2])}
