@@ -12,8 +12,9 @@ real paths, every component resolved.
    ``--overwrite`` or not. A target that is itself a link is followed only to this command's own output.
 4. A target that does not exist, or an empty folder, is free.
 5. Never replaced or deleted, ``--overwrite`` or not:
-   - the command's own inputs (``--model``, ``--dataset``, the run or model it reads), or a folder
-     holding one;
+   - the command's own inputs (``--model``, ``--dataset``, the run or model it reads, and what that
+     run was made from), or a folder holding one;
+   - another command's output (a report is never replaced by a run, nor a quantized model by a report);
    - a folder holding another kbit output anywhere inside it (a run inside a report, inside a
      quantized model, inside a plain folder), save what a comparison keeps in its own runs/ and evals/;
    - a kbit run, and anything inside a run that is not this command's own artifact.
