@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import run_kbit
+from tests.core.train.test_checkpoints import _RunsCode, _truncate
 
 ARGS = ("--max-steps", "6", "--save-steps", "2", "--batch-size", "2", "-o", "r=4", "-o", "merge_after_train=false",
         "--max-examples", "20", "--eval-limit", "0", "--logging-steps", "1", "--seed", "3")
@@ -39,18 +40,6 @@ def _killed_after_last_checkpoint(finished: Path, out: Path) -> Path:
     record.update(status="running", artifacts={})
     (out / "kbit.json").write_text(json.dumps(record))
     return out
-
-
-class _RunsCode:
-    def __init__(self, flag: Path) -> None:
-        self.flag = flag
-
-    def __reduce__(self):
-        return open, (str(self.flag), "w")
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 DAMAGE = {

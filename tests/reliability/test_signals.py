@@ -24,15 +24,7 @@ def _kbit_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("sent, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_marks_the_run_interrupted_releases_the_lock_and_exits_with_its_code(tiny, tmp_path, sent, code):
-    out, flag = tmp_path / "run", tmp_path / "stalled"
-    process = subprocess.Popen(
-        [sys.executable, str(FAULTS), "stall", "*/checkpoint-2/trainer_state.json", str(flag), "--",
-         "train", "--model", str(tiny), "--output", str(out), *ARGS],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not flag.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before the signal"
+    process, out = _stalled_run(tiny, tmp_path)
     process.send_signal(sent)
     _, err = process.communicate(timeout=120)
     assert process.returncode == code, err[-2000:]
