@@ -219,11 +219,15 @@ def eval_command(
     out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP); an earlier report there is replaced, anything else refused.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds something other than a kbit report (never a run, a folder holding kbit outputs, or this command's inputs).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from plain model repositories.")] = False,
+    runtime: Annotated[Optional[str], typer.Option("--runtime", help="Where a .gguf file runs: auto (llama.cpp when llama-cpp-python is installed), llama.cpp or transformers.")] = None,
+    lora: Annotated[Optional[str], typer.Option("--lora", help="A llama.cpp LoRA adapter .gguf applied to the .gguf file (needs llama.cpp).")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Compare a .gguf file's next-token logits with this model (default: the trained adapter model of the run whose gguf/ folder holds the file).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate runs and models on held-out data: loss, perplexity, task scores, memory, bits/weight, speed."""
+    """Evaluate runs and models on held-out data: loss, perplexity, task scores, memory, bits/weight, speed;
+    a .gguf file also in llama.cpp, with its agreement with a reference model."""
     _console(verbose, quiet)
     _load_libraries()
     from kbit.core.evaluate.pipeline import build_eval_config, run_eval
@@ -234,7 +238,7 @@ def eval_command(
         paths=paths or None, models=model or None, variants=variant or None, method=method,
         options=parse_assignments(option or []), dataset=dataset, columns=columns, max_examples=max_examples, held_out=held_out,
         seed=seed, trust_remote_code=trust_remote_code, limit=limit, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, out=out, overwrite=overwrite or None,
+        batch_size=batch_size, out=out, overwrite=overwrite or None, runtime=runtime, lora=lora, reference=reference,
     )
     result = run_eval(settings)
     if as_json:
@@ -286,6 +290,7 @@ def export_command(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items the check uses (default: the run's eval limit, else 100).")] = None,
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Least top-1 agreement the check accepts (default by type).")] = None,
     max_em_drop: Annotated[Optional[float], typer.Option("--max-em-drop", help="Largest exact-match drop the check accepts, as a fraction.")] = None,
+    runtime: Annotated[str, typer.Option("--runtime", help="Where the file is checked: llama.cpp, transformers, or auto (llama.cpp when installed).")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -300,7 +305,7 @@ def export_command(
 
     with contextlib.redirect_stdout(sys.stderr):  # loaders print progress; keep stdout for the result
         result = export_path(path, format=format, file_type=file_type, output=output, overwrite=overwrite, limit=limit,
-                             min_top1=min_top1, max_em_drop=max_em_drop)
+                             min_top1=min_top1, max_em_drop=max_em_drop, runtime=runtime)
     entry = result.entry
     if as_json:
         typer.echo(json.dumps({"output": str(result.target), **_jsonable(entry)}, indent=2))
@@ -309,11 +314,17 @@ def export_command(
     typer.echo(f"wrote    {result.target} ({entry['size_bytes'] / 2**20:.1f} MiB; {types}) in {entry['write_seconds']} s")
     if entry["fallbacks"]:
         typer.echo(f"fallback {len(entry['fallbacks'])} tensors: {entry['fallbacks'][0]}")
-    typer.echo(f"check    {entry['items']} held-out items: top-1 agreement {entry['top1_agreement']:.2%} on "
-               f"{entry['answer_positions']} answer tokens ({entry['top1_agreement_all_positions']:.2%} on all "
-               f"{entry['positions']} tokens), |Δlogit| max {entry['max_abs_logit_diff']:.3g} mean {entry['mean_abs_logit_diff']:.3g}")
+    typer.echo(f"check    in {entry['runtime']}, {entry['items']} held-out items: top-1 agreement {entry['top1_agreement']:.2%} on "
+               f"{entry['answer_positions']} answer tokens ({_percent_or_none(entry['top1_agreement_within_ties'])} counting the "
+               f"{entry['near_tie_flips']} near-tie flips as agreeing; {entry['top1_agreement_all_positions']:.2%} on all "
+               f"{entry['positions']} tokens), mean KL {entry['kl']:.3g}, |Δlogit| max {entry['max_abs_logit_diff']:.3g} "
+               f"mean {entry['mean_abs_logit_diff']:.3g}")
     typer.echo(f"         held-out exact match {entry['source']['exact_match']:.1%} ({entry['source']['model']}) → "
                f"{entry['exact_match']:.1%} (this file); passed the {entry['type']} gate: {_gate_text(entry['gate'])}")
+
+
+def _percent_or_none(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
 
 
 def _gate_text(gate: dict) -> str:

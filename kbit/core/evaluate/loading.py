@@ -10,6 +10,11 @@ per variant:
 - ``adapter``: the run's base loaded with its method's quant config, then ``PeftModel`` on top;
 - ``merged`` / ``quantized``: the run's merged or post-training-quantized model, loaded plainly.
 
+A ``.gguf`` file is a base candidate that runs in llama.cpp (``--runtime``; ``auto``: when
+llama-cpp-python is installed), with ``--lora`` applied there, or in transformers' reader; its
+reference is ``--reference MODEL``, else the trained adapter model of the run whose ``gguf/``
+folder holds the file (or the ``--lora`` file).
+
 Planning reads only metadata and configs, so bad input fails before any model is loaded. A
 variant that was asked for but is not there becomes a ``Gap``, not an error; so does a run's missing
 adapter, asked for or not, with why (its status) and what to do.
@@ -28,13 +33,14 @@ from kbit.core import metadata as meta
 from kbit.core.device import DeviceInfo, device_map_for
 from kbit.core.data.split import describe as describe_held_out
 from kbit.core.data.split import recorded_held_out
-from kbit.core.errors import ConfigError
+from kbit.core.errors import ConfigError, MissingDependencyError
 from kbit.core.input_files import refuse_special_file
 from kbit.core.record import RunRecord, read_record
 from kbit.core.models import ModelSource, check_remote_code, check_weights, conversion_problem, resolve_model
 from kbit.core.spec import QuantizationSpec
 
 VARIANTS = ("base", "adapter", "merged", "quantized")
+RUNTIMES = ("auto", "llama.cpp", "transformers")
 RUNS_ROOT = Path("runs")
 
 
@@ -68,14 +74,24 @@ class Candidate:
     spec: QuantizationSpec | None = attrs.field(default=None, eq=False)
     produced_by: str | None = None
     trust_remote_code: bool = False
+    # A GGUF run in llama.cpp (``gguf``, with the LoRA adapter GGUF ``lora``); ``path`` is then the
+    # file's converted folder, which gives the tokenizer. ``reference``: the model the GGUF's
+    # next-token logits are compared with (kbit.core.evaluate.agreement), if any.
+    runtime: str = "transformers"
+    gguf: str | None = None
+    lora: str | None = None
+    reference: Candidate | None = attrs.field(default=None, eq=False)
 
     @property
     def display_variant(self) -> str:
-        """``base+qlora`` for a base quantized on load; otherwise the variant itself."""
-        return f"{self.variant}+{self.method}" if self.variant == "base" and self.method else self.variant
+        """``base+qlora`` for a base quantized on load, ``base+lora@llama.cpp`` for a GGUF run in llama.cpp
+        with an adapter; otherwise the variant itself."""
+        shown = f"{self.variant}+{self.method}" if self.variant == "base" and self.method else self.variant
+        shown += "+lora" if self.lora else ""
+        return f"{shown}@{self.runtime}" if self.runtime != "transformers" else shown
 
     def key(self) -> tuple[Any, ...]:
-        return (self.path, self.variant, self.method, self.data)
+        return (self.path, self.variant, self.method, self.data, self.runtime, self.lora)
 
 
 @attrs.frozen
@@ -106,6 +122,9 @@ class Selection:
     seed: int | None = None
     held_out: int | float | None = None
     trust_remote_code: bool = False
+    runtime: str = attrs.field(default="auto", validator=attrs.validators.in_(RUNTIMES))
+    lora: str | None = None
+    reference: str | None = None
 
 
 def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
@@ -138,12 +157,19 @@ def plan_candidates(selection: Selection, device: DeviceInfo) -> tuple[list[Cand
         candidates += found
         gaps += missing
     for reference in selection.models:
+        if reference.endswith(".gguf") and Path(reference).expanduser().is_file():
+            candidates += _plan_gguf(Path(reference).expanduser(), selection, wanted, method_spec)
+            continue
         source = resolve_model(reference, trust_remote_code=selection.trust_remote_code)
         data = _data_request(selection, None)
         if "base" in wanted:
             candidates += _base_candidates(source.name, source.path, reference, data, selection.trust_remote_code, method_spec)
         elif explicit:
             gaps += [Gap(source.name, v, reference, "a plain model has only the base variant") for v in wanted]
+    if selection.lora and not any(c.lora for c in candidates):
+        raise ConfigError("--lora applies to a base .gguf file run in llama.cpp; pass the base file too: kbit eval BASE.gguf --lora ADAPTER.gguf")
+    if selection.reference and not any(c.reference for c in candidates):
+        raise ConfigError("--reference applies to .gguf files: kbit eval FILE.gguf --reference MODEL")
     seen: set[tuple[Any, ...]] = set()
     unique = [c for c in candidates if not (c.key() in seen or seen.add(c.key()))]
     if not unique:
@@ -164,13 +190,7 @@ def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit
                method_spec: tuple[str, QuantizationSpec] | None) -> tuple[list[Candidate], list[Gap]]:
     refuse_special_file(path, "input")
     if path.is_file() and path.suffix == ".gguf":
-        source = resolve_model(str(path))
-        # A file kbit exported into RUN/gguf/ is scored on its run's held-out split.
-        owner = read_record(path.parent.parent) if path.parent.name == "gguf" else None
-        record = owner if owner is not None and owner.kind == "run" else None
-        base = _base_candidates(source.name, source.path, str(path), _data_request(selection, record),
-                                selection.trust_remote_code, method_spec)
-        return (base if "base" in wanted else []), []
+        return _plan_gguf(path, selection, wanted, method_spec), []
     if not path.is_dir():
         raise ConfigError(f"{path} does not exist; pass a kbit run directory or a model directory")
     record = read_record(path)
@@ -185,6 +205,72 @@ def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit
     if record.kind == "quantized":
         return _plan_quantized_dir(path, record, selection, wanted, explicit)
     return _plan_run(path, record, selection, wanted, explicit, method_spec)
+
+
+def _plan_gguf(path: Path, selection: Selection, wanted: Sequence[str],
+               method_spec: tuple[str, QuantizationSpec] | None) -> list[Candidate]:
+    """A GGUF file as a base candidate run in ``gguf_runtime(selection)``, with its reference model."""
+    source = resolve_model(str(path))
+    lora = _lora_file(selection.lora)
+    # A file kbit exported into RUN/gguf/ (an adapter's file first) is scored on its run's held-out split.
+    run = _owner_run(lora or path)
+    data = _data_request(selection, run[1] if run else None)
+    if "base" not in wanted:
+        return []
+    found = _base_candidates(source.name, source.path, str(path), data, selection.trust_remote_code, method_spec)
+    reference = _reference(selection, run)
+    if gguf_runtime(selection) == "transformers":
+        return [attrs.evolve(found[0], reference=reference), *found[1:]]
+    in_llama_cpp = attrs.evolve(found[0], runtime="llama.cpp", gguf=str(path), lora=str(lora) if lora else None,
+                                reference=reference)
+    return [in_llama_cpp, *found[1:]]
+
+
+def gguf_runtime(selection: Selection) -> str:
+    """Where a GGUF file runs: ``--runtime``, where ``auto`` is llama.cpp when llama-cpp-python is installed."""
+    from kbit.core.runtime.llama_cpp import INSTALL, installed
+
+    if selection.runtime == "transformers":
+        if selection.lora:
+            raise ConfigError("--lora needs llama.cpp; drop --runtime transformers (or pass --runtime llama.cpp)")
+        return "transformers"
+    if installed():
+        return "llama.cpp"
+    if selection.runtime == "llama.cpp" or selection.lora:
+        asked = "--runtime llama.cpp" if selection.runtime == "llama.cpp" else "--lora"
+        raise MissingDependencyError(f"{asked} runs the file in llama.cpp, which needs llama-cpp-python: {INSTALL}")
+    return "transformers"
+
+
+def _lora_file(lora: str | None) -> Path | None:
+    if not lora:
+        return None
+    path = Path(lora).expanduser()
+    refuse_special_file(path, "--lora")
+    if not path.is_file() or path.suffix != ".gguf":
+        raise ConfigError(f"--lora {lora} is not a .gguf file; pass a llama.cpp LoRA adapter GGUF")
+    return path
+
+
+def _owner_run(file: Path) -> tuple[Path, RunRecord] | None:
+    """The run whose gguf/ folder holds ``file``, if any."""
+    if file.parent.name != "gguf":
+        return None
+    record = read_record(file.parent.parent)
+    return (file.parent.parent, record) if record is not None and record.kind == "run" else None
+
+
+def _reference(selection: Selection, run: tuple[Path, RunRecord] | None) -> Candidate | None:
+    """What a GGUF's logits are compared with: ``--reference MODEL``, else the trained adapter model of
+    the run whose file it is, else nothing."""
+    if selection.reference:
+        source = resolve_model(selection.reference, trust_remote_code=selection.trust_remote_code)
+        data = _data_request(selection, run[1] if run else None)
+        return _base_candidates(source.name, source.path, selection.reference, data, selection.trust_remote_code, None)[0]
+    if run is None:
+        return None
+    found, _ = _plan_run(run[0], run[1], selection, ("adapter",), False, None)
+    return found[0] if found else None
 
 
 def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequence[str], explicit: bool,

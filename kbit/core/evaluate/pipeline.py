@@ -5,6 +5,8 @@ candidate, one at a time: load as its metadata says, completion loss (timed: for
 greedy answers to the end-of-turn token under the budget and task scores, decoding speed on a
 fixed number of forced new tokens, memory and bits per weight → report folder (json, markdown,
 plot, predictions), written atomically. All input checks happen before the first model is loaded.
+A .gguf file runs in llama.cpp where asked or installed (``kbit.core.evaluate.in_llama_cpp``) and is
+compared with a reference model (``kbit.core.evaluate.reference``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,16 @@ from kbit.core.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
 from kbit.core.evaluate.budget import GenerationBudget, check_fits_context, generation_budget
-from kbit.core.evaluate.generation import decode_speed, generate_answers
-from kbit.core.evaluate.loading import Candidate, DataRequest, Selection, check_variants, load_candidate, plan_candidates
+from kbit.core.evaluate.generation import Answers, decode_speed, generate_answers
+from kbit.core.evaluate.loading import (
+    RUNTIMES,
+    Candidate,
+    DataRequest,
+    Selection,
+    check_variants,
+    load_candidate,
+    plan_candidates,
+)
 from kbit.core.evaluate.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
 from kbit.core.evaluate.report import write_report
 from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, small_sample_warning, too_few
@@ -68,6 +78,8 @@ def build_eval_config(**values: Any) -> EvalConfig:
     selection = {k: v for k, v in chosen.items() if k in selection_fields}
     if "variants" in selection:
         selection["variants"] = check_variants(selection["variants"])
+    if selection.get("runtime", "auto") not in RUNTIMES:
+        raise ConfigError(f"unknown --runtime '{selection['runtime']}'; choose from {', '.join(RUNTIMES)}")
     for key in ("paths", "models"):
         if key in selection:
             selection[key] = tuple(selection[key])
@@ -130,6 +142,9 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
             "method": config.selection.method,
             "method_options": dict(config.selection.options),
             "dataset_override": config.selection.dataset,
+            "runtime": config.selection.runtime,
+            "lora": config.selection.lora,
+            "reference": config.selection.reference,
         },
         "device": attrs.asdict(device),
         "datasets": [{**data.describe(), "request": attrs.asdict(request), "evaluated_items": len(items),
@@ -160,7 +175,8 @@ def claim_report_dir(config: EvalConfig, candidates: list[Candidate]) -> Path:
     holding what is evaluated), else a new one."""
     target = Path(config.out) if config.out else default_out_dir(candidates)
     inputs = (*config.selection.paths, *config.selection.models, config.selection.dataset,
-              *(path for c in candidates for path in (c.path, c.tokenizer_path, c.base_path, c.data.dataset)))
+              *(path for c in candidates for path in (c.path, c.tokenizer_path, c.base_path, c.data.dataset, c.gguf,
+                                                      c.lora, c.reference and c.reference.path)))
     claimed = claim(target, is_own=lambda p: kbit_kind(p) == "eval", kind="eval", overwrite=config.overwrite,
                     flag="--out", what="report folder", inputs=inputs)
     return claimed if config.out else target  # the default, new folder is shown as reports/NAME
@@ -194,6 +210,17 @@ def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
     return data, items
 
 
+@attrs.frozen
+class Measured:
+    """What one runtime measured of a candidate: greedy answers, completion loss (``completion_loss``'s
+    keys), the answer budget and the row entries only this runtime has (memory, speed, agreement...)."""
+
+    answers: Answers
+    loss: dict[str, Any]
+    budget: GenerationBudget
+    figures: dict[str, Any]
+
+
 def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig,
                        device: DeviceInfo) -> tuple[dict[str, Any], list[dict[str, Any]], GenerationBudget]:
     """Load ``candidate`` and measure it on ``items``: the report row, its per-example predictions and
@@ -201,34 +228,24 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
     from transformers import set_seed
 
     set_seed(candidate.data.seed)
-    loaded = load_candidate(candidate, device)
-    model, tokenizer, load_s = loaded.model, loaded.tokenizer, loaded.load_s
     log.info("evaluating %s (%s) on %d %s items", candidate.label, candidate.display_variant, len(items), data.name)
-    try:
-        budget = generation_budget(tokenizer, data.train, config.max_new_tokens, model)
-        generate_answers(model, tokenizer, items[:1], max_new_tokens=2)  # warm-up, so speed is comparable
-        started = time.perf_counter()
-        loss = completion_loss(model, tokenizer, items, batch_size=config.batch_size)
-        forward_s = time.perf_counter() - started
-        generated = generate_answers(model, tokenizer, items, max_new_tokens=budget.max_new_tokens,
-                                     batch_size=config.batch_size)
-        answers = generated.texts
-        speed = decode_speed(model, tokenizer, items, new_tokens=SPEED_NEW_TOKENS, batch_size=config.batch_size)
-        per_example, means = task_scores(data.task, answers, items)
-        means.update(exact_match_stats([s["exact_match"] for s in per_example]))
-        footprint = memory_footprint(model)
-        bits = linear_weight_bits(model)
-        elapsed = time.perf_counter() - started
-    finally:
-        del model, loaded
-        gc.collect()
-        release_memory(device)
+    if candidate.runtime == "llama.cpp":
+        from kbit.core.evaluate.in_llama_cpp import measure_in_llama_cpp
+
+        measured = measure_in_llama_cpp(candidate, data, items, config.max_new_tokens, device)
+    else:
+        measured = _measure_in_torch(candidate, data, items, config, device)
+    answers, loss = measured.answers, measured.loss
+    per_example, means = task_scores(data.task, answers.texts, items)
+    means.update(exact_match_stats([s["exact_match"] for s in per_example]))
     row = {
         "model": candidate.label,
         "variant": candidate.display_variant,
         "method": candidate.method or candidate.produced_by,
+        "runtime": candidate.runtime,
         "source": candidate.source,
-        "path": candidate.path,
+        "path": candidate.gguf or candidate.path,
+        **({"lora": candidate.lora} if candidate.lora else {}),
         "dataset": data.name,
         "task": data.task,
         "items": len(items),
@@ -236,16 +253,10 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
         "perplexity": loss["perplexity"],
         "loss_tokens": loss["tokens"],
         **means,
-        "memory_bytes": footprint,
-        "bits_per_weight": bits["bits_per_weight"],
-        "linear_weights": bits["linear_weights"],
-        "tokens_per_s": speed["tokens_per_s"],
-        "forward_tokens_per_s": loss["input_tokens"] / forward_s if forward_s > 0 else None,
-        "max_new_tokens": budget.max_new_tokens,
-        "answers_cut": generated.cut,
-        "mean_answer_tokens": round(sum(generated.new_tokens) / len(items), 1),
-        "load_s": round(load_s, 2),
-        "eval_s": round(elapsed, 2),
+        "max_new_tokens": measured.budget.max_new_tokens,
+        "answers_cut": answers.cut,
+        "mean_answer_tokens": round(sum(answers.new_tokens) / len(items), 1),
+        **measured.figures,
     }
     predicted = [
         {
@@ -261,9 +272,47 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
             "loss": per_loss,
         }
         for i, (example, answer, length, scores, per_loss) in enumerate(
-            zip(items, answers, generated.new_tokens, per_example, loss["per_example"]))
+            zip(items, answers.texts, answers.new_tokens, per_example, loss["per_example"]))
     ]
-    return row, predicted, budget
+    return row, predicted, measured.budget
+
+
+def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig,
+                      device: DeviceInfo) -> Measured:
+    """Load ``candidate`` with transformers and measure it (see ``Measured``)."""
+    loaded = load_candidate(candidate, device)
+    model, tokenizer, load_s = loaded.model, loaded.tokenizer, loaded.load_s
+    try:
+        budget = generation_budget(tokenizer, data.train, config.max_new_tokens, model)
+        generate_answers(model, tokenizer, items[:1], max_new_tokens=2)  # warm-up, so speed is comparable
+        started = time.perf_counter()
+        loss = completion_loss(model, tokenizer, items, batch_size=config.batch_size)
+        forward_s = time.perf_counter() - started
+        generated = generate_answers(model, tokenizer, items, max_new_tokens=budget.max_new_tokens,
+                                     batch_size=config.batch_size)
+        speed = decode_speed(model, tokenizer, items, new_tokens=SPEED_NEW_TOKENS, batch_size=config.batch_size)
+        footprint = memory_footprint(model)
+        bits = linear_weight_bits(model)
+        agreement = {}
+        if candidate.reference is not None:
+            from kbit.core.evaluate.reference import reference_agreement, torch_logits
+
+            agreement = reference_agreement(candidate.reference, torch_logits(model), items, device)
+        elapsed = time.perf_counter() - started
+    finally:
+        del model, loaded
+        gc.collect()
+        release_memory(device)
+    return Measured(generated, loss, budget, {
+        "memory_bytes": footprint,
+        "bits_per_weight": bits["bits_per_weight"],
+        "linear_weights": bits["linear_weights"],
+        "tokens_per_s": speed["tokens_per_s"],
+        "forward_tokens_per_s": loss["input_tokens"] / forward_s if forward_s > 0 else None,
+        **agreement,
+        "load_s": round(load_s, 2),
+        "eval_s": round(elapsed, 2),
+    })
 
 
 def _prompt_text(example: Any) -> str:

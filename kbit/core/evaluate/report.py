@@ -34,11 +34,11 @@ class Column:
     def format(self, value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "n/a"
-        if self.key in ("exact_match", "f1"):
+        if self.key in ("exact_match", "f1", "answer_top1", "same_top_p"):
             return f"{100 * value:.1f}%"
         if self.key == "memory_bytes":
             return f"{value / 2**20:.1f} MiB"
-        if self.key in ("tokens_per_s", "forward_tokens_per_s"):
+        if self.key in ("tokens_per_s", "forward_tokens_per_s", "prompt_tokens_per_s", "generation_tokens_per_s"):
             return f"{value:.1f}"
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -52,6 +52,12 @@ COLUMNS = (
     Column("bits_per_weight", "bits/weight", "min"),
     Column("tokens_per_s", "tokens/s", "max"),
     Column("forward_tokens_per_s", "forward tok/s", "max"),
+    # a GGUF against its reference model, and llama.cpp's own speed (kbit.core.evaluate.in_llama_cpp)
+    Column("answer_top1", "answer top-1", "max"),
+    Column("same_top_p", "same top p", "max"),
+    Column("kl", "mean KL", "min"),
+    Column("prompt_tokens_per_s", "prompt tok/s", "max"),
+    Column("generation_tokens_per_s", "gen tok/s", "max"),
 )
 SCORES = ("exact_match", "f1")
 PLOTTED = ("perplexity", "exact_match", "memory_bytes", "bits_per_weight", "tokens_per_s")
@@ -157,9 +163,20 @@ def markdown(report: dict[str, Any]) -> str:
         "(output head and adapters excluded), including scales and quantization state.",
         *([f"Tokens/s: {speed['tokens_per_s']}.", f"Forward tok/s: {speed['forward_tokens_per_s']}."] if speed else []),
         f"Exact match below {MIN_ITEMS} items is shown as hits/items with its 95% Wilson interval.",
+        *runtime_notes(rows),
         "",
     ]
     return "\n".join(lines)
+
+
+def runtime_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Which runtime computed which rows, and what their agreement figures were measured against."""
+    notes = [f"{r['model']} {r['variant']}: computed in llama.cpp ({r.get('llama_cpp', 'llama-cpp-python')}); "
+             "prompt / gen tok/s: one sequence at a time, llama.cpp's prompt decoding and single-token steps"
+             for r in rows if r.get("runtime") == "llama.cpp"]
+    notes += [f"{r['model']} {r['variant']}: answer top-1, same top p (top-1 on every position) and mean KL "
+              f"(reference ‖ this, nats per position) against {r['reference']}" for r in rows if r.get("reference")]
+    return notes
 
 
 def plot(path: Path, rows: Sequence[dict[str, Any]]) -> None:
