@@ -17,8 +17,15 @@ use them inside hooks.
 - Model helpers: ``prepare_for_adapter`` (freeze, k-bit preparation, gradient checkpointing),
   ``merge_or_keep`` (the usual merge policy), ``QuantizedLinear``, ``replace_linears``,
   ``dequantize_linears`` (a base quantized in ``quantize_base``).
+- Runtime rounding: ``activation_format`` (the format llama.cpp's CPU matmul rounds a weight type's
+  input to, ``"q4_1"`` → ``"q8_1"``), passed to ``QuantizedLinear(linear, activations=...)``;
+  ``fake_quantize_activations`` (that rounding with a straight-through gradient). Imports torch.
 - GGUF Q4_1 blocks, bit for bit as llama.cpp/gguf write them: ``q4_1_codes`` (round-to-nearest
   codes of a weight), ``pack_q4_1``/``unpack_q4_1`` (the 20-byte blocks), ``dequantize_q4_1``.
+- A GGUF file's own weights: ``gguf_source`` (the file a loaded base was converted from),
+  ``gguf_linear_weights`` (each linear layer's blocks as stored, a ``PackedTensor``, in the model's row
+  order), ``dequantize_gguf`` (raw blocks of any type gguf-py reads to float32, in torch, bit for bit as
+  gguf-py), ``GGUF_MODEL_TYPES`` (the architectures whose layers are found in a file).
 - Errors: ``ConfigError`` (bad option or model: one line with the fix), ``MissingDependencyError``,
   ``PluginError``, ``KbitError``.
 """
@@ -35,13 +42,15 @@ from kbit.core.adapters import (
 )
 from kbit.core.device import DeviceInfo, resolve_compute_dtype, torch_dtype
 from kbit.core.errors import ConfigError, KbitError, MissingDependencyError, PluginError
-from kbit.core.export.blocks import Q4_1_BLOCK, dequantize_q4_1, pack_q4_1, q4_1_codes, unpack_q4_1
+from kbit.core.export.blocks import Q4_1_BLOCK, PackedTensor, dequantize_q4_1, pack_q4_1, q4_1_codes, unpack_q4_1
+from kbit.core.gguf_tensors import GGUF_MODEL_TYPES, dequantize_gguf, gguf_linear_weights, gguf_source
 from kbit.core.hookspecs import hookimpl
 from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
 from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, dtype, integer, module_names, number
 from kbit.core.spec import AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
 
 _NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears")
+_ROUNDING = ("activation_format", "fake_quantize_activations")  # kbit.core.runtime.rounding, imports torch
 
 __all__ = [
     "DTYPES", "AdapterSettings", "CalibrationSettings", "ConfigError", "DeviceInfo", "KbitError", "MergePolicy",
@@ -49,8 +58,9 @@ __all__ = [
     "Requirement", "TrainingSettings", "adapter_options", "adapter_settings", "boolean", "calibration_options",
     "calibration_settings", "choice", "dequantize_q4_1", "dtype", "hookimpl", "integer", "merge_or_keep", "module_names",
     "number", "pack_q4_1", "q4_1_codes", "unpack_q4_1",
+    "GGUF_MODEL_TYPES", "PackedTensor", "dequantize_gguf", "gguf_linear_weights", "gguf_source",
     "prepare_for_adapter", "resolve_compute_dtype", "torch_dtype", "training_options", "training_settings",
-    *_NEEDS_TORCH,
+    *_NEEDS_TORCH, *_ROUNDING,
 ]
 
 
@@ -59,4 +69,8 @@ def __getattr__(name: str):
         from kbit.core import quantized_linear
 
         return getattr(quantized_linear, name)
+    if name in _ROUNDING:
+        from kbit.core.runtime import rounding
+
+        return getattr(rounding, name)
     raise AttributeError(f"module 'kbit.plugin' has no attribute {name!r}")

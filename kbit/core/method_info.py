@@ -99,6 +99,8 @@ class MergePolicy:
       against the trained model as strictly as the merge; ``kbit export RUN`` defaults to it.
     - ``export_head``: the output head's (tied embeddings') type in that file: "q8_0" (llama.cpp's
       choice for these widths) or "f16".
+    - ``adapter_gguf``: write the trained adapter as a llama.cpp LoRA GGUF (RUN/gguf/NAME-lora.gguf)
+      over the unchanged base GGUF file; needs a base read from a GGUF file.
     """
 
     action: str = attrs.field(validator=attrs.validators.in_(MERGE_ACTIONS))
@@ -110,6 +112,7 @@ class MergePolicy:
     reason: str = attrs.field(default="")
     export: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(GGUF_TYPES)))
     export_head: str = attrs.field(default="q8_0", validator=attrs.validators.in_(("q8_0", "f16")))
+    adapter_gguf: bool = False
 
     @export.validator
     def _export_needs_merge(self, attribute: attrs.Attribute, value: str | None) -> None:

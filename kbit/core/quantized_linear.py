@@ -24,13 +24,27 @@ class QuantizedLinear(torch.nn.Linear):
 
     Subclasses call ``super().__init__(linear)`` with the layer they replace (its shape and bias
     are kept; its weight is not) and implement ``dequantize()``.
+
+    ``activations`` (default None: inputs used as they come) names the format a runtime rounds this
+    layer's input to before its matmul, e.g. ``"q8_1"``, what llama.cpp's CPU backend does for Q4_1
+    weights (``kbit.core.runtime.rounding``; ``activation_format("q4_1")`` gives it). The forward pass
+    then multiplies the rounded input, with a straight-through gradient, so the layer trains against
+    what the runtime computes. Only this layer's own matmul sees the rounding: a PEFT adapter wrapped
+    around it gets the input as it was.
     """
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    activations: str | None = None
+
+    def __init__(self, linear: torch.nn.Linear, activations: str | None = None) -> None:
         torch.nn.Module.__init__(self)  # not Linear.__init__: there is no full-precision weight to allocate
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.bias = linear.bias
+        if activations is not None:
+            from kbit.core.runtime.rounding import check_format
+
+            check_format(activations)
+            self.activations = activations
 
     def dequantize(self) -> torch.Tensor:
         """The weight as a float tensor of shape (out_features, in_features)."""
@@ -41,12 +55,17 @@ class QuantizedLinear(torch.nn.Linear):
         return self.dequantize()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.activations is not None:
+            from kbit.core.runtime.rounding import fake_quantize_activations
+
+            inputs = fake_quantize_activations(inputs, self.activations)
         weight = self.dequantize().to(inputs.dtype)
         bias = None if self.bias is None else self.bias.to(inputs.dtype)
         return torch.nn.functional.linear(inputs, weight, bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        rounding = f", activations={self.activations}" if self.activations is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{rounding}"
 
 
 def replace_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear], torch.nn.Module],
@@ -78,7 +97,7 @@ def dequantize_linears(model: torch.nn.Module, dtype: torch.dtype | None = None,
     ``lambda m: m.qweight.dequantize() if hasattr(m, "qweight") else None`` for optimum-quanto.
     """
     if weight_of is None:
-        weight_of = lambda module: module.dequantize() if isinstance(module, QuantizedLinear) else None  # noqa: E731
+        weight_of = lambda module: module.dequantize() if isinstance(module, QuantizedLinear) else None
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     for name, module in linears:
         weight = weight_of(module)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from kbit.plugin import QuantizedLinear, dequantize_q4_1, pack_q4_1, q4_1_codes, unpack_q4_1
+from kbit.plugin import (
+    QuantizedLinear,
+    dequantize_q4_1,
+    pack_q4_1,
+    q4_1_codes,
+    unpack_q4_1,
+)
 
 
 class Q41Linear(QuantizedLinear):
@@ -12,10 +18,11 @@ class Q41Linear(QuantizedLinear):
 
     The codes come from ``q4_1_codes`` (llama.cpp's round-to-nearest rule, equal to ``gguf.quants``
     byte for byte), so the trained base is exactly the base a Q4_1 file of the model holds.
+    ``activations="q8_1"`` rounds the input as llama.cpp's CPU matmul does for Q4_1 (``QuantizedLinear``).
     """
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__(linear)
+    def __init__(self, linear: torch.nn.Linear, activations: str | None = None) -> None:
+        super().__init__(linear, activations)
         self.register_buffer("blocks", pack_q4_1(*q4_1_codes(linear.weight.detach())))
 
     def dequantize(self) -> torch.Tensor:

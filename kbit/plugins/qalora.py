@@ -12,6 +12,11 @@
   rule gives back the same ``d`` and ``q`` (every block keeps a 0 and a 15 code, so its min and max
   move together) with the new ``m`` — the file equals the trained model up to float16 rounding of
   ``m'``, which the run checks by loading the file back.
+- Runtime (``-o runtime=llama.cpp``): llama.cpp's CPU backend multiplies Q4_1 weights by the input
+  rounded to Q8_1 blocks (8 bits per value, a float16 scale per 32); with this option each quantized
+  layer trains on that rounded input (straight-through gradient), bit for bit as ggml rounds it. Not
+  the default: each layer's product then equals ggml's, yet on SmolLM2 the whole model did not come
+  closer to llama.cpp's answers (``benchmarks/runtime_agreement.py``); why is still open (issue #23).
 
 Why not merge into GPTQ-style integer zero points: they cannot absorb an arbitrary float offset;
 Q4_1's float16 minimum can.
@@ -23,13 +28,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from kbit.plugin import (
+    Q4_1_BLOCK,
     ConfigError,
     DeviceInfo,
     MergePolicy,
     MethodInfo,
     Option,
     OptionSchema,
-    Q4_1_BLOCK,
     QuantizationSpec,
     Requirement,
     adapter_options,
@@ -62,6 +67,9 @@ OPTIONS = (
             Option("group_size", Q4_1_BLOCK, _block, "weights per Q4_1 block and QA-LoRA group (32 only)"),
             Option("head_type", "q8_0", choice("q8_0", "f16"),
                    "how the GGUF stores the output head and embeddings (kept out of the 4-bit blocks)"),
+            Option("runtime", "exact", choice("exact", "llama.cpp"),
+                   "exact: train each layer on the float input; llama.cpp: on the input rounded as llama.cpp's "
+                   "CPU matmul rounds it for Q4_1 (Q8_1 blocks)"),
         )
     )
 )
@@ -98,7 +106,7 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
         backend="gguf-q4_1",
         adapter=adapter_settings(values, qa_group_size=values["group_size"]),
         training=training_settings(values, device),
-        extras={"head_type": values["head_type"]},
+        extras={"head_type": values["head_type"], "runtime": values["runtime"]},
     )
 
 
@@ -124,10 +132,12 @@ def build_quant_config(spec: QuantizationSpec) -> None:
 
 @hookimpl
 def quantize_base(model: Any, spec: QuantizationSpec) -> Any:
-    from kbit.plugin import replace_linears
+    from kbit.plugin import activation_format, replace_linears
     from kbit.plugins._q4_1 import Q41Linear
 
-    replace_linears(model, lambda name, linear: Q41Linear(linear))
+    # runs written before the option existed trained on the exact input
+    activations = activation_format("q4_1") if spec.extras.get("runtime", "exact") == "llama.cpp" else None
+    replace_linears(model, lambda name, linear: Q41Linear(linear, activations))
     return model
 
 
