@@ -1,49 +1,58 @@
-"""Check a written GGUF against the model it was written from, on held-out prompts; out of range fails.
+"""Check a GGUF file — or a LoRA adapter GGUF applied to its base file — against the model it must
+equal, on held-out items, in the runtime people deploy it with; out of range fails.
 
-The file is loaded back the way ``kbit eval FILE.gguf`` loads it (transformers' GGUF reader,
-dequantized to float32, its own tokenizer), and compared with the source model on the same
-held-out items:
+The runtime (``runtime``): ``llama.cpp`` (llama-cpp-python, the extra ``kbit[llama-cpp]``) runs the
+file as users run it, activation rounding of its quantized matmuls and f16 KV cache included;
+``transformers`` loads it with transformers' GGUF reader (dequantized to float32); ``auto`` is
+llama.cpp where installed. The figures name the runtime that produced them. A LoRA GGUF is applied to
+its base file by llama.cpp itself, or read back onto transformers' float model of that file
+(:func:`kbit.core.export.lora_gguf.apply_lora_gguf`).
 
-- tokenizer: the file's tokenizer must turn every rendered prompt + answer into the source's ids;
-- logits over those tokens: max and mean absolute difference over every position; top-1 agreement
-  on the answer positions (where the next token is an answer token: what generation depends on),
-  which is what is gated, and over every position, reported. Every held-out prompt repeats the
-  same system prompt, so a single near-tie there (SmolLM2 has one with a 0.08 logit gap) would
-  count once per item in an all-position figure;
-- held-out exact match of greedy answers, each model with its own tokenizer.
+Against the reference (a model folder, or the run's trained adapter model in memory), on the same
+token ids (each item's prompt + answer + EOS as the reference's tokenizer encodes it):
+
+- tokenizer: the file's tokenizer must encode every item's text into the reference's ids;
+- logits (:func:`kbit.core.evaluate.agreement.agreement`): top-1 agreement on the answer positions
+  (what greedy answers depend on) and on every position, KL divergence, |Δlogit|; a NaN or infinity
+  fails. What is gated is top-1 agreement on answer positions *within ties*: a top token the reference
+  rates within ``NEAR_TIE`` nats of its own counts as agreeing, since which of two near-tied tokens wins
+  is rounding noise (an honest q8_0 file of the unfine-tuned default base flipped 6 of 259 answer
+  tokens, each where the reference's top token led by under 0.09); the plain figure is reported;
+- held-out exact match of greedy answers, each side on its own runtime.
 
 Gates by type (override with ``--min-top1`` / ``--max-em-drop``): f16, bf16 and q8_0 are meant to
-be lossless in use, so top-1 agreement must be at least 99% and exact match may drop by at most two
-points. q4_*/q5_* round the weights to 16/32 levels per block of 32, which moves many near-tied
-next-token choices; they must keep 90% (q5) / 80% (q4) top-1 agreement on answer tokens — q4_0
-measured 87.3% on the default run (README), while a file written wrong (a missed permutation, a
-wrong tokenizer) agrees on almost nothing — and their exact-match change is reported, not gated,
-since a small fine-tune can lose part of its gain to round-to-nearest.
+be lossless in use, so top-1 agreement (within ties) must be at least 99% and exact match may drop by at
+most two points. q4_*/q5_* round the weights to 16/32 levels per block of 32, which moves some decided
+choices as well; they must keep 90% (q5) / 80% (q4), while a file written wrong (a missed permutation,
+a wrong tokenizer) agrees on almost nothing; their exact-match change is reported, not gated, since a
+small fine-tune can lose part of its gain to round-to-nearest.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from kbit.core.errors import FidelityError
+from kbit.core.errors import ConfigError, FidelityError
+from kbit.core.evaluate.agreement import NEAR_TIE, Agreement, agreement
 
 GATES = {
     "f16": (0.99, 0.02), "bf16": (0.99, 0.02), "q8_0": (0.99, 0.02),
     "q5_0": (0.90, None), "q5_1": (0.90, None),
     "q4_0": (0.80, None), "q4_1": (0.80, None),
 }
-BATCH = 16
+RUNTIMES = ("auto", "llama.cpp", "transformers")
 
 
 @attrs.frozen
 class Gate:
-    """The bounds a file must meet: top-1 agreement at least ``min_top1``; exact match at most
-    ``max_em_drop`` below the source's (None: not gated)."""
+    """The bounds a file must meet: top-1 agreement within ties at least ``min_top1``; exact match at most
+    ``max_em_drop`` below the reference's (None: not gated)."""
 
     min_top1: float
     max_em_drop: float | None
@@ -58,111 +67,167 @@ class Gate:
         return f"top-1 ≥ {self.min_top1:.0%}{drop}"
 
 
-def check_gguf(gguf_path: Path, source_dir: Path, task: str, examples: Sequence[Any], gate: Gate,
-               max_new_tokens: int = 16, source_exact_match: float | None = None) -> dict[str, Any]:
-    """Compare ``gguf_path`` with ``source_dir`` on ``examples``; returns the figures, raises FidelityError.
+@attrs.frozen
+class Reference:
+    """The model a file must equal: a loaded transformers model, its tokenizer and, when already measured
+    on these very items under the same budget, its exact match (generation is the slow part)."""
 
-    ``source_exact_match``: the source's exact match on these very examples, when an earlier check
-    measured it (generation is the slow part); measured here otherwise.
+    model: Any
+    tokenizer: Any
+    exact_match: float | None = None
+
+
+def resolve_runtime(runtime: str) -> str:
+    """``auto`` → llama.cpp where llama-cpp-python is installed, else transformers."""
+    from kbit.core.runtime.llama_cpp import INSTALL, installed
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime '{runtime}'; choose from {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        return "llama.cpp" if installed() else "transformers"
+    if runtime == "llama.cpp" and not installed():
+        from kbit.core.errors import MissingDependencyError
+
+        raise MissingDependencyError(f"checking in llama.cpp needs llama-cpp-python: {INSTALL}")
+    return runtime
+
+
+def check_gguf(gguf_path: Path, source_dir: Path, task: str, examples: Sequence[Any], gate: Gate,
+               max_new_tokens: int = 16, source_exact_match: float | None = None,
+               runtime: str = "auto") -> dict[str, Any]:
+    """Compare ``gguf_path`` with the model folder ``source_dir`` on ``examples`` (see the module docs)."""
+    from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer
+
+    source = load_causal_lm(str(source_dir), dtype="float32").eval()
+    tokenizer = load_tokenizer(ModelSource(path=str(source_dir), name=Path(source_dir).name, origin="local"))
+    return check_file(Path(gguf_path), Reference(source, tokenizer, source_exact_match), task, examples, gate,
+                      max_new_tokens, runtime=runtime)
+
+
+def check_file(gguf_path: Path, reference: Reference, task: str, examples: Sequence[Any], gate: Gate,
+               max_new_tokens: int = 16, *, lora: Path | None = None, runtime: str = "auto") -> dict[str, Any]:
+    """Compare ``gguf_path`` (with the LoRA GGUF ``lora`` applied) with ``reference`` on ``examples``.
+
+    Returns the figures (``runtime`` names where the file ran; ``source`` holds the reference's exact
+    match); raises FidelityError naming every bound missed.
     """
-    from kbit.core.models import ModelSource, load_causal_lm, load_gguf, load_tokenizer
+    from kbit.core.evaluate.metrics import encode_example
+    from kbit.core.evaluate.reference import answer_mask, torch_logits
 
     started = time.time()
     items = list(examples)
     if not items:
-        raise FidelityError("no held-out examples to check the export against; the run's dataset has none")
-    source = load_causal_lm(str(source_dir), dtype="float32").eval()
-    source_tokenizer = load_tokenizer(ModelSource(path=str(source_dir), name=Path(source_dir).name, origin="local"))
-    exported, exported_tokenizer = load_gguf(Path(gguf_path))
-    if exported_tokenizer.pad_token is None:
-        exported_tokenizer.pad_token = exported_tokenizer.eos_token
-    mismatched = _tokenizer_mismatches(source_tokenizer, exported_tokenizer, items)
-    if mismatched:
-        raise FidelityError(f"the GGUF's tokenizer encodes {len(mismatched)} of {len(items)} held-out prompts differently "
-                            f"from the model's (first: item {mismatched[0] + 1}); the file was not kept")
-    figures = logit_figures(source, exported, answer_batches(source_tokenizer, items))
-    source_em = (exact_match(source, source_tokenizer, task, items, max_new_tokens)
-                 if source_exact_match is None else source_exact_match)
-    exported_em = exact_match(exported, exported_tokenizer, task, items, max_new_tokens)
-    result = {**figures, "items": len(items), "exact_match": exported_em, "source": {"exact_match": source_em},
-              "gate": attrs.asdict(gate), "check_seconds": round(time.time() - started, 1)}
-    failures = []
-    if figures["top1_agreement"] < gate.min_top1:
-        failures.append(f"top-1 agreement {figures['top1_agreement']:.2%} < {gate.min_top1:.2%} (--min-top1)")
-    if gate.max_em_drop is not None and source_em - exported_em > gate.max_em_drop + 1e-9:
-        failures.append(f"held-out exact match {exported_em:.1%} is {100 * (source_em - exported_em):.1f} points below the "
-                        f"source's {source_em:.1%} (allowed {100 * gate.max_em_drop:g}, --max-em-drop)")
+        raise FidelityError("no held-out examples to check the file against; the run's dataset has none")
+    runtime = resolve_runtime(runtime)
+    if reference.tokenizer.pad_token is None:
+        reference.tokenizer.pad_token = reference.tokenizer.eos_token
+    sequences = [encode_example(reference.tokenizer, e) for e in items]
+    with _candidate(gguf_path, lora, runtime, reference, sequences, max_new_tokens) as candidate:
+        mismatched = [i for i, e in enumerate(items) if candidate.encode(_text(reference.tokenizer, e)) != sequences[i][0]]
+        if mismatched:
+            raise FidelityError(f"the GGUF's tokenizer encodes {len(mismatched)} of {len(items)} held-out items differently "
+                                f"from the model's (first: item {mismatched[0] + 1}); the file was not kept")
+        reference_logits = torch_logits(reference.model)
+        figures = agreement((reference_logits(ids), candidate.logits(ids), answer_mask(len(ids), prompt))
+                            for ids, prompt in sequences)
+        candidate_em = _exact_match(candidate.answers(items, max_new_tokens), task, items)
+    reference_em = reference.exact_match
+    if reference_em is None:
+        reference_em = exact_match(reference.model, reference.tokenizer, task, items, max_new_tokens)
+    result = {**_entry_figures(figures), "runtime": runtime, "items": len(items), "exact_match": candidate_em,
+              "source": {"exact_match": reference_em}, "gate": attrs.asdict(gate),
+              "check_seconds": round(time.time() - started, 1)}
+    failures = _failures(figures, gate, reference_em, candidate_em)
     if failures:
-        raise FidelityError(f"export check failed on {len(items)} held-out items: {'; '.join(failures)}; the file was not kept")
+        raise FidelityError(f"check in {runtime} failed on {len(items)} held-out items: {'; '.join(failures)}; "
+                            "the file was not kept")
     return result
 
 
-def _rendered(tokenizer: Any, example: Any) -> str:
+def _failures(figures: Agreement, gate: Gate, reference_em: float, candidate_em: float) -> list[str]:
+    failures = []
+    if figures.nonfinite_positions:
+        failures.append(f"{figures.nonfinite_positions} of {figures.positions} positions give NaN or infinite logits")
+    top1 = figures.answer_top1_within_ties
+    if top1 is not None and top1 < gate.min_top1:
+        failures.append(f"top-1 agreement {top1:.2%} < {gate.min_top1:.2%} (--min-top1) on {figures.answer_positions} "
+                        f"answer tokens (a near-tie counted as agreeing)")
+    if gate.max_em_drop is not None and reference_em - candidate_em > gate.max_em_drop + 1e-9:
+        failures.append(f"held-out exact match {candidate_em:.1%} is {100 * (reference_em - candidate_em):.1f} points below "
+                        f"the source's {reference_em:.1%} (allowed {100 * gate.max_em_drop:g}, --max-em-drop)")
+    return failures
+
+
+def _entry_figures(figures: Agreement) -> dict[str, Any]:
+    """The figures as an export entry records them (the names kbit.json has used since 0.2)."""
+    return {"top1_agreement": figures.answer_top1, "answer_positions": figures.answer_positions,
+            "top1_agreement_within_ties": figures.answer_top1_within_ties,
+            "near_tie_flips": figures.near_tie_flips, "near_tie_nats": NEAR_TIE,
+            "top1_agreement_all_positions": figures.same_top_p, "positions": figures.positions,
+            "kl": figures.kl, "answer_kl": figures.answer_kl, "nonfinite_positions": figures.nonfinite_positions,
+            "max_abs_logit_diff": figures.max_abs_logit_diff, "mean_abs_logit_diff": figures.mean_abs_logit_diff}
+
+
+def _text(tokenizer: Any, example: Any) -> str:
     from kbit.core.evaluate.generation import render_prompt
 
-    return render_prompt(tokenizer, example) + example.completion
+    return render_prompt(tokenizer, example) + example.completion + (tokenizer.eos_token or "")
 
 
-def _tokenizer_mismatches(source: Any, exported: Any, items: Sequence[Any]) -> list[int]:
-    return [i for i, e in enumerate(items)
-            if source(_rendered(source, e), add_special_tokens=False)["input_ids"]
-            != exported(_rendered(exported, e), add_special_tokens=False)["input_ids"]]
+@attrs.frozen
+class _Candidate:
+    """The file as one runtime computes it: ``encode(text)``, ``logits(ids)``, ``answers(items, max_new_tokens)``."""
+
+    encode: Any
+    logits: Any
+    answers: Any
 
 
-def answer_batches(tokenizer: Any, items: Sequence[Any]) -> list[dict[str, Any]]:
-    """Right-padded prompt + answer batches, each with an ``answer_mask``: the positions whose next-token
-    prediction is an answer token (the last prompt position through the one before the last answer token)."""
-    import torch
+@contextmanager
+def _candidate(gguf_path: Path, lora: Path | None, runtime: str, reference: Reference, sequences: Sequence[tuple[list[int], int]],
+               max_new_tokens: int) -> Iterator[_Candidate]:
+    if runtime == "transformers":
+        from kbit.core.evaluate.generation import generate_answers
+        from kbit.core.evaluate.reference import torch_logits
+        from kbit.core.models import load_gguf
 
+        model, tokenizer = load_gguf(gguf_path)
+        if lora is not None:
+            from kbit.core.export.lora_gguf import apply_lora_gguf
+
+            model = apply_lora_gguf(model, lora, gguf_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        yield _Candidate(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"], torch_logits(model),
+                         lambda items, n: generate_answers(model, tokenizer, items, max_new_tokens=n).texts)
+        return
+    from kbit.core.runtime.llama_cpp import LlamaCppModel
+
+    longest = max(len(ids) for ids, _ in sequences)
+    with LlamaCppModel(gguf_path, lora, n_ctx=longest + max_new_tokens) as model:
+        yield _Candidate(model.tokenize, model.logits, lambda items, n: _llama_answers(model, reference, items, n))
+
+
+def _llama_answers(model: Any, reference: Reference, items: Sequence[Any], max_new_tokens: int) -> list[str]:
+    """Greedy answers in llama.cpp, cut at the end of turn and decoded as ``generate_answers`` does. The
+    reference's tokenizer renders and decodes: the check above made sure it encodes as the file's."""
+    from kbit.core.evaluate.budget import end_of_turn_ids
     from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.evaluate.in_llama_cpp import greedy_answers
 
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        batches = []
-        for start in range(0, len(items), BATCH):
-            chunk = items[start:start + BATCH]
-            batch = dict(tokenizer([_rendered(tokenizer, e) for e in chunk], return_tensors="pt", padding=True,
-                                   add_special_tokens=False))
-            answer = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
-            for row, example in enumerate(chunk):
-                prompt = len(tokenizer(render_prompt(tokenizer, example), add_special_tokens=False)["input_ids"])
-                answer[row, prompt - 1:int(batch["attention_mask"][row].sum()) - 1] = True
-            batches.append({**batch, "answer_mask": answer})
-        return batches
-    finally:
-        tokenizer.padding_side = side
+    tokenizer = reference.tokenizer
+    prompts = [tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"] for e in items]
+    return greedy_answers(model, tokenizer, prompts, max_new_tokens, end_of_turn_ids(tokenizer, reference.model)).texts
 
 
-def logit_figures(source: Any, exported: Any, batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """|Δlogit| over every real token position; top-1 agreement there and on answer positions."""
-    import torch
+def _exact_match(predictions: Sequence[str], task: str, items: Sequence[Any]) -> float:
+    from kbit.core.evaluate.scoring import score
 
-    from kbit.core.device import cpu_logits
-
-    max_err, total, count, agree, positions, answer_agree, answers = 0.0, 0.0, 0, 0, 0, 0, 0
-    with torch.no_grad():
-        for batch in batches:
-            inputs = {k: v for k, v in batch.items() if k != "answer_mask"}
-            ref, out = cpu_logits(source, inputs), cpu_logits(exported, inputs)
-            mask, answer = batch["attention_mask"].bool().cpu(), batch["answer_mask"].cpu()
-            diff = (ref - out).abs()[mask]
-            max_err = max(max_err, float(diff.max()))
-            total += float(diff.sum())
-            count += diff.numel()
-            same = ref.argmax(-1) == out.argmax(-1)
-            agree += int(same[mask].sum())
-            positions += int(mask.sum())
-            answer_agree += int(same[answer].sum())
-            answers += int(answer.sum())
-    return {"max_abs_logit_diff": max_err, "mean_abs_logit_diff": total / max(count, 1),
-            "top1_agreement": answer_agree / max(answers, 1), "answer_positions": answers,
-            "top1_agreement_all_positions": agree / max(positions, 1), "positions": positions}
+    return sum(score(task, p, list(e.answers))["exact_match"] for p, e in zip(predictions, items)) / len(items)
 
 
 def exact_match(model: Any, tokenizer: Any, task: str, items: Sequence[Any], max_new_tokens: int) -> float:
+    """Held-out exact match of ``model``'s greedy answers (transformers)."""
     from kbit.core.evaluate.generation import generate_answers
-    from kbit.core.evaluate.scoring import score
 
-    predictions = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens).texts
-    return sum(score(task, p, list(e.answers))["exact_match"] for p, e in zip(predictions, items)) / len(items)
+    return _exact_match(generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens).texts, task, items)

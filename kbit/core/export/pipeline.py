@@ -24,7 +24,7 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.errors import ConfigError
-from kbit.core.export.check import GATES, Gate, check_gguf
+from kbit.core.export.check import GATES, Gate, Reference, check_file, check_gguf, resolve_runtime
 from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
 from kbit.core.rundir import RunLock, atomic_file, clear_staging
 
@@ -52,11 +52,13 @@ class _Plan:
 
 def export_path(path: str, *, format: str = "gguf", file_type: str | None = None, output: str | None = None,
                 overwrite: bool = False, limit: int | None = None, min_top1: float | None = None,
-                max_em_drop: float | None = None, max_new_tokens: int = 16) -> ExportResult:
+                max_em_drop: float | None = None, max_new_tokens: int = 16, runtime: str = "auto") -> ExportResult:
     """Export ``path`` (a run or a model reference) as one checked GGUF file; see the module docs.
 
     ``file_type`` None: the type the run's merge policy names as its deploy format (``export``), else q8_0.
+    ``runtime``: where the file is checked (:func:`kbit.core.export.check.resolve_runtime`).
     """
+    runtime = resolve_runtime(runtime)
     if format not in FORMATS:
         raise ConfigError(f"unknown --format '{format}'; kbit exports {', '.join(FORMATS)}")
     deploy_type, head_type = _deploy_type(path)
@@ -78,17 +80,18 @@ def export_path(path: str, *, format: str = "gguf", file_type: str | None = None
         if plan.run:  # the run may have changed before the lock was ours: check the target against it again
             plan = attrs.evolve(plan, record=read_record(plan.run))
             _check_target(plan, overwrite)
-        return _write_checked(plan, format, file_type, gate, items, max_new_tokens, head_type)
+        return _write_checked(plan, format, file_type, gate, items, max_new_tokens, head_type, runtime=runtime)
     finally:
         if lock:
             lock.release()
 
 
-def export_in_run(run: Path, record: RunRecord, file_type: str, *, min_top1: float, max_new_tokens: int = 16,
-                  limit: int | None = None, head_type: str = "q8_0") -> ExportResult:
+def export_in_run(run: Path, record: RunRecord, file_type: str, reference: Reference, *, min_top1: float,
+                  max_new_tokens: int = 16, limit: int | None = None, head_type: str = "q8_0") -> ExportResult:
     """Export a run's merged model while ``kbit train`` holds the run's lock: the method's own deploy
-    format (``MergePolicy.export``), gated as strictly as the merge itself (``min_top1``). The entry
-    goes into ``record`` (the run's record in memory), which is also written."""
+    format (``MergePolicy.export``), checked in the runtime (llama.cpp where installed) against
+    ``reference``, the trained adapter model, as strictly as the merge (``min_top1``). The entry goes
+    into ``record`` (the run's record in memory), which is also written."""
     from kbit.core.quantize import run_examples
 
     name = _run_name(record, run)
@@ -97,12 +100,46 @@ def export_in_run(run: Path, record: RunRecord, file_type: str, *, min_top1: flo
     _check_target(plan, overwrite=False)
     gate = Gate(min_top1=min_top1, max_em_drop=GATES[file_type][1] if GATES[file_type][1] is not None else 0.02)
     return _write_checked(plan, "gguf", file_type, gate, plan.data.held_out[: limit or _default_limit(record)],
-                          max_new_tokens, head_type)
+                          max_new_tokens, head_type, reference=reference)
+
+
+def export_adapter_in_run(run: Path, record: RunRecord, reference: Reference, *, min_top1: float,
+                          max_new_tokens: int = 16, limit: int | None = None, runtime: str = "auto") -> ExportResult:
+    """Write the run's adapter as a llama.cpp LoRA GGUF (``RUN/gguf/NAME-lora.gguf``) over the base's own
+    GGUF file (``MergePolicy.adapter_gguf``), check it applied to that unchanged file in llama.cpp
+    against ``reference`` (the trained adapter model), and record it. Needs a base read from a GGUF file."""
+    from kbit.core.export.lora_gguf import write_lora_gguf
+    from kbit.core.quantize import run_examples
+
+    name = _run_name(record, run)
+    base = _run_base(record)
+    if base.gguf is None:
+        raise ConfigError(f"run {run}'s base was not read from a GGUF file; a LoRA GGUF applies to the base file it was "
+                          "trained on — export the merged model instead (kbit export RUN)")
+    plan = _Plan(run / "adapter", name, base, run_examples(record), run / EXPORTS_DIR / f"{name}-lora.gguf", run, record)
+    _check_target(plan, overwrite=False)
+    items = plan.data.held_out[: limit or _default_limit(record)]
+    gate = Gate(min_top1=min_top1, max_em_drop=GATES["q8_0"][1])
+    plan.target.parent.mkdir(parents=True, exist_ok=True)
+    clear_staging(plan.target.parent)
+    started = time.time()
+    with atomic_file(plan.target) as temp:  # renamed into place only once checked
+        written = write_lora_gguf(run / "adapter", base.gguf, temp, name=f"{name}-lora", base_model=base)
+        write_seconds = round(time.time() - started, 1)
+        figures = check_file(base.gguf, reference, plan.data.task, items, gate, max_new_tokens, lora=temp,
+                             runtime=runtime)
+    entry = {"file": _file_key(plan), "format": "gguf", "type": "lora", "base_file": str(base.gguf),
+             "size_bytes": plan.target.stat().st_size, "created": meta.now(), "dataset": plan.data.describe(),
+             "write_seconds": write_seconds, **written, **figures,
+             "source": {"model": "the trained adapter model", **figures["source"]}}
+    _record(plan, entry)
+    return ExportResult(plan.target, entry)
 
 
 def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: Any, max_new_tokens: int,
-                   head_type: str = "q8_0") -> ExportResult:
-    """Write the file to a temporary sibling, check it, rename it into place, record it (see the module docs)."""
+                   head_type: str = "q8_0", *, reference: Reference | None = None, runtime: str = "auto") -> ExportResult:
+    """Write the file to a temporary sibling, check it (against ``reference``, else the source folder),
+    rename it into place, record it (see the module docs)."""
     plan.target.parent.mkdir(parents=True, exist_ok=True)
     if plan.run:
         clear_staging(plan.target.parent)  # a killed export's temporary file; the lock says none is live
@@ -111,14 +148,19 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
         written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,
                              datasets=_hub_datasets(plan.record), head_type=head_type)
         write_seconds = round(time.time() - started, 1)
-        reference = _source_reference(plan, items, max_new_tokens)
-        figures = check_gguf(temp, plan.source_dir, plan.data.task, items, gate, max_new_tokens,
-                             source_exact_match=_earlier_source_em(plan.record, reference))
-    source = str(plan.source_dir.relative_to(plan.run)) if plan.run else str(plan.source_dir)
+        if reference is None:
+            described = _source_reference(plan, items, max_new_tokens)
+            figures = check_gguf(temp, plan.source_dir, plan.data.task, items, gate, max_new_tokens,
+                                 source_exact_match=_earlier_source_em(plan.record, described), runtime=runtime)
+            source = str(plan.source_dir.relative_to(plan.run)) if plan.run else str(plan.source_dir)
+        else:
+            described = {}
+            figures = check_file(temp, reference, plan.data.task, items, gate, max_new_tokens, runtime=runtime)
+            source = "the trained adapter model"
     entry = {
         "file": _file_key(plan), "format": format, "type": file_type, "size_bytes": plan.target.stat().st_size,
         "created": meta.now(), "dataset": plan.data.describe(), "write_seconds": write_seconds, **written,
-        **figures, "source": {"model": source, **figures["source"], **reference},
+        **figures, "source": {"model": source, **figures["source"], **described},
     }
     if plan.run:
         _record(plan, entry)

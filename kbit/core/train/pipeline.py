@@ -198,8 +198,11 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
     # One answer budget for every variant the run scores, the deploy file's check included.
     budget = generation_budget(plan.tokenizer, plan.data.train, plan.config.max_new_tokens, model)
     _merge_and_quantize(plan, record, model)
-    _export(plan, record, model, budget.max_new_tokens)
     _score(plan, record, model, budget)
+    _export(plan, record, model, budget.max_new_tokens)
+    if plan.config.eval_limit:
+        record.metrics["variants"] = _shipped_scores(plan, record, record.metrics["after"], plan.config.eval_limit,
+                                                     budget.max_new_tokens)
     _finish(plan, record, started)
 
 
@@ -246,34 +249,32 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
 
 
 def _export(plan: RunPlan, record: RunRecord, model: Any, max_new_tokens: int) -> None:
-    """The method's deploy file (``MergePolicy.export``): written from the merged model, checked against
-    it by the export and against the trained adapter model here, both as strictly as the merge."""
-    file_type = plan.policy.export
-    if not file_type or "merged" not in record.artifacts:
-        return
-    from kbit.core.export.pipeline import EXPORTS_DIR, export_in_run
-    from kbit.core.models import load_gguf
+    """The method's deploy files, each checked in the runtime (llama.cpp where installed) against the
+    trained adapter model as strictly as the merge: the merged model as ``MergePolicy.export``'s GGUF
+    type, and the adapter as a llama.cpp LoRA GGUF over the base's own file (``MergePolicy.adapter_gguf``)."""
+    from kbit.core.export.check import Reference
+    from kbit.core.export.pipeline import export_adapter_in_run, export_in_run
 
-    name = f"{EXPORTS_DIR}/{plan.name}-{file_type}.gguf"
-    if plan.resume and (plan.run_dir / name).is_file() and any(e.get("file") == name for e in record.exports):
-        return
-    log.info("writing the %s GGUF file", file_type)
-    result = export_in_run(plan.run_dir, record, file_type, min_top1=plan.config.merge_min_agreement,
-                           limit=plan.config.eval_limit or None, head_type=plan.policy.export_head,
-                           max_new_tokens=max_new_tokens)
-    exported, _ = load_gguf(result.target)
-    with computing_in(model, plan.policy.dtype):  # as the merged model it was written from computes
-        agreement = logit_agreement(model, exported, _probe_batches(plan.tokenizer, plan.data))
-    record.exports[-1]["against_adapter"] = agreement
-    try:
-        check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, "the merged model",
-                       candidate=f"the {file_type} file {name}", outcome="merged/ is kept and the file deleted")
-    except Exception:
-        result.target.unlink(missing_ok=True)
-        record.exports.pop()
-        raise
-    finally:
-        write_record(plan.run_dir, record)
+    policy, limit = plan.policy, plan.config.eval_limit or None
+    after = record.metrics.get("after") or {}
+    reference = Reference(model, plan.tokenizer, after.get("exact_match"))
+    with computing_in(model, policy.dtype):  # as the merged model (and the file) computes
+        if policy.export and "merged" in record.artifacts and not _exported(plan, record, f"{plan.name}-{policy.export}.gguf"):
+            log.info("writing the %s GGUF file", policy.export)
+            export_in_run(plan.run_dir, record, policy.export, reference, min_top1=plan.config.merge_min_agreement,
+                          limit=limit, head_type=policy.export_head, max_new_tokens=max_new_tokens)
+        if policy.adapter_gguf and not _exported(plan, record, f"{plan.name}-lora.gguf"):
+            log.info("writing the adapter as a llama.cpp LoRA GGUF")
+            export_adapter_in_run(plan.run_dir, record, reference, min_top1=plan.config.merge_min_agreement,
+                                  limit=limit, max_new_tokens=max_new_tokens)
+
+
+def _exported(plan: RunPlan, record: RunRecord, file_name: str) -> bool:
+    """On ``--resume``: the file was written and recorded before the interruption."""
+    from kbit.core.export.pipeline import EXPORTS_DIR
+
+    name = f"{EXPORTS_DIR}/{file_name}"
+    return plan.resume and (plan.run_dir / name).is_file() and any(e.get("file") == name for e in record.exports)
 
 
 def _score(plan: RunPlan, record: RunRecord, model: Any, budget: GenerationBudget) -> None:
@@ -293,7 +294,6 @@ def _score(plan: RunPlan, record: RunRecord, model: Any, budget: GenerationBudge
         with generator.disable_adapter():
             metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
         metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
-        metrics["variants"] = _shipped_scores(plan, record, metrics["after"], limit, new_tokens)
         metrics["min_items"] = MIN_ITEMS
         metrics["too_few_items"] = too_few(metrics["after"]["items"])
     metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")

@@ -90,9 +90,9 @@ def print_summary(result: Any) -> None:
     elif merge:
         console.print(f"[bold]merge[/bold]    {merge['action']}: {merge.get('reason', '')}")
     for export in record.exports:
-        against = export.get("against_adapter")
-        if against:
-            console.print(f"[bold]deploy[/bold]   {export['file']} ({export['size_bytes'] / 2**20:.1f} MiB): top-1 agreement "
-                          f"with the trained model {100 * against['top1_agreement']:.2f}%, max |Δlogit| "
-                          f"{against['max_abs_logit_diff']:.2e}, held-out exact match {_percent(export.get('exact_match'))}")
+        if (export.get("source") or {}).get("model") == "the trained adapter model":  # a file the run wrote itself
+            console.print(f"[bold]deploy[/bold]   {export['file']} ({export['size_bytes'] / 2**20:.1f} MiB), in "
+                          f"{export.get('runtime', 'transformers')}: top-1 agreement with the trained model on answer tokens "
+                          f"{100 * export['top1_agreement']:.2f}%, mean KL {export.get('kl') or 0:.2g}, held-out exact match "
+                          f"{_percent(export.get('exact_match'))} (trained model {_percent(export['source'].get('exact_match'))})")
     console.print(f"[bold]time[/bold]     {record.wall_time_s} s")

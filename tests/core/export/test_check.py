@@ -39,7 +39,7 @@ def test_logits_that_disagree_fail_the_gate(tiny_model, tiny_gguf, items, tmp_pa
     weights = load_file(other / "model.safetensors")
     weights["model.norm.weight"] = -weights["model.norm.weight"]  # every logit negated: argmax becomes argmin
     save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(FidelityError, match=r"export check failed on 4 held-out items: top-1 agreement .* < 99.00% \(--min-top1\)"):
+    with pytest.raises(FidelityError, match=r"check in (llama.cpp|transformers) failed on 4 held-out items: top-1 agreement .* < 99.00% \(--min-top1\)"):
         check_gguf(tiny_gguf, other, "arithmetic", items, Gate.for_type("f16"))
     assert torch.equal(load_file(tiny_model / "model.safetensors")["model.norm.weight"], -weights["model.norm.weight"])
 
@@ -50,3 +50,21 @@ def test_answers_that_get_worse_fail_the_gate(tiny_model, tiny_gguf, items):
         check_gguf(tiny_gguf, tiny_model, "arithmetic", items, Gate.for_type("q8_0"), source_exact_match=1.0)
     figures = check_gguf(tiny_gguf, tiny_model, "arithmetic", items, Gate.for_type("q4_0"), source_exact_match=1.0)
     assert figures["gate"]["max_em_drop"] is None and figures["source"]["exact_match"] == 1.0  # q4: reported, not gated
+
+
+@pytest.mark.parametrize("runtime", ["llama.cpp", "transformers"])
+def test_a_file_whose_tensor_holds_nan_fails_in_either_runtime(tiny_model, items, tmp_path, runtime):
+    # export/check.py once took max(0.0, nan) as 0.0: a NaN difference must be a failure, never a perfect match
+    if runtime == "llama.cpp":
+        pytest.importorskip("llama_cpp")
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model, damaged)
+    weights = load_file(damaged / "model.safetensors")
+    weights["model.layers.0.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(weights, damaged / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "damaged-f16.gguf"
+    write_gguf(damaged, out, "f16", name="damaged", base=BaseModel(name="damaged"))
+    with pytest.raises(FidelityError, match=rf"check in {runtime} failed on 4 held-out items: \d+ of \d+ positions give NaN"):
+        check_gguf(out, tiny_model, "arithmetic", items, Gate.for_type("f16"), source_exact_match=0.0, runtime=runtime)
