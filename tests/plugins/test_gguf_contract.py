@@ -137,6 +137,13 @@ def test_training_on_the_gguf_file_merges_into_exactly_its_weights(tiny_gguf, kb
     assert reader.fields["general.type"].contents() == "adapter"
     assert {t.name for t in reader.tensors} >= {"blk.0.attn_q.weight.lora_a", "blk.0.attn_q.weight.lora_b"}
     assert record["metrics"]["variants"]["gguf lora"]["exact_match"] == export["exact_match"]
+    if importlib.util.find_spec("llama_cpp"):  # the adapter file alone runs on the base file the run recorded
+        report = tmp_path / "report"
+        result = run_kbit("eval", str(tmp_path / "run" / export["file"]), "--limit", "2", "--out", str(report))
+        assert result.returncode == 0, result.stderr[-3000:]
+        [row] = json.loads((report / "report.json").read_text())["rows"]
+        assert row["runtime"] == "llama.cpp" and row["lora"] == str(tmp_path / "run" / export["file"])
+        assert row["answer_top1"] is not None, row
 
 
 def _config(folder: Path):
