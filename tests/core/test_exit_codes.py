@@ -53,7 +53,7 @@ def test_a_failed_export_check_exits_1(tiny, tmp_path):
     out.parent.mkdir()
     result = run_kbit("export", str(_lowercasing(tiny, tmp_path / "lowercasing")), "--output", str(out), "--limit", "4")
     assert result.returncode == FAILED_CHECK, result.stderr[-2000:]
-    assert _error_line(result.stderr).startswith("kbit: error: the GGUF's tokenizer encodes 4 of 4 held-out prompts")
+    assert _error_line(result.stderr).startswith("kbit: error: the GGUF's tokenizer encodes 4 of 4 held-out items")
     assert list(out.parent.iterdir()) == []
 
 

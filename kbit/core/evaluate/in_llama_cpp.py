@@ -35,6 +35,9 @@ def measure_in_llama_cpp(candidate: Candidate, data: TaskData, items: Sequence[A
     """Run ``candidate.gguf`` (with ``candidate.lora``) in llama.cpp on ``items``: what it measured."""
     started = time.perf_counter()
     tokenizer = load_tokenizer(ModelSource(path=candidate.tokenizer_path, name=candidate.label, origin="local"))
+    from kbit.core.evaluate.pipeline import announce
+
+    announce(candidate, data, items)
     holder = SimpleNamespace(generation_config=_generation_config(candidate.path))  # what end_of_turn_ids reads
     stops = end_of_turn_ids(tokenizer, holder)
     budget = generation_budget(tokenizer, data.train, max_new_tokens, holder)

@@ -228,7 +228,6 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
     from transformers import set_seed
 
     set_seed(candidate.data.seed)
-    log.info("evaluating %s (%s) on %d %s items", candidate.label, candidate.display_variant, len(items), data.name)
     if candidate.runtime == "llama.cpp":
         from kbit.core.evaluate.in_llama_cpp import measure_in_llama_cpp
 
@@ -277,10 +276,15 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
     return row, predicted, measured.budget
 
 
+def announce(candidate: Candidate, data: TaskData, items: list[Any]) -> None:
+    log.info("evaluating %s (%s) on %d %s items", candidate.label, candidate.display_variant, len(items), data.name)
+
+
 def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig,
                       device: DeviceInfo) -> Measured:
     """Load ``candidate`` with transformers and measure it (see ``Measured``)."""
-    loaded = load_candidate(candidate, device)
+    loaded = load_candidate(candidate, device)  # a candidate that cannot load fails before anything is said of it
+    announce(candidate, data, items)
     model, tokenizer, load_s = loaded.model, loaded.tokenizer, loaded.load_s
     try:
         budget = generation_budget(tokenizer, data.train, config.max_new_tokens, model)

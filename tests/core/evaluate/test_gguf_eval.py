@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kbit.core.cli import main
+from tests.core.evaluate.test_cli import _fails
 
 ARGS = ("--limit", "4", "--max-new-tokens", "4", "--json")
 
@@ -61,15 +62,6 @@ def test_a_file_in_a_run_gguf_folder_is_compared_with_the_run_adapter_model(tiny
     assert row["runtime"] == "llama.cpp" and row["dataset"] == "arith"
     assert f"adapter ({run / 'adapter'})" in row["reference"]
     assert row["answer_top1"] >= 0.9 and row["kl"] < 1e-3  # the merged model in F16 against the adapter on its base
-
-
-def _fails(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("kbit: error: ") and "\n" not in err, err
-    return err
 
 
 def test_bad_runtime_options(tiny_gguf, tiny_model, tmp_path, capsys):

@@ -349,3 +349,27 @@ def test_apply_lora_gguf_refuses_what_does_not_fit(tied, qwen2, tmp_path):
     model = load_gguf(base)[0]
     with pytest.raises(ConfigError, match="holds no LoRA tensors"):
         apply_lora_gguf(model, _rewritten(lora, tmp_path / "empty.gguf", alpha=8.0, rename=lambda name: None), base)
+
+
+@pytest.mark.parametrize("runtime", ["transformers", "llama.cpp"])
+def test_the_check_of_a_lora_gguf_passes_for_its_adapter_and_fails_for_another(tied, tmp_path, runtime):
+    # what a gguf run does with its NAME-lora.gguf, in either runtime (transformers: read back by apply_lora_gguf)
+    if runtime == "llama.cpp":
+        pytest.importorskip("llama_cpp")
+    from kbit.core.data import load_task_data
+    from kbit.core.errors import FidelityError
+    from kbit.core.export.check import Gate, Reference, check_file
+    from kbit.core.models import ModelSource, load_tokenizer
+
+    model_dir, base = tied
+    peft_model = _adapter(model_dir, tmp_path / "adapter", std=0.3)
+    write_lora_gguf(tmp_path / "adapter", base, tmp_path / "lora.gguf", name="tiny-lora")
+    tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name="tiny", origin="local"))
+    items = list(load_task_data("arith").held_out[:4])
+    figures = check_file(base, Reference(peft_model, tokenizer), "arithmetic", items, Gate.for_type("q8_0"), 4,
+                         lora=tmp_path / "lora.gguf", runtime=runtime)
+    assert figures["runtime"] == runtime and figures["top1_agreement_within_ties"] == 1.0, figures
+    other = _adapter(model_dir, tmp_path / "other", std=0.3, init_lora_weights=False, r=8)
+    with pytest.raises(FidelityError, match=rf"check in {runtime} failed on 4 held-out items: top-1 agreement"):
+        check_file(base, Reference(other, tokenizer), "arithmetic", items, Gate(0.99, None), 4,
+                   lora=tmp_path / "lora.gguf", runtime=runtime)
