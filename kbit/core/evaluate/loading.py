@@ -212,8 +212,9 @@ def _plan_gguf(path: Path, selection: Selection, wanted: Sequence[str],
     """A GGUF file as a base candidate run in ``gguf_runtime(selection)``, with its reference model.
     A LoRA adapter GGUF of a run (``RUN/gguf/NAME-lora.gguf``) given as the file runs on the base file
     the run recorded for it, as ``BASE.gguf --lora FILE`` would."""
-    if not selection.lora and _is_lora_gguf(path):
-        path, selection = _adapter_base(path), attrs.evolve(selection, lora=str(path))
+    base = None if selection.lora else _recorded_adapter_base(path)
+    if base is not None:
+        path, selection = base, attrs.evolve(selection, lora=str(path))
     source = resolve_model(str(path))
     lora = _lora_file(selection.lora)
     # A file kbit exported into RUN/gguf/ (an adapter's file first) is scored on its run's held-out split.
@@ -230,24 +231,19 @@ def _plan_gguf(path: Path, selection: Selection, wanted: Sequence[str],
     return [in_llama_cpp, *found[1:]]
 
 
-def _is_lora_gguf(path: Path) -> bool:
-    import gguf
-
-    try:
-        field = gguf.GGUFReader(str(path)).fields.get("general.type")
-        return field is not None and field.contents() == "adapter"
-    except Exception:  # not a readable GGUF: resolve_model reports it
-        return False
-
-
-def _adapter_base(lora: Path) -> Path:
-    """The base file a run's LoRA GGUF was written and checked for (its ``exports`` entry's ``base_file``)."""
-    run = _owner_run(lora)
+def _recorded_adapter_base(file: Path) -> Path | None:
+    """The base file a run recorded for its LoRA GGUF ``file`` (its ``exports`` entry's ``base_file``), or
+    None when ``file`` is not a run's LoRA export. Read from the run's record: parsing the GGUF header
+    would read a model file's whole vocabulary on every ``kbit eval FILE.gguf``."""
+    run = _owner_run(file)
     entries = [e for e in (run[1].exports if run else []) if isinstance(e, dict) and e.get("type") == "lora"
-               and Path(str(e.get("file"))).name == lora.name]
-    base = Path(str(entries[-1].get("base_file"))) if entries and entries[-1].get("base_file") else None
-    if base is None or not base.is_file():
-        raise ConfigError(f"{lora} is a LoRA adapter GGUF; pass the model file it applies to and --lora {lora}")
+               and Path(str(e.get("file"))).name == file.name]
+    if not entries:
+        return None
+    base = Path(str(entries[-1].get("base_file") or ""))
+    if not base.is_file():
+        raise ConfigError(f"{file} is a LoRA adapter GGUF whose base file {base} is gone; pass the model file it "
+                          f"applies to and --lora {file}")
     return base
 
 

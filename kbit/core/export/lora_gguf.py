@@ -49,6 +49,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,12 @@ def _gguf_alpha(config: Mapping[str, Any], ranks: list[int], adapter_dir: Path) 
     return alpha * math.sqrt(ranks[0]), {ranks[0]: alpha / math.sqrt(ranks[0])}
 
 
+def _field(reader: Any, key: str) -> Any:
+    """A GGUF key's value, or None when the file does not have it."""
+    field = reader.fields.get(key)
+    return field.contents() if field is not None else None
+
+
 def _read_base(path: Path) -> _BaseFile:
     import gguf
 
@@ -198,10 +205,7 @@ def _read_base(path: Path) -> _BaseFile:
     if not path.is_file():
         raise ConfigError(f"base GGUF {path} does not exist; pass the .gguf file the adapter will be applied to")
     reader = gguf.GGUFReader(str(path))
-
-    def value(key: str) -> Any:
-        field = reader.fields.get(key)
-        return field.contents() if field is not None else None
+    value = partial(_field, reader)
 
     architecture = value(gguf.Keys.General.ARCHITECTURE)
     if value(gguf.Keys.General.TYPE) not in (None, "model") or architecture not in {a.gguf_name for a in SUPPORTED.values()}:
@@ -394,10 +398,7 @@ def _read_lora(path: Path, base: _BaseFile) -> tuple[float, dict[str, tuple[Any,
     if not path.is_file():
         raise ConfigError(f"LoRA GGUF {path} does not exist; pass the adapter .gguf file")
     reader = gguf.GGUFReader(str(path))
-
-    def value(key: str) -> Any:
-        field = reader.fields.get(key)
-        return field.contents() if field is not None else None
+    value = partial(_field, reader)
 
     kind = (value(gguf.Keys.General.TYPE), value(gguf.Keys.Adapter.TYPE))
     if kind != ("adapter", "lora"):
