@@ -19,7 +19,9 @@ use them inside hooks.
   ``dequantize_linears`` (a base quantized in ``quantize_base``).
 - Runtime rounding: ``activation_format`` (the format llama.cpp's CPU matmul rounds a weight type's
   input to, ``"q4_1"`` → ``"q8_1"``), passed to ``QuantizedLinear(linear, activations=...)``;
-  ``fake_quantize_activations`` (that rounding with a straight-through gradient). Imports torch.
+  ``fake_quantize_activations`` (that rounding with a straight-through gradient); ``exact_activations``
+  (a context in which a model's ``QuantizedLinear`` layers skip that rounding, as a merged float model
+  does). Imports torch.
 - GGUF Q4_1 blocks, bit for bit as llama.cpp/gguf write them: ``q4_1_codes`` (round-to-nearest
   codes of a weight), ``pack_q4_1``/``unpack_q4_1`` (the 20-byte blocks), ``dequantize_q4_1``.
 - A GGUF file's own weights: ``gguf_source`` (the file a loaded base was converted from),
@@ -49,7 +51,7 @@ from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
 from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, dtype, integer, module_names, number
 from kbit.core.spec import AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
 
-_NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears")
+_NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears", "exact_activations")
 _ROUNDING = ("activation_format", "fake_quantize_activations")  # kbit.core.runtime.rounding, imports torch
 
 __all__ = [

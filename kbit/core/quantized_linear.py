@@ -14,7 +14,8 @@ of a plugin module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -66,6 +67,26 @@ class QuantizedLinear(torch.nn.Linear):
     def extra_repr(self) -> str:
         rounding = f", activations={self.activations}" if self.activations is not None else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{rounding}"
+
+
+@contextlib.contextmanager
+def exact_activations(model: torch.nn.Module) -> Iterator[None]:
+    """Run every ``QuantizedLinear`` of ``model`` on its input as it comes, for the duration: the runtime's
+    activation rounding (``activations``) is switched off and restored afterwards.
+
+    The rounding belongs to the runtime, not to the weights: a merged float model (or transformers'
+    reader of a GGUF) computes without it, so a check of the merge compares the weights through this.
+    """
+    rounded = [module for module in model.modules()
+               if isinstance(module, QuantizedLinear) and module.activations is not None]
+    formats = [module.activations for module in rounded]
+    try:
+        for module in rounded:
+            module.activations = None
+        yield
+    finally:
+        for module, fmt in zip(rounded, formats):
+            module.activations = fmt
 
 
 def replace_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear], torch.nn.Module],

@@ -6,6 +6,9 @@
   exactly the weights llama.cpp computes with, not on a re-quantization of them. Before the layers are
   replaced, each one's blocks are checked to dequantize to exactly the weights transformers loaded.
 - Adapter: plain LoRA, the only kind a llama.cpp LoRA GGUF holds.
+- Runtime (``-o runtime=llama.cpp``, the default): each layer trains on its input rounded as llama.cpp's
+  CPU matmul rounds it for the layer's weight type (``activation_format``), as qalora does;
+  ``-o runtime=exact`` trains on the float input.
 - After training: the adapter is written as a llama.cpp LoRA GGUF over the unchanged base file
   (``MergePolicy.adapter_gguf``), and merged into the dequantized base in float32 for the usual
   merged model and its check.
@@ -61,9 +64,9 @@ OPTIONS = OptionSchema(
           if option.name == "peft_type" else option
           for option in adapter_options(r=64, lora_alpha=16, lora_dropout=0.05).options)
 ) + training_options() + OptionSchema((
-    Option("runtime", "exact", choice("exact", "llama.cpp"),
-           "exact: train each layer on the float input; llama.cpp: on the input rounded as llama.cpp's CPU matmul "
-           "rounds it for the layer's weight type (Q8_0/Q8_1/Q8_K blocks)"),
+    Option("runtime", "llama.cpp", choice("exact", "llama.cpp"),
+           "llama.cpp: train each layer on its input rounded as llama.cpp's CPU matmul rounds it for the layer's "
+           "weight type (Q8_0/Q8_1/Q8_K blocks); exact: on the float input"),
 ))
 
 

@@ -14,9 +14,11 @@
   ``m'``, which the run checks by loading the file back.
 - Runtime (``-o runtime=llama.cpp``): llama.cpp's CPU backend multiplies Q4_1 weights by the input
   rounded to Q8_1 blocks (8 bits per value, a float16 scale per 32); with this option each quantized
-  layer trains on that rounded input (straight-through gradient), bit for bit as ggml rounds it. Not
-  the default: each layer's product then equals ggml's, yet on SmolLM2 the whole model did not come
-  closer to llama.cpp's answers (``benchmarks/runtime_agreement.py``); why is still open (issue #23).
+  layer trains on that rounded input (straight-through gradient), bit for bit as ggml rounds it. The
+  merge check then compares weights, with the rounding off (``exact_activations``): the float
+  ``merged/`` model has none. Not the default: it cannot make llama.cpp's whole forward equal the
+  trained one (ggml's other float arithmetic differs in the last bits and the rounding amplifies
+  that), and on the default task it did not bring the file closer (BENCHMARKS.md, issue 23).
 
 Why not merge into GPTQ-style integer zero points: they cannot absorb an arbitrary float offset;
 Q4_1's float16 minimum can.

@@ -46,6 +46,17 @@ class TestGgufContract(MethodContract):
     method = "gguf"
 
 
+@pytest.mark.parametrize("options, expected", [({}, "q8_0"), ({"runtime": "exact"}, None)])
+def test_layers_train_on_the_input_llama_cpp_multiplies_by_default(kbit_tiny_model, options, expected):
+    from kbit.core.bases import load_base
+    from kbit.plugin import QuantizedLinear
+
+    method = get_method("gguf")
+    spec = method.resolve_for_model(method.resolve_spec(options, DeviceInfo.cpu()), _config(kbit_tiny_model))
+    layers = [m for m in load_base(method, spec, str(kbit_tiny_model)).modules() if isinstance(m, QuantizedLinear)]
+    assert layers and all(m.activations == expected for m in layers)  # Q8_0 weights: Q8_0 activations
+
+
 def test_the_base_holds_the_file_s_blocks_and_is_measured_as_stored(kbit_tiny_model, tiny_gguf):
     import torch
 

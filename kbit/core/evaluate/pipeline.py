@@ -301,7 +301,8 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
         if candidate.reference is not None:
             from kbit.core.evaluate.reference import reference_agreement, torch_logits
 
-            agreement = reference_agreement(candidate.reference, torch_logits(model), items, device)
+            agreement = reference_agreement(candidate.reference, torch_logits(model), items, device,
+                                              runtime_rounding=False)
         elapsed = time.perf_counter() - started
     finally:
         del model, loaded

@@ -41,13 +41,22 @@ def torch_logits(model: Any) -> Logits:
 
 
 def reference_agreement(reference: Candidate, candidate: Logits, items: Sequence[Any],
-                        device: DeviceInfo) -> dict[str, Any]:
+                        device: DeviceInfo, *, runtime_rounding: bool = True) -> dict[str, Any]:
     """Load ``reference`` and compare ``candidate``'s logits with its logits on ``items``: report-row
-    entries (the agreement figures and ``reference``, which model they were measured against)."""
+    entries (the agreement figures and ``reference``, which model they were measured against).
+
+    ``runtime_rounding=False`` (a candidate computed in float, e.g. transformers' reader of a GGUF):
+    a reference trained against llama.cpp's activation rounding computes without it
+    (``exact_activations``), as the candidate does."""
+    import contextlib
+
+    from kbit.core.quantized_linear import exact_activations
+
     loaded = load_candidate(reference, device)
     try:
         sequences = [encode_example(loaded.tokenizer, example) for example in items]
-        figures = agreement(_triples(torch_logits(loaded.model), candidate, sequences))
+        with contextlib.nullcontext() if runtime_rounding else exact_activations(loaded.model):
+            figures = agreement(_triples(torch_logits(loaded.model), candidate, sequences))
     finally:
         del loaded
         gc.collect()

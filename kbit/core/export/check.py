@@ -30,6 +30,8 @@ small fine-tune can lose part of its gain to round-to-nearest.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -128,12 +130,14 @@ def check_file(gguf_path: Path, reference: Reference, task: str, examples: Seque
             raise FidelityError(f"the GGUF's tokenizer encodes {len(mismatched)} of {len(items)} held-out items differently "
                                 f"from the model's (first: item {mismatched[0] + 1}); the file was not kept")
         reference_logits = torch_logits(reference.model)
-        figures = agreement((reference_logits(ids), candidate.logits(ids), answer_mask(len(ids), prompt))
-                            for ids, prompt in sequences)
+        with _as_runtime(reference.model, runtime):
+            figures = agreement((reference_logits(ids), candidate.logits(ids), answer_mask(len(ids), prompt))
+                                for ids, prompt in sequences)
         candidate_em = _exact_match(candidate.answers(items, max_new_tokens), task, items)
     reference_em = reference.exact_match
     if reference_em is None:
-        reference_em = exact_match(reference.model, reference.tokenizer, task, items, max_new_tokens)
+        with _as_runtime(reference.model, runtime):
+            reference_em = exact_match(reference.model, reference.tokenizer, task, items, max_new_tokens)
     result = {**_entry_figures(figures), "runtime": runtime, "items": len(items), "exact_match": candidate_em,
               "source": {"exact_match": reference_em}, "gate": attrs.asdict(gate),
               "check_seconds": round(time.time() - started, 1)}
@@ -142,6 +146,14 @@ def check_file(gguf_path: Path, reference: Reference, task: str, examples: Seque
         raise FidelityError(f"check in {runtime} failed on {len(items)} held-out items: {'; '.join(failures)}; "
                             "the file was not kept")
     return result
+
+
+def _as_runtime(model: Any, runtime: str) -> Any:
+    """A context in which ``model`` computes as ``runtime`` does: without llama.cpp's activation
+    rounding (``exact_activations``) when the file runs in transformers' float reader."""
+    from kbit.core.quantized_linear import exact_activations
+
+    return exact_activations(model) if runtime == "transformers" else contextlib.nullcontext()
 
 
 def _failures(figures: Agreement, gate: Gate, reference_em: float, candidate_em: float) -> list[str]:

@@ -39,6 +39,7 @@ from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, too_few
 from kbit.core.evaluate.scoring import math_scorer, score
 from kbit.core.bases import load_base, prepare_for_training
 from kbit.core.merge import check_fidelity, computing_in, logit_agreement, merged_model, save_model
+from kbit.core.quantized_linear import exact_activations
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, disk_full, overwrite_json_in_place, take_over
@@ -231,7 +232,8 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
         log.info("merging the adapter into the %s base (%s)", policy.base, policy.dtype)
         merged, described = merged_model(plan.method, plan.spec, policy, plan.source.path, plan.run_dir / "adapter",
                                          plan.config.trust_remote_code)
-        with computing_in(model, policy.dtype):  # as the merged model computes (see computing_in)
+        # as the merged float model computes: its dtype, and no runtime rounding of activations
+        with computing_in(model, policy.dtype), exact_activations(model):
             agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
         record.merge = {"action": policy.action, "reason": policy.reason, "base": policy.base, "base_used": described,
                            "dtype": policy.dtype, "min_top1_agreement": plan.config.merge_min_agreement, **agreement}

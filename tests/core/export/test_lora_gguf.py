@@ -373,3 +373,40 @@ def test_the_check_of_a_lora_gguf_passes_for_its_adapter_and_fails_for_another(t
     with pytest.raises(FidelityError, match=rf"check in {runtime} failed on 4 held-out items: top-1 agreement"):
         check_file(base, Reference(other, tokenizer), "arithmetic", items, Gate(0.99, None), 4,
                    lora=tmp_path / "lora.gguf", runtime=runtime)
+
+
+def test_a_check_in_transformers_compares_a_reference_trained_on_rounded_inputs_without_the_rounding(tied, tmp_path):
+    # transformers' reader computes the file in float: a reference trained against llama.cpp's activation
+    # rounding (gguf's default) is compared with its rounding off, as the merge check compares it
+    import torch
+
+    from kbit.core.data import load_task_data
+    from kbit.core.evaluate.reference import torch_logits
+    from kbit.core.export.check import Gate, Reference, check_file
+    from kbit.core.models import ModelSource, load_tokenizer
+    from kbit.plugin import QuantizedLinear
+
+    class Stored(QuantizedLinear):
+        def __init__(self, linear: torch.nn.Linear) -> None:
+            super().__init__(linear, "q8_0")
+            self.register_buffer("stored", linear.weight.detach().clone())
+
+        def dequantize(self) -> torch.Tensor:
+            return self.stored
+
+    model_dir, base = tied
+    peft_model = _adapter(model_dir, tmp_path / "adapter", std=0.3)
+    write_lora_gguf(tmp_path / "adapter", base, tmp_path / "lora.gguf", name="tiny-lora")
+    tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name="tiny", origin="local"))
+    items = list(load_task_data("arith").held_out[:4])
+    check = lambda: check_file(base, Reference(peft_model, tokenizer), "arithmetic", items, Gate.for_type("q8_0"), 4,
+                               lora=tmp_path / "lora.gguf", runtime="transformers")
+    plain = check()
+    float_logits = torch_logits(peft_model)(TOKENS)
+    for module in list(peft_model.modules()):
+        if hasattr(module, "base_layer") and type(module.base_layer) is torch.nn.Linear:
+            module.base_layer = Stored(module.base_layer)
+    assert not torch.allclose(torch_logits(peft_model)(TOKENS), float_logits, atol=1e-3)  # the rounding shows
+    rounded = check()
+    assert rounded["max_abs_logit_diff"] == pytest.approx(plain["max_abs_logit_diff"], abs=1e-5)
+    assert rounded["top1_agreement"] == plain["top1_agreement"] == 1.0

@@ -213,6 +213,16 @@ def test_a_quantized_linear_multiplies_its_input_as_the_runtime_rounds_it():
     with pytest.raises(ConfigError, match="unknown activation format 'q4_1'"):
         Stored(linear, "q4_1")
 
+    from kbit.plugin import exact_activations
+
+    model = torch.nn.Sequential(layer, torch.nn.ReLU())
+    with exact_activations(model):  # as a merged float model computes: the weights alone
+        assert torch.equal(layer(x), linear(x))
+    assert layer.activations == "q8_1" and torch.equal(layer(x), out)
+    with pytest.raises(RuntimeError), exact_activations(model):
+        raise RuntimeError  # restored when the block fails too
+    assert layer.activations == "q8_1"
+
 
 @pytest.mark.parametrize("options, expected", [({}, None), ({"runtime": "llama.cpp"}, "q8_1")])
 def test_qalora_trains_on_the_input_llama_cpp_multiplies_when_asked(options, expected, tmp_path):
