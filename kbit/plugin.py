@@ -10,7 +10,8 @@ use them inside hooks.
 - Hook marker and records: ``hookimpl``, ``MethodInfo``, ``Requirement``, ``MergePolicy``,
   ``QuantizationSpec`` with its typed ``AdapterSettings``, ``TrainingSettings``, ``CalibrationSettings``.
 - Options: ``Option``, ``OptionSchema`` and the parsers ``integer``, ``number``, ``choice``,
-  ``boolean``, ``dtype``, ``module_names``; the shared schemas ``adapter_options``,
+  ``boolean``, ``dtype``, ``module_names`` (``described`` marks a method's own parser with what it
+  accepts, for ``kbit spec NAME --options``); the shared schemas ``adapter_options``,
   ``training_options``, ``calibration_options`` and the matching ``adapter_settings``,
   ``training_settings``, ``calibration_settings``.
 - Device and dtypes: ``DeviceInfo``, ``resolve_compute_dtype``, ``torch_dtype``.
@@ -48,7 +49,7 @@ from kbit.core.export.blocks import Q4_1_BLOCK, PackedTensor, dequantize_q4_1, p
 from kbit.core.gguf_tensors import GGUF_MODEL_TYPES, dequantize_gguf, gguf_linear_weights, gguf_source
 from kbit.core.hookspecs import hookimpl
 from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
-from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, dtype, integer, module_names, number
+from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, described, dtype, integer, module_names, number
 from kbit.core.spec import AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
 
 _NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears", "exact_activations")
@@ -58,8 +59,8 @@ __all__ = [
     "DTYPES", "AdapterSettings", "CalibrationSettings", "ConfigError", "DeviceInfo", "KbitError", "MergePolicy",
     "MethodInfo", "MissingDependencyError", "Option", "OptionSchema", "PluginError", "Q4_1_BLOCK", "QuantizationSpec",
     "Requirement", "TrainingSettings", "adapter_options", "adapter_settings", "boolean", "calibration_options",
-    "calibration_settings", "choice", "dequantize_q4_1", "dtype", "hookimpl", "integer", "merge_or_keep", "module_names",
-    "number", "pack_q4_1", "q4_1_codes", "unpack_q4_1",
+    "calibration_settings", "choice", "dequantize_q4_1", "described", "dtype", "hookimpl", "integer", "merge_or_keep",
+    "module_names", "number", "pack_q4_1", "q4_1_codes", "unpack_q4_1",
     "GGUF_MODEL_TYPES", "PackedTensor", "dequantize_gguf", "gguf_linear_weights", "gguf_source",
     "prepare_for_adapter", "resolve_compute_dtype", "torch_dtype", "training_options", "training_settings",
     *_NEEDS_TORCH, *_ROUNDING,

@@ -98,14 +98,25 @@ def methods_command(
 def spec_command(
     method: Annotated[str, typer.Argument(help="Method name or alias (see 'kbit methods').")],
     option: OptionsArg = None,
+    options: Annotated[bool, typer.Option("--options", help="List the method's options: default, allowed values, help.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for programs.")] = False,
 ) -> None:
-    """Show the resolved quantization spec of METHOD and the quantization config it would build."""
+    """Show the resolved quantization spec of METHOD and the quantization config it would build (--options: its options)."""
     from kbit.core.options import parse_assignments
-    from kbit.core.registry import get_method
+    from kbit.core.registry import default_registry, get_method
 
     overrides = parse_assignments(option or [])
     chosen = get_method(method)
+    clash = default_registry().clash_warning(chosen.name)
+    if clash:
+        typer.echo(f"kbit: warning: {clash}", err=True)
+    if options:
+        if overrides:
+            from kbit.core.errors import ConfigError
+
+            raise ConfigError("--options lists the defaults; drop -o, or drop --options to see the spec with it")
+        _print_options(chosen.name, chosen.info.options.describe(), as_json)
+        return
     chosen.check_requirements()
     spec = chosen.resolve_spec(overrides)
     config = chosen.build_quant_config(spec)
@@ -124,6 +135,31 @@ def spec_command(
     from rich.pretty import Pretty
 
     Console().print(Pretty(result))
+
+
+def _print_options(method: str, described: list[dict], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(described, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{method} options (-o NAME=VALUE)")
+    table.add_column("option", no_wrap=True)
+    for column in ("default", "allowed", "help"):
+        table.add_column(column)
+    for o in described:
+        table.add_row(o["name"], _as_typed(o["default"]), o["allowed"] or o["type"], o["help"])
+    Console().print(table)
+
+
+def _as_typed(value: object) -> str:
+    """A value as a user would type it after -o NAME=."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 @app.command("train")

@@ -76,7 +76,7 @@ class Method:
             device = detect_device()
         spec = self._call("resolve_spec", options=dict(options or {}), device=device)
         if not isinstance(spec, QuantizationSpec):
-            raise self._wrong_type("resolve_spec", spec, "kbit.QuantizationSpec")
+            raise self._wrong_type("resolve_spec", spec, "kbit.plugin.QuantizationSpec")
         if spec.method != self.name:
             raise PluginError(
                 f"method '{self.name}' ({self.distribution} {self.version}): resolve_spec returned a spec "
@@ -92,7 +92,7 @@ class Method:
         if fitted is None:
             return spec
         if not isinstance(fitted, QuantizationSpec):
-            raise self._wrong_type("resolve_for_model", fitted, "kbit.QuantizationSpec or None")
+            raise self._wrong_type("resolve_for_model", fitted, "kbit.plugin.QuantizationSpec or None")
         if fitted.method != self.name:
             raise PluginError(f"method '{self.name}' ({self.distribution} {self.version}): resolve_for_model returned "
                               f"a spec for method '{fitted.method}'")
@@ -138,7 +138,7 @@ class Method:
     def merge_policy(self, spec: QuantizationSpec) -> MergePolicy:
         policy = self._call("merge_policy", spec=spec)
         if not isinstance(policy, MergePolicy):
-            raise self._wrong_type("merge_policy", policy, "kbit.MergePolicy")
+            raise self._wrong_type("merge_policy", policy, "kbit.plugin.MergePolicy")
         return policy
 
     def quantize_model(self, model_dir: Path, spec: QuantizationSpec, calibration: list[str], output_dir: Path) -> None:

@@ -3,7 +3,8 @@
 Built-in methods are entry points of the ``kbit`` distribution itself: they load exactly as a
 third-party plugin does. Loading is lazy and idempotent. A plugin that fails to import, lacks a
 required hook, implements an unknown hook, describes itself wrongly or reuses a taken name is
-recorded as broken with its distribution name and version; every other method keeps working.
+recorded as broken with its distribution name and version; so is one whose option default its own
+parser refuses. Every other method keeps working.
 
 Environment:
 - ``KBIT_PLUGINS``: comma-separated allow-list of external (non-kbit) method names to load.
@@ -46,6 +47,7 @@ class PluginRecord:
     location: str = ""
     info: MethodInfo | None = None
     plugin: Any = attrs.field(default=None, repr=False, eq=False)
+    taken_by: str = ""  # the method that kept a name or alias this record claimed too (then it is broken)
 
     @property
     def builtin(self) -> bool:
@@ -65,6 +67,7 @@ class PluginRecord:
             "status": self.status,
             "error": self.error,
             "capabilities": info.capabilities() if info else {},
+            "options": info.options.describe() if info else [],
         }
 
 
@@ -134,15 +137,16 @@ class Registry:
             if owner is not None and record.status not in (DISABLED,):
                 if record.plugin is not None:
                     self._pm.unregister(record.plugin)
-                record = attrs.evolve(
-                    record,
-                    status=BROKEN,
-                    plugin=None,
-                    error=f"method name '{name}' is already provided by {owner.distribution} {owner.version}; "
-                    f"rename the entry point in {record.distribution}",
-                )
+                record = attrs.evolve(record, status=BROKEN, plugin=None, taken_by=owner.name,
+                                      error=_clash_message(record, name, owner))
                 break
-        key = record.name if record.name not in self._records else f"{record.name}@{record.distribution}"
+        key = record.name
+        earlier = self._records.get(key)
+        if earlier is not None:
+            if record.status in (READY, MISSING):  # a broken or disabled plugin claims no name: the usable one gets it
+                self._records[f"{key}@{earlier.distribution}"] = earlier
+            else:
+                key = f"{key}@{record.distribution}"
         self._records[key] = record
         if record.status in (READY, MISSING) and record.info:
             for alias in record.info.aliases:
@@ -182,8 +186,12 @@ class Registry:
             self._pm.unregister(plugin)
             return PluginRecord(
                 **base, status=BROKEN, location=location,
-                error=f"describe_method returned {type(info).__name__}, expected kbit.MethodInfo",
+                error=f"describe_method returned {type(info).__name__}, expected kbit.plugin.MethodInfo",
             )
+        problem = _option_defaults_problem(info, base)
+        if problem:
+            self._pm.unregister(plugin)
+            return PluginRecord(**base, status=BROKEN, error=problem, location=location)
         missing = info.missing_requirements()
         if missing:
             return PluginRecord(**base, status=MISSING, error=describe_missing(missing), location=location, info=info,
@@ -225,6 +233,20 @@ class Registry:
         usable = [r for r in self.records() if r.status in (READY, MISSING)]
         return sorted({r.name for r in usable} | set(self._aliases))
 
+    def clash_warning(self, name: str) -> str:
+        """One line naming the other distributions that also claim method ``name`` (canonical or alias)
+        and which one is used, or "" when no other claims it. Said by ``kbit train`` and ``kbit spec``."""
+        self.load()
+        assert self._records is not None
+        canonical = self._aliases.get(name.strip().lower(), name.strip().lower())
+        owner = self._records.get(canonical)
+        rivals = [r for r in self._records.values() if r.taken_by == canonical]
+        if owner is None or not rivals:
+            return ""
+        others = ", ".join(f"{r.distribution} {r.version} (as '{r.name}')" for r in rivals)
+        return (f"method '{canonical}' is also claimed by {others}; using {owner.distribution} {owner.version}'s "
+                "(the first to load keeps a name: see 'kbit methods')")
+
     def get(self, name: str) -> Method:
         """The method called ``name`` (or one of its aliases), ready to use.
 
@@ -260,6 +282,15 @@ def _dist_version(ep: importlib.metadata.EntryPoint) -> str:
     return dist.version if dist is not None else "unknown"
 
 
+def _clash_message(record: PluginRecord, name: str, owner: PluginRecord) -> str:
+    """Why ``record`` lost ``name`` to ``owner``, with the fix for its author."""
+    held = "" if name == owner.name else f" (an alias of method '{owner.name}')"
+    taken = f"is already provided by {owner.distribution} {owner.version}{held}"
+    if name != record.name:
+        return f"its alias '{name}' {taken}; drop that alias from MethodInfo(aliases=...) in {record.distribution}"
+    return f"method name '{name}' {taken}; rename the entry point in {record.distribution}"
+
+
 def _location(plugin: Any) -> str:
     """Where a plugin's code is: its module file, or for an object plugin its class's file."""
     import inspect
@@ -271,6 +302,26 @@ def _location(plugin: Any) -> str:
         except TypeError:
             found = None
     return found or ""
+
+
+def _option_defaults_problem(info: MethodInfo, base: dict[str, str]) -> str:
+    """Why an option default of this method does not pass its own parser, or "".
+
+    Checked once, when the method loads (a missing package does not excuse it): a bad default would
+    otherwise show only when a run resolves it, or never, where a plugin reads the default unparsed.
+    """
+    plugin = f"{base['distribution']} {base['version']}"
+    for option in info.options.options:
+        try:
+            option.parsed_default()
+        except PluginError as exc:
+            return f"{plugin}: {exc}"
+        except INTERRUPTS:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a parser's own bug must not take the host down
+            return (f"{plugin}: the parser of option '{option.name}' raised {type(exc).__name__}: {exc} on its "
+                    f"default {option.default!r}; a parser raises ValueError for a value it refuses")
+    return ""
 
 
 def _contract_problem(pm: pluggy.PluginManager, plugin: Any) -> str:

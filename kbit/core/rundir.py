@@ -199,12 +199,15 @@ class RunLock:
 
     The lock is an OS file lock (``filelock``) on ``.kbit.lock``: the kernel drops it when its process
     dies, so a killed run never blocks the next one and two live processes can never both hold it.
-    The file's content (pid and host of the holder) only serves the refusal message.
+    The file's content (pid and host of the holder) only serves the refusal message. The folders
+    ``acquire`` had to create (the run folder, ``runs/``) are removed again by ``release`` when the
+    command left them empty: a command refused or stopped before it wrote anything leaves no trace.
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._lock: Any = None
+        self._created: list[Path] = []  # deepest first
 
     @property
     def held(self) -> bool:
@@ -214,6 +217,7 @@ class RunLock:
         """Take the lock, or raise ``ConfigError`` naming the live process that holds it."""
         import filelock
 
+        created = [p for p in (self.path.parent, *self.path.parent.parents) if not os.path.lexists(p)]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.path), timeout=0)
         try:
@@ -225,6 +229,7 @@ class RunLock:
                 f"run directory {self.path.parent} is in use by {who}; wait for it or choose another --output"
             ) from None
         self._lock = lock
+        self._created = created
         with open(self.path, "w", encoding="utf-8") as handle:  # same inode: the OS lock stays
             json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
 
@@ -244,6 +249,10 @@ class RunLock:
         with contextlib.suppress(Exception):
             self._lock.release()
         self._lock = None
+        for folder in self._created:
+            with contextlib.suppress(OSError):  # not empty: the command wrote there, so it stays
+                folder.rmdir()
+        self._created = []
 
 
 def take_over(target: Path, lock: RunLock, replace: bool) -> Path | None:

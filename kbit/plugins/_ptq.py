@@ -28,6 +28,7 @@ from kbit.plugin import (
     boolean,
     calibration_options,
     calibration_settings,
+    described,
     hookimpl,
     integer,
     merge_or_keep,
@@ -46,16 +47,13 @@ REQUIRES = (
 )
 
 
-def _bits(raw: Any) -> int:
-    if isinstance(raw, bool) or str(raw).strip() not in ("4", "8"):
-        raise ValueError("expected 4 or 8")
-    return int(raw)
-
-
 def _names(raw: Any) -> list[str]:
     names = [str(n).strip() for n in raw] if isinstance(raw, (list, tuple)) else [n.strip() for n in str(raw).split(",")]
     names = [n for n in names if n and n != "none"]
     return names
+
+
+described(_names, "module names", "comma-separated module names, or 'none'")
 
 
 def ptq_options(*, symmetric: bool, extra: tuple[Option, ...] = ()) -> OptionSchema:
@@ -65,7 +63,7 @@ def ptq_options(*, symmetric: bool, extra: tuple[Option, ...] = ()) -> OptionSch
         + training_options()
         + OptionSchema(
             (
-                Option("bits", 4, _bits, "weight bits: 4 or 8"),
+                Option("bits", 4, integer(allowed=(4, 8)), "weight bits: 4 or 8"),
                 Option("group_size", "auto", integer(minimum=1, auto=True),
                        "weights per scale; auto = the largest of 128/64/32 dividing every quantized layer's width"),
                 Option("symmetric", symmetric, boolean,

@@ -42,6 +42,7 @@ from kbit.plugin import (
     adapter_options,
     adapter_settings,
     choice,
+    described,
     hookimpl,
     integer,
     merge_or_keep,
@@ -59,6 +60,9 @@ def _block(raw: Any) -> int:
         raise ValueError(f"expected {Q4_1_BLOCK}: a Q4_1 block holds {Q4_1_BLOCK} weights, and the adapter's groups "
                          "must be the blocks whose offsets the merge changes")
     return size
+
+
+described(_block, "integer", f"{Q4_1_BLOCK} only", (Q4_1_BLOCK,))
 
 
 OPTIONS = (

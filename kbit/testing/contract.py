@@ -6,10 +6,10 @@
         method = "my-method"
 
 Every test goes through the hooks as kbit calls them, on the tiny random model (the
-``kbit_tiny_model`` fixture of kbit's pytest plugin), and every failure says what to fix. The point
-of the contract is the merge: an adapter with non-zero weights is attached to the base as the
-method prepares it, merged as the method's ``merge_policy`` says, and the merged model must give the
-adapter model's logits.
+``kbit_tiny_model`` fixture of kbit's pytest plugin, or one of the widths ``tiny_config`` sets), and
+every failure says what to fix. The point of the contract is the merge: an adapter with non-zero
+weights is attached to the base as the method prepares it, merged as the method's ``merge_policy``
+says, and the merged model must give the adapter model's logits.
 """
 
 from __future__ import annotations
@@ -48,11 +48,22 @@ PROMPTS = ["<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\
 
 
 class MethodContract:
-    """Subclass as ``TestSomething`` and set ``method`` (and optionally ``options``, ``merge_tolerance``)."""
+    """Subclass as ``TestSomething`` and set ``method`` (and optionally ``options``, ``merge_tolerance``,
+    ``tiny_config``)."""
 
     method: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
     merge_tolerance: ClassVar[float] = 1e-3  # max |Δlogit| allowed between the merged and the adapter model
+    # make_tiny_model fields for a method the default 64-wide tiny model does not fit (hidden_size=256 …)
+    tiny_config: ClassVar[dict[str, Any]] = {}
+
+    @pytest.fixture
+    def contract_model(self, request: pytest.FixtureRequest) -> Path:
+        """The model folder every test runs on: ``kbit_tiny_model``, or with ``tiny_config`` a tiny model of
+        those widths (``kbit_tiny_model_factory``: one per distinct config in a session)."""
+        if not self.tiny_config:
+            return request.getfixturevalue("kbit_tiny_model")
+        return request.getfixturevalue("kbit_tiny_model_factory")(**self.tiny_config)
 
     @pytest.fixture
     def chosen(self) -> Method:
@@ -60,11 +71,11 @@ class MethodContract:
         return default_registry().get(self.method)
 
     @pytest.fixture
-    def spec(self, chosen: Method, kbit_tiny_model: Path) -> QuantizationSpec:
+    def spec(self, chosen: Method, contract_model: Path) -> QuantizationSpec:
         from transformers import AutoConfig
 
         spec = chosen.resolve_spec(self.options, DeviceInfo.cpu())
-        spec = chosen.resolve_for_model(spec, AutoConfig.from_pretrained(kbit_tiny_model))
+        spec = chosen.resolve_for_model(spec, AutoConfig.from_pretrained(contract_model))
         if spec.adapter is not None and spec.adapter.r == "auto":
             from kbit.core.sizing import concrete_adapter_spec
 
@@ -92,19 +103,19 @@ class MethodContract:
         with pytest.raises(ConfigError, match="no_such_option"):
             chosen.resolve_spec({**self.options, "no_such_option": "1"}, DeviceInfo.cpu())
 
-    def test_resolve_for_model_settles_the_spec(self, chosen: Method, kbit_tiny_model: Path) -> None:
+    def test_resolve_for_model_settles_the_spec(self, chosen: Method, contract_model: Path) -> None:
         if not chosen.implements("resolve_for_model"):
             pytest.skip("method has no resolve_for_model hook")
         from transformers import AutoConfig
 
         spec = chosen.resolve_spec(self.options, DeviceInfo.cpu())
-        fitted = chosen.resolve_for_model(spec, AutoConfig.from_pretrained(kbit_tiny_model))
+        fitted = chosen.resolve_for_model(spec, AutoConfig.from_pretrained(contract_model))
         assert isinstance(fitted, QuantizationSpec) and fitted.method == chosen.name
 
     # The base and the adapter -------------------------------------------------------------
 
     def test_quantized_training_quantizes_the_base(self, chosen: Method, spec: QuantizationSpec,
-                                                   kbit_tiny_model: Path) -> None:
+                                                   contract_model: Path) -> None:
         from transformers.utils.quantization_config import QuantizationConfigMixin
 
         config = chosen.build_quant_config(spec)
@@ -115,7 +126,7 @@ class MethodContract:
                 "quantize_base hook: quantize the base in one of them"
             )
         if chosen.implements("quantize_base"):
-            model = load_base(chosen, spec, str(kbit_tiny_model))
+            model = load_base(chosen, spec, str(contract_model))
             from kbit.core.quantized_linear import QuantizedLinear
 
             assert any(isinstance(m, QuantizedLinear) for m in model.modules()), (
@@ -124,12 +135,12 @@ class MethodContract:
             )
 
     def test_prepare_model_leaves_only_adapter_trainable(self, chosen: Method, spec: QuantizationSpec,
-                                                         kbit_tiny_model: Path) -> None:
+                                                         contract_model: Path) -> None:
         if spec.adapter is None:
             pytest.skip("method trains no adapter")
         import torch
 
-        model = _adapter_model(chosen, spec, kbit_tiny_model)
+        model = _adapter_model(chosen, spec, contract_model)
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert trainable, "no parameter is trainable after attaching the adapter"
         frozen_side = [n for n in trainable if not any(m in n for m in ADAPTER_MARKERS)]
@@ -144,7 +155,7 @@ class MethodContract:
 
     # The merge, the contract's point -------------------------------------------------------
 
-    def test_merge_reproduces_the_adapter_model(self, chosen: Method, spec: QuantizationSpec, kbit_tiny_model: Path,
+    def test_merge_reproduces_the_adapter_model(self, chosen: Method, spec: QuantizationSpec, contract_model: Path,
                                                 tmp_path: Path) -> None:
         policy = chosen.merge_policy(spec)
         assert isinstance(policy, MergePolicy)
@@ -155,9 +166,9 @@ class MethodContract:
         from kbit.core.merge import logit_agreement, merged_model
         from kbit.core.quantized_linear import exact_activations
 
-        model = _adapter_model(chosen, spec, kbit_tiny_model, nonzero=True).eval()
+        model = _adapter_model(chosen, spec, contract_model, nonzero=True).eval()
         model.save_pretrained(tmp_path / "adapter")
-        merged, described = merged_model(chosen, spec, policy, str(kbit_tiny_model), tmp_path / "adapter")
+        merged, described = merged_model(chosen, spec, policy, str(contract_model), tmp_path / "adapter")
         reference = model
         if policy.base == "original" and (chosen.build_quant_config(spec) is not None or chosen.implements("quantize_base")):
             # The policy merges into the unquantized base: the merge must equal the adapter on that base.
@@ -165,10 +176,10 @@ class MethodContract:
 
             from kbit.core.models import load_causal_lm
 
-            plain = load_causal_lm(str(kbit_tiny_model), dtype=policy.dtype)
+            plain = load_causal_lm(str(contract_model), dtype=policy.dtype)
             reference = PeftModel.from_pretrained(plain, str(tmp_path / "adapter")).eval()
         with exact_activations(reference):  # a runtime's activation rounding is not part of the weights merged
-            agreement = logit_agreement(reference, merged, [_batch(kbit_tiny_model)])
+            agreement = logit_agreement(reference, merged, [_batch(contract_model)])
         assert agreement["max_abs_logit_diff"] < self.merge_tolerance, (
             f"merging method '{chosen.name}' into {described} does not reproduce the adapter model: max |Δlogit| "
             f"{agreement['max_abs_logit_diff']:.3g} (tolerance {self.merge_tolerance:g}), top-1 agreement "
@@ -177,13 +188,13 @@ class MethodContract:
         )
 
     def test_prepare_inference_keeps_the_outputs(self, chosen: Method, spec: QuantizationSpec,
-                                                 kbit_tiny_model: Path) -> None:
+                                                 contract_model: Path) -> None:
         if not chosen.implements("prepare_inference"):
             pytest.skip("method has no prepare_inference hook")
         import torch
 
-        model = _adapter_model(chosen, spec, kbit_tiny_model, nonzero=True).eval()
-        batch = _batch(kbit_tiny_model)
+        model = _adapter_model(chosen, spec, contract_model, nonzero=True).eval()
+        batch = _batch(contract_model)
         with torch.no_grad():
             before = model(**batch).logits.float()
             with model.disable_adapter():
@@ -197,7 +208,7 @@ class MethodContract:
         )
 
     def test_quantize_model_writes_a_loadable_model(self, chosen: Method, spec: QuantizationSpec,
-                                                    kbit_tiny_model: Path, tmp_path: Path) -> None:
+                                                    contract_model: Path, tmp_path: Path) -> None:
         if not chosen.info.post_training_quantization:
             pytest.skip("method does not quantize after training")
         import torch
@@ -206,9 +217,9 @@ class MethodContract:
         assert chosen.implements("quantize_model"), "post_training_quantization=True needs a quantize_model hook"
         out = tmp_path / "quantized"
         out.mkdir()
-        chosen.quantize_model(kbit_tiny_model, spec, PROMPTS * 4, out)
+        chosen.quantize_model(contract_model, spec, PROMPTS * 4, out)
         model = AutoModelForCausalLM.from_pretrained(out)
-        logits = model(**_batch(kbit_tiny_model)).logits
+        logits = model(**_batch(contract_model)).logits
         assert torch.isfinite(logits).all(), "the quantized model gives non-finite logits"
 
 

@@ -4,6 +4,8 @@ Fixtures for plugin authors (and kbit's own tests):
 
 - ``kbit_tiny_model``: a tiny random Llama model folder with a tokenizer and chat template, made
   once per test session (no download);
+- ``kbit_tiny_model_factory``: ``make(hidden_size=256, ...)``, a tiny model of other widths, made once per
+  distinct config (``MethodContract.tiny_config`` uses it);
 - ``kbit_cli``: runs the real ``kbit`` command line in a subprocess, offline, and returns the
   ``subprocess.CompletedProcess``: ``kbit_cli("train", "--method", "my-method", "--max-steps", "2")``.
 
@@ -17,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +27,26 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 
 
 @pytest.fixture(scope="session")
-def kbit_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random causal LM folder (Llama architecture, widths multiples of 64)."""
+def kbit_tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make(**config)``: a tiny model folder built by ``make_tiny_model(**config)`` (``hidden_size=256``,
+    ``intermediate_size=512`` …), made once per distinct config in a test session."""
     from kbit.testing.tiny import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("kbit-tiny") / "model")
+    made: dict[tuple[tuple[str, Any], ...], Path] = {}
+
+    def make(**config: Any) -> Path:
+        key = tuple(sorted(config.items()))
+        if key not in made:
+            made[key] = make_tiny_model(tmp_path_factory.mktemp("kbit-tiny") / "model", **config)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def kbit_tiny_model(kbit_tiny_model_factory: Callable[..., Path]) -> Path:
+    """A tiny random causal LM folder (Llama architecture, widths multiples of 64)."""
+    return kbit_tiny_model_factory()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -36,31 +37,35 @@ def _tokenizer():
     )
 
 
-def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0, tied: bool = True) -> Path:
+def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0, tied: bool = True,
+                    **config: Any) -> Path:
     """Write a random tiny Llama model and its tokenizer to ``path``; returns the path.
 
     The hidden and intermediate widths are multiples of 64 so block- and group-wise quantizers fit.
+    ``config`` overrides ``LlamaConfig`` fields (``intermediate_size``, ``num_attention_heads``,
+    ``num_key_value_heads`` …); the intermediate width defaults to twice ``hidden_size``.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     tokenizer = _tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=tied,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    fields = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": tied,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    llama_config = LlamaConfig(**{**fields, **config})
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(llama_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import time
@@ -66,3 +67,28 @@ def test_listing_and_help_import_no_torch():
     start = time.perf_counter()
     assert run_kbit("--help").returncode == 0
     assert time.perf_counter() - start < 5
+
+
+def test_spec_options_lists_every_option_with_its_default_and_help():
+    from kbit.core.registry import get_method
+
+    schema = get_method("qlora").info.options
+    wide = {**os.environ, "COLUMNS": "400"}
+    table = run_kbit("spec", "qlora", "--options", env=wide)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()
+    for option in schema.options:
+        assert option.help and any(option.name in row and option.help in row for row in rows), option.name
+    assert any("quant_type" in row and "nf4" in row and "one of nf4, fp4" in row for row in rows)
+    listed = json.loads(run_kbit("spec", "qlora", "--options", "--json").stdout)
+    assert listed == schema.describe()
+    refused = run_kbit("spec", "qlora", "--options", "-o", "r=8")
+    assert refused.returncode == 2 and "drop -o" in refused.stderr
+
+
+def test_methods_json_carries_each_methods_options():
+    methods = {m["name"]: m for m in json.loads(run_kbit("methods", "--json").stdout)}
+    options = {o["name"]: o for o in methods["qlora"]["options"]}
+    assert options["r"]["default"] == 64 and options["r"]["type"] == "integer" and options["r"]["help"]
+    assert options["quant_type"] == {"name": "quant_type", "default": "nf4", "type": "choice",
+                                     "allowed": "one of nf4, fp4", "choices": ["nf4", "fp4"], "help": "4-bit data type"}

@@ -142,7 +142,7 @@ def test_kbit_methods_reports_a_wrong_resolve_spec_as_broken(plugin_site, monkey
     plugin_site.add("kbit-broken", "0.0.3", {"bad": "kbit_broken:wrong_return"}, modules=("kbit_broken",))
     registry = Registry(entry_points=plugin_site.entry_points(), environ={})
     record = next(r for r in registry.records() if r.name == "bad")
-    assert record.status == "broken" and "resolve_spec returned dict, expected kbit.QuantizationSpec" in record.error
+    assert record.status == "broken" and "resolve_spec returned dict, expected kbit.plugin.QuantizationSpec" in record.error
 
 
 @pytest.mark.slow

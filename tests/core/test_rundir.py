@@ -108,6 +108,24 @@ def test_two_live_processes_never_both_hold_the_lock(tmp_path):
     assert outcomes == ["held", "refused", "refused", "refused"]
 
 
+def test_release_removes_the_folders_acquire_created_only_while_they_are_empty(tmp_path):
+    unused = RunLock(tmp_path / "runs" / "refused")
+    unused.acquire()
+    unused.release()
+    assert list(tmp_path.iterdir()) == []  # no empty runs/ left by a command that wrote nothing
+    used = RunLock(tmp_path / "runs" / "run")
+    used.acquire()
+    (tmp_path / "runs" / "run" / "kbit.json").write_text("{}")
+    used.release()
+    assert [p.name for p in (tmp_path / "runs" / "run").iterdir()] == ["kbit.json"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    existing = RunLock(mine)
+    existing.acquire()
+    existing.release()
+    assert mine.is_dir()  # a folder that was there before is never removed
+
+
 def test_release_never_raises_when_the_lock_file_cannot_be_removed(tmp_path):
     lock = RunLock(tmp_path / "run")
     lock.acquire()

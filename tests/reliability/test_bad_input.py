@@ -183,6 +183,7 @@ CASES = [
     ((*TRAIN, "--dataset", "{json_bad}"), "invalid JSON"),
     ((*TRAIN, "--dataset", "{chat_bad}"), "row 1: the last message must have role 'assistant'"),
     ((*TRAIN, "--dataset", "nowhere/missing.jsonl"), "dataset file nowhere/missing.jsonl does not exist"),
+    ((*TRAIN, "-o", "nonsense=1"), "unknown option 'nonsense' for method qlora"),  # and no runs/ left
     ((*TRAIN, "--dataset", "no_such_hub_dataset_kbit"), "cannot load dataset 'no_such_hub_dataset_kbit'"),
     # models
     (("train", "--model", "/nonexistent/model", "--max-steps", "1"), "does not exist"),
@@ -342,7 +343,7 @@ def test_bad_input(isolated, tiny, run, capsys, args, message):
 
 PLUGIN_CASES = [
     ("kbit_broken:raises_in_hook", "hook resolve_spec raised ZeroDivisionError"),
-    ("kbit_broken:wrong_return", "hook resolve_spec returned dict, expected kbit.QuantizationSpec"),
+    ("kbit_broken:wrong_return", "hook resolve_spec returned dict, expected kbit.plugin.QuantizationSpec"),
     ("kbit_broken:lacks_hook", "lacks required hook(s) merge_policy"),
     ("kbit_import_error", "import failed: ImportError"),
 ]

@@ -7,6 +7,7 @@ claims its folder. It raises ``ConfigError`` for anything a user can get wrong, 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from kbit.core.model_check import check_adapter_fits, check_weights_match, load_
 from kbit.core.models import ModelSource, load_tokenizer, resolve_model
 from kbit.core.naming import run_name
 from kbit.core.record import read_record
-from kbit.core.registry import get_method
+from kbit.core.registry import default_registry, get_method
 from kbit.core.rundir import check_writable
 from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec, decide_checkpointing
 from kbit.core.spec import QuantizationSpec
@@ -36,6 +37,7 @@ from kbit.core.targets import claim, kbit_kind
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.decisions import compute_dtype_decision
 
+log = logging.getLogger("kbit")
 RUNS_ROOT = Path("runs")
 # --report-to: the experiment trackers transformers reports to, each installed by an extra of kbit.
 TRACKERS = {name: Requirement(name, f"pip install 'kbit[{name}]'") for name in ("tensorboard", "wandb", "trackio")}
@@ -68,6 +70,9 @@ def is_main_process() -> bool:
 def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     """Validate every input and decide the run; raises ConfigError before anything is written."""
     method = get_method(config.method)  # first: a method whose backend is missing is refused before torch loads
+    clash = default_registry().clash_warning(method.name)
+    if clash and is_main_process():
+        log.warning("%s", clash)
     _check_tracker(config.report_to)
     device = detect_device()
     method.check_requirements(device)
