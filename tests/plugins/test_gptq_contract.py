@@ -32,7 +32,7 @@ def test_capabilities_and_spec():
 
 @pytest.mark.parametrize("options, message", [
     ({"peft_type": "dora"}, "expected one of lora, vera"),
-    ({"bits": "3"}, "expected 4 or 8"),
+    ({"bits": "3"}, "expected one of 4, 8"),
     ({"group_size": "0"}, "group_size"),
 ])
 def test_unsupported_settings_are_refused_at_resolve_time(options, message):
