@@ -94,9 +94,10 @@ def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy,
 def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePolicy, model: Any) -> Any:
     """``method.prepare_model(model, spec)``; refuses, before training, a merge it would make wrong.
 
-    ``prepare_model`` may freeze, upcast or wrap, but not change base weights: the merge reloads the
-    base through ``build_quant_config``/``quantize_base`` and would merge into other weights than the
-    adapter trained on.
+    ``prepare_model`` may freeze, upcast or wrap, but not change base weights — parameters, nor the
+    buffers a quantized layer keeps its codes and scales in: the merge reloads the base through
+    ``build_quant_config``/``quantize_base`` and would merge into other weights than the adapter
+    trained on.
     """
     before = weights_fingerprint(model)
     prepared = method.prepare_model(model, spec)
@@ -120,7 +121,8 @@ def _same_sum(a: float, b: float) -> bool:
 
 
 def weights_fingerprint(model: Any) -> dict[str, float]:
-    """A float64 sum per parameter: equal for equal values whatever the dtype they are stored in.
+    """A float64 sum per parameter and buffer (integer buffers, e.g. packed codes, in int64): equal for
+    equal values whatever the dtype they are stored in.
 
     Summed a million values at a time: a float64 copy of SmolLM2's embeddings alone is 226 MB, and
     torch's ``sum(dtype=float64)`` makes that copy too.
@@ -129,9 +131,9 @@ def weights_fingerprint(model: Any) -> dict[str, float]:
 
     sums: dict[str, float] = {}
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             try:
-                data = parameter.detach().reshape(-1)
+                data = tensor.detach().reshape(-1)
                 wide = torch.float64 if data.is_floating_point() else torch.int64
                 sums[name] = float(sum(float(chunk.to(wide).sum()) for chunk in data.split(1 << 20)))
             except (RuntimeError, TypeError, ValueError, NotImplementedError):

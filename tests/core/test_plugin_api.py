@@ -83,7 +83,8 @@ def test_quantized_linear_is_a_linear_that_peft_trains_and_kbit_measures():
 @pytest.fixture
 def rtn_site(plugin_site):
     plugin_site.add("kbit-rtn", "1.0", {"rtn-exact": "kbit_rtn:exact", "rtn-in-prepare": "kbit_rtn:in_prepare",
-                                        "rtn-no-dequantize": "kbit_rtn:no_dequantize"}, modules=("kbit_rtn",))
+                                        "rtn-no-dequantize": "kbit_rtn:no_dequantize",
+                                        "rtn-buffers-in-prepare": "kbit_rtn:buffers_in_prepare"}, modules=("kbit_rtn",))
     return plugin_site
 
 
@@ -107,6 +108,17 @@ def test_a_base_quantized_in_prepare_model_is_refused_before_training(rtn_site, 
     assert "method 'rtn-in-prepare' changed base weights in prepare_model" in line and "merge" in line
     record = json.loads((out / "kbit.json").read_text())
     assert record["status"] == "failed" and not (out / "adapter").exists() and not (out / "merged").exists()
+
+
+def test_quantized_buffers_changed_in_prepare_model_are_refused_before_training(rtn_site, kbit_tiny_model, tmp_path):
+    # the scales moved by 1%: a merge would reload other weights than the adapter trained on
+    out = tmp_path / "run"
+    result = run_kbit("train", "--model", str(kbit_tiny_model), "--method", "rtn-buffers-in-prepare", "--output",
+                      str(out), *TRAIN, env=rtn_site.env())
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = next(part for part in result.stderr.splitlines() if "kbit: error:" in part)
+    assert "method 'rtn-buffers-in-prepare' changed base weights in prepare_model (model.layers.0." in line
+    assert ".scale" in line and not (out / "adapter").exists()
 
 
 def test_the_contract_suite_fails_a_wrong_merge_naming_it(rtn_site, kbit_tiny_model, tmp_path, monkeypatch):
