@@ -42,7 +42,7 @@ def describe_method() -> MethodInfo:
     """Describe the method: summary, options with defaults, aliases, requirements, capabilities.
 
     Must be cheap and must not import torch: ``kbit methods`` calls it for every plugin.
-    :return: a ``kbit.MethodInfo``.
+    :return: a ``kbit.plugin.MethodInfo``.
     """
 
 
@@ -55,7 +55,7 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
     :param device: where training will run; resolve "auto" settings (compute dtype) against it.
         ``kbit methods`` calls this hook with no options and a CPU device to check its return type:
         keep it cheap and free of torch imports.
-    :return: a ``kbit.QuantizationSpec`` whose ``method`` is the canonical method name, with
+    :return: a ``kbit.plugin.QuantizationSpec`` whose ``method`` is the canonical method name, with
         ``adapter`` (``kbit.plugin.adapter_settings``) and ``training``
         (``kbit.plugin.training_settings``) set for an adapter method, ``calibration`` for one that
         quantizes after training, and the method's private settings in ``extras``.
@@ -137,7 +137,7 @@ def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
 def merge_policy(spec: QuantizationSpec) -> MergePolicy:
     """Say what happens to the adapter after training.
 
-    :return: a ``kbit.MergePolicy``: merge (into which base, in which dtype), keep the adapter
+    :return: a ``kbit.plugin.MergePolicy``: merge (into which base, in which dtype), keep the adapter
         only, or refuse, with the reason. kbit's merge step carries it out: "dequantized" loads the
         base as for training and dequantizes it (``dequantize_base``, or transformers'
         ``dequantize()`` for a quantization config), "original" loads the unquantized base. kbit then
