@@ -17,7 +17,8 @@ use them inside hooks.
 - Device and dtypes: ``DeviceInfo``, ``resolve_compute_dtype``, ``torch_dtype``.
 - Model helpers: ``prepare_for_adapter`` (freeze, k-bit preparation, gradient checkpointing),
   ``merge_or_keep`` (the usual merge policy), ``QuantizedLinear``, ``replace_linears``,
-  ``dequantize_linears`` (a base quantized in ``quantize_base``).
+  ``dequantize_linears`` (a base quantized in ``quantize_base``), ``cache_dequantized`` (its
+  ``prepare_inference``: generation multiplies by kept dequantized weights).
 - Runtime rounding: ``activation_format`` (the format llama.cpp's CPU matmul rounds a weight type's
   input to, ``"q4_1"`` → ``"q8_1"``), passed to ``QuantizedLinear(linear, activations=...)``;
   ``fake_quantize_activations`` (that rounding with a straight-through gradient); ``exact_activations``
@@ -52,7 +53,7 @@ from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
 from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, described, dtype, integer, module_names, number
 from kbit.core.spec import AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
 
-_NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears", "exact_activations")
+_NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears", "exact_activations", "cache_dequantized")
 _ROUNDING = ("activation_format", "fake_quantize_activations")  # kbit.core.runtime.rounding, imports torch
 
 __all__ = [

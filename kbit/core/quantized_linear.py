@@ -35,6 +35,7 @@ class QuantizedLinear(torch.nn.Linear):
     """
 
     activations: str | None = None
+    _cached_weight: torch.Tensor | None = None
 
     def __init__(self, linear: torch.nn.Linear, activations: str | None = None) -> None:
         torch.nn.Module.__init__(self)  # not Linear.__init__: there is no full-precision weight to allocate
@@ -55,18 +56,35 @@ class QuantizedLinear(torch.nn.Linear):
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         return self.dequantize()
 
+    def cache_weight(self) -> None:
+        """Multiply by a kept copy of ``dequantize()`` from now on: generation runs every layer once per
+        new token, and dequantizing each time can cost more than the matmul. Costs a float copy of the
+        weight; the stored blocks stay what ``weight``, merges and exports read. Call it once the layer
+        is on its device."""
+        self._cached_weight = self.dequantize().detach()
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.activations is not None:
             from kbit.core.runtime.rounding import fake_quantize_activations
 
             inputs = fake_quantize_activations(inputs, self.activations)
-        weight = self.dequantize().to(inputs.dtype)
+        weight = (self._cached_weight if self._cached_weight is not None else self.dequantize()).to(inputs.dtype)
         bias = None if self.bias is None else self.bias.to(inputs.dtype)
         return torch.nn.functional.linear(inputs, weight, bias)
 
     def extra_repr(self) -> str:
         rounding = f", activations={self.activations}" if self.activations is not None else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{rounding}"
+
+
+def cache_dequantized(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every ``QuantizedLinear`` keeping its dequantized weight (``cache_weight``): the
+    ``prepare_inference`` of a method that quantizes in ``quantize_base``, trading a float copy of the
+    weights for generation speed once training is over. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            module.cache_weight()
+    return model
 
 
 @contextlib.contextmanager

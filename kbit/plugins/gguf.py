@@ -197,6 +197,13 @@ def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
 
 
 @hookimpl
+def prepare_inference(model: Any, spec: QuantizationSpec) -> Any:
+    from kbit.plugin import cache_dequantized
+
+    return cache_dequantized(model)  # scoring generates token by token: dequantize each layer once, not per token
+
+
+@hookimpl
 def merge_policy(spec: QuantizationSpec) -> MergePolicy:
     policy = merge_or_keep(spec, base="dequantized", dtype="float32",
                            reason="the adapter trained on the file's blocks, dequantized exactly in float32")

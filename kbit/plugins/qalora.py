@@ -160,6 +160,13 @@ def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
 
 
 @hookimpl
+def prepare_inference(model: Any, spec: QuantizationSpec) -> Any:
+    from kbit.plugin import cache_dequantized
+
+    return cache_dequantized(model)  # scoring generates token by token: dequantize each layer once, not per token
+
+
+@hookimpl
 def merge_policy(spec: QuantizationSpec) -> MergePolicy:
     return merge_or_keep(spec, base="dequantized", dtype="float32", export="q4_1", export_head=spec.extras["head_type"],
                          reason="QA-LoRA's update is constant per Q4_1 block: the merge moves only the block offsets")

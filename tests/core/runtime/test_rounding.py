@@ -235,3 +235,28 @@ def test_qalora_trains_on_the_input_llama_cpp_multiplies_when_asked(options, exp
     model = load_base(method, method.resolve_spec(options, DeviceInfo.cpu()), str(make_tiny_model(tmp_path / "tiny")))
     layers = [m for m in model.modules() if isinstance(m, Q41Linear)]
     assert layers and all(m.activations == expected for m in layers)
+
+
+def test_cache_dequantized_multiplies_by_one_kept_copy_with_the_same_outputs():
+    from kbit.plugin import QuantizedLinear, cache_dequantized
+
+    class Counted(QuantizedLinear):
+        calls = 0
+
+        def __init__(self, linear: torch.nn.Linear) -> None:
+            super().__init__(linear, "q8_0")
+            self.register_buffer("stored", linear.weight.detach().clone())
+
+        def dequantize(self) -> torch.Tensor:
+            Counted.calls += 1
+            return self.stored
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Counted(torch.nn.Linear(64, 64)), torch.nn.ReLU(), Counted(torch.nn.Linear(64, 8)))
+    x = torch.randn(3, 64)
+    before = model(x)
+    assert Counted.calls == 2
+    assert cache_dequantized(model) is model and Counted.calls == 4
+    for _ in range(3):
+        assert torch.equal(model(x), before)  # the rounding of the input still applies
+    assert Counted.calls == 4 and torch.equal(model[0].weight, model[0].stored)
