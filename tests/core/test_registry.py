@@ -100,16 +100,21 @@ def test_allow_list_block_list_and_builtins_only(plugin_site):
     assert (builtins_only["toy"], builtins_only["other"]) == (DISABLED, DISABLED)
 
 
-def test_missing_requirement_gives_install_line(plugin_site):
-    module = plugin_site.root / "kbit_needs.py"
-    module.write_text(
-        "from kbit import MethodInfo, OptionSchema, Requirement, hookimpl\n"
-        "from tests.fixtures.plugins.kbit_toy import resolve_spec, build_quant_config, prepare_model, merge_policy\n"
+def _write_toy(plugin_site, module: str, method_info: str, imports: str = "MethodInfo") -> None:
+    """Write plugin module ``module``: the toy method's hooks, its ``describe_method`` returning ``method_info``."""
+    (plugin_site.root / f"{module}.py").write_text(
+        f"from kbit.plugin import {imports}, hookimpl\n"
+        "from tests.fixtures.plugins.kbit_toy import OPTIONS, build_quant_config, merge_policy, prepare_model, resolve_spec\n"
         "@hookimpl\n"
         "def describe_method():\n"
-        "    return MethodInfo(summary='needs', options=OptionSchema(()),"
-        " requires=(Requirement('kbit_no_such_pkg', 'pip install kbit-no-such-pkg'),))\n"
+        f"    return {method_info}\n"
     )
+
+
+def test_missing_requirement_gives_install_line(plugin_site):
+    _write_toy(plugin_site, "kbit_needs", "MethodInfo(summary='needs', options=OptionSchema(()), "
+               "requires=(Requirement('kbit_no_such_pkg', 'pip install kbit-no-such-pkg'),))",
+               imports="MethodInfo, OptionSchema, Requirement")
     plugin_site.add("kbit-needs", "1.0", {"needs": "kbit_needs"})
     registry = Registry(entry_points=plugin_site.entry_points(), environ={})
     with pytest.raises(MissingDependencyError, match="pip install kbit-no-such-pkg"):
@@ -210,13 +215,7 @@ def test_a_broken_plugin_claims_no_name(plugin_site):
 
 
 def test_an_alias_another_method_holds_makes_the_method_broken_saying_to_drop_the_alias(plugin_site):
-    (plugin_site.root / "kbit_toy_nf4.py").write_text(
-        "from kbit.plugin import MethodInfo, hookimpl\n"
-        "from tests.fixtures.plugins.kbit_toy import OPTIONS, build_quant_config, merge_policy, prepare_model, resolve_spec\n"
-        "@hookimpl\n"
-        "def describe_method():\n"
-        "    return MethodInfo(summary='toy, aliased nf4', options=OPTIONS, aliases=('nf4',))\n"
-    )
+    _write_toy(plugin_site, "kbit_toy_nf4", "MethodInfo(summary='toy, aliased nf4', options=OPTIONS, aliases=('nf4',))")
     plugin_site.add("kbit-toy", "1.0", {"toy": "kbit_toy_nf4"})
     registry = Registry(entry_points=plugin_site.entry_points(), environ={})
     record = next(r for r in registry.records() if r.name == "toy")
