@@ -1,7 +1,7 @@
 """A method's base model, loaded the same way wherever kbit needs it.
 
 - ``load_base``: for training and for evaluating an adapter: the weights through the method's
-  ``build_quant_config``, then its ``quantize_base``.
+  ``build_quant_config``, then its ``quantize_base`` (computed once: ``kbit.core.quantized_cache``).
 - ``load_merge_base``: the full-precision weights a ``MergePolicy`` names, with a description of
   what they really are. "dequantized" is the training base dequantized (by the method's
   ``dequantize_base`` where it has one, else by transformers for a quantization config); "original" is the unquantized
@@ -21,6 +21,7 @@ from kbit.core.errors import ConfigError
 from kbit.core.method import Method
 from kbit.core.method_info import MergePolicy
 from kbit.core.models import load_causal_lm
+from kbit.core.quantized_cache import load_quantized_base
 from kbit.core.resident_memory import release_load_memory
 from kbit.core.spec import QuantizationSpec
 
@@ -32,12 +33,15 @@ class MergeRefused(ConfigError):
 def load_base(method: Method, spec: QuantizationSpec, path: str, *, trust_remote_code: bool = False,
               device_map: Any = None) -> Any:
     """The base exactly as the adapter trains on it: loaded through the quant config, then ``quantize_base``
-    (after which the checkpoint's memory map holds weights that were replaced, and is let go of)."""
-    model = load_causal_lm(path, quant_config=method.build_quant_config(spec), dtype=spec.training.compute_dtype,
-                           trust_remote_code=trust_remote_code, device_map=device_map)
+    (or its layers from the quantized-base cache, ``kbit.core.quantized_cache``; after which the
+    checkpoint's memory map holds weights that were replaced, and is let go of)."""
+    def load() -> Any:
+        return load_causal_lm(path, quant_config=method.build_quant_config(spec), dtype=spec.training.compute_dtype,
+                              trust_remote_code=trust_remote_code, device_map=device_map)
+
     if not method.implements("quantize_base"):
-        return model  # load_causal_lm has already given back what loading left
-    model = method.quantize_base(model, spec)
+        return load()  # load_causal_lm has already given back what loading left
+    model = load_quantized_base(method, spec, path, load)
     release_load_memory(model)
     return model
 
