@@ -11,6 +11,11 @@ import attrs
 
 from kbit.core.data.examples import Example
 
+# Prompts per generate() call wherever kbit scores answers (kbit train's before/after and variants, kbit
+# eval's default --batch-size, the export check's reference). Left padding changes with the batch, and
+# with it the last bits of the logits and so, on near-ties, a greedy answer: one size gives one figure.
+ANSWER_BATCH_SIZE = 8
+
 
 def render_prompt(tokenizer: Any, example: Example) -> str:
     """The prompt text the model sees: the chat template with the generation prompt, or plain text."""
@@ -32,7 +37,7 @@ class Answers:
 
 
 def generate_answers(model: Any, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 16,
-                     batch_size: int = 16) -> Answers:
+                     batch_size: int = ANSWER_BATCH_SIZE) -> Answers:
     """Greedy completions for ``examples``, each ending at an end-of-turn token or after ``max_new_tokens``.
 
     The end-of-turn tokens are ``kbit.core.evaluate.budget.end_of_turn_ids`` of the tokenizer and model;

@@ -6,7 +6,8 @@ with ``kbit.json`` of kind "quantized", a plain Hugging Face model directory, or
 per variant:
 
 - ``base``: the plain model as stored (a run's base is ``kbit.json`` → ``base_model.path``); with
-  ``--method`` also the same base loaded through that method's quantization config;
+  ``--method`` also the same base loaded through that method's quantization config (``base+METHOD``;
+  for a run of that method without ``-o``, with the run's own spec: the model its "before" is scored on);
 - ``adapter``: the run's base loaded with its method's quant config, then ``PeftModel`` on top;
 - ``merged`` / ``quantized``: the run's merged or post-training-quantized model, loaded plainly.
 
@@ -308,6 +309,8 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
         check_remote_code(Path(base_path), trust)
     if "base" in wanted:
         base = record.base_model
+        if method_spec is not None and method_spec[0] == record.method and not selection.options and record.spec:
+            method_spec = (record.method, record.spec)  # the base exactly as the run trained on it
         candidates += _base_candidates(str(base.get("name") or Path(base_path).name), base_path, str(run), data, trust, method_spec)
     for variant in ("adapter", "merged", "quantized"):
         if variant not in wanted:
@@ -369,10 +372,16 @@ def _base_candidates(label: str, path: str, source: str, data: DataRequest, trus
                      method_spec: tuple[str, QuantizationSpec] | None) -> list[Candidate]:
     found = [Candidate(label, "base", path, source, path, data, trust_remote_code=trust)]
     if method_spec is not None:
-        name, spec = method_spec
-        found.append(Candidate(label, "base", path, source, path, data, base_path=path, method=name, spec=spec,
-                               trust_remote_code=trust))
+        found.append(method_base(label, path, source, data, trust, *method_spec))
     return found
+
+
+def method_base(label: str, path: str, source: str, data: DataRequest, trust: bool, method: str,
+                spec: QuantizationSpec) -> Candidate:
+    """The base at ``path`` loaded through ``method`` with ``spec`` (``base+METHOD``): a run's "before" is
+    this candidate of its own method and spec, loaded and scored as ``kbit eval`` does."""
+    return Candidate(label, "base", path, source, path, data, base_path=path, method=method, spec=spec,
+                     trust_remote_code=trust)
 
 
 def _run_base_path(run: Path, record: RunRecord) -> str:

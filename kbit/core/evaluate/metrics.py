@@ -19,6 +19,7 @@ from typing import Any
 
 from kbit.core.data.examples import Example
 from kbit.core.evaluate.generation import render_prompt
+from kbit.core.evaluate.sample_size import exact_match_stats
 from kbit.core.evaluate.scoring import score
 
 ADAPTER_MARKERS = ("lora_", "vera_", "modules_to_save")
@@ -76,12 +77,15 @@ def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], bat
             "tokens": tokens, "input_tokens": sum(len(ids) for ids, _ in encoded), "per_example": per_example}
 
 
-def task_scores(task: str, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[dict[str, float]], dict[str, float]]:
-    """Per-example scores and their means (``exact_match``, plus ``f1`` for squad)."""
+def task_scores(task: str, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Per-example scores and their means (``exact_match``, plus ``f1`` for squad) with
+    ``exact_match_hits`` and ``exact_match_ci95``: every held-out score kbit prints (``kbit train``'s
+    before/after and variants, ``kbit eval``'s rows) is this function of greedy answers."""
     per = [score(task, p, list(e.answers)) for p, e in zip(predictions, examples)]
     if not per:
         return [], {}
-    return per, {key: sum(s[key] for s in per) / len(per) for key in per[0]}
+    means: dict[str, Any] = {key: sum(s[key] for s in per) / len(per) for key in per[0]}
+    return per, {**means, **exact_match_stats([s["exact_match"] for s in per])}
 
 
 def tensor_bytes(tensor: Any) -> int:

@@ -27,7 +27,7 @@ from kbit.core.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
 from kbit.core.evaluate.budget import GenerationBudget, check_fits_context, generation_budget
-from kbit.core.evaluate.generation import Answers, decode_speed, generate_answers
+from kbit.core.evaluate.generation import ANSWER_BATCH_SIZE, Answers, decode_speed, generate_answers
 from kbit.core.evaluate.loading import (
     RUNTIMES,
     Candidate,
@@ -39,7 +39,7 @@ from kbit.core.evaluate.loading import (
 )
 from kbit.core.evaluate.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
 from kbit.core.evaluate.report import write_report
-from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, small_sample_warning, too_few
+from kbit.core.evaluate.sample_size import MIN_ITEMS, small_sample_warning, too_few
 from kbit.core.evaluate.scoring import MATH_TASKS, math_scorer
 from kbit.core.model_check import load_config
 from kbit.core.options import integer
@@ -60,7 +60,7 @@ class EvalConfig:
     limit: int = attrs.field(default=100, converter=integer(minimum=1))
     # None: each dataset's budget from its training completions (kbit.core.evaluate.budget)
     max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1)))
-    batch_size: int = attrs.field(default=8, converter=integer(minimum=1))
+    batch_size: int = attrs.field(default=ANSWER_BATCH_SIZE, converter=integer(minimum=1))
     out: str | None = None
     overwrite: bool = False
 
@@ -236,7 +236,6 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
         measured = _measure_in_torch(candidate, data, items, config, device)
     answers, loss = measured.answers, measured.loss
     per_example, means = task_scores(data.task, answers.texts, items)
-    means.update(exact_match_stats([s["exact_match"] for s in per_example]))
     row = {
         "model": candidate.label,
         "variant": candidate.display_variant,

@@ -55,7 +55,8 @@ def test_exact_match_and_f1_on_fixed_strings():
     assert per[0] == {"exact_match": 1.0, "f1": 1.0}
     # "dog" vs "dog barks" (articles dropped): precision 1, recall 1/2 -> F1 2/3
     assert per[1]["exact_match"] == 0.0 and per[1]["f1"] == pytest.approx(2 / 3)
-    assert means == {"exact_match": 0.5, "f1": pytest.approx(5 / 6)}
+    assert means == {"exact_match": 0.5, "f1": pytest.approx(5 / 6), "exact_match_hits": 1,
+                     "exact_match_ci95": [0.0945, 0.9055]}  # with its 95% interval, as every printed rate
     per, means = task_scores("arithmetic", ["The answer is 1,234.", "12", "no idea"],
                              [Example(prompt=[("user", "q")], completion=a, answers=[a]) for a in ("1234", "13", "5")])
     assert [p["exact_match"] for p in per] == [1.0, 0.0, 0.0] and means["exact_match"] == pytest.approx(1 / 3)
