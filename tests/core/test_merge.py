@@ -1,5 +1,6 @@
 """``computing_in``: the merge check runs a bf16-trained model in float32, then puts it back as it was."""
 
+import pytest
 import torch
 
 from kbit.core.merge import computing_in
@@ -69,3 +70,56 @@ def test_the_trainers_autocast_wrapper_is_lifted_inside_and_put_back(tiny_model)
     assert not torch.equal(wrapped, expected)  # the wrapper computes in bf16
     assert torch.equal(inside, expected)
     assert torch.equal(after, wrapped)
+
+
+def _figures(error: float, effect: float, top1: float = 1.0, largest: float = 10.0) -> dict[str, float]:
+    return {"max_abs_logit_diff": error, "top1_agreement": top1, "adapter_effect": effect, "max_abs_logit": largest,
+            "positions": 100}
+
+
+def test_the_merge_bound_is_a_share_of_the_adapters_effect_set_by_the_precision_compared():
+    from kbit.core.merge import merge_tolerance
+
+    assert merge_tolerance("float32", "float32") == 1e-3
+    assert merge_tolerance("bfloat16", "float32") == torch.finfo(torch.bfloat16).eps  # one rounding of the base
+    assert merge_tolerance("float32", "float16") == 16 * torch.finfo(torch.float16).eps  # the merged model computes in it
+    assert merge_tolerance("float16", "bfloat16") == 16 * torch.finfo(torch.bfloat16).eps
+
+
+def test_a_merge_whose_top1_agrees_but_whose_logits_moved_more_than_the_bound_fails_naming_the_method():
+    from kbit.core.merge import MergeCheckFailed, check_fidelity
+
+    check_fidelity(_figures(9.5e-5, 34.0), 0.99, "qlora", "the dequantized base", tolerance=1e-3)  # an honest merge
+    with pytest.raises(MergeCheckFailed) as failed:
+        check_fidelity(_figures(0.08, 1.5, largest=1.0), 0.99, "rtn-x", "the dequantized base", tolerance=1e-3)
+    message = str(failed.value)
+    assert "\n" not in message and "method 'rtn-x'" in message and "5.33% of their scale (1.5: the larger of" in message
+    assert "--merge-tolerance" in message and "dequantize_base must return exactly the weights" in message
+
+
+def test_an_adapter_that_barely_changes_the_logits_is_judged_against_their_size_instead():
+    from kbit.core.merge import MergeCheckFailed, check_fidelity
+
+    # rounding noise of 1e-4 on logits of size 10 passes with an adapter effect of 0 (an untrained adapter) ...
+    check_fidelity(_figures(1e-4, 0.0, largest=10.0), 0.99, "m", "b", tolerance=1e-3)
+    with pytest.raises(MergeCheckFailed, match="of their scale"):  # ... a change of 0.02 does not
+        check_fidelity(_figures(0.02, 0.0, largest=10.0), 0.99, "m", "b", tolerance=1e-3)
+
+
+def test_without_a_bound_only_top1_is_checked():
+    from kbit.core.merge import MergeCheckFailed, check_fidelity
+
+    check_fidelity(_figures(5.0, 1.0), 0.99, "m", "b")
+    with pytest.raises(MergeCheckFailed, match="top-1 predictions"):
+        check_fidelity(_figures(5.0, 1.0, top1=0.9), 0.99, "m", "b", tolerance=1e-3)
+
+
+def test_base_dtype_reads_the_weights_the_adapter_wraps(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    from kbit.core.merge import base_dtype
+    from kbit.core.models import load_causal_lm
+
+    for dtype in ("float32", "bfloat16"):
+        model = get_peft_model(load_causal_lm(str(tiny_model), dtype=dtype), LoraConfig(r=4, target_modules="all-linear"))
+        assert base_dtype(model) == dtype

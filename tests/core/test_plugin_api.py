@@ -84,7 +84,8 @@ def test_quantized_linear_is_a_linear_that_peft_trains_and_kbit_measures():
 def rtn_site(plugin_site):
     plugin_site.add("kbit-rtn", "1.0", {"rtn-exact": "kbit_rtn:exact", "rtn-in-prepare": "kbit_rtn:in_prepare",
                                         "rtn-no-dequantize": "kbit_rtn:no_dequantize",
-                                        "rtn-buffers-in-prepare": "kbit_rtn:buffers_in_prepare"}, modules=("kbit_rtn",))
+                                        "rtn-buffers-in-prepare": "kbit_rtn:buffers_in_prepare",
+                                        "rtn-scale-off": "kbit_rtn:scale_off"}, modules=("kbit_rtn",))
     return plugin_site
 
 
@@ -119,6 +120,20 @@ def test_quantized_buffers_changed_in_prepare_model_are_refused_before_training(
     line = next(part for part in result.stderr.splitlines() if "kbit: error:" in part)
     assert "method 'rtn-buffers-in-prepare' changed base weights in prepare_model (model.layers.0." in line
     assert ".scale" in line and not (out / "adapter").exists()
+
+
+def test_a_dequantize_base_with_scales_5_percent_off_fails_the_run_though_top1_agrees(rtn_site, kbit_tiny_model, tmp_path):
+    out = tmp_path / "run"
+    result = run_kbit("train", "--model", str(kbit_tiny_model), "--method", "rtn-scale-off", "--output", str(out), *TRAIN,
+                      env=rtn_site.env())
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [part for part in result.stderr.splitlines() if "kbit: error:" in part]
+    assert len(lines) == 1 and "merge check failed" in lines[0] and "method 'rtn-scale-off'" in lines[0]
+    assert "of their scale" in lines[0] and "Traceback" not in result.stderr
+    record = json.loads((out / "kbit.json").read_text())
+    merge = record["merge"]
+    assert record["status"] == "failed" and (out / "adapter").is_dir() and not (out / "merged").exists()
+    assert merge["max_abs_logit_diff"] > merge["max_error_share"] * max(merge["adapter_effect"], merge["max_abs_logit"])
 
 
 def test_the_contract_suite_fails_a_wrong_merge_naming_it(rtn_site, kbit_tiny_model, tmp_path, monkeypatch):

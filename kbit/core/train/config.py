@@ -84,6 +84,9 @@ class TrainConfig:
     max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1, maximum=MAX_COUNT)))
     # The merge check: the merged model must reproduce the trained model's top-1 predictions this often.
     merge_min_agreement: float = attrs.field(default=0.99, converter=number(minimum=0, maximum=1))
+    # ... and its logits may differ from the trained model's by at most this share of the adapter's own
+    # effect; None: by the precision of the weights compared (kbit.core.merge.merge_tolerance).
+    merge_tolerance: float | None = attrs.field(default=None, converter=attrs.converters.optional(number(minimum=0)))
     trust_remote_code: bool = attrs.field(default=False, converter=boolean)
     overwrite: bool = attrs.field(default=False, converter=boolean)
 
@@ -221,7 +224,7 @@ NOT_RESUMED = ("trust_remote_code", "overwrite", "output")
 # and scores its end. Every other setting decides what the run trains, so it stays as recorded: a
 # resume that changed one would record a mix of two runs.
 RESUMABLE = ("logging_steps", "save_steps", "eval_steps", "report_to", "eval_limit", "max_new_tokens",
-             "merge_min_agreement", "trust_remote_code")
+             "merge_min_agreement", "merge_tolerance", "trust_remote_code")
 
 
 def recorded_config(saved: Mapping[str, Any]) -> dict[str, Any]:

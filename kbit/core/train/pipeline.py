@@ -8,8 +8,8 @@ one that finished:
    adapter, SFT with trl; save ``adapter/``;
 3. merge: carry out ``merge_policy``, check the merged model against the adapter model, ``merged/``;
 4. quantize: the method's ``quantize_model`` on the merged model, ``quantized/``;
-5. score: held-out answers before and after training, and of every model the run ships (merged,
-   quantized, exported) on the same items under the same answer budget;
+5. score: held-out answers before training (the base as ``kbit eval`` loads it) and after, and of every
+   model the run ships (merged, quantized, exported) on the same items under the same answer budget;
 6. finish: loss plot, model card, status "finished".
 
 Only the main process writes; under torchrun the other ranks take part in training only.
@@ -18,6 +18,7 @@ Only the main process writes; under torchrun the other ranks take part in traini
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Iterator
@@ -33,12 +34,14 @@ from kbit.core.console import LOG_FILE_ONLY, LOG_NAME, run_log
 from kbit.core.data import TaskData
 from kbit.core.device import peak_memory_bytes
 from kbit.core.errors import Terminated
-from kbit.core.evaluate.generation import generate_answers, render_prompt
+from kbit.core.evaluate.generation import ANSWER_BATCH_SIZE, generate_answers
+from kbit.core.evaluate.metrics import task_scores
 from kbit.core.evaluate.budget import GenerationBudget, generation_budget
 from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, too_few
-from kbit.core.evaluate.scoring import math_scorer, score
+from kbit.core.evaluate.scoring import math_scorer
 from kbit.core.bases import load_base, prepare_for_training
-from kbit.core.merge import check_fidelity, computing_in, logit_agreement, merged_model, save_model
+from kbit.core.merge import (adapter_effect, base_dtype, check_fidelity, computing_in, logit_agreement, merge_tolerance,
+                             merged_model, probe_batches, save_model)
 from kbit.core.quantized_linear import exact_activations
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.record import RunRecord, read_record, write_record
@@ -232,12 +235,17 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
         log.info("merging the adapter into the %s base (%s)", policy.base, policy.dtype)
         merged, described = merged_model(plan.method, plan.spec, policy, plan.source.path, plan.run_dir / "adapter",
                                          plan.config.trust_remote_code)
+        held = base_dtype(model)
+        tolerance = plan.config.merge_tolerance if plan.config.merge_tolerance is not None else merge_tolerance(held, policy.dtype)
+        probe = probe_batches(plan.tokenizer, plan.data.held_out)
         # as the merged float model computes: its dtype, and no runtime rounding of activations
         with computing_in(model, policy.dtype), exact_activations(model):
-            agreement = logit_agreement(model, merged, _probe_batches(plan.tokenizer, plan.data))
+            agreement = {**logit_agreement(model, merged, probe), "adapter_effect": adapter_effect(model, probe)}
         record.merge = {"action": policy.action, "reason": policy.reason, "base": policy.base, "base_used": described,
-                           "dtype": policy.dtype, "min_top1_agreement": plan.config.merge_min_agreement, **agreement}
-        check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, f"merging into {described}")
+                        "dtype": policy.dtype, "min_top1_agreement": plan.config.merge_min_agreement,
+                        "base_dtype": held, "max_error_share": tolerance, **agreement}
+        check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, f"merging into {described}",
+                       tolerance=tolerance)
         save_model(merged, plan.tokenizer, merged_dir)
         del merged
         record.artifacts["merged"] = "merged"
@@ -282,25 +290,49 @@ def _exported(plan: RunPlan, record: RunRecord, file_name: str) -> bool:
 def _score(plan: RunPlan, record: RunRecord, model: Any, budget: GenerationBudget) -> None:
     """Held-out answers before and after training, on the backend's inference path.
 
-    Scored after the merge check. "Before" is the same quantized base with the adapter switched
-    off, so both numbers see identical base weights.
+    Scored after the merge check. "Before" is the same quantized base (identical base weights), loaded
+    afresh as ``kbit eval`` loads it (``_base_scores``); "after" is the trained model in memory.
     """
     metrics: dict[str, Any] = {}
     if plan.config.eval_limit:
-        generator = plan.method.prepare_inference(model, plan.spec)
         metrics["generation"] = budget.to_dict()
         if plan.data.task in ("arithmetic", "openmath"):
             metrics["scoring"] = math_scorer()
         limit, new_tokens = plan.config.eval_limit, budget.max_new_tokens
         log.info("scoring %d held-out items before and after training", min(limit, len(plan.data.held_out)))
-        with generator.disable_adapter():
-            metrics["before"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
+        metrics["before"] = _base_scores(plan, limit, new_tokens)
+        generator = plan.method.prepare_inference(model, plan.spec)
         metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
         metrics["min_items"] = MIN_ITEMS
         metrics["too_few_items"] = too_few(metrics["after"]["items"])
     metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
     metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
     record.metrics = metrics
+
+
+def _base_scores(plan: RunPlan, limit: int, new_tokens: int) -> dict[str, Any]:
+    """The base through the run's method and spec, loaded by ``kbit eval``'s loader and scored as its rows
+    are: the figure ``kbit eval RUN --variant base --method METHOD`` gives (same items and budget).
+
+    Not the trained model with its adapter switched off: ``prepare_model`` (peft's k-bit preparation
+    upcasts norms and embeddings to float32) and training leave the in-memory base computing otherwise
+    than the base as loaded, which moved greedy answers of the tiny test model.
+    """
+    from kbit.core.device import release_memory
+    from kbit.core.evaluate.loading import DataRequest, load_candidate, method_base
+
+    if not plan.data.held_out[:limit]:
+        return {"exact_match": None, "items": 0}  # nothing to load the base for
+    # DataRequest(): load_candidate does not read it; the items are plan.data's
+    candidate = method_base(plan.source.name, plan.source.path, str(plan.run_dir), DataRequest(),
+                            plan.config.trust_remote_code, plan.method.name, plan.spec)
+    loaded = load_candidate(candidate, plan.device)
+    try:
+        return _held_out_scores(loaded.model, loaded.tokenizer, plan.data, limit, new_tokens)
+    finally:
+        del loaded
+        gc.collect()
+        release_memory(plan.device)
 
 
 SHIPPED = ("merged", "quantized")  # model folders a run writes, scored as stored
@@ -353,28 +385,13 @@ def _held_out_scores(model: Any, tokenizer: Any, data: TaskData, limit: int, max
     items = list(data.held_out[:limit])
     if not items:
         return {"exact_match": None, "items": 0}
-    answers = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens)
+    # as kbit eval answers and scores (same batch size, same task_scores): one figure for one model
+    answers = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens, batch_size=ANSWER_BATCH_SIZE)
     predictions = answers.texts
-    scores = [score(data.task, p, list(e.answers)) for p, e in zip(predictions, items)]
-    result = {"items": len(items), "answers_cut": answers.cut, "mean_new_tokens": round(sum(answers.new_tokens) / len(items), 1),
-              "samples": [{"prompt": e.prompt[-1][1], "prediction": p, "gold": e.answers[0]}
-                          for p, e in list(zip(predictions, items))[:5]]}
-    for key in scores[0]:
-        result[key] = sum(s[key] for s in scores) / len(scores)
-    result.update(exact_match_stats([s["exact_match"] for s in scores]))
-    return result
-
-
-def _probe_batches(tokenizer: Any, data: TaskData, count: int = 16) -> list[dict[str, Any]]:
-    texts = [render_prompt(tokenizer, e) + e.completion for e in data.held_out[:count]]
-    if not texts:
-        return []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        return [dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))]
-    finally:
-        tokenizer.padding_side = side
+    _, means = task_scores(data.task, predictions, items)
+    return {"items": len(items), "answers_cut": answers.cut, "mean_new_tokens": round(sum(answers.new_tokens) / len(items), 1),
+            "samples": [{"prompt": e.prompt[-1][1], "prediction": p, "gold": e.answers[0]}
+                        for p, e in list(zip(predictions, items))[:5]], **means}
 
 
 def _leave_process_group() -> None:
