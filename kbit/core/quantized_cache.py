@@ -55,6 +55,8 @@ QUANTIZED_CACHE_VERSION = 1  # bump when what an entry holds, or how it is read,
 DISABLE_ENV = "KBIT_NO_QUANTIZED_CACHE"
 RECORD = "kbit-quantized.json"
 TENSORS = "layers.safetensors"
+DIGESTS = "quantized-base-digests.json"  # model folder stamp -> content digest: a reload need not hash the base
+MAX_DIGESTS = 256
 # Module state torch keeps for every layer; the rest of a layer's __dict__ is its own attributes.
 _TORCH_STATE = ("training", "_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
 _said: set[str] = set()
@@ -152,19 +154,47 @@ def _canonical(value: Any) -> str:
 
 
 def base_digest(base: Path) -> str:
-    """sha256 (16 hex) of a model folder's ``config.json`` and safetensors files; remembered per process
-    while their sizes and modification times stay the same."""
+    """sha256 (16 hex) of a model folder's ``config.json`` and safetensors files; remembered while their
+    paths, sizes, modification times (ns) and inodes stay the same, in this process and across processes
+    (``DIGESTS`` in kbit's cache: re-hashing a 7B base at every load would cost more than most
+    quantizers save)."""
     files = sorted(base.glob("*.safetensors")) + [base / "config.json"]
     try:
-        stamp = (str(base.resolve()), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        stamp = (str(base.resolve()), *((f.name, f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) for f in files))
     except OSError:
         raise NotCacheable(f"{base} is not a model folder with config.json and safetensors weights") from None
     if stamp not in _base_digests:
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(f"{file.name}\0{file_sha256(file)}\0".encode())
-        _base_digests[stamp] = digest.hexdigest()[:16]
+        remembered = _remembered_digests()
+        key = _canonical(stamp)
+        if key not in remembered:
+            digest = hashlib.sha256()
+            for file in files:
+                digest.update(f"{file.name}\0{file_sha256(file)}\0".encode())
+            remembered[key] = digest.hexdigest()[:16]
+            _remember_digests(remembered)
+        _base_digests[stamp] = remembered[key]
     return _base_digests[stamp]
+
+
+def _remembered_digests() -> dict[str, str]:
+    try:
+        remembered = json.loads((cache_root() / DIGESTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return remembered if isinstance(remembered, dict) and all(isinstance(v, str) for v in remembered.values()) else {}
+
+
+def _remember_digests(remembered: dict[str, str]) -> None:
+    """Write the digests file whole (a temporary file renamed over it); a failure costs a re-hash next time."""
+    folder = cache_root()
+    kept = dict(list(remembered.items())[-MAX_DIGESTS:])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / f"{DIGESTS}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(kept))
+        os.replace(temporary, folder / DIGESTS)
+    except OSError as exc:
+        log.debug("could not remember base digests in %s: %s", folder, exc)
 
 
 def _plugin_packages(method: Method) -> set[str]:
