@@ -424,7 +424,8 @@ def write_entry(entry: Path, key: dict[str, Any], model: Any, layers: dict[str, 
             "format": QUANTIZED_CACHE_VERSION, "key": key, "sources": sources, "layers": list(layers.values()),
             "aliases": aliases,
             "tensors": _tensor_table(model), "config": _config_digest(model),
-            "tensors_bytes": (staging / TENSORS).stat().st_size, "tensors_sha256": file_sha256(staging / TENSORS)})
+            "tensors_bytes": (staging / TENSORS).stat().st_size, "tensors_sha256": file_sha256(staging / TENSORS),
+            "tensors_stamp": _stamp(staging / TENSORS)})
         (staging / STAGING_MARK).unlink()  # the finished folder is the entry, not a staging folder
         if entry.exists() or entry.is_symlink():
             _discard(entry)
@@ -438,6 +439,11 @@ def write_entry(entry: Path, key: dict[str, Any], model: Any, layers: dict[str, 
 
 
 # Using an entry -------------------------------------------------------------------------------
+
+def _stamp(file: Path) -> list[int]:
+    status = file.stat()
+    return [status.st_size, status.st_mtime_ns, status.st_ino]
+
 
 def read_entry(entry: Path, key: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The entry's record and tensors (on the CPU); ``Unusable`` when it is damaged or for another key."""
@@ -453,7 +459,9 @@ def read_entry(entry: Path, key: dict[str, Any]) -> tuple[dict[str, Any], dict[s
             if _source_digest_or_none(package) != digest:
                 raise Unusable(f"the source of {package}, which holds its layer class, changed", expected=True)
         size = (entry / TENSORS).stat().st_size
-        if size != record["tensors_bytes"] or file_sha256(entry / TENSORS) != record["tensors_sha256"]:
+        # hashed again only when the file is no longer the one written (the rename into place keeps its stamp)
+        if size != record["tensors_bytes"] or (_stamp(entry / TENSORS) != record.get("tensors_stamp")
+                                               and file_sha256(entry / TENSORS) != record["tensors_sha256"]):
             raise Unusable(f"{TENSORS} is not the file that was written")
         return record, load_file(str(entry / TENSORS))
     except Unusable:
