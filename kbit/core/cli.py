@@ -193,6 +193,7 @@ def train_command(
     eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Held-out items scored before/after (0 = skip).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each held-out answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
     merge_min_agreement: Annotated[Optional[float], typer.Option("--merge-min-agreement", help="Fail the run when the merged model agrees with the trained one on fewer top-1 predictions than this (default 0.99; 0 keeps any merge).")] = None,
+    merge_tolerance: Annotated[Optional[float], typer.Option("--merge-tolerance", help="Fail the run when the merged model's logits differ from the trained one's by more than this share of the adapter's own effect or of the largest logit, whichever is larger (default: 0.001 for float32 weights, more for 16-bit ones; see docs/plugins.md).")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace an earlier run or other data at --output (never a folder holding another kbit output or this command's inputs).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
@@ -213,6 +214,7 @@ def train_command(
         save_steps=save_steps, eval_steps=eval_steps, report_to=report_to, max_examples=max_examples, held_out=held_out, eval_limit=eval_limit,
         max_new_tokens=max_new_tokens,
         trust_remote_code=trust_remote_code, overwrite=overwrite, merge_min_agreement=merge_min_agreement,
+        merge_tolerance=merge_tolerance,
     )
     options = parse_assignments(option or [])
     if peft:
@@ -242,7 +244,7 @@ def eval_command(
     paths: Annotated[Optional[list[str]], typer.Argument(help="Run directories (kbit.json) or model directories; default: the latest run under ./runs.")] = None,
     model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Also evaluate a base model: directory, .gguf, hub id or 'default' (repeatable).")] = None,
     variant: Annotated[Optional[list[str]], typer.Option("--variant", help="base, adapter, merged or quantized (repeatable; default: all present).")] = None,
-    method: Annotated[Optional[str], typer.Option("--method", help="Also evaluate each base loaded through this method's quantization config.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="Also evaluate each base loaded through this method's quantization config (a run's own method without -o: with the run's spec, the base its 'before' score is of).")] = None,
     option: OptionsArg = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on this dataset instead of each run's own.")] = None,
     columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for --dataset: prompt=COL,completion=COL[,answer=COL].")] = None,
@@ -324,7 +326,8 @@ def export_command(
     output: Annotated[Optional[str], typer.Option("--output", "-O", help="File to write (default RUN/gguf/NAME-TYPE.gguf; required for a model).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file this command did not write.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items the check uses (default: the run's eval limit, else 100).")] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Least top-1 agreement the check accepts (default by type).")] = None,
+    max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Largest mean KL divergence (nats) from the source on answer tokens the check accepts (default by type).")] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Least top-1 agreement (near-ties counted as agreeing) the check accepts (default: reported, not gated).")] = None,
     max_em_drop: Annotated[Optional[float], typer.Option("--max-em-drop", help="Largest exact-match drop the check accepts, as a fraction.")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="Where the file is checked: llama.cpp, transformers, or auto (llama.cpp when installed).")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON.")] = False,
@@ -341,7 +344,7 @@ def export_command(
 
     with contextlib.redirect_stdout(sys.stderr):  # loaders print progress; keep stdout for the result
         result = export_path(path, format=format, file_type=file_type, output=output, overwrite=overwrite, limit=limit,
-                             min_top1=min_top1, max_em_drop=max_em_drop, runtime=runtime)
+                             min_top1=min_top1, max_em_drop=max_em_drop, max_kl=max_kl, runtime=runtime)
     entry = result.entry
     if as_json:
         typer.echo(json.dumps({"output": str(result.target), **_jsonable(entry)}, indent=2))
@@ -353,10 +356,14 @@ def export_command(
     typer.echo(f"check    in {entry['runtime']}, {entry['items']} held-out items: top-1 agreement {entry['top1_agreement']:.2%} on "
                f"{entry['answer_positions']} answer tokens ({_percent_or_none(entry['top1_agreement_within_ties'])} counting the "
                f"{entry['near_tie_flips']} near-tie flips as agreeing; {entry['top1_agreement_all_positions']:.2%} on all "
-               f"{entry['positions']} tokens), mean KL {entry['kl']:.3g}, |Δlogit| max {entry['max_abs_logit_diff']:.3g} "
+               f"{entry['positions']} tokens), mean KL {_number_or_none(entry['answer_kl'])} on answer tokens ({entry['kl']:.3g} on all), |Δlogit| max {entry['max_abs_logit_diff']:.3g} "
                f"mean {entry['mean_abs_logit_diff']:.3g}")
     typer.echo(f"         held-out exact match {entry['source']['exact_match']:.1%} ({entry['source']['model']}) → "
                f"{entry['exact_match']:.1%} (this file); passed the {entry['type']} gate: {_gate_text(entry['gate'])}")
+
+
+def _number_or_none(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def _percent_or_none(value: float | None) -> str:
@@ -364,8 +371,9 @@ def _percent_or_none(value: float | None) -> str:
 
 
 def _gate_text(gate: dict) -> str:
-    drop = f", exact match drop ≤ {gate['max_em_drop'] * 100:g} points" if gate.get("max_em_drop") is not None else ""
-    return f"top-1 ≥ {gate['min_top1']:.0%}{drop}"
+    from kbit.core.export.check import Gate
+
+    return Gate(**gate).describe()
 
 
 @app.command("push")

@@ -52,7 +52,7 @@ class _Plan:
 
 def export_path(path: str, *, format: str = "gguf", file_type: str | None = None, output: str | None = None,
                 overwrite: bool = False, limit: int | None = None, min_top1: float | None = None,
-                max_em_drop: float | None = None, max_new_tokens: int = 16, runtime: str = "auto") -> ExportResult:
+                max_em_drop: float | None = None, max_kl: float | None = None, max_new_tokens: int = 16, runtime: str = "auto") -> ExportResult:
     """Export ``path`` (a run or a model reference) as one checked GGUF file; see the module docs.
 
     ``file_type`` None: the type the run's merge policy names as its deploy format (``export``), else q8_0.
@@ -66,11 +66,13 @@ def export_path(path: str, *, format: str = "gguf", file_type: str | None = None
     for label, value in (("--min-top1", min_top1), ("--max-em-drop", max_em_drop)):
         if value is not None and not 0 <= value <= 1:
             raise ConfigError(f"{label} {value} is outside [0, 1]; pass a fraction such as 0.95")
+    if max_kl is not None and not 0 <= max_kl < float("inf"):
+        raise ConfigError(f"--max-kl {max_kl} must be a finite number of nats ≥ 0, such as 0.01")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit} must be at least 1: every export is checked")
     plan = _plan(path, file_type, output)
     _check_target(plan, overwrite)
-    gate = Gate.for_type(file_type, min_top1, max_em_drop)
+    gate = Gate.for_type(file_type, max_kl, max_em_drop, min_top1)
     items = plan.data.held_out[: limit or _default_limit(plan.record)]
     lock = RunLock(plan.run) if plan.run else None
     if lock:
@@ -98,7 +100,8 @@ def export_in_run(run: Path, record: RunRecord, file_type: str, reference: Refer
     plan = _Plan(run / "merged", name, _run_base(record), run_examples(record),
                  run / EXPORTS_DIR / f"{name}-{file_type}.gguf", run, record)
     _check_target(plan, overwrite=False)
-    gate = Gate(min_top1=min_top1, max_em_drop=GATES[file_type][1] if GATES[file_type][1] is not None else 0.02)
+    # The file reproduces the trained model itself (prequantized codes): exact match may not drop either.
+    gate = Gate.for_type(file_type, max_em_drop=GATES[file_type][1] or 0.02, min_top1=min_top1)
     return _write_checked(plan, "gguf", file_type, gate, plan.data.held_out[: limit or _default_limit(record)],
                           max_new_tokens, head_type, reference=reference)
 
@@ -119,7 +122,7 @@ def export_adapter_in_run(run: Path, record: RunRecord, reference: Reference, *,
     plan = _Plan(run / "adapter", name, base, run_examples(record), run / EXPORTS_DIR / f"{name}-lora.gguf", run, record)
     _check_target(plan, overwrite=False)
     items = plan.data.held_out[: limit or _default_limit(record)]
-    gate = Gate(min_top1=min_top1, max_em_drop=GATES["q8_0"][1])
+    gate = Gate.for_type("q8_0", min_top1=min_top1)
     plan.target.parent.mkdir(parents=True, exist_ok=True)
     clear_staging(plan.target.parent)
     started = time.time()

@@ -39,7 +39,7 @@ def test_export_writes_checks_and_records_the_file(f16_export):
     assert entry["type"] == "f16" and entry["size_bytes"] == target.stat().st_size
     assert entry["top1_agreement"] >= 0.99 and entry["max_abs_logit_diff"] < 0.05 and entry["items"] == 6
     assert entry["source"]["model"] == "merged" and 0 <= entry["exact_match"] <= 1
-    assert entry["gate"] == {"min_top1": 0.99, "max_em_drop": 0.02}
+    assert entry["gate"] == {"max_kl": 0.03, "max_em_drop": 0.02, "min_top1": None, "max_kl_all": 0.03}
     assert record["artifacts"]["gguf"] == "gguf" and _leftovers(run / "gguf") == []
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"wrote    {target}") and "F16 ×" in lines[0]

@@ -371,7 +371,7 @@ def test_the_check_of_a_lora_gguf_passes_for_its_adapter_and_fails_for_another(t
     assert figures["runtime"] == runtime and figures["top1_agreement_within_ties"] == 1.0, figures
     other = _adapter(model_dir, tmp_path / "other", std=0.3, init_lora_weights=False, r=8)
     with pytest.raises(FidelityError, match=rf"check in {runtime} failed on 4 held-out items: top-1 agreement"):
-        check_file(base, Reference(other, tokenizer), "arithmetic", items, Gate(0.99, None), 4,
+        check_file(base, Reference(other, tokenizer), "arithmetic", items, Gate(min_top1=0.99), 4,
                    lora=tmp_path / "lora.gguf", runtime=runtime)
 
 

@@ -40,3 +40,29 @@ def test_default_run_is_hub_ready_and_exports_a_checked_q8_0_gguf(smollm2_run):
     assert len(reader.fields["tokenizer.ggml.tokens"].data) == len(base.fields["tokenizer.ggml.tokens"].data)
     card = yaml.safe_load((run / "gguf" / "README.md").read_text().split("---\n")[1])
     assert card["base_model"] == HUB_ID and card["library_name"] == "gguf"
+
+
+def test_the_unfine_tuned_default_base_exports_at_q8_0_and_one_damaged_tensor_is_refused(tmp_path):
+    # An honest q8_0 of the base flips a few near-tied answer tokens; the gate is on KL and exact match.
+    from gguf import GGUFReader
+
+    from kbit.core.data import load_task_data
+    from kbit.core.errors import FidelityError
+    from kbit.core.export.check import Gate, check_gguf
+    from kbit.core.models import resolve_model
+
+    out = tmp_path / "base-q8_0.gguf"
+    exported = run_kbit("export", "default", "--type", "q8_0", "--output", str(out), "--limit", "30", "--json")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    entry = json.loads(exported.stdout)
+    assert entry["answer_kl"] <= entry["gate"]["max_kl"] and entry["gate"]["min_top1"] is None
+    # One tensor of the file written as zeros (a block scale of 0 in every Q8_0 block): refused.
+    reader = GGUFReader(str(out), "r+")
+    [tensor] = [t for t in reader.tensors if t.name == "blk.15.attn_output.weight"]
+    tensor.data[...] = 0
+    reader.data.flush()
+    del reader
+    items = list(load_task_data("arith").held_out[:30])
+    with pytest.raises(FidelityError, match=r"mean KL divergence .* \(--max-kl\)"):
+        check_gguf(out, resolve_model(None).path, "arithmetic", items, Gate.for_type("q8_0"),
+                   source_exact_match=entry["source"]["exact_match"])
