@@ -36,7 +36,7 @@ def test_a_resume_takes_the_recorded_settings_and_flags_that_repeat_them(tmp_pat
 def test_a_resume_takes_the_flags_that_only_change_how_the_run_is_logged_checked_and_scored(tmp_path):
     run = _run(tmp_path)
     flags = {"logging_steps": 5, "save_steps": 7, "eval_steps": 0, "report_to": "none", "eval_limit": 3,
-             "max_new_tokens": 9, "merge_min_agreement": 0.5, "trust_remote_code": True}
+             "max_new_tokens": 9, "merge_min_agreement": 0.5, "merge_tolerance": 0.01, "trust_remote_code": True}
     assert set(flags) == set(RESUMABLE)
     config = resume_config(run, flags)
     assert {k: getattr(config, k) for k in flags} == flags
