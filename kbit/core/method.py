@@ -39,6 +39,11 @@ class Method:
     def __repr__(self) -> str:
         return f"Method({self.name!r} from {self.distribution} {self.version})"
 
+    @property
+    def plugin(self) -> Any:
+        """The plugin object (module or instance) whose hooks this method calls."""
+        return self._plugin
+
     def _call(self, hook: str, **kwargs: Any) -> Any:
         others = [p for p in self._pm.get_plugins() if p is not self._plugin]
         caller = self._pm.subset_hook_caller(hook, others)

@@ -180,9 +180,9 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
                 _write_source_record(target, gguf, name)
             return target
         log.warning("the cached conversion %s is damaged (%s); converting %s again", target, problem, gguf)
-        _discard(target)
+        discard_cached(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_folder(target)
+    staging = staging_folder(target)
     try:
         clean, tokenizer = load_gguf(gguf)
         clean.save_pretrained(staging)
@@ -247,16 +247,16 @@ def _write_file_list(directory: Path) -> None:
     write_json_atomic(directory / CONVERSION_FILES, {"files": sizes})
 
 
-def _staging_folder(target: Path) -> Path:
+def staging_folder(target: Path) -> Path:
     """A new hidden folder beside ``target``, marked with this process's id and host for ``clean_stale_staging``."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     (staging / STAGING_MARK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
     return staging
 
 
-def _discard(target: Path) -> None:
-    """Move a damaged conversion out of the way (into a staging folder), then delete it."""
-    aside = _staging_folder(target)
+def discard_cached(target: Path) -> None:
+    """Move a damaged cache entry (a conversion, a quantized base) out of the way into a staging folder, then delete it."""
+    aside = staging_folder(target)
     try:
         os.replace(target, aside / "damaged")
     except FileNotFoundError:

@@ -41,8 +41,8 @@ from typing import Any
 from kbit.core.method import Method
 from kbit.core.models import (
     STAGING_MARK,
-    _discard,
-    _staging_folder,
+    discard_cached,
+    staging_folder,
     cache_root,
     clean_stale_staging,
     file_sha256,
@@ -199,7 +199,7 @@ def _remember_digests(remembered: dict[str, str]) -> None:
 
 def _plugin_packages(method: Method) -> set[str]:
     """The top-level packages of the plugin's code: its module, or the modules of its object's classes."""
-    plugin = method._plugin  # the plugin object Method wraps (it has no public accessor)
+    plugin = method.plugin
     if isinstance(plugin, types.ModuleType):
         modules = [plugin.__name__]
     else:
@@ -414,7 +414,7 @@ def write_entry(entry: Path, key: dict[str, Any], model: Any, layers: dict[str, 
     sources = {package: source_digest(package) for package in sorted(packages)}
     entry.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(entry.parent)
-    staging = _staging_folder(entry)
+    staging = staging_folder(entry)
     try:
         try:
             save_file(tensors, str(staging / TENSORS))
@@ -428,7 +428,7 @@ def write_entry(entry: Path, key: dict[str, Any], model: Any, layers: dict[str, 
             "tensors_stamp": _stamp(staging / TENSORS)})
         (staging / STAGING_MARK).unlink()  # the finished folder is the entry, not a staging folder
         if entry.exists() or entry.is_symlink():
-            _discard(entry)
+            discard_cached(entry)
         try:
             os.replace(staging, entry)
         except OSError:

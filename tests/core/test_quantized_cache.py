@@ -47,7 +47,7 @@ def _load(registry, name, model, **options):
 
 
 def _calls(registry, name):
-    return registry.get(name)._plugin.calls
+    return registry.get(name).plugin.calls
 
 
 def _logits(model):
