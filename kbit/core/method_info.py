@@ -80,7 +80,7 @@ class MethodInfo:
 
 
 MERGE_ACTIONS = ("merge", "keep_adapter", "refuse")
-GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # what kbit export writes
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "tq2_0", "mxfp4")  # what kbit export writes
 MERGE_BASES = ("dequantized", "original")
 
 

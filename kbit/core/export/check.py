@@ -49,7 +49,8 @@ from kbit.core.evaluate.agreement import NEAR_TIE, Agreement, agreement
 GATES = {
     "f16": (0.03, 0.02), "bf16": (0.03, 0.02), "q8_0": (0.03, 0.02),
     "q5_0": (0.5, None), "q5_1": (0.5, None),
-    "q4_0": (1.0, None), "q4_1": (1.0, None),
+    "q4_0": (1.0, None), "q4_1": (1.0, None), "mxfp4": (1.0, None),
+    "tq2_0": (2.0, None),  # ternary: a float model loses much more; a model trained through it (qat) does not
 }
 LOSSLESS = ("f16", "bf16", "q8_0")  # their KL bound holds on every position too, not only on answer tokens
 RUNTIMES = ("auto", "llama.cpp", "transformers")

@@ -7,7 +7,7 @@ types); the per-architecture rules are in :mod:`kbit.core.export.architectures`,
 
 - 1-D tensors, ``*_norm.weight`` and every tensor that is not a ``.weight`` (biases) stay F32
   (``convert_hf_to_gguf.py``, ``TextModel.prepare_tensors``);
-- in q4_0/q4_1/q5_0/q5_1 files the output projection — ``token_embd`` when the embeddings are tied —
+- in q4_0/q4_1/q5_0/q5_1/tq2_0/mxfp4 files the output projection — ``token_embd`` when the embeddings are tied —
   gets a higher-precision type, as ``llama-quantize`` does (``llama_tensor_get_type``): it uses Q6_K,
   or Q8_0 when the row width is not a multiple of 256; ``gguf`` cannot write Q6_K, so kbit uses Q8_0
   (for SmolLM2, width 576, that is exactly llama.cpp's choice);
@@ -41,7 +41,7 @@ from kbit.core.export.architectures import (
 from kbit.core.export.blocks import PackedTensor
 from kbit.core.method_info import GGUF_TYPES as FILE_TYPES  # one list: MergePolicy.export names these too
 
-LOW_BIT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1")
+LOW_BIT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "tq2_0", "mxfp4")
 HEAD_TYPES = ("q8_0", "f16")
 
 
@@ -95,7 +95,9 @@ def write_gguf(model_dir: Path, target: Path, file_type: str, *, name: str, base
     writer.add_type(gguf.GGUFType.MODEL)
     _general_metadata(reader, name, base, datasets, writer).set_gguf_meta_model(writer)
     write_hyperparameters(writer, config, architecture)
-    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{file_type.upper()}"))
+    # llama.cpp names its one MXFP4 file type after the MoE models it was made for (LLAMA_FTYPE_MOSTLY_MXFP4_MOE)
+    ftype = "MXFP4_MOE" if file_type == "mxfp4" else file_type.upper()
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{ftype}"))
     if reader is not None:
         from kbit.core.export.vocab import copy_gguf_tokenizer
 

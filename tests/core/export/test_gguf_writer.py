@@ -174,3 +174,30 @@ def test_a_byte_level_vocabulary_with_byte_fallback_is_written_as_gpt2(tiny_mode
     keys, _ = _fields(out)
     assert keys["tokenizer.ggml.model"] == "gpt2" and report["tokenizer"].startswith("gpt2")
     assert _compare(model, out) < 2e-3
+
+
+@pytest.mark.parametrize("file_type, block_type", [("tq2_0", GGMLQuantizationType.TQ2_0),
+                                                   ("mxfp4", GGMLQuantizationType.MXFP4)])
+def test_two_bit_and_microscaling_files_hold_the_rounded_weights_and_run_in_llama_cpp(kbit_tiny_model_factory, tmp_path,
+                                                                                   file_type, block_type):
+    from safetensors.torch import load_file
+
+    from kbit.core.export.grids import round_to_grid
+
+    model = kbit_tiny_model_factory(hidden_size=256)  # TQ2_0 blocks hold 256 weights
+    out = tmp_path / f"tiny-{file_type}.gguf"
+    report = write_gguf(model, out, file_type, name="tiny", base=BaseModel(name="tiny"))
+    _, tensors = _fields(out)
+    assert tensors["blk.0.ffn_down.weight"] == block_type and tensors["token_embd.weight"] == GGMLQuantizationType.Q8_0
+    assert report["fallbacks"] == []
+    reader = GGUFReader(str(out))
+    stored = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    from gguf import quants
+
+    values = quants.dequantize(stored.data, block_type).reshape(tuple(reversed(stored.shape.tolist())))
+    expected = round_to_grid(load_file(model / "model.safetensors")["model.layers.0.mlp.down_proj.weight"], file_type)
+    assert np.array_equal(values, expected.numpy())
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(out), logits_all=True, n_ctx=32, verbose=False)
+    llm.eval([1, 5, 9, 13])
+    assert np.isfinite(np.asarray(llm.scores[:4])).all()
