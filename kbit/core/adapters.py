@@ -19,9 +19,9 @@ from kbit.core.device import DeviceInfo, resolve_compute_dtype
 from kbit.core.errors import ConfigError
 from kbit.core.method_info import MergePolicy
 from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, integer, module_names, number
-from kbit.core.spec import AdapterSettings, CalibrationSettings, TrainingSettings
+from kbit.core.spec import ADAPTER_INITS, AdapterSettings, CalibrationSettings, TrainingSettings
 
-ADAPTER_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules")
+ADAPTER_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "init")
 
 
 def adapter_options(
@@ -39,17 +39,22 @@ def adapter_options(
             Option("lora_alpha", lora_alpha, number(minimum=0), "LoRA scaling numerator (scale = lora_alpha / r)"),
             Option("lora_dropout", lora_dropout, number(minimum=0, below=1), "dropout on the adapter input"),
             Option("target_modules", target_modules, module_names, "'all-linear' or comma-separated module names"),
+            Option("init", "default", choice(*ADAPTER_INITS),
+                   "adapter start: default (a no-op) or loftq (cancels the base's quantization error; LoRA only)"),
         )
     )
 
 
-def adapter_settings(values: Mapping[str, Any], *, qa_group_size: int | None = None) -> AdapterSettings:
+def adapter_settings(values: Mapping[str, Any], *, qa_group_size: int | None = None,
+                     fake_quant: str | None = None) -> AdapterSettings:
     """``spec.adapter`` from option values resolved against ``adapter_options``.
 
-    ``qa_group_size`` makes the LoRA adapter a QA-LoRA one (see ``AdapterSettings``).
+    ``qa_group_size`` makes the LoRA adapter a QA-LoRA one; ``fake_quant`` (a GGUF type) makes it train
+    through that type's rounding of ``W + ΔW`` (see ``AdapterSettings``).
     """
     try:
-        return AdapterSettings(**{key: values[key] for key in ADAPTER_KEYS}, qa_group_size=qa_group_size)
+        return AdapterSettings(**{key: values[key] for key in ADAPTER_KEYS}, qa_group_size=qa_group_size,
+                               fake_quant=fake_quant)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -150,7 +155,18 @@ def attach_adapter(model: Any, spec: Any) -> Any:
     fuse_lora_dropout(peft_model)
     if require_adapter(spec).qa_group_size:
         pool_adapter_inputs(peft_model, spec.adapter.qa_group_size)
-    return peft_model
+    return through_grid(peft_model, spec)
+
+
+def through_grid(peft_model: Any, spec: Any) -> Any:
+    """``peft_model`` computing through ``spec.adapter.fake_quant``'s rounding where the spec asks for it
+    (:mod:`kbit.core.fake_quant`): wherever kbit attaches or loads such an adapter. Returns the model."""
+    grid = spec.adapter.fake_quant if spec.adapter is not None else None
+    if grid is None:
+        return peft_model
+    from kbit.core.fake_quant import train_through_grid
+
+    return train_through_grid(peft_model, grid)
 
 
 def pool_adapter_inputs(model: Any, group_size: int) -> None:

@@ -31,6 +31,11 @@ def merged_model(method: Method, spec: QuantizationSpec, policy: MergePolicy, ba
 
     base, described = load_merge_base(method, spec, policy, base_path, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if spec.adapter is not None and spec.adapter.fake_quant is not None:
+        from kbit.core.fake_quant import round_merged
+
+        round_merged(model, spec.adapter.fake_quant)  # trained through this rounding: merged/ is the trained model
+        described = f"{described}, rounded to the {spec.adapter.fake_quant} grid it trained through"
     if policy.lm_head_dtype and not getattr(model.config, "tie_word_embeddings", False):
         model.get_output_embeddings().to(torch_dtype(policy.lm_head_dtype))
     model.config.dtype = torch_dtype(policy.dtype)

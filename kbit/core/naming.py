@@ -38,6 +38,8 @@ def _derived_name(model_name: str, dataset_name: str, spec: QuantizationSpec, he
     if adapter is not None:
         parts.append(f"{_ADAPTER_LABELS.get(adapter.peft_type, adapter.peft_type)}{adapter.r}")
     parts.append(spec.method.upper().replace("-", ""))
+    if adapter is not None and adapter.fake_quant:
+        parts.append(adapter.fake_quant)  # the grid trained through: q4_0 and mxfp4 are both 4-bit
     if spec.weights_bits:
         parts.append(f"w{spec.weights_bits}")
     parts.append(f"head{_DTYPE_LABELS.get(head_dtype, head_dtype)}")

@@ -26,6 +26,9 @@ from typing import Any
 import attrs
 
 from kbit.core.errors import ConfigError
+from kbit.core.export.grids import GRID_TYPES
+
+ADAPTER_INITS = ("default", "loftq")
 
 SCHEMA_VERSION = 2
 _BITS = frozenset({1, 2, 3, 4, 5, 6, 8, 16, 32})
@@ -88,6 +91,14 @@ class AdapterSettings:
     ``qa_group_size`` (LoRA only) makes it a QA-LoRA adapter: it sees its input averaged over groups
     of that many consecutive features, so its update is constant within each group of a weight row —
     and merges into a quantized base with one offset per block of that size without rounding.
+
+    ``fake_quant`` (LoRA only) names a GGUF type (``kbit.core.export.grids.GRID_TYPES``): every adapted
+    layer then trains through ``W + ΔW`` rounded to that type's grid (quantization-aware training,
+    :mod:`kbit.core.fake_quant`), and the merge rounds the same way, so the merged model is the file of
+    that type.
+
+    ``init``: "default" (PEFT's: ``B = 0``, the adapter starts as a no-op) or "loftq" (``A`` and ``B``
+    start by cancelling the base's quantization error, :mod:`kbit.core.loftq`).
     """
 
     peft_type: str = attrs.field(default="lora", validator=attrs.validators.in_(PEFT_TYPES))
@@ -96,11 +107,27 @@ class AdapterSettings:
     lora_dropout: float = attrs.field(default=0.05, validator=_finite(0, 1))
     target_modules: str | tuple[str, ...] = attrs.field(default="all-linear", converter=_targets, validator=_check_targets)
     qa_group_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_int))
+    fake_quant: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(GRID_TYPES)))
+    init: str = attrs.field(default="default", validator=attrs.validators.in_(ADAPTER_INITS))
 
     @qa_group_size.validator
     def _lora_only(self, attribute: attrs.Attribute, value: int | None) -> None:
         if value is not None and self.peft_type != "lora":
             raise ValueError(f"qa_group_size (QA-LoRA) needs peft_type 'lora', not '{self.peft_type}'")
+
+    @init.validator
+    def _loftq_lora(self, attribute: attrs.Attribute, value: str) -> None:
+        if value == "loftq" and self.peft_type != "lora":
+            raise ValueError(f"init 'loftq' sets a LoRA adapter's A and B; peft_type '{self.peft_type}' has other weights")
+        if value == "loftq" and self.fake_quant is not None:
+            raise ValueError(f"init 'loftq' does not apply to an adapter trained through the {self.fake_quant} rounding: "
+                             "round-to-nearest already gives the grid point nearest to W, so no low-rank start lowers "
+                             "the weight error")
+
+    @fake_quant.validator
+    def _plain_lora(self, attribute: attrs.Attribute, value: str | None) -> None:
+        if value is not None and (self.peft_type != "lora" or self.qa_group_size is not None):
+            raise ValueError(f"fake_quant needs a plain LoRA adapter (peft_type 'lora', no qa_group_size), not {self.peft_type}")
 
 
 @attrs.frozen

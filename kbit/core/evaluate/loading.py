@@ -478,6 +478,9 @@ def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
                 model = PeftModel.from_pretrained(model, candidate.path)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise ConfigError(f"cannot load the adapter in {candidate.path}: {_first_line(exc)}") from None
+            from kbit.core.adapters import through_grid
+
+            model = through_grid(model, candidate.spec)
     else:
         model = load_plain(candidate.path, trust_remote_code=candidate.trust_remote_code, device_map=device_map)
     model.eval()
