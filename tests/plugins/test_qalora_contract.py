@@ -89,7 +89,7 @@ def test_a_width_that_is_not_whole_blocks_is_refused_before_anything_is_written(
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"group_size": "64"}, "expected 32: a Q4_1 block holds 32 weights"),
+    ({"group_size": "64"}, "expected 32: a Q4_1/Q5_1 block holds 32 weights"),
     ({"peft_type": "dora"}, "option 'peft_type'"),
     ({"merge_dtype": "bfloat16"}, "merges in float32"),
 ])
@@ -119,3 +119,26 @@ def test_a_killed_qalora_run_resumes_to_the_same_model(qalora_run, tiny_model, t
     b = load_file(qalora_run / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(float((a[k] - b[k]).abs().max()) < 1e-6 for k in a)
     assert json.loads((out / "kbit.json").read_text())["exports"][0]["type"] == "q4_1"
+
+
+def test_a_q5_1_run_trains_on_q5_1_blocks_and_its_file_moves_only_the_offsets(tiny_model, tmp_path):
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), *TRAIN, "-o", "target=q5_1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "kbit.json").read_text())
+    (export,) = record["exports"]
+    assert export["type"] == "q5_1" and record["spec"]["weights_bits"] == 5
+    assert export["top1_agreement_within_ties"] >= export["gate"]["min_top1"], export
+    reader = gguf.GGUFReader(str(out / export["file"]))
+    stored = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    assert stored.tensor_type == gguf.GGMLQuantizationType.Q5_1
+    base = load_file(tiny_model / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    original = gguf.quants.quantize(base.numpy(), gguf.GGMLQuantizationType.Q5_1).reshape(base.shape[0], -1, 24)
+    written = np.asarray(stored.data).reshape(base.shape[0], -1, 24)
+    # bytes 0-1: the scale d, 2-3: the offset m, 4-23: the 5-bit codes
+    assert np.array_equal(written[..., :2], original[..., :2]) and np.array_equal(written[..., 4:], original[..., 4:])
+    assert not np.array_equal(written[..., 2:4], original[..., 2:4]), "training moved no offset"
