@@ -95,6 +95,17 @@ def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy,
     return model.to(torch_dtype(policy.dtype)), described
 
 
+def check_loftq(method: Method, spec: QuantizationSpec) -> None:
+    """Refuse ``-o init=loftq`` (before anything is loaded or written) where the adapter trains on unquantized
+    weights: there is no quantization error for it to start by cancelling."""
+    if spec.adapter is None or spec.adapter.init != "loftq":
+        return
+    if method.build_quant_config(spec) is None and not method.implements("quantize_base"):
+        raise ConfigError(f"-o init=loftq: method '{method.name}' trains on the unquantized weights, so there is no "
+                          "quantization error for the adapter to cancel; drop -o init or choose a method that quantizes "
+                          "its base (qlora, qalora, gguf ...)")
+
+
 def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePolicy, model: Any) -> Any:
     """``method.prepare_model(model, spec)``; refuses, before training, a merge it would make wrong.
 

@@ -193,10 +193,13 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
         load_adapter_weights(model, plan.run_dir / "adapter", plan.spec)
         trained = None
     else:
+        loftq = _initialise_adapter(plan, model)
         trained = train_adapter(plan, model)
         if record is None or not trained.is_main:
             return
         model = trained.model
+        if loftq is not None:
+            record.train["loftq"] = loftq
         _save_adapter(plan, record, trained)
     model.eval()
     # One answer budget for every variant the run scores, the deploy file's check included.
@@ -208,6 +211,19 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
         record.metrics["variants"] = _shipped_scores(plan, record, record.metrics["after"], plan.config.eval_limit,
                                                      budget.max_new_tokens)
     _finish(plan, record, started)
+
+
+def _initialise_adapter(plan: RunPlan, model: Any) -> dict[str, float] | None:
+    """LoftQ's start for the adapter where the spec asks for it (``-o init=loftq``); its errors, else None."""
+    if plan.spec.adapter is None or plan.spec.adapter.init != "loftq":
+        return None
+    from kbit.core.loftq import initialise_from_bases
+
+    log.info("initialising the adapter from the base's quantization error (LoftQ)")
+    errors = initialise_from_bases(model, plan.method, plan.spec, plan.source.path,
+                                   trust_remote_code=plan.config.trust_remote_code)
+    log.info("LoftQ: relative weight error %.4f → %.4f", errors["relative_error_before"], errors["relative_error_after"])
+    return errors
 
 
 def _save_adapter(plan: RunPlan, record: RunRecord, trained: Trained) -> None:

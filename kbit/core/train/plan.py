@@ -17,7 +17,7 @@ import attrs
 from kbit.core import metadata as meta
 from kbit.core.adapters import require_adapter
 from kbit.core.allocator import malloc_decision
-from kbit.core.bases import check_mergeable
+from kbit.core.bases import check_loftq, check_mergeable
 from kbit.core.data import TaskData, load_task_data
 from kbit.core.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
@@ -114,6 +114,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     )
     policy = method.merge_policy(spec)
     check_mergeable(method, spec, policy)
+    check_loftq(method, spec)
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
     run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume,
