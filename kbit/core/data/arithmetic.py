@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import random
+import re
+
+import attrs
 
 from kbit.core.data.examples import Example, TaskData
 
 NAME = "arith"
+REPHRASED = "arith-rephrased"
+
+REPHRASINGS = {
+    "+": ("Add {a} and {b}.", "Compute {a} plus {b}.", "{a} + {b} = ?", "Find the sum of {a} and {b}.",
+          "How much is {a} plus {b}?", "Calculate {a}+{b}.", "What is the sum of {a} and {b}?",
+          "Please add these two numbers: {a}, {b}.", "If you have {a} apples and get {b} more, how many apples do you have?",
+          "What number is {b} more than {a}?"),
+    "-": ("Subtract {b} from {a}.", "Compute {a} minus {b}.", "{a} - {b} = ?", "Find the difference of {a} and {b}.",
+          "How much is {a} minus {b}?", "Calculate {a}-{b}.", "What is {a} take away {b}?",
+          "Please subtract the second number from the first: {a}, {b}.",
+          "If you have {a} apples and give away {b}, how many apples are left?", "What number is {b} less than {a}?"),
+}
+"""Wordings of the default questions that training never uses (it asks "What is A + B?" only)."""
 
 
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b}
@@ -59,3 +75,19 @@ def generate(train_size: int = 2000, held_out_size: int = 100, seed: int = 0,
         held_out=examples[:held_out_size],
         source=f"generated(seed={seed})",
     )
+
+
+def rephrased(data: TaskData) -> TaskData:
+    """``data`` (from :func:`generate`) with each held-out question asked in one of ``REPHRASINGS``, in turn:
+    the same sums in wordings absent from training, to see whether a fine-tune learned the task or the
+    phrase. The training split is unchanged."""
+    held_out = []
+    for index, example in enumerate(data.held_out):
+        (_, question), = example.prompt
+        match = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?", question)
+        if match is None:
+            raise ValueError(f"not a generated arith question: {question!r}")
+        a, op, b = match.groups()
+        wordings = REPHRASINGS[op]
+        held_out.append(attrs.evolve(example, prompt=[("user", wordings[index % len(wordings)].format(a=a, b=b))]))
+    return attrs.evolve(data, name=REPHRASED, held_out=held_out, source=f"{data.source}, held-out rephrased")

@@ -51,13 +51,14 @@ def load_task_data(
     unreachable hub dataset.
     """
     mapping = parse_column_mapping(columns) if columns else None
-    if reference in (None, "", DEFAULT_DATASET):
+    if reference in (None, "", DEFAULT_DATASET, arithmetic.REPHRASED):
         if mapping:
-            raise ConfigError(f"--columns applies to a dataset file or a hub dataset; the built-in '{DEFAULT_DATASET}' "
+            raise ConfigError(f"--columns applies to a dataset file or a hub dataset; the built-in '{reference or DEFAULT_DATASET}' "
                               "dataset has its own question and answer fields: drop --columns or pass --dataset FILE")
         train_size = min(max_examples or 2000, 2000)
         held_out_size = arith_held_out(held_out, train_size, arithmetic.distinct_questions())
-        return arithmetic.generate(train_size=train_size, held_out_size=held_out_size, seed=seed)
+        data = arithmetic.generate(train_size=train_size, held_out_size=held_out_size, seed=seed)
+        return arithmetic.rephrased(data) if reference == arithmetic.REPHRASED else data
     path = Path(reference).expanduser()
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
         rows = _read_file(path)
