@@ -1,0 +1,141 @@
+"""How much of a 4-bit (and 2-bit) export's damage quantization-aware LoRA wins back, on the default task.
+
+    python benchmarks/qat_recovery.py DIR [--targets q4_0 q5_0 q4_1 tq2_0] [--float RUN] [--limit 100]
+                                          [--loftq] [--json FILE]
+
+Every run is an ordinary ``kbit train`` run of the default task (SmolLM2-135M, 100 steps × batch 8) in
+``DIR/<name>``, trained here when missing and reused when finished:
+- ``qlora``: the float reference (its ``merged/``), or ``--float RUN`` (e.g. the README's default run);
+- ``qat_<target>``: ``kbit train --method qat -o target=<target>``, one per target;
+- ``qalora_<target>`` for the offset formats (q4_1, q5_1): ``kbit train --method qalora -o target=<target>``;
+- with ``--loftq``: ``qlora_loftq`` (``-o init=loftq``), compared with ``qlora`` at step 0 and at the end.
+
+The round-to-nearest (RTN) file of each target is ``kbit export <float run> --type <target>``. Every
+file and the float ``merged/`` are then scored by ``kbit eval`` — GGUF files in llama.cpp where it is
+installed — on the default held-out items (``arith``) and on the same sums asked in wordings training
+never used (``arith-rephrased``). Printed per target: file size, held-out loss, exact match on both,
+and the share of the RTN file's loss of exact match that a file recovers,
+``(EM_file - EM_RTN) / (EM_float - EM_RTN)``; the rephrased score is also given as a share of the
+float model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+OFFSET_FORMATS = ("q4_1", "q5_1")
+
+
+def _kbit(*args: str) -> None:
+    print("$ kbit " + " ".join(args), flush=True)
+    result = subprocess.run([sys.executable, "-m", "kbit", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"kbit {args[0]} failed:\n{result.stderr[-3000:]}")
+
+
+def _record(run: Path) -> dict[str, Any]:
+    return json.loads((run / "kbit.json").read_text())
+
+
+def _train(run: Path, *options: str) -> Path:
+    if (run / "kbit.json").exists() and _record(run).get("status") == "finished":
+        return run
+    _kbit("train", "--output", str(run), "--overwrite", *options)
+    return run
+
+
+def _file_of(run: Path, file_type: str, *, export: bool) -> Path:
+    """The run's GGUF of ``file_type`` (its own deploy file, or an RTN export written now if ``export``)."""
+    for entry in _record(run).get("exports", []):
+        if entry.get("type") == file_type and (run / entry["file"]).exists():
+            return run / entry["file"]
+    if not export:
+        sys.exit(f"{run} has no {file_type} file")
+    _kbit("export", str(run), "--type", file_type, "--max-kl", "1000")  # RTN: report what it scores, gate nothing
+    return _file_of(run, file_type, export=False)
+
+
+def _scores(models: list[Path], dataset: str, out: Path, limit: int) -> dict[str, dict[str, Any]]:
+    """``kbit eval`` of every model on ``dataset``: {path: report row}."""
+    args = ["eval", "--dataset", dataset, "--limit", str(limit), "--out", str(out), "--overwrite"]
+    for model in models:
+        args += ["--model", str(model)]
+    _kbit(*args)
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    return {str(Path(row["path"]).resolve()): row for row in rows if row.get("path")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--targets", nargs="+", default=["q4_0", "q5_0", "q4_1", "tq2_0"])
+    parser.add_argument("--float", dest="float_run", type=Path, default=None)
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--loftq", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+
+    float_run = args.float_run or _train(args.dir / "qlora", "--method", "qlora")
+    files: dict[str, dict[str, Path]] = {}
+    for target in args.targets:
+        qat = _train(args.dir / f"qat_{target}", "--method", "qat", "-o", f"target={target}")
+        files[target] = {"RTN of qlora": _file_of(float_run, target, export=True), "qat": _file_of(qat, target, export=False)}
+        if target in OFFSET_FORMATS:
+            qalora = _train(args.dir / f"qalora_{target}", "--method", "qalora", "-o", f"target={target}")
+            files[target]["qalora"] = _file_of(qalora, target, export=False)
+    models = [float_run / "merged", *(path for by_kind in files.values() for path in by_kind.values())]
+    if args.loftq:
+        loftq = _train(args.dir / "qlora_loftq", "--method", "qlora", "-o", "init=loftq")
+        models.append(loftq / "merged")
+    scores = {dataset: _scores(models, dataset, args.dir / f"eval-{dataset}", args.limit)
+              for dataset in ("arith", "arith-rephrased")}
+
+    def figures(path: Path) -> dict[str, Any]:
+        key = str(path.resolve())
+        plain, rephrased = scores["arith"][key], scores["arith-rephrased"][key]
+        size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        return {"file": str(path), "mib": size / 2**20, "loss": plain["loss"], "em": plain["exact_match"],
+                "em_rephrased": rephrased["exact_match"], "runtime": plain.get("runtime", "transformers")}
+
+    reference = figures(float_run / "merged")
+    table: dict[str, Any] = {"float": reference, "targets": {}}
+    print(f"\nfloat merged/ ({float_run}): exact match {100 * reference['em']:.0f}%, rephrased "
+          f"{100 * reference['em_rephrased']:.0f}%, loss {reference['loss']:.4f}, {reference['mib']:.1f} MiB\n")
+    print("| target | file | MiB | held-out loss | exact match | recovered | rephrased | rephrased ÷ float |")
+    print("|---|---|---|---|---|---|---|---|")
+    for target, by_kind in files.items():
+        rows = {kind: figures(path) for kind, path in by_kind.items()}
+        rtn = rows["RTN of qlora"]["em"]
+        for kind, row in rows.items():
+            lost = reference["em"] - rtn
+            row["recovered"] = None if kind == "RTN of qlora" or lost <= 0 else (row["em"] - rtn) / lost
+            row["rephrased_share"] = row["em_rephrased"] / reference["em_rephrased"] if reference["em_rephrased"] else None
+            recovered = "—" if row["recovered"] is None else f"{100 * row['recovered']:.0f}%"
+            share = "—" if row["rephrased_share"] is None else f"{100 * row['rephrased_share']:.0f}%"
+            print(f"| {target} | {kind} | {row['mib']:.1f} | {row['loss']:.4f} | {100 * row['em']:.0f}% | {recovered} | "
+                  f"{100 * row['em_rephrased']:.0f}% | {share} |")
+        table["targets"][target] = rows
+    if args.loftq:
+        plain_run, loftq_run = _record(float_run), _record(args.dir / "qlora_loftq")
+        table["loftq"] = {
+            "step1_loss": {"default": plain_run["loss_history"][0]["loss"], "loftq": loftq_run["loss_history"][0]["loss"]},
+            "weight_error": loftq_run["train"].get("loftq"),
+            "default": reference, "loftq": figures(args.dir / "qlora_loftq" / "merged"),
+        }
+        entry = table["loftq"]
+        print(f"\nLoftQ (qlora): step-1 loss {entry['step1_loss']['default']:.4f} → {entry['step1_loss']['loftq']:.4f}; "
+              f"relative weight error {entry['weight_error']}; exact match {100 * reference['em']:.0f}% → "
+              f"{100 * entry['loftq']['em']:.0f}%, rephrased {100 * reference['em_rephrased']:.0f}% → "
+              f"{100 * entry['loftq']['em_rephrased']:.0f}%")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()
