@@ -43,31 +43,37 @@ def _record(run: Path) -> dict[str, Any]:
 
 
 def _train(run: Path, *options: str) -> Path:
-    if (run / "kbit.json").exists() and _record(run).get("status") == "finished":
+    """``run``, trained unless it holds a merged model already (a run that failed only its deploy check is
+    kept: its status is printed with the table)."""
+    if (run / "kbit.json").exists() and (_record(run).get("status") == "finished" or (run / "merged").is_dir()):
         return run
     _kbit("train", "--output", str(run), "--overwrite", *options)
     return run
 
 
-def _file_of(run: Path, file_type: str, *, export: bool) -> Path:
-    """The run's GGUF of ``file_type`` (its own deploy file, or an RTN export written now if ``export``)."""
+def _file_of(run: Path, file_type: str) -> Path:
+    """The run's GGUF of ``file_type``: its own deploy file, else written now by ``kbit export`` (for the float
+    run: the round-to-nearest file) with the gate open, since this program reports what each file scores."""
     for entry in _record(run).get("exports", []):
         if entry.get("type") == file_type and (run / entry["file"]).exists():
             return run / entry["file"]
-    if not export:
-        sys.exit(f"{run} has no {file_type} file")
-    _kbit("export", str(run), "--type", file_type, "--max-kl", "1000")  # RTN: report what it scores, gate nothing
-    return _file_of(run, file_type, export=False)
+    _kbit("export", str(run), "--type", file_type, "--max-kl", "1000", "--max-em-drop", "1")
+    return _file_of(run, file_type)
 
 
 def _scores(models: list[Path], dataset: str, out: Path, limit: int) -> dict[str, dict[str, Any]]:
-    """``kbit eval`` of every model on ``dataset``: {path: report row}."""
-    args = ["eval", "--dataset", dataset, "--limit", str(limit), "--out", str(out), "--overwrite"]
+    """``kbit eval`` of every model on ``dataset``, one report per model under ``out`` (kept: a second
+    call reuses it): {resolved path: report row}."""
+    scores = {}
     for model in models:
-        args += ["--model", str(model)]
-    _kbit(*args)
-    rows = json.loads((out / "report.json").read_text())["rows"]
-    return {str(Path(row["path"]).resolve()): row for row in rows if row.get("path")}
+        resolved = model.resolve()
+        folder = out / "-".join(resolved.parts[-3:]).replace(".", "_")
+        if not (folder / "report.json").exists():
+            _kbit("eval", "--dataset", dataset, "--limit", str(limit), "--out", str(folder), "--overwrite",
+                  "--model", str(model))
+        (row,) = [row for row in json.loads((folder / "report.json").read_text())["rows"] if row.get("path")]
+        scores[str(resolved)] = row
+    return scores
 
 
 def main() -> None:
@@ -85,10 +91,10 @@ def main() -> None:
     files: dict[str, dict[str, Path]] = {}
     for target in args.targets:
         qat = _train(args.dir / f"qat_{target}", "--method", "qat", "-o", f"target={target}")
-        files[target] = {"RTN of qlora": _file_of(float_run, target, export=True), "qat": _file_of(qat, target, export=False)}
+        files[target] = {"RTN of qlora": _file_of(float_run, target), "qat": _file_of(qat, target)}
         if target in OFFSET_FORMATS:
             qalora = _train(args.dir / f"qalora_{target}", "--method", "qalora", "-o", f"target={target}")
-            files[target]["qalora"] = _file_of(qalora, target, export=False)
+            files[target]["qalora"] = _file_of(qalora, target)
     models = [float_run / "merged", *(path for by_kind in files.values() for path in by_kind.values())]
     if args.loftq:
         loftq = _train(args.dir / "qlora_loftq", "--method", "qlora", "-o", "init=loftq")
@@ -109,6 +115,9 @@ def main() -> None:
           f"{100 * reference['em_rephrased']:.0f}%, loss {reference['loss']:.4f}, {reference['mib']:.1f} MiB\n")
     print("| target | file | MiB | held-out loss | exact match | recovered | rephrased | rephrased ÷ float |")
     print("|---|---|---|---|---|---|---|---|")
+    for run in sorted(args.dir.glob("q*_*")):
+        if (run / "kbit.json").exists() and _record(run).get("status") != "finished":
+            print(f"note: run {run.name} is '{_record(run).get('status')}': {_record(run).get('error')}")
     for target, by_kind in files.items():
         rows = {kind: figures(path) for kind, path in by_kind.items()}
         rtn = rows["RTN of qlora"]["em"]
