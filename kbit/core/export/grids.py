@@ -77,9 +77,9 @@ def _round_half_away(x: Any) -> Any:
 
 def _symmetric(levels: int) -> Any:
     """Q4_0 (levels 8) and Q5_0 (16): ``d = max / -levels``, ``q = trunc(x/d + levels + 0.5)``, ``w = d (q - levels)``."""
-    import torch
-
     def rounder(blocks: Any) -> Any:
+        import torch
+
         d = _signed_max(blocks) / -levels
         q = torch.trunc(blocks * _inverse(d) + (levels + 0.5)).clamp(0, 2 * levels - 1)
         return _half(d) * (q - levels)
@@ -89,9 +89,9 @@ def _symmetric(levels: int) -> Any:
 
 def _offset(top: int) -> Any:
     """Q4_1 (top 15) and Q5_1 (31): ``d = (max - min) / top``, ``q = trunc((x - min)/d + 0.5)``, ``w = d q + m``."""
-    import torch
-
     def rounder(blocks: Any) -> Any:
+        import torch
+
         low = blocks.amin(dim=-1, keepdim=True)
         d = (blocks.amax(dim=-1, keepdim=True) - low) / top
         q = torch.trunc((blocks - low) * _inverse(d) + 0.5).clamp(0, top)
