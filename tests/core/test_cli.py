@@ -31,7 +31,8 @@ def test_default_spec_matches_the_reference_pipeline():
     assert (data["symmetric"], data["backend"], data["group_size"]) == (False, "bitsandbytes", 64)
     extras = data["extras"]
     assert data["adapter"] == {"peft_type": "lora", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05,
-                               "target_modules": "all-linear", "qa_group_size": None}
+                               "target_modules": "all-linear", "qa_group_size": None, "fake_quant": None,
+                               "init": "default"}
     assert (extras["quant_type"], extras["double_quant"], extras["block_size"]) == ("nf4", True, 64)
     from kbit.core.device import detect_device, resolve_compute_dtype
 
