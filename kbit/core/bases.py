@@ -103,7 +103,7 @@ def check_loftq(method: Method, spec: QuantizationSpec) -> None:
     if method.build_quant_config(spec) is None and not method.implements("quantize_base"):
         raise ConfigError(f"-o init=loftq: method '{method.name}' trains on the unquantized weights, so there is no "
                           "quantization error for the adapter to cancel; drop -o init or choose a method that quantizes "
-                          "its base (qlora, qalora, gguf ...)")
+                          "its base")
 
 
 def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePolicy, model: Any) -> Any:

@@ -29,9 +29,10 @@ import torch
 
 from kbit.core.errors import ConfigError
 
+
 def initialise_from_bases(model: Any, method: Any, spec: Any, path: str, *, trust_remote_code: bool = False) -> dict[str, float]:
-    """:func:`initialise_loftq` with the bases loaded from ``path``: the original in float32 and, unless the
-    adapter is fake-quant, the base the method trains on, dequantized as its merge dequantizes it."""
+    """:func:`initialise_loftq` with the bases loaded from ``path``: the original in float32 and the base the
+    method trains on, dequantized as its merge dequantizes it."""
     from kbit.core.bases import load_merge_base
     from kbit.core.method_info import MergePolicy
     from kbit.core.models import load_causal_lm
@@ -42,7 +43,7 @@ def initialise_from_bases(model: Any, method: Any, spec: Any, path: str, *, trus
     return initialise_loftq(model, original, trained_base, spec)
 
 
-def initialise_loftq(model: Any, original: Any, trained_base: Any | None, spec: Any) -> dict[str, float]:
+def initialise_loftq(model: Any, original: Any, trained_base: Any, spec: Any) -> dict[str, float]:
     """Set the LoRA ``A``/``B`` of ``model`` (a PEFT model) from the quantization error; returns the errors.
 
     ``original``: the unquantized base (float). ``trained_base``: the dequantized base the adapter trains
