@@ -78,16 +78,23 @@ def generate(train_size: int = 2000, held_out_size: int = 100, seed: int = 0,
 
 
 def rephrased(data: TaskData) -> TaskData:
-    """``data`` (from :func:`generate`) with each held-out question asked in one of ``REPHRASINGS``, in turn:
-    the same sums in wordings absent from training, to see whether a fine-tune learned the task or the
-    phrase. The training split is unchanged."""
-    held_out = []
-    for index, example in enumerate(data.held_out):
+    """``data`` (from :func:`generate`) with the held-out questions asked in ``REPHRASINGS``: the same sums
+    in wordings absent from training, to see whether a fine-tune learned the task or the phrase. The
+    training split is unchanged.
+
+    Every held-out sum is asked in every wording of its operation, in rounds: round ``k`` asks item ``i``
+    in wording ``(i + k) % 10``. The first round is one question per sum (all ten wordings in turn), so
+    ``--limit N`` for N up to the held-out count scores each sum once, and a larger limit asks the same
+    sums again in other wordings, which narrows the score's interval without leaving the held-out sums.
+    """
+    parsed = []
+    for example in data.held_out:
         (_, question), = example.prompt
         match = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?", question)
         if match is None:
             raise ValueError(f"not a generated arith question: {question!r}")
-        a, op, b = match.groups()
-        wordings = REPHRASINGS[op]
-        held_out.append(attrs.evolve(example, prompt=[("user", wordings[index % len(wordings)].format(a=a, b=b))]))
+        parsed.append((example, *match.groups()))
+    rounds = min(len(wordings) for wordings in REPHRASINGS.values())
+    held_out = [attrs.evolve(example, prompt=[("user", REPHRASINGS[op][(index + k) % len(REPHRASINGS[op])].format(a=a, b=b))])
+                for k in range(rounds) for index, (example, a, op, b) in enumerate(parsed)]
     return attrs.evolve(data, name=REPHRASED, held_out=held_out, source=f"{data.source}, held-out rephrased")
