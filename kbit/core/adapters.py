@@ -77,10 +77,12 @@ def training_options(*, merge: bool = True) -> OptionSchema:
     )
 
 
-def training_settings(values: Mapping[str, Any], device: DeviceInfo, *, adapter_dtype: str | None = None) -> TrainingSettings:
+def training_settings(values: Mapping[str, Any], device: DeviceInfo, *, adapter_dtype: str | None = None,
+                      learning_rate: float | None = None) -> TrainingSettings:
     """``spec.training`` from option values resolved against ``training_options``, for ``device``.
 
-    ``adapter_dtype`` replaces what ``auto`` means for the adapter (e.g. a storage dtype FSDP needs).
+    ``adapter_dtype`` replaces what ``auto`` means for the adapter (e.g. a storage dtype FSDP needs);
+    ``learning_rate`` is the method's own default learning rate (a run's ``--lr`` overrides it).
     """
     requested = values["adapter_dtype"]
     return TrainingSettings(
@@ -90,6 +92,7 @@ def training_settings(values: Mapping[str, Any], device: DeviceInfo, *, adapter_
         or (values["gradient_checkpointing"] == "auto" and device.accelerator),
         merge_after_train=values["merge_after_train"],
         merge_dtype=_merge_dtype(values["merge_dtype"], device),
+        learning_rate=learning_rate,
     )
 
 

@@ -177,7 +177,7 @@ def train_command(
     epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[str], typer.Option("--batch-size", help="Micro-batch size or 'auto'.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the method's own, else 2e-3).")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="linear, cosine, constant, constant_with_warmup.")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Fraction of steps spent warming up the learning rate.")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length")] = None,

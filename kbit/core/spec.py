@@ -139,6 +139,9 @@ class TrainingSettings:
     gradient_checkpointing: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     merge_after_train: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     merge_dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(DTYPES))
+    # The learning rate a run of this method trains at when it gives none (``kbit train --lr``); None: kbit's
+    # default (``kbit.core.train.config.DEFAULT_LR``).
+    learning_rate: float | None = attrs.field(default=None, validator=attrs.validators.optional(_finite(0, 1)))
 
 
 @attrs.frozen

@@ -6,7 +6,8 @@
   0..15 (0..31), ``w = d·q + m``. The layers hold the blocks themselves (20 bytes per 32 weights,
   24 for Q5_1, as in the file).
 - Adapter: QA-LoRA with groups of 32 (``AdapterSettings.qa_group_size``): the adapter's update is
-  constant within each block of 32 weights of a row.
+  constant within each block of 32 weights of a row. It trains at its own default learning rate
+  (``LEARNING_RATE``; ``--lr`` overrides it).
 - Merge: such an update changes only each block's offset, ``m' = m + ΔW[row, block]``, while the
   codes ``q`` and scales ``d`` stay as trained. kbit merges into the dequantized base in float32,
   then writes the Q4_1 (Q5_1) GGUF (``MergePolicy.export``): re-quantizing the merged rows by llama.cpp's
@@ -54,6 +55,11 @@ from kbit.plugin import (
 
 NAME = "qalora"
 TARGETS = ("q4_1", "q5_1")
+# The default learning rate, above kbit's: Adam moves each parameter by about the learning rate, and the 32
+# tied columns of a group move together against the group's summed input, so an Adam step changes a
+# QA-LoRA adapter's output by a few times less than a plain LoRA's. At kbit's default the adapter ends
+# undertrained: it answers the training wording and loses the task in any other (BENCHMARKS.md, issue 24).
+LEARNING_RATE = 5e-3
 
 
 def _block(raw: Any) -> int:
@@ -114,7 +120,7 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
         symmetric=False,
         backend=f"gguf-{values['target']}",
         adapter=adapter_settings(values, qa_group_size=values["group_size"]),
-        training=training_settings(values, device),
+        training=training_settings(values, device, learning_rate=LEARNING_RATE),
         extras={"head_type": values["head_type"], "runtime": values["runtime"]},
     )
 

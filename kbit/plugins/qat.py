@@ -6,7 +6,7 @@
   gguf-py do: ``AdapterSettings.fake_quant``), with a straight-through gradient. The layers the adapter
   leaves alone (not the output head) are rounded once. The adapter therefore learns to work through
   the rounding instead of having it applied afterwards, as a round-to-nearest export of a float
-  fine-tune does.
+  fine-tune does. It trains at its own default learning rate (``LEARNING_RATE``; ``--lr`` overrides it).
 - Merge: into the float base, then every linear layer is rounded to the target grid: ``merged/`` is the
   trained model bit for bit, and the GGUF of that type written from it holds exactly those weights
   (``MergePolicy.export``; the run writes it and checks it against the trained model).
@@ -41,6 +41,11 @@ from kbit.plugin import (
 )
 
 NAME = "qat"
+# The default learning rate, above kbit's: an update smaller than about half a grid step rounds back to
+# the base weight, so small steps are mostly invisible to the forward pass (wholly so on a base that
+# already lies on the grid, as one read from a file of that type does). At kbit's default the adapter
+# ended undertrained: it kept its score on the training wording and lost it on others (BENCHMARKS.md, issue 24).
+LEARNING_RATE = 5e-3
 TARGETS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "tq2_0", "mxfp4")
 # target: (bits per stored weight code, block size, symmetric grid)
 GRIDS = {"q4_0": (4, 32, True), "q4_1": (4, 32, False), "q5_0": (5, 32, True), "q5_1": (5, 32, False),
@@ -89,7 +94,7 @@ def resolve_spec(options: Mapping[str, Any], device: DeviceInfo) -> Quantization
         symmetric=symmetric,
         backend=f"gguf-{target}",
         adapter=adapter_settings(values, fake_quant=target),
-        training=training_settings(values, device),
+        training=training_settings(values, device, learning_rate=LEARNING_RATE),
         extras={"head_type": values["head_type"]},
     )
 

@@ -29,6 +29,15 @@ def qalora_run(tiny_model, tmp_path_factory):
     return out
 
 
+def test_a_run_trains_at_the_methods_own_learning_rate_unless_lr_is_given(qalora_run):
+    from kbit.core.record import read_record
+
+    record = read_record(qalora_run)
+    own = get_method("qalora").resolve_spec({}, DeviceInfo.cpu()).training.learning_rate
+    assert own is not None and record.config["lr"] == own == record.decisions["lr"]["value"]
+    assert record.decisions["lr"]["reason"] == "method qalora's default"
+
+
 def test_the_base_is_llama_cpp_q4_1_and_measured_as_such(tiny_model):
     import torch
 

@@ -46,6 +46,9 @@ def method_options(raw: Any) -> dict[str, Any]:
     return dict(raw)
 
 
+DEFAULT_LR = 2e-3
+
+
 @attrs.frozen
 class TrainConfig:
     """A training run's settings. Defaults train the embedded default model on the arithmetic set."""
@@ -62,7 +65,8 @@ class TrainConfig:
     batch_size: int | str = attrs.field(default=8, converter=integer(minimum=1, maximum=MAX_COUNT, auto=True))
     # Micro-batches per optimizer step; at most what an epoch of the training set fills (checked in plan_run).
     grad_accum: int = attrs.field(default=1, converter=integer(minimum=1, maximum=MAX_COUNT))
-    lr: float = attrs.field(default=2e-3, converter=number(minimum=0))
+    # None: the method's default (``spec.training.learning_rate``), else DEFAULT_LR; plan_run records the value used.
+    lr: float | None = attrs.field(default=None, converter=attrs.converters.optional(number(minimum=0)))
     scheduler: str = attrs.field(default="linear", converter=choice(*SCHEDULERS))
     warmup_ratio: float = attrs.field(default=0.05, converter=number(minimum=0, below=1))
     max_length: int = attrs.field(default=256, converter=integer(minimum=8, maximum=MAX_COUNT))

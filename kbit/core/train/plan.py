@@ -34,7 +34,7 @@ from kbit.core.rundir import check_writable
 from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec, decide_checkpointing
 from kbit.core.spec import QuantizationSpec
 from kbit.core.targets import claim, kbit_kind
-from kbit.core.train.config import TrainConfig
+from kbit.core.train.config import DEFAULT_LR, TrainConfig
 from kbit.core.train.decisions import compute_dtype_decision
 
 log = logging.getLogger("kbit")
@@ -112,6 +112,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         config, spec, device, model_config, batch_size, model_bytes,
         length=min(config.max_length, longest_prompt + _longest_completion(tokenizer, data)),
     )
+    config, decisions["lr"] = _learning_rate(config, spec)
     policy = method.merge_policy(spec)
     check_mergeable(method, spec, policy)
     check_loftq(method, spec)
@@ -122,6 +123,15 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
                    run_dir, resume)
+
+
+def _learning_rate(config: TrainConfig, spec: QuantizationSpec) -> tuple[TrainConfig, dict[str, Any]]:
+    """``config`` with the learning rate it trains at: ``--lr``, else the method's, else ``DEFAULT_LR``."""
+    if config.lr is not None:
+        return config, {"value": config.lr, "requested": config.lr, "reason": "given"}
+    own = spec.training.learning_rate
+    value, reason = (own, f"method {spec.method}'s default") if own is not None else (DEFAULT_LR, "kbit's default")
+    return attrs.evolve(config, lr=value), {"value": value, "requested": None, "reason": reason}
 
 
 def _check_tracker(name: str) -> None:

@@ -149,6 +149,15 @@ def test_batch_layout_decision_and_token_counts_are_recorded(qlora_run):
     assert (real == in_batches) is decision["value"]  # padding-free batches carry no padding; padded ones some
 
 
+def test_without_lr_a_method_with_no_default_of_its_own_trains_at_kbits(qlora_run):
+    from kbit.core.train.config import DEFAULT_LR
+
+    record = read_record(qlora_run[0])
+    assert record.spec.training.learning_rate is None
+    assert record.config["lr"] == DEFAULT_LR and record.decisions["lr"] == {"value": DEFAULT_LR, "requested": None,
+                                                                              "reason": "kbit's default"}
+
+
 def test_the_command_trained_under_kbits_malloc_settings(qlora_run):
     from kbit.core.allocator import TUNABLES, tuned_environment
 
@@ -187,7 +196,7 @@ def test_third_party_method_trains_through_the_hooks(plugin_site, tiny_model, tm
 
 def test_yaml_config_with_flags_winning(tiny_model, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {tiny_model}\nmax_steps: 1\nbatch_size: 2\nmax_examples: 20\neval_limit: 0\n"
+    config.write_text(f"model: {tiny_model}\nmax_steps: 1\nbatch_size: 2\nmax_examples: 20\neval_limit: 0\nlr: 0.001\n"
                       "options:\n  r: 2\n  merge_after_train: false\n")
     out = tmp_path / "yaml-run"
     result = run_kbit("train", "--config", str(config), "-o", "r=3", "--output", str(out))
@@ -195,6 +204,7 @@ def test_yaml_config_with_flags_winning(tiny_model, tmp_path):
     record = read_metadata(out)
     assert record["spec"]["adapter"]["r"] == 3
     assert record["config"]["max_steps"] == 1
+    assert record["config"]["lr"] == 0.001 and record["decisions"]["lr"]["reason"] == "given"
     assert record["merge"]["action"] == "keep_adapter" and not (out / "merged").exists()
 
 
