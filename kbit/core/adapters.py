@@ -11,7 +11,6 @@ from ``spec.adapter``, so every method trains adapters the same way. All of this
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -159,23 +158,7 @@ def attach_adapter(model: Any, spec: Any) -> Any:
     fuse_lora_dropout(peft_model)
     if require_adapter(spec).qa_group_size:
         pool_adapter_inputs(peft_model, spec.adapter.qa_group_size)
-    through_grid(peft_model, spec)
-    _warn_base_on_grid(peft_model, spec)
-    return peft_model
-
-
-def _warn_base_on_grid(peft_model: Any, spec: Any) -> None:
-    grid = spec.adapter.fake_quant
-    if grid is None:
-        return
-    from kbit.core.fake_quant import base_on_grid
-
-    if base_on_grid(peft_model, grid):
-        logging.getLogger("kbit").warning(
-            "the base's weights already lie on the %s grid (as weights read from a %s file do), so updates smaller than "
-            "half a grid step round back to the base and the adapter learns through few, coarse changes; "
-            "train for a finer type (-o target=q5_0, q5_1 or q8_0), or keep the base file and ship the adapter "
-            "beside it (--method gguf)", grid, grid)
+    return through_grid(peft_model, spec)
 
 
 def through_grid(peft_model: Any, spec: Any) -> Any:

@@ -100,19 +100,6 @@ def train_through_grid(model: Any, grid: str) -> Any:
     return model
 
 
-def base_on_grid(model: Any, grid: str) -> bool:
-    """Whether every adapted layer's base weight already lies on ``grid`` (``round_to_grid(W) == W``), as a
-    model read from a GGUF file of that type does.
-
-    Training through that grid then has a dead zone: an update smaller than about half a grid step
-    rounds back to the base weight except through each block's scale and offset, so the adapter's
-    straight-through gradient asks for changes the forward pass mostly does not make."""
-    layers = [module.get_base_layer() for module in model.modules() if isinstance(module, GridLoraLinear)]
-    with torch.no_grad():
-        return bool(layers) and all(torch.equal(round_to_grid(layer.weight, grid).to(layer.weight.dtype), layer.weight)
-                                    for layer in layers)
-
-
 def round_merged(model: Any, grid: str) -> Any:
     """Round every linear layer of a merged model except the output head to ``grid``, in place; returns it."""
     for module in _plain_linears(model, _output_head(model)):

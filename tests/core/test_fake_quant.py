@@ -79,19 +79,3 @@ def test_fake_quant_is_refused_on_anything_but_plain_lora():
         AdapterSettings(peft_type="dora", fake_quant="q4_0")
     with pytest.raises(ValueError, match="fake_quant"):
         AdapterSettings(fake_quant="q4_k")
-
-
-def test_a_base_already_on_the_target_grid_is_warned_about_and_a_float_base_is_not(tiny_model, caplog):
-    import logging
-
-    method = get_method("qat")
-    spec = method.resolve_spec({"r": "4", "target": "q4_1"}, DeviceInfo.cpu())
-    for on_grid in (False, True):
-        base = method.prepare_model(load_base(method, spec, str(tiny_model)), spec)
-        if on_grid:  # as a base read from a Q4_1 file is
-            round_merged(base, "q4_1")
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="kbit"):
-            attach_adapter(base, spec)
-        warned = [r.getMessage() for r in caplog.records if "already lie on the q4_1 grid" in r.getMessage()]
-        assert bool(warned) == on_grid
