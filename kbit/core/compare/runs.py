@@ -65,6 +65,8 @@ def mismatch(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model
         recorded = resume_config(run_dir, {})
     except ConfigError as exc:
         return f"holds a run whose kbit.json cannot be read back ({exc})"
+    if wanted.lr is None:  # the learning rate the run would train at: the method's default, else kbit's
+        wanted = _with_default_lr(wanted)
     changed = [f"{f} {getattr(recorded, f)!r}, not {getattr(wanted, f)!r}" for f in COMPARED
                if getattr(recorded, f) != getattr(wanted, f)]
     if changed:
@@ -76,3 +78,12 @@ def mismatch(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model
     if revision != model_revision:
         return f"holds a run of another version of the model (revision {revision}, now {model_revision})"
     return ""
+
+
+def _with_default_lr(wanted: TrainConfig) -> TrainConfig:
+    from kbit.core.device import detect_device
+    from kbit.core.registry import get_method
+    from kbit.core.train.plan import with_learning_rate
+
+    spec = get_method(wanted.method).resolve_spec(wanted.options, detect_device())
+    return with_learning_rate(wanted, spec)[0]

@@ -112,7 +112,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         config, spec, device, model_config, batch_size, model_bytes,
         length=min(config.max_length, longest_prompt + _longest_completion(tokenizer, data)),
     )
-    config, decisions["lr"] = _learning_rate(config, spec)
+    config, decisions["lr"] = with_learning_rate(config, spec)
     policy = method.merge_policy(spec)
     check_mergeable(method, spec, policy)
     check_loftq(method, spec)
@@ -125,7 +125,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
                    run_dir, resume)
 
 
-def _learning_rate(config: TrainConfig, spec: QuantizationSpec) -> tuple[TrainConfig, dict[str, Any]]:
+def with_learning_rate(config: TrainConfig, spec: QuantizationSpec) -> tuple[TrainConfig, dict[str, Any]]:
     """``config`` with the learning rate it trains at: ``--lr``, else the method's, else ``DEFAULT_LR``."""
     if config.lr is not None:
         return config, {"value": config.lr, "requested": config.lr, "reason": "given"}
