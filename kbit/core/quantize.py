@@ -7,6 +7,7 @@ training examples as the model saw them: the rendered prompt followed by the com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +18,7 @@ from kbit.core import metadata as meta
 from kbit.core.cards import write_cards
 from kbit.core.errors import ConfigError
 from kbit.core.method import Method
-from kbit.core.rundir import RunLock, atomic_directory, clear_staging
+from kbit.core.rundir import RunFolder, atomic_directory
 from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.spec import QuantizationSpec
 from kbit.core.targets import claim, enclosing_run, kbit_kind
@@ -136,12 +137,9 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     spec = method.resolve_for_model(spec, load_config(str(model_dir)))
     tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name=model_dir.name, origin="local"))
     calibration = calibration_texts(tokenizer, data.train, spec, method)
-    lock = RunLock(path) if is_run else None
-    if lock:
-        lock.acquire()
-        clear_staging(path)  # what a killed train or quantize left; the lock says no writer is live
-        record = read_record(path)  # as it is now that no other writer can change it
-    try:
+    with RunFolder(path) if is_run else contextlib.nullcontext() as folder:
+        if folder is not None:
+            record = folder.read_record()  # as it is now that no other writer can change it
         if is_run and target == own_artifact:
             result = quantize_into(method, spec, model_dir, calibration, target)
             result["dataset"] = data.describe()
@@ -167,6 +165,3 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
 
         quantize_into(method, spec, model_dir, calibration, target, metadata=describe)
         return target, made[0]
-    finally:
-        if lock:
-            lock.release()

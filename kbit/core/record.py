@@ -1,25 +1,29 @@
-"""One typed record of a run: ``kbit.json``, read and written through ``RunRecord`` only.
+"""One typed record of a run: ``kbit.json``, read and written here only, through ``RunRecord``.
 
 A run's folder (kind "run") and a quantized model's folder (kind "quantized") each hold one
 ``kbit.json``. ``read_record`` validates it on the way in (a damaged or edited file is refused in
 one line naming the field), turns the spec and the merge policy into their records, and reads
 every schema kbit has written (version 1, kbit 0.1, included); ``write_record`` writes it back
 atomically in the current schema. The stages of a run update the record's fields; nothing else
-reads or writes the file.
+reads or writes the file (``recorded_kind`` is the cheap look at what a folder is, for the output rules).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from kbit.core.errors import ConfigError
-from kbit.core.metadata import FILENAME, SCHEMA_VERSION, now, read_metadata
+from kbit.core.errors import ConfigError, Terminated
+from kbit.core.metadata import FILENAME, SCHEMA_VERSION, now
 from kbit.core.method_info import MergePolicy
-from kbit.core.rundir import write_json_atomic
+from kbit.core.rundir import overwrite_json_in_place, write_json_atomic
 from kbit.core.spec import QuantizationSpec
 
 KINDS = ("run", "quantized")
@@ -50,7 +54,7 @@ def _field(types: tuple[type, ...], default: Any = attrs.NOTHING, factory: Any =
 
 @attrs.define(kw_only=True)
 class RunRecord:
-    """Everything kbit records about a run, field by field (see README for what each holds).
+    """Everything kbit records about a run, field by field (docs/training.md, "The run folder", says what each holds).
 
     ``spec`` and ``merge_policy`` are records; the rest are JSON values whose shape kbit's stages
     own (``train``: steps, batch, resume point, rank digests; ``merge``: the base used and the
@@ -147,6 +151,47 @@ def _recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"field 'config': {exc}") from None
 
 
+def read_metadata(directory: Path) -> dict[str, Any] | None:
+    """``directory/kbit.json`` as raw JSON, or None when there is none; ConfigError when it is corrupt or
+    from a newer kbit. For the typed record use ``read_record``."""
+    path = Path(directory) / FILENAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # not JSON or UTF-8, a 5000-digit number, nesting past the stack
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise ConfigError(f"{path} is corrupt ({reason}); restore it or rerun the step that wrote it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is corrupt (not a JSON object)")
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise ConfigError(f"{path} has no schema_version; it was not written by kbit")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"{path} has schema version {version}, newer than this kbit reads ({SCHEMA_VERSION}); upgrade kbit")
+    return data
+
+
+def recorded_kind(directory: Path) -> str | None:
+    """The ``kind`` ``directory/kbit.json`` records ("run", "quantized"), "unknown" when the file cannot be
+    read (it still marks the folder as kbit's), None when there is no such file. Never raises."""
+    path = Path(directory) / FILENAME
+    if not os.path.isfile(path):  # False, not an OSError, for a name too long to exist
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return "unknown"
+    return str(data.get("kind") or "unknown") if isinstance(data, dict) else "unknown"
+
+
+def record_digest(directory: Path) -> str:
+    """A short digest of ``directory/kbit.json`` as written: it changes whenever the record does."""
+    import hashlib
+
+    return hashlib.sha256((Path(directory) / FILENAME).read_bytes()).hexdigest()[:16]
+
+
 def read_record(directory: Path) -> RunRecord | None:
     """The record in ``directory``, or None when it has no ``kbit.json``; ConfigError when unreadable."""
     data = read_metadata(directory)
@@ -157,3 +202,19 @@ def write_record(directory: Path, record: RunRecord) -> None:
     """Write ``record`` as ``directory/kbit.json`` atomically, stamping the update time."""
     record.updated = now()
     write_json_atomic(Path(directory) / FILENAME, record.to_dict())
+
+
+def write_stopped(directory: Path, record: RunRecord, exc: BaseException, started: float) -> None:
+    """Record why a run stopped: "interrupted" for Ctrl-C and signals, else "failed", with the error.
+
+    On a full disk the record is written over the old one in place; a read-only disk keeps the old
+    record (the error itself is what the user must see, so no write error is raised here).
+    """
+    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    record.status = "interrupted" if interrupted else "failed"
+    record.error, record.wall_time_s = f"{type(exc).__name__}: {exc}", round(time.time() - started, 1)
+    try:
+        write_record(directory, record)
+    except OSError:
+        with contextlib.suppress(OSError):
+            overwrite_json_in_place(Path(directory) / FILENAME, record.to_dict())

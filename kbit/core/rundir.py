@@ -1,8 +1,10 @@
-"""Run directories: exclusive ownership (a lock file) and atomic artifacts (temp sibling + rename).
+"""Run directories: exclusive ownership (``RunFolder``, over a lock file) and atomic artifacts (temp
+sibling + rename).
 
 A reader never sees a half-written artifact: ``adapter/``, ``merged/``, ``kbit.json`` and reports
 appear only complete, with the permissions the user's umask gives any new file. A second process
-pointed at a locked run is refused; a dead process holds no lock.
+pointed at a locked run is refused; a dead process holds no lock. Every command that writes into a
+run or comparison folder (train, quantize, export, compare) owns it through ``RunFolder``.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from kbit.core.errors import ConfigError, KbitError
+
+log = logging.getLogger("kbit")
 
 LOCK_NAME = ".kbit.lock"
 STAGING_MARK = ".tmp-"  # .<artifact>.tmp-XXXX: being written; renamed into place when complete
@@ -204,8 +210,9 @@ class RunLock:
     command left them empty: a command refused or stopped before it wrote anything leaves no trace.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, flag: str = "--output") -> None:
         self.path = Path(run_dir) / LOCK_NAME
+        self.flag = flag  # the option that chooses another folder, named in the refusal
         self._lock: Any = None
         self._created: list[Path] = []  # deepest first
 
@@ -226,7 +233,7 @@ class RunLock:
             owner = self._owner()
             who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
             raise ConfigError(
-                f"run directory {self.path.parent} is in use by {who}; wait for it or choose another --output"
+                f"{self.path.parent} is in use by {who}; wait for it or choose another {self.flag}"
             ) from None
         self._lock = lock
         self._created = created
@@ -277,6 +284,75 @@ def take_over(target: Path, lock: RunLock, replace: bool) -> Path | None:
             replaced = set_aside(target)
     lock.acquire()
     return replaced
+
+
+class RunFolder:
+    """One command's ownership of a run (or comparison) folder, from claim to release.
+
+    ``with RunFolder(path, replace=...) as folder:`` takes the folder's lock — with ``replace``, first
+    moving what it holds aside (``take_over``) — and deletes what a killed writer left in it and in
+    its subfolders (``clear_staging``; ``folder.removed`` names it). ``folder.read_record()`` reads ``kbit.json`` as
+    it is now that no other writer can change it.
+
+    When the block raises, with signals held and a full disk reported as ``disk_full`` words it:
+    ``folder.record`` (the run's record, once the command set it) is written with status "failed"
+    (or "interrupted" for Ctrl-C and SIGTERM), the error and the wall time since ``started``;
+    ``folder.on_stop(exc)`` runs where a command records its end elsewhere (a comparison's report);
+    the replaced content is kept and its place logged. The lock is always released; the replaced
+    content is deleted once the block succeeded.
+    """
+
+    def __init__(self, path: Path, *, replace: bool = False, flag: str = "--output", started: float | None = None) -> None:
+        self.path = Path(path)
+        self.replace = replace
+        self.started = time.time() if started is None else started
+        self.record: Any = None  # a kbit.core.record.RunRecord
+        self.on_stop: Callable[[BaseException], None] | None = None
+        self.removed: list[str] = []
+        self._lock = RunLock(self.path, flag)
+        self._replaced: Path | None = None
+
+    def __enter__(self) -> RunFolder:
+        self._replaced = take_over(self.path, self._lock, replace=self.replace)
+        try:  # in the folder and its artifact folders (a GGUF is staged inside gguf/), never through a link
+            self.removed = clear_staging(self.path) + [
+                f"{sub.name}/{name}" for sub in sorted(self.path.iterdir())
+                if sub.is_dir() and not sub.is_symlink() and not sub.name.startswith(".")
+                for name in clear_staging(sub)]
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def read_record(self) -> Any:
+        """The folder's ``RunRecord`` as it is now (None without ``kbit.json``)."""
+        from kbit.core.record import read_record
+
+        return read_record(self.path)
+
+    def __exit__(self, kind: Any, exc: BaseException | None, traceback: Any) -> bool:
+        from kbit.core.signals import signals_held
+
+        full = None if exc is None else disk_full(exc, self.path)  # a write that failed without saying where
+        try:
+            if exc is not None:
+                with signals_held():  # a second Ctrl-C or SIGTERM must not cut the status short
+                    if self.record is not None:
+                        from kbit.core.record import write_stopped
+
+                        write_stopped(self.path, self.record, full or exc, self.started)
+                    if self.on_stop is not None:
+                        self.on_stop(full or exc)
+                if self._replaced is not None:
+                    log.warning("the previous content of %s is kept in %s", self.path, self._replaced)
+        finally:
+            with signals_held():
+                self._lock.release()
+        if exc is None and self._replaced is not None:
+            discard(self._replaced)
+        if full is not None and full is not exc:
+            raise full from exc
+        return False
 
 
 def check_writable(directory: Path, min_free_bytes: int, flag: str = "--output", needs: str = "the run needs") -> None:

@@ -35,24 +35,25 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kbit.core.errors import ConfigError
+from kbit.core.metadata import FILENAME
+from kbit.core.record import recorded_kind
 from kbit.core.rundir import LOCK_NAME
-
-METADATA = "kbit.json"  # kbit.core.metadata.FILENAME; imported lazily there, named here to stay cheap
-
 
 def kbit_kind(path: Path) -> str | None:
     """The ``kind`` of the kbit output at ``path`` ("run", "quantized", "eval" …), or None if it is none.
 
-    An unreadable ``kbit.json`` still marks the folder as kbit's: its kind is "unknown".
+    An unreadable record or report still marks the folder as kbit's: its kind is "unknown".
     """
-    for name, key in ((METADATA, "kind"), ("report.json", "kind")):
-        file = Path(path) / name
-        if os.path.isfile(file):  # False, not an OSError, for a name too long to exist
-            try:
-                data = json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return "unknown"
-            return str(data.get(key) or "unknown") if isinstance(data, dict) else "unknown"
+    kind = recorded_kind(path)
+    if kind is not None:
+        return kind
+    file = Path(path) / "report.json"
+    if os.path.isfile(file):  # False, not an OSError, for a name too long to exist
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return "unknown"
+        return str(data.get("kind") or "unknown") if isinstance(data, dict) else "unknown"
     return None
 
 
@@ -72,7 +73,7 @@ NESTED = {"compare": {"runs": "run", "evals": "eval"}}
 def output_kind(path: Path) -> str | None:
     """``kbit_kind``, except that a ``report.json`` of another tool (no kbit kind in it) is not kbit's."""
     kind = kbit_kind(path)
-    if kind is None or (Path(path) / METADATA).is_file():
+    if kind is None or recorded_kind(path) is not None:
         return kind
     return kind if kind in ("eval", "compare") else None
 
@@ -198,6 +199,6 @@ def held_output(folder: Path, own: bool = False) -> Path | None:
     for root, dirs, files in os.walk(folder):
         if Path(root) == folder:
             dirs[:] = [d for d in dirs if d not in skipped]
-        elif METADATA in files or ("report.json" in files and output_kind(Path(root)) is not None):
+        elif FILENAME in files or ("report.json" in files and output_kind(Path(root)) is not None):
             return Path(root)
     return None

@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-from kbit.core.errors import ConfigError
-from kbit.core.rundir import (LOCK_NAME, RunLock, atomic_directory, atomic_file, check_writable, clear_staging,
-                              current_umask, write_json_atomic)
+from kbit.core.errors import ConfigError, Terminated
+from kbit.core.record import RunRecord, read_record, write_record
+from kbit.core.rundir import (LOCK_NAME, RunFolder, RunLock, atomic_directory, atomic_file, check_writable,
+                              clear_staging, current_umask, write_json_atomic)
 
 
 def test_atomic_directory_appears_only_complete(tmp_path):
@@ -193,3 +194,51 @@ def test_check_writable_refuses_before_any_work(tmp_path):
         check_writable(tmp_path / "run", min_free_bytes=1 << 60)
     check_writable(tmp_path / "run", min_free_bytes=1)
     assert not (tmp_path / "run").exists()
+
+
+def _a_finished_run(folder):
+    folder.mkdir()
+    write_record(folder, RunRecord(name="old", status="finished"))
+    (folder / "adapter").mkdir()
+    (folder / ".merged.tmp-abc").mkdir()  # what killed writers left
+    (folder / "gguf").mkdir()
+    (folder / "gguf" / ".run-q4_0.gguf.tmp-xyz.gguf").write_bytes(b"GGUF")
+    return folder
+
+
+def test_a_run_folder_is_owned_from_claim_to_release(tmp_path):
+    run = _a_finished_run(tmp_path / "run")
+    with RunFolder(run) as folder:
+        assert folder.removed == [".merged.tmp-abc", "gguf/.run-q4_0.gguf.tmp-xyz.gguf"] and (run / LOCK_NAME).exists()
+        assert list((run / "gguf").iterdir()) == []
+        with pytest.raises(ConfigError, match=f"in use by process {os.getpid()}.*choose another --output"):
+            RunFolder(run).__enter__()
+        assert folder.read_record().name == "old"  # read while no other writer can change it
+    assert not (run / LOCK_NAME).exists() and (run / "adapter").is_dir()
+
+
+@pytest.mark.parametrize("stop, status", [(RuntimeError("disk on fire"), "failed"), (KeyboardInterrupt(), "interrupted"),
+                                          (Terminated(15), "interrupted")])
+def test_a_stopped_command_records_why_and_keeps_what_it_replaced(tmp_path, stop, status):
+    run = _a_finished_run(tmp_path / "run")
+    with pytest.raises(type(stop)):
+        with RunFolder(run, replace=True) as folder:
+            assert list(run.iterdir()) == [run / LOCK_NAME]  # the old content is moved aside, not deleted
+            folder.record = RunRecord(name="new")
+            write_record(run, folder.record)
+            raise stop
+    record = read_record(run)
+    assert record.name == "new" and record.status == status and type(stop).__name__ in record.error
+    assert record.wall_time_s is not None and not (run / LOCK_NAME).exists()
+    [kept] = [p for p in tmp_path.iterdir() if p.name.startswith(".run.old-")]
+    assert (kept / "run" / "adapter").is_dir()
+
+
+def test_a_replaced_folder_is_deleted_only_once_the_command_succeeded(tmp_path):
+    run = _a_finished_run(tmp_path / "run")
+    seen = []
+    with RunFolder(run, replace=True, flag="--out") as folder:
+        folder.on_stop = seen.append
+        write_record(run, RunRecord(name="new", status="finished"))
+    assert seen == [] and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert read_record(run).name == "new" and not (run / "adapter").exists()

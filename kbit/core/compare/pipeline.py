@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import logging
 import sys
 import time
@@ -25,14 +24,13 @@ from typing import Any
 
 import attrs
 
-from kbit.core import metadata as meta
 from kbit.core.compare import report as reporting
 from kbit.core.compare.plan import CompareConfig, ComparePlan, PlannedMethod, plan_compare
 from kbit.core.compare.render import steps
 from kbit.core.compare.runs import RESUME, REUSE
 from kbit.core.errors import ConfigError, KbitError, Terminated
-from kbit.core.rundir import RunLock, discard, take_over
-from kbit.core.signals import signals_held
+from kbit.core.record import RunRecord, read_record, record_digest
+from kbit.core.rundir import RunFolder
 
 log = logging.getLogger("kbit")
 VARIANTS = ("adapter", "merged", "quantized")  # what a run can hold; the base is evaluated once
@@ -73,30 +71,19 @@ def run_compare(config: CompareConfig, progress: Progress = log.info) -> Compare
 
 @contextlib.contextmanager
 def _owned_folder(plan: ComparePlan) -> Iterator[dict[str, Any]]:
-    """Own the comparison folder while comparing: its lock, and its report's status when it ends."""
-    lock = RunLock(plan.out_dir)
-    try:
-        replaced = take_over(plan.out_dir, lock, replace=plan.replace_other_data)
-    except ConfigError:
-        raise ConfigError(f"comparison folder {plan.out_dir} is in use by another kbit process; wait for it "
-                          "or choose another --out") from None
-    report = reporting.new_report(plan)
-    try:
+    """Own the comparison folder while comparing (``RunFolder``): its lock, and its report's status when it ends."""
+    with RunFolder(plan.out_dir, replace=plan.replace_other_data, flag="--out") as folder:
+        report = reporting.new_report(plan)
+
+        def record_stop(exc: BaseException) -> None:
+            interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+            report.update(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(OSError):
+                reporting.write(plan.out_dir, report)
+
+        folder.on_stop = record_stop
         reporting.write(plan.out_dir, report, with_plot=False)
         yield report
-    except BaseException as exc:
-        interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
-        report.update(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}")
-        with signals_held(), contextlib.suppress(OSError):  # a second Ctrl-C must not cut the status short
-            reporting.write(plan.out_dir, report)
-        if replaced is not None:
-            log.warning("the previous content of %s is kept in %s", plan.out_dir, replaced)
-        raise
-    finally:
-        with signals_held():
-            lock.release()
-    if replaced is not None:
-        discard(replaced)
 
 
 def _compare_method(plan: ComparePlan, planned: PlannedMethod, previous: dict[str, Any] | None,
@@ -115,8 +102,8 @@ def _compare_method(plan: ComparePlan, planned: PlannedMethod, previous: dict[st
         record, entry["action"] = _obtain_run(planned, progress)
         entry["seconds"]["run"] = round(time.time() - started, 1)
         entry.update(reporting.run_figures(record))
-        if record.get("status") != "finished":
-            raise ConfigError(f"the run ended with status {record.get('status')}: {record.get('error')}")
+        if record.status != "finished":
+            raise ConfigError(f"the run ended with status {record.status}: {record.error}")
         started = time.time()
         _ensure_base_row(plan, planned, record, previous_base, report, progress)
         entry["rows"], entry["evaluated"], reused = _evaluate(plan, planned, previous, progress)
@@ -132,31 +119,31 @@ def _compare_method(plan: ComparePlan, planned: PlannedMethod, previous: dict[st
     return entry
 
 
-def _obtain_run(planned: PlannedMethod, progress: Progress) -> tuple[dict[str, Any], str]:
+def _obtain_run(planned: PlannedMethod, progress: Progress) -> tuple[RunRecord, str]:
     """The method's finished run: reused as it is, resumed, or trained now. Returns its record and the action."""
     decision = planned.decision
     if decision.action == REUSE:
-        record = meta.read_metadata(planned.run_dir) or {}
-        progress(f"{planned.name}: reusing the finished run {planned.run_dir} (written {record.get('updated')}); "
+        record = read_record(planned.run_dir)
+        progress(f"{planned.name}: reusing the finished run {planned.run_dir} (written {record.updated}); "
                  "not training it again")
         return record, "reused"
     from kbit.core.train.pipeline import run_training  # imports the training stack: only when it trains
 
     if decision.action == RESUME:
         progress(f"{planned.name}: resuming the unfinished run {planned.run_dir}")
-        return run_training(planned.train, resume=True).record.to_dict(), "resumed"
+        return run_training(planned.train, resume=True).record, "resumed"
     why = f" (replacing a run that {decision.replaces})" if decision.replaces else ""
     progress(f"{planned.name}: training {steps(planned.train.max_steps)} into {planned.run_dir}{why}")
     train = attrs.evolve(planned.train, overwrite=bool(decision.replaces))
-    return run_training(train).record.to_dict(), "trained"
+    return run_training(train).record, "trained"
 
 
-def _ensure_base_row(plan: ComparePlan, planned: PlannedMethod, record: dict[str, Any], previous: dict[str, Any] | None,
+def _ensure_base_row(plan: ComparePlan, planned: PlannedMethod, record: RunRecord, previous: dict[str, Any] | None,
                      report: dict[str, Any], progress: Progress) -> None:
     """Evaluate the base model once, through the first finished run (its base, on the same held-out items)."""
     if report.get("base", {}).get("status") == "finished":
         return
-    key = {"base_model": record.get("base_model"), "dataset": (record.get("dataset") or {}).get("fingerprint"),
+    key = {"base_model": record.base_model, "dataset": record.dataset.get("fingerprint"),
            **_eval_settings(plan)}
     out = plan.out_dir / "evals" / "base"
     try:
@@ -181,8 +168,8 @@ def _evaluate(plan: ComparePlan, planned: PlannedMethod, previous: dict[str, Any
     variants = tuple(v for v in VARIANTS if (run / v / MARKERS[v]).is_file())
     if not variants:
         raise ConfigError(f"the run {run} holds no adapter, merged or quantized model to evaluate")
-    record = meta.read_metadata(run) or {}
-    key = {"run": hashlib.sha256((run / meta.FILENAME).read_bytes()).hexdigest()[:16], "variants": list(variants),
+    record = read_record(run)
+    key = {"run": record_digest(run), "variants": list(variants),
            **_eval_settings(plan)}
     out = plan.out_dir / "evals" / planned.name
     rows = _kept_rows(out, key, previous)

@@ -15,6 +15,7 @@ from typing import Any
 
 from kbit.core import metadata as meta
 from kbit.core.compare.plan import KIND, ComparePlan
+from kbit.core.record import RunRecord
 from kbit.core.rundir import atomic_file, write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -69,25 +70,25 @@ def set_method(report: dict[str, Any], entry: dict[str, Any]) -> None:
     report["methods"] = [entry if m["method"] == entry["method"] else m for m in report["methods"]]
 
 
-def run_figures(record: dict[str, Any]) -> dict[str, Any]:
+def run_figures(record: RunRecord) -> dict[str, Any]:
     """What a method's run recorded: its name, steps, last training loss, train and quantize seconds.
 
     ``train_s`` is the run's wall time without quantization (loading, training, merge and merge
     check); for a resumed run it covers the part after the resume only.
     """
-    wall = record.get("wall_time_s")
-    quantize_s = (record.get("quantize") or {}).get("seconds")
-    history = [h for h in record.get("loss_history") or [] if "loss" in h]  # entries may hold only eval_loss
+    wall = record.wall_time_s
+    quantize_s = (record.quantize or {}).get("seconds")
+    history = [h for h in record.loss_history if "loss" in h]  # entries may hold only eval_loss
     return {
-        "run_name": record.get("name"),
-        "steps": (record.get("train") or {}).get("steps"),
+        "run_name": record.name,
+        "steps": record.train.get("steps"),
         "train_loss": history[-1]["loss"] if history else None,
         "train_s": None if wall is None else round(wall - (quantize_s or 0), 1),
         "quantize_s": quantize_s,
     }
 
 
-def with_disk_size(row: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+def with_disk_size(row: dict[str, Any], record: RunRecord) -> dict[str, Any]:
     """``row`` of ``kbit eval`` with ``disk_bytes``: the weight files the variant needs on disk.
 
     The adapter variant needs its base as stored as well (a quantized-training method quantizes the
@@ -97,7 +98,7 @@ def with_disk_size(row: dict[str, Any], record: dict[str, Any]) -> dict[str, Any
 
     size = weights_bytes(Path(row["path"]))
     if row["variant"] == "adapter":
-        base = Path(str((record.get("base_model") or {}).get("path")))
+        base = Path(str(record.base_model.get("path")))
         if not base.is_dir():
             return {**row, "disk_bytes": None}
         size += weights_bytes(base)

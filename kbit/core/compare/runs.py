@@ -14,8 +14,8 @@ from pathlib import Path
 
 import attrs
 
-from kbit.core import metadata as meta
 from kbit.core.errors import ConfigError
+from kbit.core.record import RunRecord, read_record
 from kbit.core.rundir import LOCK_NAME
 from kbit.core.targets import kbit_kind
 from kbit.core.train.config import FIELDS, TrainConfig, resume_config
@@ -50,8 +50,8 @@ def decide(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model_r
         if overwrite:
             return RunDecision(TRAIN, replaces=problem)
         raise ConfigError(f"{run_dir} {problem}; pass --overwrite to retrain it there or choose another --out")
-    status = (meta.read_metadata(run_dir) or {}).get("status")
-    return RunDecision(REUSE if status == "finished" else RESUME)
+    record = read_record(run_dir)
+    return RunDecision(REUSE if record is not None and record.status == "finished" else RESUME)
 
 
 def mismatch(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model_revision: str) -> str:
@@ -61,7 +61,7 @@ def mismatch(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model
     if kbit_kind(run_dir) != "run":
         return "holds something other than a kbit run"
     try:
-        record = meta.read_metadata(run_dir) or {}
+        record = read_record(run_dir) or RunRecord()
         recorded = resume_config(run_dir, {})
     except ConfigError as exc:
         return f"holds a run whose kbit.json cannot be read back ({exc})"
@@ -71,10 +71,10 @@ def mismatch(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model
                if getattr(recorded, f) != getattr(wanted, f)]
     if changed:
         return f"holds a run with other settings ({'; '.join(changed)})"
-    fingerprint = (record.get("dataset") or {}).get("fingerprint")
+    fingerprint = record.dataset.get("fingerprint")
     if fingerprint != data_fingerprint:
         return f"holds a run trained on other data (dataset fingerprint {fingerprint}, now {data_fingerprint})"
-    revision = (record.get("base_model") or {}).get("revision")
+    revision = record.base_model.get("revision")
     if revision != model_revision:
         return f"holds a run of another version of the model (revision {revision}, now {model_revision})"
     return ""

@@ -14,6 +14,7 @@ output rule, :mod:`kbit.core.targets`). Outside kbit's outputs an existing file 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ from kbit.core.record import RunRecord, read_record, write_record
 from kbit.core.errors import ConfigError
 from kbit.core.export.check import GATES, Gate, Reference, check_file, check_gguf, resolve_runtime
 from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
-from kbit.core.rundir import RunLock, atomic_file, clear_staging
+from kbit.core.rundir import RunFolder, atomic_file
 
 FORMATS = ("gguf",)
 EXPORTS_DIR = "gguf"
@@ -74,18 +75,11 @@ def export_path(path: str, *, format: str = "gguf", file_type: str | None = None
     _check_target(plan, overwrite)
     gate = Gate.for_type(file_type, max_kl, max_em_drop, min_top1)
     items = plan.data.held_out[: limit or _default_limit(plan.record)]
-    lock = RunLock(plan.run) if plan.run else None
-    if lock:
-        lock.acquire()
-        clear_staging(plan.run)
-    try:
-        if plan.run:  # the run may have changed before the lock was ours: check the target against it again
-            plan = attrs.evolve(plan, record=read_record(plan.run))
+    with RunFolder(plan.run) if plan.run else contextlib.nullcontext() as folder:
+        if folder is not None:  # the run may have changed before the lock was ours: check the target against it again
+            plan = attrs.evolve(plan, record=folder.read_record())
             _check_target(plan, overwrite)
         return _write_checked(plan, format, file_type, gate, items, max_new_tokens, head_type, runtime=runtime)
-    finally:
-        if lock:
-            lock.release()
 
 
 def export_in_run(run: Path, record: RunRecord, file_type: str, reference: Reference, *, min_top1: float,
@@ -124,7 +118,6 @@ def export_adapter_in_run(run: Path, record: RunRecord, reference: Reference, *,
     items = plan.data.held_out[: limit or _default_limit(record)]
     gate = Gate.for_type("q8_0", min_top1=min_top1)
     plan.target.parent.mkdir(parents=True, exist_ok=True)
-    clear_staging(plan.target.parent)
     started = time.time()
     with atomic_file(plan.target) as temp:  # renamed into place only once checked
         written = write_lora_gguf(run / "adapter", base.gguf, temp, name=f"{name}-lora", base_model=base)
@@ -143,9 +136,7 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
                    head_type: str = "q8_0", *, reference: Reference | None = None, runtime: str = "auto") -> ExportResult:
     """Write the file to a temporary sibling, check it (against ``reference``, else the source folder),
     rename it into place, record it (see the module docs)."""
-    plan.target.parent.mkdir(parents=True, exist_ok=True)
-    if plan.run:
-        clear_staging(plan.target.parent)  # a killed export's temporary file; the lock says none is live
+    plan.target.parent.mkdir(parents=True, exist_ok=True)  # a killed export's temporary file: RunFolder cleared it
     started = time.time()
     with atomic_file(plan.target) as temp:  # renamed into place only once checked, with the umask's mode
         written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,

@@ -33,7 +33,6 @@ from kbit.core.cards import name_base_in_adapter, write_cards
 from kbit.core.console import LOG_FILE_ONLY, LOG_NAME, run_log
 from kbit.core.data import TaskData
 from kbit.core.device import peak_memory_bytes
-from kbit.core.errors import Terminated
 from kbit.core.evaluate.generation import ANSWER_BATCH_SIZE, generate_answers
 from kbit.core.evaluate.metrics import task_scores
 from kbit.core.evaluate.budget import GenerationBudget, generation_budget
@@ -45,8 +44,7 @@ from kbit.core.merge import (adapter_effect, base_dtype, check_fidelity, computi
 from kbit.core.quantized_linear import exact_activations
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.record import RunRecord, read_record, write_record
-from kbit.core.rundir import RunLock, atomic_directory, clear_staging, discard, disk_full, overwrite_json_in_place, take_over
-from kbit.core.signals import signals_held
+from kbit.core.rundir import RunFolder, atomic_directory
 from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.fit import CHECKPOINTS, Trained, load_adapter_weights, train_adapter
@@ -78,27 +76,24 @@ def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
 
 @contextlib.contextmanager
 def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
-    """Own the run folder for the stages: its lock, its record, and its status when they end.
+    """Own the run folder for the stages (``RunFolder``): its lock, its record, and its status when they end.
 
     ``--overwrite`` moves the previous content aside and deletes it only once the new run finished.
     On any exception the record says "failed" (or "interrupted" for Ctrl-C and SIGTERM) with the error.
     """
-    lock = RunLock(plan.run_dir)
-    # --overwrite: what the folder held is moved aside now and deleted once the new run finished
-    replaced = take_over(plan.run_dir, lock, replace=plan.config.overwrite and not plan.resume)
-    record: RunRecord | None = None
-    try:
+    with RunFolder(plan.run_dir, replace=plan.config.overwrite and not plan.resume, started=started) as folder:
+        for name in folder.removed:
+            log.warning("removed %s, left by the interrupted run", name)
         if plan.resume:
-            for name in clear_staging(plan.run_dir):
-                log.warning("removed %s, left by the interrupted run", name)
             for line in checkpoints.remove_incomplete(plan.run_dir / CHECKPOINTS):  # each says why
                 log.warning("%s", line)
-            record = read_record(plan.run_dir) or _initial_record(plan)
+            record = folder.read_record() or _initial_record(plan)
             record.status, record.error, record.resumed = "running", None, meta.now()
             record.spec, record.config = plan.spec, plan.config.to_dict()
         else:
             record = _initial_record(plan)
         record.artifacts["log"] = LOG_NAME
+        folder.record = record  # its status says why, should the stages stop
         write_record(plan.run_dir, record)
         with run_log(plan.run_dir):
             log.info("run %s in %s (method %s)", plan.name, plan.run_dir, plan.method.name)
@@ -107,38 +102,6 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
             except BaseException as exc:
                 log.error("run stopped: %s: %s", type(exc).__name__, exc, exc_info=True, extra=LOG_FILE_ONLY)
                 raise
-    except BaseException as exc:
-        full = disk_full(exc, plan.run_dir)  # a write that failed without saying where: the run's disk
-        with signals_held():  # a second Ctrl-C or SIGTERM must not leave the status "running"
-            _record_end(plan, record, full or exc, started)
-        if replaced is not None:
-            log.warning("the previous content of %s is kept in %s", plan.run_dir, replaced)
-        if full is not None and full is not exc:
-            raise full from exc
-        raise
-    finally:
-        with signals_held():
-            lock.release()
-    if replaced is not None:
-        discard(replaced)
-
-
-def _record_end(plan: RunPlan, record: RunRecord | None, exc: BaseException, started: float) -> None:
-    """Record why the run stopped: "interrupted" for Ctrl-C and signals, else "failed", with the error.
-
-    On a full disk the record is written over the old one in place; a read-only disk keeps the old
-    record (the error itself is what the user must see, so no write error is raised here).
-    """
-    if record is None:
-        return
-    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
-    record.status = "interrupted" if interrupted else "failed"
-    record.error, record.wall_time_s = f"{type(exc).__name__}: {exc}", round(time.time() - started, 1)
-    try:
-        write_record(plan.run_dir, record)
-    except OSError:
-        with contextlib.suppress(OSError):
-            overwrite_json_in_place(plan.run_dir / meta.FILENAME, record.to_dict())
 
 
 def _initial_record(plan: RunPlan) -> RunRecord:

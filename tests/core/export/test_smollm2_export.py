@@ -8,7 +8,7 @@ import pytest
 import yaml
 from gguf import GGUFReader
 
-from kbit.core.metadata import read_metadata
+from kbit.core.record import read_metadata
 from kbit.core.models import default_gguf_path
 from tests.conftest import run_kbit
 

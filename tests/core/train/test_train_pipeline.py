@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from kbit.core.metadata import read_metadata
+from kbit.core.record import read_metadata
 from kbit.core.record import read_record
 from tests.conftest import run_kbit
 
