@@ -63,10 +63,10 @@ def training_options(*, merge: bool = True) -> OptionSchema:
     """compute_dtype, gradient_checkpointing, merge_after_train, merge_dtype and adapter_dtype with a method's defaults."""
     return OptionSchema(
         (
-            Option("compute_dtype", "auto", choice(*DTYPES), "matmul dtype: auto = bf16 on a GPU or CPU that has it natively (AVX512-BF16/AMX), else fp16 on a GPU, fp32 on a CPU"),
+            Option("compute_dtype", "auto", choice(*DTYPES), "matmul dtype: auto = bf16 on a GPU that has it (else fp16); on a CPU, bf16 where it has native bf16 (AVX512-BF16/AMX) and a measured probe finds bf16 faster, else fp32"),
             Option("gradient_checkpointing", "auto", choice("auto", "true", "false"),
                    "recompute activations in backward to save memory: auto = on where a training step without it would need more "
-                   "than half the free memory (decided per run from the model, batch and example lengths; costs ~40% step time)"),
+                   "than half the free memory (decided per run from the model, batch and example lengths; recomputing activations makes a step slower)"),
             Option("merge_after_train", merge, boolean, "merge the adapter into a full model after training"),
             Option("merge_dtype", "auto", choice(*DTYPES), "dtype of the merged model: auto = the compute dtype on a GPU, float32 on a CPU"),
             Option("adapter_dtype", "auto", choice(*DTYPES),

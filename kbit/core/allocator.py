@@ -1,14 +1,12 @@
 """The ``kbit`` commands that run models do so with glibc's malloc set up for training: no per-thread
 cache and no fast bins, so freed memory coalesces.
 
-Measured (``python -m benchmarks.step_memory``: one SmolLM2-135M qlora step, float32 activations):
-with glibc's defaults the forward pass grew the process by about twice what autograd keeps alive
-(+475 MiB for 249 MiB of saved tensors), with these settings by +273 MiB, at the same or a shorter
-step time; ``kbit train``'s peak in BENCHMARKS.md item 9 fell from ~1400 to ~1155 MiB. The cause is
-small chunks (tensor and autograd bookkeeping) that glibc's tcache and fast bins hold back without
+With glibc's defaults a training step's forward pass grew the process by about twice what autograd
+keeps alive; with these settings by much less, at the same step time (``python -m
+benchmarks.step_memory``; the figures are in BENCHMARKS.md, item 9). The cause is small chunks (tensor and autograd bookkeeping) that glibc's tcache and fast bins hold back without
 coalescing: lying between the freed activation buffers, they keep those from merging into holes the
 next, differently sized buffer could reuse, so the heap grows instead. Large allocations through
-``mmap`` (a lower ``M_MMAP_THRESHOLD``) avoid that too, but made the step 1.6× as slow (a page fault
+``mmap`` (a lower ``M_MMAP_THRESHOLD``) avoid that too, but made the step much slower (a page fault
 per fresh page).
 
 glibc reads these settings (``GLIBC_TUNABLES``) only when a process starts, so a command that runs

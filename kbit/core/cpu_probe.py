@@ -1,9 +1,8 @@
 """Whether bfloat16 trains faster than float32 on this CPU: measured once per CPU and torch, then cached.
 
-Native bf16 instructions (AVX512-BF16, AMX) do not make bf16 training faster everywhere: on one
-AVX512-BF16 machine this project uses, a bf16 qlora step took 0.82× the float32 time (AMD EPYC); on
-another, 1.45× (an Intel Xeon without AMX, BENCHMARKS.md item 7), where float32 brought the default
-run from 356 s to 299 s. So ``compute_dtype=auto`` asks this probe rather than the flags alone.
+Native bf16 instructions (AVX512-BF16, AMX) do not make bf16 training faster everywhere: on some
+machines a bf16 step is faster than float32, on others slower (BENCHMARKS.md, item 7). So
+``compute_dtype=auto`` asks this probe rather than the CPU flags alone.
 
 The probe times what dominates a step: a transformer MLP's matrix products forward and backward,
 with frozen weights (as an adapter trains on a frozen base), in bf16 and in float32, alternating,

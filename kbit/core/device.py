@@ -4,8 +4,8 @@ The device is the accelerator torch itself would use (``torch.accelerator``: CUD
 XPU, Apple MPS, ...), else the CPU. Compute dtype "auto" means bfloat16 on an accelerator that
 supports it (float16 on one that does not); on a CPU, bfloat16 where the CPU has native bf16
 instructions (AVX512-BF16 or AMX) and a bf16 probe runs faster than float32 there
-(``kbit.core.cpu_probe``: 0.82× on one such machine, 1.45× on another), float32 elsewhere (bf16
-emulated in AVX2/AVX512 code is several times slower than float32).
+(``kbit.core.cpu_probe``), float32 elsewhere (bf16 emulated in AVX2/AVX512 code is several times
+slower than float32).
 """
 
 from __future__ import annotations

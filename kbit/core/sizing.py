@@ -67,7 +67,7 @@ def decide_checkpointing(
     "auto" turns it on when the model plus a micro-batch's activations without checkpointing
     (sequences of ``length`` tokens: the longest training example, at most --max-length) would take more
     than ``CHECKPOINT_ABOVE`` of the ``free_bytes`` of memory; otherwise the step is faster without it
-    (recomputing activations costs ~40% of a CPU step).
+    (recomputing activations makes each step slower).
     """
     def need(checkpointing: bool) -> int:
         return model_bytes + batch_size * activation_bytes_per_sample(
