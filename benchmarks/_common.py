@@ -198,7 +198,7 @@ MODEL_VARIABLE = "KBIT_BENCH_MODEL"
 def model_path() -> str:
     """``--model``'s directory, else the default model (SmolLM2-135M-Instruct), converted once to a
     cached fp32 safetensors dir."""
-    from kbit.core.models import resolve_model
+    from kbit.core.model.sources import resolve_model
 
     return resolve_model(os.environ.get(MODEL_VARIABLE)).path
 
@@ -211,14 +211,14 @@ def arith_data(seed: int = 0) -> Any:
 
 
 def tokenizer() -> Any:
-    from kbit.core.models import load_tokenizer, resolve_model
+    from kbit.core.model.sources import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model(os.environ.get(MODEL_VARIABLE)))
 
 
 def probe_batches(tok: Any, examples: Sequence[Any], batch_size: int = 16, device: str = "cpu") -> list[dict[str, Any]]:
     """Held-out prompt+completion texts, right-padded, as model inputs (kbit's merge-check format)."""
-    from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.measure.generation import render_prompt
 
     texts = [render_prompt(tok, e) + e.completion for e in examples]
     side, tok.padding_side = tok.padding_side, "right"

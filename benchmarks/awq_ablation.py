@@ -2,7 +2,7 @@
 
 The model is item 4's merged model (trained here when item 4 has not left one in the work folder),
 the data item 5's: the first N training texts as calibration, the held-out completion loss
-(``kbit.core.evaluate.metrics.completion_loss``) over the first 100 held-out items. Each
+(``kbit.core.measure.metrics.completion_loss``) over the first 100 held-out items. Each
 configuration is one llm-compressor ``oneshot`` on a freshly loaded copy, evaluated in memory
 (fake-quantized; item 5 shows the saved and reloaded checkpoints score the same). Every line gives
 the loss against the unquantized merged model's; the note says what changed. Nothing here has a
@@ -103,7 +103,7 @@ def recipe(config: Config) -> list[Any]:
 def loss_masks(tok: Any, examples: list[Any], input_ids: list[list[int]], mode: str) -> list[list[int]]:
     """1 where a position's prediction should count: from the last prompt token on (completion), or
     after the token prefix shared by every calibration text (chat template, system prompt)."""
-    from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.measure.generation import render_prompt
 
     shared = 0
     while all(len(ids) > shared + 1 and ids[shared] == input_ids[0][shared] for ids in input_ids):
@@ -122,9 +122,9 @@ def quantized_loss(config: Config, merged: Path, samples: int, held_out: int) ->
     from llmcompressor import oneshot
 
     from benchmarks.ptq import unpinned_without_accelerator
-    from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.measure.generation import render_prompt
     from kbit.core.evaluate.loading import load_plain
-    from kbit.core.evaluate.metrics import completion_loss
+    from kbit.core.measure.metrics import completion_loss
 
     tok, data = tokenizer(), arith_data()
     examples = list(data.train[: config.samples or samples])
@@ -144,7 +144,7 @@ def measure(args: argparse.Namespace) -> list[Figure]:
     check_device(args.device)
     from benchmarks.merge_fidelity import train_run
     from kbit.core.evaluate.loading import load_plain
-    from kbit.core.evaluate.metrics import completion_loss
+    from kbit.core.measure.metrics import completion_loss
 
     samples, held_out = (4, 16) if args.quick else (32, 100)
     steps, batch = (3, 2) if args.quick else (20, 8)

@@ -1,7 +1,7 @@
 """Item 7, compute dtype: qlora training steps with float32 against bfloat16 compute on this machine.
 
 kbit's ``compute_dtype=auto`` is bfloat16 on a GPU that supports it and on a CPU with native bf16
-(avx512_bf16 / amx_bf16) where its bf16 probe (``kbit.core.cpu_probe``) ran faster than float32,
+(avx512_bf16 / amx_bf16) where its bf16 probe (``kbit.core.system.cpu_probe``) ran faster than float32,
 float32 on other CPUs. This measures the step time of both on the machine
 it runs on (fresh subprocess each, alternating), so the choice is backed by a number: ratio = bf16
 time / fp32 time; the target is <= 1 where auto picks bf16 here and >= 1 where it picks float32.
@@ -33,7 +33,7 @@ def measure(args: argparse.Namespace) -> list[Figure]:
     fp32, bf16 = runs["fp32"], runs["bf16"]
     step_32, step_16 = median([r["mean_step_s"] for r in fp32]), median([r["mean_step_s"] for r in bf16])
     peak_32, peak_16 = median([r["peak_train_bytes"] for r in fp32]), median([r["peak_train_bytes"] for r in bf16])
-    from kbit.core.device import detect_device, host_cpu, resolve_compute_dtype
+    from kbit.core.system.device import detect_device, host_cpu, resolve_compute_dtype
 
     auto = resolve_compute_dtype("auto", host_cpu() if args.device == "cpu" else detect_device())
     verdict = ">= 1.0" if auto == "float32" else "<= 1.0"

@@ -35,7 +35,7 @@ def _damaged(source: Path, damage: str, target: Path) -> Path:
     """``source`` saved to ``target`` with ``damage`` done to one tensor of its middle layer."""
     import torch
 
-    from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer
+    from kbit.core.model.sources import ModelSource, load_causal_lm, load_tokenizer
 
     model = load_causal_lm(str(source), dtype="float32")
     layer = model.model.layers[model.config.num_hidden_layers // 2]
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from kbit.core.data import load_task_data
     from kbit.core.export.check import Gate, exact_match, failures_of
-    from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer, resolve_model
+    from kbit.core.model.sources import ModelSource, load_causal_lm, load_tokenizer, resolve_model
 
     data = load_task_data("arith")
     items = list(data.held_out[:args.limit])

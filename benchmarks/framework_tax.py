@@ -56,7 +56,7 @@ class Probe:
 
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, model=None, **kwargs):
-                from kbit.core.evaluate.metrics import memory_footprint
+                from kbit.core.measure.metrics import memory_footprint
 
                 probe.footprint = memory_footprint(model)
                 if probe.device == "cuda":
@@ -138,7 +138,7 @@ def reference_worker(args: argparse.Namespace) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from kbit.core.data.arithmetic import generate
-    from kbit.core.device import detect_device, host_cpu, resolve_compute_dtype
+    from kbit.core.system.device import detect_device, host_cpu, resolve_compute_dtype
 
     started = time.perf_counter()
     cuda = args.device == "cuda"

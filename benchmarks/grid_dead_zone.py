@@ -25,7 +25,7 @@ def main() -> None:
     from safetensors import safe_open
 
     from kbit.core.export.grids import round_to_grid
-    from kbit.core.models import resolve_model
+    from kbit.core.model.sources import resolve_model
 
     folder = Path(resolve_model("default").path)
     for file in sorted(folder.glob("*.safetensors")):

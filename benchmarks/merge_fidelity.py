@@ -44,9 +44,9 @@ def train_run(run_dir: Path, steps: int, batch: int) -> Path:
 
 def quantized_base(device: str) -> Any:
     """The 4-bit base exactly as qlora loads it (kbit's own quant config)."""
-    from kbit.core.device import detect_device
-    from kbit.core.models import load_causal_lm
-    from kbit.core.registry import get_method
+    from kbit.core.system.device import detect_device
+    from kbit.core.model.sources import load_causal_lm
+    from kbit.core.methods.registry import get_method
 
     method = get_method("qlora")
     spec = method.resolve_spec({}, detect_device())
@@ -62,7 +62,7 @@ def measure(args: argparse.Namespace) -> list[Figure]:
     from peft import PeftModel
 
     from kbit.core.evaluate.loading import load_plain
-    from kbit.core.merge import logit_agreement
+    from kbit.core.model.merge import logit_agreement
 
     steps, batch, prompts = (3, 2, 16) if args.quick else (20, 8, 100)
     run_dir = train_run(workdir(args, "merge_fidelity") / "run", steps, batch)

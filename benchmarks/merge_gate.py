@@ -5,13 +5,13 @@
                                                     # on a tiny random model into DIR, then measures those
 
 For each run, the trained adapter model is reloaded as ``kbit eval`` loads it and compared, on the
-merge check's own probe (``kbit.core.merge.probe_batches``, computed as the check computes), with:
+merge check's own probe (``kbit.core.model.merge.probe_batches``, computed as the check computes), with:
 - the honest merge, as ``kbit train`` builds it (``merged_model``);
 - broken merges: the merge base scaled ×0.99, ×1.01, ×0.95, ×1.05 (a ``dequantize_base`` whose scales
   are off), and the honest merge with one module's update left out (the module whose update is the
   median by norm: a dropped layer).
 Printed per merge: max |Δlogit| against the adapter model, that as a share of the adapter's own
-effect (max |Δlogit| adapter on vs off, ``kbit.core.merge.adapter_effect``) or of the largest logit,
+effect (max |Δlogit| adapter on vs off, ``kbit.core.model.merge.adapter_effect``) or of the largest logit,
 whichever is larger, the run's bound for the precision of the weights compared, top-1 agreement, and
 whether ``kbit train``'s merge check (``check_fidelity``) keeps or refuses it.
 ``--json FILE`` writes the rows.
@@ -93,16 +93,16 @@ def _dropped(merged: Any, merge_base: Any) -> tuple[Any, str]:
 def measure_run(run: Path, merge_dtype: str | None = None) -> list[dict[str, Any]]:
     from peft import PeftModel
 
-    from kbit.core.bases import load_base, load_merge_base, prepare_for_training
+    from kbit.core.model.bases import load_base, load_merge_base, prepare_for_training
     from kbit.core.data import load_task_data
     from kbit.core.data.split import recorded_held_out
     from kbit.core.evaluate.loading import _run_base_path
-    from kbit.core.merge import (MergeCheckFailed, adapter_effect, base_dtype, check_fidelity, computing_in,
+    from kbit.core.model.merge import (MergeCheckFailed, adapter_effect, base_dtype, check_fidelity, computing_in,
                                  logit_agreement, merge_tolerance, merged_model, probe_batches)
-    from kbit.core.models import ModelSource, load_tokenizer
-    from kbit.core.quantized_linear import exact_activations
-    from kbit.core.record import read_record
-    from kbit.core.registry import get_method
+    from kbit.core.model.sources import ModelSource, load_tokenizer
+    from kbit.core.model.quantized_linear import exact_activations
+    from kbit.core.runs.record import read_record
+    from kbit.core.methods.registry import get_method
 
     record = read_record(run)
     method, spec = get_method(record.method), record.spec
@@ -155,7 +155,7 @@ def measure_run(run: Path, merge_dtype: str | None = None) -> list[dict[str, Any
 
 def rejudged(row: dict[str, Any]) -> dict[str, Any]:
     """A stored row judged by today's ``check_fidelity`` and bound (the measured figures unchanged)."""
-    from kbit.core.merge import MergeCheckFailed, check_fidelity, merge_tolerance
+    from kbit.core.model.merge import MergeCheckFailed, check_fidelity, merge_tolerance
 
     tolerance = merge_tolerance(row["base_dtype"], row["dtype"])
     share = row["max_abs_logit_diff"] / max(row["adapter_effect"], row["max_abs_logit"])

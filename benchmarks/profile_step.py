@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    from kbit.core.adapters import attach_adapter
-    from kbit.core.bases import load_base, prepare_for_training
+    from kbit.core.model.adapters import attach_adapter
+    from kbit.core.model.bases import load_base, prepare_for_training
     from kbit.core.train.config import TrainConfig
     from kbit.core.train.fit import build_trainer
     from kbit.core.train.plan import plan_run

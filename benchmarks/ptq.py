@@ -36,8 +36,8 @@ METHODS = ("gptq", "awq")
 
 
 def kbit_spec(name: str, samples: int, options: dict[str, str] | None = None) -> tuple[Any, Any]:
-    from kbit.core.device import detect_device
-    from kbit.core.registry import get_method
+    from kbit.core.system.device import detect_device
+    from kbit.core.methods.registry import get_method
 
     method = get_method(name)
     return method, method.resolve_spec({"calibration_samples": samples, **(options or {})}, detect_device())
@@ -89,7 +89,7 @@ def direct_quantize(name: str, model_dir: Path, target: Path, samples: int) -> f
     from llmcompressor.modifiers.transform.awq import AWQModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.measure.generation import render_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
@@ -118,7 +118,7 @@ def direct_quantize(name: str, model_dir: Path, target: Path, samples: int) -> f
 
 
 def held_out_loss(model: Any, device: str, limit: int) -> float:
-    from kbit.core.evaluate.metrics import completion_loss
+    from kbit.core.measure.metrics import completion_loss
 
     return completion_loss(model.to(device) if device == "cuda" and not _is_bnb(model) else model, tokenizer(),
                            arith_data().held_out[:limit])["loss"]

@@ -2,7 +2,7 @@
 
     python benchmarks/quantized_base_cache.py METHOD [key=value ...] [--loads 3]
 
-Each load is ``kbit.core.bases.load_base`` of the default base (SmolLM2) in a fresh process, as training, the
+Each load is ``kbit.core.model.bases.load_base`` of the default base (SmolLM2) in a fresh process, as training, the
 merge and ``kbit eval`` load it, with a cache folder of its own (``KBIT_CACHE``, the converted model linked in)
 that is empty before the first. Printed per load: the whole ``load_base``, reading the weights, the method's
 ``quantize_base`` and what the cache adds; then the ratio of a later load's cache work to the first
@@ -25,11 +25,11 @@ if __package__ in (None, ""):
 
 
 def one_load(method_name: str, options: list[str]) -> dict[str, float]:
-    import kbit.core.bases as bases
-    from kbit.core.device import DeviceInfo
-    from kbit.core.method import Method
-    from kbit.core.models import resolve_model
-    from kbit.core.registry import default_registry
+    import kbit.core.model.bases as bases
+    from kbit.core.system.device import DeviceInfo
+    from kbit.core.methods.method import Method
+    from kbit.core.model.sources import resolve_model
+    from kbit.core.methods.registry import default_registry
 
     source = resolve_model(None)
     method = default_registry().get(method_name)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(one_load(args.method, args.options)))
         return
-    from kbit.core.models import cache_root
+    from kbit.core.system.cache import cache_root
 
     loads = []
     with tempfile.TemporaryDirectory() as cache:

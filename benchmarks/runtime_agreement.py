@@ -5,7 +5,7 @@
 
 FILE (default: the embedded SmolLM2-135M-Instruct Q4_1) runs in llama.cpp through llama-cpp-python on
 the CPU as a user runs it (its defaults: f16 KV cache, no flash attention) and in transformers,
-dequantized to float32 (``kbit.core.models.load_gguf``), on the held-out prompts + answers of the
+dequantized to float32 (``kbit.core.model.sources.load_gguf``), on the held-out prompts + answers of the
 default task. Each transformers variant adds one piece of what llama.cpp's CPU backend rounds
 (``kbit.core.runtime.rounding``):
 
@@ -25,7 +25,7 @@ input to it: float, with the input rounded, and with Q8_1's ``s`` as well (how c
 is to ggml's kernel); (2) layer 0 op by op, the torch forward with the rounding against llama.cpp's
 values (where, and how much, the two forwards part).
 
-For each, against llama.cpp (``kbit.core.evaluate.agreement``, the figures ``kbit eval FILE.gguf``
+For each, against llama.cpp (``kbit.core.measure.agreement``, the figures ``kbit eval FILE.gguf``
 reports): top-1 agreement on answer positions (where the next token is an answer token or the EOS:
 what greedy answers depend on), mean KL(llama.cpp ‖ variant) on answer positions, and the largest
 |Δlogit|.
@@ -272,10 +272,10 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     from kbit.core.data import load_task_data
-    from kbit.core.evaluate.agreement import agreement
-    from kbit.core.evaluate.metrics import encode_example
+    from kbit.core.measure.agreement import agreement
+    from kbit.core.measure.metrics import encode_example
     from kbit.core.evaluate.reference import answer_mask
-    from kbit.core.models import default_gguf_path, load_gguf
+    from kbit.core.model.sources import default_gguf_path, load_gguf
 
     torch.manual_seed(0)
     gguf_path = args.gguf or default_gguf_path()

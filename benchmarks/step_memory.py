@@ -1,5 +1,5 @@
 """What one training step's forward pass adds to the process, against what autograd keeps alive, under
-glibc's malloc defaults and under the ``kbit`` command's settings (``kbit.core.allocator``).
+glibc's malloc defaults and under the ``kbit`` command's settings (``kbit.core.system.allocator``).
 
     python -m benchmarks.step_memory
 
@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from benchmarks._common import (Figure, arith_data, emit_result, finish, model_path, no_cpu_repacking, parser, ratio,
                                 run_worker, setup, tokenizer)
-from kbit.core.allocator import TUNABLES
+from kbit.core.system.allocator import TUNABLES
 
 ITEM = "step memory"
 SETTINGS = {
@@ -48,7 +48,7 @@ def padding_free_batch(count: int) -> dict[str, Any]:
     """``count`` training examples as one row: position ids restart per example, only completions labelled."""
     import torch
 
-    from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.measure.generation import render_prompt
 
     tok = tokenizer()
     ids, positions, labels = [], [], []
@@ -66,8 +66,8 @@ def step_worker(args: argparse.Namespace) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import BitsAndBytesConfig
 
-    from kbit.core.lora_dropout import fuse_lora_dropout
-    from kbit.core.models import load_causal_lm
+    from kbit.core.model.lora_dropout import fuse_lora_dropout
+    from kbit.core.model.sources import load_causal_lm
     from kbit.core.train.loss import labelled_loss
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -11,7 +11,7 @@ format's floor for this model's layer shapes:
   model's dtype: float32 here (g=64: 4.5 for symmetric GPTQ, 4.5625 for AWQ with 4-bit zero points);
   the often quoted 4 + (16+4)/g assumes fp16 scales and is shown in the note.
 
-bnb and torchao models are measured in memory (``kbit.core.evaluate.metrics.linear_weight_bits``);
+bnb and torchao models are measured in memory (``kbit.core.measure.metrics.linear_weight_bits``);
 GPTQ/AWQ from their saved compressed-tensors checkpoints (item 5's outputs when present, else this
 item quantizes the base model with few calibration texts: the storage does not depend on them).
 Target: within 1% of the floor. Also the whole-model footprint against fp32 (and bf16 = fp32/2).
@@ -64,9 +64,9 @@ FLOORS = {"qlora nf4+dq": "nf4-dq", "qlora nf4 no dq": "nf4", "bnb-int8": "int8-
 
 
 def load_with(method_name: str, options: dict[str, str]) -> Any:
-    from kbit.core.device import detect_device
-    from kbit.core.models import load_causal_lm
-    from kbit.core.registry import get_method
+    from kbit.core.system.device import detect_device
+    from kbit.core.model.sources import load_causal_lm
+    from kbit.core.methods.registry import get_method
 
     method = get_method(method_name)
     spec = method.resolve_spec(options, detect_device())
@@ -119,7 +119,7 @@ def ptq_outputs(args: argparse.Namespace) -> dict[str, Path]:
 
 def measure(args: argparse.Namespace) -> list[Figure]:
     from kbit.core.evaluate.loading import load_plain
-    from kbit.core.evaluate.metrics import linear_weight_bits, memory_footprint
+    from kbit.core.measure.metrics import linear_weight_bits, memory_footprint
 
     print("item 1: storage, bits per quantized weight from the tensors", flush=True)
     base = load_plain(model_path())

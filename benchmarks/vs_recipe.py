@@ -9,7 +9,7 @@ checkpointing, a peft ``LoraConfig``, trl's ``SFTTrainer`` with its defaults (bf
 Each side is one fresh process, timed from start to exit by a small parent process that also reads
 the child's peak resident memory (``getrusage(RUSAGE_CHILDREN).ru_maxrss``); the sides alternate
 (kbit, recipe, kbit, recipe, ...), and the figures are medians. A third, informational side runs kbit
-with glibc's malloc defaults (``KBIT_SYSTEM_MALLOC=1``, see ``kbit.core.allocator``), to show what
+with glibc's malloc defaults (``KBIT_SYSTEM_MALLOC=1``, see ``kbit.core.system.allocator``), to show what
 the command's malloc settings account for. Afterwards, untimed, both adapters are
 scored on the same 100 held-out questions by the same scorer (kbit's generation and exact match on
 the 4-bit base), so the speed does not come from learning less.
@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 
 from benchmarks._common import (MODEL_VARIABLE, Figure, check_device, emit_result, finish, median, model_path, no_cpu_repacking,
                                 parser, ratio, run_worker, setup, workdir)
-from kbit.core.allocator import OPT_OUT
+from kbit.core.system.allocator import OPT_OUT
 
 ITEM = "9 kbit vs recipe"
 SYSTEM_MALLOC = "kbit-system-malloc"  # kbit under glibc's malloc defaults
@@ -105,8 +105,8 @@ def score_worker(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from kbit.core.data import load_task_data
-    from kbit.core.evaluate.generation import generate_answers
-    from kbit.core.evaluate.metrics import task_scores
+    from kbit.core.measure.generation import generate_answers
+    from kbit.core.measure.metrics import task_scores
 
     path = model_path()
     data = load_task_data("arith", max_examples=EXAMPLES, seed=SEED)
@@ -151,7 +151,7 @@ def measure(args: argparse.Namespace) -> list[Figure]:
         Figure(ITEM, "peak RSS of the process", peak_k / 2**20, peak_r / 2**20, ratio(peak_k, peak_r), "<= 1.00", "MiB",
                "getrusage(RUSAGE_CHILDREN).ru_maxrss of each run"),
         Figure(ITEM, "peak RSS, kbit with glibc's malloc defaults", peak_s / 2**20, peak_r / 2**20, ratio(peak_s, peak_r),
-               "", "MiB", f"{OPT_OUT}=1 (informational: what kbit.core.allocator's settings save)"),
+               "", "MiB", f"{OPT_OUT}=1 (informational: what kbit.core.system.allocator's settings save)"),
         Figure(ITEM, "held-out exact match after training", em_k, em_r, ratio(em_k, em_r) if em_r else None, "",
                "EM", f"{scores['kbit']['items']} held-out questions, same scorer; no worse: {em_k >= em_r}",
                passed=em_k >= em_r),

@@ -12,10 +12,10 @@ from kbit.core.errors import (
     PluginError,
     UnknownMethodError,
 )
-from kbit.core.hookspecs import hookimpl
-from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
-from kbit.core.options import Option, OptionSchema
-from kbit.core.spec import QuantizationSpec
+from kbit.core.contract.hookspecs import hookimpl
+from kbit.core.contract.method_info import MergePolicy, MethodInfo, Requirement
+from kbit.core.contract.options import Option, OptionSchema
+from kbit.core.contract.spec import QuantizationSpec
 
 __version__ = "0.2.0"
 

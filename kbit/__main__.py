@@ -1,4 +1,4 @@
-"""``kbit`` and ``python -m kbit``: the command line, under the malloc settings of ``kbit.core.allocator``
+"""``kbit`` and ``python -m kbit``: the command line, under the malloc settings of ``kbit.core.system.allocator``
 for the commands that run models."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def run() -> None:
     """The command's entry point: a model-running command is re-executed once with kbit's malloc
     settings (where glibc has them), then ``kbit.core.cli.main`` runs the command line's arguments."""
     if runs_models(sys.argv[1:]):
-        from kbit.core.allocator import relaunch_with_tuned_malloc
+        from kbit.core.system.allocator import relaunch_with_tuned_malloc
 
         relaunch_with_tuned_malloc()
     from kbit.core.cli import main

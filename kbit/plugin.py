@@ -34,7 +34,7 @@ use them inside hooks.
   ``PluginError``, ``KbitError``.
 """
 
-from kbit.core.adapters import (
+from kbit.core.model.adapters import (
     adapter_options,
     adapter_settings,
     calibration_options,
@@ -44,14 +44,14 @@ from kbit.core.adapters import (
     training_options,
     training_settings,
 )
-from kbit.core.device import DeviceInfo, resolve_compute_dtype, torch_dtype
+from kbit.core.system.device import DeviceInfo, resolve_compute_dtype, torch_dtype
 from kbit.core.errors import ConfigError, KbitError, MissingDependencyError, PluginError
 from kbit.core.export.blocks import Q4_1_BLOCK, PackedTensor, dequantize_q4_1, pack_q4_1, q4_1_codes, unpack_q4_1
-from kbit.core.gguf_tensors import GGUF_MODEL_TYPES, dequantize_gguf, gguf_linear_weights, gguf_source
-from kbit.core.hookspecs import hookimpl
-from kbit.core.method_info import MergePolicy, MethodInfo, Requirement
-from kbit.core.options import DTYPES, Option, OptionSchema, boolean, choice, described, dtype, integer, module_names, number
-from kbit.core.spec import AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
+from kbit.core.model.gguf_tensors import GGUF_MODEL_TYPES, dequantize_gguf, gguf_linear_weights, gguf_source
+from kbit.core.contract.hookspecs import hookimpl
+from kbit.core.contract.method_info import MergePolicy, MethodInfo, Requirement
+from kbit.core.contract.options import DTYPES, Option, OptionSchema, boolean, choice, described, dtype, integer, module_names, number
+from kbit.core.contract.spec import AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
 
 _NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears", "exact_activations", "cache_dequantized")
 _ROUNDING = ("activation_format", "fake_quantize_activations")  # kbit.core.runtime.rounding, imports torch
@@ -70,7 +70,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _NEEDS_TORCH:
-        from kbit.core import quantized_linear
+        from kbit.core.model import quantized_linear
 
         return getattr(quantized_linear, name)
     if name in _ROUNDING:

@@ -66,9 +66,9 @@ echo "ci_bare: trained in $((SECONDS - started)) s"
 "$py" -m pytest -p no:cacheprovider -m "not slow" --durations=15 \
   -k "not bad_input_exits and not yaml_config_with_flags and not auto_rank_and_batch" \
   tests/core/train tests/core/data tests/core/export/test_gguf_writer.py tests/core/export/test_blocks.py \
-  tests/core/export/test_check.py tests/core/export/test_lora_gguf.py tests/core/test_compat.py tests/core/test_device.py tests/core/test_sizing.py \
-  tests/core/test_merge.py tests/core/test_missing_backends.py tests/core/test_record.py tests/core/test_registry.py \
-  tests/core/test_spec.py tests/core/test_options.py tests/core/test_qa_lora.py tests/core/test_runs_of_kbit_0_1.py \
-  tests/core/test_console.py tests/plugins/test_qlora_contract.py tests/plugins/test_lora_contract.py
-"$py" -m pytest -p no:cacheprovider tests/core/test_models.py
+  tests/core/export/test_check.py tests/core/export/test_lora_gguf.py tests/core/model/test_compat.py tests/core/system/test_device.py tests/core/train/test_sizing.py \
+  tests/core/model/test_merge.py tests/core/test_missing_backends.py tests/core/runs/test_record.py tests/core/methods/test_registry.py \
+  tests/core/contract/test_spec.py tests/core/contract/test_options.py tests/core/model/test_qa_lora.py tests/core/runs/test_runs_of_kbit_0_1.py \
+  tests/core/system/test_console.py tests/plugins/test_qlora_contract.py tests/plugins/test_lora_contract.py
+"$py" -m pytest -p no:cacheprovider tests/core/model/test_sources.py
 echo "ci_bare: done in $((SECONDS - started)) s"

@@ -3,7 +3,7 @@
     python scripts/merge_dtype_fidelity.py RUN [--limit 100]
 
 For each dtype the run's adapter is merged into its base exactly as ``merge_dtype=<dtype>`` would
-(``kbit.core.merge.merged_model``: the dequantized 4-bit base for qlora, adapter folded in, weights
+(``kbit.core.model.merge.merged_model``: the dequantized 4-bit base for qlora, adapter folded in, weights
 stored in that dtype). The stored weights are then upcast and run in float32, so the figures measure
 what the merge dtype decides — the rounding of the stored weights — and not the arithmetic of the
 machine that later runs them. Compared with the run's float32 ``merged/`` on the run's held-out items
@@ -31,12 +31,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
     from kbit.core.export.check import answer_batches, exact_match, logit_figures
-    from kbit.core.merge import merged_model
-    from kbit.core.method_info import MergePolicy
-    from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer
+    from kbit.core.model.merge import merged_model
+    from kbit.core.contract.method_info import MergePolicy
+    from kbit.core.model.sources import ModelSource, load_causal_lm, load_tokenizer
     from kbit.core.quantize import run_examples
-    from kbit.core.record import read_record
-    from kbit.core.registry import get_method
+    from kbit.core.runs.record import read_record
+    from kbit.core.methods.registry import get_method
 
     record = read_record(args.run)
     spec = record.spec

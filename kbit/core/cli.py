@@ -39,11 +39,11 @@ def _root(
 
 
 def _console(verbose: bool, quiet: bool) -> None:
-    """Set up the console of a command that trains, evaluates or writes models (``kbit.core.console``).
+    """Set up the console of a command that trains, evaluates or writes models (``kbit.core.system.console``).
 
     Imports no torch; ``_load_libraries`` does, right before the command's pipeline.
     """
-    from kbit.core.console import setup_console
+    from kbit.core.system.console import setup_console
     from kbit.core.errors import ConfigError
 
     verbose, quiet = verbose or bool(_state["verbose"]), quiet or bool(_state["quiet"])
@@ -53,7 +53,7 @@ def _console(verbose: bool, quiet: bool) -> None:
 
 
 def _load_libraries() -> None:
-    from kbit.core.console import adopt_library_logs
+    from kbit.core.system.console import adopt_library_logs
 
     adopt_library_logs()
 
@@ -63,7 +63,7 @@ def methods_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for programs.")] = False,
 ) -> None:
     """List every installed method: aliases, provider, status and capabilities."""
-    from kbit.core.registry import default_registry
+    from kbit.core.methods.registry import default_registry
 
     records = [r.to_dict() for r in default_registry().records()]
     if as_json:
@@ -102,8 +102,8 @@ def spec_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for programs.")] = False,
 ) -> None:
     """Show the resolved quantization spec of METHOD and the quantization config it would build (--options: its options)."""
-    from kbit.core.options import parse_assignments
-    from kbit.core.registry import default_registry, get_method
+    from kbit.core.contract.options import parse_assignments
+    from kbit.core.methods.registry import default_registry, get_method
 
     overrides = parse_assignments(option or [])
     chosen = get_method(method)
@@ -201,7 +201,7 @@ def train_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune a model with adapters on a quantized base (defaults: SmolLM2 + arithmetic + qlora)."""
-    from kbit.core.options import parse_assignments
+    from kbit.core.contract.options import parse_assignments
 
     _console(verbose, quiet)
     from kbit.core.train.config import build_config
@@ -270,7 +270,7 @@ def eval_command(
     _load_libraries()
     from kbit.core.evaluate.pipeline import build_eval_config, run_eval
     from kbit.core.evaluate.report import print_table
-    from kbit.core.options import parse_assignments
+    from kbit.core.contract.options import parse_assignments
 
     settings = build_eval_config(
         paths=paths or None, models=model or None, variants=variant or None, method=method,
@@ -304,7 +304,7 @@ def quantize_command(
     _load_libraries()
     from pathlib import Path
 
-    from kbit.core.options import parse_assignments
+    from kbit.core.contract.options import parse_assignments
     from kbit.core.quantize import quantize_path
 
     with contextlib.redirect_stdout(sys.stderr):  # quantizers print progress; keep stdout for the result
@@ -428,7 +428,7 @@ def compare_command(
     from kbit.core.compare.plan import build_compare_config
     from kbit.core.compare.render import print_table
     from kbit.core.errors import AllMethodsFailed
-    from kbit.core.options import parse_assignments
+    from kbit.core.contract.options import parse_assignments
 
     settings = build_compare_config(
         methods=methods, model=model, dataset=dataset, columns=columns, max_steps=max_steps, batch_size=batch_size,
@@ -504,14 +504,14 @@ def _disk_message(exc: OSError) -> str:
 
 
 def _run_app(args: list[str], program: bool) -> object:
-    """Run the typer app under the stop handlers of ``kbit.core.signals`` (Ctrl-C, SIGTERM, SIGHUP).
+    """Run the typer app under the stop handlers of ``kbit.core.system.signals`` (Ctrl-C, SIGTERM, SIGHUP).
 
     Called in-process (tests, other programs), kbit leaves logging and signals as they were. As the
     program itself, once stopped by a signal it keeps the handlers: the process is on its way out and a
     repeated Ctrl-C must not break into its exit (interpreter shutdown) with a traceback.
     """
-    from kbit.core.console import teardown_console
-    from kbit.core.signals import StopHandlers
+    from kbit.core.system.console import teardown_console
+    from kbit.core.system.signals import StopHandlers
 
     handlers = StopHandlers()
     handlers.install()
@@ -527,7 +527,7 @@ def _exiting_on_a_signal(program: bool) -> None:
     """kbit, the program, exits on a stop signal: a repeat must not break into the exit (called
     in-process, it leaves the caller's signals alone)."""
     if program:
-        from kbit.core.signals import ignore_stops
+        from kbit.core.system.signals import ignore_stops
 
         ignore_stops()
 

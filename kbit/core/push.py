@@ -20,10 +20,10 @@ from pathlib import Path
 
 import attrs
 
-from kbit.core import metadata as meta
+from kbit.core.runs import stamps as meta
 from kbit.core.errors import ConfigError
-from kbit.core.record import read_record
-from kbit.core.rundir import LOCK_NAME, REPLACED_MARK, STAGING_MARK
+from kbit.core.runs.record import read_record
+from kbit.core.runs.folder import LOCK_NAME, REPLACED_MARK, STAGING_MARK
 
 ARTIFACTS = ("adapter", "merged", "gguf", "quantized")
 RUN_FILES = ("README.md", "loss.png")

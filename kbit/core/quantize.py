@@ -14,14 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kbit.core import metadata as meta
-from kbit.core.cards import write_cards
+from kbit.core.runs import stamps as meta
+from kbit.core.runs.cards import write_cards
 from kbit.core.errors import ConfigError
-from kbit.core.method import Method
-from kbit.core.rundir import RunFolder, atomic_directory
-from kbit.core.record import RunRecord, read_record, write_record
-from kbit.core.spec import QuantizationSpec
-from kbit.core.targets import claim, enclosing_run, kbit_kind
+from kbit.core.methods.method import Method
+from kbit.core.runs.folder import RunFolder, atomic_directory
+from kbit.core.runs.record import RunRecord, read_record, write_record
+from kbit.core.contract.spec import QuantizationSpec
+from kbit.core.runs.outputs import claim, enclosing_run, kbit_kind
 
 DEFAULT_CALIBRATION_SAMPLES = 64
 
@@ -30,7 +30,7 @@ def calibration_texts(tokenizer: Any, examples: Sequence[Any], spec: Quantizatio
     """The first ``spec.calibration.samples`` training examples, rendered; [] if not needed."""
     if not method.info.needs_calibration:
         return []
-    from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.measure.generation import render_prompt
 
     count = spec.calibration.samples if spec.calibration else DEFAULT_CALIBRATION_SAMPLES
     return [render_prompt(tokenizer, e) + e.completion for e in list(examples)[:count]]
@@ -43,7 +43,7 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
     ``metadata(result)``, when given, returns the record written as ``kbit.json`` inside ``target``
     before it appears.
     """
-    from kbit.core.console import route_loguru
+    from kbit.core.system.console import route_loguru
 
     route_loguru()
     started = time.time()
@@ -94,8 +94,8 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     Returns the output directory and its metadata.
     """
     from kbit.core.data import load_task_data
-    from kbit.core.models import ModelSource, load_tokenizer, weights_digest
-    from kbit.core.registry import get_method
+    from kbit.core.model.sources import ModelSource, load_tokenizer, weights_digest
+    from kbit.core.methods.registry import get_method
 
     path = Path(path)
     if not path.is_dir():
@@ -132,7 +132,7 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
                    is_own=lambda p: p == own_artifact or (kbit_kind(p) == "quantized" and enclosing_run(p) is None),
                    inputs=(path, model_dir, dataset, *_run_inputs(record if is_run else None)),
                    home=path if target.resolve() == own_artifact else None)
-    from kbit.core.model_check import load_config
+    from kbit.core.model.check import load_config
 
     spec = method.resolve_for_model(spec, load_config(str(model_dir)))
     tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name=model_dir.name, origin="local"))

@@ -13,7 +13,7 @@ and ``kbit_cli`` (the real command line in a subprocess); ``get_method(name)`` g
 method as kbit calls it (hooks with their return types checked).
 """
 
-from kbit.core.registry import get_method
+from kbit.core.methods.registry import get_method
 from kbit.testing.contract import MethodContract
 from kbit.testing.tiny import TINY_CHAT_TEMPLATE, make_tiny_model
 

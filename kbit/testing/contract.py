@@ -20,18 +20,18 @@ from typing import Any, ClassVar
 
 import pytest
 
-from kbit.core.adapters import attach_adapter
-from kbit.core.bases import load_base
-from kbit.core.device import DeviceInfo
+from kbit.core.model.adapters import attach_adapter
+from kbit.core.model.bases import load_base
+from kbit.core.system.device import DeviceInfo
 from kbit.core.errors import ConfigError
-from kbit.core.method import Method
-from kbit.core.method_info import MergePolicy, MethodInfo
-from kbit.core.registry import READY, default_registry
-from kbit.core.spec import QuantizationSpec
+from kbit.core.methods.method import Method
+from kbit.core.contract.method_info import MergePolicy, MethodInfo
+from kbit.core.methods.registry import READY, default_registry
+from kbit.core.contract.spec import QuantizationSpec
 
 ADAPTER_MARKERS = ("lora_", "vera_")
 HOOK_TESTS = {
-    # every hook in kbit/core/hookspecs.py and the contract test that exercises it (a meta-test keeps this complete)
+    # every hook in kbit/core/contract/hookspecs.py and the contract test that exercises it (a meta-test keeps this complete)
     "describe_method": "test_listed_as_ready",
     "resolve_spec": "test_spec_is_valid_and_round_trips",
     "resolve_for_model": "test_resolve_for_model_settles_the_spec",
@@ -77,7 +77,7 @@ class MethodContract:
         spec = chosen.resolve_spec(self.options, DeviceInfo.cpu())
         spec = chosen.resolve_for_model(spec, AutoConfig.from_pretrained(contract_model))
         if spec.adapter is not None and spec.adapter.r == "auto":
-            from kbit.core.sizing import concrete_adapter_spec
+            from kbit.core.train.sizing import concrete_adapter_spec
 
             spec = concrete_adapter_spec(spec, rank=8)
         return spec
@@ -127,7 +127,7 @@ class MethodContract:
             )
         if chosen.implements("quantize_base"):
             model = load_base(chosen, spec, str(contract_model))
-            from kbit.core.quantized_linear import QuantizedLinear
+            from kbit.core.model.quantized_linear import QuantizedLinear
 
             assert any(isinstance(m, QuantizedLinear) for m in model.modules()), (
                 "quantize_base left no kbit.plugin.QuantizedLinear layer: replace the quantized Linear layers with "
@@ -163,8 +163,8 @@ class MethodContract:
             assert policy.action == "merge", "post-training quantization needs a merged model to quantize"
         if spec.adapter is None or policy.action != "merge":
             pytest.skip(f"merge policy is {policy.action}: {policy.reason}")
-        from kbit.core.merge import logit_agreement, merged_model
-        from kbit.core.quantized_linear import exact_activations
+        from kbit.core.model.merge import logit_agreement, merged_model
+        from kbit.core.model.quantized_linear import exact_activations
 
         model = _adapter_model(chosen, spec, contract_model, nonzero=True).eval()
         model.save_pretrained(tmp_path / "adapter")
@@ -174,7 +174,7 @@ class MethodContract:
             # The policy merges into the unquantized base: the merge must equal the adapter on that base.
             from peft import PeftModel
 
-            from kbit.core.models import load_causal_lm
+            from kbit.core.model.sources import load_causal_lm
 
             plain = load_causal_lm(str(contract_model), dtype=policy.dtype)
             reference = PeftModel.from_pretrained(plain, str(tmp_path / "adapter")).eval()

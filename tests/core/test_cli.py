@@ -34,7 +34,7 @@ def test_default_spec_matches_the_reference_pipeline():
                                "target_modules": "all-linear", "qa_group_size": None, "fake_quant": None,
                                "init": "default"}
     assert (extras["quant_type"], extras["double_quant"], extras["block_size"]) == ("nf4", True, 64)
-    from kbit.core.device import detect_device, resolve_compute_dtype
+    from kbit.core.system.device import detect_device, resolve_compute_dtype
 
     # No GPU here: auto is bf16 only where the CPU has native bf16 and the probe measured it faster.
     assert data["training"]["compute_dtype"] == resolve_compute_dtype("auto", detect_device())
@@ -71,7 +71,7 @@ def test_listing_and_help_import_no_torch():
 
 
 def test_spec_options_lists_every_option_with_its_default_and_help():
-    from kbit.core.registry import get_method
+    from kbit.core.methods.registry import get_method
 
     schema = get_method("qlora").info.options
     wide = {**os.environ, "COLUMNS": "400"}

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from kbit.core.record import read_metadata
+from kbit.core.runs.record import read_metadata
 from tests.conftest import run_kbit
 
 TRAIN = ("--max-steps", "2", "--batch-size", "2", "-o", "r=4", "--max-examples", "24", "--eval-limit", "0")

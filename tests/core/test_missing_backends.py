@@ -18,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from kbit.core.registry import Registry
+from kbit.core.methods.registry import Registry
 
 PTQ_LINE = "pip install 'kbit[ptq]'"
 TORCHAO_LINE = "pip install 'kbit[torchao]'"

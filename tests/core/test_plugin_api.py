@@ -58,7 +58,7 @@ def test_quantized_linear_is_a_linear_that_peft_trains_and_kbit_measures():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kbit.core.evaluate.metrics import linear_weight_bits, memory_footprint
+    from kbit.core.measure.metrics import linear_weight_bits, memory_footprint
     from kbit.plugin import QuantizedLinear, dequantize_linears, replace_linears
     from tests.fixtures.plugins.kbit_rtn import GROUP, _layer_class
 
@@ -137,8 +137,8 @@ def test_a_dequantize_base_with_scales_5_percent_off_fails_the_run_though_top1_a
 
 
 def test_the_contract_suite_fails_a_wrong_merge_naming_it(rtn_site, kbit_tiny_model, tmp_path, monkeypatch):
-    from kbit.core import registry as registry_module
-    from kbit.core.registry import Registry
+    from kbit.core.methods import registry as registry_module
+    from kbit.core.methods.registry import Registry
     from kbit.testing import MethodContract
 
     monkeypatch.setattr(registry_module, "_DEFAULT", Registry(entry_points=rtn_site.entry_points(), environ={}))
@@ -164,7 +164,7 @@ def test_a_merge_no_hook_can_produce_is_refused_before_training(rtn_site, kbit_t
 
 
 def test_kbit_methods_reports_a_wrong_resolve_spec_as_broken(plugin_site, monkeypatch):
-    from kbit.core.registry import Registry
+    from kbit.core.methods.registry import Registry
 
     plugin_site.add("kbit-broken", "0.0.3", {"bad": "kbit_broken:wrong_return"}, modules=("kbit_broken",))
     registry = Registry(entry_points=plugin_site.entry_points(), environ={})
@@ -192,7 +192,7 @@ def test_new_method_installs_passes_its_tests_and_trains(tmp_path):
 
 
 def test_every_hook_is_in_the_guide_and_the_contract_suite():
-    from kbit.core import hookspecs
+    from kbit.core.contract import hookspecs
     from kbit.testing.contract import HOOK_TESTS, MethodContract
 
     specs = sorted(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "kbit_spec"))

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from kbit.core.device import DeviceInfo
+from kbit.core.system.device import DeviceInfo
 from kbit.core.errors import ConfigError
 from kbit.core.scaffold import write_method
-from kbit.core.spec import QuantizationSpec
+from kbit.core.contract.spec import QuantizationSpec
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kbit.core.registry import MISSING, default_registry
+from kbit.core.methods.registry import MISSING, default_registry
 from tests.conftest import run_kbit
 
 TRAIN_ARGS = ("--max-steps", "2", "--batch-size", "2", "--max-examples", "40", "--eval-limit", "2", "-o", "r=4")

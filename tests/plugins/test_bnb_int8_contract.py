@@ -1,8 +1,8 @@
 import pytest
 
-from kbit.core.device import DeviceInfo
+from kbit.core.system.device import DeviceInfo
 from kbit.core.errors import ConfigError
-from kbit.core.registry import get_method
+from kbit.core.methods.registry import get_method
 from kbit.testing import MethodContract
 from tests.plugins.conftest import train_tiny
 

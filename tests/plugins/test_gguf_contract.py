@@ -3,7 +3,7 @@
 The contract suite's tiny model is an ordinary Hugging Face folder, which this method refuses (it trains on
 a GGUF file's weights), so this module overrides the ``kbit_tiny_model`` fixture with the folder
 ``--model FILE.gguf`` loads: the tiny model written as Q8_0 (its widths, 64 and 128, hold whole blocks) and
-converted by ``kbit.core.models.resolve_model`` into a cache of the module's own.
+converted by ``kbit.core.model.sources.resolve_model`` into a cache of the module's own.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def tiny_gguf(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def kbit_tiny_model(tiny_gguf, tmp_path_factory) -> Path:
     """The tiny model as ``--model tiny-q8_0.gguf`` loads it (overrides kbit's fixture in this module)."""
-    from kbit.core.models import resolve_model
+    from kbit.core.model.sources import resolve_model
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KBIT_CACHE", str(tmp_path_factory.mktemp("kbit-cache")))
@@ -48,7 +48,7 @@ class TestGgufContract(MethodContract):
 
 @pytest.mark.parametrize("options, expected", [({}, "q8_0"), ({"runtime": "exact"}, None)])
 def test_layers_train_on_the_input_llama_cpp_multiplies_by_default(kbit_tiny_model, options, expected):
-    from kbit.core.bases import load_base
+    from kbit.core.model.bases import load_base
     from kbit.plugin import QuantizedLinear
 
     method = get_method("gguf")
@@ -60,9 +60,9 @@ def test_layers_train_on_the_input_llama_cpp_multiplies_by_default(kbit_tiny_mod
 def test_the_base_holds_the_file_s_blocks_and_is_measured_as_stored(kbit_tiny_model, tiny_gguf):
     import torch
 
-    from kbit.core.bases import load_base
-    from kbit.core.evaluate.metrics import linear_weight_bits
-    from kbit.core.models import load_causal_lm
+    from kbit.core.model.bases import load_base
+    from kbit.core.measure.metrics import linear_weight_bits
+    from kbit.core.model.sources import load_causal_lm
 
     method = get_method("gguf")
     spec = method.resolve_for_model(method.resolve_spec({}, DeviceInfo.cpu()), _config(kbit_tiny_model))
@@ -80,7 +80,7 @@ def test_the_base_holds_the_file_s_blocks_and_is_measured_as_stored(kbit_tiny_mo
 def test_blocks_that_are_not_the_loaded_weights_are_refused(kbit_tiny_model, tmp_path):
     import shutil
 
-    from kbit.core.bases import load_base
+    from kbit.core.model.bases import load_base
     from kbit.core.export.gguf import BaseModel, write_gguf
 
     other = tmp_path / "other.gguf"

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from kbit.core.device import DeviceInfo
+from kbit.core.system.device import DeviceInfo
 from kbit.core.errors import ConfigError
-from kbit.core.registry import get_method
+from kbit.core.methods.registry import get_method
 from kbit.plugins._ptq import resolve_group_size
 from kbit.testing import MethodContract
 from tests.conftest import run_kbit

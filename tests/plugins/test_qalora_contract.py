@@ -30,7 +30,7 @@ def qalora_run(tiny_model, tmp_path_factory):
 
 
 def test_a_run_trains_at_the_methods_own_learning_rate_unless_lr_is_given(qalora_run):
-    from kbit.core.record import read_record
+    from kbit.core.runs.record import read_record
 
     record = read_record(qalora_run)
     own = get_method("qalora").resolve_spec({}, DeviceInfo.cpu()).training.learning_rate
@@ -41,9 +41,9 @@ def test_a_run_trains_at_the_methods_own_learning_rate_unless_lr_is_given(qalora
 def test_the_base_is_llama_cpp_q4_1_and_measured_as_such(tiny_model):
     import torch
 
-    from kbit.core.bases import load_base
-    from kbit.core.evaluate.metrics import linear_weight_bits
-    from kbit.core.models import load_causal_lm
+    from kbit.core.model.bases import load_base
+    from kbit.core.measure.metrics import linear_weight_bits
+    from kbit.core.model.sources import load_causal_lm
     from kbit.plugins._q4_1 import Q41Linear
 
     method = get_method("qalora")

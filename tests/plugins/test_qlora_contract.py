@@ -11,8 +11,8 @@ class TestQloraDoraContract(MethodContract):
 
 
 def test_adapter_dtype_is_float32_unless_storage_needs_one_dtype():
-    from kbit.core.device import DeviceInfo
-    from kbit.core.registry import get_method
+    from kbit.core.system.device import DeviceInfo
+    from kbit.core.methods.registry import get_method
 
     qlora, cpu = get_method("qlora"), DeviceInfo(kind="cpu")
     assert qlora.resolve_spec({}, cpu).training.adapter_dtype == "float32"
@@ -44,10 +44,10 @@ def test_the_merge_base_is_the_4bit_base_as_its_float32_forward_computes(tiny):
     import bitsandbytes as bnb
     import torch
 
-    from kbit.core.bases import load_base, load_merge_base
-    from kbit.core.device import DeviceInfo
-    from kbit.core.merge import computing_in
-    from kbit.core.registry import get_method
+    from kbit.core.model.bases import load_base, load_merge_base
+    from kbit.core.system.device import DeviceInfo
+    from kbit.core.model.merge import computing_in
+    from kbit.core.methods.registry import get_method
 
     qlora = get_method("qlora")
     spec = qlora.resolve_spec({"compute_dtype": "bfloat16"}, DeviceInfo(kind="cpu"))

@@ -1,5 +1,5 @@
-from kbit.core.device import DeviceInfo
-from kbit.core.registry import get_method
+from kbit.core.system.device import DeviceInfo
+from kbit.core.methods.registry import get_method
 from kbit.testing import MethodContract
 from tests.plugins.conftest import needs_backend, train_tiny
 

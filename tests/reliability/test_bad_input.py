@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kbit.core import registry as registry_module
-from kbit.core.registry import Registry
+from kbit.core.methods import registry as registry_module
+from kbit.core.methods.registry import Registry
 from tests.reliability.refusals import assert_refused, run_in_process
 
 

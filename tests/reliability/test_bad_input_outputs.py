@@ -1,4 +1,4 @@
-"""The bad-input table, output targets by containment (kbit/core/targets.py): no command replaces a folder
+"""The bad-input table, output targets by containment (kbit/core/runs/outputs.py): no command replaces a folder
 holding a run or its own inputs, writes inside another command's output, follows a link inside a kbit
 output, or lets a run's kbit.json name lead a file out of the run.
 

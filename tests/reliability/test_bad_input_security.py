@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kbit.core import registry as registry_module
-from kbit.core.registry import Registry
+from kbit.core.methods import registry as registry_module
+from kbit.core.methods.registry import Registry
 from tests.conftest import run_kbit
 from tests.reliability.refusals import assert_refused
 from tests.reliability.test_signals import _kbit_lines

@@ -1,4 +1,4 @@
-"""Output commands own what they write and nothing else (the rule in kbit/core/targets.py)."""
+"""Output commands own what they write and nothing else (the rule in kbit/core/runs/outputs.py)."""
 
 import json
 import shutil
@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 
-from kbit.core.merge import logit_agreement
+from kbit.core.model.merge import logit_agreement
 from tests.conftest import run_kbit
 
 ARGS = ("--max-steps", "1", "--batch-size", "2", "-o", "r=4", "--max-examples", "12", "--eval-limit", "0")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from kbit.core.record import read_metadata
+from kbit.core.runs.record import read_metadata
 from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 

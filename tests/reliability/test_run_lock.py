@@ -9,7 +9,7 @@ from tests.conftest import run_kbit
 
 HOLD = """
 import sys, time
-from kbit.core.rundir import RunLock
+from kbit.core.runs.folder import RunLock
 lock = RunLock(sys.argv[1])  # kept referenced: a collected lock object releases its OS lock
 lock.acquire()
 print("held", flush=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig
 
-from kbit.core import registry as registry_module
-from kbit.core.registry import Registry
+from kbit.core.methods import registry as registry_module
+from kbit.core.methods.registry import Registry
 from kbit.plugin import ConfigError, DeviceInfo
 from kbit.testing import MethodContract, get_method
 

@@ -29,8 +29,8 @@ from kbit.core.compare.plan import CompareConfig, ComparePlan, PlannedMethod, pl
 from kbit.core.compare.render import steps
 from kbit.core.compare.runs import RESUME, REUSE
 from kbit.core.errors import ConfigError, KbitError, Terminated
-from kbit.core.record import RunRecord, read_record, record_digest
-from kbit.core.rundir import RunFolder
+from kbit.core.runs.record import RunRecord, read_record, record_digest
+from kbit.core.runs.folder import RunFolder
 
 log = logging.getLogger("kbit")
 VARIANTS = ("adapter", "merged", "quantized")  # what a run can hold; the base is evaluated once
@@ -222,7 +222,7 @@ def _release_memory() -> None:
     if "torch" not in sys.modules:
         return  # nothing was loaded (a reused run and evaluation): do not import torch for this
     with contextlib.suppress(Exception):
-        from kbit.core.device import detect_device, release_memory
+        from kbit.core.system.device import detect_device, release_memory
 
         release_memory(detect_device())
 

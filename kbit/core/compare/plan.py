@@ -2,7 +2,7 @@
 
 ``plan_compare`` refuses with a ``ConfigError`` (exit 2) an unknown or empty method list, an
 option no chosen method has, invalid settings, a model or dataset that cannot be read, an output
-folder that holds other data (or a run, or the model or dataset; ``kbit.core.targets``), a symlink
+folder that holds other data (or a run, or the model or dataset; ``kbit.core.runs.outputs``), a symlink
 inside it on the way to a run or evaluation folder, and a run folder in it trained with other
 settings. A method that is known but cannot run here (its extra is not installed, its plugin is
 broken) is not refused: it becomes a failed row of the report with the reason.
@@ -20,8 +20,8 @@ import attrs
 
 from kbit.core.compare.runs import TRAIN, RunDecision, decide
 from kbit.core.errors import ConfigError, KbitError, UnknownMethodError
-from kbit.core.options import integer
-from kbit.core.targets import check_no_link_inside_output, claim, kbit_kind
+from kbit.core.contract.options import integer
+from kbit.core.runs.outputs import check_no_link_inside_output, claim, kbit_kind
 from kbit.core.train.config import TrainConfig, build_config
 
 COMPARE_ROOT = Path("compare")
@@ -109,7 +109,7 @@ class ComparePlan:
 def plan_compare(config: CompareConfig) -> ComparePlan:
     """Check every input and decide every run; raises ConfigError before anything is written."""
     from kbit.core.data import load_task_data
-    from kbit.core.models import resolve_model
+    from kbit.core.model.sources import resolve_model
 
     choices = choose_methods(config.methods, config.options)
     template = build_config(None, {
@@ -149,7 +149,7 @@ def choose_methods(names: Sequence[str] | None, options: Mapping[str, Any]) -> l
     Unknown names, and options that no chosen method has, raise ConfigError; a known method that
     cannot run here (missing extra, broken plugin) is kept with its ``problem``.
     """
-    from kbit.core.registry import READY, default_registry
+    from kbit.core.methods.registry import READY, default_registry
 
     registry = default_registry()
     if names is None:

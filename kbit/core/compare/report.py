@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kbit.core import metadata as meta
+from kbit.core.runs import stamps as meta
 from kbit.core.compare.plan import KIND, ComparePlan
-from kbit.core.record import RunRecord
-from kbit.core.rundir import atomic_file, write_json_atomic
+from kbit.core.runs.record import RunRecord
+from kbit.core.runs.folder import atomic_file, write_json_atomic
 
 SCHEMA_VERSION = 1
 METRICS = ("items", "loss", "perplexity", "exact_match", "f1", "bits_per_weight", "memory_bytes", "disk_bytes",

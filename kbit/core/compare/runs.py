@@ -15,9 +15,9 @@ from pathlib import Path
 import attrs
 
 from kbit.core.errors import ConfigError
-from kbit.core.record import RunRecord, read_record
-from kbit.core.rundir import LOCK_NAME
-from kbit.core.targets import kbit_kind
+from kbit.core.runs.record import RunRecord, read_record
+from kbit.core.runs.folder import LOCK_NAME
+from kbit.core.runs.outputs import kbit_kind
 from kbit.core.train.config import FIELDS, TrainConfig, resume_config
 
 TRAIN, REUSE, RESUME = "train", "reuse", "resume"
@@ -81,8 +81,8 @@ def mismatch(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model
 
 
 def _with_default_lr(wanted: TrainConfig) -> TrainConfig:
-    from kbit.core.device import detect_device
-    from kbit.core.registry import get_method
+    from kbit.core.system.device import detect_device
+    from kbit.core.methods.registry import get_method
     from kbit.core.train.plan import with_learning_rate
 
     spec = get_method(wanted.method).resolve_spec(wanted.options, detect_device())

@@ -20,7 +20,7 @@ from kbit.core.data.examples import Example, TaskData
 from kbit.core.data.formats import choose_format, is_squad_document, parse_column_mapping, squad_rows
 from kbit.core.data.split import HeldOut, arith_held_out, split, take_held_out
 from kbit.core.errors import ConfigError
-from kbit.core.input_files import require_regular_file
+from kbit.core.system.input_files import require_regular_file
 
 log = logging.getLogger("kbit")
 

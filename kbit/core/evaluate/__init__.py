@@ -1,1 +1,2 @@
-"""Evaluation: scoring answers, greedy generation, held-out loss, method-aware loading, reports."""
+"""``kbit eval``: what to evaluate, loading each model as its record says, measuring it (``kbit.core.measure``;
+GGUF files in llama.cpp), and the report."""

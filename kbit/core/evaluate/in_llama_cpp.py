@@ -20,13 +20,13 @@ from typing import Any
 import attrs
 
 from kbit.core.data import TaskData
-from kbit.core.device import DeviceInfo
-from kbit.core.evaluate.budget import end_of_turn_ids, generation_budget
-from kbit.core.evaluate.generation import Answers, render_prompt
+from kbit.core.system.device import DeviceInfo
+from kbit.core.measure.budget import end_of_turn_ids, generation_budget
+from kbit.core.measure.generation import Answers, render_prompt
 from kbit.core.evaluate.loading import Candidate
-from kbit.core.evaluate.metrics import encode_example
+from kbit.core.measure.metrics import encode_example
 from kbit.core.evaluate.pipeline import Measured
-from kbit.core.models import ModelSource, load_tokenizer
+from kbit.core.model.sources import ModelSource, load_tokenizer
 from kbit.core.runtime.llama_cpp import LlamaCppModel, Timing
 
 

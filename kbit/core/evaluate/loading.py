@@ -30,15 +30,15 @@ from typing import Any
 
 import attrs
 
-from kbit.core import metadata as meta
-from kbit.core.device import DeviceInfo, device_map_for
+from kbit.core.runs import stamps as meta
+from kbit.core.system.device import DeviceInfo, device_map_for
 from kbit.core.data.split import describe as describe_held_out
 from kbit.core.data.split import recorded_held_out
 from kbit.core.errors import ConfigError, MissingDependencyError
-from kbit.core.input_files import refuse_special_file
-from kbit.core.record import RunRecord, read_record
-from kbit.core.models import ModelSource, check_remote_code, check_weights, conversion_problem, resolve_model
-from kbit.core.spec import QuantizationSpec
+from kbit.core.system.input_files import refuse_special_file
+from kbit.core.runs.record import RunRecord, read_record
+from kbit.core.model.sources import ModelSource, check_remote_code, check_weights, conversion_problem, resolve_model
+from kbit.core.contract.spec import QuantizationSpec
 
 VARIANTS = ("base", "adapter", "merged", "quantized")
 RUNTIMES = ("auto", "llama.cpp", "transformers")
@@ -77,7 +77,7 @@ class Candidate:
     trust_remote_code: bool = False
     # A GGUF run in llama.cpp (``gguf``, with the LoRA adapter GGUF ``lora``); ``path`` is then the
     # file's converted folder, which gives the tokenizer. ``reference``: the model the GGUF's
-    # next-token logits are compared with (kbit.core.evaluate.agreement), if any.
+    # next-token logits are compared with (kbit.core.measure.agreement), if any.
     runtime: str = "transformers"
     gguf: str | None = None
     lora: str | None = None
@@ -180,7 +180,7 @@ def plan_candidates(selection: Selection, device: DeviceInfo) -> tuple[list[Cand
 
 
 def _method_spec(selection: Selection, device: DeviceInfo) -> tuple[str, QuantizationSpec]:
-    from kbit.core.registry import get_method
+    from kbit.core.methods.registry import get_method
 
     method = get_method(selection.method)
     method.check_requirements(device)
@@ -328,7 +328,7 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
         check_weights(directory)
         check_remote_code(directory, trust)
         if variant == "adapter":
-            from kbit.core.registry import get_method
+            from kbit.core.methods.registry import get_method
 
             method = get_method(record.method)
             if record.spec is None:
@@ -457,16 +457,16 @@ class Loaded:
 
 def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
     """Load ``candidate``'s model (eval mode, on ``device``) and tokenizer."""
-    from kbit.core.models import load_tokenizer
+    from kbit.core.model.sources import load_tokenizer
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(ModelSource(path=candidate.tokenizer_path, name=candidate.label, origin="local"),
                                trust_remote_code=candidate.trust_remote_code)
     device_map = device_map_for(device)
     if candidate.spec is not None:
-        from kbit.core.registry import get_method
+        from kbit.core.methods.registry import get_method
 
-        from kbit.core.bases import load_base
+        from kbit.core.model.bases import load_base
 
         method = get_method(candidate.method)
         model = load_base(method, candidate.spec, candidate.base_path or candidate.path,
@@ -478,7 +478,7 @@ def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
                 model = PeftModel.from_pretrained(model, candidate.path)
             except (OSError, ValueError, KeyError, RuntimeError) as exc:
                 raise ConfigError(f"cannot load the adapter in {candidate.path}: {_first_line(exc)}") from None
-            from kbit.core.adapters import through_grid
+            from kbit.core.model.adapters import through_grid
 
             model = through_grid(model, candidate.spec)
     else:
@@ -491,7 +491,7 @@ def load_plain(path: str, *, trust_remote_code: bool = False, device_map: Any = 
     """A model directory as stored: its own dtype and, if any, its own quantization config."""
     from transformers import AutoModelForCausalLM
 
-    from kbit.core.resident_memory import release_load_memory
+    from kbit.core.model.resident_memory import release_load_memory
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=trust_remote_code,

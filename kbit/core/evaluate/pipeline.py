@@ -21,13 +21,13 @@ from typing import Any
 
 import attrs
 
-from kbit.core import metadata as meta
+from kbit.core.runs import stamps as meta
 from kbit.core.data import TaskData, load_task_data
-from kbit.core.device import DeviceInfo, detect_device, release_memory
+from kbit.core.system.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
-from kbit.core.evaluate.budget import GenerationBudget, check_fits_context, generation_budget
-from kbit.core.evaluate.generation import ANSWER_BATCH_SIZE, Answers, decode_speed, generate_answers
+from kbit.core.measure.budget import GenerationBudget, check_fits_context, generation_budget
+from kbit.core.measure.generation import ANSWER_BATCH_SIZE, Answers, decode_speed, generate_answers
 from kbit.core.evaluate.loading import (
     RUNTIMES,
     Candidate,
@@ -37,14 +37,14 @@ from kbit.core.evaluate.loading import (
     load_candidate,
     plan_candidates,
 )
-from kbit.core.evaluate.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
+from kbit.core.measure.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
 from kbit.core.evaluate.report import write_report
-from kbit.core.evaluate.sample_size import MIN_ITEMS, small_sample_warning, too_few
-from kbit.core.evaluate.scoring import MATH_TASKS, math_scorer
-from kbit.core.model_check import load_config
-from kbit.core.options import integer
-from kbit.core.rundir import check_writable
-from kbit.core.targets import claim, kbit_kind
+from kbit.core.measure.sample_size import MIN_ITEMS, small_sample_warning, too_few
+from kbit.core.measure.scoring import MATH_TASKS, math_scorer
+from kbit.core.model.check import load_config
+from kbit.core.contract.options import integer
+from kbit.core.runs.folder import check_writable
+from kbit.core.runs.outputs import claim, kbit_kind
 
 log = logging.getLogger("kbit")
 REPORTS_ROOT = Path("reports")
@@ -58,7 +58,7 @@ class EvalConfig:
 
     selection: Selection = attrs.field(factory=Selection)
     limit: int = attrs.field(default=100, converter=integer(minimum=1))
-    # None: each dataset's budget from its training completions (kbit.core.evaluate.budget)
+    # None: each dataset's budget from its training completions (kbit.core.measure.budget)
     max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1)))
     batch_size: int = attrs.field(default=ANSWER_BATCH_SIZE, converter=integer(minimum=1))
     out: str | None = None

@@ -12,10 +12,10 @@ import gc
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from kbit.core.device import DeviceInfo, cpu_logits, release_memory
-from kbit.core.evaluate.agreement import agreement
+from kbit.core.system.device import DeviceInfo, cpu_logits, release_memory
+from kbit.core.measure.agreement import agreement
 from kbit.core.evaluate.loading import Candidate, load_candidate
-from kbit.core.evaluate.metrics import encode_example
+from kbit.core.measure.metrics import encode_example
 
 Logits = Callable[[Sequence[int]], Any]  # token ids -> (len(ids), vocab) float32 logits
 
@@ -50,7 +50,7 @@ def reference_agreement(reference: Candidate, candidate: Logits, items: Sequence
     (``exact_activations``), as the candidate does."""
     import contextlib
 
-    from kbit.core.quantized_linear import exact_activations
+    from kbit.core.model.quantized_linear import exact_activations
 
     loaded = load_candidate(reference, device)
     try:

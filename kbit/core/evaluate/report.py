@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
-from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_text, too_few
-from kbit.core.rundir import atomic_directory, write_json_atomic
+from kbit.core.measure.sample_size import MIN_ITEMS, exact_match_text, too_few
+from kbit.core.runs.folder import atomic_directory, write_json_atomic
 
 SCHEMA_VERSION = 1
 BEST_MARK = "*"

@@ -12,7 +12,7 @@ Against the reference (a model folder, or the run's trained adapter model in mem
 token ids (each item's prompt + answer + EOS as the reference's tokenizer encodes it):
 
 - tokenizer: the file's tokenizer must encode every item's text into the reference's ids;
-- logits (:func:`kbit.core.evaluate.agreement.agreement`): mean KL divergence on the answer positions
+- logits (:func:`kbit.core.measure.agreement.agreement`): mean KL divergence on the answer positions
   (what greedy answers depend on), top-1 agreement there (plain and within near-ties: a top token the
   reference rates within ``NEAR_TIE`` nats of its own counts as agreeing), on every position, |Δlogit|;
   a NaN or infinity fails;
@@ -43,7 +43,7 @@ from typing import Any
 import attrs
 
 from kbit.core.errors import ConfigError, FidelityError
-from kbit.core.evaluate.agreement import NEAR_TIE, Agreement, agreement
+from kbit.core.measure.agreement import NEAR_TIE, Agreement, agreement
 
 # type: (largest mean KL divergence on answer tokens, in nats; largest exact-match drop): see the module docs.
 GATES = {
@@ -112,7 +112,7 @@ def check_gguf(gguf_path: Path, source_dir: Path, task: str, examples: Sequence[
                max_new_tokens: int = 16, source_exact_match: float | None = None,
                runtime: str = "auto") -> dict[str, Any]:
     """Compare ``gguf_path`` with the model folder ``source_dir`` on ``examples`` (see the module docs)."""
-    from kbit.core.models import ModelSource, load_causal_lm, load_tokenizer
+    from kbit.core.model.sources import ModelSource, load_causal_lm, load_tokenizer
 
     source = load_causal_lm(str(source_dir), dtype="float32").eval()
     tokenizer = load_tokenizer(ModelSource(path=str(source_dir), name=Path(source_dir).name, origin="local"))
@@ -127,7 +127,7 @@ def check_file(gguf_path: Path, reference: Reference, task: str, examples: Seque
     Returns the figures (``runtime`` names where the file ran; ``source`` holds the reference's exact
     match); raises FidelityError naming every bound missed.
     """
-    from kbit.core.evaluate.metrics import encode_example
+    from kbit.core.measure.metrics import encode_example
     from kbit.core.evaluate.reference import answer_mask, torch_logits
 
     started = time.time()
@@ -165,7 +165,7 @@ def check_file(gguf_path: Path, reference: Reference, task: str, examples: Seque
 def _as_runtime(model: Any, runtime: str) -> Any:
     """A context in which ``model`` computes as ``runtime`` does: without llama.cpp's activation
     rounding (``exact_activations``) when the file runs in transformers' float reader."""
-    from kbit.core.quantized_linear import exact_activations
+    from kbit.core.model.quantized_linear import exact_activations
 
     return exact_activations(model) if runtime == "transformers" else contextlib.nullcontext()
 
@@ -206,7 +206,7 @@ def _entry_figures(figures: Agreement) -> dict[str, Any]:
 
 
 def _text(tokenizer: Any, example: Any) -> str:
-    from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.measure.generation import render_prompt
 
     return render_prompt(tokenizer, example) + example.completion + (tokenizer.eos_token or "")
 
@@ -224,9 +224,9 @@ class _Candidate:
 def _candidate(gguf_path: Path, lora: Path | None, runtime: str, reference: Reference, sequences: Sequence[tuple[list[int], int]],
                max_new_tokens: int) -> Iterator[_Candidate]:
     if runtime == "transformers":
-        from kbit.core.evaluate.generation import generate_answers
+        from kbit.core.measure.generation import generate_answers
         from kbit.core.evaluate.reference import torch_logits
-        from kbit.core.models import load_gguf
+        from kbit.core.model.sources import load_gguf
 
         model, tokenizer = load_gguf(gguf_path)
         if lora is not None:
@@ -248,8 +248,8 @@ def _candidate(gguf_path: Path, lora: Path | None, runtime: str, reference: Refe
 def _llama_answers(model: Any, reference: Reference, items: Sequence[Any], max_new_tokens: int) -> list[str]:
     """Greedy answers in llama.cpp, cut at the end of turn and decoded as ``generate_answers`` does. The
     reference's tokenizer renders and decodes: the check above made sure it encodes as the file's."""
-    from kbit.core.evaluate.budget import end_of_turn_ids
-    from kbit.core.evaluate.generation import render_prompt
+    from kbit.core.measure.budget import end_of_turn_ids
+    from kbit.core.measure.generation import render_prompt
     from kbit.core.evaluate.in_llama_cpp import greedy_answers
 
     tokenizer = reference.tokenizer
@@ -259,13 +259,13 @@ def _llama_answers(model: Any, reference: Reference, items: Sequence[Any], max_n
 
 def _exact_match(predictions: Sequence[str], task: str, items: Sequence[Any]) -> float:
     """The exact match ``task_scores`` gives, the one scorer of every held-out figure kbit prints."""
-    from kbit.core.evaluate.metrics import task_scores
+    from kbit.core.measure.metrics import task_scores
 
     return task_scores(task, predictions, items)[1]["exact_match"]
 
 
 def exact_match(model: Any, tokenizer: Any, task: str, items: Sequence[Any], max_new_tokens: int) -> float:
     """Held-out exact match of ``model``'s greedy answers (transformers)."""
-    from kbit.core.evaluate.generation import generate_answers
+    from kbit.core.measure.generation import generate_answers
 
     return _exact_match(generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens).texts, task, items)

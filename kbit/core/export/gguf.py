@@ -39,7 +39,7 @@ from kbit.core.export.architectures import (
     write_hyperparameters,
 )
 from kbit.core.export.blocks import PackedTensor
-from kbit.core.method_info import GGUF_TYPES as FILE_TYPES  # one list: MergePolicy.export names these too
+from kbit.core.contract.method_info import GGUF_TYPES as FILE_TYPES  # one list: MergePolicy.export names these too
 
 LOW_BIT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "tq2_0", "mxfp4")
 HEAD_TYPES = ("q8_0", "f16")

@@ -63,7 +63,7 @@ from kbit.core.export.architectures import (
     row_permutation_heads,
 )
 from kbit.core.export.gguf import BaseModel
-from kbit.core.gguf_tensors import unpermute_rows
+from kbit.core.model.gguf_tensors import unpermute_rows
 
 LORA_FILE_TYPES = ("f32", "f16", "bf16", "q8_0")
 MERGED_FIX = "export the merged model instead (kbit export RUN)"
@@ -200,7 +200,7 @@ def _field(reader: Any, key: str) -> Any:
 def _read_base(path: Path) -> _BaseFile:
     import gguf
 
-    from kbit.core.models import gguf_general_metadata
+    from kbit.core.model.sources import gguf_general_metadata
 
     if not path.is_file():
         raise ConfigError(f"base GGUF {path} does not exist; pass the .gguf file the adapter will be applied to")
@@ -298,7 +298,7 @@ def _metadata(name: str, base: _BaseFile, base_model: BaseModel | None) -> Any:
     """``general.*``: the adapter's name and the base model it applies to."""
     import gguf
 
-    from kbit.core.models import gguf_hub_id
+    from kbit.core.model.sources import gguf_hub_id
 
     general = base.general
     if base_model is None:
@@ -316,7 +316,7 @@ def _metadata(name: str, base: _BaseFile, base_model: BaseModel | None) -> Any:
 def apply_lora_gguf(model: Any, lora_gguf: Path, base_gguf: Path) -> Any:
     """``model`` with the llama.cpp LoRA GGUF ``lora_gguf`` applied as llama.cpp applies it: a PEFT model, eval mode.
 
-    ``model``: the transformers model read from ``base_gguf`` (``kbit.core.models.load_gguf``), no
+    ``model``: the transformers model read from ``base_gguf`` (``kbit.core.model.sources.load_gguf``), no
     adapter attached; PEFT wraps its layers in place, so it becomes the returned model's base.
     ``base_gguf``: the model file the adapter is applied to; its architecture, head counts and tensor
     shapes decide names and row order, as for :func:`write_lora_gguf`.

@@ -7,7 +7,7 @@ hub id or ``default``; ``--output`` required). The file is written to a temporar
 
 Ownership: a run's ``gguf/`` folder is this command's output; a file there that the run's
 ``"exports"`` does not list is no command's output and is refused, ``--overwrite`` or not (kbit's
-output rule, :mod:`kbit.core.targets`). Outside kbit's outputs an existing file is replaced only with
+output rule, :mod:`kbit.core.runs.outputs`). Outside kbit's outputs an existing file is replaced only with
 ``--overwrite``; a target inside another kbit output (another run, ``adapter/``, ``merged/``,
 ``quantized/``, a run's root, a report) is refused.
 """
@@ -22,12 +22,12 @@ from typing import Any
 
 import attrs
 
-from kbit.core import metadata as meta
-from kbit.core.record import RunRecord, read_record, write_record
+from kbit.core.runs import stamps as meta
+from kbit.core.runs.record import RunRecord, read_record, write_record
 from kbit.core.errors import ConfigError
 from kbit.core.export.check import GATES, Gate, Reference, check_file, check_gguf, resolve_runtime
 from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
-from kbit.core.rundir import RunFolder, atomic_file
+from kbit.core.runs.folder import RunFolder, atomic_file
 
 FORMATS = ("gguf",)
 EXPORTS_DIR = "gguf"
@@ -171,7 +171,7 @@ def _deploy_type(path: str) -> tuple[str | None, str]:
 
 def _plan(path: str, file_type: str, output: str | None) -> _Plan:
     from kbit.core.data import load_task_data
-    from kbit.core.models import resolve_model
+    from kbit.core.model.sources import resolve_model
     from kbit.core.quantize import run_examples
 
     candidate = Path(path).expanduser()
@@ -221,7 +221,7 @@ def _run_base(record: RunRecord) -> BaseModel:
 
 def _source_gguf(origin: str, reference: str | None) -> Path | None:
     """The GGUF file a base was converted from (its tokenizer is carried over), or None for other bases."""
-    from kbit.core.models import default_gguf_path
+    from kbit.core.model.sources import default_gguf_path
 
     if origin == "default":
         return default_gguf_path()
@@ -234,9 +234,9 @@ def _source_gguf(origin: str, reference: str | None) -> Path | None:
 
 
 def _check_target(plan: _Plan, overwrite: bool) -> None:
-    """kbit's output rule (:mod:`kbit.core.targets`): inside a kbit output, only the run's own ``gguf/``
+    """kbit's output rule (:mod:`kbit.core.runs.outputs`): inside a kbit output, only the run's own ``gguf/``
     is this command's; the source model, the run and the base's GGUF are never replaced."""
-    from kbit.core.targets import claim
+    from kbit.core.runs.outputs import claim
 
     target = plan.target
     if target.suffix != ".gguf":
@@ -266,7 +266,7 @@ def _recorded(record: RunRecord | None, plan: _Plan) -> bool:
 def _source_reference(plan: _Plan, items: Any, max_new_tokens: int) -> dict[str, Any]:
     """What the source's exact match depends on: its weights, the items and the generation length."""
     from kbit.core.data.examples import TaskData
-    from kbit.core.models import weights_digest
+    from kbit.core.model.sources import weights_digest
 
     held_out = TaskData(name=plan.data.name, task=plan.data.task, train=(), held_out=tuple(items))
     return {"weights": weights_digest(plan.source_dir), "items_fingerprint": held_out.fingerprint(),
@@ -294,7 +294,7 @@ def _hub_datasets(record: RunRecord | None) -> list[str]:
 
 def _record(plan: _Plan, entry: dict[str, Any]) -> None:
     """Add ``entry`` to the run's ``exports`` (replacing an earlier export of the same file), then refresh the cards."""
-    from kbit.core.cards import write_cards
+    from kbit.core.runs.cards import write_cards
 
     record = plan.record  # the run's record as of now: read under the run's lock, or the running train's
     record.exports = [*(e for e in record.exports if not (isinstance(e, Mapping) and e.get("file") == entry["file"])),

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from kbit.core.errors import ConfigError
-from kbit.core.targets import claim
+from kbit.core.runs.outputs import claim
 
 TEMPLATE = Path(__file__).parent / "template"  # its "package" folder becomes the method's module
 _NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
@@ -19,7 +19,7 @@ _NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
 def _check_name_free(name: str) -> None:
     """Refuse a name an installed method (or alias) already has: the plugin would lose the clash."""
-    from kbit.core.registry import default_registry
+    from kbit.core.methods.registry import default_registry
 
     for record in default_registry().records():
         if name == record.name or name in (record.info.aliases if record.info else ()):

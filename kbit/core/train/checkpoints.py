@@ -21,7 +21,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from kbit.core.rundir import follow_umask
+from kbit.core.runs.folder import follow_umask
 
 SEAL = "kbit-complete"
 PREFIX = "checkpoint-"

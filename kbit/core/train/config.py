@@ -16,7 +16,7 @@ import attrs
 
 from kbit.core.data.split import held_out_size, recorded_held_out
 from kbit.core.errors import ConfigError
-from kbit.core.options import boolean, choice, integer, number
+from kbit.core.contract.options import boolean, choice, integer, number
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
@@ -84,12 +84,12 @@ class TrainConfig:
     held_out: int | float | None = attrs.field(default=None, converter=held_out_size)
     max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2, maximum=MAX_COUNT)))
     eval_limit: int = attrs.field(default=100, converter=integer(minimum=0, maximum=MAX_COUNT))
-    # None: until the end-of-turn token, capped by the training completions' length (kbit.core.evaluate.budget).
+    # None: until the end-of-turn token, capped by the training completions' length (kbit.core.measure.budget).
     max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1, maximum=MAX_COUNT)))
     # The merge check: the merged model must reproduce the trained model's top-1 predictions this often.
     merge_min_agreement: float = attrs.field(default=0.99, converter=number(minimum=0, maximum=1))
     # ... and its logits may differ from the trained model's by at most this share of the adapter's own
-    # effect; None: by the precision of the weights compared (kbit.core.merge.merge_tolerance).
+    # effect; None: by the precision of the weights compared (kbit.core.model.merge.merge_tolerance).
     merge_tolerance: float | None = attrs.field(default=None, converter=attrs.converters.optional(number(minimum=0)))
     trust_remote_code: bool = attrs.field(default=False, converter=boolean)
     overwrite: bool = attrs.field(default=False, converter=boolean)
@@ -163,7 +163,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config; refuses a missing file, bad YAML and unknown keys, naming them."""
     import yaml
 
-    from kbit.core.input_files import require_regular_file
+    from kbit.core.system.input_files import require_regular_file
 
     require_regular_file(path, "config file")
     try:
@@ -254,7 +254,7 @@ def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainCon
     Refuses a flag that would change what the run trains (method, options, model, dataset, step budget
     and the rest), naming each change, and ``--output``/``--overwrite``, which a resume does not take.
     """
-    from kbit.core.record import FILENAME, read_record
+    from kbit.core.runs.record import FILENAME, read_record
 
     recorded = read_record(Path(run_dir))  # its config validated on the way in (recorded_config)
     if recorded is None:

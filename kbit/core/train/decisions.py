@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kbit.core.device import DeviceInfo, decide_compute_dtype
+from kbit.core.system.device import DeviceInfo, decide_compute_dtype
 
 
 def compute_dtype_decision(options: Mapping[str, Any], device: DeviceInfo, chosen: str) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from typing import Any
 
 import attrs
 
-from kbit.core.compat import checkpointing_arguments, checkpointing_enabled
-from kbit.core.device import Decision, torch_dtype, trainer_device_args
-from kbit.core.evaluate.generation import render_prompt
+from kbit.core.model.compat import checkpointing_arguments, checkpointing_enabled
+from kbit.core.system.device import Decision, torch_dtype, trainer_device_args
+from kbit.core.measure.generation import render_prompt
 from kbit.core.train import checkpoints
 from kbit.core.train.plan import RunPlan, is_main_process
 
@@ -67,7 +67,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
 
     from transformers import PrinterCallback
 
-    from kbit.core.console import verbosity
+    from kbit.core.system.console import verbosity
     from kbit.core.train.callbacks import EvaluateAtEnd, LogProgress, StopOnNonFinite
     from kbit.core.train.trainer import KbitSFTTrainer
 

@@ -1,4 +1,4 @@
-"""Human-facing outputs of a run: the loss plot (model cards: ``kbit.core.cards``)."""
+"""Human-facing outputs of a run: the loss plot (model cards: ``kbit.core.runs.cards``)."""
 
 from __future__ import annotations
 

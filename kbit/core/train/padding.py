@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kbit.core.device import Decision
+from kbit.core.system.device import Decision
 from kbit.core.errors import ConfigError
 
 MIN_PADDING = 0.15  # expected share of padding tokens from which auto lays batches out padding-free

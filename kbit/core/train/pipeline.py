@@ -27,24 +27,24 @@ from typing import Any
 
 import attrs
 
-from kbit.core import metadata as meta
-from kbit.core.adapters import attach_adapter
-from kbit.core.cards import name_base_in_adapter, write_cards
-from kbit.core.console import LOG_FILE_ONLY, LOG_NAME, run_log
+from kbit.core.runs import stamps as meta
+from kbit.core.model.adapters import attach_adapter
+from kbit.core.runs.cards import name_base_in_adapter, write_cards
+from kbit.core.system.console import LOG_FILE_ONLY, LOG_NAME, run_log
 from kbit.core.data import TaskData
-from kbit.core.device import peak_memory_bytes
-from kbit.core.evaluate.generation import ANSWER_BATCH_SIZE, generate_answers
-from kbit.core.evaluate.metrics import task_scores
-from kbit.core.evaluate.budget import GenerationBudget, generation_budget
-from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, too_few
-from kbit.core.evaluate.scoring import math_scorer
-from kbit.core.bases import load_base, prepare_for_training
-from kbit.core.merge import (adapter_effect, base_dtype, check_fidelity, computing_in, logit_agreement, merge_tolerance,
+from kbit.core.system.device import peak_memory_bytes
+from kbit.core.measure.generation import ANSWER_BATCH_SIZE, generate_answers
+from kbit.core.measure.metrics import task_scores
+from kbit.core.measure.budget import GenerationBudget, generation_budget
+from kbit.core.measure.sample_size import MIN_ITEMS, exact_match_stats, too_few
+from kbit.core.measure.scoring import math_scorer
+from kbit.core.model.bases import load_base, prepare_for_training
+from kbit.core.model.merge import (adapter_effect, base_dtype, check_fidelity, computing_in, logit_agreement, merge_tolerance,
                              merged_model, probe_batches, save_model)
-from kbit.core.quantized_linear import exact_activations
+from kbit.core.model.quantized_linear import exact_activations
 from kbit.core.quantize import calibration_texts, quantize_into
-from kbit.core.record import RunRecord, read_record, write_record
-from kbit.core.rundir import RunFolder, atomic_directory
+from kbit.core.runs.record import RunRecord, read_record, write_record
+from kbit.core.runs.folder import RunFolder, atomic_directory
 from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.fit import CHECKPOINTS, Trained, load_adapter_weights, train_adapter
@@ -180,7 +180,7 @@ def _initialise_adapter(plan: RunPlan, model: Any) -> dict[str, float] | None:
     """LoftQ's start for the adapter where the spec asks for it (``-o init=loftq``); its errors, else None."""
     if plan.spec.adapter is None or plan.spec.adapter.init != "loftq":
         return None
-    from kbit.core.loftq import initialise_from_bases
+    from kbit.core.model.loftq import initialise_from_bases
 
     log.info("initialising the adapter from the base's quantization error (LoftQ)")
     errors = initialise_from_bases(model, plan.method, plan.spec, plan.source.path,
@@ -297,7 +297,7 @@ def _base_scores(plan: RunPlan, limit: int, new_tokens: int) -> dict[str, Any]:
     upcasts norms and embeddings to float32) and training leave the in-memory base computing otherwise
     than the base as loaded, which moved greedy answers of the tiny test model.
     """
-    from kbit.core.device import release_memory
+    from kbit.core.system.device import release_memory
     from kbit.core.evaluate.loading import DataRequest, load_candidate, method_base
 
     if not plan.data.held_out[:limit]:
@@ -322,7 +322,7 @@ def _shipped_scores(plan: RunPlan, record: RunRecord, adapter: dict[str, Any], l
     """Held-out exact match of each variant of the run: the adapter model, each model folder it wrote
     (loaded as a user would load it) and each deploy file (measured by its export check on the same
     items under the same budget)."""
-    from kbit.core.device import device_map_for
+    from kbit.core.system.device import device_map_for
     from kbit.core.evaluate.loading import load_plain
 
     variants = {"adapter": _variant_figures(adapter, "the trained adapter on its quantized base")}

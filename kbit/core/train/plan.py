@@ -14,26 +14,26 @@ from typing import Any
 
 import attrs
 
-from kbit.core import metadata as meta
-from kbit.core.adapters import require_adapter
-from kbit.core.allocator import malloc_decision
-from kbit.core.bases import check_loftq, check_mergeable
+from kbit.core.runs import stamps as meta
+from kbit.core.model.adapters import require_adapter
+from kbit.core.system.allocator import malloc_decision
+from kbit.core.model.bases import check_loftq, check_mergeable
 from kbit.core.data import TaskData, load_task_data
-from kbit.core.device import Decision, DeviceInfo, detect_device, free_memory_bytes
+from kbit.core.system.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
-from kbit.core.evaluate.budget import check_fits_context
-from kbit.core.evaluate.generation import render_prompt
-from kbit.core.method import Method
-from kbit.core.method_info import MergePolicy, Requirement, describe_missing
-from kbit.core.model_check import check_adapter_fits, check_weights_match, load_config, skeleton
-from kbit.core.models import ModelSource, load_tokenizer, resolve_model
-from kbit.core.naming import run_name
-from kbit.core.record import read_record
-from kbit.core.registry import default_registry, get_method
-from kbit.core.rundir import check_writable
-from kbit.core.sizing import auto_batch_size, auto_rank, concrete_adapter_spec, decide_checkpointing
-from kbit.core.spec import QuantizationSpec
-from kbit.core.targets import claim, kbit_kind
+from kbit.core.measure.budget import check_fits_context
+from kbit.core.measure.generation import render_prompt
+from kbit.core.methods.method import Method
+from kbit.core.contract.method_info import MergePolicy, Requirement, describe_missing
+from kbit.core.model.check import check_adapter_fits, check_weights_match, load_config, skeleton
+from kbit.core.model.sources import ModelSource, load_tokenizer, resolve_model
+from kbit.core.runs.naming import run_name
+from kbit.core.runs.record import read_record
+from kbit.core.methods.registry import default_registry, get_method
+from kbit.core.runs.folder import check_writable
+from kbit.core.train.sizing import auto_batch_size, auto_rank, concrete_adapter_spec, decide_checkpointing
+from kbit.core.contract.spec import QuantizationSpec
+from kbit.core.runs.outputs import claim, kbit_kind
 from kbit.core.train.config import DEFAULT_LR, TrainConfig
 from kbit.core.train.decisions import compute_dtype_decision
 
@@ -141,7 +141,7 @@ def _check_tracker(name: str) -> None:
 
 
 def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool, inputs: tuple[str | None, ...]) -> Path:
-    """The run folder to write, under the output rule of ``kbit.core.targets``; ``inputs`` are what the run reads."""
+    """The run folder to write, under the output rule of ``kbit.core.runs.outputs``; ``inputs`` are what the run reads."""
     if resume:
         if read_record(run_dir) is None:
             raise ConfigError(f"cannot resume: {run_dir} is not a kbit run (no {meta.FILENAME})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_text, interval_text, small_sample_warning, too_few
+from kbit.core.measure.sample_size import MIN_ITEMS, exact_match_text, interval_text, small_sample_warning, too_few
 
 
 def _percent(value: Any) -> str:

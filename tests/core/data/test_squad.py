@@ -10,7 +10,7 @@ import pytest
 from kbit.core.data import load_task_data
 from kbit.core.data.formats import UNANSWERABLE
 from kbit.core.errors import ConfigError
-from kbit.core.evaluate.scoring import score
+from kbit.core.measure.scoring import score
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "data"
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kbit.core.evaluate.agreement import agreement
+from kbit.core.measure.agreement import agreement
 
 REFERENCE = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
 ANSWER = torch.tensor([False, True, True])
@@ -60,7 +60,7 @@ def test_no_positions_give_no_figures_and_bad_shapes_are_refused():
 
 
 def test_a_flip_between_near_tied_tokens_is_tolerated_and_counted_but_a_far_choice_is_not():
-    from kbit.core.evaluate.agreement import NEAR_TIE
+    from kbit.core.measure.agreement import NEAR_TIE
 
     reference = torch.tensor([[1.0, 1.0 - NEAR_TIE / 2, -3.0], [2.0, 0.0, 0.0]])
     near = torch.tensor([[1.0, 1.2, -3.0], [2.0, 0.0, 0.0]])  # picks the runner-up the reference nearly ties

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kbit.core.data.examples import Example
-from kbit.core.evaluate.budget import derived_cap, end_of_turn_ids, generation_budget
-from kbit.core.evaluate.generation import decode_speed, generate_answers
+from kbit.core.measure.budget import derived_cap, end_of_turn_ids, generation_budget
+from kbit.core.measure.generation import decode_speed, generate_answers
 
 PROMPTS = [Example(prompt=[("user", f"What is {i} + 1?")], completion=str(i + 1), answers=[str(i + 1)]) for i in range(5)]
 

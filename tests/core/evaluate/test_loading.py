@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kbit.core.device import DeviceInfo
+from kbit.core.system.device import DeviceInfo
 from kbit.core.errors import ConfigError
 from kbit.core.evaluate.loading import Selection, latest_run, load_candidate, plan_candidates
 

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from kbit.core.data.examples import Example
-from kbit.core.evaluate.generation import render_prompt
-from kbit.core.evaluate.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
+from kbit.core.measure.generation import render_prompt
+from kbit.core.measure.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
 
 EXAMPLES = [
     Example(prompt=[("user", "What is 12 + 30?")], completion="42", answers=["42"]),

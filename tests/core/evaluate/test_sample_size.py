@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kbit.core.evaluate.sample_size import MIN_ITEMS, exact_match_stats, exact_match_text, wilson_interval
+from kbit.core.measure.sample_size import MIN_ITEMS, exact_match_stats, exact_match_text, wilson_interval
 
 
 @pytest.mark.parametrize("hits, items, low, high", [

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from kbit.core.evaluate.scoring import math_scorer, score
+from kbit.core.measure.scoring import math_scorer, score
 
 CASES = [
     # (gold, prediction, exact match)
@@ -78,7 +78,7 @@ def test_without_math_verify_the_plain_rule_scores(tmp_path):
     """math-verify blocked from importing: the last boxed value or number decides, compared as a number."""
     program = (
         "import sys, json; sys.modules['math_verify'] = None\n"
-        "from kbit.core.evaluate.scoring import math_scorer, score\n"
+        "from kbit.core.measure.scoring import math_scorer, score\n"
         f"cases = {json.dumps([[g, p] for g, p, _ in CASES])}\n"
         f"echoes = {json.dumps([[g, p] for g, p, _ in ONLY_THE_ANSWER[:9]])}\n"
         "print(json.dumps([math_scorer(), [score('openmath', p, [g])['exact_match'] for g, p in cases],\n"

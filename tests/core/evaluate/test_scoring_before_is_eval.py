@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kbit.core.record import read_record
+from kbit.core.runs.record import read_record
 from tests.conftest import run_kbit
 from tests.core.evaluate.conftest import offline_env
 

@@ -6,8 +6,8 @@ import json
 
 import yaml
 
-from kbit.core.cards import artifact_card, base_model_id, name_base_in_adapter, write_cards
-from kbit.core.record import RunRecord
+from kbit.core.runs.cards import artifact_card, base_model_id, name_base_in_adapter, write_cards
+from kbit.core.runs.record import RunRecord
 
 RECORD = {
     "name": "SmolLM2-135M-Instruct-arith_SFT_LoRa64_QLORA_w4_headfp32",

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from kbit.core.record import read_metadata
+from kbit.core.runs.record import read_metadata
 from tests.conftest import run_kbit
 from tests.core.evaluate.conftest import offline_env
 

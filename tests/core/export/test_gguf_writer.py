@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 from kbit.core.errors import ConfigError
 from kbit.core.export.blocks import q4_1_codes, q4_1_tensor
 from kbit.core.export.gguf import BaseModel, write_gguf
-from kbit.core.models import gguf_hub_id, load_gguf
+from kbit.core.model.sources import gguf_hub_id, load_gguf
 from tests.core.export.conftest import bpe_model, variant_model
 
 TEXT = "<|im_start|>user\nWhat is 12 + 34?\t ok<|im_end|>\n<|im_start|>assistant\n46<|im_end|>"

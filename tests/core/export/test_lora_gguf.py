@@ -17,7 +17,7 @@ from kbit.core.errors import ConfigError
 from kbit.core.export.architectures import permute_rows
 from kbit.core.export.gguf import BaseModel, write_gguf
 from kbit.core.export.lora_gguf import apply_lora_gguf, write_lora_gguf
-from kbit.core.models import load_gguf
+from kbit.core.model.sources import load_gguf
 from tests.core.export.conftest import bpe_model
 
 TOKENS = list(range(3, 40))
@@ -214,7 +214,7 @@ def test_llama_cpp_applies_a_smollm2_adapter_to_the_q4_1_file_people_run(tmp_pat
     pytest.importorskip("llama_cpp")
     from transformers import AutoTokenizer
 
-    from kbit.core.models import default_gguf_path, resolve_model
+    from kbit.core.model.sources import default_gguf_path, resolve_model
 
     source, base = Path(resolve_model(None).path), default_gguf_path()
     peft_model = _adapter(source, tmp_path / "adapter", r=8, lora_alpha=16)
@@ -359,7 +359,7 @@ def test_the_check_of_a_lora_gguf_passes_for_its_adapter_and_fails_for_another(t
     from kbit.core.data import load_task_data
     from kbit.core.errors import FidelityError
     from kbit.core.export.check import Gate, Reference, check_file
-    from kbit.core.models import ModelSource, load_tokenizer
+    from kbit.core.model.sources import ModelSource, load_tokenizer
 
     model_dir, base = tied
     peft_model = _adapter(model_dir, tmp_path / "adapter", std=0.3)
@@ -383,7 +383,7 @@ def test_a_check_in_transformers_compares_a_reference_trained_on_rounded_inputs_
     from kbit.core.data import load_task_data
     from kbit.core.evaluate.reference import torch_logits
     from kbit.core.export.check import Gate, Reference, check_file
-    from kbit.core.models import ModelSource, load_tokenizer
+    from kbit.core.model.sources import ModelSource, load_tokenizer
     from kbit.plugin import QuantizedLinear
 
     class Stored(QuantizedLinear):

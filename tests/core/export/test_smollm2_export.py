@@ -8,8 +8,8 @@ import pytest
 import yaml
 from gguf import GGUFReader
 
-from kbit.core.record import read_metadata
-from kbit.core.models import default_gguf_path
+from kbit.core.runs.record import read_metadata
+from kbit.core.model.sources import default_gguf_path
 from tests.conftest import run_kbit
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_the_unfine_tuned_default_base_exports_at_q8_0_and_one_damaged_tensor_is
     from kbit.core.data import load_task_data
     from kbit.core.errors import FidelityError
     from kbit.core.export.check import Gate, check_gguf
-    from kbit.core.models import resolve_model
+    from kbit.core.model.sources import resolve_model
 
     out = tmp_path / "base-q8_0.gguf"
     exported = run_kbit("export", "default", "--type", "q8_0", "--output", str(out), "--limit", "30", "--json")

@@ -29,7 +29,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, o
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kbit.core.export.gguf import BaseModel, write_gguf
-    from kbit.core.models import load_gguf
+    from kbit.core.model.sources import load_gguf
     from kbit.testing import make_tiny_model
 
     folder = make_tiny_model(tmp_path_factory.mktemp("llama-cpp") / "tiny")

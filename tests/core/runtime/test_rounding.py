@@ -226,7 +226,7 @@ def test_a_quantized_linear_multiplies_its_input_as_the_runtime_rounds_it():
 
 @pytest.mark.parametrize("options, expected", [({}, None), ({"runtime": "llama.cpp"}, "q8_1")])
 def test_qalora_trains_on_the_input_llama_cpp_multiplies_when_asked(options, expected, tmp_path):
-    from kbit.core.bases import load_base
+    from kbit.core.model.bases import load_base
     from kbit.plugin import DeviceInfo
     from kbit.plugins._q4_1 import Q41Linear
     from kbit.testing import get_method, make_tiny_model

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kbit.core.errors import ConfigError
-from kbit.core.record import read_record
+from kbit.core.runs.record import read_record
 from kbit.core.train.config import (
     RESUMABLE,
     TrainConfig,

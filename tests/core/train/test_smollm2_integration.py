@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kbit.core.record import read_metadata
+from kbit.core.runs.record import read_metadata
 from tests.conftest import run_kbit
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from kbit.core.record import read_metadata
-from kbit.core.record import read_record
+from kbit.core.runs.record import read_metadata
+from kbit.core.runs.record import read_record
 from tests.conftest import run_kbit
 
 TRAIN = ("--max-steps", "3", "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--eval-limit", "4",
@@ -99,8 +99,8 @@ def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from kbit.core.merge import computing_in
-    from kbit.core.registry import get_method
+    from kbit.core.model.merge import computing_in
+    from kbit.core.methods.registry import get_method
 
     out, _ = qlora_run
     record = read_metadata(out)
@@ -126,7 +126,7 @@ def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
 def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
     from safetensors.torch import load_file
 
-    from kbit.core.device import detect_device, resolve_compute_dtype
+    from kbit.core.system.device import detect_device, resolve_compute_dtype
 
     out, _ = qlora_run
     record = read_record(out)
@@ -159,7 +159,7 @@ def test_without_lr_a_method_with_no_default_of_its_own_trains_at_kbits(qlora_ru
 
 
 def test_the_command_trained_under_kbits_malloc_settings(qlora_run):
-    from kbit.core.allocator import TUNABLES, tuned_environment
+    from kbit.core.system.allocator import TUNABLES, tuned_environment
 
     decision = read_record(qlora_run[0]).decisions["malloc"]
     if tuned_environment({}) is None:  # not glibc >= 2.26: nothing to set

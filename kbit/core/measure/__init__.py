@@ -1,0 +1,1 @@
+"""Measuring models: greedy answers, their scores and intervals, held-out loss, logit agreement, sizes."""

@@ -1,0 +1,160 @@
+"""Evaluation metrics: held-out completion loss, task scores, memory footprint, bits per weight.
+
+- Loss is the mean cross-entropy over completion tokens only, as trained: the text is the chat
+  prompt (``render_prompt``) + completion + EOS, with the prompt tokens masked. It is averaged over
+  all completion tokens of all examples; perplexity is ``exp(loss)``.
+- Memory footprint counts every parameter and buffer once as stored (packed 4-bit data included),
+  plus quantization state held outside them (bitsandbytes absmax, code, nested state, int8 SCB).
+- Bits per weight covers the linear layers a quantizer targets: storage bits of each layer's weight
+  (with its scales and quantization state) over its logical ``in_features * out_features``. Adapter
+  layers and the output head are left out: adapters are not base weights and most methods keep the
+  head in full precision. An unquantized fp32 model gives 32; NF4 with double quantization ≈ 4.127.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from kbit.core.data.examples import Example
+from kbit.core.measure.generation import render_prompt
+from kbit.core.measure.sample_size import exact_match_stats
+from kbit.core.measure.scoring import score
+
+ADAPTER_MARKERS = ("lora_", "vera_", "modules_to_save")
+
+
+def encode_example(tokenizer: Any, example: Example) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + EOS and how many leading ids are the prompt."""
+    prompt = render_prompt(tokenizer, example)
+    full = prompt + example.completion + (tokenizer.eos_token or "")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    shared = 0  # a tokenizer may merge across the boundary: mask the common prefix only
+    for a, b in zip(prompt_ids, full_ids):
+        if a != b:
+            break
+        shared += 1
+    return list(full_ids), shared
+
+
+def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int = 8) -> dict[str, Any]:
+    """Token-weighted mean completion loss, perplexity, completion token count (``tokens``), every
+    token read (``input_tokens``: prompts and completions) and per-example mean losses."""
+    import torch
+
+    encoded = [encode_example(tokenizer, e) for e in examples]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    per_example: list[float] = []
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for begin in range(0, len(encoded), batch_size):
+            chunk = encoded[begin : begin + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for row, (ids, prompt_len) in enumerate(chunk):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+                labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            shifted, targets = logits[:, :-1], labels[:, 1:].to(device)
+            losses = torch.nn.functional.cross_entropy(
+                shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(targets.shape)
+            mask = targets != -100
+            for row in range(len(chunk)):
+                count = int(mask[row].sum())
+                row_sum = float(losses[row][mask[row]].sum())
+                per_example.append(row_sum / count if count else float("nan"))
+                total += row_sum
+                tokens += count
+    loss = total / tokens if tokens else float("nan")
+    return {"loss": loss, "perplexity": math.exp(loss) if tokens and loss < 700 else float("inf"),
+            "tokens": tokens, "input_tokens": sum(len(ids) for ids, _ in encoded), "per_example": per_example}
+
+
+def task_scores(task: str, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Per-example scores and their means (``exact_match``, plus ``f1`` for squad) with
+    ``exact_match_hits`` and ``exact_match_ci95``: every held-out score kbit prints (``kbit train``'s
+    before/after and variants, ``kbit eval``'s rows) is this function of greedy answers."""
+    per = [score(task, p, list(e.answers)) for p, e in zip(predictions, examples)]
+    if not per:
+        return [], {}
+    means: dict[str, Any] = {key: sum(s[key] for s in per) / len(per) for key in per[0]}
+    return per, {**means, **exact_match_stats([s["exact_match"] for s in per])}
+
+
+def tensor_bytes(tensor: Any) -> int:
+    """Bytes a tensor occupies as stored; tensor subclasses (torchao) are summed over their inner tensors."""
+    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    if flatten is not None and type(tensor).__name__ not in ("Parameter", "Tensor", "Params4bit", "Int8Params"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def quant_state_tensors(weight: Any) -> list[Any]:
+    """Tensors of a bitsandbytes weight's quantization state (absmax, code, nested state, SCB), if any."""
+    import torch
+
+    found: list[Any] = []
+    state = getattr(weight, "quant_state", None)
+    while state is not None:
+        found += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None), getattr(state, "offset", None))
+                  if isinstance(t, torch.Tensor)]
+        state = getattr(state, "state2", None) if getattr(state, "nested", False) else None
+    scb = getattr(weight, "SCB", None)
+    if isinstance(scb, torch.Tensor):
+        found.append(scb)
+    return found
+
+
+def memory_footprint(model: Any) -> int:
+    """Bytes of every parameter and buffer (each storage once) plus quantization state."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        for part in [tensor, *quant_state_tensors(tensor)]:
+            key = id(part) if part.device.type == "meta" else part.data_ptr() or id(part)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += tensor_bytes(part)
+    return total
+
+
+def linear_weight_bits(model: Any) -> dict[str, Any]:
+    """Storage bits per logical weight over the model's base linear layers (see module docs)."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    bits, weights = 0, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head or any(m in name for m in ADAPTER_MARKERS):
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            continue
+        logical = _logical_elements(module, weight)
+        # A QuantizedLinear's ``weight`` is computed from its buffers on access: count only the buffers.
+        held = dict(module.named_parameters(recurse=False)).get("weight") is not None
+        stored = (tensor_bytes(weight) + sum(tensor_bytes(t) for t in quant_state_tensors(weight))) if held else 0
+        for extra_name, extra in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if extra is not weight and extra_name != "bias":
+                stored += tensor_bytes(extra)  # scales / zero points of other quantized formats
+        bits += 8 * stored
+        weights += logical
+    return {"bits_per_weight": bits / weights if weights else None, "linear_weights": weights}
+
+
+def _logical_elements(module: Any, weight: Any) -> int:
+    if getattr(module, "in_features", None) and getattr(module, "out_features", None):
+        return int(module.in_features) * int(module.out_features)
+    state = getattr(weight, "quant_state", None)
+    if state is not None and getattr(state, "shape", None) is not None:
+        return math.prod(state.shape)
+    return weight.numel()

@@ -1,0 +1,156 @@
+"""A method's base model, loaded the same way wherever kbit needs it.
+
+- ``load_base``: for training and for evaluating an adapter: the weights through the method's
+  ``build_quant_config``, then its ``quantize_base`` (computed once: ``kbit.core.model.quantized_cache``).
+- ``load_merge_base``: the full-precision weights a ``MergePolicy`` names, with a description of
+  what they really are. "dequantized" is the training base dequantized (by the method's
+  ``dequantize_base`` where it has one, else by transformers for a quantization config); "original" is the unquantized
+  base. When the policy's base cannot be produced, it is refused — never replaced by other weights.
+- ``check_mergeable``: the refusals that can be known before training.
+- ``prepare_for_training``: the method's ``prepare_model``, refusing a merge when it changed base
+  weights (a merge reloads the base and would never see the change).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kbit.core.system.device import torch_dtype
+from kbit.core.errors import ConfigError
+from kbit.core.methods.method import Method
+from kbit.core.contract.method_info import MergePolicy
+from kbit.core.model.sources import load_causal_lm
+from kbit.core.model.quantized_cache import load_quantized_base
+from kbit.core.model.resident_memory import release_load_memory
+from kbit.core.contract.spec import QuantizationSpec
+
+
+class MergeRefused(ConfigError):
+    """The merge the policy asks for cannot be carried out faithfully; nothing was merged."""
+
+
+def load_base(method: Method, spec: QuantizationSpec, path: str, *, trust_remote_code: bool = False,
+              device_map: Any = None) -> Any:
+    """The base exactly as the adapter trains on it: loaded through the quant config, then ``quantize_base``
+    (or its layers from the quantized-base cache, ``kbit.core.model.quantized_cache``; after which the
+    checkpoint's memory map holds weights that were replaced, and is let go of)."""
+    def load() -> Any:
+        return load_causal_lm(path, quant_config=method.build_quant_config(spec), dtype=spec.training.compute_dtype,
+                              trust_remote_code=trust_remote_code, device_map=device_map)
+
+    if not method.implements("quantize_base"):
+        return load()  # load_causal_lm has already given back what loading left
+    model = load_quantized_base(method, spec, path, load)
+    release_load_memory(model)
+    return model
+
+
+def check_mergeable(method: Method, spec: QuantizationSpec, policy: MergePolicy) -> None:
+    """Refuse, before any training, a merge into the dequantized base that no hook can produce."""
+    if policy.action != "merge" or policy.base != "dequantized":
+        return
+    if method.implements("quantize_base") and not method.implements("dequantize_base"):
+        raise MergeRefused(
+            f"method '{method.name}' quantizes its base in quantize_base but has no dequantize_base hook, so kbit cannot "
+            "merge into the weights the adapter trains on; add dequantize_base or return MergePolicy(base='original') "
+            "or keep_adapter from merge_policy"
+        )
+    config = method.build_quant_config(spec)
+    if config is not None and not method.implements("dequantize_base") and not transformers_can_dequantize(config):
+        raise MergeRefused(
+            f"method '{method.name}' asks for a merge into the dequantized base, but transformers cannot dequantize "
+            f"{type(config).__name__} models; return MergePolicy(base='original') (and say so in its reason) or "
+            "keep_adapter from merge_policy"
+        )
+
+
+def transformers_can_dequantize(quant_config: Any) -> bool:
+    """Whether transformers' quantizer for ``quant_config`` implements ``dequantize()``."""
+    from transformers.quantizers import AutoHfQuantizer
+    from transformers.quantizers.base import HfQuantizer
+
+    quantizer = AutoHfQuantizer.from_config(quant_config)
+    return type(quantizer)._dequantize is not HfQuantizer._dequantize
+
+
+def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy, path: str, *,
+                    trust_remote_code: bool = False) -> tuple[Any, str]:
+    """The full-precision model to merge into, in ``policy.dtype``, and what it is (recorded and printed)."""
+    check_mergeable(method, spec, policy)
+    quant_config = method.build_quant_config(spec)
+    quantized = quant_config is not None or method.implements("quantize_base")
+    if policy.base == "original" or not quantized:
+        model = load_causal_lm(path, dtype=policy.dtype, trust_remote_code=trust_remote_code)
+        described = ("the original base (unquantized weights, as loaded)" if quantized else
+                     f"the base as loaded (method '{method.name}' quantizes nothing before training)")
+    elif method.implements("dequantize_base"):
+        model = method.dequantize_base(load_base(method, spec, path, trust_remote_code=trust_remote_code), spec)
+        quantized_by = "quantize_base" if method.implements("quantize_base") else type(quant_config).__name__
+        described = f"the dequantized base (method '{method.name}': {quantized_by}, then dequantize_base)"
+    else:
+        model = load_base(method, spec, path, trust_remote_code=trust_remote_code)
+        model = model.dequantize(dtype=torch_dtype(policy.dtype))
+        described = f"the dequantized base (transformers' dequantize() of the {type(quant_config).__name__} weights)"
+    return model.to(torch_dtype(policy.dtype)), described
+
+
+def check_loftq(method: Method, spec: QuantizationSpec) -> None:
+    """Refuse ``-o init=loftq`` (before anything is loaded or written) where the adapter trains on unquantized
+    weights: there is no quantization error for it to start by cancelling."""
+    if spec.adapter is None or spec.adapter.init != "loftq":
+        return
+    if method.build_quant_config(spec) is None and not method.implements("quantize_base"):
+        raise ConfigError(f"-o init=loftq: method '{method.name}' trains on the unquantized weights, so there is no "
+                          "quantization error for the adapter to cancel; drop -o init or choose a method that quantizes "
+                          "its base")
+
+
+def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePolicy, model: Any) -> Any:
+    """``method.prepare_model(model, spec)``; refuses, before training, a merge it would make wrong.
+
+    ``prepare_model`` may freeze, upcast or wrap, but not change base weights — parameters, nor the
+    buffers a quantized layer keeps its codes and scales in: the merge reloads the base through
+    ``build_quant_config``/``quantize_base`` and would merge into other weights than the adapter
+    trained on.
+    """
+    before = weights_fingerprint(model)
+    prepared = method.prepare_model(model, spec)
+    if policy.action == "merge":
+        after = weights_fingerprint(prepared)
+        changed = sorted(name for name in before.keys() & after.keys() if not _same_sum(before[name], after[name]))
+        if changed:
+            raise MergeRefused(
+                f"method '{method.name}' changed base weights in prepare_model ({changed[0]}"
+                f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}), so no merge could use the weights the "
+                "adapter trains on; quantize in build_quant_config or quantize_base (see docs/plugins.md), or return "
+                "keep_adapter from merge_policy"
+            )
+    return prepared
+
+
+def _same_sum(a: float, b: float) -> bool:
+    """Equal sums; NaN equals NaN here: packed 4-bit codes stored in a float dtype (qlora's
+    ``quant_storage=bfloat16`` for FSDP) read as floats and often sum to NaN, unchanged."""
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def weights_fingerprint(model: Any) -> dict[str, float]:
+    """A float64 sum per parameter and buffer (integer buffers, e.g. packed codes, in int64): equal for
+    equal values whatever the dtype they are stored in.
+
+    Summed a million values at a time: a float64 copy of SmolLM2's embeddings alone is 226 MB, and
+    torch's ``sum(dtype=float64)`` makes that copy too.
+    """
+    import torch
+
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            try:
+                data = tensor.detach().reshape(-1)
+                wide = torch.float64 if data.is_floating_point() else torch.int64
+                sums[name] = float(sum(float(chunk.to(wide).sum()) for chunk in data.split(1 << 20)))
+            except (RuntimeError, TypeError, ValueError, NotImplementedError):
+                continue  # a tensor subclass that cannot be cast or summed (quanto's refuses casts): not fingerprinted
+    return sums

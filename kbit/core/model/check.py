@@ -1,0 +1,178 @@
+"""Check a base model against a run's spec before anything is loaded, trained or written.
+
+Everything here reads only ``config.json`` and the safetensors headers, and builds the model's
+skeleton on the meta device (no weights in memory), so a mismatch is refused in a second:
+
+- the config declares no more layers than the weight files hold (read from the raw JSON, before
+  transformers spends time in proportion to the declared count);
+- the config names a causal language model;
+- the weight files hold exactly the tensors (and shapes) the config describes — transformers would
+  otherwise start the missing or mis-shaped ones from random values with only a warning;
+- every adapter ``target_modules`` name matches a linear layer, and the adapter rank is usable by them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from kbit.core.errors import ConfigError
+from kbit.core.system.input_files import refuse_special_files
+
+LINEAR_TYPES = ("Linear", "Conv1D")  # torch Linear and GPT-2-style Conv1D, as PEFT targets them
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer|decoder_layers)\.(\d+)\.")
+
+
+def stored_tensors(directory: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor of ``directory``'s ``*.safetensors`` files: name → (file name, shape), from the headers alone."""
+    from safetensors import safe_open
+
+    stored: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                stored[key] = (file.name, tuple(handle.get_slice(key).get_shape()))
+    return stored
+
+
+def check_layer_count(directory: Path) -> None:
+    """Refuse a ``config.json`` that declares more layers than the weight files hold.
+
+    Read from the raw JSON and the safetensors headers, before transformers parses the config or
+    builds a skeleton: both take time in proportion to the declared layer count (minutes for a
+    million), and those layers would start from random values anyway. Layers are counted from the
+    tensor names (``model.layers.N.``); where the names follow no known pattern, no model can have
+    more layers than tensors. A pipe or device among the files is refused before any is opened.
+    """
+    refuse_special_files(directory, "model directory")
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_config reports an unreadable config
+    declared = next((config[k] for k in LAYER_COUNT_KEYS if isinstance(config, dict) and k in config), None)
+    if not isinstance(declared, int) or isinstance(declared, bool):
+        return
+    names = stored_tensors(Path(directory))
+    if not names:
+        return
+    indices = {int(m.group(1)) for m in map(_LAYER_INDEX.search, names) if m}
+    held = max(indices) + 1 if indices else len(names)
+    if declared > held:
+        what = f"{held} layers" if indices else f"{held} tensors in all"
+        raise ConfigError(
+            f"{directory}: config.json describes weights the files lack (it declares {declared} layers; the weight "
+            f"files hold {what}); they would start from random values — use the config that came with these weights"
+        )
+
+
+def load_config(path: str, trust_remote_code: bool = False) -> Any:
+    """The model's transformers config; ConfigError when unreadable or not a causal LM."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    check_layer_count(Path(path))
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot read the model config in {path}: {_first_line(exc)}") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code:
+        raise ConfigError(f"model type '{config.model_type}' in {path} is not a causal language model")
+    return config
+
+
+def skeleton(config: Any, trust_remote_code: bool = False) -> Any:
+    """The model built from ``config`` on the meta device: names and shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"cannot build model type '{config.model_type}' from its config: {_first_line(exc)}") from None
+
+
+def check_weights_match(path: Path, model: Any) -> None:
+    """Refuse weight files whose tensor names or shapes disagree with the model the config describes."""
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        return  # a GGUF-converted or hub model is checked where it is loaded
+    stored: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                stored[key] = tuple(handle.get_slice(key).get_shape())
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = _tied_names(model)
+    for key, shape in stored.items():
+        if key in expected and expected[key] != shape:
+            raise ConfigError(
+                f"{path}: weight {key} has shape {list(shape)} but config.json describes {list(expected[key])}; "
+                "the config does not belong to these weights"
+            )
+    missing = sorted(k for k in expected if k not in stored and k not in tied)
+    if missing and len(missing) == len(expected):
+        return  # none match: a different naming (e.g. a prefix) that transformers maps itself
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConfigError(
+            f"{path}: config.json describes weights the files lack ({', '.join(missing[:3])}{more}); "
+            "they would start from random values — use the config that came with these weights"
+        )
+
+
+def _tied_names(model: Any) -> set[str]:
+    """Parameter names that share storage with another parameter (tied embeddings): saved once."""
+    names: set[str] = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        head = model.get_output_embeddings()
+        if head is not None:
+            names |= {f"{name}.weight" for name, module in model.named_modules() if module is head}
+    keys = getattr(model, "_tied_weights_keys", None) or []
+    names |= set(keys.keys() if isinstance(keys, dict) else keys)
+    return names
+
+
+def check_adapter_fits(model: Any, adapter: Any) -> None:
+    """Refuse ``target_modules`` that match no linear layer, and a rank above the targeted layers' widths."""
+    linear = {name: module for name, module in model.named_modules()
+              if type(module).__name__ in LINEAR_TYPES and name}
+    head = model.get_output_embeddings()
+    targets = adapter.target_modules
+    if targets == "all-linear":
+        chosen = {n: m for n, m in linear.items() if m is not head}
+    else:
+        chosen = {n: m for n, m in linear.items() if any(n == t or n.endswith(f".{t}") for t in targets)}
+        unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in linear)]
+        if unmatched:
+            suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear if linear[n] is not head})
+            raise ConfigError(
+                f"target_modules {', '.join(unmatched)} match no linear layer of this model; "
+                f"its linear layers are {', '.join(suffixes)} (or use all-linear)"
+            )
+    rank = adapter.r
+    if isinstance(rank, int) and chosen:
+        # A layer's update has rank at most min(in, out); above the largest such width, every
+        # targeted layer only gains parameters (and memory) without gaining capacity.
+        usable = max(min(_shape(m)) for m in chosen.values())
+        if rank > usable:
+            raise ConfigError(
+                f"adapter rank r={rank} exceeds what any targeted layer can use (min(in, out) is at most "
+                f"{usable}): the extra rank adds parameters without capacity; pass -o r={min(usable, 64)} or lower"
+            )
+
+
+def _shape(module: Any) -> tuple[int, int]:
+    if hasattr(module, "in_features"):
+        return int(module.in_features), int(module.out_features)
+    return tuple(int(d) for d in module.weight.shape)  # Conv1D: (in, out)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

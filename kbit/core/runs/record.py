@@ -1,0 +1,220 @@
+"""One typed record of a run: ``kbit.json``, read and written here only, through ``RunRecord``.
+
+A run's folder (kind "run") and a quantized model's folder (kind "quantized") each hold one
+``kbit.json``. ``read_record`` validates it on the way in (a damaged or edited file is refused in
+one line naming the field), turns the spec and the merge policy into their records, and reads
+every schema kbit has written (version 1, kbit 0.1, included); ``write_record`` writes it back
+atomically in the current schema. The stages of a run update the record's fields; nothing else
+reads or writes the file (``recorded_kind`` is the cheap look at what a folder is, for the output rules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from kbit.core.errors import ConfigError, Terminated
+from kbit.core.runs.stamps import FILENAME, SCHEMA_VERSION, now
+from kbit.core.contract.method_info import MergePolicy
+from kbit.core.runs.folder import overwrite_json_in_place, write_json_atomic
+from kbit.core.contract.spec import QuantizationSpec
+
+KINDS = ("run", "quantized")
+STATUSES = ("running", "finished", "failed", "interrupted")
+
+_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", bool: "true/false", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _typed(*types: type):
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) and bool not in types:
+            ok = False
+        else:
+            ok = isinstance(value, types)
+        if not ok:
+            expected = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+            raise ValueError(f"field '{attribute.name}' must be {expected}, got {type(value).__name__}")
+
+    return check
+
+
+def _field(types: tuple[type, ...], default: Any = attrs.NOTHING, factory: Any = None) -> Any:
+    if factory is not None:
+        return attrs.field(factory=factory, validator=_typed(*types))
+    return attrs.field(default=default, validator=_typed(*types))
+
+
+@attrs.define(kw_only=True)
+class RunRecord:
+    """Everything kbit records about a run, field by field (docs/training.md, "The run folder", says what each holds).
+
+    ``spec`` and ``merge_policy`` are records; the rest are JSON values whose shape kbit's stages
+    own (``train``: steps, batch, resume point, rank digests; ``merge``: the base used and the
+    measured agreement; ``quantize``/``exports``: what was written and its check; ``metrics``:
+    held-out scores per variant). ``extra`` keeps fields this kbit does not know, written back as read.
+    """
+
+    kind: str = attrs.field(default="run", validator=[_typed(str), attrs.validators.in_(KINDS)])
+    status: str = attrs.field(default="running", validator=[_typed(str), attrs.validators.in_(STATUSES)])
+    error: str | None = _field((str, type(None)), None)
+    name: str = _field((str,), "")
+    created: str = _field((str,), "")
+    updated: str | None = _field((str, type(None)), None)
+    resumed: str | None = _field((str, type(None)), None)
+    method: str = _field((str,), "")
+    method_plugin: dict[str, Any] = _field((dict,), factory=dict)
+    method_summary: str = _field((str,), "")
+    method_options: dict[str, Any] = _field((dict,), factory=dict)
+    spec: QuantizationSpec | None = attrs.field(default=None)
+    merge_policy: MergePolicy | None = attrs.field(default=None)
+    base_model: dict[str, Any] = _field((dict,), factory=dict)
+    dataset: dict[str, Any] = _field((dict,), factory=dict)
+    config: dict[str, Any] = _field((dict,), factory=dict)
+    sizing: dict[str, Any] = _field((dict,), factory=dict)
+    train: dict[str, Any] = _field((dict,), factory=dict)
+    device: dict[str, Any] = _field((dict,), factory=dict)
+    decisions: dict[str, Any] = _field((dict,), factory=dict)
+    trust_remote_code: bool = _field((bool,), False)
+    versions: dict[str, Any] = _field((dict,), factory=dict)
+    artifacts: dict[str, Any] = _field((dict,), factory=dict)
+    loss_history: list[Any] = _field((list,), factory=list)
+    merge: dict[str, Any] | None = _field((dict, type(None)), None)
+    quantize: dict[str, Any] | None = _field((dict, type(None)), None)
+    exports: list[Any] = _field((list,), factory=list)
+    metrics: dict[str, Any] = _field((dict,), factory=dict)
+    source_run: str | None = _field((str, type(None)), None)
+    wall_time_s: float | None = _field((int, float, type(None)), None)
+    peak_memory_bytes: int | None = _field((int, type(None)), None)
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+    def has(self, artifact: str, folder: Path, marker: str) -> bool:
+        """The artifact is recorded and its folder under ``folder`` holds ``marker`` (it was written whole)."""
+        return bool(self.artifacts.get(artifact)) and (Path(folder) / artifact / marker).is_file()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {a.name: getattr(self, a.name) for a in attrs.fields(RunRecord) if a.name != "extra"}
+        data["spec"] = self.spec.to_dict() if self.spec is not None else None
+        data["merge_policy"] = self.merge_policy.to_dict() if self.merge_policy is not None else None
+        return {"schema_version": SCHEMA_VERSION, **data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = FILENAME) -> RunRecord:
+        """A record from a ``kbit.json`` object of any schema kbit wrote; ConfigError names a bad field.
+
+        A run's ``config`` is validated setting by setting as ``kbit train`` validates its flags, and
+        held in its typed, current form, so every reader (resume, eval, export) gets checked values.
+        """
+        known = {a.name for a in attrs.fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known and k != "schema_version"}
+        try:
+            if isinstance(values.get("spec"), Mapping):
+                values["spec"] = QuantizationSpec.from_dict(values["spec"])
+            elif values.get("spec") is not None:
+                raise ValueError(f"field 'spec' must be an object, got {type(values['spec']).__name__}")
+            policy = values.get("merge_policy")
+            if isinstance(policy, Mapping):
+                values["merge_policy"] = MergePolicy(**policy)
+            elif policy is not None:
+                raise ValueError(f"field 'merge_policy' must be an object, got {type(policy).__name__}")
+            base = values.get("base_model") or {}
+            if isinstance(base, Mapping) and "path" in base and not isinstance(base["path"], str):
+                raise ValueError("field 'base_model.path' must be a string")
+            for name in ("exports", "loss_history"):
+                entries = values.get(name)
+                if isinstance(entries, list) and not all(isinstance(e, Mapping) for e in entries):
+                    raise ValueError(f"field '{name}' must be a list of objects")
+            if values.get("kind", "run") == "run" and isinstance(values.get("config"), Mapping) and values["config"]:
+                values["config"] = _recorded_config(values["config"])
+            return cls(**values, extra=extra)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}; the file was edited or damaged — restore it") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}; the file was edited or damaged — restore it") from None
+
+
+def _recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's settings, typed and validated as ``kbit train`` validates its flags (see ``recorded_config``)."""
+    from kbit.core.train.config import recorded_config
+
+    try:
+        return recorded_config(config)
+    except ConfigError as exc:
+        raise ValueError(f"field 'config': {exc}") from None
+
+
+def read_metadata(directory: Path) -> dict[str, Any] | None:
+    """``directory/kbit.json`` as raw JSON, or None when there is none; ConfigError when it is corrupt or
+    from a newer kbit. For the typed record use ``read_record``."""
+    path = Path(directory) / FILENAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # not JSON or UTF-8, a 5000-digit number, nesting past the stack
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        raise ConfigError(f"{path} is corrupt ({reason}); restore it or rerun the step that wrote it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is corrupt (not a JSON object)")
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise ConfigError(f"{path} has no schema_version; it was not written by kbit")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"{path} has schema version {version}, newer than this kbit reads ({SCHEMA_VERSION}); upgrade kbit")
+    return data
+
+
+def recorded_kind(directory: Path) -> str | None:
+    """The ``kind`` ``directory/kbit.json`` records ("run", "quantized"), "unknown" when the file cannot be
+    read (it still marks the folder as kbit's), None when there is no such file. Never raises."""
+    path = Path(directory) / FILENAME
+    if not os.path.isfile(path):  # False, not an OSError, for a name too long to exist
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return "unknown"
+    return str(data.get("kind") or "unknown") if isinstance(data, dict) else "unknown"
+
+
+def record_digest(directory: Path) -> str:
+    """A short digest of ``directory/kbit.json`` as written: it changes whenever the record does."""
+    import hashlib
+
+    return hashlib.sha256((Path(directory) / FILENAME).read_bytes()).hexdigest()[:16]
+
+
+def read_record(directory: Path) -> RunRecord | None:
+    """The record in ``directory``, or None when it has no ``kbit.json``; ConfigError when unreadable."""
+    data = read_metadata(directory)
+    return None if data is None else RunRecord.from_dict(data, str(Path(directory) / FILENAME))
+
+
+def write_record(directory: Path, record: RunRecord) -> None:
+    """Write ``record`` as ``directory/kbit.json`` atomically, stamping the update time."""
+    record.updated = now()
+    write_json_atomic(Path(directory) / FILENAME, record.to_dict())
+
+
+def write_stopped(directory: Path, record: RunRecord, exc: BaseException, started: float) -> None:
+    """Record why a run stopped: "interrupted" for Ctrl-C and signals, else "failed", with the error.
+
+    On a full disk the record is written over the old one in place; a read-only disk keeps the old
+    record (the error itself is what the user must see, so no write error is raised here).
+    """
+    interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
+    record.status = "interrupted" if interrupted else "failed"
+    record.error, record.wall_time_s = f"{type(exc).__name__}: {exc}", round(time.time() - started, 1)
+    try:
+        write_record(directory, record)
+    except OSError:
+        with contextlib.suppress(OSError):
+            overwrite_json_in_place(Path(directory) / FILENAME, record.to_dict())

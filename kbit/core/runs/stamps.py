@@ -1,0 +1,28 @@
+"""The names and stamps a run's record carries: the file's name, its schema version, the time, the
+versions of the packages that made it. Reading and writing the file is ``kbit.core.runs.record``'s job.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+
+
+FILENAME = "kbit.json"
+SCHEMA_VERSION = 2  # 2: the spec holds typed adapter/training/calibration settings (1 still read)
+PACKAGES = ("kbit", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
+            "llmcompressor", "compressed-tensors", "torchao", "gguf")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
