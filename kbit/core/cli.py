@@ -322,7 +322,7 @@ def quantize_command(
 def export_command(
     path: Annotated[str, typer.Argument(help="A kbit run (exports its merged model) or a model: directory, .gguf, hub id or 'default'.")],
     format: Annotated[str, typer.Option("--format", help="File format (gguf).")] = "gguf",
-    file_type: Annotated[Optional[str], typer.Option("--type", help="f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1 (default: the run's method's deploy type, else q8_0).")] = None,
+    file_type: Annotated[Optional[str], typer.Option("--type", help="f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, tq2_0 or mxfp4 (default: the run's method's deploy type, else q8_0).")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-O", help="File to write (default RUN/gguf/NAME-TYPE.gguf; required for a model).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file this command did not write.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items the check uses (default: the run's eval limit, else 100).")] = None,

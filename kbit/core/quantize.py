@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from kbit.core.runs import stamps as meta
 from kbit.core.runs.cards import write_cards
 from kbit.core.errors import ConfigError
@@ -86,22 +88,58 @@ def _run_inputs(record: RunRecord | None) -> tuple[str | None, ...]:
     return (record.base_model.get("path"), record.config.get("dataset"))
 
 
+@attrs.frozen
+class QuantizePlan:
+    """What ``kbit quantize`` will do, decided and checked before anything is written."""
+
+    method: Method
+    spec: QuantizationSpec
+    source: Path  # the run or model directory named on the command line
+    model_dir: Path  # the full-precision model quantized: a run's merged/, else ``source``
+    target: Path  # the claimed output folder
+    data: Any  # TaskData: the calibration examples
+    run: RunRecord | None  # the run's record when ``source`` is a run
+    into_run: bool  # the output is the run's own quantized/ (recorded in the run) rather than a folder of its own
+
+
 def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any], output: Path | None,
-                  dataset: str | None = None, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
-    """``kbit quantize``: quantize a run's merged model (into run/quantized, updating its kbit.json)
-    or a plain model directory (into ``output``, with a kbit.json of kind "quantized").
+                  dataset: str | None = None, overwrite: bool = False) -> tuple[Path, RunRecord]:
+    """``kbit quantize``: quantize a run's merged model (into run/quantized, recorded in the run's record)
+    or a plain model directory (into ``output``, with a record of kind "quantized").
 
-    Returns the output directory and its metadata.
+    Returns the output directory and the record that describes it (the run's, or the new folder's).
     """
-    from kbit.core.data import load_task_data
-    from kbit.core.model.sources import ModelSource, load_tokenizer, weights_digest
-    from kbit.core.methods.registry import get_method
+    from kbit.core.model.sources import ModelSource, load_tokenizer
 
-    path = Path(path)
+    plan = plan_quantize(Path(path), method_name, options, output, dataset, overwrite)
+    tokenizer = load_tokenizer(ModelSource(path=str(plan.model_dir), name=plan.model_dir.name, origin="local"))
+    calibration = calibration_texts(tokenizer, plan.data.train, plan.spec, plan.method)
+    if not plan.into_run:
+        with RunFolder(plan.source) if plan.run is not None else contextlib.nullcontext():
+            quantize_into(plan.method, plan.spec, plan.model_dir, calibration, plan.target,
+                          metadata=lambda result: _quantized_record(plan, result))
+        return plan.target, read_record(plan.target)
+    with RunFolder(plan.source) as folder:
+        record = folder.read_record()  # as it is now that no other writer can change it
+        record.quantize = {**quantize_into(plan.method, plan.spec, plan.model_dir, calibration, plan.target),
+                           "dataset": plan.data.describe()}
+        record.artifacts["quantized"] = "quantized"
+        write_cards(plan.source, record)
+        write_record(plan.source, record)
+        return plan.target, record
+
+
+def plan_quantize(path: Path, method_name: str | None, options: Mapping[str, Any], output: Path | None,
+                  dataset: str | None = None, overwrite: bool = False) -> QuantizePlan:
+    """Check the input, choose the method, spec, model, output and calibration data; ConfigError names what is wrong."""
+    from kbit.core.data import load_task_data
+    from kbit.core.methods.registry import get_method
+    from kbit.core.model.check import load_config
+
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory; pass a kbit run or a Hugging Face model directory")
     record = read_record(path)
-    is_run = record is not None and record.kind == "run"
+    run = record if record is not None and record.kind == "run" else None
     name = method_name or (record.method if record is not None else None)
     if not name:
         raise ConfigError("pass --method (e.g. --method gptq); see 'kbit methods' for those that quantize after training")
@@ -110,16 +148,14 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     if not method.implements("quantize_model"):
         raise ConfigError(f"method '{method.name}' does not quantize after training; choose one whose capabilities "
                           "list post-training quantization (see 'kbit methods')")
-    if is_run and not options and method.name == record.method and record.spec is not None:
-        spec = record.spec
-    else:
-        spec = method.resolve_spec(dict(options))
-    if is_run:
+    same = run is not None and not options and method.name == run.method and run.spec is not None
+    spec = run.spec if same else method.resolve_spec(dict(options))
+    if run is not None:
         model_dir = path / "merged"
         if not (model_dir / "config.json").is_file():
             raise ConfigError(f"run {path} has no merged model to quantize (its merge policy kept only the adapter)")
         target = Path(output) if output else path / "quantized"
-        data = load_task_data(dataset) if dataset else run_examples(record)
+        data = load_task_data(dataset) if dataset else run_examples(run)
     else:
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is neither a kbit run (kbit.json) nor a model directory (config.json)")
@@ -127,41 +163,26 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
             raise ConfigError("pass --output DIR for the quantized model of a plain model directory")
         model_dir, target = path, Path(output)
         data = load_task_data(dataset or "arith")
-    own_artifact = (path / "quantized").resolve() if is_run else None
+    own_artifact = (path / "quantized").resolve() if run is not None else None
     target = claim(target, overwrite=overwrite, what="quantized model", kind="quantized",
                    is_own=lambda p: p == own_artifact or (kbit_kind(p) == "quantized" and enclosing_run(p) is None),
-                   inputs=(path, model_dir, dataset, *_run_inputs(record if is_run else None)),
+                   inputs=(path, model_dir, dataset, *_run_inputs(run)),
                    home=path if target.resolve() == own_artifact else None)
-    from kbit.core.model.check import load_config
-
     spec = method.resolve_for_model(spec, load_config(str(model_dir)))
-    tokenizer = load_tokenizer(ModelSource(path=str(model_dir), name=model_dir.name, origin="local"))
-    calibration = calibration_texts(tokenizer, data.train, spec, method)
-    with RunFolder(path) if is_run else contextlib.nullcontext() as folder:
-        if folder is not None:
-            record = folder.read_record()  # as it is now that no other writer can change it
-        if is_run and target == own_artifact:
-            result = quantize_into(method, spec, model_dir, calibration, target)
-            result["dataset"] = data.describe()
-            record.artifacts["quantized"] = "quantized"
-            record.quantize = result
-            write_cards(path, record)
-            write_record(path, record)
-            return target, record
+    return QuantizePlan(method, spec, path, model_dir, target, data, run, into_run=target == own_artifact)
 
-        made: list[RunRecord] = []
 
-        def describe(result: dict[str, Any]) -> RunRecord:
-            made.append(RunRecord(
-                kind="quantized", status="finished", created=meta.now(), method=method.name,
-                method_plugin={"distribution": method.distribution, "version": method.version}, spec=spec,
-                base_model={"path": str(model_dir.resolve()), "name": model_dir.name, "origin": "local",
-                            "revision": weights_digest(model_dir)},
-                source_run=str(path.resolve()) if is_run else None,
-                quantize={**result, "dataset": data.describe()}, versions=meta.package_versions(),
-                artifacts={"model": "."},
-            ))
-            return made[0]
+def _quantized_record(plan: QuantizePlan, result: dict[str, Any]) -> RunRecord:
+    """The record of a quantized model's own folder."""
+    from kbit.core.model.sources import weights_digest
 
-        quantize_into(method, spec, model_dir, calibration, target, metadata=describe)
-        return target, made[0]
+    method = plan.method
+    return RunRecord(
+        kind="quantized", status="finished", created=meta.now(), method=method.name,
+        method_plugin={"distribution": method.distribution, "version": method.version}, spec=plan.spec,
+        base_model={"path": str(plan.model_dir.resolve()), "name": plan.model_dir.name, "origin": "local",
+                    "revision": weights_digest(plan.model_dir)},
+        source_run=str(plan.source.resolve()) if plan.run is not None else None,
+        quantize={**result, "dataset": plan.data.describe()}, versions=meta.package_versions(),
+        artifacts={"model": "."},
+    )
