@@ -202,20 +202,11 @@ def train_command(
 ) -> None:
     """Fine-tune a model with adapters on a quantized base (defaults: SmolLM2 + arithmetic + qlora)."""
     from kbit.core.contract.options import parse_assignments
+    from kbit.core.train.config import FIELDS, build_config
 
+    flags = dict(locals())  # each flag is named as the TrainConfig field it sets
     _console(verbose, quiet)
-    from kbit.core.train.config import build_config
-
-    overrides = dict(
-        model=model, dataset=dataset, columns=columns, method=method, output=output, name=name,
-        max_steps=max_steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        scheduler=scheduler, warmup_ratio=warmup_ratio, max_length=max_length, seed=seed, packing=packing, padding_free=padding_free,
-        logging_steps=logging_steps,
-        save_steps=save_steps, eval_steps=eval_steps, report_to=report_to, max_examples=max_examples, held_out=held_out, eval_limit=eval_limit,
-        max_new_tokens=max_new_tokens,
-        trust_remote_code=trust_remote_code, overwrite=overwrite, merge_min_agreement=merge_min_agreement,
-        merge_tolerance=merge_tolerance,
-    )
+    overrides = {field: flags[field] for field in FIELDS if field in flags}
     options = parse_assignments(option or [])
     if peft:
         options["peft_type"] = peft
