@@ -55,14 +55,9 @@ def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PluginSite:
 
 
 # One tiny random model per test session: kbit's pytest plugin (kbit.testing.pytest_plugin) provides it
-# as ``kbit_tiny_model``, as it does for plugin authors; these are the names kbit's own tests use.
+# as ``kbit_tiny_model``, as it does for plugin authors; ``tiny`` is the short name kbit's own tests use.
 @pytest.fixture(scope="session")
 def tiny(kbit_tiny_model: Path) -> Path:
-    return kbit_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_model(kbit_tiny_model: Path) -> Path:
     return kbit_tiny_model
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from kbit.testing import make_tiny_model
 from tests.conftest import run_kbit
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kbit-quanto"
@@ -44,8 +43,8 @@ def test_listed_by_kbit_methods(installed):
         assert records[name]["capabilities"]["quantized_training"]
 
 
-def test_selected_by_name_and_trained(installed, tmp_path):
-    model = make_tiny_model(tmp_path / "tiny")
+def test_selected_by_name_and_trained(installed, tiny, tmp_path):
+    model = tiny
     run = tmp_path / "run"
     result = run_kbit("train", "--model", str(model), "--method", "quanto-int8", "--max-steps", "2", "--batch-size", "2",
                       "-o", "r=4", "--max-examples", "40", "--eval-limit", "2", "--output", str(run))

@@ -11,12 +11,12 @@ from tests.plugins.conftest import train_tiny
 FAST = {"calibration_samples": "4", "calibration_max_length": "48"}
 
 
-def train_and_quantize(tiny_model: Path, method: str, run: Path, bits: int, symmetric: bool) -> dict:
+def train_and_quantize(tiny: Path, method: str, run: Path, bits: int, symmetric: bool) -> dict:
     """Train METHOD on the tiny model through the CLI and check run/quantized loads and runs."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    record = train_tiny(tiny_model, method, run, *(f"{k}={v}" for k, v in FAST.items()))
+    record = train_tiny(tiny, method, run, *(f"{k}={v}" for k, v in FAST.items()))
     assert record["artifacts"]["quantized"] == "quantized"
     info = record["quantize"]
     assert info["format"] == "compressed-tensors" and info["calibration_samples"] == 4 and info["seconds"] > 0

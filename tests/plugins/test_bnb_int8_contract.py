@@ -62,25 +62,25 @@ def _dora_step(model_dir, workaround: bool) -> float:
     return float(loss)
 
 
-def test_dora_on_cpu_int8_needs_the_scale_workaround(tiny_model):
+def test_dora_on_cpu_int8_needs_the_scale_workaround(tiny):
     """Fails once peft/bitsandbytes fix DoRA on CPU int8 weights: then drop keep_int8_scales_on_cpu."""
-    assert _dora_step(tiny_model, workaround=True) > 0
+    assert _dora_step(tiny, workaround=True) > 0
     try:
-        _dora_step(tiny_model, workaround=False)
+        _dora_step(tiny, workaround=False)
     except AttributeError as exc:
         assert "NoneType" in str(exc)
     else:
         pytest.fail("DoRA on CPU int8 works without kbit.plugins._bnb.keep_int8_scales_on_cpu now; remove the workaround")
 
 
-def test_merged_weights_cannot_reproduce_llm_int8_inference(tiny_model):
+def test_merged_weights_cannot_reproduce_llm_int8_inference(tiny):
     """Why the adapter is kept: the int8 model's inference differs from the same weights dequantized
     (activations rounded to int8), so a merge could not reproduce the adapter model. Fails once
     bitsandbytes computes LLM.int8 inference without rounding activations: then merge again."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quantized = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+    quantized = AutoModelForCausalLM.from_pretrained(tiny, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
                                                      dtype=torch.float32, device_map="cpu").eval()
     ids = torch.randint(0, 100, (1, 16))
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_merged_weights_cannot_reproduce_llm_int8_inference(tiny_model):
     assert (int8 - dequantized).abs().max() > 1e-4
 
 
-def test_train_dora_end_to_end(tiny_model, tmp_path):
-    record = train_tiny(tiny_model, "bnb-int8", tmp_path / "run", "peft_type=dora")
+def test_train_dora_end_to_end(tiny, tmp_path):
+    record = train_tiny(tiny, "bnb-int8", tmp_path / "run", "peft_type=dora")
     assert record["merge"]["action"] == "keep_adapter" and "int8" in record["merge"]["reason"]
     assert "merged" not in record["artifacts"] and record["artifacts"]["adapter"] == "adapter"

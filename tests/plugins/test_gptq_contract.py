@@ -50,38 +50,38 @@ def test_group_size_auto_and_explicit():
         resolve_group_size("auto", {"hidden_size": 100, "intermediate_size": 200})
 
 
-def test_bad_group_size_is_refused_before_anything_is_written(tiny_model, tmp_path):
+def test_bad_group_size_is_refused_before_anything_is_written(tiny, tmp_path):
     from transformers import AutoConfig
 
     chosen = get_method("gptq")
     spec = chosen.resolve_spec({**FAST, "group_size": "48"}, DeviceInfo.cpu())
     message = "group_size=48 does not divide the layer width hidden_size=64"
     with pytest.raises(ConfigError, match=message):  # at planning time, from the model's config alone
-        chosen.resolve_for_model(spec, AutoConfig.from_pretrained(tiny_model))
+        chosen.resolve_for_model(spec, AutoConfig.from_pretrained(tiny))
     with pytest.raises(ConfigError, match=message):  # and again at quantization, for a spec made elsewhere
-        chosen.quantize_model(tiny_model, spec, ["text"], tmp_path)
-    result = run_kbit("train", "--model", str(tiny_model), "--method", "gptq", "-o", "group_size=48",
+        chosen.quantize_model(tiny, spec, ["text"], tmp_path)
+    result = run_kbit("train", "--model", str(tiny), "--method", "gptq", "-o", "group_size=48",
                       "--output", str(tmp_path / "run"))
     assert result.returncode == 2 and message in result.stderr and not (tmp_path / "run").exists()
 
 
-def test_auto_group_size_is_recorded_as_the_size_used(tiny_model):
+def test_auto_group_size_is_recorded_as_the_size_used(tiny):
     from transformers import AutoConfig
 
     chosen = get_method("gptq")
-    spec = chosen.resolve_for_model(chosen.resolve_spec(FAST, DeviceInfo.cpu()), AutoConfig.from_pretrained(tiny_model))
+    spec = chosen.resolve_for_model(chosen.resolve_spec(FAST, DeviceInfo.cpu()), AutoConfig.from_pretrained(tiny))
     assert spec.group_size == 64 and spec.extras["group_size_requested"] == "auto"
 
 
-def test_train_quantize_and_requantize_run(tiny_model, tmp_path):
-    train_and_quantize(tiny_model, "gptq", tmp_path / "run", bits=4, symmetric=True)
+def test_train_quantize_and_requantize_run(tiny, tmp_path):
+    train_and_quantize(tiny, "gptq", tmp_path / "run", bits=4, symmetric=True)
     requantize_run(tmp_path / "run", "gptq")
 
 
-def test_quantize_cli_on_a_model_directory(tiny_model, tmp_path):
+def test_quantize_cli_on_a_model_directory(tiny, tmp_path):
     out = tmp_path / "q"
     args = [f"-o{k}={v}" for k, v in FAST.items()]
-    result = run_kbit("quantize", str(tiny_model), "--method", "gptq", *args, "--output", str(out), "--json")
+    result = run_kbit("quantize", str(tiny), "--method", "gptq", *args, "--output", str(out), "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["format"] == "compressed-tensors"
     record = json.loads((out / "kbit.json").read_text())
@@ -89,6 +89,6 @@ def test_quantize_cli_on_a_model_directory(tiny_model, tmp_path):
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
 
 
-def test_quantize_cli_refuses_a_method_without_the_hook(tiny_model, tmp_path):
-    result = run_kbit("quantize", str(tiny_model), "--method", "lora", "--output", str(tmp_path / "q"))
+def test_quantize_cli_refuses_a_method_without_the_hook(tiny, tmp_path):
+    result = run_kbit("quantize", str(tiny), "--method", "lora", "--output", str(tmp_path / "q"))
     assert result.returncode == 2 and "does not quantize after training" in result.stderr

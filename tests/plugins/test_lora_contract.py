@@ -26,7 +26,7 @@ def test_base_stays_in_compute_dtype_and_merges_into_the_original():
     assert (policy.action, policy.base) == ("merge", "original")
 
 
-def test_train_end_to_end(tiny_model, tmp_path):
-    record = train_tiny(tiny_model, "lora", tmp_path / "run")
+def test_train_end_to_end(tiny, tmp_path):
+    record = train_tiny(tiny, "lora", tmp_path / "run")
     assert record["artifacts"]["merged"] == "merged" and "quantized" not in record["artifacts"]
     assert record["merge"]["top1_agreement"] == pytest.approx(1.0)

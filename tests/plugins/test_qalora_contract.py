@@ -22,9 +22,9 @@ class TestQaloraContract(MethodContract):
 
 
 @pytest.fixture(scope="module")
-def qalora_run(tiny_model, tmp_path_factory):
+def qalora_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("qalora") / "run"
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), *TRAIN)
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), *TRAIN)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -38,7 +38,7 @@ def test_a_run_trains_at_the_methods_own_learning_rate_unless_lr_is_given(qalora
     assert record.decisions["lr"]["reason"] == "method qalora's default"
 
 
-def test_the_base_is_llama_cpp_q4_1_and_measured_as_such(tiny_model):
+def test_the_base_is_llama_cpp_q4_1_and_measured_as_such(tiny):
     import torch
 
     from kbit.core.model.bases import load_base
@@ -48,15 +48,15 @@ def test_the_base_is_llama_cpp_q4_1_and_measured_as_such(tiny_model):
 
     method = get_method("qalora")
     spec = method.resolve_spec({}, DeviceInfo.cpu())
-    model = load_base(method, spec, str(tiny_model))
-    plain = load_causal_lm(str(tiny_model))
+    model = load_base(method, spec, str(tiny))
+    plain = load_causal_lm(str(tiny))
     layer, original = model.model.layers[0].mlp.down_proj, plain.model.layers[0].mlp.down_proj
     assert isinstance(layer, Q41Linear)
     assert torch.equal(layer.dequantize(), dequantize_q4_1(*q4_1_codes(original.weight)))
     assert linear_weight_bits(model)["bits_per_weight"] == pytest.approx(5.0)  # 20 bytes per 32 weights
 
 
-def test_the_q4_1_file_written_by_the_run_is_the_trained_model(qalora_run, tiny_model):
+def test_the_q4_1_file_written_by_the_run_is_the_trained_model(qalora_run, tiny):
     import gguf
     import torch
     from safetensors.torch import load_file
@@ -78,7 +78,7 @@ def test_the_q4_1_file_written_by_the_run_is_the_trained_model(qalora_run, tiny_
     tensors = {t.name: t for t in reader.tensors}
     assert {tensors[n].tensor_type.name for n in tensors if n.startswith("blk.") and n.endswith("weight")
             and "norm" not in n} == {"Q4_1"}
-    base = load_file(tiny_model / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    base = load_file(tiny / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
     d0, m0, q0 = q4_1_codes(base)
     raw = torch.from_numpy(tensors["blk.0.ffn_down.weight"].data.copy()).reshape(base.shape[0], -1)
     d1, m1, q1 = unpack_q4_1(raw)
@@ -109,11 +109,11 @@ def test_settings_the_format_cannot_hold_are_refused(options, message):
         get_method("qalora").resolve_spec(options, DeviceInfo.cpu())
 
 
-def test_a_killed_qalora_run_resumes_to_the_same_model(qalora_run, tiny_model, tmp_path):
+def test_a_killed_qalora_run_resumes_to_the_same_model(qalora_run, tiny, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "kbit", "train", "--model", str(tiny_model), "--output", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "kbit", "train", "--model", str(tiny), "--output", str(out),
                                 *TRAIN], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out / "checkpoints" / "checkpoint-2" / "kbit-complete").exists() and process.poll() is None \
@@ -130,13 +130,13 @@ def test_a_killed_qalora_run_resumes_to_the_same_model(qalora_run, tiny_model, t
     assert json.loads((out / "kbit.json").read_text())["exports"][0]["type"] == "q4_1"
 
 
-def test_a_q5_1_run_trains_on_q5_1_blocks_and_its_file_moves_only_the_offsets(tiny_model, tmp_path):
+def test_a_q5_1_run_trains_on_q5_1_blocks_and_its_file_moves_only_the_offsets(tiny, tmp_path):
     import gguf
     import numpy as np
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), *TRAIN, "-o", "target=q5_1")
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), *TRAIN, "-o", "target=q5_1")
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "kbit.json").read_text())
     (export,) = record["exports"]
@@ -145,7 +145,7 @@ def test_a_q5_1_run_trains_on_q5_1_blocks_and_its_file_moves_only_the_offsets(ti
     reader = gguf.GGUFReader(str(out / export["file"]))
     stored = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
     assert stored.tensor_type == gguf.GGMLQuantizationType.Q5_1
-    base = load_file(tiny_model / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    base = load_file(tiny / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
     original = gguf.quants.quantize(base.numpy(), gguf.GGMLQuantizationType.Q5_1).reshape(base.shape[0], -1, 24)
     written = np.asarray(stored.data).reshape(base.shape[0], -1, 24)
     # bytes 0-1: the scale d, 2-3: the offset m, 4-23: the 5-bit codes

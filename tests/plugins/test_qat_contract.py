@@ -18,9 +18,9 @@ class TestQatContract(MethodContract):
 
 
 @pytest.fixture(scope="module")
-def qat_run(tiny_model, tmp_path_factory):
+def qat_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("qat") / "run"
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), *TRAIN, "-o", "target=q5_0")
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), *TRAIN, "-o", "target=q5_0")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -47,8 +47,8 @@ def test_the_q5_0_file_written_by_the_run_holds_merged_exactly_and_merged_is_the
     assert np.array_equal(values, merged[name].numpy()), "the file does not hold the merged weights"
 
 
-def test_an_unsupported_target_is_refused_in_one_line(tiny_model, tmp_path):
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(tmp_path / "run"), *TRAIN, "-o", "target=q4_k")
+def test_an_unsupported_target_is_refused_in_one_line(tiny, tmp_path):
+    result = run_kbit("train", "--model", str(tiny), "--output", str(tmp_path / "run"), *TRAIN, "-o", "target=q4_k")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("kbit: error:")]
     assert len(lines) == 1 and "target" in lines[0] and "q4_0" in lines[0] and "mxfp4" in lines[0], result.stderr

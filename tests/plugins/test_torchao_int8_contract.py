@@ -20,23 +20,23 @@ def test_quant_config_is_int8_weight_only_and_merges_into_the_dequantized_int8_w
     assert (policy.action, policy.base) == ("merge", "dequantized")
 
 
-def test_base_weights_are_int8_tensors(tiny_model):
+def test_base_weights_are_int8_tensors(tiny):
     import torch
     from transformers import AutoModelForCausalLM
 
     chosen = get_method("torchao-int8")
     spec = chosen.resolve_spec({}, DeviceInfo.cpu())
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=chosen.build_quant_config(spec), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny, quantization_config=chosen.build_quant_config(spec), dtype=torch.float32)
     assert "Int8" in type(model.model.layers[0].self_attn.q_proj.weight).__name__
 
 
-def test_dequantize_base_gives_the_weights_the_int8_forward_uses(tiny_model):
+def test_dequantize_base_gives_the_weights_the_int8_forward_uses(tiny):
     import torch
     from transformers import AutoModelForCausalLM
 
     chosen = get_method("torchao-int8")
     spec = chosen.resolve_spec({}, DeviceInfo.cpu())
-    quantized = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=chosen.build_quant_config(spec),
+    quantized = AutoModelForCausalLM.from_pretrained(tiny, quantization_config=chosen.build_quant_config(spec),
                                                      dtype=torch.float32)
     ids = torch.randint(0, 100, (1, 16))
     with torch.no_grad():
@@ -47,10 +47,10 @@ def test_dequantize_base_gives_the_weights_the_int8_forward_uses(tiny_model):
         torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_train_end_to_end(tiny_model, tmp_path):
+def test_train_end_to_end(tiny, tmp_path):
     # float32 compute: a CPU where kbit's probe picks bf16 (an AMD EPYC: 0.25x float32's step time)
     # rounds the adapter model's logits by ~1e-3, which would hide whether the merge itself is exact
-    record = train_tiny(tiny_model, "torchao-int8", tmp_path / "run", "compute_dtype=float32")
+    record = train_tiny(tiny, "torchao-int8", tmp_path / "run", "compute_dtype=float32")
     assert record["artifacts"]["merged"] == "merged"
     assert record["merge"]["base"] == "dequantized"
     assert record["merge"]["top1_agreement"] == 1.0 and record["merge"]["max_abs_logit_diff"] < 1e-3

@@ -19,10 +19,10 @@ def offline_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
     """A finished qlora run on the tiny model: kbit.json, adapter/ and merged/."""
     run = tmp_path_factory.mktemp("eval-run") / "run"
-    result = run_kbit("train", "--model", str(tiny_model), "--max-steps", "2", "--batch-size", "2", "-o", "r=4",
+    result = run_kbit("train", "--model", str(tiny), "--max-steps", "2", "--batch-size", "2", "-o", "r=4",
                       "-o", "compute_dtype=float32", "--max-examples", "40", "--eval-limit", "0", "--output", str(run),
                       env=offline_env())
     assert result.returncode == 0, result.stderr[-3000:]

@@ -12,12 +12,12 @@ PROMPTS = [Example(prompt=[("user", f"What is {i} + 1?")], completion=str(i + 1)
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model):
+def loaded(tiny):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny)
 
 
 def _always(model, token_id: int):
@@ -37,8 +37,8 @@ def test_the_cap_follows_the_training_completions():
     assert derived_cap([5000])[0] == 1024
 
 
-def test_budget_is_measured_in_tokens_of_the_completions_or_set_by_the_user(tiny):
-    _, tokenizer = tiny
+def test_budget_is_measured_in_tokens_of_the_completions_or_set_by_the_user(loaded):
+    _, tokenizer = loaded
     long = [Example(prompt=[("user", "q")], completion="x" * 40)] * 10  # one token per character here
     budget = generation_budget(tokenizer, long)
     assert budget.max_new_tokens == 62 and budget.chosen_by == "training completions"  # (40 + end of turn) × 1.5
@@ -47,8 +47,8 @@ def test_budget_is_measured_in_tokens_of_the_completions_or_set_by_the_user(tiny
     assert (user.max_new_tokens, user.chosen_by) == (7, "--max-new-tokens")
 
 
-def test_end_of_turn_comes_from_the_tokenizer_the_model_and_the_chat_template(tiny):
-    model, tokenizer = tiny
+def test_end_of_turn_comes_from_the_tokenizer_the_model_and_the_chat_template(loaded):
+    model, tokenizer = loaded
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert end_of_turn_ids(tokenizer, model) == [im_end]
     model.generation_config.eos_token_id = [im_end, 5]
@@ -58,8 +58,8 @@ def test_end_of_turn_comes_from_the_tokenizer_the_model_and_the_chat_template(ti
         model.generation_config.eos_token_id = im_end
 
 
-def test_answers_stop_at_the_end_of_turn_token(tiny):
-    model, tokenizer = tiny
+def test_answers_stop_at_the_end_of_turn_token(loaded):
+    model, tokenizer = loaded
     handle = _always(model, tokenizer.convert_tokens_to_ids("<|im_end|>"))
     try:
         answers = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=20, batch_size=2)
@@ -68,8 +68,8 @@ def test_answers_stop_at_the_end_of_turn_token(tiny):
     assert answers.texts == [""] * 5 and answers.new_tokens == [1] * 5 and answers.cut == 0
 
 
-def test_answers_that_never_end_are_cut_at_the_budget_and_counted(tiny):
-    model, tokenizer = tiny
+def test_answers_that_never_end_are_cut_at_the_budget_and_counted(loaded):
+    model, tokenizer = loaded
     handle = _always(model, tokenizer.convert_tokens_to_ids("7"))
     try:
         answers = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=2)
@@ -78,8 +78,8 @@ def test_answers_that_never_end_are_cut_at_the_budget_and_counted(tiny):
     assert answers.texts == ["777777"] * 5 and answers.new_tokens == [6] * 5 and answers.cut == 5
 
 
-def test_speed_is_measured_on_exactly_the_forced_number_of_tokens_even_when_answers_end_at_once(tiny):
-    model, tokenizer = tiny
+def test_speed_is_measured_on_exactly_the_forced_number_of_tokens_even_when_answers_end_at_once(loaded):
+    model, tokenizer = loaded
     handle = _always(model, tokenizer.convert_tokens_to_ids("<|im_end|>"))
     try:
         speed = decode_speed(model, tokenizer, PROMPTS, new_tokens=12, batch_size=4)
@@ -88,9 +88,9 @@ def test_speed_is_measured_on_exactly_the_forced_number_of_tokens_even_when_answ
     assert speed["prompts"] == 4 and speed["tokens"] == 4 * 12 and speed["tokens_per_s"] > 0
 
 
-def test_a_frozen_head_sees_contiguous_hidden_states_and_answers_do_not_change(tiny):
+def test_a_frozen_head_sees_contiguous_hidden_states_and_answers_do_not_change(loaded):
     # torch.matmul copies a frozen weight once per batch row for a strided 3-D input (see _generate)
-    model, tokenizer = tiny
+    model, tokenizer = loaded
     head = model.get_output_embeddings()
     seen = []
     handle = head.register_forward_hook(lambda module, args, output: seen.append(args[0].is_contiguous()))

@@ -16,11 +16,11 @@ ARGS = ("--limit", "4", "--max-new-tokens", "4", "--json")
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_gguf(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kbit.core.export.gguf import BaseModel, write_gguf
 
     target = tmp_path_factory.mktemp("gguf-eval") / "tiny-f16.gguf"
-    write_gguf(tiny_model, target, "f16", name="tiny", base=BaseModel(name="tiny"))
+    write_gguf(tiny, target, "f16", name="tiny", base=BaseModel(name="tiny"))
     return target
 
 
@@ -29,20 +29,20 @@ def _eval(capsys, *args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_a_gguf_in_llama_cpp_and_in_transformers_against_its_source(tiny_gguf, tiny_model, tmp_path, capsys):
+def test_a_gguf_in_llama_cpp_and_in_transformers_against_its_source(tiny_gguf, tiny, tmp_path, capsys):
     pytest.importorskip("llama_cpp")
-    report = _eval(capsys, str(tiny_gguf), "--runtime", "llama.cpp", "--reference", str(tiny_model), "--out", str(tmp_path / "l"))
+    report = _eval(capsys, str(tiny_gguf), "--runtime", "llama.cpp", "--reference", str(tiny), "--out", str(tmp_path / "l"))
     (row,) = report["rows"]
     assert (row["runtime"], row["variant"], row["path"]) == ("llama.cpp", "base@llama.cpp", str(tiny_gguf))
     assert row["items"] == 4 and 0 <= row["exact_match"] <= 1 and row["answers_cut"] <= 4
     assert row["prompt_tokens_per_s"] > 0 and row["generation_tokens_per_s"] > 0
     # F16 weights against their float32 source: rounding 2^-11; the tiny model's logits are near-uniform
     assert row["answer_top1"] >= 0.9 and row["same_top_p"] >= 0.9 and row["kl"] < 1e-4 and row["nonfinite_positions"] == 0
-    assert row["answer_positions"] > 0 and row["positions"] > row["answer_positions"] and str(tiny_model) in row["reference"]
+    assert row["answer_positions"] > 0 and row["positions"] > row["answer_positions"] and str(tiny) in row["reference"]
     markdown = (tmp_path / "l" / "report.md").read_text()
     assert "computed in llama.cpp (llama-cpp-python 0.3" in markdown and "answer top-1" in markdown
 
-    (same,) = _eval(capsys, str(tiny_gguf), "--runtime", "transformers", "--reference", str(tiny_model),
+    (same,) = _eval(capsys, str(tiny_gguf), "--runtime", "transformers", "--reference", str(tiny),
                     "--out", str(tmp_path / "t"))["rows"]
     assert (same["runtime"], same["variant"]) == ("transformers", "base")
     assert same["loss_tokens"] == row["loss_tokens"] and abs(same["loss"] - row["loss"]) < 1e-3  # one file, two runtimes
@@ -64,12 +64,12 @@ def test_a_file_in_a_run_gguf_folder_is_compared_with_the_run_adapter_model(tiny
     assert row["answer_top1"] >= 0.9 and row["kl"] < 1e-3  # the merged model in F16 against the adapter on its base
 
 
-def test_bad_runtime_options(tiny_gguf, tiny_model, tmp_path, capsys):
+def test_bad_runtime_options(tiny_gguf, tiny, tmp_path, capsys):
     assert "unknown --runtime 'vllm'" in _fails(["eval", str(tiny_gguf), "--runtime", "vllm"], capsys)
     assert "--lora needs llama.cpp" in _fails(["eval", str(tiny_gguf), "--runtime", "transformers", "--lora", str(tiny_gguf)], capsys)
     assert "is not a .gguf file" in _fails(["eval", str(tiny_gguf), "--lora", str(tmp_path / "nope.gguf")], capsys)
-    assert "--lora applies to a base .gguf" in _fails(["eval", str(tiny_model), "--lora", str(tiny_gguf)], capsys)
-    assert "--reference applies to .gguf files" in _fails(["eval", str(tiny_model), "--reference", str(tiny_model)], capsys)
+    assert "--lora applies to a base .gguf" in _fails(["eval", str(tiny), "--lora", str(tiny_gguf)], capsys)
+    assert "--reference applies to .gguf files" in _fails(["eval", str(tiny), "--reference", str(tiny)], capsys)
 
 
 def test_llama_cpp_asked_for_without_the_package_names_the_install_line(tiny_gguf, monkeypatch, capsys):

@@ -26,12 +26,12 @@ def _variants(candidates):
     return [c.display_variant for c in candidates]
 
 
-def test_a_run_expands_to_base_adapter_and_merged(tiny_run, tiny_model):
+def test_a_run_expands_to_base_adapter_and_merged(tiny_run, tiny):
     candidates, gaps = plan_candidates(Selection(paths=(str(tiny_run),)), CPU)
     assert _variants(candidates) == ["base", "adapter", "merged"] and gaps == []
     base, adapter, merged = candidates
-    assert base.path == str(tiny_model.resolve()) and base.spec is None
-    assert adapter.base_path == str(tiny_model.resolve()) and adapter.method == "qlora"
+    assert base.path == str(tiny.resolve()) and base.spec is None
+    assert adapter.base_path == str(tiny.resolve()) and adapter.method == "qlora"
     assert adapter.spec.extras["quant_type"] == "nf4"
     assert merged.path == str(tiny_run / "merged") and merged.produced_by == "qlora"
     assert {c.data.dataset for c in candidates} == {"arith"} and base.data.max_examples == 40
@@ -56,8 +56,8 @@ def test_merged_and_plain_base_load_plainly(tiny_run):
         assert not hasattr(model, "peft_config")
 
 
-def test_method_on_a_plain_model_adds_the_quantized_base(tiny_model):
-    candidates, gaps = plan_candidates(Selection(paths=(str(tiny_model),), method="nf4"), CPU)  # an alias of qlora
+def test_method_on_a_plain_model_adds_the_quantized_base(tiny):
+    candidates, gaps = plan_candidates(Selection(paths=(str(tiny),), method="nf4"), CPU)  # an alias of qlora
     assert _variants(candidates) == ["base", "base+qlora"] and gaps == []
     assert not _has_4bit(load_candidate(candidates[0], CPU).model)
     assert _has_4bit(load_candidate(candidates[1], CPU).model)

@@ -18,18 +18,18 @@ EXAMPLES = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model):
+def loaded(tiny):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny)
 
 
-def test_completion_loss_matches_a_manual_per_example_computation(tiny):
+def test_completion_loss_matches_a_manual_per_example_computation(loaded):
     import torch
 
-    model, tokenizer = tiny
+    model, tokenizer = loaded
     total, count = 0.0, 0
     for example in EXAMPLES:
         prompt = tokenizer(render_prompt(tokenizer, example), add_special_tokens=False)["input_ids"]
@@ -62,8 +62,8 @@ def test_exact_match_and_f1_on_fixed_strings():
     assert [p["exact_match"] for p in per] == [1.0, 0.0, 0.0] and means["exact_match"] == pytest.approx(1 / 3)
 
 
-def test_fp32_model_is_32_bits_per_weight_and_footprint_counts_every_tensor_once(tiny):
-    model, _ = tiny
+def test_fp32_model_is_32_bits_per_weight_and_footprint_counts_every_tensor_once(loaded):
+    model, _ = loaded
     bits = linear_weight_bits(model)
     assert bits["bits_per_weight"] == 32
     config = model.config
@@ -77,11 +77,11 @@ def test_fp32_model_is_32_bits_per_weight_and_footprint_counts_every_tensor_once
     assert memory_footprint(model) == 4 * parameters + buffers == model.get_memory_footprint()
 
 
-def test_bf16_model_is_16_bits_per_weight(tiny_model):
+def test_bf16_model_is_16_bits_per_weight(tiny):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16)
     assert linear_weight_bits(model)["bits_per_weight"] == 16
 
 
@@ -94,7 +94,7 @@ def test_nf4_double_quant_layer_is_about_4_127_bits_per_weight():
     ).to("cpu")
     weight = layer[0].weight
     assert weight.quant_state is not None and weight.quant_state.nested
-    # 4 bits packed + one uint8 absmax per 64 weights + one fp32 absmax per 256 blocks (+ tiny code tables)
+    # 4 bits packed + one uint8 absmax per 64 weights + one fp32 absmax per 256 blocks (+ loaded code tables)
     expected = 4 + 8 / 64 + 32 / (64 * 256)
     bits = linear_weight_bits(layer)
     assert bits["linear_weights"] == 2048 * 2048

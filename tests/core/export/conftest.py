@@ -11,13 +11,6 @@ from tests.conftest import run_kbit
 from tests.core.evaluate.conftest import offline_env
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kbit.testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("export-model") / "tiny")
-
-
 def variant_model(tiny: Path, target: Path, model_type: str, **overrides) -> Path:
     """A tiny random model of ``model_type`` with the tiny model's tokenizer files."""
     import torch
@@ -61,10 +54,10 @@ def bpe_model(tiny: Path, target: Path, model_type: str = "llama") -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
     """A finished qlora run on the tiny model (adapter + merged), with held-out items to check against."""
     run = tmp_path_factory.mktemp("export-run") / "run"
-    result = run_kbit("train", "--model", str(tiny_model), "--max-steps", "2", "--batch-size", "2", "-o", "r=4",
+    result = run_kbit("train", "--model", str(tiny), "--max-steps", "2", "--batch-size", "2", "-o", "r=4",
                       "-o", "compute_dtype=float32", "--max-examples", "60", "--eval-limit", "6", "--output", str(run),
                       env=offline_env())
     assert result.returncode == 0, result.stderr[-3000:]

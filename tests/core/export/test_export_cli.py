@@ -113,12 +113,12 @@ def test_bad_options_are_one_line_errors(f16_export, args, message):
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
-def test_a_file_outside_its_gate_fails_loudly_and_is_not_kept(tiny_model, tmp_path):
+def test_a_file_outside_its_gate_fails_loudly_and_is_not_kept(tiny, tmp_path):
     # A tokenizer normaliser the GGUF vocabulary cannot carry: the file would tokenize "What" differently.
     import shutil
 
     model = tmp_path / "lowercasing"
-    shutil.copytree(tiny_model, model)
+    shutil.copytree(tiny, model)
     spec = json.loads((model / "tokenizer.json").read_text())
     spec["normalizer"] = {"type": "Lowercase"}
     (model / "tokenizer.json").write_text(json.dumps(spec))
@@ -145,10 +145,10 @@ def test_kbit_eval_scores_the_exported_file_itself(f16_export, tmp_path):
     assert len(converted) == 1 and (converted[0] / "kbit-source.json").is_file()
 
 
-def test_a_model_that_is_not_a_run_needs_an_output(tiny_model, tmp_path):
-    result = run_kbit("export", str(tiny_model), env=offline_env())
+def test_a_model_that_is_not_a_run_needs_an_output(tiny, tmp_path):
+    result = run_kbit("export", str(tiny), env=offline_env())
     assert result.returncode == 2 and "pass --output FILE.gguf" in result.stderr
     out = tmp_path / "tiny-q8_0.gguf"
-    result = run_kbit("export", str(tiny_model), "--output", str(out), "--limit", "2", "--json", env=offline_env())
+    result = run_kbit("export", str(tiny), "--output", str(out), "--limit", "2", "--json", env=offline_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["output"] == str(out) and out.is_file()

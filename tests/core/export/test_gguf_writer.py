@@ -43,11 +43,11 @@ def _fields(path: Path) -> tuple[dict, dict]:
     return keys, {t.name: t.tensor_type for t in reader.tensors}
 
 
-def test_f16_llama_file_has_llama_cpp_keys_names_and_loads_back(tiny_model, tmp_path):
+def test_f16_llama_file_has_llama_cpp_keys_names_and_loads_back(tiny, tmp_path):
     out = tmp_path / "tiny-f16.gguf"
-    report = write_gguf(tiny_model, out, "f16", name="tiny-run", base=BaseModel(name="tiny"))
+    report = write_gguf(tiny, out, "f16", name="tiny-run", base=BaseModel(name="tiny"))
     keys, tensors = _fields(out)
-    config = json.loads((tiny_model / "config.json").read_text())
+    config = json.loads((tiny / "config.json").read_text())
     assert keys["general.architecture"] == "llama" and keys["general.name"] == "tiny-run"
     assert keys["general.base_model.0.name"] == "tiny" and keys["general.file_type"] == 1
     assert keys["llama.block_count"] == config["num_hidden_layers"] and keys["llama.attention.head_count_kv"] == 2
@@ -59,24 +59,24 @@ def test_f16_llama_file_has_llama_cpp_keys_names_and_loads_back(tiny_model, tmp_
     assert tensors["blk.0.attn_norm.weight"] == tensors["output_norm.weight"] == GGMLQuantizationType.F32
     assert report["fallbacks"] == [] and report["tensor_types"] == {"F16": 15, "F32": 5}
     # q/k rows are permuted for llama.cpp and transformers permutes them back: logits agree to f16 rounding.
-    assert _compare(tiny_model, out) < 2e-3
+    assert _compare(tiny, out) < 2e-3
 
 
 @pytest.mark.parametrize("file_type, block_type", [("q8_0", GGMLQuantizationType.Q8_0), ("q4_0", GGMLQuantizationType.Q4_0),
                                                    ("q5_1", GGMLQuantizationType.Q5_1), ("bf16", GGMLQuantizationType.BF16)])
-def test_block_types_follow_llama_cpp_rules(tiny_model, tmp_path, file_type, block_type):
+def test_block_types_follow_llama_cpp_rules(tiny, tmp_path, file_type, block_type):
     out = tmp_path / f"tiny-{file_type}.gguf"
-    write_gguf(tiny_model, out, file_type, name="tiny", base=BaseModel(name="tiny"))
+    write_gguf(tiny, out, file_type, name="tiny", base=BaseModel(name="tiny"))
     _, tensors = _fields(out)
     assert tensors["blk.1.ffn_down.weight"] == block_type
     # The tied embedding is the output projection: llama-quantize keeps it at Q8_0 (Q6_K) in 4/5-bit files.
     expected = GGMLQuantizationType.Q8_0 if file_type.startswith(("q4", "q5")) else block_type
     assert tensors["token_embd.weight"] == expected
-    assert _compare(tiny_model, out) < (0.5 if file_type.startswith(("q4", "q5")) else 0.05)
+    assert _compare(tiny, out) < (0.5 if file_type.startswith(("q4", "q5")) else 0.05)
 
 
-def test_row_width_off_the_block_size_falls_back_to_f16(tiny_model, tmp_path):
-    model = variant_model(tiny_model, tmp_path / "odd", "llama", intermediate_size=80)
+def test_row_width_off_the_block_size_falls_back_to_f16(tiny, tmp_path):
+    model = variant_model(tiny, tmp_path / "odd", "llama", intermediate_size=80)
     out = tmp_path / "odd.gguf"
     report = write_gguf(model, out, "q8_0", name="odd", base=BaseModel(name="odd"))
     _, tensors = _fields(out)
@@ -87,9 +87,9 @@ def test_row_width_off_the_block_size_falls_back_to_f16(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "mistral"])
-def test_other_supported_architectures_load_back(tiny_model, tmp_path, model_type):
+def test_other_supported_architectures_load_back(tiny, tmp_path, model_type):
     # Qwen2's GGUF readers expect a byte-level BPE vocabulary, as every Qwen2 checkpoint has.
-    model = (bpe_model if model_type == "qwen2" else variant_model)(tiny_model, tmp_path / model_type, model_type)
+    model = (bpe_model if model_type == "qwen2" else variant_model)(tiny, tmp_path / model_type, model_type)
     out = tmp_path / f"{model_type}.gguf"
     write_gguf(model, out, "f16", name=f"tiny-{model_type}", base=BaseModel(name=model_type))
     keys, tensors = _fields(out)
@@ -99,32 +99,32 @@ def test_other_supported_architectures_load_back(tiny_model, tmp_path, model_typ
     assert _compare(model, out) < 2e-3
 
 
-def test_prequantized_q4_1_codes_are_written_as_given(tiny_model, tmp_path):
+def test_prequantized_q4_1_codes_are_written_as_given(tiny, tmp_path):
     from safetensors.torch import load_file
 
-    weights = load_file(tiny_model / "model.safetensors")
+    weights = load_file(tiny / "model.safetensors")
     name = "model.layers.0.mlp.down_proj.weight"
     d, m, q = q4_1_codes(weights[name])
     q = (q + 1).clamp(max=15)  # codes round-to-nearest would not give: they must survive unchanged
     packed = q4_1_tensor(d, m, q)
     out = tmp_path / "pre.gguf"
-    report = write_gguf(tiny_model, out, "f16", name="pre", base=BaseModel(name="tiny"), prequantized={name: packed})
+    report = write_gguf(tiny, out, "f16", name="pre", base=BaseModel(name="tiny"), prequantized={name: packed})
     assert report["prequantized"] == [name]
     tensor = next(t for t in GGUFReader(str(out)).tensors if t.name == "blk.0.ffn_down.weight")
     assert tensor.tensor_type == GGMLQuantizationType.Q4_1
     assert np.array_equal(np.asarray(tensor.data).reshape(packed.data.shape), packed.data)
 
 
-def test_prequantized_q_projection_rows_get_the_llama_permutation(tiny_model, tmp_path):
+def test_prequantized_q_projection_rows_get_the_llama_permutation(tiny, tmp_path):
     from safetensors.torch import load_file
 
-    weights = load_file(tiny_model / "model.safetensors")
+    weights = load_file(tiny / "model.safetensors")
     name = "model.layers.1.self_attn.q_proj.weight"
     packed = q4_1_tensor(*q4_1_codes(weights[name]))
     out = tmp_path / "pre-q.gguf"
-    write_gguf(tiny_model, out, "q4_1", name="pre", base=BaseModel(name="tiny"), prequantized={name: packed})
+    write_gguf(tiny, out, "q4_1", name="pre", base=BaseModel(name="tiny"), prequantized={name: packed})
     computed = tmp_path / "computed-q.gguf"
-    write_gguf(tiny_model, computed, "q4_1", name="pre", base=BaseModel(name="tiny"))
+    write_gguf(tiny, computed, "q4_1", name="pre", base=BaseModel(name="tiny"))
 
     def q_bytes(path):
         return np.asarray(next(t for t in GGUFReader(str(path)).tensors if t.name == "blk.1.attn_q.weight").data)
@@ -132,21 +132,21 @@ def test_prequantized_q_projection_rows_get_the_llama_permutation(tiny_model, tm
     assert np.array_equal(q_bytes(out), q_bytes(computed))
 
 
-def test_unsupported_architecture_and_tokenizer_are_refused(tiny_model, tmp_path):
+def test_unsupported_architecture_and_tokenizer_are_refused(tiny, tmp_path):
     model = tmp_path / "gpt2"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     with pytest.raises(ConfigError, match="exports GGUF for llama, mistral, qwen2 models, not 'gpt2'"):
         write_gguf(model, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
-    scaled = variant_model(tiny_model, tmp_path / "scaled", "llama", rope_scaling={"rope_type": "linear", "factor": 2.0})
+    scaled = variant_model(tiny, tmp_path / "scaled", "llama", rope_scaling={"rope_type": "linear", "factor": 2.0})
     with pytest.raises(ConfigError, match="RoPE scaling 'linear'"):
         write_gguf(scaled, tmp_path / "y.gguf", "f16", name="y", base=BaseModel(name="y"))
     with pytest.raises(ConfigError, match="unknown --type 'q3_k'"):
-        write_gguf(tiny_model, tmp_path / "z.gguf", "q3_k", name="z", base=BaseModel(name="z"))
+        write_gguf(tiny, tmp_path / "z.gguf", "q3_k", name="z", base=BaseModel(name="z"))
 
 
-def test_byte_level_bpe_tokenizer_gets_the_gpt2_model_and_pre_tokenizer(tiny_model, tmp_path):
-    model = bpe_model(tiny_model, tmp_path / "bpe")
+def test_byte_level_bpe_tokenizer_gets_the_gpt2_model_and_pre_tokenizer(tiny, tmp_path):
+    model = bpe_model(tiny, tmp_path / "bpe")
     out = tmp_path / "bpe.gguf"
     report = write_gguf(model, out, "f16", name="bpe", base=BaseModel(name="bpe"))
     keys, _ = _fields(out)
@@ -162,10 +162,10 @@ def test_hub_id_comes_from_the_gguf_metadata():
     assert gguf_hub_id({"general.name": "no organization"}, "file") == ""
 
 
-def test_a_byte_level_vocabulary_with_byte_fallback_is_written_as_gpt2(tiny_model, tmp_path):
+def test_a_byte_level_vocabulary_with_byte_fallback_is_written_as_gpt2(tiny, tmp_path):
     """transformers' tokenizer.json for a model it converted from a GGUF file has a ByteLevel
     pre-tokenizer and byte_fallback set; it is a GPT-2 style vocabulary, not a SentencePiece one."""
-    model = bpe_model(tiny_model, tmp_path / "fallback")
+    model = bpe_model(tiny, tmp_path / "fallback")
     spec = json.loads((model / "tokenizer.json").read_text())
     spec["model"]["byte_fallback"] = True
     (model / "tokenizer.json").write_text(json.dumps(spec))

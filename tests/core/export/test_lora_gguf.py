@@ -73,8 +73,8 @@ def _llama_cpp_logits(base: Path, lora: Path | None = None, tokens: list[int] = 
 
 
 @pytest.fixture(scope="module")
-def tied(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
-    return _f16_base(tiny_model, tmp_path_factory.mktemp("lora-tied"))
+def tied(tmp_path_factory, tiny) -> tuple[Path, Path]:
+    return _f16_base(tiny, tmp_path_factory.mktemp("lora-tied"))
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,9 @@ def untied(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def qwen2(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
+def qwen2(tmp_path_factory, tiny) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("lora-qwen2")
-    return _f16_base(bpe_model(tiny_model, root / "tiny", "qwen2"), root)
+    return _f16_base(bpe_model(tiny, root / "tiny", "qwen2"), root)
 
 
 @pytest.mark.parametrize("case, lora", [

@@ -19,9 +19,9 @@ def _export_under(umask: int, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
-def test_an_exported_gguf_file_follows_the_umask(tiny_model, tmp_path, umask, file_mode, folder_mode):
+def test_an_exported_gguf_file_follows_the_umask(tiny, tmp_path, umask, file_mode, folder_mode):
     target = tmp_path / "new" / "tiny-f16.gguf"
-    result = _export_under(umask, str(tiny_model), "--output", str(target), "--type", "f16", "--limit", "2")
+    result = _export_under(umask, str(tiny), "--output", str(target), "--type", "f16", "--limit", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert oct(target.stat().st_mode & 0o777) == oct(file_mode)
     assert oct(target.parent.stat().st_mode & 0o777) == oct(folder_mode)

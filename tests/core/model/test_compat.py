@@ -15,12 +15,6 @@ from kbit.core.model.compat import checkpointing_arguments, checkpointing_enable
 from kbit.core.system.device import DeviceInfo
 from kbit.core.methods.registry import get_method
 from kbit.core.train.sizing import concrete_adapter_spec
-from kbit.testing import make_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
 
 
 @pytest.mark.parametrize("setting, expected", [("true", True), ("false", False)])

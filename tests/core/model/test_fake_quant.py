@@ -13,10 +13,10 @@ from kbit.testing import get_method
 
 
 @pytest.fixture()
-def qat_model(tiny_model):
+def qat_model(tiny):
     method = get_method("qat")
     spec = method.resolve_spec({"r": "4", "target": "q4_0"}, DeviceInfo.cpu())
-    model = attach_adapter(method.prepare_model(load_base(method, spec, str(tiny_model)), spec), spec)
+    model = attach_adapter(method.prepare_model(load_base(method, spec, str(tiny)), spec), spec)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:

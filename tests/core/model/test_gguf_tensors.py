@@ -86,14 +86,11 @@ def test_unpermute_rows_undoes_llama_cpp_permutation():
 
 
 @pytest.fixture(scope="module")
-def q8_file(tmp_path_factory) -> tuple[Path, Path]:
+def q8_file(tiny, tmp_path_factory) -> tuple[Path, Path]:
     """The tiny random Llama (grouped-query: 4 heads, 2 kv heads) and its Q8_0 GGUF written by kbit's exporter."""
-    from kbit.testing import make_tiny_model
-
     folder = tmp_path_factory.mktemp("gguf-tensors")
-    model_dir = make_tiny_model(folder / "tiny")
-    write_gguf(model_dir, folder / "tiny-q8_0.gguf", "q8_0", name="tiny", base=BaseModel(name="tiny"))
-    return model_dir, folder / "tiny-q8_0.gguf"
+    write_gguf(tiny, folder / "tiny-q8_0.gguf", "q8_0", name="tiny", base=BaseModel(name="tiny"))
+    return tiny, folder / "tiny-q8_0.gguf"
 
 
 def test_each_linear_layer_is_found_in_the_file_in_the_model_row_order(q8_file):

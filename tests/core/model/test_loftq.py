@@ -49,10 +49,10 @@ def test_the_start_brings_the_logits_closer_to_the_original_model(kbit_tiny_mode
     assert gap_loftq < gap_default
 
 
-def test_a_method_without_quantization_error_is_refused_before_anything_is_written(tiny_model, tmp_path):
+def test_a_method_without_quantization_error_is_refused_before_anything_is_written(tiny, tmp_path):
     from tests.conftest import run_kbit
 
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(tmp_path / "run"), "--method", "lora",
+    result = run_kbit("train", "--model", str(tiny), "--output", str(tmp_path / "run"), "--method", "lora",
                       "-o", "init=loftq", "--max-steps", "1")
     assert result.returncode == 2 and "no quantization error" in result.stderr and not (tmp_path / "run").exists()
 

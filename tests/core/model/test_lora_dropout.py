@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from kbit.core.model.adapters import attach_adapter
@@ -55,13 +54,6 @@ def test_outside_training_it_is_the_plain_linear_layer():
     layer = dropout_layer(0.5).eval()
     x = torch.randn(4, 16)
     torch.testing.assert_close(layer(x), x @ layer.weight.T)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
-    from kbit.testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
 
 
 def lora_model(tiny, **options):

@@ -8,11 +8,11 @@ from kbit.core.methods.registry import get_method
 from kbit.core.train.sizing import concrete_adapter_spec
 
 
-def test_a_bf16_model_computes_in_float32_inside_and_is_restored_bit_for_bit(tiny_model):
+def test_a_bf16_model_computes_in_float32_inside_and_is_restored_bit_for_bit(tiny):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
-    reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).to(torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16).to(torch.float32).eval()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     ids = torch.tensor([[5, 20, 30, 40, 50, 60, 70]])
     with torch.no_grad():
@@ -27,14 +27,14 @@ def test_a_bf16_model_computes_in_float32_inside_and_is_restored_bit_for_bit(tin
         assert parameter.dtype == torch.bfloat16 and torch.equal(parameter, before[name]), name
 
 
-def test_four_bit_layers_compute_in_float32_inside_and_their_packed_weights_are_untouched(tiny_model):
+def test_four_bit_layers_compute_in_float32_inside_and_their_packed_weights_are_untouched(tiny):
     import bitsandbytes as bnb
 
     from kbit.core.model.bases import load_base
 
     method = get_method("qlora")
     spec = concrete_adapter_spec(method.resolve_spec({"compute_dtype": "bfloat16"}, None), rank=4)
-    model = load_base(method, spec, str(tiny_model))
+    model = load_base(method, spec, str(tiny))
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     packed = {id(m): (m.weight.dtype, m.weight.data.clone()) for m in layers}
     assert layers and {m.compute_dtype for m in layers} == {torch.bfloat16}
@@ -45,12 +45,12 @@ def test_four_bit_layers_compute_in_float32_inside_and_their_packed_weights_are_
     assert all(torch.equal(m.weight.data, packed[id(m)][1]) for m in layers)
 
 
-def test_the_trainers_autocast_wrapper_is_lifted_inside_and_put_back(tiny_model):
+def test_the_trainers_autocast_wrapper_is_lifted_inside_and_put_back(tiny):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
     # accelerate keeps one global state per process; earlier tests' trainers set it without mixed precision.
     saved = dict(AcceleratorState._shared_state), dict(PartialState._shared_state)
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -114,12 +114,12 @@ def test_without_a_bound_only_top1_is_checked():
         check_fidelity(_figures(5.0, 1.0, top1=0.9), 0.99, "m", "b", tolerance=1e-3)
 
 
-def test_base_dtype_reads_the_weights_the_adapter_wraps(tiny_model):
+def test_base_dtype_reads_the_weights_the_adapter_wraps(tiny):
     from peft import LoraConfig, get_peft_model
 
     from kbit.core.model.merge import base_dtype
     from kbit.core.model.sources import load_causal_lm
 
     for dtype in ("float32", "bfloat16"):
-        model = get_peft_model(load_causal_lm(str(tiny_model), dtype=dtype), LoraConfig(r=4, target_modules="all-linear"))
+        model = get_peft_model(load_causal_lm(str(tiny), dtype=dtype), LoraConfig(r=4, target_modules="all-linear"))
         assert base_dtype(model) == dtype

@@ -10,10 +10,10 @@ from kbit.core.model.merge import save_model
 
 
 @pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
-def test_a_merged_folder_follows_the_umask(tiny_model, tmp_path, umask, file_mode, folder_mode):
+def test_a_merged_folder_follows_the_umask(tiny, tmp_path, umask, file_mode, folder_mode):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny), AutoTokenizer.from_pretrained(tiny)
     previous = os.umask(umask)
     try:
         save_model(model, tokenizer, tmp_path / "run" / "merged")

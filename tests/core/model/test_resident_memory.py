@@ -17,6 +17,8 @@ linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder of its own, not the session's: these tests read which of its files stay mapped,
+    which another test holding the shared model open would change."""
     from kbit.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 
-def _trainer(tiny_model, tmp_path, *, padding_free=False, bf16=False):
+def _trainer(tiny, tmp_path, *, padding_free=False, bf16=False):
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -13,8 +13,8 @@ def _trainer(tiny_model, tmp_path, *, padding_free=False, bf16=False):
 
     from kbit.core.train.trainer import KbitSFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
     torch.manual_seed(0)
     # Non-zero B as well as A, so every adapter weight gets a gradient worth comparing.
     model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
@@ -39,8 +39,8 @@ def _loss_and_grads(trainer, inputs, num_items_in_batch):
 @pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding-free"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("num_items_in_batch", [None, 40])
-def test_labelled_loss_equals_trl_loss_and_gradients(tiny_model, tmp_path, padding_free, bf16, num_items_in_batch):
-    trainer = _trainer(tiny_model, tmp_path, padding_free=padding_free, bf16=bf16)
+def test_labelled_loss_equals_trl_loss_and_gradients(tiny, tmp_path, padding_free, bf16, num_items_in_batch):
+    trainer = _trainer(tiny, tmp_path, padding_free=padding_free, bf16=bf16)
     assert trainer.scores_labelled_positions_only
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert ("attention_mask" in inputs) is not padding_free
@@ -61,7 +61,7 @@ def test_labelled_loss_equals_trl_loss_and_gradients(tiny_model, tmp_path, paddi
     assert ours[2]["entropy"] == pytest.approx(theirs[2]["entropy"], rel=2e-2 if bf16 else 1e-5)
 
 
-def test_a_soft_capped_head_keeps_trls_path(tiny_model, tmp_path):
-    trainer = _trainer(tiny_model, tmp_path)
+def test_a_soft_capped_head_keeps_trls_path(tiny, tmp_path):
+    trainer = _trainer(tiny, tmp_path)
     trainer.model.get_base_model().config.final_logit_softcapping = 30.0
     assert not trainer._plain_token_loss()

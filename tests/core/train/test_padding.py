@@ -25,11 +25,11 @@ def _per_example_nll(model, batch, lengths, padding_free):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_padding_free_per_example_losses_equal_padded_ones(tiny_model, attention):
+def test_padding_free_per_example_losses_equal_padded_ones(tiny, attention):
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attention).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32, attn_implementation=attention).eval()
     assert attention_separates_packed_examples(model)[0]
     rows = [{"input_ids": ids} for ids in EXAMPLES]
     lengths = [len(ids) for ids in EXAMPLES]
@@ -47,10 +47,10 @@ def test_padding_free_per_example_losses_equal_padded_ones(tiny_model, attention
     assert not torch.allclose(leaked[1:], expected[1:], atol=1e-3)
 
 
-def test_an_attention_without_transformers_masks_is_not_trusted(tiny_model):
+def test_an_attention_without_transformers_masks_is_not_trusted(tiny):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
     model.config._attn_implementation = "my_custom_kernel"
     safe, why = attention_separates_packed_examples(model)
     assert not safe and "my_custom_kernel" in why

@@ -17,9 +17,9 @@ TRAIN = ("--max-steps", "3", "--batch-size", "2", "-o", "r=4", "--max-examples",
 
 
 @pytest.fixture(scope="session")
-def qlora_run(tiny_model, tmp_path_factory):
+def qlora_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "qlora"
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), *TRAIN, "--max-new-tokens", "5")
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), *TRAIN, "--max-new-tokens", "5")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -47,10 +47,10 @@ def test_console_shows_kbit_lines_only_and_the_run_log_keeps_the_third_party_one
     assert "INFO kbit: step 3/3  loss" in log and read_record(out).artifacts["log"] == "train.log"
 
 
-def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny_model, tmp_path):
+def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny, tmp_path):
     pytest.importorskip("tensorboard")
     out = tmp_path / "tb"
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), "--max-steps", "4", "--batch-size", "2",
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "4", "--batch-size", "2",
                       "-o", "r=4", "--max-examples", "40", "--eval-limit", "4", "--logging-steps", "2",
                       "--report-to", "tensorboard")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,12 +61,12 @@ def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny_model, tmp_path
     assert list((out / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
 
 
-def test_quiet_prints_only_results_and_verbose_everything(tiny_model, tmp_path):
-    quiet = run_kbit("train", "-q", "--model", str(tiny_model), "--output", str(tmp_path / "quiet"), *TRAIN)
+def test_quiet_prints_only_results_and_verbose_everything(tiny, tmp_path):
+    quiet = run_kbit("train", "-q", "--model", str(tiny), "--output", str(tmp_path / "quiet"), *TRAIN)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert quiet.stderr == "" and quiet.stdout.startswith("run ") and "held-out exact match" in quiet.stdout
     assert "step 3/3  loss" in (tmp_path / "quiet" / "train.log").read_text()
-    verbose = run_kbit("-v", "train", "--model", str(tiny_model), "--output", str(tmp_path / "verbose"), *TRAIN,
+    verbose = run_kbit("-v", "train", "--model", str(tiny), "--output", str(tmp_path / "verbose"), *TRAIN,
                        "--eval-limit", "0")
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "warning  [bitsandbytes.backends.cpu.ops] Failed to load" in verbose.stderr and "Loading weights" in verbose.stderr
@@ -184,19 +184,19 @@ def test_model_card_has_front_matter(qlora_run):
     assert "library_name: peft" in card and "- qlora" in card
 
 
-def test_third_party_method_trains_through_the_hooks(plugin_site, tiny_model, tmp_path):
+def test_third_party_method_trains_through_the_hooks(plugin_site, tiny, tmp_path):
     plugin_site.add("kbit-toy", "1.0", {"toy": "kbit_toy"}, modules=("kbit_toy",))
     out = tmp_path / "toy"
-    result = run_kbit("train", "--method", "toy", "--model", str(tiny_model), "--output", str(out), *TRAIN,
+    result = run_kbit("train", "--method", "toy", "--model", str(tiny), "--output", str(out), *TRAIN,
                       env=plugin_site.env())
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "kbit.json").read_text())
     assert record["method"] == "toy" and record["merge"]["base"] == "original"
 
 
-def test_yaml_config_with_flags_winning(tiny_model, tmp_path):
+def test_yaml_config_with_flags_winning(tiny, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {tiny_model}\nmax_steps: 1\nbatch_size: 2\nmax_examples: 20\neval_limit: 0\nlr: 0.001\n"
+    config.write_text(f"model: {tiny}\nmax_steps: 1\nbatch_size: 2\nmax_examples: 20\neval_limit: 0\nlr: 0.001\n"
                       "options:\n  r: 2\n  merge_after_train: false\n")
     out = tmp_path / "yaml-run"
     result = run_kbit("train", "--config", str(config), "-o", "r=3", "--output", str(out))
@@ -208,9 +208,9 @@ def test_yaml_config_with_flags_winning(tiny_model, tmp_path):
     assert record["merge"]["action"] == "keep_adapter" and not (out / "merged").exists()
 
 
-def test_auto_rank_and_batch_are_chosen_and_recorded(tiny_model, tmp_path):
+def test_auto_rank_and_batch_are_chosen_and_recorded(tiny, tmp_path):
     out = tmp_path / "auto"
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), "--max-steps", "1",
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "1",
                       "-o", "r=auto", "--batch-size", "auto", "--max-examples", "20", "--eval-limit", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_metadata(out)
@@ -230,7 +230,7 @@ def test_auto_rank_and_batch_are_chosen_and_recorded(tiny_model, tmp_path):
     (("--method", "qlroa"), "did you mean qlora"),
     (("--lr", "-1"), "'lr'"),
 ])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_model, tmp_path, monkeypatch, capsys, args, message):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, tmp_path, monkeypatch, capsys, args, message):
     """In-process, as tests/reliability/test_bad_input.py runs its table (a subprocess per case would
     spend most of its time importing the libraries)."""
     from kbit.core.cli import main
@@ -249,7 +249,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_model, tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--model", str(tiny_model), "--max-steps", "1", *args])
+        main(["train", "--model", str(tiny), "--max-steps", "1", *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("kbit: error:")]
@@ -259,11 +259,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny_model, tmp_path
     assert [p.name for p in nonempty.iterdir()] == ["file.txt"]
 
 
-def test_two_processes_under_torchrun_train_the_same_adapter(tiny_model, tmp_path):
+def test_two_processes_under_torchrun_train_the_same_adapter(tiny, tmp_path):
     out = tmp_path / "ddp"
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun not installed")
     result = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kbit", "train", "--model", str(tiny_model),
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kbit", "train", "--model", str(tiny),
          "--output", str(out), *TRAIN],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -275,10 +275,10 @@ def test_two_processes_under_torchrun_train_the_same_adapter(tiny_model, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "adapter", "checkpoints", "kbit.json", "loss.png", "merged", "train.log"])
 
 
-def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_site, tiny_model, tmp_path):
+def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_site, tiny, tmp_path):
     plugin_site.add("kbit-nan", "1.0", {"toy": "kbit_nan"}, modules=("kbit_nan", "kbit_toy"))
     out = tmp_path / "nan"
-    result = run_kbit("train", "--method", "toy", "--model", str(tiny_model), "--output", str(out), "--max-steps", "6",
+    result = run_kbit("train", "--method", "toy", "--model", str(tiny), "--output", str(out), "--max-steps", "6",
                       "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--eval-limit", "0",
                       "--logging-steps", "1", "--save-steps", "1", env=plugin_site.env())
     assert result.returncode == 2, result.stderr[-2000:]
@@ -292,10 +292,10 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_
     assert not (out / "adapter").exists() and not (out / ".kbit.lock").exists()
 
 
-def test_last_step_loss_is_logged_and_few_held_out_items_are_flagged(tiny_model, tmp_path):
+def test_last_step_loss_is_logged_and_few_held_out_items_are_flagged(tiny, tmp_path):
     """DoRA, 3 steps, logging every 10: the summary's last loss is step 3's, not a repeat of step 1's."""
     out = tmp_path / "dora"
-    result = run_kbit("train", "--model", str(tiny_model), "--output", str(out), "--peft", "dora", "--max-steps", "3",
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--peft", "dora", "--max-steps", "3",
                       "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--held-out", "6", "--eval-limit", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     record = read_metadata(out)
