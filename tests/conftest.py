@@ -61,8 +61,26 @@ def tiny(kbit_tiny_model: Path) -> Path:
     return kbit_tiny_model
 
 
+_RUNNING: list[pytest.Item] = []  # the test being set up or run, for run_kbit's check
+TRAINING_COMMANDS = ("train", "compare")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    _RUNNING.append(item)
+    try:
+        return (yield)
+    finally:
+        _RUNNING.pop()
+
+
 def run_kbit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 900):
-    """Run the installed CLI in a subprocess, as a user would."""
+    """Run the installed CLI in a subprocess, as a user would.
+
+    A test that trains this way (``train``, ``compare``; its fixtures included) must be marked slow, so
+    that ``pytest -m "not slow"`` stays a quick loop: an unmarked one fails here, naming the fix."""
+    if args and args[0] in TRAINING_COMMANDS and _RUNNING and _RUNNING[-1].get_closest_marker("slow") is None:
+        pytest.fail(f"{_RUNNING[-1].nodeid} runs 'kbit {args[0]}' in a subprocess: mark it @pytest.mark.slow", pytrace=False)
     return subprocess.run(
         [sys.executable, "-m", "kbit", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
     )

@@ -89,6 +89,7 @@ def rtn_site(plugin_site):
     return plugin_site
 
 
+@pytest.mark.slow
 def test_a_base_quantized_in_quantize_base_merges_into_exactly_what_it_trained_on(rtn_site, kbit_tiny_model, tmp_path):
     out = tmp_path / "run"
     result = run_kbit("train", "--model", str(kbit_tiny_model), "--method", "rtn-exact", "--output", str(out), *TRAIN,
@@ -100,6 +101,7 @@ def test_a_base_quantized_in_quantize_base_merges_into_exactly_what_it_trained_o
     assert "rtn-exact': quantize_base, then dequantize_base" in " ".join(result.stdout.split())
 
 
+@pytest.mark.slow
 def test_a_base_quantized_in_prepare_model_is_refused_before_training(rtn_site, kbit_tiny_model, tmp_path):
     out = tmp_path / "run"
     result = run_kbit("train", "--model", str(kbit_tiny_model), "--method", "rtn-in-prepare", "--output", str(out),
@@ -111,6 +113,7 @@ def test_a_base_quantized_in_prepare_model_is_refused_before_training(rtn_site, 
     assert record["status"] == "failed" and not (out / "adapter").exists() and not (out / "merged").exists()
 
 
+@pytest.mark.slow
 def test_quantized_buffers_changed_in_prepare_model_are_refused_before_training(rtn_site, kbit_tiny_model, tmp_path):
     # the scales moved by 1%: a merge would reload other weights than the adapter trained on
     out = tmp_path / "run"
@@ -122,6 +125,7 @@ def test_quantized_buffers_changed_in_prepare_model_are_refused_before_training(
     assert ".scale" in line and not (out / "adapter").exists()
 
 
+@pytest.mark.slow
 def test_a_dequantize_base_with_scales_5_percent_off_fails_the_run_though_top1_agrees(rtn_site, kbit_tiny_model, tmp_path):
     out = tmp_path / "run"
     result = run_kbit("train", "--model", str(kbit_tiny_model), "--method", "rtn-scale-off", "--output", str(out), *TRAIN,
@@ -153,6 +157,7 @@ def test_the_contract_suite_fails_a_wrong_merge_naming_it(rtn_site, kbit_tiny_mo
         suite.test_merge_reproduces_the_adapter_model(method, spec, kbit_tiny_model, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_merge_no_hook_can_produce_is_refused_before_training(rtn_site, kbit_tiny_model, tmp_path):
     out = tmp_path / "run"
     result = run_kbit("train", "--model", str(kbit_tiny_model), "--method", "rtn-no-dequantize", "--output", str(out),

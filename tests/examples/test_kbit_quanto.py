@@ -43,6 +43,7 @@ def test_listed_by_kbit_methods(installed):
         assert records[name]["capabilities"]["quantized_training"]
 
 
+@pytest.mark.slow
 def test_selected_by_name_and_trained(installed, tiny, tmp_path):
     model = tiny
     run = tmp_path / "run"

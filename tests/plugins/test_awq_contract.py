@@ -67,5 +67,6 @@ def test_pin_memory_workaround_is_still_needed_on_cpu():
     assert IntermediatesCache.pin_memory is not None
 
 
+@pytest.mark.slow
 def test_train_end_to_end_with_awq(tiny, tmp_path):
     train_and_quantize(tiny, "awq", tmp_path / "run", bits=4, symmetric=False)

@@ -89,6 +89,7 @@ def test_merged_weights_cannot_reproduce_llm_int8_inference(tiny):
     assert (int8 - dequantized).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_train_dora_end_to_end(tiny, tmp_path):
     record = train_tiny(tiny, "bnb-int8", tmp_path / "run", "peft_type=dora")
     assert record["merge"]["action"] == "keep_adapter" and "int8" in record["merge"]["reason"]

@@ -105,6 +105,7 @@ def test_a_converted_base_whose_gguf_file_is_gone_is_refused(kbit_tiny_model, tm
         method.resolve_for_model(method.resolve_spec({}, DeviceInfo.cpu()), _config(folder))
 
 
+@pytest.mark.slow
 def test_a_base_not_read_from_a_gguf_file_is_refused_before_anything_is_written(tmp_path):
     model = make_tiny_model(tmp_path / "plain")
     result = run_kbit("train", "--model", str(model), "--method", "gguf", "--max-steps", "2",

@@ -50,6 +50,7 @@ def test_group_size_auto_and_explicit():
         resolve_group_size("auto", {"hidden_size": 100, "intermediate_size": 200})
 
 
+@pytest.mark.slow
 def test_bad_group_size_is_refused_before_anything_is_written(tiny, tmp_path):
     from transformers import AutoConfig
 
@@ -73,6 +74,7 @@ def test_auto_group_size_is_recorded_as_the_size_used(tiny):
     assert spec.group_size == 64 and spec.extras["group_size_requested"] == "auto"
 
 
+@pytest.mark.slow
 def test_train_quantize_and_requantize_run(tiny, tmp_path):
     train_and_quantize(tiny, "gptq", tmp_path / "run", bits=4, symmetric=True)
     requantize_run(tmp_path / "run", "gptq")

@@ -26,6 +26,7 @@ def test_base_stays_in_compute_dtype_and_merges_into_the_original():
     assert (policy.action, policy.base) == ("merge", "original")
 
 
+@pytest.mark.slow
 def test_train_end_to_end(tiny, tmp_path):
     record = train_tiny(tiny, "lora", tmp_path / "run")
     assert record["artifacts"]["merged"] == "merged" and "quantized" not in record["artifacts"]

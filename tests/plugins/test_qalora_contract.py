@@ -29,6 +29,7 @@ def qalora_run(tiny, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_run_trains_at_the_methods_own_learning_rate_unless_lr_is_given(qalora_run):
     from kbit.core.runs.record import read_record
 
@@ -56,6 +57,7 @@ def test_the_base_is_llama_cpp_q4_1_and_measured_as_such(tiny):
     assert linear_weight_bits(model)["bits_per_weight"] == pytest.approx(5.0)  # 20 bytes per 32 weights
 
 
+@pytest.mark.slow
 def test_the_q4_1_file_written_by_the_run_is_the_trained_model(qalora_run, tiny):
     import gguf
     import torch
@@ -88,6 +90,7 @@ def test_the_q4_1_file_written_by_the_run_is_the_trained_model(qalora_run, tiny)
     assert torch.allclose(dequantize_q4_1(d1, m1, q1), merged, atol=float(m1.abs().max()) * 2**-10)
 
 
+@pytest.mark.slow
 def test_a_width_that_is_not_whole_blocks_is_refused_before_anything_is_written(tmp_path):
     model = make_tiny_model(tmp_path / "narrow", hidden_size=48)
     result = run_kbit("train", "--model", str(model), "--output", str(tmp_path / "run"), *TRAIN)
@@ -109,6 +112,7 @@ def test_settings_the_format_cannot_hold_are_refused(options, message):
         get_method("qalora").resolve_spec(options, DeviceInfo.cpu())
 
 
+@pytest.mark.slow
 def test_a_killed_qalora_run_resumes_to_the_same_model(qalora_run, tiny, tmp_path):
     from safetensors.torch import load_file
 
@@ -130,6 +134,7 @@ def test_a_killed_qalora_run_resumes_to_the_same_model(qalora_run, tiny, tmp_pat
     assert json.loads((out / "kbit.json").read_text())["exports"][0]["type"] == "q4_1"
 
 
+@pytest.mark.slow
 def test_a_q5_1_run_trains_on_q5_1_blocks_and_its_file_moves_only_the_offsets(tiny, tmp_path):
     import gguf
     import numpy as np

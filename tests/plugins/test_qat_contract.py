@@ -25,6 +25,7 @@ def qat_run(tiny, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_q5_0_file_written_by_the_run_holds_merged_exactly_and_merged_is_the_trained_model(qat_run):
     import gguf
     from safetensors.torch import load_file
@@ -47,6 +48,7 @@ def test_the_q5_0_file_written_by_the_run_holds_merged_exactly_and_merged_is_the
     assert np.array_equal(values, merged[name].numpy()), "the file does not hold the merged weights"
 
 
+@pytest.mark.slow
 def test_an_unsupported_target_is_refused_in_one_line(tiny, tmp_path):
     result = run_kbit("train", "--model", str(tiny), "--output", str(tmp_path / "run"), *TRAIN, "-o", "target=q4_k")
     assert result.returncode == 2

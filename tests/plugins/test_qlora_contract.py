@@ -1,3 +1,4 @@
+import pytest
 from kbit.testing import MethodContract
 
 
@@ -22,6 +23,7 @@ def test_adapter_dtype_is_float32_unless_storage_needs_one_dtype():
     assert qlora.resolve_spec({"adapter_dtype": "bfloat16"}, cpu).training.adapter_dtype == "bfloat16"
 
 
+@pytest.mark.slow
 def test_fsdp_storage_trains_and_merges(tiny, tmp_path):
     """4-bit codes stored as bfloat16 (FSDP's setting) read as floats that sum to NaN: the check that
     prepare_model leaves base weights alone must still see them as unchanged, and the merge pass."""

@@ -1,3 +1,4 @@
+import pytest
 from kbit.core.system.device import DeviceInfo
 from kbit.core.methods.registry import get_method
 from kbit.testing import MethodContract
@@ -47,6 +48,7 @@ def test_dequantize_base_gives_the_weights_the_int8_forward_uses(tiny):
         torch.testing.assert_close(plain(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_end_to_end(tiny, tmp_path):
     # float32 compute: a CPU where kbit's probe picks bf16 (an AMD EPYC: 0.25x float32's step time)
     # rounds the adapter model's logits by ~1e-3, which would hide whether the merge itself is exact

@@ -178,12 +178,14 @@ def _inputs(root: Path, tiny: Path, finished: Path, args: tuple[str, ...]) -> di
     return files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text, message", YAML_CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(YAML_CASES)])
 def test_bad_config_file(isolated, tiny, run, capsys, text, message):
     (isolated / "settings.yaml").write_text(YAML_HEAD.format(tiny=tiny) + text)
     assert_refused(["train", "--config", str(isolated / "settings.yaml")], message, capsys, isolated, run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", RUN_CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(RUN_CASES)])
 def test_bad_run_folder_or_resume(isolated, tiny, run, capsys, args, message):
     files = _inputs(isolated, tiny, run, args)

@@ -109,6 +109,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(CASES)])
 def test_bad_input(isolated, tiny, run, capsys, args, message):
     files = _files(isolated, tiny)

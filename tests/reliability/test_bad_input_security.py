@@ -73,6 +73,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(CASES)])
 def test_bad_input(isolated, tiny, run, capsys, args, message):
     files = _files(isolated, tiny, run)
@@ -80,6 +81,7 @@ def test_bad_input(isolated, tiny, run, capsys, args, message):
     assert "PRIVATE KEY" not in err
 
 
+@pytest.mark.slow
 def test_eval_checks_the_report_folder_has_room_before_scoring(isolated, run, capsys, monkeypatch):
     """A full disk is found before the first model is loaded, not after every variant was scored."""
     import shutil as shutil_module
@@ -102,6 +104,7 @@ EXIT_PLUGIN_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target, message", EXIT_PLUGIN_CASES)
 def test_a_plugin_calling_sys_exit_is_reported_as_its_error(isolated, plugin_site, monkeypatch, capsys, target, message):
     plugin_site.add("kbit-broken", "0.0.3", {"bad": target}, modules=("kbit_broken",))
@@ -110,6 +113,7 @@ def test_a_plugin_calling_sys_exit_is_reported_as_its_error(isolated, plugin_sit
     assert "kbit-broken 0.0.3" in err
 
 
+@pytest.mark.slow
 def test_sys_exit_in_a_hook_after_training_fails_the_run_naming_the_plugin(plugin_site, tiny, tmp_path):
     """``quantize_model`` calling ``sys.exit(0)`` once the adapter is merged: exit 2, never a silent 0."""
     plugin_site.add("kbit-exits", "1.0", {"toy": "kbit_exits"}, modules=("kbit_exits", "kbit_toy"))

@@ -51,6 +51,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(finished, tmp_path, kind):
     spoil, reason = DAMAGE[kind]
@@ -72,6 +73,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(finished, tmp_
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in b)
 
 
+@pytest.mark.slow
 def test_a_damaged_adapter_folder_is_read_again_from_the_final_checkpoint(finished, tmp_path):
     """A run stopped after saving adapter/ (e.g. while merging), whose adapter was damaged since."""
     out = tmp_path / "run"
@@ -89,6 +91,7 @@ def test_a_damaged_adapter_folder_is_read_again_from_the_final_checkpoint(finish
     assert all(torch.equal(a[k], b[k]) for k in b), "the adapter was trained again"
 
 
+@pytest.mark.slow
 def test_a_resume_without_checkpoints_says_it_trains_from_step_1(finished, tmp_path):
     out = _killed_after_last_checkpoint(finished, tmp_path / "run")
     shutil.rmtree(out / "checkpoints")
@@ -100,6 +103,7 @@ def test_a_resume_without_checkpoints_says_it_trains_from_step_1(finished, tmp_p
     assert record["status"] == "finished" and record["train"]["resumed_from"] is None and record["train"]["steps"] == 6
 
 
+@pytest.mark.slow
 def test_eval_of_a_run_with_no_adapter_yet_says_so(finished, tmp_path):
     out = _killed_after_last_checkpoint(finished, tmp_path / "run")
     result = run_kbit("eval", str(out), "--limit", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "report"), "--json")

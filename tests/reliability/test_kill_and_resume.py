@@ -77,6 +77,7 @@ def _assert_same_run(resumed_dir: Path, reference_dir: Path, steps: int, dtype: 
     assert not [p.name for p in resumed_dir.glob(".*")], "staging or lock files left behind"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter_dtype", ["float32", "bfloat16"])
 def test_qlora_resume_after_sigkill_matches_uninterrupted_run(tiny, reference, tmp_path, adapter_dtype):
     out = tmp_path / "run"
@@ -117,6 +118,7 @@ def _assert_finished_like_uninterrupted(out: Path, resumed: dict, reference_dir:
     assert not list((out / "checkpoints").glob("checkpoint-7"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", ["8", "16"])
 def test_kill_while_a_checkpoint_is_written_then_resume(plugin_site, tiny, reference, tmp_path, batch):
     plugin_site.add("kbit-slow-ptq", "1.0", {"toy": "kbit_slow_ptq"}, modules=("kbit_slow_ptq", "kbit_toy"))
@@ -132,6 +134,7 @@ def test_kill_while_a_checkpoint_is_written_then_resume(plugin_site, tiny, refer
     _assert_finished_like_uninterrupted(out, resumed, reference(*args, env=env))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", ["8", "16"])
 def test_kill_while_merging_then_while_quantizing_then_resume(plugin_site, tiny, reference, tmp_path, batch):
     """Both kills come after training, so one run serves both: killed in the middle of writing merged/,
@@ -156,6 +159,7 @@ def test_kill_while_merging_then_while_quantizing_then_resume(plugin_site, tiny,
     _assert_finished_like_uninterrupted(out, resumed, reference(*args, env=env))
 
 
+@pytest.mark.slow
 def test_training_already_finished_is_not_trained_again(tiny, tmp_path):
     """The Trainer, resumed from its final checkpoint in the middle of an epoch, would run one more step."""
     args = ("--max-steps", "3", "--save-steps", "2", "--batch-size", "16", "-o", "r=4", "--max-examples", "20",

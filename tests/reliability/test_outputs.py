@@ -1,3 +1,4 @@
+import pytest
 """Output commands own what they write and nothing else (the rule in kbit/core/runs/outputs.py)."""
 
 import json
@@ -19,6 +20,7 @@ def _train(tiny, out, *extra, umask=0o022):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_artifacts_follow_the_umask(tiny, tmp_path):
     """Every file of adapter/, merged/ and the GGUF (which safetensors and mkstemp make 0600) is 0644
     under umask 022, every folder 0755."""
@@ -37,6 +39,7 @@ def test_artifacts_follow_the_umask(tiny, tmp_path):
     assert (out / "kbit.json").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_overwrite_never_follows_a_symlink_inside_the_old_run(tiny, tmp_path):
     out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     assert _train(tiny, out).returncode == 0
@@ -51,6 +54,7 @@ def test_overwrite_never_follows_a_symlink_inside_the_old_run(tiny, tmp_path):
     assert not [p.name for p in tmp_path.glob(".*")] and not (out / ".kbit.lock").exists()
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_a_symlink_to_other_data(tiny, tmp_path):
     elsewhere, link = tmp_path / "elsewhere", tmp_path / "link"
     elsewhere.mkdir()
@@ -61,6 +65,7 @@ def test_overwrite_refuses_a_symlink_to_other_data(tiny, tmp_path):
     assert [p.name for p in elsewhere.iterdir()] == ["precious.txt"]
 
 
+@pytest.mark.slow
 def test_eval_replaces_only_its_own_earlier_report(tiny, tmp_path):
     run, report = tmp_path / "run", tmp_path / "report"
     assert _train(tiny, run).returncode == 0
@@ -74,6 +79,7 @@ def test_eval_replaces_only_its_own_earlier_report(tiny, tmp_path):
     assert json.loads((run / "kbit.json").read_text())["kind"] == "run"
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_stops_at_the_first_non_finite_adapter_weight(tiny, tmp_path):
     out = tmp_path / "run"
     result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "3", "--batch-size", "2",
@@ -104,6 +110,7 @@ def test_merge_check_counts_non_finite_logits_as_disagreement():
     assert same["top1_agreement"] == 1.0 and same["max_abs_logit_diff"] == 0.0
 
 
+@pytest.mark.slow
 def test_quantize_output_refuses_the_run_itself(tiny, tmp_path):
     run = tmp_path / "run"
     assert _train(tiny, run).returncode == 0

@@ -53,6 +53,7 @@ def _env(tmp_path):
     return marker, {**os.environ, "KBIT_TEST_MARKER": str(marker), "HF_MODULES_CACHE": str(tmp_path / "modules")}
 
 
+@pytest.mark.slow
 def test_repository_code_is_refused_without_the_flag(custom_model, tmp_path):
     (marker, env), out = _env(tmp_path), tmp_path / "run"
     result = run_kbit("train", "--model", str(custom_model), "--output", str(out), *TRAIN, env=env)
@@ -63,6 +64,7 @@ def test_repository_code_is_refused_without_the_flag(custom_model, tmp_path):
     assert not marker.exists() and not out.exists()
 
 
+@pytest.mark.slow
 def test_repository_code_runs_with_the_flag_and_the_run_records_it(custom_model, tmp_path):
     (marker, env), out = _env(tmp_path), tmp_path / "run"
     result = run_kbit("train", "--model", str(custom_model), "--output", str(out), "--trust-remote-code", *TRAIN,

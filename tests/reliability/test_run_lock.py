@@ -1,3 +1,4 @@
+import pytest
 """Run-directory ownership: a live lock refuses a second run; a killed holder's lock is free again."""
 
 import json
@@ -17,6 +18,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_second_run_on_a_locked_directory_is_refused_and_a_dead_holder_frees_it(tiny, tmp_path):
     out = tmp_path / "locked"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)

@@ -22,6 +22,7 @@ def _kbit_lines(stderr: str) -> list[str]:
             if "kbit: " in part]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sent, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_marks_the_run_interrupted_releases_the_lock_and_exits_with_its_code(tiny, tmp_path, sent, code):
     process, out = _stalled_run(tiny, tmp_path)
@@ -39,6 +40,7 @@ def test_signal_marks_the_run_interrupted_releases_the_lock_and_exits_with_its_c
     assert json.loads((out / "kbit.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_folder_made_unwritable_mid_run_reports_the_real_cause(tiny, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
@@ -68,6 +70,7 @@ def _stalled_run(tiny, tmp_path) -> tuple[subprocess.Popen, Path]:
 SAID = {130: "kbit: interrupted", 143: "kbit: terminated by signal 15", 129: "kbit: terminated by signal 1"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, then, codes", [
     (signal.SIGINT, signal.SIGINT, (130,)),
     (signal.SIGTERM, signal.SIGTERM, (143,)),
@@ -94,6 +97,7 @@ def test_repeated_signals_and_sighup_never_leave_the_run_running(tiny, tmp_path,
     assert said[0] == SAID[process.returncode]
 
 
+@pytest.mark.slow
 def test_a_full_disk_names_the_run_folder_and_marks_the_run_failed(tiny, tmp_path):
     """ENOSPC from a write (no file name) while the Trainer saves a checkpoint; even kbit.json cannot be
     written anew, so the status goes over the old record in place."""

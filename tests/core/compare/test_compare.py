@@ -40,6 +40,7 @@ def _digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and not (p.parent == root and p.name in reports)}
 
 
+@pytest.mark.slow
 def test_each_method_has_a_row_per_variant_and_the_base_is_scored_once(compared):
     result, _ = compared
     report = json.loads((result.out_dir / "report.json").read_text())
@@ -61,6 +62,7 @@ def test_each_method_has_a_row_per_variant_and_the_base_is_scored_once(compared)
     assert (result.out_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_a_failing_method_is_reported_in_its_row_and_the_others_go_on(compared):
     result, lines = compared
     failed = _entry(result.report, "bnb-int8")
@@ -72,6 +74,7 @@ def test_a_failing_method_is_reported_in_its_row_and_the_others_go_on(compared):
     assert not result.every_method_failed and result.failed == [failed]
 
 
+@pytest.mark.slow
 def test_options_go_only_to_the_methods_that_have_them(compared):
     result, _ = compared
     for method in ("lora", "qlora"):
@@ -82,6 +85,7 @@ def test_options_go_only_to_the_methods_that_have_them(compared):
         result.out_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_second_call_reuses_the_runs_and_their_evaluations(compared, kbit_tiny_model, monkeypatch):
     result, _ = compared
     before = _digests(result.out_dir)
@@ -106,6 +110,7 @@ def test_a_second_call_reuses_the_runs_and_their_evaluations(compared, kbit_tiny
     assert "0 trained, 2 reused (not trained again)" in (result.out_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_changed_option_is_refused_rather_than_mixing_runs(compared, kbit_tiny_model, capsys):
     result, _ = compared
     before = _digests(result.out_dir)
@@ -118,6 +123,7 @@ def test_a_changed_option_is_refused_rather_than_mixing_runs(compared, kbit_tiny
     assert _digests(result.out_dir) == before
 
 
+@pytest.mark.slow
 def test_the_command_fails_only_when_every_method_failed(compared, kbit_tiny_model, tmp_path, capsys):
     out = tmp_path / "all-failed"
     with pytest.raises(SystemExit) as exit_info:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_merging_is_resumed(kbit_tiny_model, tmp_path):
     out, flag = tmp_path / "cmp", tmp_path / "stalled"
     # SIGKILL the comparison at the moment the merged model is being written (adapter/ already saved).

@@ -12,6 +12,7 @@ from tests.conftest import run_kbit
 from tests.core.evaluate.conftest import offline_env
 
 
+@pytest.mark.slow
 def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
     out = tmp_path / "report"
     result = run_kbit("eval", str(tiny_run), "--limit", "3", "--max-new-tokens", "4", "--variant", "quantized",
@@ -31,6 +32,7 @@ def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
     assert (out / "report.md").is_file() and (out / "report.png").is_file()
 
 
+@pytest.mark.slow
 def test_the_answer_budget_follows_the_task_and_few_items_are_flagged(tiny_run, tmp_path):
     out = tmp_path / "auto"
     result = run_kbit("eval", str(tiny_run), "--limit", "3", "--variant", "merged", "--out", str(out), env=offline_env())
@@ -47,6 +49,7 @@ def test_the_answer_budget_follows_the_task_and_few_items_are_flagged(tiny_run, 
     assert f"{row['exact_match_hits']}/3 (" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_held_out_picks_the_split_of_another_dataset(tiny_run, tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} + 2?", "answer": str(i + 2)}) + "\n" for i in range(20)))
@@ -59,6 +62,7 @@ def test_held_out_picks_the_split_of_another_dataset(tiny_run, tmp_path):
     assert report["datasets"][0]["generation"]["chosen_by"] == "--max-new-tokens"
 
 
+@pytest.mark.slow
 def test_reruns_are_identical(tiny_run, tmp_path, capsys):
     outputs = []
     for name in ("one", "two"):
@@ -91,6 +95,7 @@ def test_a_path_that_is_no_model_or_run(tmp_path, capsys):
     assert "neither a kbit run" in _fails(["eval", str(tmp_path)], capsys)
 
 
+@pytest.mark.slow
 def test_corrupt_and_newer_metadata(tiny_run, tmp_path, capsys):
     run = tmp_path / "corrupt"
     run.mkdir()
@@ -100,12 +105,14 @@ def test_corrupt_and_newer_metadata(tiny_run, tmp_path, capsys):
     assert "schema version 99" in _fails(["eval", str(newer)], capsys)
 
 
+@pytest.mark.slow
 def test_method_without_an_installed_plugin(tiny_run, tmp_path, capsys):
     run = _copy_meta(tiny_run, tmp_path, method="gptq-nope")
     assert "unknown method 'gptq-nope'" in _fails(["eval", str(run), "--variant", "adapter"], capsys)
     assert "unknown method" in _fails(["eval", str(tiny_run), "--variant", "base", "--method", "nope"], capsys)
 
 
+@pytest.mark.slow
 def test_dataset_that_does_not_fit(tiny_run, tmp_path, capsys):
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"foo": i, "bar": i}) + "\n" for i in range(5)))
@@ -114,6 +121,7 @@ def test_dataset_that_does_not_fit(tiny_run, tmp_path, capsys):
                                           "--columns", "prompt=foo,completion=nope"], capsys)
 
 
+@pytest.mark.slow
 def test_bad_options(tiny_run, capsys):
     assert "unknown --variant 'lora'" in _fails(["eval", str(tiny_run), "--variant", "lora"], capsys)
     assert "'limit'" in _fails(["eval", str(tiny_run), "--limit", "0"], capsys)

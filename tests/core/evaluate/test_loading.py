@@ -26,6 +26,7 @@ def _variants(candidates):
     return [c.display_variant for c in candidates]
 
 
+@pytest.mark.slow
 def test_a_run_expands_to_base_adapter_and_merged(tiny_run, tiny):
     candidates, gaps = plan_candidates(Selection(paths=(str(tiny_run),)), CPU)
     assert _variants(candidates) == ["base", "adapter", "merged"] and gaps == []
@@ -37,6 +38,7 @@ def test_a_run_expands_to_base_adapter_and_merged(tiny_run, tiny):
     assert {c.data.dataset for c in candidates} == {"arith"} and base.data.max_examples == 40
 
 
+@pytest.mark.slow
 def test_adapter_loads_on_the_method_quantized_base(tiny_run):
     from peft import PeftModel
 
@@ -46,6 +48,7 @@ def test_adapter_loads_on_the_method_quantized_base(tiny_run):
     assert any("lora_A" in name for name, _ in loaded.model.named_parameters())
 
 
+@pytest.mark.slow
 def test_merged_and_plain_base_load_plainly(tiny_run):
     import torch
 
@@ -63,6 +66,7 @@ def test_method_on_a_plain_model_adds_the_quantized_base(tiny):
     assert _has_4bit(load_candidate(candidates[1], CPU).model)
 
 
+@pytest.mark.slow
 def test_quantized_artifact_loads_plainly_and_missing_variants_are_gaps(tiny_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -76,6 +80,7 @@ def test_quantized_artifact_loads_plainly_and_missing_variants_are_gaps(tiny_run
         plan_candidates(Selection(paths=(str(run),), variants=("adapter",)), CPU)
 
 
+@pytest.mark.slow
 def test_no_paths_means_the_latest_run_by_metadata_time(tiny_run, tmp_path, monkeypatch):
     for name, when in (("older", 1_000_000), ("newer", 2_000_000)):
         (tmp_path / "runs" / name).mkdir(parents=True)
@@ -89,6 +94,7 @@ def test_no_paths_means_the_latest_run_by_metadata_time(tiny_run, tmp_path, monk
         latest_run(tmp_path / "elsewhere")
 
 
+@pytest.mark.slow
 def test_dataset_override_and_seed_replace_the_runs_own(tiny_run, tmp_path):
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(10)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from kbit.core.runs.record import read_record
@@ -9,6 +11,7 @@ from tests.conftest import run_kbit
 from tests.core.evaluate.conftest import offline_env
 
 
+@pytest.mark.slow
 def test_the_runs_before_score_is_kbit_evals_score_of_its_base(kbit_tiny_model_factory, tmp_path):
     # Weights drawn wider than the default tiny model's, so its greedy answers differ from prompt to prompt
     # and compare the two paths sharply; bf16 and a non-default quant_type, where a base computed

@@ -30,6 +30,7 @@ def f16_export(tiny_run):
     return tiny_run, result
 
 
+@pytest.mark.slow
 def test_export_writes_checks_and_records_the_file(f16_export):
     run, result = f16_export
     record = read_metadata(run)
@@ -46,6 +47,7 @@ def test_export_writes_checks_and_records_the_file(f16_export):
     assert "top-1 agreement" in result.stdout and "held-out exact match" in result.stdout and "passed the f16 gate" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_artifact_folder_gets_a_hub_card(f16_export):
     run, _ = f16_export
     record = read_metadata(run)
@@ -61,6 +63,7 @@ def test_every_artifact_folder_gets_a_hub_card(f16_export):
     assert adapter_config["base_model_name_or_path"] == "tiny"
 
 
+@pytest.mark.slow
 def test_exporting_again_replaces_the_commands_own_file(f16_export):
     run, _ = f16_export
     result = run_kbit("export", str(run), "--type", "f16", "--limit", "2", env=offline_env())
@@ -69,6 +72,7 @@ def test_exporting_again_replaces_the_commands_own_file(f16_export):
     assert entry["items"] == 2
 
 
+@pytest.mark.slow
 def test_a_file_the_command_did_not_write_is_never_replaced_in_a_run(f16_export, tmp_path):
     run, _ = f16_export
     record = read_metadata(run)
@@ -92,6 +96,7 @@ def test_a_file_the_command_did_not_write_is_never_replaced_in_a_run(f16_export,
     assert {e["file"] for e in read_metadata(run)["exports"]} == {f"gguf/{record['name']}-f16.gguf", str(outside.resolve())}
 
 
+@pytest.mark.slow
 def test_another_commands_output_is_never_written_into(f16_export):
     run, _ = f16_export
     for target in (run / "merged" / "x.gguf", run / "x.gguf"):
@@ -101,6 +106,7 @@ def test_another_commands_output_is_never_written_into(f16_export):
         assert not target.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (("--type", "q3_k"), "unknown --type 'q3_k'; choose from f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1"),
     (("--format", "onnx"), "unknown --format 'onnx'; kbit exports gguf"),
@@ -131,6 +137,7 @@ def test_a_file_outside_its_gate_fails_loudly_and_is_not_kept(tiny, tmp_path):
     assert last.endswith("the file was not kept") and list(out.parent.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_kbit_eval_scores_the_exported_file_itself(f16_export, tmp_path):
     run, _ = f16_export
     target = run / read_metadata(run)["exports"][0]["file"]

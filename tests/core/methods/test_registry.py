@@ -185,6 +185,7 @@ def test_a_string_default_of_a_list_option_is_split_as_a_users_string(plugin_sit
 
 
 
+@pytest.mark.slow
 def test_a_name_two_distributions_claim_goes_to_the_first_loaded_and_both_commands_say_so(plugin_site):
     plugin_site.add("kbit-zz-toy", "2.0", {"toy": "kbit_toy"}, modules=("kbit_toy",))
     plugin_site.add("kbit-toy", "1.0", {"toy": "kbit_toy"})

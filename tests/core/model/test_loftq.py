@@ -49,6 +49,7 @@ def test_the_start_brings_the_logits_closer_to_the_original_model(kbit_tiny_mode
     assert gap_loftq < gap_default
 
 
+@pytest.mark.slow
 def test_a_method_without_quantization_error_is_refused_before_anything_is_written(tiny, tmp_path):
     from tests.conftest import run_kbit
 

@@ -180,6 +180,7 @@ def test_the_environment_variable_turns_the_cache_off(registry, kbit_tiny_model,
     assert _calls(registry, "rtn-cached") == 2 and not _entries(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_run_trains_on_the_quantized_base_once_and_its_merge_passes_from_the_cache(site, kbit_tiny_model, tmp_path):
     calls, out = tmp_path / "calls.txt", tmp_path / "run"
     env = site.env(KBIT_CACHE=str(tmp_path / "cache"), KBIT_RTN_CALLS=str(calls))

@@ -38,6 +38,7 @@ def test_a_finished_run_of_kbit_0_1_evaluates(runs):
     assert rows["adapter"]["loss"] == pytest.approx(rows["merged"]["loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_of_kbit_0_1_resumes_and_is_rewritten_in_the_current_schema(runs):
     run = runs / "interrupted"
     assert json.loads((run / "kbit.json").read_text())["status"] == "running"

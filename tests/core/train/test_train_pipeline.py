@@ -24,6 +24,7 @@ def qlora_run(tiny, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_run_directory_has_every_output(qlora_run):
     out, result = qlora_run
     for name in ("adapter", "merged", "kbit.json", "README.md", "loss.png"):
@@ -35,6 +36,7 @@ def test_run_directory_has_every_output(qlora_run):
 THIRD_PARTY_NOISE = ("Failed to load", "register_constant", "gemm_4bit_forward", "it/s]", "{'loss'", "[transformers")
 
 
+@pytest.mark.slow
 def test_console_shows_kbit_lines_only_and_the_run_log_keeps_the_third_party_ones(qlora_run):
     out, result = qlora_run
     for noise in THIRD_PARTY_NOISE:
@@ -47,6 +49,7 @@ def test_console_shows_kbit_lines_only_and_the_run_log_keeps_the_third_party_one
     assert "INFO kbit: step 3/3  loss" in log and read_record(out).artifacts["log"] == "train.log"
 
 
+@pytest.mark.slow
 def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny, tmp_path):
     pytest.importorskip("tensorboard")
     out = tmp_path / "tb"
@@ -61,6 +64,7 @@ def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny, tmp_path):
     assert list((out / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_quiet_prints_only_results_and_verbose_everything(tiny, tmp_path):
     quiet = run_kbit("train", "-q", "--model", str(tiny), "--output", str(tmp_path / "quiet"), *TRAIN)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
@@ -73,6 +77,7 @@ def test_quiet_prints_only_results_and_verbose_everything(tiny, tmp_path):
     assert "{'loss'" in verbose.stdout  # the Trainer's own log lines
 
 
+@pytest.mark.slow
 def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     out, _ = qlora_run
     record = read_metadata(out)
@@ -94,6 +99,7 @@ def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     assert len(after["exact_match_ci95"]) == 2 and record["metrics"]["too_few_items"] is True
 
 
+@pytest.mark.slow
 def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
     import torch
     from peft import PeftModel
@@ -123,6 +129,7 @@ def test_adapter_reloads_and_merged_model_matches_it(qlora_run):
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
+@pytest.mark.slow
 def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
     from safetensors.torch import load_file
 
@@ -140,6 +147,7 @@ def test_adapter_is_trained_in_the_compute_dtype(qlora_run):
     assert {str(t.dtype) for t in adapter.values()} == {"torch.float32"}
 
 
+@pytest.mark.slow
 def test_batch_layout_decision_and_token_counts_are_recorded(qlora_run):
     record = read_record(qlora_run[0])
     decision = record.decisions["padding_free"]
@@ -149,6 +157,7 @@ def test_batch_layout_decision_and_token_counts_are_recorded(qlora_run):
     assert (real == in_batches) is decision["value"]  # padding-free batches carry no padding; padded ones some
 
 
+@pytest.mark.slow
 def test_without_lr_a_method_with_no_default_of_its_own_trains_at_kbits(qlora_run):
     from kbit.core.train.config import DEFAULT_LR
 
@@ -158,6 +167,7 @@ def test_without_lr_a_method_with_no_default_of_its_own_trains_at_kbits(qlora_ru
                                                                               "reason": "kbit's default"}
 
 
+@pytest.mark.slow
 def test_the_command_trained_under_kbits_malloc_settings(qlora_run):
     from kbit.core.system.allocator import TUNABLES, tuned_environment
 
@@ -168,6 +178,7 @@ def test_the_command_trained_under_kbits_malloc_settings(qlora_run):
         assert (decision["value"], decision["requested"]) == (":".join(TUNABLES), "auto")
 
 
+@pytest.mark.slow
 def test_checkpointing_decision_is_recorded_with_its_memory_estimates(qlora_run):
     record = read_record(qlora_run[0])
     decision = record.decisions["gradient_checkpointing"]
@@ -178,12 +189,14 @@ def test_checkpointing_decision_is_recorded_with_its_memory_estimates(qlora_run)
     assert "MiB free" in decision["reason"]
 
 
+@pytest.mark.slow
 def test_model_card_has_front_matter(qlora_run):
     card = (qlora_run[0] / "README.md").read_text()
     assert card.startswith("---\nbase_model: ")
     assert "library_name: peft" in card and "- qlora" in card
 
 
+@pytest.mark.slow
 def test_third_party_method_trains_through_the_hooks(plugin_site, tiny, tmp_path):
     plugin_site.add("kbit-toy", "1.0", {"toy": "kbit_toy"}, modules=("kbit_toy",))
     out = tmp_path / "toy"
@@ -194,6 +207,7 @@ def test_third_party_method_trains_through_the_hooks(plugin_site, tiny, tmp_path
     assert record["method"] == "toy" and record["merge"]["base"] == "original"
 
 
+@pytest.mark.slow
 def test_yaml_config_with_flags_winning(tiny, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny}\nmax_steps: 1\nbatch_size: 2\nmax_examples: 20\neval_limit: 0\nlr: 0.001\n"
@@ -208,6 +222,7 @@ def test_yaml_config_with_flags_winning(tiny, tmp_path):
     assert record["merge"]["action"] == "keep_adapter" and not (out / "merged").exists()
 
 
+@pytest.mark.slow
 def test_auto_rank_and_batch_are_chosen_and_recorded(tiny, tmp_path):
     out = tmp_path / "auto"
     result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "1",
@@ -219,6 +234,7 @@ def test_auto_rank_and_batch_are_chosen_and_recorded(tiny, tmp_path):
     assert "auto sizing" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (("--model", "/nonexistent/model"), "does not exist"),
     (("--dataset", "no_such_local_dataset_xyz"), "cannot load dataset"),
@@ -259,6 +275,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, tmp_path, monk
     assert [p.name for p in nonempty.iterdir()] == ["file.txt"]
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_train_the_same_adapter(tiny, tmp_path):
     out = tmp_path / "ddp"
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun not installed")
@@ -275,6 +292,7 @@ def test_two_processes_under_torchrun_train_the_same_adapter(tiny, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "adapter", "checkpoints", "kbit.json", "loss.png", "merged", "train.log"])
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_site, tiny, tmp_path):
     plugin_site.add("kbit-nan", "1.0", {"toy": "kbit_nan"}, modules=("kbit_nan", "kbit_toy"))
     out = tmp_path / "nan"
@@ -292,6 +310,7 @@ def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_
     assert not (out / "adapter").exists() and not (out / ".kbit.lock").exists()
 
 
+@pytest.mark.slow
 def test_last_step_loss_is_logged_and_few_held_out_items_are_flagged(tiny, tmp_path):
     """DoRA, 3 steps, logging every 10: the summary's last loss is step 3's, not a repeat of step 1's."""
     out = tmp_path / "dora"
