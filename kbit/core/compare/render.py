@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 HEADER = ("method", "variant", "held-out loss", "exact match", "bits/weight", "memory", "size on disk", "train s",
-          "quantize s", "this run")
+          "train tokens/s", "train MFU", "quantize s", "this run")
 NOTES = (
     "Held-out loss is over answer tokens only; exact match on greedy answers. Bits/weight and memory are",
     "measured on the model as loaded (compressed-tensors checkpoints of gptq/awq decompress on load, so",
     "their size on disk is the compressed figure). Size on disk counts the weight files a variant needs:",
     "the adapter variant needs its base as stored too (a quantized-training method quantizes it on load).",
-    "Train s is the run's wall time without quantization (load, train, merge and merge check).",
+    "Train s is the run's wall time without quantization (load, train, merge and merge check); train",
+    "tokens/s and MFU are its training steps' (matrix-product FLOPs over this machine's measured matmul peak).",
 )
 
 
@@ -54,6 +55,8 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             row["method"], row["variant"], fmt(row.get("loss")), fmt(row.get("exact_match"), "pct"),
             fmt(row.get("bits_per_weight")), fmt(row.get("memory_bytes"), "mib"), fmt(row.get("disk_bytes"), "mib"),
             fmt(row.get("train_s"), "s") if row["method"] != "base" else "",
+            fmt(row.get("train_tokens_per_s"), "s") if row["method"] != "base" else "",
+            fmt(row.get("train_mfu"), "pct") if row["method"] != "base" else "",
             fmt(row.get("quantize_s"), "s") if row["method"] != "base" else "",
             row.get("action") or "",
         ])

@@ -71,7 +71,8 @@ def set_method(report: dict[str, Any], entry: dict[str, Any]) -> None:
 
 
 def run_figures(record: RunRecord) -> dict[str, Any]:
-    """What a method's run recorded: its name, steps, last training loss, train and quantize seconds.
+    """What a method's run recorded: its name, steps, last training loss, train and quantize seconds,
+    and its training steps' speed (tokens/s and MFU, ``kbit.core.measure.throughput``).
 
     ``train_s`` is the run's wall time without quantization (loading, training, merge and merge
     check); for a resumed run it covers the part after the resume only.
@@ -85,6 +86,8 @@ def run_figures(record: RunRecord) -> dict[str, Any]:
         "train_loss": history[-1]["loss"] if history else None,
         "train_s": None if wall is None else round(wall - (quantize_s or 0), 1),
         "quantize_s": quantize_s,
+        "train_tokens_per_s": record.train.get("tokens_per_s"),
+        "train_mfu": record.train.get("mfu"),
     }
 
 
@@ -112,7 +115,8 @@ def flat_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
              **_metrics(r)} for r in base.get("rows", [])]
     for entry in report["methods"]:
         common = {"method": entry["method"], "status": entry["status"], "action": entry.get("action"),
-                  "train_s": entry.get("train_s"), "quantize_s": entry.get("quantize_s"), "run": entry.get("run")}
+                  "train_s": entry.get("train_s"), "quantize_s": entry.get("quantize_s"), "run": entry.get("run"),
+                  "train_tokens_per_s": entry.get("train_tokens_per_s"), "train_mfu": entry.get("train_mfu")}
         if entry["rows"]:
             rows += [{**common, **_metrics(r)} for r in entry["rows"]]
         else:

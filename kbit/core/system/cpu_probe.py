@@ -44,12 +44,18 @@ def probe_key(cpuinfo: str) -> str:
 def bf16_time_ratio(cpuinfo: str, cache_dir: Path | None = None,
                     measure: Callable[[], float] | None = None) -> float:
     """bf16 time / float32 time of the probe on this CPU (below 1: bf16 is faster), from the cache
-    when this CPU and torch were measured before; a cache that cannot be read or written is skipped."""
+    when this CPU and torch were measured before."""
+    return cached_measurement(CACHE_FILE, probe_key(cpuinfo), "ratio", measure or measure_bf16_time_ratio, cache_dir)
+
+
+def cached_measurement(file: str, key: str, field: str, measure: Callable[[], float],
+                       cache_dir: Path | None = None) -> float:
+    """``measure()``, or what it returned before for ``key``, as ``field`` of the entry ``key`` in
+    ``$KBIT_CACHE/file``; a cache that cannot be read or written is skipped (measured again)."""
     from kbit.core.system.cache import cache_root
     from kbit.core.runs.folder import write_json_atomic
 
-    path = (cache_dir or cache_root()) / CACHE_FILE
-    key = probe_key(cpuinfo)
+    path = (cache_dir or cache_root()) / file
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -57,14 +63,14 @@ def bf16_time_ratio(cpuinfo: str, cache_dir: Path | None = None,
     if not isinstance(cached, dict):
         cached = {}
     entry = cached.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)) and entry["ratio"] > 0:
-        return float(entry["ratio"])
-    ratio = (measure or measure_bf16_time_ratio)()
-    cached[key] = {"ratio": round(ratio, 4), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if isinstance(entry, dict) and isinstance(entry.get(field), (int, float)) and entry[field] > 0:
+        return float(entry[field])
+    value = measure()
+    cached[key] = {field: round(value, 4), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, cached)
-    return ratio
+    return value
 
 
 def measure_bf16_time_ratio(rows: int = 512, hidden: int = 576, inner: int = 1536, rounds: int = 5,

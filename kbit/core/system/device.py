@@ -67,6 +67,14 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper
 CPUINFO = Path("/proc/cpuinfo")
 
 
+def read_cpuinfo() -> str:
+    """The text of /proc/cpuinfo, empty where there is none."""
+    try:
+        return CPUINFO.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def cpu_bf16_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
     """The native-bf16 instruction-set flags among ``CPU_BF16_FLAGS`` that ``cpuinfo`` (the text of
     ``/proc/cpuinfo``; read from there when None) lists; empty where there is no such file.
@@ -75,10 +83,7 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
     on any AVX512 CPU, where oneDNN emulates bf16, which is slower than float32.
     """
     if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text(errors="replace")
-        except OSError:
-            return ()
+        cpuinfo = read_cpuinfo()
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
@@ -92,10 +97,7 @@ def host_cpu(cpuinfo: str | None = None, measure: Callable[[], float] | None = N
     of /proc/cpuinfo, read when None) and, where it has them, bf16's speed against float32 measured
     (``measure``, default ``kbit.core.system.cpu_probe``: cached per CPU and torch version; imports torch)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = read_cpuinfo()
     flags = cpu_bf16_flags(cpuinfo)
     evidence = (f"{', '.join(flags)} in /proc/cpuinfo" if flags
                 else "no " + " or ".join(CPU_BF16_FLAGS) + " in /proc/cpuinfo")

@@ -40,6 +40,33 @@ class StopOnNonFinite(TrainerCallback):
             control.should_log = True  # the last step's loss is always logged, whatever --logging-steps says
 
 
+class TimeSteps(TrainerCallback):
+    """The seconds spent in training steps: forward, backward and optimizer, from the step's first
+    micro-batch to its end; loading the batches, evaluations, logging and saving are not in it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = self._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._started is not None:
+            self.seconds += self._now() - self._started
+            self._started = None
+
+    @staticmethod
+    def _now() -> float:
+        import time
+
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the step's kernels have run, not only been queued
+        return time.perf_counter()
+
+
 class EvaluateAtEnd(TrainerCallback):
     """Measure the held-out loss at the last step too, whatever the evaluation interval."""
 

@@ -37,6 +37,7 @@ class Trained:
     padding_free: dict[str, Any] | None = None  # the decision, for kbit.json
     tokens: dict[str, int] | None = None  # real tokens and tokens in the micro-batches (padding included)
     held_out_loss_items: int = 0  # held-out items the loss during training is measured on
+    speed: dict[str, Any] = attrs.field(factory=dict)  # tokens/s, achieved GFLOP/s and MFU of the steps
 
 
 def sft_dataset(tokenizer: Any, examples) -> Any:
@@ -173,7 +174,31 @@ def train_adapter(plan: RunPlan, model: Any) -> Trained:
     return Trained(trainer.model, history, steps, trainer.args.world_size, checkpoint.name if checkpoint else None,
                    adapter_digests(trainer.model), trainer.is_world_process_zero(),
                    padding_free=trainer.padding_free_decision, tokens=trainer.token_counts(),
-                   held_out_loss_items=len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0)
+                   held_out_loss_items=len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+                   speed=step_speed(trainer, plan.spec.training.compute_dtype))
+
+
+def step_speed(trainer: Any, compute_dtype: str) -> dict[str, Any]:
+    """How fast this process's training steps ran (``kbit.core.measure.throughput``), against this
+    device's matmul peak in the compute dtype; empty when no step ran here (a finished run resumed)."""
+    from kbit.core.measure.throughput import model_shape, speed_figures
+
+    work = trainer.step_work()
+    if not work.tokens or not trainer.is_world_process_zero():
+        return {}
+    device, dtype = trainer.args.device, torch_dtype(compute_dtype)
+    try:
+        from kbit.core.system.matmul_peak import matmul_peak_gflops
+
+        peak = matmul_peak_gflops(str(device), dtype)
+    except (RuntimeError, OSError) as exc:  # a device that cannot run the probe: no MFU, the rest stands
+        log.warning("could not measure the matmul peak of %s in %s (%s): no MFU recorded", device, compute_dtype, exc)
+        peak = None
+    import torch
+
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    figures = speed_figures(model_shape(trainer.model), work, trainer.step_timer.seconds, peak)
+    return {**figures, "peak": f"{compute_dtype} matmul on {device.type}{threads}"} if figures else {}
 
 
 def load_adapter_weights(model: Any, folder: Path, spec: Any) -> None:

@@ -192,7 +192,7 @@ def _initialise_adapter(plan: RunPlan, model: Any) -> dict[str, float] | None:
 def _save_adapter(plan: RunPlan, record: RunRecord, trained: Trained) -> None:
     record.train.update(steps=trained.steps, world_size=trained.world_size, resumed_from=trained.resumed_from,
                         rank_adapter_digests=trained.digests, held_out_loss_items=trained.held_out_loss_items,
-                        **(trained.tokens or {}))
+                        **(trained.tokens or {}), **trained.speed)
     if trained.padding_free is not None:
         record.decisions["padding_free"] = trained.padding_free
     record.loss_history = trained.history

@@ -42,6 +42,17 @@ def loss_line(history: list[dict[str, Any]], steps: Any) -> str | None:
     return line
 
 
+def speed_line(train: dict[str, Any]) -> str | None:
+    """Tokens/s and achieved matmul GFLOP/s of the training steps, with the share of the measured peak."""
+    if not train.get("tokens_per_s"):
+        return None
+    line = (f"{train['tokens_per_s']:.0f} tokens/s over {train['step_seconds']} s of training steps, "
+            f"{train['achieved_gflops']} GFLOP/s in matrix products")
+    if train.get("mfu") is not None:
+        line += f" = {100 * train['mfu']:.0f}% of the measured peak ({train['peak_gflops']} GFLOP/s, {train['peak']})"
+    return line
+
+
 def variant_lines(metrics: dict[str, Any]) -> list[str]:
     """One line per variant the run scored after training (adapter, merged, quantized, deploy files):
     its held-out exact match on the same items; empty when only the adapter was scored."""
@@ -68,6 +79,9 @@ def print_summary(result: Any) -> None:
     line = loss_line(history, record.train.get("steps"))
     if line:
         console.print(f"[bold]loss[/bold]     {line}")
+    line = speed_line(record.train)
+    if line:
+        console.print(f"[bold]speed[/bold]    {escape(line)}")
     eval_limit = record.config.get("eval_limit")
     line, warning = held_out_lines(metrics, eval_limit)
     console.print(f"[bold]held-out[/bold] {escape(line)}")

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
+from kbit.core.train.callbacks import TimeSteps
+
 
 def set_adapter_dtype(model: Any, dtype: torch.dtype) -> None:
     """Cast the trainable parameters of ``model`` to ``dtype``.
@@ -39,12 +41,23 @@ class KbitSFTTrainer(SFTTrainer):
         self.adapter_dtype = adapter_dtype
         set_adapter_dtype(self.model, adapter_dtype)
         self.scores_labelled_positions_only = self._plain_token_loss()
-        self._tokens_real: Any = 0  # summed on the device, read once at the end (no sync per step)
+        self._work: list[Any] = [0, 0, 0]  # real tokens, head positions, attention pairs: summed on the device
         self._tokens_in_batches = 0
+        self.step_timer = TimeSteps()
+        self.add_callback(self.step_timer)
 
     def token_counts(self) -> dict[str, int]:
         """Tokens this process trained on so far: the examples' own and the micro-batches' (padding included)."""
-        return {"tokens_real": int(self._tokens_real), "tokens_in_batches": self._tokens_in_batches}
+        return {"tokens_real": int(self._work[0]), "tokens_in_batches": self._tokens_in_batches}
+
+    def step_work(self) -> Any:
+        """What this process's training steps processed so far (``kbit.core.measure.throughput.StepWork``)."""
+        from kbit.core.measure.throughput import StepWork
+        from kbit.core.model.compat import checkpointing_enabled
+
+        tokens, head, pairs = (int(value) for value in self._work)
+        return StepWork(tokens=tokens, head_positions=head, attention_pairs=pairs,
+                        checkpointing=checkpointing_enabled(self.model))
 
     def _plain_token_loss(self) -> bool:
         """True when trl's loss here is the plain mean token NLL that ``labelled_loss`` computes.
@@ -103,10 +116,12 @@ class KbitSFTTrainer(SFTTrainer):
         """The Trainer's step, refusing a NaN/infinite loss before the optimizer applies its gradients."""
         from kbit.core.train.callbacks import NonFiniteLoss
 
+        from kbit.core.measure.throughput import batch_work
+
         self._tokens_in_batches += inputs["input_ids"].numel()
-        mask = inputs.get("attention_mask")
         # Padding-free rows hold no padding (trl pads them only to pad_to_multiple_of, which kbit leaves unset).
-        self._tokens_real = self._tokens_real + (mask.sum() if mask is not None else inputs["input_ids"].numel())
+        work = batch_work(inputs, labelled_head=self.scores_labelled_positions_only)
+        self._work = [total + part for total, part in zip(self._work, work)]
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss).all()):
             raise NonFiniteLoss(
