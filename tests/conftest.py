@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def tiny(kbit_tiny_model: Path) -> Path:
 
 _RUNNING: list[pytest.Item] = []  # the test being set up or run, for run_kbit's check
 TRAINING_COMMANDS = ("train", "compare")
+QUICK_S = 20  # a training command refused on bad input ends well within this; one that trains does not
 
 
 @pytest.hookimpl(wrapper=True)
@@ -78,12 +80,16 @@ def run_kbit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
     """Run the installed CLI in a subprocess, as a user would.
 
     A test that trains this way (``train``, ``compare``; its fixtures included) must be marked slow, so
-    that ``pytest -m "not slow"`` stays a quick loop: an unmarked one fails here, naming the fix."""
-    if args and args[0] in TRAINING_COMMANDS and _RUNNING and _RUNNING[-1].get_closest_marker("slow") is None:
-        pytest.fail(f"{_RUNNING[-1].nodeid} runs 'kbit {args[0]}' in a subprocess: mark it @pytest.mark.slow", pytrace=False)
-    return subprocess.run(
+    that ``pytest -m "not slow"`` stays a quick loop: an unmarked one whose command succeeded or ran
+    past ``QUICK_S`` fails here, naming the fix (one refused on bad input is quick and may stay unmarked)."""
+    started = time.monotonic()
+    result = subprocess.run(
         [sys.executable, "-m", "kbit", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
     )
+    trained = result.returncode == 0 or time.monotonic() - started > QUICK_S
+    if args and args[0] in TRAINING_COMMANDS and trained and _RUNNING and _RUNNING[-1].get_closest_marker("slow") is None:
+        pytest.fail(f"{_RUNNING[-1].nodeid} runs 'kbit {args[0]}' in a subprocess: mark it @pytest.mark.slow", pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session")

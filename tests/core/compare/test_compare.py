@@ -51,7 +51,8 @@ def test_each_method_has_a_row_per_variant_and_the_base_is_scored_once(compared)
     for row in report["rows"][:-1]:
         assert row["items"] == 3 and row["loss"] > 0 and row["disk_bytes"] > 0, row
     qlora_adapter = report["rows"][3]
-    assert qlora_adapter["bits_per_weight"] < 5 < report["rows"][1]["bits_per_weight"]  # NF4 base vs float32
+    # NF4 base vs float32 (on the tiny model NF4's per-layer state adds up to ~2 bits, see test_cli)
+    assert qlora_adapter["bits_per_weight"] < 8 < report["rows"][1]["bits_per_weight"]
     for method in ("lora", "qlora"):
         entry = _entry(report, method)
         assert entry["status"] == "finished" and entry["action"] == "trained"

@@ -24,7 +24,9 @@ def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
     assert [g["variant"] for g in report["gaps"]] == ["quantized"]
     base, adapter, merged = report["rows"]
     assert base["bits_per_weight"] == merged["bits_per_weight"] == 32
-    assert 4 < adapter["bits_per_weight"] < 5 and adapter["memory_bytes"] < base["memory_bytes"]
+    # NF4: 4 bits, plus state per layer (block scales, a 256-entry code table) that the tiny model's
+    # 64-wide layers make large (bitsandbytes' CPU library, where it loads, keeps more of it).
+    assert 4 < adapter["bits_per_weight"] < 8 and adapter["memory_bytes"] < base["memory_bytes"]
     assert all(r["items"] == 3 and r["loss"] > 0 and r["tokens_per_s"] > 0 for r in report["rows"])
     assert abs(adapter["loss"] - merged["loss"]) < 0.05  # the merge keeps what the adapter learned
     lines = (out / "predictions.jsonl").read_text().splitlines()

@@ -43,8 +43,9 @@ def test_console_shows_kbit_lines_only_and_the_run_log_keeps_the_third_party_one
         assert noise not in result.stderr and noise not in result.stdout, noise
     assert "step 3/3  loss" in result.stderr and "scoring 4 held-out items" in result.stderr
     log = (out / "train.log").read_text()
-    assert "WARNING bitsandbytes" in log
-    if importlib.util.find_spec("torchao"):  # kbit[torchao]; absent from a bare install
+    # Which libraries warn depends on the machine (bitsandbytes when its CPU library does not load here);
+    # torchao warns about its CUDA kernels on every CPU machine where kbit[torchao] is installed.
+    if importlib.util.find_spec("torchao"):
         assert "WARNING torchao: Failed to load" in log
     assert "INFO kbit: step 3/3  loss" in log and read_record(out).artifacts["log"] == "train.log"
 
@@ -73,7 +74,9 @@ def test_quiet_prints_only_results_and_verbose_everything(tiny, tmp_path):
     verbose = run_kbit("-v", "train", "--model", str(tiny), "--output", str(tmp_path / "verbose"), *TRAIN,
                        "--eval-limit", "0")
     assert verbose.returncode == 0, verbose.stderr[-3000:]
-    assert "warning  [bitsandbytes.backends.cpu.ops] Failed to load" in verbose.stderr and "Loading weights" in verbose.stderr
+    assert "Loading weights" in verbose.stderr  # transformers' own progress bar
+    if importlib.util.find_spec("torchao"):  # a third-party warning (see the test above)
+        assert "warning  [torchao] Failed to load" in verbose.stderr
     assert "{'loss'" in verbose.stdout  # the Trainer's own log lines
 
 
