@@ -134,7 +134,7 @@ def speed_figures(shape: ModelShape, work: StepWork, step_seconds: float,
     flops = step_flops(shape, work)
     achieved = flops / step_seconds / 1e9
     return {
-        "step_seconds": round(step_seconds, 2),
+        "step_seconds": round(step_seconds, 3),
         "tokens_per_s": round(work.tokens / step_seconds, 1),
         "flop_per_token": round(flops / work.tokens),
         "achieved_gflops": round(achieved, 1),

@@ -164,7 +164,7 @@ def test_batch_layout_decision_and_token_counts_are_recorded(qlora_run):
 def test_training_speed_and_mfu_are_recorded_and_printed(qlora_run):
     out, result = qlora_run
     train = read_record(out).train
-    assert 0 < train["step_seconds"] and train["tokens_per_s"] == pytest.approx(train["tokens_real"] / train["step_seconds"], rel=0.01)
+    assert 0 < train["step_seconds"] and train["tokens_per_s"] == pytest.approx(train["tokens_real"] / train["step_seconds"], rel=0.02)
     assert train["achieved_gflops"] > 0 and train["peak_gflops"] > 0
     assert train["mfu"] == pytest.approx(train["achieved_gflops"] / train["peak_gflops"], abs=0.002)
     assert train["flop_per_token"] > 0 and "matmul on cpu" in train["peak"]
