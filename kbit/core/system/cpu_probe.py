@@ -49,9 +49,13 @@ def bf16_time_ratio(cpuinfo: str, cache_dir: Path | None = None,
 
 
 def cached_measurement(file: str, key: str, field: str, measure: Callable[[], float],
-                       cache_dir: Path | None = None) -> float:
+                       cache_dir: Path | None = None, keep_best: bool = False) -> float:
     """``measure()``, or what it returned before for ``key``, as ``field`` of the entry ``key`` in
-    ``$KBIT_CACHE/file``; a cache that cannot be read or written is skipped (measured again)."""
+    ``$KBIT_CACHE/file``; a cache that cannot be read or written is skipped (measured again).
+
+    ``keep_best``: measure every time and keep the highest value ever measured (a peak: a measurement
+    taken while other work loaded the machine reads low, and must not stand for the machine's best).
+    """
     from kbit.core.system.cache import cache_root
     from kbit.core.runs.folder import write_json_atomic
 
@@ -63,9 +67,13 @@ def cached_measurement(file: str, key: str, field: str, measure: Callable[[], fl
     if not isinstance(cached, dict):
         cached = {}
     entry = cached.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get(field), (int, float)) and entry[field] > 0:
-        return float(entry[field])
+    known = float(entry[field]) if (isinstance(entry, dict) and isinstance(entry.get(field), (int, float))
+                                    and entry[field] > 0) else None
+    if known is not None and not keep_best:
+        return known
     value = measure()
+    if known is not None and known >= value:
+        return known
     cached[key] = {field: round(value, 4), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)

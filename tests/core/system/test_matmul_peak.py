@@ -10,18 +10,16 @@ from kbit.core.system.matmul_peak import CACHE_FILE, matmul_peak_gflops, measure
 
 
 def test_a_real_matmul_is_timed():
-    assert 0.1 < measure_matmul_gflops("cpu", torch.float32, size=256, rounds=3) < 1e6
+    assert 0.1 < measure_matmul_gflops("cpu", torch.float32, sizes=(256,), rounds=2) < 1e6
 
 
-def test_measured_once_per_dtype_then_read_from_the_cache(tmp_path, monkeypatch):
+def test_the_best_measurement_is_kept_per_dtype(tmp_path, monkeypatch):
     import kbit.core.system.matmul_peak as peak
 
-    calls = []
-    monkeypatch.setattr(peak, "measure_matmul_gflops", lambda device, dtype: calls.append(dtype) or 123.0)
-    assert matmul_peak_gflops("cpu", torch.float32, tmp_path) == 123.0
-    assert matmul_peak_gflops("cpu", torch.float32, tmp_path) == 123.0 and calls == [torch.float32]
-    matmul_peak_gflops("cpu", torch.bfloat16, tmp_path)
-    assert calls == [torch.float32, torch.bfloat16]  # another dtype: its own measurement
+    readings = iter([120.0, 80.0, 150.0, 40.0])  # 80: measured while other work loaded the machine
+    monkeypatch.setattr(peak, "measure_matmul_gflops", lambda device, dtype: next(readings))
+    assert [matmul_peak_gflops("cpu", torch.float32, tmp_path) for _ in range(3)] == [120.0, 120.0, 150.0]
+    assert matmul_peak_gflops("cpu", torch.bfloat16, tmp_path) == 40.0  # another dtype: its own peak
     cached = json.loads((tmp_path / CACHE_FILE).read_text())
     assert set(cached) == {peak_key("cpu", torch.float32), peak_key("cpu", torch.bfloat16)}
     assert f"{torch.get_num_threads()} threads" in peak_key("cpu", torch.float32)
