@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(model_path(), dtype=torch.float32).eval()
     tok = tokenizer()
-    items = list(arith_data().held_out[: args.items])
+    data = arith_data()
+    items = list(data.held_out[: args.items])
     generate_answers(model, tok, items[:8], max_new_tokens=4, batch_size=8)  # warm-up
     seconds: dict[int, list[float]] = {size: [] for size in args.sizes}
     answers = {}
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         median = statistics.median(seconds[size])
         differ = sum(a != b for a, b in zip(answers[size], reference))
-        hits = task_scores(items[0].task, answers[size], items)[1].get("exact_match_hits")
+        hits = task_scores(data.task, answers[size], items)[1].get("exact_match_hits")
         print(f"  batch {size:>4}: {median:6.2f} s  ratio {median / statistics.median(seconds[first]):.2f}  "
               f"exact-match hits {hits}  answers differing from batch {first}: {differ}")
 

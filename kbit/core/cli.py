@@ -243,7 +243,7 @@ def eval_command(
     held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out split of --dataset: a count (50) or a fraction (0.1, 10%); a run is scored on its own split.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items per model (default 100).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per forward/generate batch (default 8).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per batch (default: greedy answers in batches that a 1 GiB KV cache holds, at most 128, as kbit train scores; the loss pass and the speed run 8).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Data split seed (default: each run's seed, else 0).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP); an earlier report there is replaced, anything else refused.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds something other than a kbit report (never a run, a folder holding kbit outputs, or this command's inputs).")] = False,

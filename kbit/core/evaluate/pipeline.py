@@ -27,7 +27,7 @@ from kbit.core.system.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
 from kbit.core.measure.budget import GenerationBudget, check_fits_context, generation_budget
-from kbit.core.measure.generation import ANSWER_BATCH_SIZE, Answers, decode_speed, generate_answers
+from kbit.core.measure.generation import Answers, decode_speed, generate_answers
 from kbit.core.evaluate.loading import (
     RUNTIMES,
     Candidate,
@@ -52,6 +52,9 @@ REPORT_BYTES = 16 << 20  # report.json, report.md, predictions and the plot, wit
 SPEED_NEW_TOKENS = 32  # forced new tokens per prompt in the decoding-speed measurement
 
 
+LOSS_BATCH_SIZE = 8  # the loss pass and the speed run, unless --batch-size says otherwise
+
+
 @attrs.frozen
 class EvalConfig:
     """Settings of one ``kbit eval``: what to evaluate (``selection``) and how much of it."""
@@ -60,7 +63,9 @@ class EvalConfig:
     limit: int = attrs.field(default=100, converter=integer(minimum=1))
     # None: each dataset's budget from its training completions (kbit.core.measure.budget)
     max_new_tokens: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1)))
-    batch_size: int = attrs.field(default=ANSWER_BATCH_SIZE, converter=integer(minimum=1))
+    # None: greedy answers in batches of ``answer_batch_size`` (as kbit train scores them), the loss pass
+    # and the speed run in batches of LOSS_BATCH_SIZE
+    batch_size: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=1)))
     out: str | None = None
     overwrite: bool = False
 
@@ -131,12 +136,12 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
             "max_new_tokens": config.max_new_tokens if config.max_new_tokens is not None else "per dataset",
             "held_out": config.selection.held_out,
             "speed": {"tokens_per_s": f"greedy decoding, exactly {SPEED_NEW_TOKENS} new tokens for each of up to the first "
-                                      f"{config.batch_size} held-out prompts in one batch (end-of-turn suppressed), "
+                                      f"{config.batch_size or LOSS_BATCH_SIZE} held-out prompts in one batch (end-of-turn suppressed), "
                                       "after a warm-up: comparable across variants whatever their answer length",
                       "forward_tokens_per_s": "prompt + answer tokens of every held-out item through one forward "
-                                              f"pass each (the loss measurement, batch {config.batch_size})"},
+                                              f"pass each (the loss measurement, batch {config.batch_size or LOSS_BATCH_SIZE})"},
             "min_items": MIN_ITEMS,
-            "batch_size": config.batch_size,
+            "batch_size": config.batch_size or f"answers: auto (a 1 GiB KV cache, at most 128); loss and speed: {LOSS_BATCH_SIZE}",
             "seed": config.selection.seed if config.selection.seed is not None else "per run (default 0)",
             "variants": list(config.selection.variants) or "all present",
             "method": config.selection.method,
@@ -289,11 +294,12 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
         budget = generation_budget(tokenizer, data.train, config.max_new_tokens, model)
         generate_answers(model, tokenizer, items[:1], max_new_tokens=2)  # warm-up, so speed is comparable
         started = time.perf_counter()
-        loss = completion_loss(model, tokenizer, items, batch_size=config.batch_size)
+        loss = completion_loss(model, tokenizer, items, batch_size=config.batch_size or LOSS_BATCH_SIZE)
         forward_s = time.perf_counter() - started
         generated = generate_answers(model, tokenizer, items, max_new_tokens=budget.max_new_tokens,
                                      batch_size=config.batch_size)
-        speed = decode_speed(model, tokenizer, items, new_tokens=SPEED_NEW_TOKENS, batch_size=config.batch_size)
+        speed = decode_speed(model, tokenizer, items, new_tokens=SPEED_NEW_TOKENS,
+                             batch_size=config.batch_size or LOSS_BATCH_SIZE)
         footprint = memory_footprint(model)
         bits = linear_weight_bits(model)
         agreement = {}

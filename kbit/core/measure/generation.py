@@ -12,9 +12,31 @@ import attrs
 from kbit.core.data.examples import Example
 
 # Prompts per generate() call wherever kbit scores answers (kbit train's before/after and variants, kbit
-# eval's default --batch-size, the export check's reference). Left padding changes with the batch, and
-# with it the last bits of the logits and so, on near-ties, a greedy answer: one size gives one figure.
-ANSWER_BATCH_SIZE = 8
+# eval, the export check's reference) are chosen by ``answer_batch_size``: left padding changes with the
+# batch, and with it the last bits of the logits and so, on near-ties, a greedy answer, so every scorer
+# derives the size from the same things (the model's shape, the prompts, the answer budget), never
+# from the dtype or the memory free at the time.
+ANSWER_CACHE_BYTES = 2**30  # the KV cache of one batch, counted as float32
+MAX_ANSWER_BATCH = 128
+
+
+def answer_batch_size(model: Any, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int) -> int:
+    """Prompts per batch for greedy answers: as many as the KV cache of ``ANSWER_CACHE_BYTES`` holds at the
+    longest prompt plus ``max_new_tokens``, at most ``MAX_ANSWER_BATCH`` and the number of examples.
+
+    Decoding reads every weight once per new token for the whole batch, so a few large batches read
+    them far fewer times than many small ones (``python -m benchmarks.scoring_speed`` measures it).
+    """
+    if not examples:
+        return 1
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = int(getattr(config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or int(getattr(config, "hidden_size", 0)) // heads or 1)
+    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+    longest = max(len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in examples)
+    row_bytes = 2 * layers * kv_heads * head_dim * 4 * (longest + max_new_tokens)
+    return max(1, min(MAX_ANSWER_BATCH, len(examples), ANSWER_CACHE_BYTES // max(row_bytes, 1)))
 
 
 def render_prompt(tokenizer: Any, example: Example) -> str:
@@ -37,8 +59,9 @@ class Answers:
 
 
 def generate_answers(model: Any, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 16,
-                     batch_size: int = ANSWER_BATCH_SIZE) -> Answers:
-    """Greedy completions for ``examples``, each ending at an end-of-turn token or after ``max_new_tokens``.
+                     batch_size: int | None = None) -> Answers:
+    """Greedy completions for ``examples``, each ending at an end-of-turn token or after ``max_new_tokens``,
+    ``batch_size`` prompts at a time (default: ``answer_batch_size``).
 
     The end-of-turn tokens are ``kbit.core.measure.budget.end_of_turn_ids`` of the tokenizer and model;
     an answer's text stops before the first of them.
@@ -48,6 +71,7 @@ def generate_answers(model: Any, tokenizer: Any, examples: Sequence[Example], ma
     from kbit.core.measure.budget import end_of_turn_ids
 
     stops = end_of_turn_ids(tokenizer, model)
+    batch_size = batch_size or answer_batch_size(model, tokenizer, examples, max_new_tokens)
     texts: list[str] = []
     lengths: list[int] = []
     cut = 0

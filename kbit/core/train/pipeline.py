@@ -33,7 +33,7 @@ from kbit.core.runs.cards import name_base_in_adapter, write_cards
 from kbit.core.system.console import LOG_FILE_ONLY, LOG_NAME, run_log
 from kbit.core.data import TaskData
 from kbit.core.system.device import peak_memory_bytes
-from kbit.core.measure.generation import ANSWER_BATCH_SIZE, generate_answers
+from kbit.core.measure.generation import generate_answers
 from kbit.core.measure.metrics import task_scores
 from kbit.core.measure.budget import GenerationBudget, generation_budget
 from kbit.core.measure.sample_size import MIN_ITEMS, exact_match_stats, too_few
@@ -365,7 +365,7 @@ def _held_out_scores(model: Any, tokenizer: Any, data: TaskData, limit: int, max
     if not items:
         return {"exact_match": None, "items": 0}
     # as kbit eval answers and scores (same batch size, same task_scores): one figure for one model
-    answers = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens, batch_size=ANSWER_BATCH_SIZE)
+    answers = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens)
     predictions = answers.texts
     _, means = task_scores(data.task, predictions, items)
     return {"items": len(items), "answers_cut": answers.cut, "mean_new_tokens": round(sum(answers.new_tokens) / len(items), 1),

@@ -103,3 +103,24 @@ def test_a_frozen_head_sees_contiguous_hidden_states_and_answers_do_not_change(l
         handle.remove()
     assert seen and all(seen)
     assert frozen.texts == trainable.texts and not head._forward_pre_hooks
+
+
+def test_answer_batches_are_sized_by_the_kv_cache_from_the_model_shape_and_prompts(loaded, monkeypatch):
+    import kbit.core.measure.generation as generation
+    from kbit.core.measure.generation import answer_batch_size, render_prompt
+
+    model, tokenizer = loaded
+    assert answer_batch_size(model, tokenizer, PROMPTS, max_new_tokens=16) == len(PROMPTS)  # all in one batch
+    assert answer_batch_size(model, tokenizer, PROMPTS * 40, max_new_tokens=16) == generation.MAX_ANSWER_BATCH
+    config = model.config
+    longest = max(len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in PROMPTS)
+    row = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4 * (longest + 16)
+    monkeypatch.setattr(generation, "ANSWER_CACHE_BYTES", 3 * row)  # room for three rows' cache
+    assert answer_batch_size(model, tokenizer, PROMPTS, max_new_tokens=16) == 3
+    model.to(dtype=__import__("torch").bfloat16)  # the dtype does not change the size: every scorer agrees
+    try:
+        assert answer_batch_size(model, tokenizer, PROMPTS, max_new_tokens=16) == 3
+    finally:
+        model.float()
+    auto = generate_answers(model, tokenizer, PROMPTS, max_new_tokens=4)
+    assert auto.texts == generate_answers(model, tokenizer, PROMPTS, max_new_tokens=4, batch_size=3).texts
