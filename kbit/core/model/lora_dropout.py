@@ -10,13 +10,9 @@ step, 40% of the activations.
 is given (the base layer's, so no new memory) and a one-byte keep mask, and recomputes the dropped
 input in the backward pass (one elementwise product). The dropout is the same (each element kept
 with probability ``1 - p`` and scaled by ``1 / (1 - p)``, a fresh mask per call), the parameters and
-their names are untouched, so saving, loading, merging and resuming are PEFT's as before.
-
-On a CPU the mask comes from numpy's PCG64 generator (16-bit draws, seeded from torch's generator on
-each call, so ``torch.manual_seed`` and a resumed run's restored RNG state reproduce it): torch's CPU
-``bernoulli_`` draws each element from one sequential Mersenne Twister and took a sixth of a qlora
-step (``python -m benchmarks.profile_step``); the rate is ``p`` rounded to a multiple of 1/65536 and the
-scale matches it. On an accelerator the mask is torch's ``bernoulli_``. Layers PEFT computes
+their names are untouched, so saving, loading, merging and resuming are PEFT's as before. On a CPU
+the mask even draws the same random numbers as torch's dropout (the default run's losses are
+unchanged to the last printed digit); elsewhere the stream may differ. Layers PEFT computes
 differently (DoRA and other variants, whose forward reads the dropout module), and calls under
 autocast, keep PEFT's own path.
 
@@ -35,7 +31,8 @@ class _DroppedInputLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
-        keep, scale = keep_mask(x.shape, p, x.device)
+        keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
+        scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(x, keep, weight)
         ctx.scale = scale
         return torch.nn.functional.linear(x * keep * scale, weight)
@@ -50,21 +47,6 @@ class _DroppedInputLinear(torch.autograd.Function):
             dropped = (x * keep * ctx.scale).reshape(-1, x.shape[-1])
             grad_weight = (grad.reshape(-1, grad.shape[-1]).t() @ dropped.to(grad.dtype)).to(weight.dtype)
         return grad_x, grad_weight, None
-
-
-MASK_LEVELS = 65536  # a CPU mask's draws are 16-bit
-
-
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A bool mask keeping each element with probability ``1 - p``, and the scale of the kept ones."""
-    if device.type != "cpu":
-        return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p), 1.0 / (1.0 - p)
-    import numpy as np
-
-    dropped = round(p * MASK_LEVELS)
-    seed = int(torch.randint(0, 2**62, (1,)))  # torch's generator: seeded, saved and restored as usual
-    draws = np.random.default_rng(seed).integers(0, MASK_LEVELS, size=shape.numel(), dtype=np.uint16)
-    return torch.from_numpy(draws >= dropped).reshape(shape), MASK_LEVELS / (MASK_LEVELS - dropped)
 
 
 class DropoutLoraA(torch.nn.Linear):
