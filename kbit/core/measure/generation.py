@@ -29,11 +29,9 @@ def answer_batch_size(model: Any, tokenizer: Any, examples: Sequence[Example], m
     """
     if not examples:
         return 1
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = int(getattr(config, "num_attention_heads", 1) or 1)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or int(getattr(config, "hidden_size", 0)) // heads or 1)
-    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+    from kbit.core.measure.throughput import attention_geometry
+
+    layers, _, kv_heads, head_dim = (max(1, value) for value in attention_geometry(model.config))
     longest = max(len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in examples)
     row_bytes = 2 * layers * kv_heads * head_dim * 4 * (longest + max_new_tokens)
     return max(1, min(MAX_ANSWER_BATCH, len(examples), ANSWER_CACHE_BYTES // max(row_bytes, 1)))

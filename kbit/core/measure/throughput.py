@@ -51,12 +51,18 @@ def model_shape(model: Any) -> ModelShape:
     head_parameters = {id(p) for p in output.parameters()} if output is not None else set()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head_parameters)
     head_trainable = output is not None and any(p.requires_grad for p in output.parameters())
-    config = model.config
+    layers, heads, _, head_dim = attention_geometry(model.config)
+    return ModelShape(frozen_linear_weights=frozen, trainable_parameters=trainable, head_weights=head, head_trainable=head_trainable,
+                      layers=layers, attention_width=heads * head_dim)
+
+
+def attention_geometry(config: Any) -> tuple[int, int, int, int]:
+    """Layers, query heads, key/value heads and head size of a transformers config (its text part); 0 where unknown."""
     text = getattr(config, "get_text_config", lambda: config)()
     heads = int(getattr(text, "num_attention_heads", 0) or 0)
-    head_dim = getattr(text, "head_dim", None) or (int(getattr(text, "hidden_size", 0)) // heads if heads else 0)
-    return ModelShape(frozen_linear_weights=frozen, trainable_parameters=trainable, head_weights=head, head_trainable=head_trainable,
-                      layers=int(getattr(text, "num_hidden_layers", 0) or 0), attention_width=heads * int(head_dim))
+    head_dim = int(getattr(text, "head_dim", None) or (int(getattr(text, "hidden_size", 0)) // heads if heads else 0))
+    return (int(getattr(text, "num_hidden_layers", 0) or 0), heads,
+            int(getattr(text, "num_key_value_heads", None) or heads), head_dim)
 
 
 def _is_leaf_linear(module: Any) -> bool:

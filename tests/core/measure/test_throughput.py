@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
@@ -65,7 +66,7 @@ def test_shape_of_a_lora_model(lora_model):
 def test_checkpointing_adds_one_forward_of_the_body(lora_model):
     shape = model_shape(lora_model)
     plain = StepWork(tokens=100, head_positions=40, attention_pairs=5000, checkpointing=False)
-    recomputed = attrs_evolve(plain, checkpointing=True)
+    recomputed = attrs.evolve(plain, checkpointing=True)
     forward = (2 * (shape.frozen_linear_weights + shape.trainable_parameters) * 100
                + 2 * shape.attention_width * shape.layers * 5000)
     assert step_flops(shape, recomputed) - step_flops(shape, plain) == forward
@@ -89,10 +90,4 @@ def test_speed_figures_and_mfu(lora_model):
     assert figures["achieved_gflops"] == round(achieved, 1)
     assert figures["mfu"] == round(achieved / 100.0, 3)
     assert speed_figures(shape, work, step_seconds=2.0, peak_gflops=None)["mfu"] is None
-    assert speed_figures(shape, attrs_evolve(work, tokens=0), 2.0, 100.0) == {}  # nothing trained here
-
-
-def attrs_evolve(work: StepWork, **changes):
-    import attrs
-
-    return attrs.evolve(work, **changes)
+    assert speed_figures(shape, attrs.evolve(work, tokens=0), 2.0, 100.0) == {}  # nothing trained here
