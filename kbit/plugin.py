@@ -53,7 +53,8 @@ from kbit.core.contract.method_info import MergePolicy, MethodInfo, Requirement
 from kbit.core.contract.options import DTYPES, Option, OptionSchema, boolean, choice, described, dtype, integer, module_names, number
 from kbit.core.contract.spec import AdapterSettings, CalibrationSettings, QuantizationSpec, TrainingSettings
 
-_NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears", "exact_activations", "cache_dequantized")
+_NEEDS_TORCH = ("QuantizedLinear", "replace_linears", "dequantize_linears", "exact_activations", "cache_dequantized",
+               "dequantized_copy_fits")
 _ROUNDING = ("activation_format", "fake_quantize_activations")  # kbit.core.runtime.rounding, imports torch
 
 __all__ = [

@@ -29,7 +29,12 @@ from kbit.plugin import (
     training_options,
     training_settings,
 )
-from kbit.plugins._bnb import REQUIRES, dequantize_4bit_exactly, set_cpu_repacking
+from kbit.plugins._bnb import (
+    REQUIRES,
+    cache_4bit_weights,
+    dequantize_4bit_exactly,
+    set_cpu_repacking,
+)
 
 NAME = "qlora"
 BLOCK_SIZE = 64  # bitsandbytes' 4-bit quantization block size; transformers does not expose it.
@@ -103,6 +108,7 @@ def build_quant_config(spec: QuantizationSpec) -> Any:
 @hookimpl
 def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
     set_cpu_repacking(model, enabled=False)
+    cache_4bit_weights(model)  # on a CPU, where a float copy fits: no dequantizing per pass
     return prepare_for_adapter(model, spec, kbit_base=True)
 
 

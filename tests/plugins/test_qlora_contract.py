@@ -67,3 +67,43 @@ def test_the_merge_base_is_the_4bit_base_as_its_float32_forward_computes(tiny):
                 torch.testing.assert_close(layer(x), plain[name](x), rtol=0, atol=1e-6, msg=name)
         batch = {"input_ids": torch.randint(0, quantized.config.vocab_size, (2, 12))}
         torch.testing.assert_close(quantized(**batch).logits.float(), dequantized(**batch).logits, rtol=0, atol=1e-4)
+
+
+def test_a_cpu_base_multiplies_by_a_kept_float_copy_bit_for_bit(tiny):
+    """The copy is what bitsandbytes dequantizes in each pass: the output and the input gradient are the
+    same bits; dropping the copy restores bitsandbytes' layer."""
+    import bitsandbytes as bnb
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from kbit.plugins._bnb import cache_4bit_weights, drop_4bit_weight_cache
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.float32)
+    plain, cached = (AutoModelForCausalLM.from_pretrained(tiny, quantization_config=config, dtype=torch.float32)
+                     for _ in range(2))
+    layers = [m for m in cached.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert cache_4bit_weights(cached) == len(layers) > 0
+    ids = torch.randint(0, 100, (2, 9))
+    results = []
+    for model in (plain, cached):
+        embeddings = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=embeddings).logits
+        logits.square().sum().backward()
+        results.append((logits.detach(), embeddings.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert all(m._dequantized is not None for m in layers)
+    drop_4bit_weight_cache(cached)
+    assert all(type(m) is bnb.nn.Linear4bit and not hasattr(m, "_dequantized") for m in layers)
+
+
+def test_the_float_copy_is_kept_only_on_a_cpu_where_it_fits():
+    import torch
+
+    from kbit.plugin import dequantized_copy_fits
+
+    layer = torch.nn.Linear(64, 32)
+    assert dequantized_copy_fits([layer])
+    assert not dequantized_copy_fits([layer], share=0.0)
+    assert not dequantized_copy_fits([])
+    assert not dequantized_copy_fits([torch.nn.Linear(64, 32, device="meta")])

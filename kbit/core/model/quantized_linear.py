@@ -87,6 +87,22 @@ def cache_dequantized(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def dequantized_copy_fits(layers: Iterable[torch.nn.Module], share: float = 0.25) -> bool:
+    """True when ``layers`` (linear layers holding quantized weights) are on the CPU and a float32 copy
+    of their weights takes at most ``share`` of the memory free now.
+
+    An accelerator keeps its quantized weights as they are: there memory is what the bits buy, and
+    its kernels dequantize at a small cost; a CPU dequantizes in plain code (BENCHMARKS.md, issue 25)."""
+    from kbit.core.system.device import DeviceInfo, free_memory_bytes
+
+    chosen = list(layers)
+    tensors = [t for layer in chosen for t in (*layer.parameters(recurse=False), *layer.buffers(recurse=False))]
+    if not chosen or any(t.device.type != "cpu" for t in tensors):
+        return False
+    needed = sum(layer.in_features * layer.out_features * 4 for layer in chosen)
+    return needed <= share * free_memory_bytes(DeviceInfo.cpu())
+
+
 @contextlib.contextmanager
 def exact_activations(model: torch.nn.Module) -> Iterator[None]:
     """Run every ``QuantizedLinear`` of ``model`` on its input as it comes, for the duration: the runtime's
