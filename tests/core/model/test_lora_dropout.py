@@ -30,7 +30,8 @@ def test_output_and_gradients_are_those_of_the_dropped_input():
     assert 0.5 < keep.float().mean() < 0.9
     reference_x = x.detach().clone().requires_grad_(True)
     weight = layer.weight.detach().clone().requires_grad_(True)
-    reference = torch.nn.functional.linear(reference_x * keep / 0.7, weight)
+    scale = 65536 / (65536 - round(0.3 * 65536))  # 1 / (1 - p) for p rounded to 1/65536 (keep_mask)
+    reference = torch.nn.functional.linear(reference_x * keep * scale, weight)
     reference.backward(upstream)
     torch.testing.assert_close(out, reference)
     torch.testing.assert_close(x.grad, reference_x.grad)
@@ -105,3 +106,76 @@ def test_no_dropout_and_dora_layers_are_left_to_peft(tiny):
     assert any(isinstance(m, torch.nn.Dropout) for m in dora.modules())
     assert not any(isinstance(m, DropoutLoraA) for m in dora.modules())
     assert fuse_lora_dropout(dora) == 0
+
+
+def test_masks_keep_one_minus_p_from_torchs_generator_and_scale_by_the_rounded_p():
+    from kbit.core.model.lora_dropout import keep_mask
+
+    shape = torch.Size((64, 1000))
+    torch.manual_seed(3)
+    first, scale = keep_mask(shape, 0.1, torch.device("cpu"))
+    torch.manual_seed(3)
+    again, _ = keep_mask(shape, 0.1, torch.device("cpu"))
+    other, _ = keep_mask(shape, 0.1, torch.device("cpu"))
+    assert first.shape == shape and first.dtype == torch.bool
+    assert torch.equal(first, again) and not torch.equal(first, other)  # seeded, and fresh per call
+    dropped = round(0.1 * 65536)
+    assert scale == 65536 / (65536 - dropped)
+    assert abs(float(first.float().mean()) - (1 - dropped / 65536)) < 0.005
+    lanes = [float(first.view(-1)[lane::4].float().mean()) for lane in range(4)]  # the four quarters of a draw
+    assert max(lanes) - min(lanes) < 0.01
+
+
+def grouped(model) -> dict[str, list[str]]:
+    """For each SharedInput group of ``model``: the names of its members' LoRA layers."""
+    names = {id(module): name for name, module in model.named_modules()}
+    groups: dict[int, list[str]] = {}
+    for module in model.modules():
+        if isinstance(module, DropoutLoraA) and module.shared is not None:
+            groups.setdefault(id(module.shared), []).append(names[id(module)].split(".")[-3])
+    return {"+".join(members): members for members in groups.values()}
+
+
+def test_siblings_given_the_same_input_share_one_a_product_and_compute_the_same(tiny):
+    shared = lora_model(tiny, lora_dropout=1e-6)  # a mask that keeps everything: the products must agree
+    alone = lora_model(tiny, lora_dropout=1e-6)
+    assert set(grouped(shared)) == {"q_proj+k_proj+v_proj", "gate_proj+up_proj"}
+    for module in alone.modules():
+        if isinstance(module, DropoutLoraA):
+            module.shared = None
+    alone.load_state_dict(shared.state_dict())
+    for model in (shared, alone):
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.05, generator=torch.Generator().manual_seed(hash(name) % 2**31))
+    ids = torch.randint(0, 100, (2, 24))
+    results = []
+    for model in (shared, alone):
+        model.train()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_member_given_another_input_computes_alone(tiny):
+    model = lora_model(tiny, lora_dropout=1e-6).train()
+    attention = model.base_model.model.model.layers[0].self_attn
+    q, k = attention.q_proj.lora_A["default"], attention.k_proj.lora_A["default"]
+    x, y = torch.randn(2, 5, q.in_features), torch.randn(2, 5, q.in_features)
+    torch.testing.assert_close(q(x), x @ q.weight.T)
+    torch.testing.assert_close(k(y), y @ k.weight.T)  # not the group's input: its own product
+    torch.testing.assert_close(k(x), x @ k.weight.T)
+
+
+def test_shared_inputs_train_under_gradient_checkpointing(tiny):
+    model = lora_model(tiny, lora_dropout=0.1)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model.train()
+    ids = torch.randint(0, 100, (2, 24))
+    model(input_ids=ids, labels=ids).loss.backward()  # recomputation must take the forward's path
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
