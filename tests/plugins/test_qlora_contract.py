@@ -107,3 +107,22 @@ def test_the_float_copy_is_kept_only_on_a_cpu_where_it_fits():
     assert not dequantized_copy_fits([layer], share=0.0)
     assert not dequantized_copy_fits([])
     assert not dequantized_copy_fits([torch.nn.Linear(64, 32, device="meta")])
+
+
+def test_float_copy_off_keeps_bitsandbytes_layers(tiny):
+    import bitsandbytes as bnb
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kbit.core.methods.registry import get_method
+    from kbit.core.system.device import DeviceInfo
+
+    qlora = get_method("qlora")
+    kinds = {}
+    for value in ("auto", "off"):
+        spec = qlora.resolve_spec({"float_copy": value, "compute_dtype": "float32"}, DeviceInfo.cpu())
+        model = AutoModelForCausalLM.from_pretrained(tiny, quantization_config=qlora.build_quant_config(spec),
+                                                     dtype=torch.float32)
+        model = qlora.prepare_model(model, spec)
+        kinds[value] = {type(m).__name__ for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert kinds == {"auto": {"CachedLinear4bit"}, "off": {"Linear4bit"}}
