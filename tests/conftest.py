@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from kbit.testing.pytest_plugin import run_cli
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -77,15 +79,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
 
 def run_kbit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 900):
-    """Run the installed CLI in a subprocess, as a user would.
+    """Run the installed CLI in a subprocess, as a user would: ``kbit.testing``'s ``run_cli`` (its
+    environment: this one without ``KBIT_*`` settings but ``KBIT_CACHE``, offline, plus ``env``).
 
     A test that trains this way (``train``, ``compare``; its fixtures included) must be marked slow, so
     that ``pytest -m "not slow"`` stays a quick loop: an unmarked one whose command succeeded or ran
     past ``QUICK_S`` fails here, naming the fix (one refused on bad input is quick and may stay unmarked)."""
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "kbit", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
-    )
+    result = run_cli(*args, env=env, cwd=cwd, timeout=timeout)
     trained = result.returncode == 0 or time.monotonic() - started > QUICK_S
     if args and args[0] in TRAINING_COMMANDS and trained and _RUNNING and _RUNNING[-1].get_closest_marker("slow") is None:
         pytest.fail(f"{_RUNNING[-1].nodeid} runs 'kbit {args[0]}' in a subprocess: mark it @pytest.mark.slow", pytrace=False)

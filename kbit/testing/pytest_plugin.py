@@ -51,10 +51,19 @@ def kbit_tiny_model(kbit_tiny_model_factory: Callable[..., Path]) -> Path:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None,
             timeout: float = 900) -> subprocess.CompletedProcess:
-    """``python -m kbit ARGS`` in a subprocess, offline, as a user would run it."""
-    environment = {**os.environ, **OFFLINE, **(env or {})}
+    """``python -m kbit ARGS`` in a subprocess, offline, as a user would run it.
+
+    The subprocess gets this process's environment without its kbit settings (``KBIT_*`` variables
+    other than ``KBIT_CACHE``, so a developer's plugin or allocator settings do not leak into a test),
+    with the hub switched off (``OFFLINE``), and then ``env``'s variables added or overriding."""
     return subprocess.run([sys.executable, "-m", "kbit", *map(str, args)], capture_output=True, text=True,
-                          env=environment, cwd=cwd, timeout=timeout)
+                          env=cli_environment(env), cwd=cwd, timeout=timeout)
+
+
+def cli_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``run_cli`` gives the command (see there), for a test that starts kbit its own way."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("KBIT_") or k == "KBIT_CACHE"}
+    return {**inherited, **OFFLINE, **(env or {})}
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,21 +9,12 @@ import pytest
 from tests.conftest import run_kbit
 
 
-def offline_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KBIT_")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    if "KBIT_CACHE" in os.environ:
-        env["KBIT_CACHE"] = os.environ["KBIT_CACHE"]
-    return env
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
     """A finished qlora run on the tiny model: kbit.json, adapter/ and merged/."""
     run = tmp_path_factory.mktemp("eval-run") / "run"
     result = run_kbit("train", "--model", str(tiny), "--max-steps", "2", "--batch-size", "2", "-o", "r=4",
-                      "-o", "compute_dtype=float32", "--max-examples", "40", "--eval-limit", "0", "--output", str(run),
-                      env=offline_env())
+                      "-o", "compute_dtype=float32", "--max-examples", "40", "--eval-limit", "0", "--output", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "merged" / "config.json").is_file()
     return run

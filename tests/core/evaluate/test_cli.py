@@ -9,14 +9,13 @@ import pytest
 
 from kbit.core.cli import main
 from tests.conftest import run_kbit
-from tests.core.evaluate.conftest import offline_env
 
 
 @pytest.mark.slow
 def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
     out = tmp_path / "report"
     result = run_kbit("eval", str(tiny_run), "--limit", "3", "--max-new-tokens", "4", "--variant", "quantized",
-                      "--variant", "adapter", "--variant", "merged", "--variant", "base", "--out", str(out), env=offline_env())
+                      "--variant", "adapter", "--variant", "merged", "--variant", "base", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kbit eval" in result.stdout and "bits/weight" in result.stdout and "gap" in result.stdout
     report = json.loads((out / "report.json").read_text())
@@ -37,7 +36,7 @@ def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_the_answer_budget_follows_the_task_and_few_items_are_flagged(tiny_run, tmp_path):
     out = tmp_path / "auto"
-    result = run_kbit("eval", str(tiny_run), "--limit", "3", "--variant", "merged", "--out", str(out), env=offline_env())
+    result = run_kbit("eval", str(tiny_run), "--limit", "3", "--variant", "merged", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     generation = report["datasets"][0]["generation"]
@@ -57,7 +56,7 @@ def test_held_out_picks_the_split_of_another_dataset(tiny_run, tmp_path):
     data.write_text("".join(json.dumps({"question": f"What is {i} + 2?", "answer": str(i + 2)}) + "\n" for i in range(20)))
     out = tmp_path / "held"
     result = run_kbit("eval", str(tiny_run), "--variant", "merged", "--dataset", str(data), "--held-out", "5",
-                      "--max-new-tokens", "3", "--out", str(out), env=offline_env())
+                      "--max-new-tokens", "3", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["rows"][0]["items"] == 5 and report["settings"]["held_out"] == 5
@@ -130,7 +129,7 @@ def test_bad_options(tiny_run, capsys):
 
 
 def test_bad_input_through_the_installed_cli(tmp_path):
-    result = run_kbit("eval", str(tmp_path / "nope"), env=offline_env())
+    result = run_kbit("eval", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
 
@@ -139,8 +138,7 @@ def test_bad_input_through_the_installed_cli(tmp_path):
 def test_default_model_base_and_its_qlora_quantization(tmp_path):
     out = tmp_path / "report"
     result = run_kbit("eval", "--model", "default", "--method", "qlora", "--limit", "5", "--max-new-tokens", "8",
-                      "--out", str(out), "--json",
-                      env=offline_env())
+                      "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(result.stdout)["rows"]
     assert [r["variant"] for r in rows] == ["base", "base+qlora"]

@@ -8,7 +8,6 @@ import json
 
 from kbit.core.runs.record import read_record
 from tests.conftest import run_kbit
-from tests.core.evaluate.conftest import offline_env
 
 
 @pytest.mark.slow
@@ -20,10 +19,10 @@ def test_the_runs_before_score_is_kbit_evals_score_of_its_base(kbit_tiny_model_f
     run = tmp_path / "run"
     trained = run_kbit("train", "--model", str(model), "--output", str(run), "--max-steps", "2", "--batch-size", "2",
                        "-o", "r=4", "-o", "compute_dtype=bfloat16", "-o", "quant_type=fp4", "--max-examples", "40",
-                       "--eval-limit", "8", env=offline_env())
+                       "--eval-limit", "8")
     assert trained.returncode == 0, trained.stderr[-3000:]
     evaluated = run_kbit("eval", str(run), "--variant", "base", "--method", "qlora", "--limit", "8",
-                         "--out", str(tmp_path / "report"), "--json", env=offline_env())
+                         "--out", str(tmp_path / "report"), "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
     before = read_record(run).metrics["before"]

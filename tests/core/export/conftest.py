@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_kbit
-from tests.core.evaluate.conftest import offline_env
 
 
 def variant_model(tiny: Path, target: Path, model_type: str, **overrides) -> Path:
@@ -58,7 +57,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
     """A finished qlora run on the tiny model (adapter + merged), with held-out items to check against."""
     run = tmp_path_factory.mktemp("export-run") / "run"
     result = run_kbit("train", "--model", str(tiny), "--max-steps", "2", "--batch-size", "2", "-o", "r=4",
-                      "-o", "compute_dtype=float32", "--max-examples", "60", "--eval-limit", "6", "--output", str(run),
-                      env=offline_env())
+                      "-o", "compute_dtype=float32", "--max-examples", "60", "--eval-limit", "6", "--output", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
     return run

@@ -12,7 +12,6 @@ import yaml
 
 from kbit.core.runs.record import read_metadata
 from tests.conftest import run_kbit
-from tests.core.evaluate.conftest import offline_env
 
 
 def _front_matter(path):
@@ -27,7 +26,7 @@ def _leftovers(folder):
 
 @pytest.fixture(scope="module")
 def f16_export(tiny_run):
-    result = run_kbit("export", str(tiny_run), "--type", "f16", env=offline_env())
+    result = run_kbit("export", str(tiny_run), "--type", "f16")
     assert result.returncode == 0, result.stderr[-3000:]
     return tiny_run, result
 
@@ -69,7 +68,7 @@ def test_every_artifact_folder_gets_a_hub_card(f16_export):
 @pytest.mark.slow
 def test_exporting_again_replaces_the_commands_own_file(f16_export):
     run, _ = f16_export
-    result = run_kbit("export", str(run), "--type", "f16", "--limit", "2", env=offline_env())
+    result = run_kbit("export", str(run), "--type", "f16", "--limit", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     [entry] = read_metadata(run)["exports"]
     assert entry["items"] == 2
@@ -82,7 +81,7 @@ def test_a_file_the_command_did_not_write_is_never_replaced_in_a_run(f16_export,
     foreign = run / "gguf" / f"{record['name']}-q8_0.gguf"
     foreign.write_bytes(b"not ours")
     for extra in ((), ("--overwrite",)):
-        result = run_kbit("export", str(run), "--type", "q8_0", *extra, env=offline_env())
+        result = run_kbit("export", str(run), "--type", "q8_0", *extra)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert "lies inside the kbit run" in result.stderr and "never the export of another command" in result.stderr
         assert foreign.read_bytes() == b"not ours"
@@ -90,10 +89,9 @@ def test_a_file_the_command_did_not_write_is_never_replaced_in_a_run(f16_export,
     # Outside kbit's outputs, an existing file is replaced with --overwrite only.
     outside = tmp_path / "mine.gguf"
     outside.write_bytes(b"mine")
-    refused = run_kbit("export", str(run), "--type", "q8_0", "--output", str(outside), env=offline_env())
+    refused = run_kbit("export", str(run), "--type", "q8_0", "--output", str(outside))
     assert refused.returncode == 2 and "pass --overwrite to replace it" in refused.stderr and outside.read_bytes() == b"mine"
-    replaced = run_kbit("export", str(run), "--type", "q8_0", "--output", str(outside), "--overwrite", "--limit", "2",
-                        env=offline_env())
+    replaced = run_kbit("export", str(run), "--type", "q8_0", "--output", str(outside), "--overwrite", "--limit", "2")
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert outside.read_bytes()[:4] == b"GGUF"
     assert {e["file"] for e in read_metadata(run)["exports"]} == {f"gguf/{record['name']}-f16.gguf", str(outside.resolve())}
@@ -103,7 +101,7 @@ def test_a_file_the_command_did_not_write_is_never_replaced_in_a_run(f16_export,
 def test_another_commands_output_is_never_written_into(f16_export):
     run, _ = f16_export
     for target in (run / "merged" / "x.gguf", run / "x.gguf"):
-        result = run_kbit("export", str(run), "--output", str(target), "--overwrite", env=offline_env())
+        result = run_kbit("export", str(run), "--output", str(target), "--overwrite")
         assert result.returncode == 2 and "which another kbit command wrote" in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1
         assert not target.exists()
@@ -118,7 +116,7 @@ def test_another_commands_output_is_never_written_into(f16_export):
 ])
 def test_bad_options_are_one_line_errors(f16_export, args, message):
     run, _ = f16_export
-    result = run_kbit("export", str(run), *args, env=offline_env())
+    result = run_kbit("export", str(run), *args)
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
@@ -133,7 +131,7 @@ def test_a_file_outside_its_gate_fails_loudly_and_is_not_kept(tiny, tmp_path):
     (model / "tokenizer.json").write_text(json.dumps(spec))
     out = tmp_path / "out" / "lowercasing.gguf"
     out.parent.mkdir()
-    result = run_kbit("export", str(model), "--output", str(out), "--limit", "4", env=offline_env())
+    result = run_kbit("export", str(model), "--output", str(out), "--limit", "4")
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1, result.stderr[-2000:]
     assert last.startswith("kbit: error: the GGUF's tokenizer encodes 4 of 4 held-out items differently")
@@ -146,7 +144,7 @@ def test_kbit_eval_scores_the_exported_file_itself(f16_export, tmp_path):
     target = run / read_metadata(run)["exports"][0]["file"]
     report = tmp_path / "report"
     result = run_kbit("eval", str(target), "--limit", "3", "--max-new-tokens", "4", "--out", str(report), "--json",
-                      env={**offline_env(), "KBIT_CACHE": str(tmp_path / "cache")})
+                      env={"KBIT_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     [row] = json.loads((report / "report.json").read_text())["rows"]
     in_llama_cpp = importlib.util.find_spec("llama_cpp") is not None  # kbit eval's runtime auto
@@ -156,9 +154,9 @@ def test_kbit_eval_scores_the_exported_file_itself(f16_export, tmp_path):
 
 
 def test_a_model_that_is_not_a_run_needs_an_output(tiny, tmp_path):
-    result = run_kbit("export", str(tiny), env=offline_env())
+    result = run_kbit("export", str(tiny))
     assert result.returncode == 2 and "pass --output FILE.gguf" in result.stderr
     out = tmp_path / "tiny-q8_0.gguf"
-    result = run_kbit("export", str(tiny), "--output", str(out), "--limit", "2", "--json", env=offline_env())
+    result = run_kbit("export", str(tiny), "--output", str(out), "--limit", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["output"] == str(out) and out.is_file()

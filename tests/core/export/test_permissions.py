@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from tests.core.evaluate.conftest import offline_env
+from kbit.testing.pytest_plugin import cli_environment
 
 
 def _export_under(umask: int, *args: str) -> subprocess.CompletedProcess:
     """``kbit export`` in a subprocess started with ``umask``, as a user's shell would start it."""
     code = f"import os, sys; os.umask({umask}); from kbit.core.cli import main; main(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, "export", *args], capture_output=True, text=True, timeout=900,
-                          check=False, env=offline_env())
+                          check=False, env=cli_environment())
 
 
 @pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
