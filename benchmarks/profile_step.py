@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,9 +42,31 @@ def category(name: str) -> str | None:
     return None
 
 
+def step_trainer(method: str, options: dict[str, str], batch: int) -> tuple[Any, Any, Any]:
+    """``(plan, model, trainer)`` for ``method`` built as ``kbit train`` builds them (400 arith rows, r=16
+    unless ``options`` say otherwise, no merge), the optimizer created, ready for ``trainer.training_step``."""
+    import tempfile
+
+    from kbit.core.model.adapters import attach_adapter
+    from kbit.core.model.bases import load_base, prepare_for_training
+    from kbit.core.train.config import TrainConfig
+    from kbit.core.train.fit import build_trainer
+    from kbit.core.train.plan import plan_run
+
+    config = TrainConfig(method=method, options={"r": "16", "merge_after_train": "false", **options}, max_steps=10,
+                         batch_size=batch, max_examples=400, eval_limit=0,
+                         output=tempfile.mkdtemp(prefix="kbit-step-"), overwrite=True)
+    plan = plan_run(config)
+    model = load_base(plan.method, plan.spec, plan.source.path)
+    model = attach_adapter(prepare_for_training(plan.method, plan.spec, plan.policy, model), plan.spec)
+    trainer = build_trainer(plan, model)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop, which is not run here
+    return plan, model, trainer
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import tempfile
 
     import torch
 
@@ -57,24 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from kbit.core.measure.throughput import model_shape, step_flops
-    from kbit.core.model.adapters import attach_adapter
-    from kbit.core.model.bases import load_base, prepare_for_training
     from kbit.core.system.device import torch_dtype
     from kbit.core.system.matmul_peak import matmul_peak_gflops
-    from kbit.core.train.config import TrainConfig
-    from kbit.core.train.fit import build_trainer
-    from kbit.core.train.plan import plan_run
 
-    options = {"r": "16", "merge_after_train": "false", "compute_dtype": args.compute_dtype,
-               **dict(o.split("=", 1) for o in args.options)}
-    config = TrainConfig(method=args.method, options=options, max_steps=10, batch_size=args.batch,
-                         max_examples=400, eval_limit=0, output=tempfile.mkdtemp(prefix="kbit-profile-"), overwrite=True)
-    plan = plan_run(config)
-    model = load_base(plan.method, plan.spec, plan.source.path)
-    model = attach_adapter(prepare_for_training(plan.method, plan.spec, plan.policy, model), plan.spec)
-    trainer = build_trainer(plan, model)
-    trainer.create_optimizer()
-    trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop, which is not run here
+    options = {"compute_dtype": args.compute_dtype, **dict(o.split("=", 1) for o in args.options)}
+    plan, model, trainer = step_trainer(args.method, options, args.batch)
     loader = iter(trainer.get_train_dataloader())
 
     def next_batch():

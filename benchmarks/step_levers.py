@@ -71,7 +71,6 @@ LEVERS = {"dequantized-cache": _dequantized_cache, "dropout-mask": _dropout_mask
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import copy
-    import tempfile
 
     import torch
 
@@ -83,21 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-o", dest="options", action="append", default=[], help="a method option, KEY=VALUE")
     args = p.parse_args(argv)
 
-    from kbit.core.model.adapters import attach_adapter
-    from kbit.core.model.bases import load_base, prepare_for_training
-    from kbit.core.train.config import TrainConfig
-    from kbit.core.train.fit import build_trainer
-    from kbit.core.train.plan import plan_run
+    from benchmarks.profile_step import step_trainer
 
-    options = {"r": "16", "merge_after_train": "false", **dict(o.split("=", 1) for o in args.options)}
-    config = TrainConfig(method=args.method, options=options, max_steps=10, batch_size=8, max_examples=400,
-                         eval_limit=0, output=tempfile.mkdtemp(prefix="kbit-levers-"), overwrite=True)
-    plan = plan_run(config)
-    model = load_base(plan.method, plan.spec, plan.source.path)
-    model = attach_adapter(prepare_for_training(plan.method, plan.spec, plan.policy, model), plan.spec)
-    trainer = build_trainer(plan, model)
-    trainer.create_optimizer()
-    trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop, which is not run here
+    _, _, trainer = step_trainer(args.method, dict(o.split("=", 1) for o in args.options), 8)
     loader = iter(trainer.get_train_dataloader())
     batches = [dict(trainer._prepare_inputs(next(loader))) for _ in range(args.steps)]
     trained = [p for p in trainer.model.parameters() if p.requires_grad]
