@@ -59,8 +59,8 @@ def _shared_input(model: Any, on: bool) -> None:
     from kbit.core.model.lora_dropout import DropoutLoraA, fuse_lora_dropout
 
     for module in model.modules():
-        if isinstance(module, DropoutLoraA):
-            module.shared = None
+        if isinstance(module, DropoutLoraA) and module.shared is not None:
+            module.shared.release()
     if on:
         fuse_lora_dropout(model)  # groups q/k/v and gate/up again
 

@@ -99,25 +99,46 @@ class SharedInput:
     mask, one matmul, one saved input, one input gradient), and each takes its own columns. The
     result is each layer's own product, with one dropout mask for the group.
 
-    The input is checked on every call (by identity): a member given another tensor computes alone,
-    so a model that feeds the siblings differently gets the plain result. Membership never changes,
-    so gradient checkpointing's recomputation takes the same path as the forward pass.
+    Inputs are compared by identity, as the LoRA layers received them (a forward pre-hook notes each
+    one; PEFT may cast it to the adapter's dtype, and qat detaches it, before ``A`` sees it). A member
+    given another tensor computes alone, so a model that feeds the siblings differently gets the
+    plain result. Membership never changes, so gradient checkpointing's recomputation takes the same
+    path as the forward pass.
     """
 
-    def __init__(self, members: list[DropoutLoraA]) -> None:
-        self.members = members
+    def __init__(self, members: list[tuple[torch.nn.Module, DropoutLoraA]]) -> None:
+        self.members = [a for _, a in members]
+        self.received: dict[int, torch.Tensor] = {}
         self.pending: tuple[torch.Tensor, torch.Tensor, dict[int, slice]] | None = None
-        for member in members:
-            member.shared = self
+        self._hooks = []
+        for layer, a in members:
+            a.shared = self
+            self._hooks.append(layer.register_forward_pre_hook(self._note_input(a)))
+
+    def release(self) -> None:
+        """Let every member compute alone again (and forget its inputs)."""
+        for hook in self._hooks:
+            hook.remove()
+        for member in self.members:
+            member.shared = None
+        self.received.clear()
+        self.pending = None
+
+    def _note_input(self, a: DropoutLoraA) -> Any:
+        def hook(layer: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            if layer.training and args and isinstance(args[0], torch.Tensor):
+                self.received[id(a)] = args[0]
+        return hook
 
     def output(self, layer: DropoutLoraA, x: torch.Tensor) -> torch.Tensor:
-        if self.pending is not None and self.pending[0] is x and id(layer) in self.pending[2]:
+        source = self.received.pop(id(layer), x)
+        if self.pending is not None and self.pending[0] is source and id(layer) in self.pending[2]:
             _, out, columns = self.pending
             part = out[..., columns.pop(id(layer))]
             if not columns:
                 self.pending = None  # every member took its part: keep no reference to the input
             return part
-        if self.pending is not None and self.pending[0] is x:  # taken already: this call is not the group's
+        if self.pending is not None and self.pending[0] is source:  # taken already: this call is not the group's
             return _DroppedInputLinear.apply(x, layer.weight, layer.dropout_p)
         out = _DroppedInputLinear.apply(x, torch.cat([m.weight for m in self.members]), layer.dropout_p)
         columns, start = {}, 0
@@ -125,7 +146,7 @@ class SharedInput:
             columns[id(member)] = slice(start, start + member.out_features)
             start += member.out_features
         part = out[..., columns.pop(id(layer))]
-        self.pending = (x, out, columns)
+        self.pending = (source, out, columns)
         return part
 
 
@@ -136,7 +157,7 @@ def fuse_lora_dropout(model: Any) -> int:
     Idempotent."""
     changed = 0
     for parent in model.modules():
-        candidates: dict[tuple[Any, ...], list[DropoutLoraA]] = {}
+        candidates: dict[tuple[Any, ...], list[tuple[torch.nn.Module, DropoutLoraA]]] = {}
         for child_name, module in parent.named_children():
             lora_a, dropouts = getattr(module, "lora_A", None), getattr(module, "lora_dropout", None)
             if not isinstance(lora_a, torch.nn.ModuleDict) or not isinstance(dropouts, torch.nn.ModuleDict):
@@ -153,7 +174,7 @@ def fuse_lora_dropout(model: Any) -> int:
                 family = next((i for i, names in enumerate(SHARED_INPUTS) if child_name in names), None)
                 if type(layer) is DropoutLoraA and layer.shared is None and layer.bias is None and family is not None:
                     key = (family, name, layer.in_features, layer.dropout_p, layer.weight.dtype, layer.weight.device)
-                    candidates.setdefault(key, []).append(layer)
+                    candidates.setdefault(key, []).append((module, layer))
         for members in candidates.values():
             if len(members) > 1:
                 SharedInput(members)

@@ -141,8 +141,9 @@ def test_siblings_given_the_same_input_share_one_a_product_and_compute_the_same(
     alone = lora_model(tiny, lora_dropout=1e-6)
     assert set(grouped(shared)) == {"q_proj+k_proj+v_proj", "gate_proj+up_proj"}
     for module in alone.modules():
-        if isinstance(module, DropoutLoraA):
-            module.shared = None
+        if isinstance(module, DropoutLoraA) and module.shared is not None:
+            module.shared.release()
+    assert grouped(alone) == {}
     alone.load_state_dict(shared.state_dict())
     for model in (shared, alone):
         for name, parameter in model.named_parameters():
@@ -179,3 +180,30 @@ def test_shared_inputs_train_under_gradient_checkpointing(tiny):
     ids = torch.randint(0, 100, (2, 24))
     model(input_ids=ids, labels=ids).loss.backward()  # recomputation must take the forward's path
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_siblings_share_their_a_product_when_peft_casts_their_input(tiny):
+    """A float32 adapter on a bfloat16 layer: PEFT hands each A layer its own cast copy of the input;
+    the group still computes once (one saved input, one mask draw) and each member gets its product."""
+    model = lora_model(tiny, lora_dropout=1e-6).train()
+    attention = model.base_model.model.model.layers[0].self_attn
+    for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
+        proj.base_layer.to(torch.bfloat16)
+    x = torch.randn(2, 5, attention.q_proj.in_features, dtype=torch.bfloat16)
+    draws = []
+    original = torch.Tensor.random_
+
+    def counting(self, *args, **kwargs):
+        draws.append(self.numel())
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.random_ = counting
+    try:
+        parts = [proj(x) for proj in (attention.q_proj, attention.k_proj, attention.v_proj)]
+    finally:
+        torch.Tensor.random_ = original
+    assert len(draws) == 1  # one mask for the three layers
+    for proj, part in zip((attention.q_proj, attention.k_proj, attention.v_proj), parts):
+        a, b = proj.lora_A["default"], proj.lora_B["default"]
+        expected = proj.base_layer(x) + (b(x.float() @ a.weight.T) * proj.scaling["default"]).to(x.dtype)
+        torch.testing.assert_close(part, expected, rtol=2e-2, atol=2e-2)
