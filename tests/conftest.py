@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         _RUNNING.pop()
 
 
-def run_kbit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 900):
+def run_kbit(*args: str, env: Mapping[str, str | None] | None = None, cwd: Path | None = None, timeout: int = 900):
     """Run the installed CLI in a subprocess, as a user would: ``kbit.testing``'s ``run_cli`` (its
     environment: this one without ``KBIT_*`` settings but ``KBIT_CACHE``, offline, plus ``env``).
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +49,23 @@ def kbit_tiny_model(kbit_tiny_model_factory: Callable[..., Path]) -> Path:
     return kbit_tiny_model_factory()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None, cwd: str | Path | None = None,
             timeout: float = 900) -> subprocess.CompletedProcess:
     """``python -m kbit ARGS`` in a subprocess, offline, as a user would run it.
 
     The subprocess gets this process's environment without its kbit settings (``KBIT_*`` variables
     other than ``KBIT_CACHE``, so a developer's plugin or allocator settings do not leak into a test),
-    with the hub switched off (``OFFLINE``), and then ``env``'s variables added or overriding."""
+    with the hub switched off (``OFFLINE``), and then ``env``'s variables added or overriding (a
+    variable given as None is removed, e.g. ``{"HF_HUB_OFFLINE": None}`` for a test of the hub path)."""
     return subprocess.run([sys.executable, "-m", "kbit", *map(str, args)], capture_output=True, text=True,
                           env=cli_environment(env), cwd=cwd, timeout=timeout)
 
 
-def cli_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+def cli_environment(env: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """The environment ``run_cli`` gives the command (see there), for a test that starts kbit its own way."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("KBIT_") or k == "KBIT_CACHE"}
-    return {**inherited, **OFFLINE, **(env or {})}
+    merged = {**inherited, **OFFLINE, **(env or {})}
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 @pytest.fixture

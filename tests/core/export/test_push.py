@@ -8,6 +8,7 @@ import pytest
 
 from kbit.core.errors import ConfigError
 from kbit.core.push import plan_push
+from kbit.testing.pytest_plugin import OFFLINE
 from tests.conftest import run_kbit
 
 
@@ -57,9 +58,9 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
 
 
 def _no_token_env(tmp_path, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "KBIT_"))}
-    env.update(HF_HOME=str(tmp_path / "hf-home"), **extra)
-    return env
+    """No Hugging Face settings (token, offline switches) but a fresh HF_HOME, and ``extra``."""
+    removed = {k: None for k in (*os.environ, *OFFLINE) if k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_OFFLINE"))}
+    return {**removed, "HF_HOME": str(tmp_path / "hf-home"), **extra}
 
 
 def test_dry_run_lists_the_files_without_a_token(fake_run, tmp_path):
