@@ -317,7 +317,7 @@ def export_command(
     output: Annotated[Optional[str], typer.Option("--output", "-O", help="File to write (default RUN/gguf/NAME-TYPE.gguf; required for a model).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file this command did not write.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items the check uses (default: the run's eval limit, else 100).")] = None,
-    max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Largest mean KL divergence (nats) from the source on answer tokens the check accepts (default by type).")] = None,
+    max_kl: Annotated[Optional[float], typer.Option("--max-kl", help="Largest mean KL divergence (nats) from the source the check accepts on answer tokens, and for q8_0/f16/bf16 on every token too (default by type).")] = None,
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Least top-1 agreement (near-ties counted as agreeing) the check accepts (default: reported, not gated).")] = None,
     max_em_drop: Annotated[Optional[float], typer.Option("--max-em-drop", help="Largest exact-match drop the check accepts, as a fraction.")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="Where the file is checked: llama.cpp, transformers, or auto (llama.cpp when installed).")] = "auto",

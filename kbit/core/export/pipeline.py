@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +117,8 @@ def export_adapter_in_run(run: Path, record: RunRecord, reference: Reference, *,
     _check_target(plan, overwrite=False)
     items = plan.data.held_out[: limit or _default_limit(record)]
     gate = Gate.for_type("q8_0", min_top1=min_top1)
-    plan.target.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with atomic_file(plan.target) as temp:  # renamed into place only once checked
+    with _folder_for(plan.target), atomic_file(plan.target) as temp:  # renamed into place only once checked
         written = write_lora_gguf(run / "adapter", base.gguf, temp, name=f"{name}-lora", base_model=base)
         write_seconds = round(time.time() - started, 1)
         figures = check_file(base.gguf, reference, plan.data.task, items, gate, max_new_tokens, lora=temp,
@@ -136,9 +135,8 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
                    head_type: str = "q8_0", *, reference: Reference | None = None, runtime: str = "auto") -> ExportResult:
     """Write the file to a temporary sibling, check it (against ``reference``, else the source folder),
     rename it into place, record it (see the module docs)."""
-    plan.target.parent.mkdir(parents=True, exist_ok=True)  # a killed export's temporary file: RunFolder cleared it
     started = time.time()
-    with atomic_file(plan.target) as temp:  # renamed into place only once checked, with the umask's mode
+    with _folder_for(plan.target), atomic_file(plan.target) as temp:  # renamed into place only once checked
         written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,
                              datasets=_hub_datasets(plan.record), head_type=head_type)
         write_seconds = round(time.time() - started, 1)
@@ -159,6 +157,21 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
     if plan.run:
         _record(plan, entry)
     return ExportResult(plan.target, entry)
+
+
+@contextlib.contextmanager
+def _folder_for(target: Path) -> Iterator[None]:
+    """Create ``target``'s folder (and missing parents) for the duration; the ones created here are
+    removed again if the export fails and leaves them empty, so a refused file leaves nothing behind."""
+    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+                folder.rmdir()
+        raise
 
 
 def _deploy_type(path: str) -> tuple[str | None, str]:
