@@ -46,6 +46,13 @@ class KbitSFTTrainer(SFTTrainer):
         self.step_timer = TimeSteps()
         self.add_callback(self.step_timer)
 
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """The held-out loss, leaving torch's CPU generator as it found it: each DataLoader pass draws its
+        base seed from that generator, which shifted every later dropout mask, so the training itself
+        depended on how often it was measured (``--eval-steps``)."""
+        with torch.random.fork_rng(devices=[]):
+            return super().evaluate(*args, **kwargs)
+
     def token_counts(self) -> dict[str, int]:
         """Tokens this process trained on so far: the examples' own and the micro-batches' (padding included)."""
         return {"tokens_real": int(self._work[0]), "tokens_in_batches": self._tokens_in_batches}

@@ -66,6 +66,21 @@ def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_measuring_the_held_out_loss_does_not_change_what_is_trained(tiny, tmp_path):
+    """The same seed trains the same adapter whether the held-out loss is measured every step or never
+    (an evaluation's DataLoader used to take a seed from the generator the dropout masks draw from)."""
+    losses = []
+    for every in ("1", "0"):
+        out = tmp_path / f"eval-{every}"
+        result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "4", "--batch-size", "2",
+                          "-o", "r=4", "-o", "lora_dropout=0.3", "--max-examples", "40", "--eval-limit", "4",
+                          "--logging-steps", "1", "--eval-steps", every, "-o", "merge_after_train=false")
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses.append([h["loss"] for h in read_metadata(out)["loss_history"]])
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+@pytest.mark.slow
 def test_quiet_prints_only_results_and_verbose_everything(tiny, tmp_path):
     quiet = run_kbit("train", "-q", "--model", str(tiny), "--output", str(tmp_path / "quiet"), *TRAIN)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
