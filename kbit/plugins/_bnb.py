@@ -95,9 +95,9 @@ def cache_4bit_weights(model: Any) -> int:
     """
     import bitsandbytes as bnb
 
-    layers = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
     from kbit.plugin import dequantized_copy_fits
 
+    layers = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
     if not dequantized_copy_fits(layers):
         return 0
     for module in layers:
