@@ -24,7 +24,8 @@ def held_out_lines(metrics: dict[str, Any], eval_limit: int | None = None) -> tu
     rates = f"{_percent(before.get('exact_match'))} → {_percent(after.get('exact_match'))}"
     if not too_few(items):
         return f"exact match {rates} ({items} items; 95% CI {intervals})", None
-    hint = (f"; raise --eval-limit to {MIN_ITEMS} or more" if eval_limit is not None and eval_limit < MIN_ITEMS
+    limited = eval_limit is not None and items >= eval_limit  # else the held-out split itself is smaller
+    hint = (f"; raise --eval-limit to {MIN_ITEMS} or more" if limited
             else f"; hold out more with --held-out {MIN_ITEMS}")
     counts = " → ".join(f"{h}/{items}" for h in hits if h is not None)
     return f"exact match {counts} ({rates}; 95% CI {intervals})", small_sample_warning(items, hint)

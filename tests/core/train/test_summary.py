@@ -1,6 +1,6 @@
 """The lines ``kbit train`` prints for the variants a run scored."""
 
-from kbit.core.train.summary import variant_lines
+from kbit.core.train.summary import held_out_lines, variant_lines
 
 
 def _variant(hits, items, model):
@@ -21,3 +21,12 @@ def test_every_scored_variant_gets_a_line_with_counts_below_30_items_and_rates_a
 def test_a_run_that_ships_only_its_adapter_prints_no_variant_lines():
     assert variant_lines({"variants": {"adapter": _variant(1, 4, "a")}}) == []
     assert variant_lines({}) == []  # a run of kbit 0.2
+
+
+def test_too_few_held_out_items_name_the_limit_that_bound_them():
+    scored = {"before": {"items": 6, "exact_match": 0.0, "exact_match_hits": 0},
+              "after": {"items": 6, "exact_match": 0.5, "exact_match_hits": 3}}
+    _, split_smaller = held_out_lines(scored, eval_limit=10)  # the split had 6: --eval-limit cannot add any
+    assert "--held-out 30" in split_smaller and "--eval-limit" not in split_smaller
+    _, limited = held_out_lines(scored, eval_limit=6)
+    assert "raise --eval-limit to 30" in limited
