@@ -85,9 +85,11 @@ class Candidate:
 
     @property
     def display_variant(self) -> str:
-        """``base+qlora`` for a base quantized on load, ``base+lora@llama.cpp`` for a GGUF run in llama.cpp
-        with an adapter; otherwise the variant itself."""
+        """``base+qlora`` for a base quantized on load, ``gguf@llama.cpp`` for a GGUF file run in llama.cpp
+        (a fine-tuned one too: the file is the whole model), ``gguf+lora@llama.cpp`` with an adapter file;
+        otherwise the variant itself."""
         shown = f"{self.variant}+{self.method}" if self.variant == "base" and self.method else self.variant
+        shown = "gguf" if self.gguf else shown
         shown += "+lora" if self.lora else ""
         return f"{shown}@{self.runtime}" if self.runtime != "transformers" else shown
 

@@ -33,7 +33,7 @@ def test_a_gguf_in_llama_cpp_and_in_transformers_against_its_source(tiny_gguf, t
     pytest.importorskip("llama_cpp")
     report = _eval(capsys, str(tiny_gguf), "--runtime", "llama.cpp", "--reference", str(tiny), "--out", str(tmp_path / "l"))
     (row,) = report["rows"]
-    assert (row["runtime"], row["variant"], row["path"]) == ("llama.cpp", "base@llama.cpp", str(tiny_gguf))
+    assert (row["runtime"], row["variant"], row["path"]) == ("llama.cpp", "gguf@llama.cpp", str(tiny_gguf))
     assert row["items"] == 4 and 0 <= row["exact_match"] <= 1 and row["answers_cut"] <= 4
     assert row["prompt_tokens_per_s"] > 0 and row["generation_tokens_per_s"] > 0
     # F16 weights against their float32 source: rounding 2^-11; the tiny model's logits are near-uniform
@@ -101,7 +101,7 @@ def test_a_lora_gguf_is_applied_in_llama_cpp_and_compared_with_its_run_adapter(t
     write_lora_gguf(run / "adapter", base, lora, name="run")
     (with_lora,) = _eval(capsys, str(base), "--lora", str(lora), "--out", str(tmp_path / "with"))["rows"]
     (without,) = _eval(capsys, str(base), "--out", str(tmp_path / "without"))["rows"]
-    assert (with_lora["variant"], with_lora["lora"]) == ("base+lora@llama.cpp", str(lora))
+    assert (with_lora["variant"], with_lora["lora"]) == ("gguf+lora@llama.cpp", str(lora))
     assert f"adapter ({run / 'adapter'})" in with_lora["reference"] and f"adapter ({run / 'adapter'})" in without["reference"]
     # the reference is the adapter on its NF4 (qlora) base; the file's base is F16: near-ties of the tiny
     # model flip (measured: KL 9e-5, answer top-1 81% with the adapter; KL 0.038, top-1 0% without)

@@ -148,7 +148,7 @@ def test_kbit_eval_scores_the_exported_file_itself(f16_export, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     [row] = json.loads((report / "report.json").read_text())["rows"]
     in_llama_cpp = importlib.util.find_spec("llama_cpp") is not None  # kbit eval's runtime auto
-    assert row["variant"] == ("base@llama.cpp" if in_llama_cpp else "base") and row["model"] == target.stem.split(".")[0]
+    assert row["variant"] == ("gguf@llama.cpp" if in_llama_cpp else "base") and row["model"] == target.stem.split(".")[0]
     converted = list((tmp_path / "cache" / "models").glob(f"{target.stem}-*"))
     assert len(converted) == 1 and (converted[0] / "kbit-source.json").is_file()
 
