@@ -214,7 +214,9 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     rows = report["rows"]
     columns = columns_for(rows)
     best = {c.key: best_rows(rows, c) for c in columns}
-    table = Table(title="kbit eval")
+    marked = any(best.values())
+    table = Table(title="kbit eval", caption=f"{BEST_MARK} best in its column (lowest loss/perplexity/memory/bits, "
+                                             "highest scores/speed)" if marked else None)
     table.add_column("model", overflow="fold", min_width=12)
     table.add_column("variant", no_wrap=True)
     table.add_column("items", no_wrap=True, justify="right")
