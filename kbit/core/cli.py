@@ -7,9 +7,14 @@ import logging
 import sys
 from typing import Annotated, Optional
 
+import attrs
 import typer
 
 from kbit.core.errors import KbitError
+from kbit.core.train.config import TrainConfig
+
+# The train flags default to None (a --config file may set what a flag leaves out); their help shows TrainConfig's.
+TRAIN_DEFAULTS = {field.name: field.default for field in attrs.fields(TrainConfig)}
 
 app = typer.Typer(
     name="kbit",
@@ -173,26 +178,26 @@ def train_command(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML file of settings; flags win over it.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-O", help="Run directory (default runs/NAME).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name tag (default derived from model, data and method).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (0 = use --epochs).")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
-    batch_size: Annotated[Optional[str], typer.Option("--batch-size", help="Micro-batch size or 'auto'.")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help=f"Optimizer steps (0 = use --epochs; default {TRAIN_DEFAULTS['max_steps']}).")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help=f"Passes over the data when --max-steps is 0 (default {TRAIN_DEFAULTS['epochs']}).")] = None,
+    batch_size: Annotated[Optional[str], typer.Option("--batch-size", help=f"Micro-batch size or 'auto' (default {TRAIN_DEFAULTS['batch_size']}).")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help=f"Micro-batches per optimizer step (default {TRAIN_DEFAULTS['grad_accum']}).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the method's own, else 2e-3).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="linear, cosine, constant, constant_with_warmup.")] = None,
-    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Fraction of steps spent warming up the learning rate.")] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help=f"linear, cosine, constant, constant_with_warmup (default {TRAIN_DEFAULTS['scheduler']}).")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help=f"Fraction of steps spent warming up the learning rate (default {TRAIN_DEFAULTS['warmup_ratio']}).")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=f"Tokens per example; longer ones are cut (default {TRAIN_DEFAULTS['max_length']}).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help=f"Seed of the split, shuffling and adapter start (default {TRAIN_DEFAULTS['seed']}).")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help=f"Pack several examples into each row (default {'on' if TRAIN_DEFAULTS['packing'] else 'off'}).")] = None,
     padding_free: Annotated[Optional[str], typer.Option("--padding-free", help="Micro-batches as one row of concatenated examples, no padding: auto (where the attention keeps examples apart and padding would be >= 15%), true or false.")] = None,
-    logging_steps: Annotated[Optional[int], typer.Option("--logging-steps")] = None,
-    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
+    logging_steps: Annotated[Optional[int], typer.Option("--logging-steps", help=f"Log the training loss every N steps (default {TRAIN_DEFAULTS['logging_steps']}).")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help=f"Checkpoint every N steps (default {TRAIN_DEFAULTS['save_steps']}).")] = None,
     eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Held-out loss (on the first 32 scored items) every N steps (default: about 4 times a run and at the end; 0 = never).")] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="Also log to none, tensorboard, wandb or trackio (each an extra: pip install 'kbit[NAME]').")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
     held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out examples: a count (50) or a fraction (0.1, 10%); default 100 for arith, 10% of a file.")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Held-out items scored before/after (0 = skip).")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help=f"Held-out items scored before/after (0 = skip; default {TRAIN_DEFAULTS['eval_limit']}).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each held-out answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
-    merge_min_agreement: Annotated[Optional[float], typer.Option("--merge-min-agreement", help="Fail the run when the merged model agrees with the trained one on fewer top-1 predictions than this (default 0.99; 0 keeps any merge).")] = None,
+    merge_min_agreement: Annotated[Optional[float], typer.Option("--merge-min-agreement", help=f"Fail the run when the merged model agrees with the trained one on fewer top-1 predictions than this (default {TRAIN_DEFAULTS['merge_min_agreement']}; 0 keeps any merge).")] = None,
     merge_tolerance: Annotated[Optional[float], typer.Option("--merge-tolerance", help="Fail the run when the merged model's logits differ from the trained one's by more than this share of the adapter's own effect or of the largest logit, whichever is larger (default: 0.001 for float32 weights, more for 16-bit ones; see docs/plugins.md).")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace an earlier run or other data at --output (never a folder holding another kbit output or this command's inputs).")] = None,
