@@ -95,7 +95,10 @@ class AdapterSettings:
     ``fake_quant`` (LoRA only) names a GGUF type (``kbit.core.export.grids.GRID_TYPES``): every adapted
     layer then trains through ``W + ΔW`` rounded to that type's grid (quantization-aware training,
     :mod:`kbit.core.model.fake_quant`), and the merge rounds the same way, so the merged model is the file of
-    that type.
+    that type. ``fake_quant_after`` (0 ≤ share < 1): the share of the training steps the adapter first
+    trains in float (``W + ΔW`` unrounded), before it trains through the rounding for the rest: the
+    adapter learns the task on the smooth loss, then adapts to the grid (torchtune's
+    ``fake_quant_after_n_steps``, as a share of the run).
 
     ``init``: "default" (PEFT's: ``B = 0``, the adapter starts as a no-op) or "loftq" (``A`` and ``B``
     start by cancelling the base's quantization error, :mod:`kbit.core.model.loftq`).
@@ -109,6 +112,7 @@ class AdapterSettings:
     qa_group_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_int))
     fake_quant: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(GRID_TYPES)))
     init: str = attrs.field(default="default", validator=attrs.validators.in_(ADAPTER_INITS))
+    fake_quant_after: float = attrs.field(default=0.0, validator=_finite(0, 1))
 
     @qa_group_size.validator
     def _lora_only(self, attribute: attrs.Attribute, value: int | None) -> None:
@@ -123,6 +127,11 @@ class AdapterSettings:
             raise ValueError(f"init 'loftq' does not apply to an adapter trained through the {self.fake_quant} rounding: "
                              "round-to-nearest already gives the grid point nearest to W, so no low-rank start lowers "
                              "the weight error")
+
+    @fake_quant_after.validator
+    def _share(self, attribute: attrs.Attribute, value: float) -> None:
+        if value and self.fake_quant is None:
+            raise ValueError("fake_quant_after needs fake_quant (the rounding it delays)")
 
     @fake_quant.validator
     def _plain_lora(self, attribute: attrs.Attribute, value: str | None) -> None:

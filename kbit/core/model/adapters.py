@@ -46,15 +46,15 @@ def adapter_options(
 
 
 def adapter_settings(values: Mapping[str, Any], *, qa_group_size: int | None = None,
-                     fake_quant: str | None = None) -> AdapterSettings:
+                     fake_quant: str | None = None, fake_quant_after: float = 0.0) -> AdapterSettings:
     """``spec.adapter`` from option values resolved against ``adapter_options``.
 
     ``qa_group_size`` makes the LoRA adapter a QA-LoRA one; ``fake_quant`` (a GGUF type) makes it train
-    through that type's rounding of ``W + ΔW`` (see ``AdapterSettings``).
+    through that type's rounding of ``W + ΔW`` after ``fake_quant_after`` of its steps (see ``AdapterSettings``).
     """
     try:
         return AdapterSettings(**{key: values[key] for key in ADAPTER_KEYS}, qa_group_size=qa_group_size,
-                               fake_quant=fake_quant)
+                               fake_quant=fake_quant, fake_quant_after=fake_quant_after)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -8,6 +8,8 @@
   carries the gradient and its value cancels: ``y = round(W + ΔW) x + (ΔW x - stop_grad(ΔW x))``).
   The input gradient is the rounded weight's. Every other linear layer except the output head is
   rounded once in place, since the file stores it in that type too.
+- ``compute_through_grid(model, on)``: the adapted layers compute in float while ``on`` is False (the
+  share of the steps a run trains before the rounding, ``AdapterSettings.fake_quant_after``).
 - ``round_merged(model, grid)``: a merged model's linear layers (not the head) rounded the same way.
 
 ``ΔW`` is PEFT's ``get_delta_weight`` added to the base weight as PEFT's merge adds it, so the merged
@@ -37,11 +39,12 @@ class GridLoraLinear(LoraLinear):
     (see the module docstring). Saved, loaded, merged and resumed as the PEFT layer it is."""
 
     grid: str = ""
+    through_grid: bool = True  # False: the plain LoRA forward (the float steps before the rounding starts)
     _rounded: tuple[tuple[Any, ...], list[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapters = [name for name in self.active_adapters if name in self.lora_A]
-        if self.disable_adapters or self.merged or not adapters or args or kwargs:
+        if self.disable_adapters or self.merged or not adapters or args or kwargs or not self.through_grid:
             return super().forward(x, *args, **kwargs)
         base = self.get_base_layer()
         weight = self.rounded_weight(adapters)
@@ -98,6 +101,16 @@ def train_through_grid(model: Any, grid: str) -> Any:
     for module in _plain_linears(model, head):
         module.weight.data = round_to_grid(module.weight, grid).to(module.weight.dtype)
     return model
+
+
+def compute_through_grid(model: Any, on: bool) -> int:
+    """Switch every adapted layer of ``model`` to computing through its grid (``on``) or in float, as a plain
+    LoRA layer on the (unrounded) base weight; returns how many layers were switched. The layers the adapter
+    leaves alone stay rounded, as the file stores them."""
+    layers = [module for module in model.modules() if isinstance(module, GridLoraLinear)]
+    for layer in layers:
+        layer.through_grid = on
+    return len(layers)
 
 
 def round_merged(model: Any, grid: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from transformers import TrainerCallback
 
@@ -65,6 +66,26 @@ class TimeSteps(TrainerCallback):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()  # the step's kernels have run, not only been queued
         return time.perf_counter()
+
+
+class RoundAfter(TrainerCallback):
+    """Train a quantization-aware adapter in float for the first ``share`` of the steps, then through its
+    grid (``AdapterSettings.fake_quant_after``). Set before every step, so a resumed run is in the right
+    phase; the model computes through the grid again when training ends, as it is merged and scored."""
+
+    def __init__(self, model, share: float):
+        self.model, self.share = model, share
+
+    def _switch(self, on: bool) -> None:
+        from kbit.core.model.fake_quant import compute_through_grid
+
+        compute_through_grid(self.model, on)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._switch(state.global_step >= math.ceil(self.share * state.max_steps))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._switch(True)
 
 
 class EvaluateAtEnd(TrainerCallback):

@@ -117,7 +117,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         eval_dataset=sft_dataset(plan.tokenizer, held_out) if eval_strategy != "no" else None,
         processing_class=plan.tokenizer,
         callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints(),
-                   *([EvaluateAtEnd()] if eval_strategy != "no" else [])],
+                   *([EvaluateAtEnd()] if eval_strategy != "no" else []), *_round_after(plan, model)],
         adapter_dtype=torch_dtype(plan.spec.training.adapter_dtype),
     )
     trainer.padding_free_decision = {"value": padding_free.value, "requested": config.padding_free,
@@ -126,6 +126,16 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(LogProgress())
     return trainer
+
+
+def _round_after(plan: RunPlan, model: Any) -> list[Any]:
+    """The callback that starts the rounding after the float share of the steps, where the spec asks for one."""
+    from kbit.core.train.callbacks import RoundAfter
+
+    adapter = plan.spec.adapter
+    if adapter is None or adapter.fake_quant is None or not adapter.fake_quant_after:
+        return []
+    return [RoundAfter(model, adapter.fake_quant_after)]
 
 
 EVALS_PER_RUN = 4
