@@ -103,14 +103,13 @@ def train_through_grid(model: Any, grid: str) -> Any:
     return model
 
 
-def compute_through_grid(model: Any, on: bool) -> int:
+def compute_through_grid(model: Any, on: bool) -> None:
     """Switch every adapted layer of ``model`` to computing through its grid (``on``) or in float, as a plain
-    LoRA layer on the (unrounded) base weight; returns how many layers were switched. The layers the adapter
-    leaves alone stay rounded, as the file stores them."""
-    layers = [module for module in model.modules() if isinstance(module, GridLoraLinear)]
-    for layer in layers:
-        layer.through_grid = on
-    return len(layers)
+    LoRA layer on the (unrounded) base weight. The layers the adapter leaves alone stay rounded, as the file
+    stores them."""
+    for module in model.modules():
+        if isinstance(module, GridLoraLinear):
+            module.through_grid = on
 
 
 def round_merged(model: Any, grid: str) -> Any:
