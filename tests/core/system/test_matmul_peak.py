@@ -13,6 +13,17 @@ def test_a_real_matmul_is_timed():
     assert 0.1 < measure_matmul_gflops("cpu", torch.float32, sizes=(256,), rounds=2) < 1e6
 
 
+def test_larger_sizes_are_skipped_once_a_product_is_long_enough_to_time(monkeypatch):
+    made: list[int] = []
+    randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *shape, **kwargs: made.append(shape[0]) or randn(*shape, **kwargs))
+    measure_matmul_gflops("cpu", torch.float32, sizes=(256, 128), rounds=1, long_enough_s=0.0)
+    assert made == [128, 128]  # the smaller size first, and any timed product is "long enough" at 0 s
+    made.clear()
+    measure_matmul_gflops("cpu", torch.float32, sizes=(64, 128), rounds=1, long_enough_s=1e9)
+    assert made == [64, 64, 128, 128]
+
+
 def test_the_best_measurement_is_kept_per_dtype(tmp_path, monkeypatch):
     import kbit.core.system.matmul_peak as peak
 
