@@ -57,11 +57,18 @@ def _console(verbose: bool, quiet: bool) -> None:
     setup_console("verbose" if verbose else "quiet" if quiet else "normal")
 
 
+# Whether kbit runs as the program (``main()`` given no arguments) rather than called in-process; set by ``_run_app``.
+_as_program = False
+
+
 def _load_libraries(*modules: str) -> None:
-    """Route torch's and transformers' logs through kbit's console, import the command's ``modules``,
-    then freeze what the imports created (``gc.freeze``): every full garbage collection otherwise walks
-    those ~550k objects, 0.3 s each time, and kbit collects between stages to hand a model's memory
-    back. Nothing is frozen that a run allocates: it runs after the imports, before any model loads."""
+    """Route torch's and transformers' logs through kbit's console and import the command's ``modules``.
+
+    As the program, kbit then freezes what the imports created (``gc.freeze``): every full garbage
+    collection otherwise walks those ~550k objects, 0.3 s each time, and kbit collects between stages
+    to hand a model's memory back. Nothing a run allocates is frozen: no model is loaded yet. Called
+    in-process, kbit leaves the caller's collector alone (a freeze would keep the caller's objects,
+    garbage cycles included, for the life of the process)."""
     import gc
     import importlib
 
@@ -70,7 +77,8 @@ def _load_libraries(*modules: str) -> None:
     adopt_library_logs()
     for module in modules:
         importlib.import_module(module)
-    gc.freeze()
+    if _as_program:
+        gc.freeze()
 
 
 @app.command("methods")
@@ -518,11 +526,14 @@ def _run_app(args: list[str], program: bool) -> object:
     from kbit.core.system.console import teardown_console
     from kbit.core.system.signals import StopHandlers
 
+    global _as_program
+    _as_program = program
     handlers = StopHandlers()
     handlers.install()
     try:
         return app(args=args, standalone_mode=False)
     finally:
+        _as_program = False
         teardown_console()
         if not (program and handlers.stopped):
             handlers.restore()

@@ -93,3 +93,19 @@ def test_methods_json_carries_each_methods_options():
     assert options["r"]["default"] == 64 and options["r"]["type"] == "integer" and options["r"]["help"]
     assert options["quant_type"] == {"name": "quant_type", "default": "nf4", "type": "choice",
                                      "allowed": "one of nf4, fp4", "choices": ["nf4", "fp4"], "help": "4-bit data type"}
+
+
+def test_the_program_freezes_its_imports_and_an_in_process_call_leaves_the_collector_alone(tmp_path):
+    # One script, two calls of the export command (refused: no such path), each after the pipeline's imports.
+    code = ("import gc, sys; from kbit.core.cli import main\n"
+            "def frozen_after(argv, program):\n"
+            "    sys.argv = ['kbit', *argv]\n"
+            "    try:\n        main(None if program else argv)\n"
+            "    except SystemExit as exit:\n        assert exit.code == 2, exit.code\n"
+            "    return gc.get_freeze_count()\n"
+            f"argv = ['export', {str(tmp_path / 'none')!r}]\n"
+            "print(frozen_after(argv, program=False), frozen_after(argv, program=True))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    in_process, as_program = map(int, result.stdout.split())
+    assert in_process == 0 and as_program > 100_000
