@@ -4,6 +4,7 @@
     python -m benchmarks.step_levers dequantized-cache --method qalora --rounds 4
     python -m benchmarks.step_levers dropout-mask           # LoRA dropout masks from 16-bit draws, not bernoulli_
     python -m benchmarks.step_levers shared-input           # one A matmul and mask for q/k/v and for gate/up
+    python -m benchmarks.step_levers compile-layers         # torch.compile on each decoder layer
 
 Builds the run as ``benchmarks.profile_step`` does (``kbit train``'s defaults, 400 arith rows, batch 8,
 r=16), takes ``--steps`` micro-batches once, then for ``--rounds`` rounds times the same batches with
@@ -65,7 +66,18 @@ def _shared_input(model: Any, on: bool) -> None:
         fuse_lora_dropout(model)  # groups q/k/v and gate/up again
 
 
-LEVERS = {"dequantized-cache": _dequantized_cache, "dropout-mask": _dropout_mask, "shared-input": _shared_input}
+def _compile_layers(model: Any, on: bool) -> None:
+    """torch.compile on each decoder layer (regional compilation: the layers share their code, so the
+    compiled graph is reused across them); the warm-up step pays the compilation, printed apart."""
+    for layer in (m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")):
+        if on:
+            layer.compile(dynamic=True)
+        else:
+            layer._compiled_call_impl = None  # what nn.Module.compile set
+
+
+LEVERS = {"dequantized-cache": _dequantized_cache, "dropout-mask": _dropout_mask, "shared-input": _shared_input,
+          "compile-layers": _compile_layers}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - began)
+        if on:
+            warmups.append(times[0])
         return statistics.median(times[1:])
+
+    warmups: list[float] = []
 
     seen: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(args.rounds):
@@ -112,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     off, on = statistics.median(seen[False]), statistics.median(seen[True])
     print(f"{args.lever} on {args.method} ({torch.get_num_threads()} threads, {args.steps} steps × {args.rounds} rounds): "
           f"off {off:.3f} s/step, on {on:.3f} s/step, on ÷ off {on / off:.3f}")
+    print(f"  first (warm-up) step with the lever on: {', '.join(f'{t:.1f}' for t in warmups)} s")
     print("  per round, off: " + " ".join(f"{s:.3f}" for s in seen[False]) + " | on: " + " ".join(f"{s:.3f}" for s in seen[True]))
 
 
