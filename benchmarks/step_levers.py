@@ -5,12 +5,15 @@
     python -m benchmarks.step_levers dropout-mask           # LoRA dropout masks from 16-bit draws, not bernoulli_
     python -m benchmarks.step_levers shared-input           # one A matmul and mask for q/k/v and for gate/up
     python -m benchmarks.step_levers compile-layers         # torch.compile on each decoder layer
+    python -m benchmarks.step_levers quantized-base         # lora on the float base (off) against --method (on)
 
 Builds the run as ``benchmarks.profile_step`` does (``kbit train``'s defaults, 400 arith rows, batch 8,
 r=16), takes ``--steps`` micro-batches once, then for ``--rounds`` rounds times the same batches with
 the lever off and on, alternating which goes first, and prints each side's median step time and the
 ratio on ÷ off (below 1: the lever pays). Each side trains the same adapter from the same state:
-parameters and optimizer state are restored before every timed pass.
+parameters and optimizer state are restored before every timed pass. ``quantized-base`` is not a
+lever of one model but item 3 measured step by step: a lora trainer (off) and a ``--method`` trainer
+(on) in the same process, on the same batches; on ÷ off is the inverse of item 3's lora/qlora ratio.
 """
 
 from __future__ import annotations
@@ -78,16 +81,45 @@ def _compile_layers(model: Any, on: bool) -> None:
 
 LEVERS = {"dequantized-cache": _dequantized_cache, "dropout-mask": _dropout_mask, "shared-input": _shared_input,
           "compile-layers": _compile_layers}
+QUANTIZED_BASE = "quantized-base"
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+def _timed_passes(trainer: Any, batches: list[dict[str, Any]], warmups: list[float]) -> Any:
+    """A function ``() -> median step seconds`` that trains ``trainer``'s adapter over ``batches``
+    from the same state every time: parameters and optimizer state are restored before each pass, and
+    its first step (a warm-up, which also builds any cache) is timed into ``warmups``, not the median."""
     import copy
 
     import torch
 
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    start = ([p.detach().clone() for p in trained], copy.deepcopy(trainer.optimizer.state_dict()))
+
+    def timed_pass() -> float:
+        with torch.no_grad():
+            for param, value in zip(trained, start[0]):
+                param.copy_(value)
+        trainer.optimizer.load_state_dict(copy.deepcopy(start[1]))
+        times = []
+        for batch in [batches[0], *batches]:
+            began = time.perf_counter()
+            trainer.training_step(trainer.model, batch)
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - began)
+        warmups.append(times[0])
+        return statistics.median(times[1:])
+
+    return timed_pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    import torch
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("lever", choices=sorted(LEVERS))
+    p.add_argument("lever", choices=sorted([*LEVERS, QUANTIZED_BASE]))
     p.add_argument("--method", default="qlora")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
@@ -99,36 +131,27 @@ def main(argv: list[str] | None = None) -> None:
     _, _, trainer = step_trainer(args.method, dict(o.split("=", 1) for o in args.options), 8)
     loader = iter(trainer.get_train_dataloader())
     batches = [dict(trainer._prepare_inputs(next(loader))) for _ in range(args.steps)]
-    trained = [p for p in trainer.model.parameters() if p.requires_grad]
-    start = ([p.detach().clone() for p in trained], copy.deepcopy(trainer.optimizer.state_dict()))
+    warmups: dict[bool, list[float]] = {False: [], True: []}
+    if args.lever == QUANTIZED_BASE:  # off: lora on the float base, on: --method; the same batches for both
+        _, _, plain = step_trainer("lora", {}, 8)
+        passes = {False: _timed_passes(plain, batches, warmups[False]), True: _timed_passes(trainer, batches, warmups[True])}
+    else:
+        timed = {on: _timed_passes(trainer, batches, warmups[on]) for on in (False, True)}  # both from the start state
 
-    def timed_pass(on: bool) -> float:
-        LEVERS[args.lever](trainer.model, on)
-        with torch.no_grad():
-            for param, value in zip(trained, start[0]):
-                param.copy_(value)
-        trainer.optimizer.load_state_dict(copy.deepcopy(start[1]))
-        times = []
-        for batch in [batches[0], *batches]:  # the first step warms up (and builds any cache)
-            began = time.perf_counter()
-            trainer.training_step(trainer.model, batch)
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - began)
-        if on:
-            warmups.append(times[0])
-        return statistics.median(times[1:])
+        def lever_pass(on: bool) -> float:
+            LEVERS[args.lever](trainer.model, on)
+            return timed[on]()
 
-    warmups: list[float] = []
+        passes = {on: (lambda on=on: lever_pass(on)) for on in (False, True)}
 
     seen: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(args.rounds):
         for on in ((False, True) if round_ % 2 == 0 else (True, False)):
-            seen[on].append(timed_pass(on))
+            seen[on].append(passes[on]())
     off, on = statistics.median(seen[False]), statistics.median(seen[True])
     print(f"{args.lever} on {args.method} ({torch.get_num_threads()} threads, {args.steps} steps × {args.rounds} rounds): "
           f"off {off:.3f} s/step, on {on:.3f} s/step, on ÷ off {on / off:.3f}")
-    print(f"  first (warm-up) step with the lever on: {', '.join(f'{t:.1f}' for t in warmups)} s")
+    print(f"  first (warm-up) step with the lever on: {', '.join(f'{t:.1f}' for t in warmups[True])} s")
     print("  per round, off: " + " ".join(f"{s:.3f}" for s in seen[False]) + " | on: " + " ".join(f"{s:.3f}" for s in seen[True]))
 
 
