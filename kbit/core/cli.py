@@ -325,11 +325,11 @@ def quantize_command(
         target, record = quantize_path(Path(path), method, parse_assignments(option or []),
                                        Path(output) if output else None, dataset, overwrite)
     if as_json:
-        typer.echo(json.dumps({"output": str(target), **_jsonable(record.quantize)}, indent=2))
+        typer.echo(json.dumps({"output": str(target), **_jsonable(record.quantize.to_dict())}, indent=2))
         return
     info = record.quantize
-    typer.echo(f"quantized with {info['method']} ({info['format']}) in {info['seconds']} s from "
-               f"{info['calibration_samples']} calibration texts: {target} ({info['size_bytes'] / 2**20:.1f} MiB)")
+    typer.echo(f"quantized with {info.method} ({info.format}) in {info.seconds} s from "
+               f"{info.calibration_samples} calibration texts: {target} ({info.size_bytes / 2**20:.1f} MiB)")
 
 
 @app.command("export")

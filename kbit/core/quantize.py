@@ -85,7 +85,7 @@ def _run_inputs(record: RunRecord | None) -> tuple[str | None, ...]:
     never the output of a command that reads the run."""
     if record is None:
         return ()
-    return (record.base_model.get("path"), record.config.get("dataset"))
+    return (record.base_model.path, record.config.get("dataset"))
 
 
 @attrs.frozen

@@ -143,7 +143,7 @@ def _ensure_base_row(plan: ComparePlan, planned: PlannedMethod, record: RunRecor
     """Evaluate the base model once, through the first finished run (its base, on the same held-out items)."""
     if report.get("base", {}).get("status") == "finished":
         return
-    key = {"base_model": record.base_model, "dataset": record.dataset.get("fingerprint"),
+    key = {"base_model": record.base_model.to_dict(), "dataset": record.dataset.fingerprint,
            **_eval_settings(plan)}
     out = plan.out_dir / "evals" / "base"
     try:

@@ -78,16 +78,16 @@ def run_figures(record: RunRecord) -> dict[str, Any]:
     check); for a resumed run it covers the part after the resume only.
     """
     wall = record.wall_time_s
-    quantize_s = (record.quantize or {}).get("seconds")
+    quantize_s = record.quantize.seconds if record.quantize is not None else None
     history = [h for h in record.loss_history if "loss" in h]  # entries may hold only eval_loss
     return {
         "run_name": record.name,
-        "steps": record.train.get("steps"),
+        "steps": record.train.steps,
         "train_loss": history[-1]["loss"] if history else None,
         "train_s": None if wall is None else round(wall - (quantize_s or 0), 1),
         "quantize_s": quantize_s,
-        "train_tokens_per_s": record.train.get("tokens_per_s"),
-        "train_mfu": record.train.get("mfu"),
+        "train_tokens_per_s": record.train.tokens_per_s,
+        "train_mfu": record.train.mfu,
     }
 
 
@@ -101,7 +101,7 @@ def with_disk_size(row: dict[str, Any], record: RunRecord) -> dict[str, Any]:
 
     size = weights_bytes(Path(row["path"]))
     if row["variant"] == "adapter":
-        base = Path(str(record.base_model.get("path")))
+        base = Path(str(record.base_model.path))
         if not base.is_dir():
             return {**row, "disk_bytes": None}
         size += weights_bytes(base)

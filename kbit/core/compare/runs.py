@@ -71,10 +71,10 @@ def mismatch(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model
                if getattr(recorded, f) != getattr(wanted, f)]
     if changed:
         return f"holds a run with other settings ({'; '.join(changed)})"
-    fingerprint = record.dataset.get("fingerprint")
+    fingerprint = record.dataset.fingerprint
     if fingerprint != data_fingerprint:
         return f"holds a run trained on other data (dataset fingerprint {fingerprint}, now {data_fingerprint})"
-    revision = record.base_model.get("revision")
+    revision = record.base_model.revision
     if revision != model_revision:
         return f"holds a run of another version of the model (revision {revision}, now {model_revision})"
     return ""

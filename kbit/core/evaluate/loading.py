@@ -313,7 +313,7 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
         base = record.base_model
         if method_spec is not None and method_spec[0] == record.method and not selection.options and record.spec:
             method_spec = (record.method, record.spec)  # the base exactly as the run trained on it
-        candidates += _base_candidates(str(base.get("name") or Path(base_path).name), base_path, str(run), data, trust, method_spec)
+        candidates += _base_candidates(base.name or Path(base_path).name, base_path, str(run), data, trust, method_spec)
     for variant in ("adapter", "merged", "quantized"):
         if variant not in wanted:
             continue
@@ -388,15 +388,15 @@ def method_base(label: str, path: str, source: str, data: DataRequest, trust: bo
 
 def _run_base_path(run: Path, record: RunRecord) -> str:
     base = record.base_model
-    if not base.get("path"):
+    if not base.path:
         raise ConfigError(f"{run / meta.FILENAME} has no base_model.path; it is incomplete")
-    path = Path(str(base["path"]))
-    converted = base.get("origin") in ("default", "gguf")
+    path = Path(base.path)
+    converted = base.origin in ("default", "gguf")
     if (path / "config.json").is_file() and not (converted and conversion_problem(path)):
         return str(path)
-    if base.get("origin") in ("default", "gguf", "hub"):
+    if base.origin in ("default", "gguf", "hub"):
         # A cached conversion or download that is gone or damaged: resolve the recorded reference again.
-        reference = record.config.get("model") if base.get("origin") != "default" else None
+        reference = record.config.get("model") if base.origin != "default" else None
         return resolve_model(reference).path
     raise ConfigError(f"base model {path} of run {run} is missing; restore it or evaluate the merged model only (--variant merged)")
 
@@ -413,8 +413,7 @@ def _quantized_method(directory: Path, record: RunRecord) -> str | None:
     inner = read_record(directory)
     if inner is not None and inner.method:
         return inner.method
-    quantize = record.quantize or {}
-    return str(quantize["method"]) if quantize.get("method") else None
+    return record.quantize.method if record.quantize is not None and record.quantize.method else None
 
 
 def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest:
@@ -437,7 +436,7 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
         raise ConfigError(f"--held-out applies to --dataset: run {record.name or ''} is scored on its own held-out "
                           f"split ({describe_held_out(recorded)}), which its training never saw; pass --dataset too, "
                           "or --limit to score fewer items")
-    dataset = config.get("dataset") or record.dataset.get("name") or "arith"
+    dataset = config.get("dataset") or record.dataset.name or "arith"
     return DataRequest(
         dataset=str(dataset),
         columns=config.get("columns"),

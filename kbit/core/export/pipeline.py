@@ -24,6 +24,7 @@ import attrs
 
 from kbit.core.runs import stamps as meta
 from kbit.core.runs.record import RunRecord, read_record, write_record
+from kbit.core.runs.sections import Export
 from kbit.core.errors import ConfigError
 from kbit.core.export.check import GATES, Gate, Reference, check_file, check_gguf, resolve_runtime
 from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
@@ -225,11 +226,8 @@ def _run_name(record: RunRecord, run: Path) -> str:
 
 def _run_base(record: RunRecord) -> BaseModel:
     base = record.base_model
-    origin = base.get("origin")
-    reference = record.config.get("model")
-    gguf_file = _source_gguf(str(origin), reference)
-    return BaseModel(name=str(base.get("name") or ""), hub_id=str(base.get("hub_id") or ""),
-                     license=str(base.get("license") or ""), gguf=gguf_file)
+    gguf_file = _source_gguf(str(base.origin), record.config.get("model"))
+    return BaseModel(name=base.name or "", hub_id=base.hub_id or "", license=base.license or "", gguf=gguf_file)
 
 
 def _source_gguf(origin: str, reference: str | None) -> Path | None:
@@ -273,7 +271,7 @@ def _file_key(plan: _Plan) -> str:
 def _recorded(record: RunRecord | None, plan: _Plan) -> bool:
     if record is None or plan.run is None:
         return False
-    return any(isinstance(e, Mapping) and e.get("file") == _file_key(plan) for e in record.exports)
+    return any(e.file == _file_key(plan) for e in record.exports)
 
 
 def _source_reference(plan: _Plan, items: Any, max_new_tokens: int) -> dict[str, Any]:
@@ -289,9 +287,8 @@ def _source_reference(plan: _Plan, items: Any, max_new_tokens: int) -> dict[str,
 def _earlier_source_em(record: RunRecord | None, reference: Mapping[str, Any]) -> float | None:
     """The source's exact match from an earlier export of this run on the same weights and items, if any."""
     for entry in reversed(record.exports if record is not None else []):
-        source = entry.get("source") if isinstance(entry, Mapping) else None
-        if isinstance(source, Mapping) and all(source.get(k) == v for k, v in reference.items()):
-            return source.get("exact_match")
+        if all(entry.source.get(k) == v for k, v in reference.items()):
+            return entry.source.get("exact_match")
     return None
 
 
@@ -301,7 +298,7 @@ def _default_limit(record: RunRecord | None) -> int:
 
 
 def _hub_datasets(record: RunRecord | None) -> list[str]:
-    source = str(record.dataset.get("source") or "") if record is not None else ""
+    source = (record.dataset.source or "") if record is not None else ""
     return [source.removeprefix("hub:")] if source.startswith("hub:") else []
 
 
@@ -310,8 +307,7 @@ def _record(plan: _Plan, entry: dict[str, Any]) -> None:
     from kbit.core.runs.cards import write_cards
 
     record = plan.record  # the run's record as of now: read under the run's lock, or the running train's
-    record.exports = [*(e for e in record.exports if not (isinstance(e, Mapping) and e.get("file") == entry["file"])),
-                      entry]
+    record.exports = [*(e for e in record.exports if e.file != entry["file"]), Export.from_dict(entry)]
     record.artifacts[EXPORTS_DIR] = EXPORTS_DIR
     write_cards(plan.run, record)
     write_record(plan.run, record)

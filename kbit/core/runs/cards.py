@@ -15,7 +15,6 @@ machine's model cache, so ``PeftModel.from_pretrained`` works wherever the base 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +39,25 @@ ARTIFACTS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def base_model_id(record: Mapping[str, Any]) -> str:
+def base_model_id(record: RunRecord) -> str:
     """The base model's hub id as recorded when it was resolved; its name when no id is known.
 
     Runs recorded before kbit kept the hub id find it beside their converted GGUF base.
     """
-    from kbit.core.model.sources import recorded_source
-
-    base = record.get("base_model") or {}
-    hub_id = base.get("hub_id") or (recorded_source(Path(str(base["path"]))).get("hub_id") if base.get("path") else "")
-    return str(hub_id or base.get("name") or "")
+    base = record.base_model
+    return str(base.hub_id or _beside_base(record, "hub_id") or base.name or "")
 
 
-def base_license(record: Mapping[str, Any]) -> str:
+def base_license(record: RunRecord) -> str:
     """The base model's license as recorded (or beside its converted GGUF), "" when unknown."""
+    return str(record.base_model.license or _beside_base(record, "license") or "")
+
+
+def _beside_base(record: RunRecord, key: str) -> Any:
     from kbit.core.model.sources import recorded_source
 
-    base = record.get("base_model") or {}
-    return str(base.get("license") or (recorded_source(Path(str(base["path"]))).get("license") if base.get("path") else "") or "")
+    path = record.base_model.path
+    return recorded_source(Path(path)).get(key) if path else None
 
 
 def name_base_in_adapter(adapter_dir: Path, base_id: str) -> None:
@@ -73,11 +73,10 @@ def write_cards(run_dir: Path, run: RunRecord) -> list[Path]:
     """Write the run's card and one per artifact folder present; returns the cards written.
 
     Also names the hub id in ``adapter/adapter_config.json`` (runs written before kbit did so). The
-    cards render the record's JSON form (what kbit.json holds), field by field.
+    cards render the record's fields (what kbit.json holds).
     """
     run_dir = Path(run_dir)
-    record = run.to_dict()
-    written = []
+    record, written = run, []
     for folder in ARTIFACTS:
         directory = run_dir / folder
         if directory.is_dir() and any(p.name != CARD for p in directory.iterdir()):
@@ -89,20 +88,18 @@ def write_cards(run_dir: Path, run: RunRecord) -> list[Path]:
     return [run_dir / CARD, *written]
 
 
-def artifact_card(record: Mapping[str, Any], folder: str) -> str:
+def artifact_card(record: RunRecord, folder: str) -> str:
     """The model card text of one artifact folder of the run described by ``record``."""
     relation, library, what, load = ARTIFACTS[folder]
-    spec = record.get("spec") or {}
-    quantize = record.get("quantize") or {}
-    merge = record.get("merge") or {}
-    what = what.format(dtype=merge.get("dtype", ""), method=quantize.get("method", ""), format=quantize.get("format", ""))
-    tags = _tags(record) + {"quantized": [quantize.get("method", ""), quantize.get("format", "")],
+    what = _what(record, what)
+    quantize = record.quantize
+    tags = _tags(record) + {"quantized": [quantize.method or "", quantize.format or ""] if quantize else [],
                             "gguf": ["gguf", "llama.cpp"]}.get(folder, [])
     results = _results(record, folder)
-    body = [f"# {record.get('name', '')} — {folder}", "",
+    body = [f"# {record.name} — {folder}", "",
             f"{what[0].upper()}{what[1:]}: a supervised fine-tune of [`{base_model_id(record)}`]"
-            f"({_hub_url(base_model_id(record))}) on `{(record.get('dataset') or {}).get('name', '')}` with kbit's "
-            f"`{spec.get('method', '')}` method.", "", "## Use", "",
+            f"({_hub_url(base_model_id(record))}) on `{record.dataset.name or ''}` with kbit's "
+            f"`{_method(record)}` method.", "", "## Use", "",
             load.replace("{base}", base_model_id(record)), ""]
     if folder == "gguf":
         body += _gguf_table(record)
@@ -110,28 +107,37 @@ def artifact_card(record: Mapping[str, Any], folder: str) -> str:
     return _render(record, relation, library, tags, results, body)
 
 
-def run_card(record: Mapping[str, Any], folders: list[str]) -> str:
+def run_card(record: RunRecord, folders: list[str]) -> str:
     """The card of the run directory: what the run produced and where."""
-    spec = record.get("spec") or {}
     results = _results(record, "adapter")
-    body = [f"# {record.get('name', '')}", "",
+    body = [f"# {record.name}", "",
             f"Supervised fine-tune of [`{base_model_id(record)}`]({_hub_url(base_model_id(record))}) on "
-            f"`{(record.get('dataset') or {}).get('name', '')}` with kbit's `{spec.get('method', '')}` method "
-            f"({record.get('method_summary', '')}).", "", "| folder | contents |", "|---|---|"]
-    body += [f"| `{f}/` | {ARTIFACTS[f][2].format(dtype=(record.get('merge') or {}).get('dtype', ''), method=(record.get('quantize') or {}).get('method', ''), format=(record.get('quantize') or {}).get('format', ''))} |"
-             for f in folders]
+            f"`{record.dataset.name or ''}` with kbit's `{_method(record)}` method "
+            f"({record.method_summary}).", "", "| folder | contents |", "|---|---|"]
+    body += [f"| `{f}/` | {_what(record, ARTIFACTS[f][2])} |" for f in folders]
     body += ["", "Each folder has its own card; full settings are in `kbit.json`.", ""]
     body += _settings(record) + _results_table(results)
     return _render(record, "adapter", "peft", _tags(record), results, body)
 
 
-def _render(record: Mapping[str, Any], relation: str, library: str, tags: list[str], results: list[tuple[str, float]],
+def _what(record: RunRecord, text: str) -> str:
+    """An artifact's description with the merge's dtype and the quantization's method and format filled in."""
+    merge, quantize = record.merge, record.quantize
+    return text.format(dtype=(merge.dtype if merge else None) or "", method=(quantize.method if quantize else None) or "",
+                       format=(quantize.format if quantize else None) or "")
+
+
+def _method(record: RunRecord) -> str:
+    return record.spec.method if record.spec is not None else record.method
+
+
+def _render(record: RunRecord, relation: str, library: str, tags: list[str], results: list[tuple[str, float]],
             body: list[str]) -> str:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    dataset = record.get("dataset") or {}
-    source = str(dataset.get("source") or "")
-    held_out = f"{dataset.get('name', '')} (held-out)"
+    dataset = record.dataset
+    source = dataset.source or ""
+    held_out = f"{dataset.name or ''} (held-out)"
     data = ModelCardData(
         base_model=base_model_id(record) or None,
         base_model_relation=relation,
@@ -140,51 +146,49 @@ def _render(record: Mapping[str, Any], relation: str, library: str, tags: list[s
         license=base_license(record) or None,
         datasets=[source.removeprefix("hub:")] if source.startswith("hub:") else None,
         tags=[t for t in dict.fromkeys(tags) if t],
-        model_name=str(record.get("name") or "") if results else None,
-        eval_results=[EvalResult(task_type=PIPELINE_TAG, dataset_type=str(dataset.get("name", "")), dataset_name=held_out,
+        model_name=record.name if results else None,
+        eval_results=[EvalResult(task_type=PIPELINE_TAG, dataset_type=dataset.name or "", dataset_name=held_out,
                                  metric_type="exact_match", metric_value=value, metric_name=label)
                       for label, value in results] or None,
     )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
 
 
-def _tags(record: Mapping[str, Any]) -> list[str]:
-    spec = record.get("spec") or {}
-    adapter = (spec.get("adapter") or (spec.get("extras") or {}).get("adapter") or {})
-    tags = ["kbit", spec.get("method", ""), "sft", adapter.get("peft_type", "")]
-    if spec.get("weights_bits"):
-        tags.append(f"{spec['weights_bits']}-bit")
+def _tags(record: RunRecord) -> list[str]:
+    spec = record.spec
+    adapter = spec.adapter if spec is not None else None
+    tags = ["kbit", _method(record), "sft", adapter.peft_type if adapter is not None else ""]
+    if spec is not None and spec.weights_bits:
+        tags.append(f"{spec.weights_bits}-bit")
     return tags
 
 
-def _results(record: Mapping[str, Any], folder: str) -> list[tuple[str, float]]:
+def _results(record: RunRecord, folder: str) -> list[tuple[str, float]]:
     """(label, held-out exact match) pairs kbit measured for this folder's model."""
-    metrics = record.get("metrics") or {}
-    exports = [e for e in record.get("exports") or [] if isinstance(e, Mapping)]
-    if folder == "adapter" and isinstance(metrics.get("exact_match_after"), (int, float)):
-        return [("held-out exact match (adapter)", float(metrics["exact_match_after"]))]
+    after = record.metrics.exact_match_after
+    if folder == "adapter" and after is not None:
+        return [("held-out exact match (adapter)", float(after))]
     if folder == "merged":
-        measured = [e["source"]["exact_match"] for e in exports if isinstance(e.get("source"), Mapping)
-                    and isinstance(e["source"].get("exact_match"), (int, float))]
+        measured = [e.source["exact_match"] for e in record.exports if isinstance(e.source.get("exact_match"), (int, float))]
         return [("held-out exact match (merged)", float(measured[-1]))] if measured else []
     if folder == "gguf":
-        return [(f"held-out exact match ({e['type']})", float(e["exact_match"])) for e in exports
-                if isinstance(e.get("exact_match"), (int, float))]
+        return [(f"held-out exact match ({e.type})", float(e.exact_match)) for e in record.exports if e.exact_match is not None]
     return []
 
 
-def _settings(record: Mapping[str, Any]) -> list[str]:
-    spec = record.get("spec") or {}
-    adapter = (spec.get("adapter") or (spec.get("extras") or {}).get("adapter") or {})
-    metrics = record.get("metrics") or {}
-    merge = record.get("merge") or {}
+def _settings(record: RunRecord) -> list[str]:
+    spec, metrics, merge = record.spec, record.metrics, record.merge
+    adapter = spec.adapter if spec is not None else None
+    described = f"{adapter.peft_type} r={adapter.r} alpha={adapter.lora_alpha}" if adapter is not None else "none"
+    merged = f"{merge.action} {merge.base or ''} {merge.dtype or ''}" if merge else "none"
+    logit_diff = merge.max_abs_logit_diff if merge and merge.max_abs_logit_diff is not None else "n/a"
     return ["## Training", "", "| setting | value |", "|---|---|",
-            f"| adapter | {adapter.get('peft_type')} r={adapter.get('r')} alpha={adapter.get('lora_alpha')} |",
-            f"| weights bits during training | {spec.get('weights_bits') or 'full precision'} |",
-            f"| steps | {(record.get('train') or {}).get('steps')} |",
-            f"| held-out exact match before → after | {metrics.get('exact_match_before')} → {metrics.get('exact_match_after')} |",
-            f"| merge | {merge.get('action', 'none')} {merge.get('base', '')} {merge.get('dtype', '')} |",
-            f"| merge max abs logit diff | {merge.get('max_abs_logit_diff', 'n/a')} |", ""]
+            f"| adapter | {described} |",
+            f"| weights bits during training | {(spec.weights_bits if spec else None) or 'full precision'} |",
+            f"| steps | {record.train.steps} |",
+            f"| held-out exact match before → after | {metrics.exact_match_before} → {metrics.exact_match_after} |",
+            f"| merge | {merged} |",
+            f"| merge max abs logit diff | {logit_diff} |", ""]
 
 
 def _results_table(results: list[tuple[str, float]]) -> list[str]:
@@ -194,20 +198,18 @@ def _results_table(results: list[tuple[str, float]]) -> list[str]:
             *[f"| {label} | {value:.1%} |" for label, value in results], ""]
 
 
-def _gguf_table(record: Mapping[str, Any]) -> list[str]:
-    exports = [e for e in record.get("exports") or [] if isinstance(e, Mapping)]
-    if not exports:
+def _gguf_table(record: RunRecord) -> list[str]:
+    if not record.exports:
         return []
     lines = ["## Files", "",
              "Checked against the merged model on held-out prompts when written (logits of the file as "
              "transformers loads it):", "",
              "| file | type | size | top-1 agreement (answer tokens) | max / mean \\|Δlogit\\| | exact match (merged → file) |",
              "|---|---|---|---|---|---|"]
-    for e in exports:
-        source = e.get("source") or {}
-        lines.append(f"| `{Path(str(e.get('file', ''))).name}` | {e.get('type')} | {e.get('size_bytes', 0) / 2**20:.1f} MiB | "
-                     f"{e.get('top1_agreement', 0):.2%} | {e.get('max_abs_logit_diff', 0):.3g} / {e.get('mean_abs_logit_diff', 0):.3g} | "
-                     f"{source.get('exact_match', 0):.0%} → {e.get('exact_match', 0):.0%} |")
+    for e in record.exports:
+        lines.append(f"| `{Path(e.file or '').name}` | {e.type} | {(e.size_bytes or 0) / 2**20:.1f} MiB | "
+                     f"{e.top1_agreement or 0:.2%} | {e.max_abs_logit_diff or 0:.3g} / {e.mean_abs_logit_diff or 0:.3g} | "
+                     f"{e.source.get('exact_match') or 0:.0%} → {e.exact_match or 0:.0%} |")
     return lines + [""]
 
 

@@ -2,9 +2,9 @@
 
 A run's folder (kind "run") and a quantized model's folder (kind "quantized") each hold one
 ``kbit.json``. ``read_record`` validates it on the way in (a damaged or edited file is refused in
-one line naming the field), turns the spec and the merge policy into their records, and reads
-every schema kbit has written (version 1, kbit 0.1, included); ``write_record`` writes it back
-atomically in the current schema. The stages of a run update the record's fields; nothing else
+one line naming the field), turns the spec, the merge policy and each stage's part into their
+records, and reads every schema kbit has written (version 1, kbit 0.1, included); ``write_record``
+writes it back atomically in the current schema. The stages of a run update the record's fields; nothing else
 reads or writes the file (``recorded_kind`` is the cheap look at what a folder is, for the output rules).
 """
 
@@ -25,45 +25,50 @@ from kbit.core.runs.stamps import FILENAME, SCHEMA_VERSION, now
 from kbit.core.contract.method_info import MergePolicy
 from kbit.core.runs.folder import overwrite_json_in_place, write_json_atomic
 from kbit.core.contract.spec import QuantizationSpec
+from kbit.core.runs.sections import (BaseModelInfo, DatasetInfo, Export, Merge, Quantization, Scores, Section, Training,
+                                     read_part, typed)
 
 KINDS = ("run", "quantized")
 STATUSES = ("running", "finished", "failed", "interrupted")
 
-_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", bool: "true/false", int: "a number",
-               float: "a number", type(None): "null"}
-
-
-def _typed(*types: type):
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) and bool not in types:
-            ok = False
-        else:
-            ok = isinstance(value, types)
-        if not ok:
-            expected = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
-            raise ValueError(f"field '{attribute.name}' must be {expected}, got {type(value).__name__}")
-
-    return check
-
-
 def _field(types: tuple[type, ...], default: Any = attrs.NOTHING, factory: Any = None) -> Any:
     if factory is not None:
-        return attrs.field(factory=factory, validator=_typed(*types))
-    return attrs.field(default=default, validator=_typed(*types))
+        return attrs.field(factory=factory, validator=typed(*types))
+    return attrs.field(default=default, validator=typed(*types))
+
+
+def _part(cls: type[Section], always: bool = False) -> Any:
+    """A typed part of the record: present (empty until its stage runs) when ``always``, else None until then."""
+    if always:
+        return attrs.field(factory=cls, converter=lambda data: cls() if data is None else cls.coerce(data))
+    return attrs.field(default=None, converter=cls.coerce)
+
+
+def _exports(entries: Any) -> list[Export]:
+    if not isinstance(entries, list):
+        raise ValueError(f"field 'exports' must be a list, got {type(entries).__name__}")
+    return [Export.coerce(entry) for entry in entries]
+
+
+# the typed parts, by field: their errors name the part ("train.steps")
+PARTS = {"base_model": BaseModelInfo, "dataset": DatasetInfo, "train": Training, "merge": Merge, "quantize": Quantization,
+         "metrics": Scores}
 
 
 @attrs.define(kw_only=True)
 class RunRecord:
     """Everything kbit records about a run, field by field (docs/training.md, "The run folder", says what each holds).
 
-    ``spec`` and ``merge_policy`` are records; the rest are JSON values whose shape kbit's stages
-    own (``train``: steps, batch, resume point, rank digests; ``merge``: the base used and the
-    measured agreement; ``quantize``/``exports``: what was written and its check; ``metrics``:
-    held-out scores per variant). ``extra`` keeps fields this kbit does not know, written back as read.
+    ``spec`` and ``merge_policy`` are the spec's records; what each stage measured is a typed part
+    (``kbit.core.runs.sections``): ``train`` (``Training``), ``merge`` (``Merge``, None until the merge
+    stage), ``quantize`` (``Quantization``), ``exports`` (``Export`` each), ``metrics`` (``Scores``),
+    ``base_model`` and ``dataset``. The rest are JSON values: ``config`` the run's validated settings,
+    ``decisions``/``sizing``/``device``/``versions``/``artifacts`` maps by name. ``extra`` keeps fields
+    this kbit does not know, written back as read.
     """
 
-    kind: str = attrs.field(default="run", validator=[_typed(str), attrs.validators.in_(KINDS)])
-    status: str = attrs.field(default="running", validator=[_typed(str), attrs.validators.in_(STATUSES)])
+    kind: str = attrs.field(default="run", validator=[typed(str), attrs.validators.in_(KINDS)])
+    status: str = attrs.field(default="running", validator=[typed(str), attrs.validators.in_(STATUSES)])
     error: str | None = _field((str, type(None)), None)
     name: str = _field((str,), "")
     created: str = _field((str,), "")
@@ -75,21 +80,21 @@ class RunRecord:
     method_options: dict[str, Any] = _field((dict,), factory=dict)
     spec: QuantizationSpec | None = attrs.field(default=None)
     merge_policy: MergePolicy | None = attrs.field(default=None)
-    base_model: dict[str, Any] = _field((dict,), factory=dict)
-    dataset: dict[str, Any] = _field((dict,), factory=dict)
+    base_model: BaseModelInfo = _part(BaseModelInfo, always=True)
+    dataset: DatasetInfo = _part(DatasetInfo, always=True)
     config: dict[str, Any] = _field((dict,), factory=dict)
     sizing: dict[str, Any] = _field((dict,), factory=dict)
-    train: dict[str, Any] = _field((dict,), factory=dict)
+    train: Training = _part(Training, always=True)
     device: dict[str, Any] = _field((dict,), factory=dict)
     decisions: dict[str, Any] = _field((dict,), factory=dict)
     trust_remote_code: bool = _field((bool,), False)
     versions: dict[str, Any] = _field((dict,), factory=dict)
     artifacts: dict[str, Any] = _field((dict,), factory=dict)
     loss_history: list[Any] = _field((list,), factory=list)
-    merge: dict[str, Any] | None = _field((dict, type(None)), None)
-    quantize: dict[str, Any] | None = _field((dict, type(None)), None)
-    exports: list[Any] = _field((list,), factory=list)
-    metrics: dict[str, Any] = _field((dict,), factory=dict)
+    merge: Merge | None = _part(Merge)
+    quantize: Quantization | None = _part(Quantization)
+    exports: list[Export] = attrs.field(factory=list, converter=_exports)
+    metrics: Scores = _part(Scores, always=True)
     source_run: str | None = _field((str, type(None)), None)
     wall_time_s: float | None = _field((int, float, type(None)), None)
     peak_memory_bytes: int | None = _field((int, type(None)), None)
@@ -103,6 +108,9 @@ class RunRecord:
         data = {a.name: getattr(self, a.name) for a in attrs.fields(RunRecord) if a.name != "extra"}
         data["spec"] = self.spec.to_dict() if self.spec is not None else None
         data["merge_policy"] = self.merge_policy.to_dict() if self.merge_policy is not None else None
+        for name in PARTS:
+            data[name] = data[name].to_dict() if data[name] is not None else None
+        data["exports"] = [entry.to_dict() for entry in self.exports]
         return {"schema_version": SCHEMA_VERSION, **data, **self.extra}
 
     @classmethod
@@ -125,13 +133,15 @@ class RunRecord:
                 values["merge_policy"] = MergePolicy(**policy)
             elif policy is not None:
                 raise ValueError(f"field 'merge_policy' must be an object, got {type(policy).__name__}")
-            base = values.get("base_model") or {}
-            if isinstance(base, Mapping) and "path" in base and not isinstance(base["path"], str):
-                raise ValueError("field 'base_model.path' must be a string")
+            for name, part in PARTS.items():
+                if values.get(name) is not None:
+                    values[name] = read_part(name, part, values[name])
             for name in ("exports", "loss_history"):
                 entries = values.get(name)
                 if isinstance(entries, list) and not all(isinstance(e, Mapping) for e in entries):
                     raise ValueError(f"field '{name}' must be a list of objects")
+            if isinstance(values.get("exports"), list):
+                values["exports"] = [read_part(f"exports[{i}]", Export, e) for i, e in enumerate(values["exports"])]
             if values.get("kind", "run") == "run" and isinstance(values.get("config"), Mapping) and values["config"]:
                 values["config"] = _recorded_config(values["config"])
             return cls(**values, extra=extra)

@@ -9,7 +9,7 @@ import importlib.metadata
 
 
 FILENAME = "kbit.json"
-SCHEMA_VERSION = 2  # 2: the spec holds typed adapter/training/calibration settings (1 still read)
+SCHEMA_VERSION = 3  # 3: typed parts (kbit.core.runs.sections), every field written; 2: typed spec settings (1, 2 still read)
 PACKAGES = ("kbit", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
             "llmcompressor", "compressed-tensors", "torchao", "gguf")
 

@@ -44,6 +44,7 @@ from kbit.core.model.merge import (adapter_effect, base_dtype, check_fidelity, c
 from kbit.core.model.quantized_linear import exact_activations
 from kbit.core.quantize import calibration_texts, quantize_into
 from kbit.core.runs.record import RunRecord, read_record, write_record
+from kbit.core.runs.sections import HeldOut, Merge, Scores, Training
 from kbit.core.runs.folder import RunFolder, atomic_directory
 from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
@@ -119,7 +120,7 @@ def _initial_record(plan: RunPlan) -> RunRecord:
         dataset=plan.data.describe(),
         config=plan.config.to_dict(),
         sizing=dict(plan.sizing),
-        train={"batch_size": plan.batch_size},
+        train=Training(batch_size=plan.batch_size),
         device=attrs.asdict(plan.device),
         decisions=dict(plan.decisions),
         trust_remote_code=plan.config.trust_remote_code,
@@ -162,7 +163,7 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
             return
         model = trained.model
         if loftq is not None:
-            record.train["loftq"] = loftq
+            record.train.loftq = loftq
         _save_adapter(plan, record, trained)
     model.eval()
     # One answer budget for every variant the run scores, the deploy file's check included.
@@ -171,8 +172,8 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
     _score(plan, record, model, budget)
     _export(plan, record, model, budget.max_new_tokens)
     if plan.config.eval_limit:
-        record.metrics["variants"] = _shipped_scores(plan, record, record.metrics["after"], plan.config.eval_limit,
-                                                     budget.max_new_tokens)
+        record.metrics.variants = _shipped_scores(plan, record, record.metrics.after, plan.config.eval_limit,
+                                                  budget.max_new_tokens)
     _finish(plan, record, started)
 
 
@@ -190,9 +191,9 @@ def _initialise_adapter(plan: RunPlan, model: Any) -> dict[str, float] | None:
 
 
 def _save_adapter(plan: RunPlan, record: RunRecord, trained: Trained) -> None:
-    record.train.update(steps=trained.steps, world_size=trained.world_size, resumed_from=trained.resumed_from,
-                        rank_adapter_digests=trained.digests, held_out_loss_items=trained.held_out_loss_items,
-                        **(trained.tokens or {}), **trained.speed)
+    record.train = record.train.updated(steps=trained.steps, world_size=trained.world_size, resumed_from=trained.resumed_from,
+                                        rank_adapter_digests=trained.digests, held_out_loss_items=trained.held_out_loss_items,
+                                        **(trained.tokens or {}), **trained.speed)
     if trained.padding_free is not None:
         record.decisions["padding_free"] = trained.padding_free
     record.loss_history = trained.history
@@ -207,7 +208,7 @@ def _save_adapter(plan: RunPlan, record: RunRecord, trained: Trained) -> None:
 def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
     policy = plan.policy
     if policy.action != "merge":
-        record.merge = {"action": policy.action, "reason": policy.reason}
+        record.merge = Merge(action=policy.action, reason=policy.reason)
         return
     merged_dir = plan.run_dir / "merged"
     if not _done(plan, record, "merged", "config.json"):
@@ -220,9 +221,10 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
         # as the merged float model computes: its dtype, and no runtime rounding of activations
         with computing_in(model, policy.dtype), exact_activations(model):
             agreement = {**logit_agreement(model, merged, probe), "adapter_effect": adapter_effect(model, probe)}
-        record.merge = {"action": policy.action, "reason": policy.reason, "base": policy.base, "base_used": described,
-                        "dtype": policy.dtype, "min_top1_agreement": plan.config.merge_min_agreement,
-                        "base_dtype": held, "max_error_share": tolerance, **agreement}
+        record.merge = Merge.from_dict({"action": policy.action, "reason": policy.reason, "base": policy.base,
+                                        "base_used": described, "dtype": policy.dtype, "base_dtype": held,
+                                        "min_top1_agreement": plan.config.merge_min_agreement,
+                                        "max_error_share": tolerance, **agreement})
         check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, f"merging into {described}",
                        tolerance=tolerance)
         save_model(merged, plan.tokenizer, merged_dir)
@@ -245,8 +247,7 @@ def _export(plan: RunPlan, record: RunRecord, model: Any, max_new_tokens: int) -
     from kbit.core.export.pipeline import export_adapter_in_run, export_in_run
 
     policy, limit = plan.policy, plan.config.eval_limit or None
-    after = record.metrics.get("after") or {}
-    reference = Reference(model, plan.tokenizer, after.get("exact_match"))
+    reference = Reference(model, plan.tokenizer, record.metrics.exact_match_after)
     with computing_in(model, policy.dtype):  # as the merged model (and the file) computes
         if policy.export and "merged" in record.artifacts and not _exported(plan, record, f"{plan.name}-{policy.export}.gguf"):
             log.info("writing the %s GGUF file", policy.export)
@@ -263,7 +264,7 @@ def _exported(plan: RunPlan, record: RunRecord, file_name: str) -> bool:
     from kbit.core.export.pipeline import EXPORTS_DIR
 
     name = f"{EXPORTS_DIR}/{file_name}"
-    return plan.resume and (plan.run_dir / name).is_file() and any(e.get("file") == name for e in record.exports)
+    return plan.resume and (plan.run_dir / name).is_file() and any(e.file == name for e in record.exports)
 
 
 def _score(plan: RunPlan, record: RunRecord, model: Any, budget: GenerationBudget) -> None:
@@ -272,24 +273,19 @@ def _score(plan: RunPlan, record: RunRecord, model: Any, budget: GenerationBudge
     Scored after the merge check. "Before" is the same quantized base (identical base weights), loaded
     afresh as ``kbit eval`` loads it (``_base_scores``); "after" is the trained model in memory.
     """
-    metrics: dict[str, Any] = {}
-    if plan.config.eval_limit:
-        metrics["generation"] = budget.to_dict()
-        if plan.data.task in ("arithmetic", "openmath"):
-            metrics["scoring"] = math_scorer()
-        limit, new_tokens = plan.config.eval_limit, budget.max_new_tokens
-        log.info("scoring %d held-out items before and after training", min(limit, len(plan.data.held_out)))
-        metrics["before"] = _base_scores(plan, limit, new_tokens)
-        generator = plan.method.prepare_inference(model, plan.spec)
-        metrics["after"] = _held_out_scores(generator, plan.tokenizer, plan.data, limit, new_tokens)
-        metrics["min_items"] = MIN_ITEMS
-        metrics["too_few_items"] = too_few(metrics["after"]["items"])
-    metrics["exact_match_before"] = metrics.get("before", {}).get("exact_match")
-    metrics["exact_match_after"] = metrics.get("after", {}).get("exact_match")
-    record.metrics = metrics
+    record.metrics = Scores()
+    if not plan.config.eval_limit:
+        return
+    limit, new_tokens = plan.config.eval_limit, budget.max_new_tokens
+    log.info("scoring %d held-out items before and after training", min(limit, len(plan.data.held_out)))
+    before = _base_scores(plan, limit, new_tokens)
+    after = _held_out_scores(plan.method.prepare_inference(model, plan.spec), plan.tokenizer, plan.data, limit, new_tokens)
+    record.metrics = Scores(before=before, after=after, generation=budget.to_dict(), min_items=MIN_ITEMS,
+                            too_few_items=too_few(after.items),
+                            scoring=math_scorer() if plan.data.task in ("arithmetic", "openmath") else None)
 
 
-def _base_scores(plan: RunPlan, limit: int, new_tokens: int) -> dict[str, Any]:
+def _base_scores(plan: RunPlan, limit: int, new_tokens: int) -> HeldOut:
     """The base through the run's method and spec, loaded by ``kbit eval``'s loader and scored as its rows
     are: the figure ``kbit eval RUN --variant base --method METHOD`` gives (same items and budget).
 
@@ -301,7 +297,7 @@ def _base_scores(plan: RunPlan, limit: int, new_tokens: int) -> dict[str, Any]:
     from kbit.core.evaluate.loading import DataRequest, load_candidate, method_base
 
     if not plan.data.held_out[:limit]:
-        return {"exact_match": None, "items": 0}  # nothing to load the base for
+        return HeldOut()  # nothing to load the base for
     # DataRequest(): load_candidate does not read it; the items are plan.data's
     candidate = method_base(plan.source.name, plan.source.path, str(plan.run_dir), DataRequest(),
                             plan.config.trust_remote_code, plan.method.name, plan.spec)
@@ -317,8 +313,7 @@ def _base_scores(plan: RunPlan, limit: int, new_tokens: int) -> dict[str, Any]:
 SHIPPED = ("merged", "quantized")  # model folders a run writes, scored as stored
 
 
-def _shipped_scores(plan: RunPlan, record: RunRecord, adapter: dict[str, Any], limit: int,
-                    new_tokens: int) -> dict[str, dict[str, Any]]:
+def _shipped_scores(plan: RunPlan, record: RunRecord, adapter: HeldOut, limit: int, new_tokens: int) -> dict[str, HeldOut]:
     """Held-out exact match of each variant of the run: the adapter model, each model folder it wrote
     (loaded as a user would load it) and each deploy file (measured by its export check on the same
     items under the same budget)."""
@@ -329,24 +324,26 @@ def _shipped_scores(plan: RunPlan, record: RunRecord, adapter: dict[str, Any], l
     for name in SHIPPED:
         if name not in record.artifacts:
             continue
-        log.info("scoring the %s model on the same %d held-out items", name, adapter["items"])
+        log.info("scoring the %s model on the same %d held-out items", name, adapter.items)
         shipped = load_plain(str(plan.run_dir / record.artifacts[name]), device_map=device_map_for(plan.device)).eval()
-        what = f"{name}/ as saved" + (f" ({record.quantize.get('format')})" if name == "quantized" and record.quantize else "")
+        what = f"{name}/ as saved" + (f" ({record.quantize.format})" if name == "quantized" and record.quantize else "")
         variants[name] = _variant_figures(_held_out_scores(shipped, plan.tokenizer, plan.data, limit, new_tokens), what)
         del shipped
     for export in record.exports:
-        items = export.get("items")
-        if export.get("exact_match") is None or not items:
+        items = export.items
+        if export.exact_match is None or not items:
             continue
-        hits = int(round(export["exact_match"] * items))
-        variants[f"gguf {export['type']}"] = _variant_figures(
-            {"items": items, **exact_match_stats([1.0] * hits + [0.0] * (items - hits))}, f"{export['file']} (its export check)")
+        hits = int(round(export.exact_match * items))
+        variants[f"gguf {export.type}"] = HeldOut.from_dict(
+            {"model": f"{export.file} (its export check)", "items": items,
+             **exact_match_stats([1.0] * hits + [0.0] * (items - hits))})
     return variants
 
 
-def _variant_figures(scores: dict[str, Any], what: str) -> dict[str, Any]:
-    keys = ("items", "exact_match", "exact_match_hits", "exact_match_ci95", "f1", "answers_cut")
-    return {"model": what, **{k: scores[k] for k in keys if k in scores}}
+def _variant_figures(scores: HeldOut, what: str) -> HeldOut:
+    """The figures a variant's row keeps: its scores without the samples, named by ``what``."""
+    return HeldOut(model=what, items=scores.items, exact_match=scores.exact_match, exact_match_hits=scores.exact_match_hits,
+                   exact_match_ci95=scores.exact_match_ci95, f1=scores.f1, answers_cut=scores.answers_cut)
 
 
 def _finish(plan: RunPlan, record: RunRecord, started: float) -> None:
@@ -360,17 +357,18 @@ def _finish(plan: RunPlan, record: RunRecord, started: float) -> None:
     write_record(plan.run_dir, record)
 
 
-def _held_out_scores(model: Any, tokenizer: Any, data: TaskData, limit: int, max_new_tokens: int) -> dict[str, Any]:
+def _held_out_scores(model: Any, tokenizer: Any, data: TaskData, limit: int, max_new_tokens: int) -> HeldOut:
     items = list(data.held_out[:limit])
     if not items:
-        return {"exact_match": None, "items": 0}
+        return HeldOut()
     # as kbit eval answers and scores (same batch size, same task_scores): one figure for one model
     answers = generate_answers(model, tokenizer, items, max_new_tokens=max_new_tokens)
     predictions = answers.texts
     _, means = task_scores(data.task, predictions, items)
-    return {"items": len(items), "answers_cut": answers.cut, "mean_new_tokens": round(sum(answers.new_tokens) / len(items), 1),
-            "samples": [{"prompt": e.prompt[-1][1], "prediction": p, "gold": e.answers[0]}
-                        for p, e in list(zip(predictions, items))[:5]], **means}
+    return HeldOut.from_dict({"items": len(items), "answers_cut": answers.cut,
+                              "mean_new_tokens": round(sum(answers.new_tokens) / len(items), 1),
+                              "samples": [{"prompt": e.prompt[-1][1], "prediction": p, "gold": e.answers[0]}
+                                          for p, e in list(zip(predictions, items))[:5]], **means})
 
 
 def _leave_process_group() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kbit.core.runs.sections import HeldOut, Scores, Training
 from kbit.core.measure.sample_size import MIN_ITEMS, exact_match_text, interval_text, small_sample_warning, too_few
 
 
@@ -11,17 +12,16 @@ def _percent(value: Any) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def held_out_lines(metrics: dict[str, Any], eval_limit: int | None = None) -> tuple[str, str | None]:
+def held_out_lines(metrics: Scores, eval_limit: int | None = None) -> tuple[str, str | None]:
     """Exact match before → after with its 95% interval (as hits/items below ``MIN_ITEMS`` items), and
     the small-sample warning that goes with it, if any."""
-    before, after = metrics.get("before") or {}, metrics.get("after") or {}
-    items = after.get("items", 0)
-    if not items or "exact_match_hits" not in after:  # skipped (--eval-limit 0), or a run of kbit 0.2
-        return (f"exact match {_percent(metrics.get('exact_match_before'))} → "
-                f"{_percent(metrics.get('exact_match_after'))} ({items} items)"), None
-    hits = (before.get("exact_match_hits"), after["exact_match_hits"])
+    before, after = metrics.before or HeldOut(), metrics.after or HeldOut()
+    items = after.items
+    if not items or after.exact_match_hits is None:  # skipped (--eval-limit 0), or a run of kbit 0.2
+        return f"exact match {_percent(before.exact_match)} → {_percent(after.exact_match)} ({items} items)", None
+    hits = (before.exact_match_hits, after.exact_match_hits)
     intervals = " → ".join(interval_text(h, items) for h in hits if h is not None)
-    rates = f"{_percent(before.get('exact_match'))} → {_percent(after.get('exact_match'))}"
+    rates = f"{_percent(before.exact_match)} → {_percent(after.exact_match)}"
     if not too_few(items):
         return f"exact match {rates} ({items} items; 95% CI {intervals})", None
     limited = eval_limit is not None and items >= eval_limit  # else the held-out split itself is smaller
@@ -43,26 +43,26 @@ def loss_line(history: list[dict[str, Any]], steps: Any) -> str | None:
     return line
 
 
-def speed_line(train: dict[str, Any]) -> str | None:
+def speed_line(train: Training) -> str | None:
     """Tokens/s and achieved matmul GFLOP/s of the training steps, with the share of the measured peak."""
-    if not train.get("tokens_per_s"):
+    if not train.tokens_per_s:
         return None
-    line = (f"{train['tokens_per_s']:.0f} tokens/s over {train['step_seconds']} s of training steps, "
-            f"{train['achieved_gflops']} GFLOP/s in matrix products")
-    if train.get("mfu") is not None:
-        line += f" = {100 * train['mfu']:.0f}% of the measured peak ({train['peak_gflops']} GFLOP/s, {train['peak']})"
+    line = (f"{train.tokens_per_s:.0f} tokens/s over {train.step_seconds} s of training steps, "
+            f"{train.achieved_gflops} GFLOP/s in matrix products")
+    if train.mfu is not None:
+        line += f" = {100 * train.mfu:.0f}% of the measured peak ({train.peak_gflops} GFLOP/s, {train.peak})"
     return line
 
 
-def variant_lines(metrics: dict[str, Any]) -> list[str]:
+def variant_lines(metrics: Scores) -> list[str]:
     """One line per variant the run scored after training (adapter, merged, quantized, deploy files):
     its held-out exact match on the same items; empty when only the adapter was scored."""
-    variants = metrics.get("variants") or {}
+    variants = metrics.variants
     if len(variants) < 2:
         return []
     width = max(len(name) for name in variants)
-    return [f"{name:<{width}}  {exact_match_text(v['exact_match_hits'], v['items'])}  {v['model']}"
-            for name, v in variants.items() if v.get("items") and "exact_match_hits" in v]
+    return [f"{name:<{width}}  {exact_match_text(v.exact_match_hits, v.items)}  {v.model}"
+            for name, v in variants.items() if v.items and v.exact_match_hits is not None]
 
 
 def print_summary(result: Any) -> None:
@@ -72,42 +72,41 @@ def print_summary(result: Any) -> None:
     from rich.markup import escape
 
     record = result.record
-    history, metrics, merge = record.loss_history, record.metrics, record.merge or {}
+    metrics, merge = record.metrics, record.merge
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 160)  # piped output: keep each line whole
     console.print(f"[bold]run[/bold]      {result.run_dir}")
-    line = loss_line(history, record.train.get("steps"))
+    line = loss_line(record.loss_history, record.train.steps)
     if line:
         console.print(f"[bold]loss[/bold]     {line}")
     line = speed_line(record.train)
     if line:
         console.print(f"[bold]speed[/bold]    {escape(line)}")
-    eval_limit = record.config.get("eval_limit")
-    line, warning = held_out_lines(metrics, eval_limit)
+    line, warning = held_out_lines(metrics, record.config.get("eval_limit"))
     console.print(f"[bold]held-out[/bold] {escape(line)}")
     for number, variant in enumerate(variant_lines(metrics)):
         console.print(f"[bold]{'variants' if number == 0 else '':<8}[/bold] {escape(variant)}")
     if warning:
         console.print(f"[bold yellow]warning[/bold yellow]  {escape(warning)}")
-    generation = metrics.get("generation")
+    generation = metrics.generation
     if generation:
-        cut = (metrics.get("after") or {}).get("answers_cut")
+        cut = metrics.after.answers_cut if metrics.after else None
         cut_text = f"; {cut} answer(s) reached the cap" if cut else ""
         console.print(f"[bold]answers[/bold]  at most {generation['max_new_tokens']} new tokens "
                       f"({escape(generation['chosen_by'])}: {escape(generation['detail'])}){cut_text}")
-    if "max_abs_logit_diff" in merge:
-        base = merge.get("base_used") or f"the {merge['base']} base"
+    if merge is not None and merge.max_abs_logit_diff is not None:
+        base = merge.base_used or f"the {merge.base} base"
         console.print(
-            f"[bold]merged[/bold]   into {base} ({merge['dtype']}): max |Δlogit| "
-            f"{merge['max_abs_logit_diff']:.2e}, top-1 agreement {100 * merge['top1_agreement']:.2f}%"
+            f"[bold]merged[/bold]   into {base} ({merge.dtype}): max |Δlogit| "
+            f"{merge.max_abs_logit_diff:.2e}, top-1 agreement {100 * merge.top1_agreement:.2f}%"
         )
-    elif merge:
-        console.print(f"[bold]merge[/bold]    {merge['action']}: {merge.get('reason', '')}")
+    elif merge is not None:
+        console.print(f"[bold]merge[/bold]    {merge.action}: {merge.reason or ''}")
     for export in record.exports:
-        if (export.get("source") or {}).get("model") == "the trained adapter model":  # a file the run wrote itself
-            console.print(f"[bold]deploy[/bold]   {export['file']} ({export['size_bytes'] / 2**20:.1f} MiB), in "
-                          f"{export.get('runtime', 'transformers')}: top-1 agreement with the trained model on answer tokens "
-                          f"{100 * export['top1_agreement']:.2f}%, mean KL {export.get('kl') or 0:.2g}, held-out exact match "
-                          f"{_percent(export.get('exact_match'))} (trained model {_percent(export['source'].get('exact_match'))})")
+        if export.source.get("model") == "the trained adapter model":  # a file the run wrote itself
+            console.print(f"[bold]deploy[/bold]   {export.file} ({export.size_bytes / 2**20:.1f} MiB), in "
+                          f"{export.extra.get('runtime', 'transformers')}: top-1 agreement with the trained model on answer "
+                          f"tokens {100 * export.top1_agreement:.2f}%, mean KL {export.extra.get('kl') or 0:.2g}, held-out "
+                          f"exact match {_percent(export.exact_match)} (trained model {_percent(export.source.get('exact_match'))})")
     console.print(f"[bold]time[/bold]     {record.wall_time_s} s")

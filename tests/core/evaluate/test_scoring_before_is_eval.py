@@ -25,11 +25,11 @@ def test_the_runs_before_score_is_kbit_evals_score_of_its_base(kbit_tiny_model_f
                          "--out", str(tmp_path / "report"), "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
-    before = read_record(run).metrics["before"]
+    before = read_record(run).metrics.before
     row = next(r for r in json.loads(evaluated.stdout)["rows"] if r["variant"] == "base+qlora")
     predictions = [json.loads(line) for line in (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()]
     answers = [p["prediction"] for p in predictions if p["variant"] == "base+qlora"]
     assert len(set(answers)) > 1  # answers that tell models apart
-    assert [s["prediction"] for s in before["samples"]] == answers[: len(before["samples"])]
-    assert (before["items"], before["exact_match"], before["exact_match_hits"], before["answers_cut"]) == \
+    assert [s["prediction"] for s in before.samples] == answers[: len(before.samples)]
+    assert (before.items, before.exact_match, before.exact_match_hits, before.answers_cut) == \
            (row["items"], row["exact_match"], row["exact_match_hits"], row["answers_cut"])

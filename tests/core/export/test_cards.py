@@ -9,7 +9,7 @@ import yaml
 from kbit.core.runs.cards import artifact_card, base_model_id, name_base_in_adapter, write_cards
 from kbit.core.runs.record import RunRecord
 
-RECORD = {
+RAW = {
     "name": "SmolLM2-135M-Instruct-arith_SFT_LoRa64_QLORA_w4_headfp32",
     "base_model": {"name": "SmolLM2-135M-Instruct", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
                    "license": "apache-2.0", "origin": "default", "path": "/cache/x"},
@@ -19,6 +19,7 @@ RECORD = {
     "metrics": {"exact_match_before": 0.0, "exact_match_after": 0.89},
     "train": {"steps": 100},
 }
+RECORD = RunRecord.from_dict(RAW)
 
 
 def _front(text):
@@ -40,9 +41,9 @@ def test_model_index_holds_only_what_kbit_measured():
     [result] = adapter["model-index"][0]["results"]
     assert result["metrics"][0]["value"] == 0.89 and result["dataset"]["name"] == "squad (held-out)"
     assert "model-index" not in _front(artifact_card(RECORD, "merged"))  # nothing measured on the merged model yet
-    exported = {**RECORD, "exports": [{"file": "gguf/x-q8_0.gguf", "type": "q8_0", "exact_match": 0.88, "size_bytes": 2**20,
+    exported = RunRecord.from_dict({**RAW, "exports": [{"file": "gguf/x-q8_0.gguf", "type": "q8_0", "exact_match": 0.88, "size_bytes": 2**20,
                                        "top1_agreement": 0.999, "max_abs_logit_diff": 0.3, "mean_abs_logit_diff": 0.01,
-                                       "source": {"model": "merged", "exact_match": 0.89}}]}
+                                       "source": {"model": "merged", "exact_match": 0.89}}]})
     merged = _front(artifact_card(exported, "merged"))
     assert merged["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.89
     gguf = artifact_card(exported, "gguf")
@@ -51,7 +52,7 @@ def test_model_index_holds_only_what_kbit_measured():
 
 
 def test_base_falls_back_to_its_name_without_a_hub_id():
-    record = {**RECORD, "base_model": {"name": "tiny", "origin": "local", "path": "/nowhere"}}
+    record = RunRecord.from_dict({**RAW, "base_model": {"name": "tiny", "origin": "local", "path": "/nowhere"}})
     assert base_model_id(record) == "tiny"
     front = _front(artifact_card(record, "adapter"))
     assert front["base_model"] == "tiny" and "license" not in front
@@ -63,7 +64,7 @@ def test_write_cards_covers_present_folders_and_points_the_adapter_at_the_hub(tm
     (tmp_path / "merged").mkdir()
     (tmp_path / "merged" / "config.json").write_text("{}")
     (tmp_path / "gguf").mkdir()  # empty: no card
-    written = write_cards(tmp_path, RunRecord.from_dict(RECORD))
+    written = write_cards(tmp_path, RECORD)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == ["README.md", "adapter/README.md", "merged/README.md"]
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"

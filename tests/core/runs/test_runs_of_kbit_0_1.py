@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kbit.core.runs.stamps import SCHEMA_VERSION
 from tests.conftest import run_kbit
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "run-0.1"
@@ -47,7 +48,7 @@ def test_an_interrupted_run_of_kbit_0_1_resumes_and_is_rewritten_in_the_current_
     record = json.loads((run / "kbit.json").read_text())
     assert record["status"] == "finished" and record["train"]["resumed_from"] == "checkpoint-2"
     assert record["train"]["steps"] == 4 and [h["step"] for h in record["loss_history"]] == [1, 2, 3, 4]
-    assert record["schema_version"] == 2 and record["spec"]["adapter"]["r"] == 4
+    assert record["schema_version"] == SCHEMA_VERSION and record["spec"]["adapter"]["r"] == 4
     assert record["merge"]["top1_agreement"] >= 0.99 and (run / "merged" / "config.json").is_file()
     # its held_out_fraction is read as --held-out 0.1: the same split, so the same data fingerprint
     assert record["config"]["held_out"] == 0.1 and "held_out_fraction" not in record["config"]

@@ -1,5 +1,6 @@
 """The lines ``kbit train`` prints for the variants a run scored."""
 
+from kbit.core.runs.sections import Scores
 from kbit.core.train.summary import held_out_lines, variant_lines
 
 
@@ -11,21 +12,21 @@ def _variant(hits, items, model):
 def test_every_scored_variant_gets_a_line_with_counts_below_30_items_and_rates_above():
     metrics = {"variants": {"adapter": _variant(3, 4, "the trained adapter"), "merged": _variant(3, 4, "merged/ as saved"),
                             "gguf q4_1": _variant(2, 4, "gguf/x-q4_1.gguf (its export check)")}}
-    lines = variant_lines(metrics)
+    lines = variant_lines(Scores.from_dict(metrics))
     assert lines[0].startswith("adapter    3/4 (75%, 95% CI ") and lines[0].endswith("the trained adapter")
     assert lines[2].startswith("gguf q4_1  2/4 (50%, 95% CI ")
-    many = variant_lines({"variants": {"adapter": _variant(45, 50, "a"), "quantized": _variant(40, 50, "q")}})
+    many = variant_lines(Scores.from_dict({"variants": {"adapter": _variant(45, 50, "a"), "quantized": _variant(40, 50, "q")}}))
     assert many[1].startswith("quantized  80.0% (95% CI ")
 
 
 def test_a_run_that_ships_only_its_adapter_prints_no_variant_lines():
-    assert variant_lines({"variants": {"adapter": _variant(1, 4, "a")}}) == []
-    assert variant_lines({}) == []  # a run of kbit 0.2
+    assert variant_lines(Scores.from_dict({"variants": {"adapter": _variant(1, 4, "a")}})) == []
+    assert variant_lines(Scores.from_dict({})) == []  # a run of kbit 0.2
 
 
 def test_too_few_held_out_items_name_the_limit_that_bound_them():
-    scored = {"before": {"items": 6, "exact_match": 0.0, "exact_match_hits": 0},
-              "after": {"items": 6, "exact_match": 0.5, "exact_match_hits": 3}}
+    scored = Scores.from_dict({"before": {"items": 6, "exact_match": 0.0, "exact_match_hits": 0},
+                               "after": {"items": 6, "exact_match": 0.5, "exact_match_hits": 3}})
     _, split_smaller = held_out_lines(scored, eval_limit=10)  # the split had 6: --eval-limit cannot add any
     assert "--held-out 30" in split_smaller and "--eval-limit" not in split_smaller
     _, limited = held_out_lines(scored, eval_limit=6)

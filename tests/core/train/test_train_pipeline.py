@@ -170,7 +170,7 @@ def test_batch_layout_decision_and_token_counts_are_recorded(qlora_run):
     record = read_record(qlora_run[0])
     decision = record.decisions["padding_free"]
     assert decision["requested"] == "auto" and isinstance(decision["value"], bool) and decision["reason"]
-    real, in_batches = record.train["tokens_real"], record.train["tokens_in_batches"]
+    real, in_batches = record.train.tokens_real, record.train.tokens_in_batches
     assert 0 < real <= in_batches
     assert (real == in_batches) is decision["value"]  # padding-free batches carry no padding; padded ones some
 
@@ -179,12 +179,12 @@ def test_batch_layout_decision_and_token_counts_are_recorded(qlora_run):
 def test_training_speed_and_mfu_are_recorded_and_printed(qlora_run):
     out, result = qlora_run
     train = read_record(out).train
-    assert 0 < train["step_seconds"] and train["tokens_per_s"] == pytest.approx(train["tokens_real"] / train["step_seconds"], rel=0.02)
-    assert train["achieved_gflops"] > 0 and train["peak_gflops"] > 0
-    assert train["mfu"] == pytest.approx(train["achieved_gflops"] / train["peak_gflops"], abs=0.002)
-    assert train["flop_per_token"] > 0 and "matmul on cpu" in train["peak"]
+    assert 0 < train.step_seconds and train.tokens_per_s == pytest.approx(train.tokens_real / train.step_seconds, rel=0.02)
+    assert train.achieved_gflops > 0 and train.peak_gflops > 0
+    assert train.mfu == pytest.approx(train.achieved_gflops / train.peak_gflops, abs=0.002)
+    assert train.flop_per_token > 0 and "matmul on cpu" in train.peak
     speed = next(line for line in result.stdout.splitlines() if line.startswith("speed"))
-    assert f"{train['tokens_per_s']:.0f} tokens/s" in speed and f"{100 * train['mfu']:.0f}% of the measured peak" in speed
+    assert f"{train.tokens_per_s:.0f} tokens/s" in speed and f"{100 * train.mfu:.0f}% of the measured peak" in speed
 
 
 @pytest.mark.slow
