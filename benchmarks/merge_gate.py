@@ -94,14 +94,13 @@ def measure_run(run: Path, merge_dtype: str | None = None) -> list[dict[str, Any
     from peft import PeftModel
 
     from kbit.core.model.bases import load_base, load_merge_base, prepare_for_training
-    from kbit.core.data import load_task_data
-    from kbit.core.data.split import recorded_held_out
     from kbit.core.evaluate.loading import _run_base_path
     from kbit.core.model.merge import (MergeCheckFailed, adapter_effect, base_dtype, check_fidelity, computing_in,
                                  logit_agreement, merge_tolerance, merged_model, probe_batches)
     from kbit.core.model.sources import ModelSource, load_tokenizer
     from kbit.core.model.quantized_linear import exact_activations
     from kbit.core.runs.record import read_record
+    from kbit.core.quantize import run_examples
     from kbit.core.methods.registry import get_method
 
     record = read_record(run)
@@ -113,9 +112,7 @@ def measure_run(run: Path, merge_dtype: str | None = None) -> list[dict[str, Any
         spec = attrs.evolve(spec, training=attrs.evolve(spec.training, merge_dtype=merge_dtype))
         policy = attrs.evolve(policy, dtype=merge_dtype)
     base_path = _run_base_path(run, record)
-    config = record.config
-    data = load_task_data(config.get("dataset") or "arith", columns=config.get("columns"), held_out=recorded_held_out(config),
-                          max_examples=config.get("max_examples"), seed=int(config.get("seed") or 0))
+    data = run_examples(record)
     tokenizer = load_tokenizer(ModelSource(path=base_path, name=run.name, origin="local"))
     batches = probe_batches(tokenizer, data.held_out)
     # As the run trained it: the method's prepare_model too (qlora's, e.g., keeps bitsandbytes from

@@ -73,11 +73,12 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
 def run_examples(record: RunRecord) -> Any:
     """The train and held-out examples of the run described by ``record``, rebuilt from its config."""
     from kbit.core.data import load_task_data
-    from kbit.core.data.split import recorded_held_out
 
     config = record.config
-    return load_task_data(config.get("dataset"), columns=config.get("columns"), held_out=recorded_held_out(config),
-                          max_examples=config.get("max_examples"), seed=config.get("seed", 0))
+    if config is None:
+        raise ConfigError(f"the run {record.name or ''} has no recorded settings in its kbit.json; it is incomplete or was edited")
+    return load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
+                          max_examples=config.max_examples, seed=config.seed)
 
 
 def _run_inputs(record: RunRecord | None) -> tuple[str | None, ...]:
@@ -85,7 +86,7 @@ def _run_inputs(record: RunRecord | None) -> tuple[str | None, ...]:
     never the output of a command that reads the run."""
     if record is None:
         return ()
-    return (record.base_model.path, record.config.get("dataset"))
+    return (record.base_model.path, record.config.dataset if record.config is not None else None)
 
 
 @attrs.frozen

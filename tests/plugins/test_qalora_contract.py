@@ -35,7 +35,7 @@ def test_a_run_trains_at_the_methods_own_learning_rate_unless_lr_is_given(qalora
 
     record = read_record(qalora_run)
     own = get_method("qalora").resolve_spec({}, DeviceInfo.cpu()).training.learning_rate
-    assert own is not None and record.config["lr"] == own == record.decisions["lr"]["value"]
+    assert own is not None and record.config.lr == own == record.decisions["lr"]["value"]
     assert record.decisions["lr"]["reason"] == "method qalora's default"
 
 

@@ -33,7 +33,6 @@ import attrs
 from kbit.core.runs import stamps as meta
 from kbit.core.system.device import DeviceInfo, device_map_for
 from kbit.core.data.split import describe as describe_held_out
-from kbit.core.data.split import recorded_held_out
 from kbit.core.errors import ConfigError, MissingDependencyError
 from kbit.core.system.input_files import refuse_special_file
 from kbit.core.runs.record import RunRecord, read_record
@@ -396,7 +395,7 @@ def _run_base_path(run: Path, record: RunRecord) -> str:
         return str(path)
     if base.origin in ("default", "gguf", "hub"):
         # A cached conversion or download that is gone or damaged: resolve the recorded reference again.
-        reference = record.config.get("model") if base.origin != "default" else None
+        reference = record.config.model if base.origin != "default" and record.config is not None else None
         return resolve_model(reference).path
     raise ConfigError(f"base model {path} of run {run} is missing; restore it or evaluate the merged model only (--variant merged)")
 
@@ -422,26 +421,24 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
     A run is scored on the split it was trained beside; ``--held-out`` would cut another one that
     overlaps its training data, so it is refused without ``--dataset``.
     """
-    config = record.config if record is not None else {}
-    seed = selection.seed if selection.seed is not None else int(config.get("seed") or 0)
+    config = record.config if record is not None else None
+    seed = selection.seed if selection.seed is not None else (config.seed if config is not None else 0)
     if selection.dataset:
         return DataRequest(selection.dataset, selection.columns, selection.held_out, selection.max_examples, seed)
     if record is None:
         return DataRequest("arith", selection.columns, selection.held_out, selection.max_examples, seed)
-    try:
-        recorded = recorded_held_out(config)
-    except ValueError as exc:
-        raise ConfigError(f"{record.name or 'run'}: invalid held-out size in {meta.FILENAME}: {exc}") from None
+    recorded = config.held_out if config is not None else None
     if selection.held_out is not None and selection.held_out != recorded:
         raise ConfigError(f"--held-out applies to --dataset: run {record.name or ''} is scored on its own held-out "
                           f"split ({describe_held_out(recorded)}), which its training never saw; pass --dataset too, "
                           "or --limit to score fewer items")
-    dataset = config.get("dataset") or record.dataset.name or "arith"
+    if config is None:  # a record without settings: its dataset's default split
+        return DataRequest(record.dataset.name or "arith", None, None, None, seed)
     return DataRequest(
-        dataset=str(dataset),
-        columns=config.get("columns"),
+        dataset=config.dataset,
+        columns=config.columns,
         held_out=recorded,
-        max_examples=config.get("max_examples"),
+        max_examples=config.max_examples,
         seed=seed,
     )
 

@@ -226,7 +226,7 @@ def _run_name(record: RunRecord, run: Path) -> str:
 
 def _run_base(record: RunRecord) -> BaseModel:
     base = record.base_model
-    gguf_file = _source_gguf(str(base.origin), record.config.get("model"))
+    gguf_file = _source_gguf(str(base.origin), record.config.model if record.config is not None else None)
     return BaseModel(name=base.name or "", hub_id=base.hub_id or "", license=base.license or "", gguf=gguf_file)
 
 
@@ -293,7 +293,7 @@ def _earlier_source_em(record: RunRecord | None, reference: Mapping[str, Any]) -
 
 
 def _default_limit(record: RunRecord | None) -> int:
-    limit = record.config.get("eval_limit") if record is not None else None
+    limit = record.config.eval_limit if record is not None and record.config is not None else None
     return int(limit) if isinstance(limit, int) and limit > 0 else 100
 
 

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -27,6 +27,9 @@ from kbit.core.runs.folder import overwrite_json_in_place, write_json_atomic
 from kbit.core.contract.spec import QuantizationSpec
 from kbit.core.runs.sections import (BaseModelInfo, DatasetInfo, Export, Merge, Quantization, Scores, Section, Training,
                                      read_part, typed)
+
+if TYPE_CHECKING:
+    from kbit.core.train.config import TrainConfig
 
 KINDS = ("run", "quantized")
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -82,7 +85,7 @@ class RunRecord:
     merge_policy: MergePolicy | None = attrs.field(default=None)
     base_model: BaseModelInfo = _part(BaseModelInfo, always=True)
     dataset: DatasetInfo = _part(DatasetInfo, always=True)
-    config: dict[str, Any] = _field((dict,), factory=dict)
+    config: TrainConfig | None = attrs.field(default=None)  # a run's resolved settings, as validated on reading
     sizing: dict[str, Any] = _field((dict,), factory=dict)
     train: Training = _part(Training, always=True)
     device: dict[str, Any] = _field((dict,), factory=dict)
@@ -108,6 +111,7 @@ class RunRecord:
         data = {a.name: getattr(self, a.name) for a in attrs.fields(RunRecord) if a.name != "extra"}
         data["spec"] = self.spec.to_dict() if self.spec is not None else None
         data["merge_policy"] = self.merge_policy.to_dict() if self.merge_policy is not None else None
+        data["config"] = self.config.to_dict() if self.config is not None else None
         for name in PARTS:
             data[name] = data[name].to_dict() if data[name] is not None else None
         data["exports"] = [entry.to_dict() for entry in self.exports]
@@ -142,8 +146,10 @@ class RunRecord:
                     raise ValueError(f"field '{name}' must be a list of objects")
             if isinstance(values.get("exports"), list):
                 values["exports"] = [read_part(f"exports[{i}]", Export, e) for i, e in enumerate(values["exports"])]
-            if values.get("kind", "run") == "run" and isinstance(values.get("config"), Mapping) and values["config"]:
-                values["config"] = _recorded_config(values["config"])
+            config = values.get("config")
+            if config is not None and not isinstance(config, Mapping):
+                raise ValueError(f"field 'config' must be an object, got {type(config).__name__}")
+            values["config"] = _recorded_config(config) if values.get("kind", "run") == "run" and config else None
             return cls(**values, extra=extra)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}; the file was edited or damaged — restore it") from None
@@ -151,7 +157,7 @@ class RunRecord:
             raise ConfigError(f"{where}: {exc}; the file was edited or damaged — restore it") from None
 
 
-def _recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:
+def _recorded_config(config: Mapping[str, Any]) -> TrainConfig:
     """A run's settings, typed and validated as ``kbit train`` validates its flags (see ``recorded_config``)."""
     from kbit.core.train.config import recorded_config
 

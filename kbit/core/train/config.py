@@ -231,9 +231,9 @@ RESUMABLE = ("logging_steps", "save_steps", "eval_steps", "report_to", "eval_lim
              "merge_min_agreement", "merge_tolerance", "trust_remote_code")
 
 
-def recorded_config(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's recorded ``config`` (its kbit.json), validated as a ``TrainConfig`` and returned in the
-    current form (every key, typed values; kbit 0.1/0.2's ``held_out_fraction`` read as ``held_out``).
+def recorded_config(saved: Mapping[str, Any]) -> TrainConfig:
+    """A run's recorded ``config`` (its kbit.json) as a validated ``TrainConfig`` (kbit 0.1/0.2's
+    ``held_out_fraction`` read as ``held_out``).
 
     Raises ConfigError naming an unknown key or the invalid setting; null stands for the default.
     """
@@ -245,7 +245,7 @@ def recorded_config(saved: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted((k for k in saved if k not in FIELDS), key=str)
     if unknown:
         raise ConfigError(f"unknown config key '{unknown[0]}'")
-    return build_config(None, saved).to_dict()
+    return build_config(None, saved)
 
 
 def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainConfig:
@@ -262,9 +262,9 @@ def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainCon
     where = Path(run_dir) / FILENAME
     if recorded.kind != "run":
         raise ConfigError(f"cannot resume: {where} describes a '{recorded.kind}' output, not a training run")
-    if not recorded.config:
+    if recorded.config is None:
         raise ConfigError(f"cannot resume: {where} has no 'config' object; it is incomplete or was edited")
-    saved = {k: v for k, v in recorded.config.items() if k not in NOT_RESUMED}
+    saved = {k: v for k, v in recorded.config.to_dict().items() if k not in NOT_RESUMED}
     started = build_config(None, {**saved, "output": str(run_dir)})
     flags = {k: v for k, v in overrides.items() if v is not None}
     _refuse_placement_flags(Path(run_dir), flags.pop("output", None), flags.pop("overwrite", False))

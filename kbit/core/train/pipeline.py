@@ -90,7 +90,7 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
                 log.warning("%s", line)
             record = folder.read_record() or _initial_record(plan)
             record.status, record.error, record.resumed = "running", None, meta.now()
-            record.spec, record.config = plan.spec, plan.config.to_dict()
+            record.spec, record.config = plan.spec, plan.config
         else:
             record = _initial_record(plan)
         record.artifacts["log"] = LOG_NAME
@@ -118,7 +118,7 @@ def _initial_record(plan: RunPlan) -> RunRecord:
         merge_policy=plan.policy,
         base_model=plan.source.to_dict(),
         dataset=plan.data.describe(),
-        config=plan.config.to_dict(),
+        config=plan.config,
         sizing=dict(plan.sizing),
         train=Training(batch_size=plan.batch_size),
         device=attrs.asdict(plan.device),

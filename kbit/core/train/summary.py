@@ -83,7 +83,7 @@ def print_summary(result: Any) -> None:
     line = speed_line(record.train)
     if line:
         console.print(f"[bold]speed[/bold]    {escape(line)}")
-    line, warning = held_out_lines(metrics, record.config.get("eval_limit"))
+    line, warning = held_out_lines(metrics, record.config.eval_limit if record.config is not None else None)
     console.print(f"[bold]held-out[/bold] {escape(line)}")
     for number, variant in enumerate(variant_lines(metrics)):
         console.print(f"[bold]{'variants' if number == 0 else '':<8}[/bold] {escape(variant)}")

@@ -55,14 +55,14 @@ def test_a_resume_refuses_to_change_what_the_run_trains_naming_the_change(tmp_pa
     with pytest.raises(ConfigError, match="with other training settings") as refused:
         resume_config(run, flags)
     assert change in str(refused.value)
-    assert read_record(run).config["max_steps"] == 60
+    assert read_record(run).config.max_steps == 60
 
 
 def test_a_kbit_0_1_config_is_read_into_the_current_typed_form():
     saved = json.loads((FIXTURE / "finished" / "kbit.json").read_text())["config"]
     config = recorded_config(saved)
-    assert config["held_out"] == 0.1 and "held_out_fraction" not in config
-    assert config == TrainConfig(**config).to_dict() and config["padding_free"] == "auto"
+    assert isinstance(config, TrainConfig) and config.held_out == 0.1 and "held_out_fraction" not in config.to_dict()
+    assert config == TrainConfig(**config.to_dict()) and config.padding_free == "auto"
 
 
 @pytest.mark.parametrize("values, message", [

@@ -193,7 +193,7 @@ def test_without_lr_a_method_with_no_default_of_its_own_trains_at_kbits(qlora_ru
 
     record = read_record(qlora_run[0])
     assert record.spec.training.learning_rate is None
-    assert record.config["lr"] == DEFAULT_LR and record.decisions["lr"] == {"value": DEFAULT_LR, "requested": None,
+    assert record.config.lr == DEFAULT_LR and record.decisions["lr"] == {"value": DEFAULT_LR, "requested": None,
                                                                               "reason": "kbit's default"}
 
 
