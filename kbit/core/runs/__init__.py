@@ -1,1 +1,1 @@
-"""Run folders: ownership, the record (``kbit.json``) and its stamps, output rules, names and model cards."""
+"""Run folders: ownership, the record (``kbit.json``, its typed parts and stamps), output rules, names and model cards."""
