@@ -238,11 +238,10 @@ def _recorded_adapter_base(file: Path) -> Path | None:
     None when ``file`` is not a run's LoRA export. Read from the run's record: parsing the GGUF header
     would read a model file's whole vocabulary on every ``kbit eval FILE.gguf``."""
     run = _owner_run(file)
-    entries = [e for e in (run[1].exports if run else []) if isinstance(e, dict) and e.get("type") == "lora"
-               and Path(str(e.get("file"))).name == file.name]
+    entries = [e for e in (run[1].exports if run else []) if e.type == "lora" and Path(str(e.file)).name == file.name]
     if not entries:
         return None
-    base = Path(str(entries[-1].get("base_file") or ""))
+    base = Path(entries[-1].base_file or "")
     if not base.is_file():
         raise ConfigError(f"{file} is a LoRA adapter GGUF whose base file {base} is gone; pass the model file it "
                           f"applies to and --lora {file}")
