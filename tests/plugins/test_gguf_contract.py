@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import gguf
@@ -156,6 +157,12 @@ def test_training_on_the_gguf_file_merges_into_exactly_its_weights(tiny_gguf, kb
         [row] = json.loads((report / "report.json").read_text())["rows"]
         assert row["runtime"] == "llama.cpp" and row["lora"] == str(tmp_path / "run" / export["file"])
         assert row["answer_top1"] is not None, row
+    # outside its run, the adapter file given as a model is refused in one line, not loaded as one
+    loose = tmp_path / "loose-lora.gguf"
+    shutil.copyfile(tmp_path / "run" / export["file"], loose)
+    refused = run_kbit("eval", str(loose), "--limit", "2", "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "is a LoRA adapter GGUF, not a model" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
 
 
 def _config(folder: Path):

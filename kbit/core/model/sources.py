@@ -178,6 +178,7 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
         log.warning("the cached conversion %s is damaged (%s); converting %s again", target, problem, gguf)
         discard_cached(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_adapter_file(gguf)
     staging = staging_folder(target)
     try:
         clean, tokenizer = load_gguf(gguf)
@@ -195,6 +196,22 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _refuse_adapter_file(gguf: Path) -> None:
+    """Refuse a llama.cpp LoRA adapter GGUF given as a model: transformers would build a model of its
+    config's defaults around the adapter's tensors (seen: 23 GB allocated, the process killed). Read
+    with gguf-py's reader (about 3 s for SmolLM2's vocabulary), only when a file is converted."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(gguf)).fields.get("general.type")
+        kind = field.contents() if field is not None else None
+    except Exception:  # not readable as GGUF: load_gguf says why
+        return
+    if kind == "adapter":
+        raise ConfigError(f"{gguf} is a LoRA adapter GGUF, not a model; pass the model file it applies to "
+                          f"and --lora {gguf}")
 
 
 CONVERSION_FILES = "kbit-files.json"
