@@ -4,8 +4,9 @@ A run's folder (kind "run") and a quantized model's folder (kind "quantized") ea
 ``kbit.json``. ``read_record`` validates it on the way in (a damaged or edited file is refused in
 one line naming the field), turns the spec, the merge policy and each stage's part into their
 records, and reads every schema kbit has written (version 1, kbit 0.1, included); ``write_record``
-writes it back atomically in the current schema. The stages of a run update the record's fields; nothing else
-reads or writes the file (``recorded_kind`` is the cheap look at what a folder is, for the output rules).
+writes it back atomically in the current schema. The stages of a run update the record's fields;
+nothing else reads or writes the file (``recorded_kind`` is the cheap look at what a folder is, for
+the output rules).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 KINDS = ("run", "quantized")
 STATUSES = ("running", "finished", "failed", "interrupted")
+
 
 def _field(types: tuple[type, ...], default: Any = attrs.NOTHING, factory: Any = None) -> Any:
     if factory is not None:
