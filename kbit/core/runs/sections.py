@@ -31,9 +31,9 @@ def typed(*types: type) -> Any:
     return check
 
 
-def value(*types: type, default: Any = None) -> Any:
-    """A field holding one of ``types`` (or null), null by default."""
-    return attrs.field(default=default, validator=typed(*types, type(None)))
+def value(*types: type) -> Any:
+    """A field holding one of ``types`` or null, null by default."""
+    return attrs.field(default=None, validator=typed(*types, type(None)))
 
 
 def listed() -> Any:
