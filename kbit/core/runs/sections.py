@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", bool: "true/false", int: "a number",
+_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", bool: "true/false", int: "a whole number",
                float: "a number", type(None): "null"}
 NUMBER = (int, float)
 S = TypeVar("S", bound="Section")
@@ -25,7 +25,8 @@ def typed(*types: type) -> Any:
     def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
-            expected = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+            names = (t for t in types if not (t is int and float in types))  # "a number" covers whole ones
+            expected = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in names))
             raise ValueError(f"field '{attribute.name}' must be {expected}, got {type(value).__name__}")
 
     return check

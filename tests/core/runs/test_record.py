@@ -40,9 +40,10 @@ def test_fields_a_newer_kbit_added_are_kept():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("train", {"steps": "many"}, "field 'train.steps' must be a number or null, got str"),
+    ("train", {"steps": "many"}, "field 'train.steps' must be a whole number or null, got str"),
+    ("train", {"steps": 4.5}, "field 'train.steps' must be a whole number or null, got float"),
     ("merge", {"top1_agreement": "all"}, "field 'merge.top1_agreement' must be a number"),
-    ("metrics", {"after": {"items": "six"}}, "field 'metrics.after.items' must be a number, got str"),
+    ("metrics", {"after": {"items": "six"}}, "field 'metrics.after.items' must be a whole number, got str"),
     ("exports", [{"file": 3}], r"field 'exports\[0\].file' must be a string"),
     ("base_model", "SmolLM2", "field 'base_model' must be an object"),
 ])
