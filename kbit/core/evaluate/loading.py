@@ -32,6 +32,7 @@ import attrs
 
 from kbit.core.runs import stamps as meta
 from kbit.core.system.device import DeviceInfo, device_map_for
+from kbit.core.data.arithmetic import NAME as DEFAULT_DATASET, REPHRASED
 from kbit.core.data.split import describe as describe_held_out
 from kbit.core.errors import ConfigError, MissingDependencyError
 from kbit.core.system.input_files import refuse_special_file
@@ -425,14 +426,19 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
     if selection.dataset:
         return DataRequest(selection.dataset, selection.columns, selection.held_out, selection.max_examples, seed)
     if record is None:
-        return DataRequest("arith", selection.columns, selection.held_out, selection.max_examples, seed)
+        return DataRequest(DEFAULT_DATASET, selection.columns, selection.held_out, selection.max_examples, seed)
     recorded = config.held_out if config is not None else None
     if selection.held_out is not None and selection.held_out != recorded:
         raise ConfigError(f"--held-out applies to --dataset: run {record.name or ''} is scored on its own held-out "
                           f"split ({describe_held_out(recorded)}), which its training never saw; pass --dataset too, "
                           "or --limit to score fewer items")
-    if config is None:  # a record without settings: its dataset's default split
-        return DataRequest(record.dataset.name or "arith", None, None, None, seed)
+    if config is None:  # a record without settings (kbit 0.1's): the built-in dataset's default split
+        name = record.dataset.name or DEFAULT_DATASET
+        if name not in (DEFAULT_DATASET, REPHRASED):
+            raise ConfigError(f"run {record.name or ''} has no recorded settings in its kbit.json, so the held-out split "
+                              f"of its dataset ({record.dataset.source or name}) cannot be rebuilt; pass --dataset FILE "
+                              "with items it did not train on")
+        return DataRequest(name, None, None, None, seed)
     return DataRequest(
         dataset=config.dataset,
         columns=config.columns,

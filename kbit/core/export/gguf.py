@@ -122,9 +122,10 @@ def _tensors(model_dir: Path, config: Mapping[str, Any], architecture: Any, file
     import torch
     from safetensors import safe_open
 
+    from kbit.core.model.sources import check_weights
+
+    check_weights(model_dir)  # no weights, or a truncated file, refused in one line
     files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise ConfigError(f"{model_dir} has no *.safetensors weights to export")
     handles = {}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:

@@ -101,3 +101,17 @@ def test_dataset_override_and_seed_replace_the_runs_own(tiny_run, tmp_path):
     candidates, _ = plan_candidates(Selection(paths=(str(tiny_run),), variants=("merged",), dataset=str(data), seed=3), CPU)
     assert candidates[0].data.dataset == str(data) and candidates[0].data.seed == 3
     assert candidates[0].data.max_examples is None
+
+
+def test_a_run_without_recorded_settings_needs_dataset_unless_it_trained_on_a_builtin(tiny_run, tmp_path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    data = json.loads((run / "kbit.json").read_text())
+    data.pop("config")
+    data["dataset"] = {**(data.get("dataset") or {}), "name": "qa", "source": "qa.jsonl"}
+    (run / "kbit.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"no recorded settings .* \(qa.jsonl\) cannot be rebuilt; pass --dataset FILE"):
+        plan_candidates(Selection(paths=(str(run),), variants=("merged",)), CPU)
+    data["dataset"]["name"] = "arith"  # kbit 0.1's records: the built-in set's default split
+    (run / "kbit.json").write_text(json.dumps(data))
+    candidates, _ = plan_candidates(Selection(paths=(str(run),), variants=("merged",)), CPU)
+    assert candidates[0].data.dataset == "arith"

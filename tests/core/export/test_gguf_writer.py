@@ -145,6 +145,17 @@ def test_unsupported_architecture_and_tokenizer_are_refused(tiny, tmp_path):
         write_gguf(tiny, tmp_path / "z.gguf", "q3_k", name="z", base=BaseModel(name="z"))
 
 
+def test_truncated_weights_are_refused_in_one_line_and_nothing_is_written(tiny, tmp_path):
+    import shutil
+
+    damaged = Path(shutil.copytree(tiny, tmp_path / "damaged"))
+    weights = next(damaged.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(ConfigError, match="are corrupt or truncated"):
+        write_gguf(damaged, tmp_path / "x.gguf", "q8_0", name="x", base=BaseModel(name="x"))
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def test_byte_level_bpe_tokenizer_gets_the_gpt2_model_and_pre_tokenizer(tiny, tmp_path):
     model = bpe_model(tiny, tmp_path / "bpe")
     out = tmp_path / "bpe.gguf"
