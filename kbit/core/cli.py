@@ -225,7 +225,7 @@ def train_command(
 ) -> None:
     """Fine-tune a model with adapters on a quantized base (defaults: SmolLM2 + arithmetic + qlora)."""
     from kbit.core.contract.options import parse_assignments
-    from kbit.core.train.config import FIELDS, build_config
+    from kbit.core.train.config import FIELDS, build_config, located
 
     flags = dict(locals())  # each flag is named as the TrainConfig field it sets
     _console(verbose, quiet)
@@ -244,7 +244,7 @@ def train_command(
 
         settings = resume_config(resume, overrides)
     else:
-        settings = build_config(config, overrides)
+        settings = located(build_config(config, overrides))
     _load_libraries("kbit.core.train.pipeline")
     from kbit.core.train.pipeline import run_training
     from kbit.core.train.summary import print_summary

@@ -22,7 +22,7 @@ from kbit.core.compare.runs import TRAIN, RunDecision, decide
 from kbit.core.errors import ConfigError, KbitError, UnknownMethodError
 from kbit.core.contract.options import integer
 from kbit.core.runs.outputs import check_no_link_inside_output, claim, kbit_kind
-from kbit.core.train.config import TrainConfig, build_config
+from kbit.core.train.config import TrainConfig, build_config, located
 
 COMPARE_ROOT = Path("compare")
 KIND = "compare"  # the ``kind`` in report.json that marks a folder as kbit compare's own output
@@ -112,11 +112,11 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
     from kbit.core.model.sources import resolve_model
 
     choices = choose_methods(config.methods, config.options)
-    template = build_config(None, {
-        "model": _absolute_if_local(config.model), "dataset": _absolute_if_local(config.dataset),
+    template = located(build_config(None, {
+        "model": config.model, "dataset": config.dataset,
         "columns": config.columns, "max_steps": config.max_steps, "batch_size": config.batch_size,
         "seed": config.seed, "max_examples": config.max_examples, "eval_limit": 0,
-    })
+    }))
     data = load_task_data(template.dataset, columns=template.columns, held_out=template.held_out,
                           max_examples=template.max_examples, seed=template.seed)
     if not data.train or not data.held_out:
@@ -189,12 +189,6 @@ def choose_methods(names: Sequence[str] | None, options: Mapping[str, Any]) -> l
 def _option_names(records: Mapping[str, Any], name: str) -> list[str]:
     record = records.get(name)
     return record.info.options.names if record is not None and record.info else []
-
-
-def _absolute_if_local(reference: str) -> str:
-    """A model or dataset given as a local path is recorded absolute, so a run matches from any folder."""
-    path = Path(reference).expanduser()
-    return str(path.resolve()) if path.exists() else reference
 
 
 def default_out_dir(model_name: str, dataset_name: str, max_steps: int) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 
 from kbit.core.errors import ConfigError
-from kbit.core.runs.record import RunRecord, read_record
+from kbit.core.runs.record import FILENAME, RunRecord, read_record
 from kbit.core.runs.folder import LOCK_NAME
 from kbit.core.runs.outputs import kbit_kind
 from kbit.core.train.config import FIELDS, TrainConfig, resume_config
@@ -58,7 +58,7 @@ def mismatch(run_dir: Path, wanted: TrainConfig, *, data_fingerprint: str, model
     """Why the run in ``run_dir`` is not ``wanted``'s run ("" when it is), as the end of a sentence."""
     if run_dir.is_symlink():
         return "is a symlink; the comparison keeps its runs in real folders"
-    if kbit_kind(run_dir) != "run":
+    if kbit_kind(run_dir) != "run" and not (run_dir / FILENAME).is_file():  # a damaged record is said below
         return "holds something other than a kbit run"
     try:
         record = read_record(run_dir) or RunRecord()

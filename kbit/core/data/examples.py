@@ -7,6 +7,8 @@ import json
 
 import attrs
 
+from kbit.core.errors import ConfigError
+
 TASKS = ("arithmetic", "openmath", "squad", "generic")
 """How answers are scored: numeric exact match (arithmetic, openmath), EM + token F1 (squad), loss only."""
 
@@ -47,3 +49,18 @@ class TaskData:
     def describe(self) -> dict:
         return {"name": self.name, "task": self.task, "source": self.source, "train_examples": len(self.train),
                 "held_out_examples": len(self.held_out), "fingerprint": self.fingerprint()}
+
+
+def check_trained_on(data: TaskData, recorded: str | None, run: str, alternative: str = "") -> TaskData:
+    """``data``, rebuilt from a run's recorded settings, when it is the data the run trained beside
+    (its ``recorded`` fingerprint; a record without one is not checked).
+
+    Raises ConfigError otherwise, ending with ``alternative`` (another way out, for the command's
+    user): the file changed since, or a relative path recorded by an older kbit found another file
+    from this folder. Scoring that data would score items the run trained on.
+    """
+    if recorded and data.fingerprint() != recorded:
+        raise ConfigError(f"dataset {data.source} is not the data run {run} trained on (fingerprint {data.fingerprint()}, "
+                          f"the run recorded {recorded}): the file changed since, or its relative path found another "
+                          f"file from this folder; restore the file the run trained on or run from its folder{alternative}")
+    return data

@@ -54,6 +54,7 @@ class DataRequest:
     held_out: int | float | None = None
     max_examples: int | None = None
     seed: int = 0
+    trained_on: tuple[str, str] | None = None  # (run, its recorded fingerprint): the run's own split, checked
 
 
 @attrs.frozen
@@ -445,6 +446,7 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
         held_out=recorded,
         max_examples=config.max_examples,
         seed=seed,
+        trained_on=(record.name or "", record.dataset.fingerprint) if record.dataset.fingerprint else None,
     )
 
 

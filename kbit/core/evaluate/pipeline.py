@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from kbit.core.runs import stamps as meta
-from kbit.core.data import TaskData, load_task_data
+from kbit.core.data import TaskData, check_trained_on, load_task_data
 from kbit.core.system.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
@@ -205,6 +205,9 @@ def _sample_warnings(rows: list[dict[str, Any]]) -> list[str]:
 def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
     data = load_task_data(request.dataset, columns=request.columns, held_out=request.held_out,
                           max_examples=request.max_examples, seed=request.seed)
+    if request.trained_on is not None:
+        run, fingerprint = request.trained_on
+        check_trained_on(data, fingerprint, run, ", or pass --dataset FILE with items it did not train on")
     items = list(data.held_out[:limit])
     if not items:
         raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")

@@ -149,6 +149,21 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
         raise ConfigError(f"invalid value for '{field}': {exc}" if field else f"invalid settings: {exc}") from None
 
 
+def located(config: TrainConfig) -> TrainConfig:
+    """``config`` with its model and dataset as absolute paths where they name local ones, so that the
+    run's record finds them again from any folder (eval, export, quantize, --resume). The built-in
+    names (the default model, the arith sets) stay names, as the loaders read them before any path."""
+    from kbit.core.data.arithmetic import NAME as DEFAULT_DATASET, REPHRASED
+    from kbit.core.model.sources import DEFAULT_MODEL
+
+    def absolute(reference: str, builtin: tuple[str, ...]) -> str:
+        path = Path(reference).expanduser()
+        return str(path.resolve()) if reference not in builtin and path.exists() else reference
+
+    return attrs.evolve(config, model=absolute(config.model, (DEFAULT_MODEL,)),
+                        dataset=absolute(config.dataset, (DEFAULT_DATASET, REPHRASED)))
+
+
 def _failing_field(values: Mapping[str, Any]) -> str | None:
     """The setting that is invalid on its own; None when only a combination of settings is."""
     for key in values:

@@ -18,7 +18,7 @@ from kbit.core.runs import stamps as meta
 from kbit.core.model.adapters import require_adapter
 from kbit.core.system.allocator import malloc_decision
 from kbit.core.model.bases import check_loftq, check_mergeable
-from kbit.core.data import TaskData, load_task_data
+from kbit.core.data import TaskData, check_trained_on, load_task_data
 from kbit.core.system.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
 from kbit.core.measure.budget import check_fits_context
@@ -80,6 +80,9 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     adapter = require_adapter(spec)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
+    if resume and config.output:
+        recorded = read_record(Path(config.output))
+        check_trained_on(data, recorded.dataset.fingerprint if recorded is not None else None, config.output)
     if not data.train:
         raise ConfigError(f"dataset {data.source} has no training examples")
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)

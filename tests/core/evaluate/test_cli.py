@@ -107,6 +107,14 @@ def test_corrupt_and_newer_metadata(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_run_whose_dataset_changed_is_not_scored_on_it(tiny_run, tmp_path, capsys):
+    recorded = json.loads((tiny_run / "kbit.json").read_text())
+    run = _copy_meta(tiny_run, tmp_path, dataset={**recorded["dataset"], "fingerprint": "0123456789abcdef"})
+    error = _fails(["eval", str(run), "--variant", "adapter", "--limit", "2"], capsys)
+    assert "is not the data run" in error and "the run recorded 0123456789abcdef" in error and "--dataset FILE" in error
+
+
+@pytest.mark.slow
 def test_method_without_an_installed_plugin(tiny_run, tmp_path, capsys):
     run = _copy_meta(tiny_run, tmp_path, method="gptq-nope")
     assert "unknown method 'gptq-nope'" in _fails(["eval", str(run), "--variant", "adapter"], capsys)

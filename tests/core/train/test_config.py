@@ -76,3 +76,17 @@ def test_every_setting_is_typed_wherever_it_comes_from(values, message):
         build_config(None, values)
     with pytest.raises(ConfigError):
         recorded_config(values)
+
+
+def test_a_new_run_records_local_paths_absolute_and_builtin_names_as_names(tmp_path, monkeypatch):
+    from kbit.core.train.config import located
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.jsonl").write_text("{}\n")
+    (tmp_path / "arith").mkdir()  # a folder named like the built-in set does not shadow it
+    (tmp_path / "model").mkdir()
+    config = located(build_config(None, {"dataset": "mine.jsonl", "model": "model"}))
+    assert config.dataset == str(tmp_path.resolve() / "mine.jsonl") and config.model == str(tmp_path.resolve() / "model")
+    config = located(build_config(None, {"dataset": "arith", "model": "default"}))
+    assert (config.dataset, config.model) == ("arith", "default")
+    assert located(build_config(None, {"dataset": "org/hub-set"})).dataset == "org/hub-set"
