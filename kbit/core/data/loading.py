@@ -91,7 +91,7 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
         return rows
     if suffix == ".json":
         try:
-            data = parse_json(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8-sig"))  # a leading BOM (Windows editors) is not data
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: invalid JSON ({exc})") from None
         except ValueError as exc:
@@ -208,7 +208,7 @@ def _silenced(logger_name: str) -> Iterator[None]:
 
 def _text_lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028
+        return path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines(): JSON strings may hold U+2028
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); pass a text .jsonl file") from None
 

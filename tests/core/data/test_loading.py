@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kbit.core.data import load_task_data
@@ -60,3 +62,13 @@ def test_a_held_out_count_beyond_a_datasets_own_split_is_refused_naming_its_size
     assert take_held_out(list(range(5)), 5, "squad") == [0, 1, 2, 3, 4]
     with pytest.raises(ConfigError, match=r"--held-out 6 asks for more .* holds \(5\); hold out at most 5"):
         take_held_out(list(range(5)), 6, "squad")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_byte_order_mark_at_the_start_of_a_json_file_is_not_data(tmp_path, suffix):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]
+    text = "\n".join(json.dumps(r) for r in rows) if suffix == ".jsonl" else json.dumps(rows)
+    plain, marked = tmp_path / f"plain{suffix}", tmp_path / f"marked{suffix}"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_text(text, encoding="utf-8-sig")
+    assert load_task_data(str(marked), held_out=1).fingerprint() == load_task_data(str(plain), held_out=1).fingerprint()
