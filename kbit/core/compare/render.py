@@ -42,8 +42,30 @@ def fmt(value: Any, kind: str = "") -> str:
     return f"{number:.4g}"
 
 
+def scored_items(report: dict[str, Any]) -> int:
+    """How many held-out items every variant was scored on."""
+    return min(report["settings"]["limit"], report["settings"]["dataset"]["held_out_examples"])
+
+
+def exact_match_cell(value: Any, items: int) -> str:
+    """A rate of hits, as hits/items with its 95% interval when the items are too few to read it as a percentage."""
+    from kbit.core.measure.sample_size import exact_match_text, too_few
+
+    number = _number(value)
+    return exact_match_text(round(number * items), items) if number is not None and too_few(items) else fmt(value, "pct")
+
+
+def few_items_warning(report: dict[str, Any]) -> str | None:
+    from kbit.core.measure.sample_size import MIN_ITEMS, small_sample_warning, too_few
+
+    items = scored_items(report)
+    return small_sample_warning(items, f"; use --limit {MIN_ITEMS} or more, with a dataset that holds out as many") \
+        if too_few(items) else None
+
+
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     """The report's rows as table cells (base first, then each method's variants or its failure)."""
+    items = scored_items(report)
     cells = []
     for row in report["rows"]:
         if row["variant"] is None:
@@ -52,7 +74,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             cells.append([row["method"], "—", *["" for _ in HEADER[2:-1]], state])
             continue
         cells.append([
-            row["method"], row["variant"], fmt(row.get("loss")), fmt(row.get("exact_match"), "pct"),
+            row["method"], row["variant"], fmt(row.get("loss")), exact_match_cell(row.get("exact_match"), items),
             fmt(row.get("bits_per_weight")), fmt(row.get("memory_bytes"), "mib"), fmt(row.get("disk_bytes"), "mib"),
             fmt(row.get("train_s"), "s") if row["method"] != "base" else "",
             fmt(row.get("train_tokens_per_s"), "s") if row["method"] != "base" else "",
@@ -95,8 +117,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Every method trained {steps(settings['max_steps'])} of batch {settings['batch_size']} "
         f"(seed {settings['seed']}) on the same {dataset['train_examples']} training examples of {dataset['name']} "
         f"(fingerprint {dataset['fingerprint']}); every variant scored on the same "
-        f"{min(settings['limit'], dataset['held_out_examples'])} held-out items.",
+        f"{scored_items(report)} held-out items.",
         "",
+        *([f"Warning: {few_items_warning(report)}.", ""] if few_items_warning(report) else []),
         f"Reproduce: `{report['command']}`",
         "",
         "| " + " | ".join(HEADER) + " |",
@@ -212,5 +235,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     for line in option_notes(report):
         console.print(escape(line.lstrip("- ").replace("`", "")))
     console.print(summary_line(report) + f"; {report.get('seconds')} s")
+    if few_items_warning(report):
+        console.print(f"[yellow]warning[/yellow] {escape(few_items_warning(report))}")
     if out_dir is not None:
         console.print(f"[bold]report[/bold] {out_dir / 'report.md'}")
