@@ -256,7 +256,7 @@ def _check_target(plan: _Plan, overwrite: bool) -> None:
         raise ConfigError(f"--output {target} is a directory; name the .gguf file to write")
     own_folder = plan.run is not None and target.parent.resolve() == (plan.run / EXPORTS_DIR).resolve()
     claim(target, is_own=lambda real: own_folder and _recorded(plan.record, plan), kind="export",
-          overwrite=overwrite, what="export", inputs=(plan.source_dir, plan.run, plan.base.gguf),
+          overwrite=overwrite, what="GGUF export", inputs=(plan.source_dir, plan.run, plan.base.gguf),
           home=plan.run if own_folder else None)
 
 

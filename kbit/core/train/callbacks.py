@@ -104,7 +104,7 @@ class LogProgress(TrainerCallback):
     """
 
     def on_train_begin(self, args, state, control, **kwargs):
-        log.info("training %d steps", state.max_steps)
+        log.info("training %d step%s", state.max_steps, "" if state.max_steps == 1 else "s")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
