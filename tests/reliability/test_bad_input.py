@@ -191,7 +191,7 @@ CASES = [
     (("train", "--model", "{truncated}", "--max-steps", "1"), "are corrupt or truncated"),
     (("train", "--model", "{pickled}", "--max-steps", "1"), "pickle *.bin weights"),
     (("train", "--model", "{vit}", "--max-steps", "1"), "model type 'vit'"),
-    (("train", "--model", "{gguf_bad}", "--max-steps", "1"), "cannot read GGUF model"),
+    (("train", "--model", "{gguf_bad}", "--max-steps", "1"), "; the file is truncated or damaged: re-download or re-export it"),
     ((*TRAIN, "--max-length", "12"), "max length 12 is too short"),
     # runs and metadata
     ((*TRAIN, "--output", "{taken}"), "already holds other data, not written by this command; choose another path or pass --overwrite"),

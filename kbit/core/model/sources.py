@@ -317,6 +317,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _damaged_gguf(gguf: Path) -> bool:
+    """Whether ``gguf`` starts as a GGUF file but gguf-py cannot read its header and tensor table back
+    (a download or copy cut short); a file that is no GGUF at all is said by the reader's own message."""
+    import gguf as gguf_py
+
+    with open(gguf, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            return False
+    try:
+        gguf_py.GGUFReader(str(gguf))
+    except Exception:  # any failure to read it back: the reader raises ValueError, struct.error, IndexError…
+        return True
+    return False
+
+
 def load_gguf(gguf: Path) -> tuple[Any, Any]:
     """A GGUF file as a plain float32 transformers model and its tokenizer (what kbit evaluates)."""
     if importlib.util.find_spec("gguf") is None:
@@ -332,7 +347,8 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
                                                       quantization_config=GgufConfig(dequantize=True))
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:
-        raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {exc}") from None
+        hint = "; the file is truncated or damaged: re-download or re-export it" if _damaged_gguf(gguf) else ""
+        raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {exc}{hint}") from None
     # save_pretrained refuses a model that still carries its GGUF quantizer: rebuild it clean
     # from its config and load the dequantized weights.
     config = loaded.config
