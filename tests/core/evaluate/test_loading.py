@@ -103,6 +103,7 @@ def test_dataset_override_and_seed_replace_the_runs_own(tiny_run, tmp_path):
     assert candidates[0].data.max_examples is None
 
 
+@pytest.mark.slow
 def test_a_run_without_recorded_settings_needs_dataset_unless_it_trained_on_a_builtin(tiny_run, tmp_path):
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     data = json.loads((run / "kbit.json").read_text())

@@ -160,3 +160,15 @@ def test_a_model_that_is_not_a_run_needs_an_output(tiny, tmp_path):
     result = run_kbit("export", str(tiny), "--output", str(out), "--limit", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["output"] == str(out) and out.is_file()
+
+
+@pytest.mark.slow
+def test_a_run_whose_merged_folder_is_damaged_says_so(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "kbit.json").write_text((tiny_run / "kbit.json").read_text())
+    (run / "merged").write_text("not a folder")
+    assert read_metadata(run)["artifacts"].get("merged")
+    result = run_kbit("export", str(run), "--type", "q8_0")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"recorded a merged model, but {run / 'merged'} is missing or damaged" in result.stderr
