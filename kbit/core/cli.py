@@ -268,7 +268,7 @@ def eval_command(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per batch (default: greedy answers in batches that a 1 GiB KV cache holds, at most 128, as kbit train scores; the loss pass and the speed run 8).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Data split seed (default: each run's seed, else 0).")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP); an earlier report there is replaced, anything else refused.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-O", help="Report folder (default reports/NAME-TIMESTAMP, NAME 'eval' for several models); an earlier report there is replaced, anything else refused.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it holds something other than a kbit report (never a run, a folder holding kbit outputs, or this command's inputs).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from plain model repositories.")] = False,
     runtime: Annotated[Optional[str], typer.Option("--runtime", help="Where a .gguf file runs: auto (llama.cpp when llama-cpp-python is installed), llama.cpp or transformers.")] = None,
