@@ -133,6 +133,7 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
     values: dict[str, Any] = {}
     if file is not None:
         values.update(read_yaml(Path(file)))
+    from_file = set(values)
     for key, value in overrides.items():
         if value is None:
             continue
@@ -142,11 +143,13 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
             values["options"] = {**values.get("options", {}), **value}
         else:
             values[key] = value
+            from_file.discard(key)
     try:
         return TrainConfig(**values)
     except (ValueError, TypeError) as exc:
         field = _failing_field(values)
-        raise ConfigError(f"invalid value for '{field}': {exc}" if field else f"invalid settings: {exc}") from None
+        where = f"config file {file}: " if field in from_file else ""
+        raise ConfigError(f"{where}invalid value for '{field}': {exc}" if field else f"invalid settings: {exc}") from None
 
 
 def located(config: TrainConfig) -> TrainConfig:

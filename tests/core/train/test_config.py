@@ -90,3 +90,13 @@ def test_a_new_run_records_local_paths_absolute_and_builtin_names_as_names(tmp_p
     config = located(build_config(None, {"dataset": "arith", "model": "default"}))
     assert (config.dataset, config.model) == ("arith", "default")
     assert located(build_config(None, {"dataset": "org/hub-set"})).dataset == "org/hub-set"
+
+
+def test_an_invalid_value_names_the_config_file_it_came_from_unless_a_flag_replaced_it(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("max_steps: five\nlr: 0.001\n")
+    with pytest.raises(ConfigError, match=f"config file {file}: invalid value for 'max_steps'"):
+        build_config(file, {})
+    assert build_config(file, {"max_steps": 3}).max_steps == 3
+    with pytest.raises(ConfigError, match="^invalid value for 'batch_size'"):
+        build_config(file, {"max_steps": 3, "batch_size": 0})
