@@ -83,7 +83,7 @@ def test_a_file_the_command_did_not_write_is_never_replaced_in_a_run(f16_export,
     for extra in ((), ("--overwrite",)):
         result = run_kbit("export", str(run), "--type", "q8_0", *extra)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-        assert "lies inside the kbit run" in result.stderr and "never the export of another command" in result.stderr
+        assert "lies inside the kbit run" in result.stderr and "never the GGUF export of another command" in result.stderr
         assert foreign.read_bytes() == b"not ours"
     foreign.unlink()
     # Outside kbit's outputs, an existing file is replaced with --overwrite only.
