@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from kbit.core.data import load_task_data
+from kbit.core.train.config import recorded_config
+
 from tests.reliability.refusals import assert_refused
 
 
@@ -62,6 +65,9 @@ def _files(root: Path, tiny: Path, run: Path) -> dict[str, Path]:
     shutil.copytree(run, files["run_on_copy"], symlinks=True)
     record["base_model"]["path"] = str(files["model_copy"])
     record["config"].update(model=str(files["model_copy"]), dataset=str(files["data_dir"] / "train.jsonl"))
+    config = recorded_config(record["config"])  # the data it trained on, as a command reading the run rebuilds it
+    record["dataset"]["fingerprint"] = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
+                                                      max_examples=config.max_examples, seed=config.seed).fingerprint()
     (files["run_on_copy"] / "kbit.json").write_text(json.dumps(record))
     return files
 
