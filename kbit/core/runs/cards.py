@@ -172,8 +172,15 @@ def _results(record: RunRecord, folder: str) -> list[tuple[str, float]]:
         measured = [e.source["exact_match"] for e in record.exports if isinstance(e.source.get("exact_match"), (int, float))]
         return [("held-out exact match (merged)", float(measured[-1]))] if measured else []
     if folder == "gguf":
-        return [(f"held-out exact match ({e.type})", float(e.exact_match)) for e in record.exports if e.exact_match is not None]
+        return [(f"held-out exact match ({Path(e.file or '').name})", float(e.exact_match))
+                for e in _in_gguf_folder(record) if e.exact_match is not None]
     return []
+
+
+def _in_gguf_folder(record: RunRecord) -> list[Any]:
+    """The exports written into the run's ``gguf/`` folder (the card describes that folder; a file exported
+    with ``--output`` elsewhere is recorded in the run but is not there)."""
+    return [e for e in record.exports if e.file and Path(e.file).parts[:1] == ("gguf",)]
 
 
 def _settings(record: RunRecord) -> list[str]:
@@ -199,15 +206,16 @@ def _results_table(results: list[tuple[str, float]]) -> list[str]:
 
 
 def _gguf_table(record: RunRecord) -> list[str]:
-    if not record.exports:
+    exports = _in_gguf_folder(record)
+    if not exports:
         return []
     lines = ["## Files", "",
-             "Checked against the merged model on held-out prompts when written (logits of the file as "
-             "transformers loads it):", "",
-             "| file | type | size | top-1 agreement (answer tokens) | max / mean \\|Δlogit\\| | exact match (merged → file) |",
-             "|---|---|---|---|---|---|"]
-    for e in record.exports:
+             "Checked against the merged model on held-out prompts when written, the file run in the runtime named:", "",
+             "| file | type | size | checked in | top-1 agreement (answer tokens) | max / mean \\|Δlogit\\| | exact match (merged → file) |",
+             "|---|---|---|---|---|---|---|"]
+    for e in exports:
         lines.append(f"| `{Path(e.file or '').name}` | {e.type} | {(e.size_bytes or 0) / 2**20:.1f} MiB | "
+                     f"{e.extra.get('runtime') or 'transformers'} | "
                      f"{e.top1_agreement or 0:.2%} | {e.max_abs_logit_diff or 0:.3g} / {e.mean_abs_logit_diff or 0:.3g} | "
                      f"{e.source.get('exact_match') or 0:.0%} → {e.exact_match or 0:.0%} |")
     return lines + [""]

@@ -37,7 +37,7 @@ def loss_line(history: list[dict[str, Any]], steps: Any) -> str | None:
     held_out = [h["eval_loss"] for h in history if "eval_loss" in h]
     if not train:
         return None
-    line = f"{train[0]:.3f} → {train[-1]:.3f} over {steps} steps"
+    line = f"{train[0]:.3f} → {train[-1]:.3f} over {steps} step{'' if steps == 1 else 's'}"
     if held_out:
         line += f"; held-out loss {held_out[0]:.3f} → {held_out[-1]:.3f}" if len(held_out) > 1 else f"; held-out loss {held_out[0]:.3f}"
     return line

@@ -47,8 +47,18 @@ def test_model_index_holds_only_what_kbit_measured():
     merged = _front(artifact_card(exported, "merged"))
     assert merged["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.89
     gguf = artifact_card(exported, "gguf")
-    assert _front(gguf)["model-index"][0]["results"][0]["metrics"][0]["name"] == "held-out exact match (q8_0)"
-    assert "| `x-q8_0.gguf` | q8_0 | 1.0 MiB | 99.90% |" in gguf
+    assert _front(gguf)["model-index"][0]["results"][0]["metrics"][0]["name"] == "held-out exact match (x-q8_0.gguf)"
+    assert "| `x-q8_0.gguf` | q8_0 | 1.0 MiB | transformers | 99.90% |" in gguf
+
+
+def test_the_gguf_card_describes_the_files_in_its_folder_and_where_each_was_checked():
+    inside = {"file": "gguf/x-q8_0.gguf", "type": "q8_0", "exact_match": 0.88, "runtime": "llama.cpp",
+              "source": {"model": "merged", "exact_match": 0.89}}
+    elsewhere = {**inside, "file": "/srv/models/copy.gguf", "exact_match": 0.5}  # exported with --output outside the run
+    gguf = artifact_card(RunRecord.from_dict({**RAW, "exports": [inside, elsewhere]}), "gguf")
+    [result] = _front(gguf)["model-index"][0]["results"]
+    assert [m["value"] for m in result["metrics"]] == [0.88]
+    assert "| `x-q8_0.gguf` | q8_0 | 0.0 MiB | llama.cpp |" in gguf and "copy.gguf" not in gguf
 
 
 def test_base_falls_back_to_its_name_without_a_hub_id():
