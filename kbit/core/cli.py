@@ -371,15 +371,11 @@ def export_command(
                f"{entry['near_tie_flips']} near-tie flips as agreeing; {entry['top1_agreement_all_positions']:.2%} on all "
                f"{entry['positions']} tokens), mean KL {_number_or_none(entry['answer_kl'])} on answer tokens ({entry['kl']:.3g} on all), |Δlogit| max {entry['max_abs_logit_diff']:.3g} "
                f"mean {entry['mean_abs_logit_diff']:.3g}")
-    from kbit.core.measure.sample_size import exact_match_text, small_sample_warning, too_few
+    from kbit.core.measure.sample_size import rate_text, small_sample_warning, too_few
 
     items = entry["items"]
-
-    def rate(value: float) -> str:  # the rate of hits among the items, as hits/items with its interval when few
-        return exact_match_text(round(value * items), items)
-
-    typer.echo(f"         held-out exact match {rate(entry['source']['exact_match'])} ({entry['source']['model']}) → "
-               f"{rate(entry['exact_match'])} (this file); passed the {entry['type']} gate: {_gate_text(entry['gate'])}")
+    typer.echo(f"         held-out exact match {rate_text(entry['source']['exact_match'], items)} ({entry['source']['model']}) → "
+               f"{rate_text(entry['exact_match'], items)} (this file); passed the {entry['type']} gate: {_gate_text(entry['gate'])}")
     if too_few(items):
         typer.echo(f"warning  {small_sample_warning(items, '; use --limit 30 or more, or train with --held-out 30 if the run holds out fewer')}")
 

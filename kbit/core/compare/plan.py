@@ -60,7 +60,7 @@ def build_compare_config(**values: Any) -> CompareConfig:
 
 
 def parse_methods(value: str | Sequence[str]) -> tuple[str, ...]:
-    """``"lora, qlora"`` (or a list of such strings) → ``("lora", "qlora")``; refuses an empty list."""
+    """``"a, b"`` (or a list of such strings) → ``("a", "b")``, method names in order; refuses an empty list."""
     items = [value] if isinstance(value, str) else list(value)
     names = tuple(n.strip() for item in items for n in str(item).split(",") if n.strip())
     if not names:

@@ -47,20 +47,19 @@ def scored_items(report: dict[str, Any]) -> int:
     return min(report["settings"]["limit"], report["settings"]["dataset"]["held_out_examples"])
 
 
-def exact_match_cell(value: Any, items: int) -> str:
-    """A rate of hits, as hits/items with its 95% interval when the items are too few to read it as a percentage."""
-    from kbit.core.measure.sample_size import exact_match_text, too_few
-
-    number = _number(value)
-    return exact_match_text(round(number * items), items) if number is not None and too_few(items) else fmt(value, "pct")
-
-
 def few_items_warning(report: dict[str, Any]) -> str | None:
     from kbit.core.measure.sample_size import MIN_ITEMS, small_sample_warning, too_few
 
     items = scored_items(report)
     return small_sample_warning(items, f"; use --limit {MIN_ITEMS} or more, with a dataset that holds out as many") \
         if too_few(items) else None
+
+
+def _exact_match_cell(value: Any, items: int) -> str:
+    from kbit.core.measure.sample_size import rate_text
+
+    number = _number(value)
+    return "n/a" if number is None else rate_text(number, items)
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -74,7 +73,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             cells.append([row["method"], "—", *["" for _ in HEADER[2:-1]], state])
             continue
         cells.append([
-            row["method"], row["variant"], fmt(row.get("loss")), exact_match_cell(row.get("exact_match"), items),
+            row["method"], row["variant"], fmt(row.get("loss")), _exact_match_cell(row.get("exact_match"), items),
             fmt(row.get("bits_per_weight")), fmt(row.get("memory_bytes"), "mib"), fmt(row.get("disk_bytes"), "mib"),
             fmt(row.get("train_s"), "s") if row["method"] != "base" else "",
             fmt(row.get("train_tokens_per_s"), "s") if row["method"] != "base" else "",
@@ -108,6 +107,7 @@ def option_notes(report: dict[str, Any]) -> list[str]:
 def markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     dataset = settings["dataset"]
+    warning = few_items_warning(report)
     lines = [
         f"# kbit compare — {settings['model_name']} on {dataset['name']}, {steps(settings['max_steps'])} per method",
         "",
@@ -119,7 +119,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"(fingerprint {dataset['fingerprint']}); every variant scored on the same "
         f"{scored_items(report)} held-out items.",
         "",
-        *([f"Warning: {few_items_warning(report)}.", ""] if few_items_warning(report) else []),
+        *([f"Warning: {warning}.", ""] if warning else []),
         f"Reproduce: `{report['command']}`",
         "",
         "| " + " | ".join(HEADER) + " |",
@@ -235,7 +235,8 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     for line in option_notes(report):
         console.print(escape(line.lstrip("- ").replace("`", "")))
     console.print(summary_line(report) + f"; {report.get('seconds')} s")
-    if few_items_warning(report):
-        console.print(f"[yellow]warning[/yellow] {escape(few_items_warning(report))}")
+    warning = few_items_warning(report)
+    if warning:
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     if out_dir is not None:
         console.print(f"[bold]report[/bold] {out_dir / 'report.md'}")

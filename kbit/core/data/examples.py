@@ -59,8 +59,8 @@ def check_trained_on(data: TaskData, recorded: str | None, run: str, alternative
     user): the file changed since, or a relative path recorded by an older kbit found another file
     from this folder. Scoring that data would score items the run trained on.
     """
-    if recorded and data.fingerprint() != recorded:
-        raise ConfigError(f"dataset {data.source} is not the data run {run} trained on (fingerprint {data.fingerprint()}, "
+    if recorded and (actual := data.fingerprint()) != recorded:
+        raise ConfigError(f"dataset {data.source} is not the data run {run} trained on (fingerprint {actual}, "
                           f"the run recorded {recorded}): the file changed since, or its relative path found another "
                           f"file from this folder; restore the file the run trained on or run from its folder{alternative}")
     return data

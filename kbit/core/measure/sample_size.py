@@ -58,6 +58,12 @@ def exact_match_text(hits: int, items: int) -> str:
     return f"{100 * hits / items:.1f}% (95% CI {interval_text(hits, items)})"
 
 
+def rate_text(rate: float, items: int) -> str:
+    """A rate of hits measured on ``items``: ``exact_match_text``'s hits/items and interval when they are too
+    few to read it as a percentage, else ``89.0%``."""
+    return exact_match_text(round(rate * items), items) if too_few(items) else f"{100 * rate:.1f}%"
+
+
 def small_sample_warning(items: int, hint: str = "") -> str:
     """The line that goes with a rate measured on ``items`` < ``MIN_ITEMS`` items."""
     return (f"{items} held-out item{'s' if items != 1 else ''}: too few items to compare "
