@@ -79,3 +79,8 @@ def __getattr__(name: str):
 
         return getattr(rounding, name)
     raise AttributeError(f"module 'kbit.plugin' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names, the ones loaded on first use (``_NEEDS_TORCH``, ``_ROUNDING``) included."""
+    return sorted({*globals(), *__all__})

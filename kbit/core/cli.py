@@ -217,6 +217,7 @@ def train_command(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each held-out answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
     merge_min_agreement: Annotated[Optional[float], typer.Option("--merge-min-agreement", help=f"Fail the run when the merged model agrees with the trained one on fewer top-1 predictions than this (default {TRAIN_DEFAULTS['merge_min_agreement']}; 0 keeps any merge).")] = None,
     merge_tolerance: Annotated[Optional[float], typer.Option("--merge-tolerance", help="Fail the run when the merged model's logits differ from the trained one's by more than this share of the adapter's own effect or of the largest logit, whichever is larger (default: 0.001 for float32 weights, more for 16-bit ones; see docs/plugins.md).")] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="A finished run on the same data and split: the loss also pulls toward its merged model's answer distributions (KL; see docs/training.md).")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace an earlier run or other data at --output (never a folder holding another kbit output or this command's inputs).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
@@ -553,6 +554,14 @@ def _exiting_on_a_signal(program: bool) -> None:
         ignore_stops()
 
 
+def _traceback_and_exit(code: int) -> None:
+    """``--debug``: the traceback of the error being handled, then the exit code the error has without it."""
+    import traceback
+
+    traceback.print_exc()
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: ``argv``, else the program's arguments (``sys.argv``: kbit is the program).
     Every failure ends in one line on stderr and a non-zero exit (traceback with --debug).
@@ -560,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     ``KbitError`` (bad input or environment) and usage errors exit 2; Ctrl-C exits 130, SIGTERM 143
     and SIGHUP 129, after the running command has marked its output interrupted and released its lock; an
     ``OSError`` (a full or read-only disk) exits 2 naming the path; anything else is a bug: exit 1.
+    ``--debug`` prints the traceback instead of the line and exits with the same code.
     """
     from kbit.core.errors import Terminated
 
@@ -570,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
         code = _run_app(args, program=argv is None)
     except KbitError as exc:
         if debug:
-            raise
+            _traceback_and_exit(exc.exit_code)
         typer.echo(f"kbit: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
@@ -583,12 +593,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(128 + exc.signal_number)
     except usage_errors as exc:
         if debug:
-            raise
+            _traceback_and_exit(exc.exit_code)
         typer.echo(f"kbit: error: {exc.format_message()}; see '{_help_command(exc)}'", err=True)
         sys.exit(exc.exit_code)
     except OSError as exc:
         if debug:
-            raise
+            _traceback_and_exit(2)
         typer.echo(f"kbit: error: {_disk_message(exc)}", err=True)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - the last line of defence

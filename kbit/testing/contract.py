@@ -184,7 +184,8 @@ class MethodContract:
             f"merging method '{chosen.name}' into {described} does not reproduce the adapter model: max |Δlogit| "
             f"{agreement['max_abs_logit_diff']:.3g} (tolerance {self.merge_tolerance:g}), top-1 agreement "
             f"{100 * agreement['top1_agreement']:.1f}%. The merge base must hold exactly the weights the adapter "
-            "trained on: quantize in build_quant_config or quantize_base (with dequantize_base), never in prepare_model"
+            "trained on: dequantize_base must return exactly the weights quantize_base's layers compute with, and "
+            "the base must be quantized in build_quant_config or quantize_base, never in prepare_model"
         )
 
     def test_prepare_inference_keeps_the_outputs(self, chosen: Method, spec: QuantizationSpec,

@@ -54,9 +54,9 @@ def test_invalid_option_exits_2_naming_it():
     assert result.returncode == 2 and "'r'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_debug_shows_traceback():
+def test_debug_shows_traceback_and_keeps_the_exit_code():
     result = run_kbit("--debug", "spec", "qlroa")
-    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert result.returncode == 2 and "Traceback" in result.stderr
 
 
 def test_listing_and_help_import_no_torch():

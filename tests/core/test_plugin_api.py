@@ -45,8 +45,10 @@ def test_the_new_method_template_uses_only_the_public_plugin_api(tmp_path):
     assert not offending, offending
 
 
-def test_the_plugin_api_imports_no_torch():
-    code = "import sys, kbit.plugin; assert 'torch' not in sys.modules, 'torch imported'; print(len(kbit.plugin.__all__))"
+def test_the_plugin_api_imports_no_torch_and_dir_lists_every_public_name():
+    code = ("import sys, kbit.plugin; assert 'torch' not in sys.modules, 'torch imported'\n"
+            "missing = set(kbit.plugin.__all__) - set(dir(kbit.plugin)); assert not missing, missing\n"
+            "assert 'torch' not in sys.modules, 'dir() imported torch'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -206,3 +208,37 @@ def test_every_hook_is_in_the_guide_and_the_contract_suite():
     assert all(hasattr(MethodContract, test) for test in HOOK_TESTS.values())
     missing = [name for name in specs if f"### `{name}`" not in guide]
     assert not missing, f"docs/plugins.md has no section for {missing}"
+
+
+def _guide_example(site) -> None:
+    """The two files of docs/plugins.md's "A complete example", as a package on ``site``."""
+    guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = guide[guide.index("## A complete example"):guide.index("## Where things are in kbit")]
+    package = site.root / "kbit_rtn4"
+    package.mkdir()
+    for name in ("__init__.py", "_layers.py"):
+        code = section[section.index("```python\n", section.index(f"`kbit_rtn4/{name}`:")) + 10:]
+        (package / name).write_text(code[:code.index("\n```")] + "\n")
+    site.add("kbit-rtn4", "0.1", {"rtn4": "kbit_rtn4"})
+
+
+def test_the_guides_complete_example_passes_the_contract_suite(plugin_site, kbit_tiny_model, tmp_path, monkeypatch):
+    from kbit.core.methods import registry as registry_module
+    from kbit.core.methods.registry import Registry
+    from kbit.plugin import DeviceInfo
+    from kbit.testing import MethodContract
+
+    _guide_example(plugin_site)
+    monkeypatch.setattr(registry_module, "_DEFAULT", Registry(entry_points=plugin_site.entry_points(), environ={}))
+    monkeypatch.setenv("KBIT_CACHE", str(tmp_path / "cache"))
+
+    class Contract(MethodContract):
+        method = "rtn4"
+
+    suite, method = Contract(), registry_module.get_method("rtn4")
+    spec = method.resolve_spec({"r": "4"}, DeviceInfo.cpu())
+    suite.test_listed_as_ready(method)
+    suite.test_quantized_training_quantizes_the_base(method, spec, kbit_tiny_model)
+    suite.test_merge_reproduces_the_adapter_model(method, spec, kbit_tiny_model, tmp_path)
+    assert any((tmp_path / "cache").rglob("*.safetensors"))  # the module-level layer class is cached
+    sys.modules.pop("kbit_rtn4._layers", None), sys.modules.pop("kbit_rtn4", None)

@@ -54,7 +54,7 @@ class Method:
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook is the plugin's error, not kbit's exit
             raise PluginError(
                 f"method '{self.name}' ({self.distribution} {self.version}): hook {hook} raised "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc} (a bug in {self.distribution}; kbit --debug shows where)"
             ) from exc
 
     def _wrong_type(self, hook: str, value: Any, expected: str) -> PluginError:

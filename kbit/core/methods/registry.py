@@ -152,6 +152,19 @@ class Registry:
             for alias in record.info.aliases:
                 self._aliases[alias.lower()] = record.name
 
+    def _invalid_hook(self, exc: Exception) -> str:
+        """pluggy's rejection of a hook, on one line, with the arguments kbit's hookspec names."""
+        import re
+
+        text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        named = re.search(r"for hook '(\w+)'", text)
+        caller = getattr(self._pm.hook, named.group(1), None) if named else None
+        spec = getattr(caller, "spec", None)
+        if spec is None:
+            return f"invalid hook: {text}"
+        return (f"invalid hook: {text}; name a hook's arguments as kbit's hookspec does: "
+                f"{named.group(1)}({', '.join(spec.argnames)})")
+
     def _owner_of(self, name: str) -> PluginRecord | None:
         assert self._records is not None
         canonical = self._aliases.get(name, name)
@@ -174,7 +187,7 @@ class Registry:
         try:
             self._pm.register(plugin, name=f"{base['distribution']}:{base['name']}")
         except Exception as exc:  # pluggy rejects hook signatures that do not match the specs
-            return PluginRecord(**base, status=BROKEN, error=f"invalid hook: {exc}", location=location)
+            return PluginRecord(**base, status=BROKEN, error=self._invalid_hook(exc), location=location)
         try:
             info = self._pm.subset_hook_caller("describe_method", self._others(plugin))()
         except INTERRUPTS:
