@@ -179,7 +179,8 @@ class Registry:
         except INTERRUPTS:
             raise
         except BaseException as exc:  # noqa: BLE001 - a broken plugin (even one calling sys.exit) must not take the host down
-            return PluginRecord(**base, status=BROKEN, error=f"import failed: {type(exc).__name__}: {exc}")
+            return PluginRecord(**base, status=BROKEN, error=f"import failed: {type(exc).__name__}: {exc}",
+                                location=_module_file(ep.module))
         location = _location(plugin)
         problem = _contract_problem(self._pm, plugin)
         if problem:
@@ -302,6 +303,17 @@ def _clash_message(record: PluginRecord, name: str, owner: PluginRecord) -> str:
     if name != record.name:
         return f"its alias '{name}' {taken}; drop that alias from MethodInfo(aliases=...) in {record.distribution}"
     return f"method name '{name}' {taken}; rename the entry point in {record.distribution}"
+
+
+def _module_file(module: str) -> str:
+    """The file of ``module`` found without importing it (for a plugin whose import failed), else ""."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a missing parent package, or a name that is no module
+        return ""
+    return (spec.origin or "") if spec is not None else ""
 
 
 def _location(plugin: Any) -> str:

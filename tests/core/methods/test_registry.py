@@ -55,6 +55,7 @@ def test_each_broken_plugin_is_reported_and_the_rest_still_work(plugin_site):
         assert broken[name].status == BROKEN, name
         assert message in broken[name].error and "\n" not in broken[name].error, (name, broken[name].error)
         assert broken[name].version == "0.0.1"
+    assert broken["fails-import"].location.endswith("kbit_import_error.py")  # where to look, though it did not load
     assert registry.get("qlora").distribution == "kbit"
     assert registry.get("toy").distribution == "kbit-toy"
     with pytest.raises(PluginError, match="kbit-broken 0.0.1"):
