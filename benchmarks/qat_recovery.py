@@ -1,14 +1,15 @@
 """How much of a 4-bit (and 2-bit) export's damage quantization-aware LoRA wins back, on the default task.
 
     python benchmarks/qat_recovery.py DIR [--targets q4_0 q5_0 q4_1 tq2_0] [--float RUN] [--held-out 100]
-                                          [--rephrased-limit N] [--loftq] [--json FILE]
+                                          [--rephrased-limit N] [--loftq] [--teacher] [--json FILE]
 
 Every run is an ordinary ``kbit train`` run of the default task (SmolLM2-135M, 100 steps × batch 8) in
 ``DIR/<name>``, trained here when missing and reused when finished:
 - ``qlora``: the float reference (its ``merged/``), or ``--float RUN`` (e.g. the README's default run);
 - ``qat_<target>``: ``kbit train --method qat -o target=<target>``, one per target;
 - ``qalora_<target>`` for the offset formats (q4_1, q5_1): ``kbit train --method qalora -o target=<target>``;
-- with ``--loftq``: ``qlora_loftq`` (``-o init=loftq``), compared with ``qlora`` at step 0 and at the end.
+- with ``--loftq``: ``qlora_loftq`` (``-o init=loftq``), compared with ``qlora`` at step 0 and at the end;
+- with ``--teacher``: ``qat_<target>_teacher``, the same qat run distilled from the float run (``--teacher``).
 
 The round-to-nearest (RTN) file of each target is ``kbit export <float run> --type <target>``. Every
 file and the float ``merged/`` are then scored by ``kbit eval`` — GGUF files in llama.cpp where it is
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=100)
     parser.add_argument("--rephrased-limit", type=int, default=None)
     parser.add_argument("--loftq", action="store_true")
+    parser.add_argument("--teacher", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,10 @@ def main() -> None:
     for target in args.targets:
         qat = _train(args.dir / f"qat_{target}", held_out, "--method", "qat", "-o", f"target={target}")
         files[target] = {"RTN of qlora": _file_of(float_run, target), "qat": _file_of(qat, target)}
+        if args.teacher:
+            taught = _train(args.dir / f"qat_{target}_teacher", held_out, "--method", "qat", "-o", f"target={target}",
+                            "--teacher", str(float_run))
+            files[target]["qat --teacher (the float run)"] = _file_of(taught, target)
         if target in OFFSET_FORMATS:
             qalora = _train(args.dir / f"qalora_{target}", held_out, "--method", "qalora", "-o", f"target={target}")
             files[target]["qalora"] = _file_of(qalora, target)

@@ -189,10 +189,12 @@ def _settings(record: RunRecord) -> list[str]:
     described = f"{adapter.peft_type} r={adapter.r} alpha={adapter.lora_alpha}" if adapter is not None else "none"
     merged = f"{merge.action} {merge.base or ''} {merge.dtype or ''}" if merge else "none"
     logit_diff = merge.max_abs_logit_diff if merge and merge.max_abs_logit_diff is not None else "n/a"
+    teacher = record.config.teacher if record.config is not None else None
     return ["## Training", "", "| setting | value |", "|---|---|",
             f"| adapter | {described} |",
             f"| weights bits during training | {(spec.weights_bits if spec else None) or 'full precision'} |",
             f"| steps | {record.train.steps} |",
+            *([f"| distilled from | the merged model of run `{Path(teacher).name}` (`--teacher`) |"] if teacher else []),
             f"| held-out exact match before → after | {metrics.exact_match_before} → {metrics.exact_match_after} |",
             f"| merge | {merged} |",
             f"| merge max abs logit diff | {logit_diff} |", ""]

@@ -91,6 +91,8 @@ class TrainConfig:
     # ... and its logits may differ from the trained model's by at most this share of the adapter's own
     # effect; None: by the precision of the weights compared (kbit.core.model.merge.merge_tolerance).
     merge_tolerance: float | None = attrs.field(default=None, converter=attrs.converters.optional(number(minimum=0)))
+    # A finished run on the same data whose merged model's answer distributions are a second target (kbit.core.train.teacher).
+    teacher: str | None = attrs.field(default=None, converter=attrs.converters.optional(text))
     trust_remote_code: bool = attrs.field(default=False, converter=boolean)
     overwrite: bool = attrs.field(default=False, converter=boolean)
 
@@ -153,9 +155,9 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
 
 
 def located(config: TrainConfig) -> TrainConfig:
-    """``config`` with its model and dataset as absolute paths where they name local ones, so that the
-    run's record finds them again from any folder (eval, export, quantize, --resume). The built-in
-    names (the default model, the arith sets) stay names, as the loaders read them before any path."""
+    """``config`` with its model, dataset and teacher as absolute paths where they name local ones, so
+    that the run's record finds them again from any folder (eval, export, quantize, --resume). The
+    built-in names (the default model, the arith sets) stay names, as the loaders read them before any path."""
     from kbit.core.data.arithmetic import NAME as DEFAULT_DATASET, REPHRASED
     from kbit.core.model.sources import DEFAULT_MODEL
 
@@ -164,7 +166,8 @@ def located(config: TrainConfig) -> TrainConfig:
         return str(path.resolve()) if reference not in builtin and path.exists() else reference
 
     return attrs.evolve(config, model=absolute(config.model, (DEFAULT_MODEL,)),
-                        dataset=absolute(config.dataset, (DEFAULT_DATASET, REPHRASED)))
+                        dataset=absolute(config.dataset, (DEFAULT_DATASET, REPHRASED)),
+                        teacher=None if config.teacher is None else absolute(config.teacher, ()))
 
 
 def _failing_field(values: Mapping[str, Any]) -> str | None:

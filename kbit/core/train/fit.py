@@ -70,6 +70,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
 
     from kbit.core.system.console import verbosity
     from kbit.core.train.callbacks import EvaluateAtEnd, LogProgress, StopOnNonFinite
+    from kbit.core.train.teacher import Teacher
     from kbit.core.train.trainer import KbitSFTTrainer
 
     config, compute = plan.config, plan.spec.training.compute_dtype
@@ -119,6 +120,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints(),
                    *([EvaluateAtEnd()] if eval_strategy != "no" else []), *_round_after(plan, model)],
         adapter_dtype=torch_dtype(plan.spec.training.adapter_dtype),
+        teacher=Teacher(plan.teacher) if plan.teacher is not None else None,
     )
     trainer.padding_free_decision = {"value": padding_free.value, "requested": config.padding_free,
                                      "reason": padding_free.reason}

@@ -50,18 +50,26 @@ def plain_head(model: Any) -> bool:
     """Whether the logits of ``model`` are just its output embedding applied to the backbone's hidden
     states (no soft-capping, no logit scale), so that ``labelled_loss`` is the model's own loss."""
     lm = causal_lm(model)
-    config = lm.config.get_text_config()
-    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _HEAD_VARIANTS):
+    if not plain_head_config(lm.config):
         return False
     head = lm.get_output_embeddings()
     return isinstance(head, torch.nn.Linear) and lm.base_model is not lm
 
 
-def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> ScoredLoss:
+def plain_head_config(config: Any) -> bool:
+    """Whether a model ``config`` names no head variant that changes the logits (soft-capping, a logit scale)."""
+    text = config.get_text_config()
+    return all(getattr(text, name, None) in (None, 1, 1.0) for name in _HEAD_VARIANTS)
+
+
+def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, teacher: Any = None) -> ScoredLoss:
     """Sum of the negative log-likelihoods of the labelled tokens of ``inputs``, divided by
     ``num_items_in_batch`` (the Trainer's count over the whole accumulated batch) or, without it, by
     the number of labelled tokens here (at least 1, like trl: a micro-batch without labels gives a
     differentiable zero). Only the labelled positions are projected onto the vocabulary.
+
+    With a ``teacher`` (``kbit.core.train.teacher.Teacher``) the loss of a training step adds the summed
+    ``KL(teacher ‖ model)`` at the same positions over the same divisor; the statistics stay the model's own.
 
     ``model`` must be the unwrapped model (not DDP's wrapper): the backbone is called directly.
     """
@@ -80,6 +88,10 @@ def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
     total = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
     count = scored.sum()
     divisor = count if num_items_in_batch is None else num_items_in_batch
+    if teacher is not None and model.training:
+        from kbit.core.train.teacher import distillation_sum
+
+        total = total + distillation_sum(teacher.log_probs(forward, scored).to(logits.device), logits)
     loss = total / torch.as_tensor(divisor, device=total.device).clamp(min=1)
     with torch.no_grad():
         log_probs = torch.log_softmax(logits, dim=-1)

@@ -61,6 +61,7 @@ class RunPlan:
     name: str
     run_dir: Path
     resume: bool
+    teacher: Path | None = None  # the merged model of --teacher's run (kbit.core.train.teacher)
 
 
 def is_main_process() -> bool:
@@ -88,6 +89,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     model_config = load_config(source.path, config.trust_remote_code)
     check_fits_context(config.max_new_tokens, model_config)
+    teacher = _teacher(config, data, model_config)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
     longest_prompt = _check_lengths(tokenizer, data, config.max_length)
     sizing: dict[str, str] = {}
@@ -125,7 +127,19 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
                              inputs=(config.model, source.path, config.dataset))
     check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
-                   run_dir, resume)
+                   run_dir, resume, teacher)
+
+
+def _teacher(config: TrainConfig, data: TaskData, model_config: Any) -> Path | None:
+    """The merged model of ``--teacher``'s run, checked for this run (None without one)."""
+    if config.teacher is None:
+        return None
+    from kbit.core.train.loss import plain_head_config
+    from kbit.core.train.teacher import NEEDS_OWN_LOSS, teacher_model_dir
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or not plain_head_config(model_config):
+        raise ConfigError(NEEDS_OWN_LOSS)
+    return teacher_model_dir(config.teacher, data, model_config.get_text_config().vocab_size)
 
 
 def with_learning_rate(config: TrainConfig, spec: QuantizationSpec) -> tuple[TrainConfig, dict[str, Any]]:

@@ -31,8 +31,9 @@ def held_out_lines(metrics: Scores, eval_limit: int | None = None) -> tuple[str,
     return f"exact match {counts} ({rates}; 95% CI {intervals})", small_sample_warning(items, hint)
 
 
-def loss_line(history: list[dict[str, Any]], steps: Any) -> str | None:
-    """Training loss first → last logged step, and the held-out loss first → last measured, if any."""
+def loss_line(history: list[dict[str, Any]], steps: Any, teacher: str | None = None) -> str | None:
+    """Training loss first → last logged step, and the held-out loss first → last measured, if any; with a
+    ``teacher``, that the training loss includes the KL term (the held-out loss is the plain cross-entropy)."""
     train = [h["loss"] for h in history if "loss" in h]
     held_out = [h["eval_loss"] for h in history if "eval_loss" in h]
     if not train:
@@ -40,6 +41,8 @@ def loss_line(history: list[dict[str, Any]], steps: Any) -> str | None:
     line = f"{train[0]:.3f} → {train[-1]:.3f} over {steps} step{'' if steps == 1 else 's'}"
     if held_out:
         line += f"; held-out loss {held_out[0]:.3f} → {held_out[-1]:.3f}" if len(held_out) > 1 else f"; held-out loss {held_out[0]:.3f}"
+    if teacher:
+        line += f" (the training loss includes the KL to teacher {teacher})"
     return line
 
 
@@ -77,9 +80,9 @@ def print_summary(result: Any) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 160)  # piped output: keep each line whole
     console.print(f"[bold]run[/bold]      {result.run_dir}")
-    line = loss_line(record.loss_history, record.train.steps)
+    line = loss_line(record.loss_history, record.train.steps, record.config.teacher if record.config is not None else None)
     if line:
-        console.print(f"[bold]loss[/bold]     {line}")
+        console.print(f"[bold]loss[/bold]     {escape(line)}")
     line = speed_line(record.train)
     if line:
         console.print(f"[bold]speed[/bold]    {escape(line)}")

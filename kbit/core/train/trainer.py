@@ -30,17 +30,24 @@ def set_adapter_dtype(model: Any, dtype: torch.dtype) -> None:
 
 class KbitSFTTrainer(SFTTrainer):
     """``SFTTrainer`` whose adapter is in ``adapter_dtype`` from the start and after a checkpoint reload,
-    which scores only labelled positions (``kbit.core.train.loss``) and stops at the first non-finite loss.
+    which scores only labelled positions (``kbit.core.train.loss``), adds a ``teacher``'s KL term to
+    each training step where one is given (``kbit.core.train.teacher``) and stops at the first non-finite loss.
 
     The reload hook runs before the optimizer is built and before DDP wraps the model, so the
     optimizer state loads straight into that dtype (exactly: it was saved from it).
     """
 
-    def __init__(self, *args: Any, adapter_dtype: torch.dtype, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, adapter_dtype: torch.dtype, teacher: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.adapter_dtype = adapter_dtype
         set_adapter_dtype(self.model, adapter_dtype)
         self.scores_labelled_positions_only = self._plain_token_loss()
+        if teacher is not None and not self.scores_labelled_positions_only:
+            from kbit.core.errors import ConfigError
+            from kbit.core.train.teacher import NEEDS_OWN_LOSS
+
+            raise ConfigError(NEEDS_OWN_LOSS)
+        self.teacher = teacher
         self._work: list[Any] = [0, 0, 0]  # real tokens, head positions, attention pairs: summed on the device
         self._tokens_in_batches = 0
         self.step_timer = TimeSteps()
@@ -93,7 +100,7 @@ class KbitSFTTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         from kbit.core.train.loss import labelled_loss
 
-        scored = labelled_loss(model, inputs, num_items_in_batch)
+        scored = labelled_loss(model, inputs, num_items_in_batch, teacher=self.teacher)
         loss = scored.loss
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as trl and the Trainer do
