@@ -124,7 +124,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
     run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume,
-                             inputs=(config.model, source.path, config.dataset))
+                             inputs=(config.model, source.path, config.dataset, config.teacher))
     check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
                    run_dir, resume, teacher)

@@ -106,3 +106,9 @@ def test_a_run_trains_toward_its_teacher_and_records_it(qlora_run, tiny, tmp_pat
     assert refused.returncode == 2
     assert "trained on other data or another split" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "other").exists()
+
+    own = tmp_path / "own"  # a copy: training over its own teacher must be refused, --overwrite or not
+    shutil.copytree(teacher_dir, own)
+    over = run_kbit("train", "--model", str(tiny), "--output", str(own), "--overwrite", *TRAIN, "--teacher", str(own))
+    assert over.returncode == 2 and "which this command reads" in over.stderr, over.stderr[-2000:]
+    assert read_record(own).train.rank_adapter_digests == without.train.rank_adapter_digests
