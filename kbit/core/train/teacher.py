@@ -10,8 +10,9 @@ the user already trained. The held-out loss kbit measures stays the plain cross-
 
 The teacher must have trained on the same examples and split as the run it teaches (equal data
 fingerprints): a teacher that learned this run's held-out items would leak them into the student.
-Neither trl nor transformers has a distillation loss for SFT on a dataset of completions (trl's
-``GKDTrainer`` generates on-policy completions, a different method), so kbit computes the term itself,
+trl's ``GKDTrainer`` (off-policy with ``lmbda=0``, forward KL with ``beta=0``) trains on the divergence
+alone and is a trainer of its own, which would replace kbit's (the labelled-positions loss, the adapter
+dtype, the stop at a non-finite loss); so kbit adds the term to its own loss, beside the cross-entropy,
 on the labelled positions ``kbit.core.train.loss`` already projects.
 """
 
