@@ -62,6 +62,14 @@ def plain_head_config(config: Any) -> bool:
     return all(getattr(text, name, None) in (None, 1, 1.0) for name in _HEAD_VARIANTS)
 
 
+def head_logits(lm: Any, hidden: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """The float32 logits of ``lm``'s output head at the ``scored`` positions of ``hidden`` (autocast off)."""
+    head = lm.get_output_embeddings()
+    with torch.autocast(hidden.device.type, enabled=False):
+        bias = None if head.bias is None else head.bias.float()
+        return torch.nn.functional.linear(hidden[scored].to(head.weight.device).float(), head.weight.float(), bias)
+
+
 def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, teacher: Any = None) -> ScoredLoss:
     """Sum of the negative log-likelihoods of the labelled tokens of ``inputs``, divided by
     ``num_items_in_batch`` (the Trainer's count over the whole accumulated batch) or, without it, by
@@ -79,11 +87,7 @@ def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
     hidden = lm.base_model(**forward, use_cache=False).last_hidden_state[:, :-1]
     targets = labels[:, 1:].to(hidden.device)
     scored = targets != IGNORE
-    head = lm.get_output_embeddings()
-    with torch.autocast(hidden.device.type, enabled=False):
-        bias = None if head.bias is None else head.bias.float()
-        chosen = hidden[scored].to(head.weight.device).float()
-        logits = torch.nn.functional.linear(chosen, head.weight.float(), bias)  # [labelled, vocab]
+    logits = head_logits(lm, hidden, scored)  # [labelled, vocab]
     wanted = targets[scored].to(logits.device)
     total = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
     count = scored.sum()

@@ -71,13 +71,12 @@ class Teacher:
         positions, one row shorter than ``forward``'s inputs), float32, without gradient."""
         import torch
 
+        from kbit.core.train.loss import head_logits
+
         model = self._load(forward["input_ids"].device)
         with torch.no_grad(), torch.autocast(forward["input_ids"].device.type, enabled=False):
             hidden = model.base_model(**forward, use_cache=False).last_hidden_state[:, :-1]
-            head = model.get_output_embeddings()
-            bias = None if head.bias is None else head.bias.float()
-            logits = torch.nn.functional.linear(hidden[scored].float(), head.weight.float(), bias)
-            return torch.log_softmax(logits, dim=-1)
+            return torch.log_softmax(head_logits(model, hidden, scored), dim=-1)
 
     def _load(self, device: Any) -> Any:
         if self._model is None:
