@@ -187,6 +187,17 @@ class MethodContract:
             "trained on: dequantize_base must return exactly the weights quantize_base's layers compute with, and "
             "the base must be quantized in build_quant_config or quantize_base, never in prepare_model"
         )
+        from kbit.core.model.merge import save_model
+        from kbit.core.model.sources import load_causal_lm
+
+        save_model(merged, _tokenizer(contract_model), tmp_path / "merged")
+        saved = load_causal_lm(str(tmp_path / "merged"), dtype=policy.dtype)  # as merged/ is deployed and reloaded
+        reloaded = logit_agreement(merged, saved, [_batch(contract_model)])
+        assert reloaded["max_abs_logit_diff"] < 1e-5, (
+            f"the merged model of method '{chosen.name}', saved and loaded again as a {type(saved).__name__}, "
+            f"computes other logits (max |Δlogit| {reloaded['max_abs_logit_diff']:.3g}): dequantize_base must return "
+            "the architecture's own layer types and weight layout"
+        )
 
     def test_prepare_inference_keeps_the_outputs(self, chosen: Method, spec: QuantizationSpec,
                                                  contract_model: Path) -> None:
@@ -239,9 +250,13 @@ def _adapter_model(method: Method, spec: QuantizationSpec, model_dir: Path, nonz
     return model
 
 
-def _batch(model_dir: Path) -> dict[str, Any]:
+def _tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _batch(model_dir: Path) -> dict[str, Any]:
+    tokenizer = _tokenizer(model_dir)
     tokenizer.padding_side = "right"
     return dict(tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False))

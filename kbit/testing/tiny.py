@@ -1,4 +1,4 @@
-"""A tiny random causal LM (Llama architecture) with a character-level tokenizer and chat template.
+"""A tiny random causal LM (Llama architecture unless asked for another) with a character-level tokenizer and chat template.
 
 It is saved as an ordinary Hugging Face directory, so every loader path of kbit (quantized loads
 included) runs on it in seconds, without downloads.
@@ -38,15 +38,18 @@ def _tokenizer():
 
 
 def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0, tied: bool = True,
-                    **config: Any) -> Path:
-    """Write a random tiny Llama model and its tokenizer to ``path``; returns the path.
+                    model_type: str = "llama", **config: Any) -> Path:
+    """Write a random tiny model and its tokenizer to ``path``; returns the path.
 
-    The hidden and intermediate widths are multiples of 64 so block- and group-wise quantizers fit.
-    ``config`` overrides ``LlamaConfig`` fields (``intermediate_size``, ``num_attention_heads``,
-    ``num_key_value_heads`` …); the intermediate width defaults to twice ``hidden_size``.
+    ``model_type`` is a transformers model type (``llama`` by default; e.g. ``qwen3``, ``gemma2``, or
+    ``gpt2``, whose layers are ``Conv1D``), built from the same Llama-named fields through
+    ``AutoConfig.for_model``. The hidden and intermediate widths are multiples of 64 so block- and
+    group-wise quantizers fit. ``config`` overrides config fields (``intermediate_size``,
+    ``num_attention_heads``, ``num_key_value_heads`` …); the intermediate width defaults to twice
+    ``hidden_size`` and the head width to ``hidden_size`` over the 4 heads.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
     tokenizer = _tokenizer()
@@ -63,9 +66,12 @@ def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    llama_config = LlamaConfig(**{**fields, **config})
+    if model_type != "llama":  # fields that other configs name or default otherwise (Gemma's head width is 256)
+        fields.update(head_dim=hidden_size // 4, n_inner=hidden_size * 2 if model_type == "gpt2" else None)
+        fields = {key: value for key, value in fields.items() if value is not None}
+    model_config = AutoConfig.for_model(model_type, **{**fields, **config})
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config)
+    model = AutoModelForCausalLM.from_config(model_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -126,3 +126,11 @@ def test_float_copy_off_keeps_bitsandbytes_layers(tiny):
         model = qlora.prepare_model(model, spec)
         kinds[value] = {type(m).__name__ for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)}
     assert kinds == {"auto": {"CachedLinear4bit"}, "off": {"Linear4bit"}}
+
+
+class TestQloraGpt2Contract(MethodContract):
+    """GPT-2's layers are transformers' ``Conv1D``: bitsandbytes quantizes them as linear layers on the
+    transposed weights, and the merged model must be saved as GPT-2 stores them."""
+
+    method = "qlora"
+    tiny_config = {"model_type": "gpt2"}

@@ -95,6 +95,35 @@ def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy,
     return model.to(torch_dtype(policy.dtype)), described
 
 
+def restore_conv1d(model: Any, *, trust_remote_code: bool = False) -> int:
+    """Turn back into transformers' ``Conv1D`` every plain ``Linear`` of ``model`` that its architecture
+    declares as one (GPT-2 and its kin); returns how many.
+
+    Quantizing loads swap a ``Conv1D`` (weight stored ``(in, out)``) for a linear layer on the transposed
+    weight (transformers' bitsandbytes integration does), and dequantizing returns a plain ``Linear``
+    (``(out, in)``): a merged model saved like that no longer loads as its own architecture. The same
+    product either way (``x @ W.T + b`` is Conv1D's ``x @ Wᵀ + b`` on the stored transpose).
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    from kbit.core.model.check import skeleton
+
+    declared = {name for name, module in skeleton(model.config, trust_remote_code).named_modules()
+                if isinstance(module, Conv1D)}
+    restored = 0
+    for name, module in list(model.named_modules()):
+        if name in declared and type(module) is torch.nn.Linear:
+            conv = Conv1D(module.out_features, module.in_features)
+            with torch.no_grad():
+                conv.weight = torch.nn.Parameter(module.weight.detach().t().contiguous(), requires_grad=False)
+                bias = module.bias if module.bias is not None else torch.zeros_like(conv.bias, dtype=module.weight.dtype)
+                conv.bias = torch.nn.Parameter(bias.detach().to(module.weight.device), requires_grad=False)
+            model.set_submodule(name, conv)
+            restored += 1
+    return restored
+
+
 def check_loftq(method: Method, spec: QuantizationSpec) -> None:
     """Refuse ``-o init=loftq`` (before anything is loaded or written) where the adapter trains on unquantized
     weights: there is no quantization error for it to start by cancelling."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kbit.core.model.bases import load_merge_base
+from kbit.core.model.bases import load_merge_base, restore_conv1d
 from kbit.core.system.device import torch_dtype
 from kbit.core.errors import FidelityError
 from kbit.core.methods.method import Method
@@ -36,6 +36,7 @@ def merged_model(method: Method, spec: QuantizationSpec, policy: MergePolicy, ba
 
         round_merged(model, spec.adapter.fake_quant)  # trained through this rounding: merged/ is the trained model
         described = f"{described}, rounded to the {spec.adapter.fake_quant} grid it trained through"
+    restore_conv1d(model, trust_remote_code=trust_remote_code)  # a quantized GPT-2's layers, as its checkpoint stores them
     if policy.lm_head_dtype and not getattr(model.config, "tie_word_embeddings", False):
         model.get_output_embeddings().to(torch_dtype(policy.lm_head_dtype))
     model.config.dtype = torch_dtype(policy.dtype)
