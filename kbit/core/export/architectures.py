@@ -4,12 +4,13 @@ Reproduced from llama.cpp's ``convert_hf_to_gguf.py`` (``TextModel.set_gguf_para
 ``LlamaModel``, ``Qwen2Model``):
 
 - ``LlamaForCausalLM`` and ``MistralForCausalLM`` become GGUF architecture ``llama``;
-  ``Qwen2ForCausalLM`` becomes ``qwen2``.
+  ``Qwen2ForCausalLM`` becomes ``qwen2`` and ``Qwen3ForCausalLM`` ``qwen3`` (``Qwen3Model`` is
+  ``Qwen2Model`` plus the per-head q/k norms, ``attn_q_norm``/``attn_k_norm`` in gguf-py's map).
 - Hyperparameters: block count, context length, embedding and feed-forward width, head counts,
   RoPE base, RMS-norm epsilon; for ``llama`` also the vocabulary size and the RoPE dimension count
   (the head width), and key/value length where ``config.json`` states ``head_dim``.
 - Llama's q and k projection rows are permuted (``LlamaModel.permute``): llama.cpp rotates
-  interleaved pairs where transformers rotates halves. Qwen2 uses the halves layout and keeps rows.
+  interleaved pairs where transformers rotates halves. Qwen2 and Qwen3 use the halves layout and keep rows.
 - Tensor names come from ``gguf.get_tensor_name_map``; ``lm_head`` is left out when the
   embeddings are tied (llama.cpp reuses ``token_embd``), and rotary ``inv_freq`` buffers are dropped.
 
@@ -41,26 +42,29 @@ SUPPORTED = {
     "llama": Architecture("llama", "llama", True),
     "mistral": Architecture("mistral", "llama", True),
     "qwen2": Architecture("qwen2", "qwen2", False),
+    "qwen3": Architecture("qwen3", "qwen3", False),
 }
 
 
-def architecture_of(config: Mapping[str, Any], where: str) -> Architecture:
-    """The :class:`Architecture` for ``config.json``'s contents; ConfigError for anything else."""
+CONVERT_INSTEAD = "use llama.cpp's convert_hf_to_gguf.py on the merged model instead"
+
+
+def architecture_of(config: Mapping[str, Any], where: str, remedy: str = CONVERT_INSTEAD) -> Architecture:
+    """The :class:`Architecture` for ``config.json``'s contents; ConfigError for anything else, ending in
+    ``remedy`` where the architecture is the reason."""
     model_type = str(config.get("model_type", ""))
     if model_type not in SUPPORTED:
-        raise ConfigError(f"{where}: kbit exports GGUF for {', '.join(sorted(SUPPORTED))} models, not '{model_type or 'unknown'}'; "
-                          "use llama.cpp's convert_hf_to_gguf.py on the merged model instead")
+        raise ConfigError(f"{where}: kbit exports GGUF for {', '.join(sorted(SUPPORTED))} models, not "
+                          f"'{model_type or 'unknown'}'; {remedy}")
     rope = config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, Mapping) else None
     parameters = config.get("rope_parameters") or {}
     if isinstance(parameters, Mapping) and parameters.get("rope_type") not in (None, "default"):
         rope_type = parameters.get("rope_type")
     if rope_type not in (None, "default"):
-        raise ConfigError(f"{where}: RoPE scaling '{rope_type}' is not carried into GGUF by kbit; "
-                          "use llama.cpp's convert_hf_to_gguf.py for this model")
+        raise ConfigError(f"{where}: RoPE scaling '{rope_type}' is not carried into GGUF by kbit; {remedy}")
     if model_type != "qwen2" and (config.get("attention_bias") or config.get("mlp_bias")):
-        raise ConfigError(f"{where}: a {model_type} model with attention or MLP biases is not exported by kbit; "
-                          "use llama.cpp's convert_hf_to_gguf.py for this model")
+        raise ConfigError(f"{where}: a {model_type} model with attention or MLP biases is not exported by kbit; {remedy}")
     return SUPPORTED[model_type]
 
 

@@ -344,6 +344,7 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
         # transformers (5.17 on) keeps GGUF weights in their quantized blocks, on MPS where present,
         # whenever it can fetch a GGUF matmul kernel; asked explicitly, it unpacks them to float32.
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                      config=_gguf_config(gguf),
                                                       quantization_config=GgufConfig(dequantize=True))
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:
@@ -365,6 +366,24 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
         if isinstance(token_id, int):
             setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
     return clean.eval(), tokenizer
+
+
+def _gguf_config(gguf: Path) -> Any:
+    """transformers' config for a GGUF file, with the head width the file states where transformers' key map
+    has no entry for it: its ``qwen3`` map lacks ``attention.key_length``, so a Qwen3 whose heads are not
+    ``hidden_size / heads`` wide (Qwen3-0.6B: 128, not 1024 / 16) would be built with the wrong shapes."""
+    from gguf import GGUFReader
+    from transformers import AutoConfig
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    fields = GGUFReader(str(gguf)).fields
+    architecture = fields["general.architecture"].contents() if "general.architecture" in fields else ""
+    key_length = fields.get(f"{architecture}.attention.key_length")
+    if key_length is not None and "attention.key_length" not in GGUF_CONFIG_MAPPING.get(architecture, {}) \
+            and hasattr(config, "head_dim"):
+        config.head_dim = int(key_length.contents())
+    return config
 
 
 SOURCE_RECORD = "kbit-source.json"

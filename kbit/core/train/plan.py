@@ -120,6 +120,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     config, decisions["lr"] = with_learning_rate(config, spec)
     policy = method.merge_policy(spec)
     check_mergeable(method, spec, policy)
+    _check_exportable(method.name, policy, model_config)
     check_loftq(method, spec)
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
@@ -128,6 +129,17 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
                    run_dir, resume, teacher)
+
+
+def _check_exportable(method: str, policy: MergePolicy, model_config: Any) -> None:
+    """Refuse, before training, a run whose method deploys as a GGUF file kbit cannot write for this model."""
+    from kbit.core.export.architectures import architecture_of
+
+    if policy.export or policy.adapter_gguf:
+        written = f"a {policy.export} GGUF file" if policy.export else "a llama.cpp LoRA GGUF"
+        architecture_of(model_config.to_dict(), f"method '{method}' deploys its run as {written}",
+                        remedy="train this model with a method that does not (e.g. qlora) and convert its merged/ "
+                               "with llama.cpp's convert_hf_to_gguf.py")
 
 
 def _teacher(config: TrainConfig, data: TaskData, model_config: Any) -> Path | None:

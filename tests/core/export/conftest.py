@@ -28,13 +28,22 @@ def variant_model(tiny: Path, target: Path, model_type: str, **overrides) -> Pat
     return target
 
 
-def bpe_model(tiny: Path, target: Path, model_type: str = "llama") -> Path:
-    """A tiny random model whose tokenizer is a small byte-level BPE (GPT-2 pre-tokenizer) with the tiny chat template."""
+def bpe_model(tiny: Path, target: Path, model_type: str = "llama", **overrides) -> Path:
+    """A tiny random model whose tokenizer is a small byte-level BPE (GPT-2 pre-tokenizer; Qwen's split rule before
+    it for a qwen model type) with the tiny chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if model_type.startswith("qwen"):  # as Qwen's own tokenizer.json splits (single digits …) before the bytes
+        from tokenizers import Regex
+
+        from kbit.core.export.vocab import QWEN2_SPLIT
+
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
@@ -44,7 +53,7 @@ def bpe_model(tiny: Path, target: Path, model_type: str = "llama") -> Path:
                                         bos_token="<|im_start|>", eos_token="<|im_end|>",
                                         chat_template=AutoTokenizer.from_pretrained(tiny).chat_template)
     model = variant_model(tiny, target, model_type, vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=2,
-                          eos_token_id=3)
+                          eos_token_id=3, **overrides)
     for file in model.iterdir():
         if file.name.startswith(("tokenizer", "chat_template", "special_tokens")):
             file.unlink()

@@ -86,16 +86,21 @@ def test_row_width_off_the_block_size_falls_back_to_f16(tiny, tmp_path):
     assert _compare(model, out) < 0.05
 
 
-@pytest.mark.parametrize("model_type", ["qwen2", "mistral"])
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])
 def test_other_supported_architectures_load_back(tiny, tmp_path, model_type):
-    # Qwen2's GGUF readers expect a byte-level BPE vocabulary, as every Qwen2 checkpoint has.
-    model = (bpe_model if model_type == "qwen2" else variant_model)(tiny, tmp_path / model_type, model_type)
+    # Qwen's GGUF readers expect a byte-level BPE vocabulary, as every Qwen checkpoint has.
+    if model_type.startswith("qwen"):
+        model = bpe_model(tiny, tmp_path / model_type, model_type, **({"head_dim": 16} if model_type == "qwen3" else {}))
+    else:
+        model = variant_model(tiny, tmp_path / model_type, model_type)
     out = tmp_path / f"{model_type}.gguf"
     write_gguf(model, out, "f16", name=f"tiny-{model_type}", base=BaseModel(name=model_type))
     keys, tensors = _fields(out)
-    assert keys["general.architecture"] == {"qwen2": "qwen2", "mistral": "llama"}[model_type]
+    assert keys["general.architecture"] == {"mistral": "llama"}.get(model_type, model_type)
     if model_type == "qwen2":
         assert tensors["blk.0.attn_q.bias"] == GGMLQuantizationType.F32
+    if model_type == "qwen3":
+        assert tensors["blk.0.attn_q_norm.weight"] == GGMLQuantizationType.F32
     assert _compare(model, out) < 2e-3
 
 
@@ -136,7 +141,7 @@ def test_unsupported_architecture_and_tokenizer_are_refused(tiny, tmp_path):
     model = tmp_path / "gpt2"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
-    with pytest.raises(ConfigError, match="exports GGUF for llama, mistral, qwen2 models, not 'gpt2'"):
+    with pytest.raises(ConfigError, match="exports GGUF for llama, mistral, qwen2, qwen3 models, not 'gpt2'"):
         write_gguf(model, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
     scaled = variant_model(tiny, tmp_path / "scaled", "llama", rope_scaling={"rope_type": "linear", "factor": 2.0})
     with pytest.raises(ConfigError, match="RoPE scaling 'linear'"):

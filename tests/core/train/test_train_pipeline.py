@@ -266,8 +266,11 @@ def test_auto_rank_and_batch_are_chosen_and_recorded(tiny, tmp_path):
     (("--output", "{nonempty}"), "already holds other data, not written by this command"),
     (("--method", "qlroa"), "did you mean qlora"),
     (("--lr", "-1"), "'lr'"),
+    (("--model", "{gpt2}", "--method", "qat"), "deploys its run as a q4_0 GGUF file: kbit exports GGUF for llama, "
+                                               "mistral, qwen2, qwen3 models, not 'gpt2'"),
 ])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, tmp_path, monkeypatch, capsys, args, message):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, kbit_tiny_model_factory, tmp_path, monkeypatch, capsys,
+                                                            args, message):
     """In-process, as tests/reliability/test_bad_input.py runs its table (a subprocess per case would
     spend most of its time importing the libraries)."""
     from kbit.core.cli import main
@@ -280,6 +283,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, tmp_path, monk
     nonempty.mkdir()
     (nonempty / "file.txt").write_text("mine")
     paths = {"jsonl": jsonl, "empty": empty, "nonempty": nonempty}
+    if "{gpt2}" in args:
+        paths["gpt2"] = kbit_tiny_model_factory(model_type="gpt2")
     args = [a.format(**paths) for a in args]
     if "--output" not in args:
         args += ["--output", str(tmp_path / "out")]
