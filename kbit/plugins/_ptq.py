@@ -131,7 +131,11 @@ def merge_policy(spec: QuantizationSpec) -> MergePolicy:
 
 
 def layer_widths(config: Any) -> dict[str, int]:
-    """in_features of the quantized Linear layers, by the config field they come from."""
+    """in_features of the quantized Linear layers, by the config field they come from; ConfigError for a
+    config that does not name them so (GPT-2's, whose layers are ``Conv1D``)."""
+    if getattr(config, "intermediate_size", None) is None:
+        raise ConfigError(f"this {getattr(config, 'model_type', 'unknown')} model's config has no intermediate_size, "
+                          "which group-wise quantization sizes its groups from; choose another method (e.g. qlora)")
     widths = {"hidden_size": int(config.hidden_size), "intermediate_size": int(config.intermediate_size)}
     head_dim = getattr(config, "head_dim", None)
     heads = getattr(config, "num_attention_heads", None)

@@ -145,12 +145,12 @@ def quantize_base(model: Any, spec: QuantizationSpec) -> Any:
     import torch
 
     from kbit.plugin import dequantize_gguf, gguf_linear_weights, replace_linears
+    from kbit.plugins._gguf_layers import GGUFLinear
 
     source = gguf_source(model)
     if source is None:
         raise ConfigError(NOT_A_GGUF)
     packed = gguf_linear_weights(source, model)
-    layer = _layer_class()
     rounded = spec.extras.get("runtime", "exact") == "llama.cpp"
     for name, tensor in packed.items():
         weight = model.get_submodule(name).weight
@@ -158,30 +158,9 @@ def quantize_base(model: Any, spec: QuantizationSpec) -> Any:
         if not torch.equal(dequantize_gguf(blocks, tensor.ggml_type).to(weight.dtype), weight.detach()):
             raise ConfigError(f"layer {name}'s blocks in {source} do not dequantize to the weights transformers loaded "
                               f"from it; method {NAME} cannot train on this file (choose another method, e.g. qlora)")
-    replace_linears(model, lambda name, linear: layer(linear, torch.from_numpy(packed[name].data),
+    replace_linears(model, lambda name, linear: GGUFLinear(linear, torch.from_numpy(packed[name].data),
                                                       packed[name].ggml_type.name, rounded))
     return model
-
-
-@cache
-def _layer_class() -> type:
-    from kbit.plugin import QuantizedLinear, activation_format, dequantize_gguf
-
-    class GGUFLinear(QuantizedLinear):
-        """A ``Linear`` holding a GGUF tensor's raw rows (``blocks``, uint8) of GGML type ``ggml_type``."""
-
-        def __init__(self, linear: Any, blocks: Any, ggml_type: str, rounded: bool = False) -> None:
-            super().__init__(linear, activation_format(ggml_type.lower()) if rounded else None)
-            self.ggml_type = ggml_type
-            self.register_buffer("blocks", blocks.to(linear.weight.device))
-
-        def dequantize(self) -> Any:
-            return dequantize_gguf(self.blocks, self.ggml_type)
-
-        def extra_repr(self) -> str:
-            return f"{super().extra_repr()}, ggml_type={self.ggml_type}"
-
-    return GGUFLinear
 
 
 @hookimpl

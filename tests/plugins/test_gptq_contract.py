@@ -94,3 +94,11 @@ def test_quantize_cli_on_a_model_directory(tiny, tmp_path):
 def test_quantize_cli_refuses_a_method_without_the_hook(tiny, tmp_path):
     result = run_kbit("quantize", str(tiny), "--method", "lora", "--output", str(tmp_path / "q"))
     assert result.returncode == 2 and "does not quantize after training" in result.stderr
+
+
+def test_a_config_without_the_widths_groups_are_sized_from_is_refused_in_one_line():
+    from transformers import GPT2Config
+
+    gptq = get_method("gptq")
+    with pytest.raises(ConfigError, match="gpt2 model's config has no intermediate_size.*choose another method"):
+        gptq.resolve_for_model(gptq.resolve_spec({}, DeviceInfo.cpu()), GPT2Config(n_embd=64, n_layer=2, n_head=4))

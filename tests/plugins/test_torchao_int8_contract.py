@@ -56,3 +56,16 @@ def test_train_end_to_end(tiny, tmp_path):
     assert record["artifacts"]["merged"] == "merged"
     assert record["merge"]["base"] == "dequantized"
     assert record["merge"]["top1_agreement"] == 1.0 and record["merge"]["max_abs_logit_diff"] < 1e-3
+
+
+def test_a_model_whose_layers_torchao_leaves_in_float_is_refused_before_training(kbit_tiny_model_factory):
+    """torchao's int8 config quantizes torch Linear layers only: GPT-2's Conv1D layers stay float, and a run
+    would train a float model under the method's name."""
+    from kbit.core.errors import ConfigError
+    from kbit.core.model.bases import load_base, prepare_for_training
+
+    chosen, gpt2 = get_method("torchao-int8"), kbit_tiny_model_factory(model_type="gpt2")
+    spec = chosen.resolve_spec({}, DeviceInfo.cpu())
+    model = load_base(chosen, spec, str(gpt2))
+    with pytest.raises(ConfigError, match="quantized none of this model's 8 linear layers .*float Conv1D"):
+        prepare_for_training(chosen, spec, chosen.merge_policy(spec), model)

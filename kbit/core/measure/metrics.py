@@ -129,26 +129,42 @@ def memory_footprint(model: Any) -> int:
 
 def linear_weight_bits(model: Any) -> dict[str, Any]:
     """Storage bits per logical weight over the model's base linear layers (see module docs)."""
+    bits, weights = 0, 0
+    for module in base_linears(model):
+        stored, logical = _stored_bits(module)
+        bits += stored
+        weights += logical
+    return {"bits_per_weight": bits / weights if weights else None, "linear_weights": weights}
+
+
+def float_linears(model: Any) -> tuple[int, int]:
+    """How many of the model's base linear layers store 16 or more bits per weight (plain floats: nothing
+    quantized them), and how many there are."""
+    layers = [_stored_bits(module) for module in base_linears(model)]
+    return sum(1 for bits, logical in layers if logical and bits / logical >= 16), len(layers)
+
+
+def base_linears(model: Any) -> list[Any]:
+    """The model's base linear layers: torch ``Linear`` (quantized subclasses included) and transformers'
+    ``Conv1D`` (GPT-2's), without the output head and adapter layers."""
     import torch
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    bits, weights = 0, 0
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module is head or any(m in name for m in ADAPTER_MARKERS):
-            continue
-        weight = getattr(module, "weight", None)
-        if weight is None:
-            continue
-        logical = _logical_elements(module, weight)
-        # A QuantizedLinear's ``weight`` is computed from its buffers on access: count only the buffers.
-        held = dict(module.named_parameters(recurse=False)).get("weight") is not None
-        stored = (tensor_bytes(weight) + sum(tensor_bytes(t) for t in quant_state_tensors(weight))) if held else 0
-        for extra_name, extra in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            if extra is not weight and extra_name != "bias":
-                stored += tensor_bytes(extra)  # scales / zero points of other quantized formats
-        bits += 8 * stored
-        weights += logical
-    return {"bits_per_weight": bits / weights if weights else None, "linear_weights": weights}
+    return [module for name, module in model.named_modules()
+            if (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D") and module is not head
+            and not any(m in name for m in ADAPTER_MARKERS) and getattr(module, "weight", None) is not None]
+
+
+def _stored_bits(module: Any) -> tuple[int, int]:
+    """Bits a layer stores for its weight (codes, scales, quantization state) and its logical weight count."""
+    weight = module.weight
+    # A QuantizedLinear's ``weight`` is computed from its buffers on access: count only the buffers.
+    held = dict(module.named_parameters(recurse=False)).get("weight") is not None
+    stored = (tensor_bytes(weight) + sum(tensor_bytes(t) for t in quant_state_tensors(weight))) if held else 0
+    for extra_name, extra in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        if extra is not weight and extra_name != "bias":
+            stored += tensor_bytes(extra)  # scales / zero points of other quantized formats
+    return 8 * stored, _logical_elements(module, weight)
 
 
 def _logical_elements(module: Any, weight: Any) -> int:

@@ -7,8 +7,9 @@
   ``dequantize_base`` where it has one, else by transformers for a quantization config); "original" is the unquantized
   base. When the policy's base cannot be produced, it is refused — never replaced by other weights.
 - ``check_mergeable``: the refusals that can be known before training.
-- ``prepare_for_training``: the method's ``prepare_model``, refusing a merge when it changed base
-  weights (a merge reloads the base and would never see the change).
+- ``prepare_for_training``: the method's ``prepare_model``, refusing a base the method left entirely
+  unquantized and a merge when it changed base weights (a merge reloads the base and would never see
+  the change).
 """
 
 from __future__ import annotations
@@ -136,13 +137,15 @@ def check_loftq(method: Method, spec: QuantizationSpec) -> None:
 
 
 def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePolicy, model: Any) -> Any:
-    """``method.prepare_model(model, spec)``; refuses, before training, a merge it would make wrong.
+    """``method.prepare_model(model, spec)``; refuses, before training, a base nothing quantized
+    (``check_quantized``) and a merge it would make wrong.
 
     ``prepare_model`` may freeze, upcast or wrap, but not change base weights — parameters, nor the
     buffers a quantized layer keeps its codes and scales in: the merge reloads the base through
     ``build_quant_config``/``quantize_base`` and would merge into other weights than the adapter
     trained on.
     """
+    check_quantized(method, spec, model)
     before = weights_fingerprint(model)
     prepared = method.prepare_model(model, spec)
     if policy.action == "merge":
@@ -156,6 +159,22 @@ def prepare_for_training(method: Method, spec: QuantizationSpec, policy: MergePo
                 "keep_adapter from merge_policy"
             )
     return prepared
+
+
+def check_quantized(method: Method, spec: QuantizationSpec, model: Any) -> None:
+    """Refuse, before training, a method that quantizes its base but left every base linear layer of this
+    model in float: its backend does not handle the architecture's layers (torchao's int8 config skips
+    GPT-2's ``Conv1D``), and the run would train a float model under a quantized method's name."""
+    from kbit.core.measure.metrics import base_linears, float_linears
+
+    if method.build_quant_config(spec) is None and not method.implements("quantize_base"):
+        return
+    floats, layers = float_linears(model)
+    if layers and floats == layers:
+        kinds = sorted({type(module).__name__ for module in base_linears(model)})
+        raise ConfigError(f"method '{method.name}' quantized none of this model's {layers} linear layers (they stay "
+                          f"float {'/'.join(kinds)}: its backend does not handle this architecture's layers); choose "
+                          "another method, e.g. qlora, or lora to train on the float base")
 
 
 def _same_sum(a: float, b: float) -> bool:

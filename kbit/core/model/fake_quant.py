@@ -91,10 +91,12 @@ def train_through_grid(model: Any, grid: str) -> Any:
             base = module.get_base_layer()
             if base is head or module is head:
                 continue
-            if type(module) not in (LoraLinear, GridLoraLinear) or type(base) is not torch.nn.Linear \
-                    or any(module.use_dora.values()):
-                raise ConfigError(f"fake_quant needs plain LoRA on float Linear layers; {name} is "
-                                  f"{type(module).__name__} on {type(base).__name__} — use a float base and peft_type lora")
+            if type(module) not in (LoraLinear, GridLoraLinear) or any(module.use_dora.values()):
+                raise ConfigError(f"fake_quant needs plain LoRA adapters; {name} is {type(module).__name__}"
+                                  f"{' (DoRA)' if any(module.use_dora.values()) else ''}: use peft_type lora")
+            if type(base) is not torch.nn.Linear:
+                raise ConfigError(f"fake_quant rounds float torch Linear layers; {name} is a {type(base).__name__} "
+                                  "(GPT-2-style Conv1D and quantized layers are not supported)")
             module.__class__ = GridLoraLinear  # in place: parameters, hooks and PEFT's bookkeeping are kept
             module.grid = grid
             module._rounded = None

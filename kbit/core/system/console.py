@@ -64,6 +64,9 @@ HARMLESS = (
              "torchao registers its enums the old way at import; nothing kbit calls"),
     Harmless("bitsandbytes", "WARNING", r"^Failed to load CPU gemm_4bit_forward from kernels-community",
              "an optional CPU kernel from the `kernels` package; bitsandbytes uses its own CPU path instead"),
+    Harmless("bitsandbytes.autograd._functions", "WARNING", r"^MatMul8bitLt: inputs will be cast from",
+             "LLM.int8 rounds each layer's input to int8 by design (through float16), at every call; bnb-int8's "
+             "merge policy says so, and the run's scores are of that model"),
     Harmless("torchao.kernel", "WARNING", r"Detected no triton",
              "torchao's Triton kernels serve GPUs (CUDA builds of torch bring Triton); kbit's CPU paths do not use them"),
     Harmless("llmcompressor", "WARNING", r"^No accelerator available! Compressing model on CPU instead",
