@@ -10,6 +10,13 @@ class TestLoraContract(MethodContract):
     method = "lora"
 
 
+class TestLoraGpt2Contract(MethodContract):
+    """GPT-2's transformers ``Conv1D`` layers: the adapter is attached as transposed (``fan_in_fan_out``)."""
+
+    method = "lora"
+    tiny_config = {"model_type": "gpt2"}
+
+
 class TestLoraVeraContract(MethodContract):
     method = "lora"
     options = {"peft_type": "vera", "r": "8"}

@@ -126,8 +126,9 @@ def require_adapter(spec: Any) -> AdapterSettings:
     return spec.adapter
 
 
-def build_peft_config(spec: Any) -> Any:
-    """The PEFT config for ``spec``'s adapter (LoRA, DoRA or VeRA) on a causal LM."""
+def build_peft_config(spec: Any, fan_in_fan_out: bool = False) -> Any:
+    """The PEFT config for ``spec``'s adapter (LoRA, DoRA or VeRA) on a causal LM; ``fan_in_fan_out`` for a
+    model whose layers store their weights transposed (GPT-2's ``Conv1D``)."""
     from peft import LoraConfig, TaskType, VeraConfig
 
     settings = require_adapter(spec)
@@ -143,6 +144,7 @@ def build_peft_config(spec: Any) -> Any:
         lora_dropout=settings.lora_dropout,
         target_modules=targets,
         use_dora=settings.peft_type == "dora",
+        fan_in_fan_out=fan_in_fan_out,
         task_type=TaskType.CAUSAL_LM,
     )
 
@@ -154,7 +156,8 @@ def attach_adapter(model: Any, spec: Any) -> Any:
 
     from kbit.core.model.lora_dropout import fuse_lora_dropout
 
-    peft_model = get_peft_model(model, build_peft_config(spec))
+    transposed = any(type(module).__name__ == "Conv1D" for module in model.modules())  # PEFT warns, then sets it
+    peft_model = get_peft_model(model, build_peft_config(spec, fan_in_fan_out=transposed))
     fuse_lora_dropout(peft_model)
     if require_adapter(spec).qa_group_size:
         pool_adapter_inputs(peft_model, spec.adapter.qa_group_size)
