@@ -14,6 +14,8 @@ Nothing here imports torch until a fixture is used.
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -32,10 +34,10 @@ def kbit_tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callabl
     ``intermediate_size=512`` …), made once per distinct config in a test session."""
     from kbit.testing.tiny import make_tiny_model
 
-    made: dict[tuple[tuple[str, Any], ...], Path] = {}
+    made: dict[str, Path] = {}
 
     def make(**config: Any) -> Path:
-        key = tuple(sorted(config.items()))
+        key = json.dumps(config, sort_keys=True)  # values may be dicts (rope_scaling …)
         if key not in made:
             made[key] = make_tiny_model(tmp_path_factory.mktemp("kbit-tiny") / "model", **config)
         return made[key]

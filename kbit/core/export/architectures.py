@@ -14,8 +14,10 @@ Reproduced from llama.cpp's ``convert_hf_to_gguf.py`` (``TextModel.set_gguf_para
 - Tensor names come from ``gguf.get_tensor_name_map``; ``lm_head`` is left out when the
   embeddings are tied (llama.cpp reuses ``token_embd``), and rotary ``inv_freq`` buffers are dropped.
 
+- Llama 3's RoPE scaling (``rope_type: llama3``) becomes the ``rope_freqs`` tensor of per-pair factors.
+
 Everything else is refused in one line, and so are features these rules do not carry over faithfully
-(RoPE scaling, Llama attention/MLP biases): the check after writing would catch them, but only after
+(other RoPE scaling, Llama attention/MLP biases): the check after writing would catch them, but only after
 the work; refusing first says why.
 """
 
@@ -56,16 +58,53 @@ def architecture_of(config: Mapping[str, Any], where: str, remedy: str = CONVERT
     if model_type not in SUPPORTED:
         raise ConfigError(f"{where}: kbit exports GGUF for {', '.join(sorted(SUPPORTED))} models, not "
                           f"'{model_type or 'unknown'}'; {remedy}")
-    rope = config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, Mapping) else None
-    parameters = config.get("rope_parameters") or {}
-    if isinstance(parameters, Mapping) and parameters.get("rope_type") not in (None, "default"):
-        rope_type = parameters.get("rope_type")
-    if rope_type not in (None, "default"):
+    rope_type = rope_scaling(config).get("rope_type")
+    if rope_type not in (None, "default") and not (rope_type == "llama3" and SUPPORTED[model_type].gguf_name == "llama"):
         raise ConfigError(f"{where}: RoPE scaling '{rope_type}' is not carried into GGUF by kbit; {remedy}")
     if model_type != "qwen2" and (config.get("attention_bias") or config.get("mlp_bias")):
         raise ConfigError(f"{where}: a {model_type} model with attention or MLP biases is not exported by kbit; {remedy}")
     return SUPPORTED[model_type]
+
+
+def rope_scaling(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config.json``'s RoPE scaling parameters with ``rope_type`` set (transformers 5's ``rope_parameters``, or
+    the older ``rope_scaling``, whose type may be spelled ``type``); empty for none."""
+    parameters = config.get("rope_parameters")
+    if isinstance(parameters, Mapping) and parameters.get("rope_type") not in (None, "default"):
+        return dict(parameters)
+    rope = config.get("rope_scaling")
+    if isinstance(rope, Mapping) and rope.get("rope_type", rope.get("type")) is not None:
+        return {**rope, "rope_type": rope.get("rope_type", rope.get("type"))}
+    return {}
+
+
+def llama3_rope_factors(config: Mapping[str, Any]) -> Any:
+    """The ``rope_freqs`` tensor (float32, one factor per rotated pair) that carries Llama 3's RoPE scaling into
+    llama.cpp, or None for a model without it: each frequency's wavelength is divided as transformers'
+    ``_compute_llama3_parameters`` divides it (as llama.cpp's ``LlamaModel.generate_extra_tensors`` writes it)."""
+    import math
+
+    import numpy as np
+
+    scaling = rope_scaling(config)
+    if scaling.get("rope_type") != "llama3":
+        return None
+    dim = int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
+    base = rope_theta(config) or 10000.0
+    factor = float(scaling.get("factor", 8.0))
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    context = float(scaling.get("original_max_position_embeddings", 8192))
+    factors = []
+    for i in range(0, dim, 2):
+        wavelength = 2 * math.pi * base ** (i / dim)
+        if wavelength < context / high:
+            factors.append(1.0)
+        elif wavelength > context / low:
+            factors.append(factor)
+        else:
+            smooth = (context / wavelength - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
 
 
 def rope_theta(config: Mapping[str, Any]) -> float | None:

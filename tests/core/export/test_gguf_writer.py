@@ -217,3 +217,27 @@ def test_two_bit_and_microscaling_files_hold_the_rounded_weights_and_run_in_llam
     llm = llama_cpp.Llama(model_path=str(out), logits_all=True, n_ctx=32, verbose=False)
     llm.eval([1, 5, 9, 13])
     assert np.isfinite(np.asarray(llm.scores[:4])).all()
+
+
+def test_llama3_rope_scaling_is_written_as_the_factors_transformers_divides_its_frequencies_by(kbit_tiny_model_factory,
+                                                                                               tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}  # wavelengths of the 16-wide heads on both sides of 64/4 … 64
+    model = kbit_tiny_model_factory(rope_scaling=scaling)
+    out = tmp_path / "llama3.gguf"
+    write_gguf(model, out, "f16", name="tiny-llama3", base=BaseModel(name="tiny"))
+    stored = next(t for t in GGUFReader(str(out)).tensors if t.name == "rope_freqs.weight")
+    assert stored.tensor_type == GGMLQuantizationType.F32
+    rotary = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)).model.rotary_emb
+    plain = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    expected = (plain / rotary.inv_freq).numpy()
+    assert sorted(set(np.round(expected, 3))) != [1.0]  # the chosen lengths scale some frequencies, not all
+    np.testing.assert_allclose(np.asarray(stored.data), expected, rtol=1e-5)
+
+
+def test_other_rope_scaling_is_refused(kbit_tiny_model_factory, tmp_path):
+    model = kbit_tiny_model_factory(rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ConfigError, match="RoPE scaling 'linear' is not carried into GGUF by kbit"):
+        write_gguf(model, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
