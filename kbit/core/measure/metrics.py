@@ -152,15 +152,16 @@ def base_linears(model: Any) -> list[Any]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return [module for name, module in model.named_modules()
             if (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D") and module is not head
-            and not any(m in name for m in ADAPTER_MARKERS) and getattr(module, "weight", None) is not None]
+            and not any(m in name for m in ADAPTER_MARKERS)
+            and (module._parameters.get("weight") is not None or module._buffers)]
 
 
 def _stored_bits(module: Any) -> tuple[int, int]:
     """Bits a layer stores for its weight (codes, scales, quantization state) and its logical weight count."""
-    weight = module.weight
-    # A QuantizedLinear's ``weight`` is computed from its buffers on access: count only the buffers.
-    held = dict(module.named_parameters(recurse=False)).get("weight") is not None
-    stored = (tensor_bytes(weight) + sum(tensor_bytes(t) for t in quant_state_tensors(weight))) if held else 0
+    # A QuantizedLinear's ``weight`` is computed from its buffers on access: count only the buffers (and
+    # never compute it here).
+    weight = module._parameters.get("weight")
+    stored = (tensor_bytes(weight) + sum(tensor_bytes(t) for t in quant_state_tensors(weight))) if weight is not None else 0
     for extra_name, extra in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
         if extra is not weight and extra_name != "bias":
             stored += tensor_bytes(extra)  # scales / zero points of other quantized formats
@@ -170,6 +171,7 @@ def _stored_bits(module: Any) -> tuple[int, int]:
 def _logical_elements(module: Any, weight: Any) -> int:
     if getattr(module, "in_features", None) and getattr(module, "out_features", None):
         return int(module.in_features) * int(module.out_features)
+    weight = module.weight if weight is None else weight
     state = getattr(weight, "quant_state", None)
     if state is not None and getattr(state, "shape", None) is not None:
         return math.prod(state.shape)
