@@ -203,7 +203,7 @@ def train_command(
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the method's own, else 2e-3).")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help=f"linear, cosine, constant, constant_with_warmup (default {TRAIN_DEFAULTS['scheduler']}).")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help=f"Fraction of steps spent warming up the learning rate (default {TRAIN_DEFAULTS['warmup_ratio']}).")] = None,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", help=f"Tokens per example; longer ones are cut (default {TRAIN_DEFAULTS['max_length']}).")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help=f"Tokens per example: a longer completion is cut; a prompt that alone reaches it is refused (default {TRAIN_DEFAULTS['max_length']}).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help=f"Seed of the split, shuffling and adapter start (default {TRAIN_DEFAULTS['seed']}).")] = None,
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help=f"Pack several examples into each row (default {'on' if TRAIN_DEFAULTS['packing'] else 'off'}).")] = None,
     padding_free: Annotated[Optional[str], typer.Option("--padding-free", help="Micro-batches as one row of concatenated examples, no padding: auto (where the attention keeps examples apart and padding would be >= 15%), true or false.")] = None,

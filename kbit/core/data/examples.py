@@ -51,6 +51,13 @@ class TaskData:
                 "held_out_examples": len(self.held_out), "fingerprint": self.fingerprint()}
 
 
+def trained_prompts(train: tuple[Example, ...] | list[Example], items: tuple[Example, ...] | list[Example]) -> int:
+    """How many of ``items`` ask a prompt that one of the ``train`` examples asks too (duplicate rows,
+    or held-out items taken from a file the model trained on): their scores measure recall."""
+    seen = {example.prompt for example in train}
+    return sum(1 for example in items if example.prompt in seen)
+
+
 def check_trained_on(data: TaskData, recorded: str | None, run: str, alternative: str = "") -> TaskData:
     """``data``, rebuilt from a run's recorded settings, when it is the data the run trained beside
     (its ``recorded`` fingerprint; a record without one is not checked).

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kbit.core.data import arithmetic
-from kbit.core.data.examples import Example, TaskData
+from kbit.core.data.examples import Example, TaskData, trained_prompts
 from kbit.core.data.formats import choose_format, is_squad_document, parse_column_mapping, squad_rows
 from kbit.core.data.split import HeldOut, arith_held_out, split, take_held_out
 from kbit.core.errors import ConfigError
@@ -260,4 +260,8 @@ def _build(name, source, rows, held_rows, mapping, held_out, max_examples, seed)
         train, held = examples, take_held_out(_convert(held_rows, converter, source), held_out, source)
     else:
         train, held = split(examples, held_out, seed, source)
+    if shared := trained_prompts(train, held):
+        log.warning("%d of %d held-out items of %s ask a prompt a training example asks too (duplicate rows): their "
+                    "scores measure recall, not what the model learned; remove the duplicates from the data",
+                    shared, len(held), source)
     return TaskData(name=name, task=task, train=train, held_out=held, source=source)

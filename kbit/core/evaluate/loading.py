@@ -55,6 +55,8 @@ class DataRequest:
     max_examples: int | None = None
     seed: int = 0
     trained_on: tuple[str, str] | None = None  # (run, its recorded fingerprint): the run's own split, checked
+    # (run, dataset, columns, held_out, max_examples, seed): the data a run trained on, for --dataset on a run
+    run_training: tuple[Any, ...] | None = None
 
 
 @attrs.frozen
@@ -425,7 +427,10 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
     config = record.config if record is not None else None
     seed = selection.seed if selection.seed is not None else (config.seed if config is not None else 0)
     if selection.dataset:
-        return DataRequest(selection.dataset, selection.columns, selection.held_out, selection.max_examples, seed)
+        training = ((record.name or "", config.dataset, config.columns, config.held_out, config.max_examples, config.seed)
+                    if config is not None else None)
+        return DataRequest(selection.dataset, selection.columns, selection.held_out, selection.max_examples, seed,
+                           run_training=training)
     if record is None:
         return DataRequest(DEFAULT_DATASET, selection.columns, selection.held_out, selection.max_examples, seed)
     recorded = config.held_out if config is not None else None

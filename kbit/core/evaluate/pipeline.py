@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from kbit.core.runs import stamps as meta
-from kbit.core.data import TaskData, check_trained_on, load_task_data
+from kbit.core.data import TaskData, check_trained_on, load_task_data, trained_prompts
 from kbit.core.system.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
@@ -211,6 +211,18 @@ def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
     items = list(data.held_out[:limit])
     if not items:
         raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")
+    if request.run_training is not None:
+        run, *recorded = request.run_training
+        try:
+            trained = load_task_data(recorded[0], columns=recorded[1], held_out=recorded[2], max_examples=recorded[3],
+                                     seed=recorded[4]).train
+        except ConfigError as exc:
+            trained = ()
+            log.warning("not checked whether run %s trained on these items: its data cannot be read again (%s)", run, exc)
+        if shared := trained_prompts(trained, items):
+            log.warning("%d of the %d items scored from %s ask a prompt run %s trained on: their scores measure recall; "
+                        "score the run on its own split (no --dataset) or on items it never saw", shared, len(items),
+                        data.source, run)
     empty = next((i for i, e in enumerate(items) if not e.completion.strip()), None)
     if empty is not None:
         raise ConfigError(f"dataset {data.source} held-out example {empty + 1} has an empty completion; "

@@ -232,11 +232,14 @@ def _longest_completion(tokenizer: Any, data: TaskData) -> int:
 
 def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> int:
     """The token count of the longest training prompt; ConfigError where one reaches ``max_length``."""
-    longest = max((len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]), i)
-                  for i, e in enumerate(data.train))
-    if longest[0] >= max_length:
+    lengths = [len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in data.train]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] >= max_length:
+        over = sum(1 for length in lengths if length >= max_length)
+        start = " ".join(data.train[longest].prompt[-1][1].split())[:40]
         raise ConfigError(
-            f"max length {max_length} is too short: training prompt {longest[1] + 1} alone has {longest[0]} tokens; "
-            f"raise --max-length above {longest[0]}"
+            f"max length {max_length} is too short for {over} of {len(lengths)} training prompts, which alone leave no "
+            f"room for a completion (the longest, \"{start}…\", has {lengths[longest]} tokens); raise --max-length "
+            f"above {lengths[longest]}, or remove those rows"
         )
-    return longest[0]
+    return lengths[longest]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kbit.core.data import load_task_data
+from kbit.core.data import load_task_data, trained_prompts
 from kbit.core.data.arithmetic import distinct_questions, generate
 from kbit.core.data.split import take_held_out
 from kbit.core.errors import ConfigError
@@ -72,3 +72,23 @@ def test_a_byte_order_mark_at_the_start_of_a_json_file_is_not_data(tmp_path, suf
     plain.write_text(text, encoding="utf-8")
     marked.write_text(text, encoding="utf-8-sig")
     assert load_task_data(str(marked), held_out=1).fingerprint() == load_task_data(str(plain), held_out=1).fingerprint()
+
+
+def test_held_out_items_that_repeat_a_training_prompt_are_counted_in_a_warning(tmp_path, caplog):
+    import logging
+
+    rows = [{"prompt": f"What is {i} + {i}?", "completion": str(2 * i)} for i in range(10)] * 4  # each row 4 times
+    path = tmp_path / "dup.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with caplog.at_level(logging.WARNING, logger="kbit"):
+        data = load_task_data(str(path), held_out=8)
+    shared = trained_prompts(data.train, data.held_out)
+    assert shared == 8  # ten distinct prompts: every held-out one is also trained on
+    assert f"{shared} of 8 held-out items of {path} ask a prompt a training example asks too" in caplog.text
+
+    distinct = tmp_path / "distinct.jsonl"
+    distinct.write_text("".join(json.dumps(row) + "\n" for row in rows[:10]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kbit"):
+        load_task_data(str(distinct), held_out=2)
+    assert "ask a prompt a training example asks too" not in caplog.text
