@@ -91,7 +91,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     check_fits_context(config.max_new_tokens, model_config)
     teacher = _teacher(config, data, model_config)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
-    longest_prompt = _check_lengths(tokenizer, data, config.max_length)
+    longest = _check_lengths(tokenizer, data, config.max_length)
     sizing: dict[str, str] = {}
     if adapter.r == "auto":
         rank, sizing["r"] = auto_rank(model_config.hidden_size)
@@ -115,7 +115,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     _check_accumulation(config.grad_accum, batch_size, len(data.train))
     spec, decisions["gradient_checkpointing"] = _checkpointing(
         config, spec, device, model_config, batch_size, model_bytes,
-        length=min(config.max_length, longest_prompt + _longest_completion(tokenizer, data)),
+        length=min(config.max_length, longest),
     )
     config, decisions["lr"] = with_learning_rate(config, spec)
     policy = method.merge_policy(spec)
@@ -225,21 +225,25 @@ def _checkpointing(config: TrainConfig, spec: QuantizationSpec, device: DeviceIn
                   **estimates}
 
 
-def _longest_completion(tokenizer: Any, data: TaskData) -> int:
-    """Tokens of the longest training completion, plus a few for the chat template's end of turn."""
-    return max(len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in data.train) + 4
-
-
 def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> int:
-    """The token count of the longest training prompt; ConfigError where one reaches ``max_length``."""
-    lengths = [len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in data.train]
-    longest = max(range(len(lengths)), key=lengths.__getitem__)
-    if lengths[longest] >= max_length:
-        over = sum(1 for length in lengths if length >= max_length)
+    """Tokens of the longest training example (its prompt and completion, plus a few for the chat template's end
+    of turn); ConfigError where a prompt alone reaches ``max_length``, a warning counting the examples whose
+    completion training cuts there."""
+    prompts = [len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in data.train]
+    longest = max(range(len(prompts)), key=prompts.__getitem__)
+    if prompts[longest] >= max_length:
+        over = sum(1 for length in prompts if length >= max_length)
         start = " ".join(data.train[longest].prompt[-1][1].split())[:40]
         raise ConfigError(
-            f"max length {max_length} is too short for {over} of {len(lengths)} training prompts, which alone leave no "
-            f"room for a completion (the longest, \"{start}…\", has {lengths[longest]} tokens); raise --max-length "
-            f"above {lengths[longest]}, or remove those rows"
+            f"max length {max_length} is too short for {over} of {len(prompts)} training prompts, which alone leave no "
+            f"room for a completion (the longest, \"{start}…\", has {prompts[longest]} tokens); raise --max-length "
+            f"above {prompts[longest]}, or remove those rows"
         )
-    return lengths[longest]
+    totals = [prompt + len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) + 4
+              for prompt, e in zip(prompts, data.train)]
+    cut = sum(1 for total in totals if total > max_length)
+    if cut and is_main_process():
+        log.warning("%d of %d training examples are longer than --max-length %d: training cuts their completions "
+                    "there (the longest has %d tokens); raise --max-length to train on them whole",
+                    cut, len(totals), max_length, max(totals))
+    return max(totals)

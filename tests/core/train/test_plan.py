@@ -1,0 +1,28 @@
+"""Planning a run: what is refused or warned about before anything trains."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from kbit.core.train.config import TrainConfig
+from kbit.core.train.plan import plan_run
+
+
+def test_examples_whose_completion_training_would_cut_are_counted_in_a_warning(tiny, tmp_path, caplog):
+    rows = [{"prompt": f"Say {i}.", "completion": str(i)} for i in range(30)]
+    rows += [{"prompt": f"Spell out {i}.", "completion": " ".join(["word"] * 40)} for i in range(6)]
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = TrainConfig(model=str(tiny), dataset=str(path), max_length=96, held_out=4, output=str(tmp_path / "run"))
+    with caplog.at_level(logging.WARNING, logger="kbit"):
+        plan = plan_run(config)
+    long = sum(1 for example in plan.data.train if example.completion.startswith("word"))  # 199 characters, a token each
+    assert long and f"{long} of {len(plan.data.train)} training examples are longer than --max-length 96: training " \
+                     "cuts their completions there" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kbit"):
+        plan_run(TrainConfig(model=str(tiny), dataset=str(path), max_length=512, held_out=4,
+                             output=str(tmp_path / "run2")))
+    assert "longer than --max-length" not in caplog.text
