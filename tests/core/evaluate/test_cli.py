@@ -154,3 +154,23 @@ def test_default_model_base_and_its_qlora_quantization(tmp_path):
     assert base["model"] == "SmolLM2-135M-Instruct" and base["bits_per_weight"] == 32
     assert 4.1 < quantized["bits_per_weight"] < 4.35 and quantized["memory_bytes"] < base["memory_bytes"] / 2
     assert all(r["items"] == 5 and 0 < r["loss"] < 20 for r in rows)
+
+
+@pytest.mark.slow
+def test_a_run_scored_on_its_own_file_under_another_split_counts_the_items_it_trained_on(tiny, tmp_path):
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+{i}=", "completion": str(2 * i)}) + "\n" for i in range(40)))
+    run = tmp_path / "run"
+    trained = run_kbit("train", "--model", str(tiny), "--dataset", str(data), "--held-out", "4", "--max-steps", "1",
+                       "--batch-size", "2", "-o", "r=4", "--eval-limit", "0", "--output", str(run))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    scored = run_kbit("eval", str(run), "--dataset", str(data), "--held-out", "20", "--limit", "20",
+                      "--max-new-tokens", "3", "--variant", "merged", "--out", str(tmp_path / "report"))
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    # 36 of the 40 rows trained: of 20 held out under the other split, all but those among the run's 4 did
+    warning = next(line for line in scored.stderr.splitlines() if "ask a prompt run" in line)
+    shared = int(warning.split("warning")[-1].split()[0])
+    assert 16 <= shared <= 20 and "of the 20 items scored from" in warning and "trained on" in warning
+    own = run_kbit("eval", str(run), "--limit", "4", "--max-new-tokens", "3", "--variant", "merged",
+                   "--out", str(tmp_path / "own"))
+    assert own.returncode == 0 and "ask a prompt run" not in own.stderr
