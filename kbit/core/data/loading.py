@@ -60,6 +60,8 @@ def load_task_data(
         data = arithmetic.generate(train_size=train_size, held_out_size=held_out_size, seed=seed)
         return arithmetic.rephrased(data) if reference == arithmetic.REPHRASED else data
     path = Path(reference).expanduser()
+    if path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
+        return _build(path.name, str(path), _read_saved(path), None, mapping, held_out, max_examples, seed)
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
         rows = _read_file(path)
         return _build(path.stem, str(path), rows, None, mapping, held_out, max_examples, seed)
@@ -211,6 +213,27 @@ def _text_lines(path: Path) -> list[str]:
         return path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines(): JSON strings may hold U+2028
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); pass a text .jsonl file") from None
+
+
+SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")  # what datasets' save_to_disk writes into its folder
+
+
+def _read_saved(path: Path) -> list[Mapping[str, Any]]:
+    """The rows of a folder ``datasets``' ``save_to_disk`` wrote: a Dataset, or a DatasetDict's ``train`` split
+    (held-out items are carved out of it, as from a hub dataset)."""
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a damaged or partial folder: one line with the fix
+        raise ConfigError(f"dataset folder {path} cannot be read back with datasets' load_from_disk "
+                          f"({type(exc).__name__}); save it again, or pass a .jsonl/.json/.csv/.parquet file") from None
+    if isinstance(saved, datasets.DatasetDict):
+        if "train" not in saved:
+            raise ConfigError(f"dataset folder {path} holds the splits {', '.join(saved)}, none named 'train'; save the "
+                              "split to train on as its own folder or file")
+        saved = saved["train"]
+    return saved.to_list()
 
 
 def _read_hub(hub_id: str, config: str | None, split: str, limit: int | None) -> list[Mapping[str, Any]]:

@@ -92,3 +92,22 @@ def test_held_out_items_that_repeat_a_training_prompt_are_counted_in_a_warning(t
     with caplog.at_level(logging.WARNING, logger="kbit"):
         load_task_data(str(distinct), held_out=2)
     assert "ask a prompt a training example asks too" not in caplog.text
+
+
+def test_a_folder_saved_by_datasets_reads_as_the_same_data_as_its_jsonl(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(20)]
+    jsonl = tmp_path / "sums.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "splits"))
+    expected = load_task_data(str(jsonl), held_out=4).fingerprint()
+    assert load_task_data(str(tmp_path / "saved"), held_out=4).fingerprint() == expected
+    assert load_task_data(str(tmp_path / "splits"), held_out=4).fingerprint() == expected
+
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "no-train"))
+    with pytest.raises(ConfigError, match="holds the splits test, none named 'train'"):
+        load_task_data(str(tmp_path / "no-train"))
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_task_data(str(tmp_path))  # any other folder
