@@ -80,31 +80,18 @@ def rope_scaling(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def llama3_rope_factors(config: Mapping[str, Any]) -> Any:
     """The ``rope_freqs`` tensor (float32, one factor per rotated pair) that carries Llama 3's RoPE scaling into
-    llama.cpp, or None for a model without it: each frequency's wavelength is divided as transformers'
-    ``_compute_llama3_parameters`` divides it (as llama.cpp's ``LlamaModel.generate_extra_tensors`` writes it)."""
-    import math
-
-    import numpy as np
-
-    scaling = rope_scaling(config)
-    if scaling.get("rope_type") != "llama3":
+    llama.cpp (which divides each plain RoPE frequency by it, as ``convert_hf_to_gguf.py`` writes it), or None for
+    a model without it. Taken from transformers' own frequencies, so the file rotates as the trained model did."""
+    if rope_scaling(config).get("rope_type") != "llama3":
         return None
-    dim = int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
-    base = rope_theta(config) or 10000.0
-    factor = float(scaling.get("factor", 8.0))
-    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
-    context = float(scaling.get("original_max_position_embeddings", 8192))
-    factors = []
-    for i in range(0, dim, 2):
-        wavelength = 2 * math.pi * base ** (i / dim)
-        if wavelength < context / high:
-            factors.append(1.0)
-        elif wavelength > context / low:
-            factors.append(factor)
-        else:
-            smooth = (context / wavelength - low) / (high - low)
-            factors.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(factors, dtype=np.float32)
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    settings = AutoConfig.for_model(**config)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](settings)
+    plain, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(settings)
+    return (plain / scaled).numpy()
 
 
 def rope_theta(config: Mapping[str, Any]) -> float | None:
