@@ -55,8 +55,7 @@ class DataRequest:
     max_examples: int | None = None
     seed: int = 0
     trained_on: tuple[str, str] | None = None  # (run, its recorded fingerprint): the run's own split, checked
-    # (run, dataset, columns, held_out, max_examples, seed): the data a run trained on, for --dataset on a run
-    run_training: tuple[Any, ...] | None = None
+    run_split: DataRequest | None = None  # with --dataset on a run: the run's own split, whose training rows it learned
 
 
 @attrs.frozen
@@ -427,10 +426,8 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
     config = record.config if record is not None else None
     seed = selection.seed if selection.seed is not None else (config.seed if config is not None else 0)
     if selection.dataset:
-        training = ((record.name or "", config.dataset, config.columns, config.held_out, config.max_examples, config.seed)
-                    if config is not None else None)
         return DataRequest(selection.dataset, selection.columns, selection.held_out, selection.max_examples, seed,
-                           run_training=training)
+                           run_split=_run_split(record, config.seed) if config is not None else None)
     if record is None:
         return DataRequest(DEFAULT_DATASET, selection.columns, selection.held_out, selection.max_examples, seed)
     recorded = config.held_out if config is not None else None
@@ -445,10 +442,16 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
                               f"of its dataset ({record.dataset.source or name}) cannot be rebuilt; pass --dataset FILE "
                               "with items it did not train on")
         return DataRequest(name, None, None, None, seed)
+    return _run_split(record, seed)
+
+
+def _run_split(record: RunRecord, seed: int) -> DataRequest:
+    """The split ``record``'s run trained beside (its recorded settings), checked against its fingerprint."""
+    config = record.config
     return DataRequest(
         dataset=config.dataset,
         columns=config.columns,
-        held_out=recorded,
+        held_out=config.held_out,
         max_examples=config.max_examples,
         seed=seed,
         trained_on=(record.name or "", record.dataset.fingerprint) if record.dataset.fingerprint else None,

@@ -202,32 +202,41 @@ def _sample_warnings(rows: list[dict[str, Any]]) -> list[str]:
             for dataset, items in counts]
 
 
-def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
+def _load(request: DataRequest) -> TaskData:
     data = load_task_data(request.dataset, columns=request.columns, held_out=request.held_out,
                           max_examples=request.max_examples, seed=request.seed)
     if request.trained_on is not None:
         run, fingerprint = request.trained_on
         check_trained_on(data, fingerprint, run, ", or pass --dataset FILE with items it did not train on")
+    return data
+
+
+def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
+    data = _load(request)
     items = list(data.held_out[:limit])
     if not items:
         raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")
-    if request.run_training is not None:
-        run, *recorded = request.run_training
-        try:
-            trained = load_task_data(recorded[0], columns=recorded[1], held_out=recorded[2], max_examples=recorded[3],
-                                     seed=recorded[4]).train
-        except ConfigError as exc:
-            trained = ()
-            log.warning("not checked whether run %s trained on these items: its data cannot be read again (%s)", run, exc)
-        if shared := trained_prompts(trained, items):
-            log.warning("%d of the %d items scored from %s ask a prompt run %s trained on: their scores measure recall; "
-                        "score the run on its own split (no --dataset) or on items it never saw", shared, len(items),
-                        data.source, run)
+    if request.run_split is not None:
+        _warn_trained_items(request.run_split, items, data.source)
     empty = next((i for i, e in enumerate(items) if not e.completion.strip()), None)
     if empty is not None:
         raise ConfigError(f"dataset {data.source} held-out example {empty + 1} has an empty completion; "
                           "check --columns (completion=COL must name the answer column)")
     return data, items
+
+
+def _warn_trained_items(run_split: DataRequest, items: list[Any], source: str) -> None:
+    """Warn with the count of ``items`` (scored from ``source``) whose prompt the run behind ``run_split`` trained on."""
+    run = run_split.trained_on[0] if run_split.trained_on else run_split.dataset
+    try:
+        trained = _load(run_split).train
+    except ConfigError as exc:
+        log.warning("not checked whether run %s trained on these items: its data cannot be read again (%s)", run, exc)
+        return
+    if shared := trained_prompts(trained, items):
+        log.warning("%d of the %d items scored from %s ask a prompt run %s trained on: their scores measure recall; "
+                    "score the run on its own split (no --dataset) or on items it never saw", shared, len(items),
+                    source, run)
 
 
 @attrs.frozen
