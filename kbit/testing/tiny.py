@@ -66,9 +66,10 @@ def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
-    if model_type != "llama":  # fields that other configs name or default otherwise (Gemma's head width is 256)
-        fields.update(head_dim=hidden_size // 4, n_inner=hidden_size * 2 if model_type == "gpt2" else None)
-        fields = {key: value for key, value in fields.items() if value is not None}
+    if model_type != "llama":  # other configs default the head width otherwise (Gemma's is 256)
+        fields["head_dim"] = hidden_size // 4
+    if model_type == "gpt2":  # GPT-2's name for the intermediate width
+        fields["n_inner"] = hidden_size * 2
     model_config = AutoConfig.for_model(model_type, **{**fields, **config})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(model_config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 
 import attrs
 
@@ -51,7 +52,7 @@ class TaskData:
                 "held_out_examples": len(self.held_out), "fingerprint": self.fingerprint()}
 
 
-def trained_prompts(train: tuple[Example, ...] | list[Example], items: tuple[Example, ...] | list[Example]) -> int:
+def trained_prompts(train: Iterable[Example], items: Iterable[Example]) -> int:
     """How many of ``items`` ask a prompt that one of the ``train`` examples asks too (duplicate rows,
     or held-out items taken from a file the model trained on): their scores measure recall."""
     seen = {example.prompt for example in train}

@@ -31,6 +31,7 @@ NAMED_HUB_DATASETS = {
     "squad": ("rajpurkar/squad", None, "train", "validation"),
 }
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")  # what datasets' save_to_disk writes into its folder
 
 
 def load_task_data(
@@ -213,9 +214,6 @@ def _text_lines(path: Path) -> list[str]:
         return path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines(): JSON strings may hold U+2028
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); pass a text .jsonl file") from None
-
-
-SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")  # what datasets' save_to_disk writes into its folder
 
 
 def _read_saved(path: Path) -> list[Mapping[str, Any]]:
