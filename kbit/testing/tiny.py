@@ -68,6 +68,8 @@ def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2,
     }
     if model_type != "llama":  # other configs default the head width otherwise (Gemma's is 256)
         fields["head_dim"] = hidden_size // 4
+    if model_type.startswith("gemma"):  # Gemma scales queries by its own field; real checkpoints set it to the head width
+        fields["query_pre_attn_scalar"] = hidden_size // 4
     if model_type == "gpt2":  # GPT-2's name for the intermediate width
         fields["n_inner"] = hidden_size * 2
     model_config = AutoConfig.for_model(model_type, **{**fields, **config})

@@ -62,3 +62,16 @@ def test_a_sixteen_bit_merge_is_refused():
 
     with pytest.raises(ConfigError, match="merges in float32"):
         get_method("qat").resolve_spec({"merge_dtype": "bfloat16"}, DeviceInfo.cpu())
+
+
+@pytest.mark.slow
+def test_a_gemma2_run_deploys_a_file_llama_cpp_runs_as_trained(kbit_tiny_model_factory, tmp_path):
+    pytest.importorskip("llama_cpp")
+    # a window shorter than every prompt of the tiny character-level vocabulary: llama.cpp must slide it as transformers does
+    model = kbit_tiny_model_factory(model_type="gemma2", sliding_window=8)
+    out = tmp_path / "run"
+    result = run_kbit("train", "--model", str(model), "--output", str(out), *TRAIN, "-o", "target=q4_0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (export,) = json.loads((out / "kbit.json").read_text())["exports"]
+    assert export["runtime"] == "llama.cpp" and export["type"] == "q4_0"
+    assert export["top1_agreement_within_ties"] == 1.0 and export["answer_kl"] < 1e-3

@@ -6,6 +6,12 @@ Reproduced from llama.cpp's ``convert_hf_to_gguf.py`` (``TextModel.set_gguf_para
 - ``LlamaForCausalLM`` and ``MistralForCausalLM`` become GGUF architecture ``llama``;
   ``Qwen2ForCausalLM`` becomes ``qwen2`` and ``Qwen3ForCausalLM`` ``qwen3`` (``Qwen3Model`` is
   ``Qwen2Model`` plus the per-head q/k norms, ``attn_q_norm``/``attn_k_norm`` in gguf-py's map).
+- ``Gemma2ForCausalLM`` becomes ``gemma2`` (``Gemma2Model``): every ``*norm.weight`` is stored plus one
+  (Gemma's RMS norm scales by ``1 + w``, llama.cpp's by the stored weight), and the attention and final
+  logit soft-caps and the sliding window are written. llama.cpp does not read Gemma's query scale: it
+  uses ``1/sqrt(head_dim)``, or ``1/sqrt(hidden_size/heads)`` for a 46-layer model (its Gemma 2 27B), so a
+  config whose ``query_pre_attn_scalar`` differs is refused; so are disabled soft-caps (llama.cpp always
+  applies them) and layer types other than its alternation (sliding first).
 - Hyperparameters: block count, context length, embedding and feed-forward width, head counts,
   RoPE base, RMS-norm epsilon; for ``llama`` also the vocabulary size and the RoPE dimension count
   (the head width), and key/value length where ``config.json`` states ``head_dim``.
@@ -38,6 +44,7 @@ class Architecture:
     model_type: str
     gguf_name: str
     permute_qk: bool
+    norm_shift: float = 0.0  # added to every ``*norm.weight`` on the way into the file
 
 
 SUPPORTED = {
@@ -45,6 +52,7 @@ SUPPORTED = {
     "mistral": Architecture("mistral", "llama", True),
     "qwen2": Architecture("qwen2", "qwen2", False),
     "qwen3": Architecture("qwen3", "qwen3", False),
+    "gemma2": Architecture("gemma2", "gemma2", False, norm_shift=1.0),
 }
 
 
@@ -63,7 +71,34 @@ def architecture_of(config: Mapping[str, Any], where: str, remedy: str = CONVERT
         raise ConfigError(f"{where}: RoPE scaling '{rope_type}' is not carried into GGUF by kbit; {remedy}")
     if model_type != "qwen2" and (config.get("attention_bias") or config.get("mlp_bias")):
         raise ConfigError(f"{where}: a {model_type} model with attention or MLP biases is not exported by kbit; {remedy}")
+    if model_type == "gemma2":
+        _check_gemma2(config, where, remedy)
     return SUPPORTED[model_type]
+
+
+def gemma2_query_scalar(config: Mapping[str, Any]) -> float:
+    """The query scale llama.cpp gives a ``gemma2`` file (as ``query_pre_attn_scalar``): it decides by block count."""
+    if int(config["num_hidden_layers"]) == 46:
+        return int(config["hidden_size"]) // int(config["num_attention_heads"])
+    return _head_dim(config)
+
+
+def _check_gemma2(config: Mapping[str, Any], where: str, remedy: str) -> None:
+    scalar = config.get("query_pre_attn_scalar")
+    if scalar is None or float(scalar) != float(gemma2_query_scalar(config)):
+        raise ConfigError(f"{where}: query_pre_attn_scalar {scalar} is not the {gemma2_query_scalar(config)} llama.cpp "
+                          f"scales a gemma2 model of this shape by; {remedy}")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if config.get(key) is None:
+            raise ConfigError(f"{where}: {key} is off, and llama.cpp always applies it to gemma2; {remedy}")
+    layers = int(config["num_hidden_layers"])
+    alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    if config.get("layer_types") not in (None, alternating):
+        raise ConfigError(f"{where}: layer_types differ from the sliding/full alternation llama.cpp runs gemma2 with; {remedy}")
+
+
+def _head_dim(config: Mapping[str, Any]) -> int:
+    return int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
 
 
 def rope_scaling(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,7 +154,12 @@ def write_hyperparameters(writer: Any, config: Mapping[str, Any], architecture: 
         writer.add_value_length(int(config["head_dim"]))
     if architecture.gguf_name == "llama":
         writer.add_vocab_size(int(config["vocab_size"]))
-        writer.add_rope_dimension_count(int(config.get("head_dim") or int(config["hidden_size"]) // heads))
+        writer.add_rope_dimension_count(_head_dim(config))
+    if architecture.gguf_name == "gemma2":
+        writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
+        writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
+        if config.get("sliding_window") is not None:
+            writer.add_sliding_window(int(config["sliding_window"]))
 
 
 def permute_rows(rows: Any, heads: int) -> Any:

@@ -152,6 +152,8 @@ def _tensors(model_dir: Path, config: Mapping[str, Any], architecture: Any, file
             written.append((gguf_name, data, packed.ggml_type))
             continue
         array = tensor.to(torch.float32)
+        if architecture.norm_shift and hf_name.endswith("norm.weight"):
+            array = array + architecture.norm_shift
         if heads:
             array = permute_rows(array, heads)
         array = array.contiguous().numpy()

@@ -32,8 +32,12 @@ from kbit.core.export.architectures import SUPPORTED, row_permutation_heads
 from kbit.core.export.blocks import PackedTensor
 from kbit.core.model.sources import SOURCE_RECORD
 
-GGUF_MODEL_TYPES = tuple(sorted(SUPPORTED))
-"""The transformers ``model_type`` values whose layers :func:`gguf_linear_weights` finds in a GGUF file."""
+GGUF_MODEL_TYPES = tuple(sorted(set(SUPPORTED) - {"gemma2"}))
+"""The transformers ``model_type`` values whose layers :func:`gguf_linear_weights` finds in a GGUF file.
+
+Not gemma2, which kbit writes but does not train on as a file: transformers' reader of a gemma2 GGUF builds
+Gemma's own special tokens into the tokenizer it converts, and a vocabulary without them (kbit's tiny test
+model) comes back from the saved conversion with its chat tokens split into characters."""
 
 TORCH_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 """The GGML types dequantized in torch; every other type gguf-py can dequantize goes through its numpy code."""

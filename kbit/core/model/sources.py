@@ -184,6 +184,7 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
         clean, tokenizer = load_gguf(gguf)
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _check_tokenizer_saved(tokenizer, staging, gguf)
         check_base_weights(staging, source=f"converted from {gguf}")
         _write_source_record(staging, gguf, name)
         _write_file_list(staging)
@@ -196,6 +197,22 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _check_tokenizer_saved(tokenizer: Any, folder: Path, gguf: Path) -> None:
+    """Refuse a conversion whose saved tokenizer encodes differently from the one transformers converted (its
+    GGUF reader can build a tokenizer that does not survive ``save_pretrained``: a gemma2 file whose chat tokens
+    are not Gemma's comes back with them split into characters, and training would learn that)."""
+    from transformers import AutoTokenizer
+
+    probe = " ".join([*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()]) + " Hello, world!\n12 + 34 = 46"
+    if tokenizer.chat_template:  # what training renders: the template's own tokens need not be special ones
+        probe += tokenizer.apply_chat_template([{"role": "user", "content": "12 + 34?"}, {"role": "assistant", "content": "46"}],
+                                               tokenize=False)
+    saved = AutoTokenizer.from_pretrained(str(folder))
+    if saved(probe, add_special_tokens=False)["input_ids"] != tokenizer(probe, add_special_tokens=False)["input_ids"]:
+        raise ConfigError(f"transformers does not read the tokenizer of {gguf} back as it converted it (its chat "
+                          "template or special tokens encode differently once saved); train on the model's Hugging Face checkpoint instead")
 
 
 def _refuse_adapter_file(gguf: Path) -> None:
@@ -369,12 +386,18 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
 
 
 def _gguf_config(gguf: Path) -> Any:
-    """transformers' config for a GGUF file, with the head width the file states where transformers' key map
-    has no entry for it: its ``qwen3`` map lacks ``attention.key_length``, so a Qwen3 whose heads are not
-    ``hidden_size / heads`` wide (Qwen3-0.6B: 128, not 1024 / 16) would be built with the wrong shapes."""
+    """transformers' config for a GGUF file, with what the file (or llama.cpp's reading of it) says where
+    transformers' key map has no entry, so the model is built as llama.cpp runs it:
+
+    - the head width: the ``qwen3`` map lacks ``attention.key_length``, so a Qwen3 whose heads are not
+      ``hidden_size / heads`` wide (Qwen3-0.6B: 128, not 1024 / 16) would be built with the wrong shapes;
+    - ``gemma2``'s logit soft-caps (the map has none) and its query scale, which the file does not hold and
+      llama.cpp derives from the shape (``gemma2_query_scalar``), where transformers would take its default."""
     from gguf import GGUFReader
     from transformers import AutoConfig
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    from kbit.core.export.architectures import gemma2_query_scalar
 
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     fields = GGUFReader(str(gguf)).fields
@@ -383,6 +406,11 @@ def _gguf_config(gguf: Path) -> Any:
     if key_length is not None and "attention.key_length" not in GGUF_CONFIG_MAPPING.get(architecture, {}) \
             and hasattr(config, "head_dim"):
         config.head_dim = int(key_length.contents())
+    if architecture == "gemma2":
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if (field := fields.get(f"gemma2.{key}")) is not None:
+                setattr(config, key, float(field.contents()))
+        config.query_pre_attn_scalar = gemma2_query_scalar(config.to_dict())
     return config
 
 

@@ -119,3 +119,17 @@ def test_a_conversion_killed_midway_leaves_a_folder_the_next_one_removes(tiny_gg
     assert (left / "model.safetensors").is_file()
     target = convert_gguf(tiny_gguf, name="tiny", digest="0123456789ab")
     assert sorted(p.name for p in cache.iterdir()) == [target.name]
+
+
+def test_a_file_whose_tokenizer_transformers_cannot_save_as_read_is_refused_and_nothing_is_cached(kbit_tiny_model_factory,
+                                                                                                  cache, tmp_path):
+    from kbit.core.errors import ConfigError
+    from kbit.core.export.gguf import BaseModel, write_gguf
+
+    # transformers' gemma2 GGUF reader builds Gemma's own special tokens in; the tiny chat tokens are not those,
+    # and its saved tokenizer splits them into characters
+    gemma2 = tmp_path / "tiny-gemma2.gguf"
+    write_gguf(kbit_tiny_model_factory(model_type="gemma2"), gemma2, "f16", name="g", base=BaseModel(name="g"))
+    with pytest.raises(ConfigError, match="does not read the tokenizer of .* back as it converted it"):
+        convert_gguf(gemma2, name="g", digest="0123456789ab")
+    assert not cache.exists() or list(cache.iterdir()) == []
