@@ -50,7 +50,7 @@ from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.fit import CHECKPOINTS, Trained, load_adapter_weights, train_adapter
 from kbit.core.train.outputs import write_loss_plot
-from kbit.core.train.plan import RunPlan, is_main_process, plan_run
+from kbit.core.train.plan import RunPlan, is_main_process, plan_run, process_count
 
 log = logging.getLogger("kbit")
 
@@ -120,7 +120,7 @@ def _initial_record(plan: RunPlan) -> RunRecord:
         dataset=plan.data.describe(),
         config=plan.config,
         sizing=dict(plan.sizing),
-        train=Training(batch_size=plan.batch_size),
+        train=Training(batch_size=plan.batch_size, world_size=process_count()),
         device=attrs.asdict(plan.device),
         decisions=dict(plan.decisions),
         trust_remote_code=plan.config.trust_remote_code,

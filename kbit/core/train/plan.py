@@ -68,6 +68,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def process_count() -> int:
+    """How many processes train this run (torchrun's ``WORLD_SIZE``; 1 without it)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+
 def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     """Validate every input and decide the run; raises ConfigError before anything is written."""
     method = get_method(config.method)  # first: a method whose backend is missing is refused before torch loads
@@ -84,6 +89,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     if resume and config.output:
         recorded = read_record(Path(config.output))
         check_trained_on(data, recorded.dataset.fingerprint if recorded is not None else None, config.output)
+        _check_processes(recorded.train.world_size if recorded is not None else None, config.output)
     if not data.train:
         raise ConfigError(f"dataset {data.source} has no training examples")
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
@@ -149,7 +155,7 @@ def _teacher(config: TrainConfig, data: TaskData, model_config: Any) -> Path | N
     from kbit.core.train.loss import plain_head_config
     from kbit.core.train.teacher import NEEDS_OWN_LOSS, teacher_model_dir
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or not plain_head_config(model_config):
+    if process_count() > 1 or not plain_head_config(model_config):
         raise ConfigError(NEEDS_OWN_LOSS)
     return teacher_model_dir(config.teacher, data, model_config.get_text_config().vocab_size)
 
@@ -189,10 +195,22 @@ def _claim_run_dir(run_dir: Path, config: TrainConfig, resume: bool, inputs: tup
     return claimed(config.overwrite)
 
 
+def _check_processes(started: int | None, run_dir: str) -> None:
+    """Refuse to resume a run in another number of processes than it started in: every later step would average
+    another number of examples (a run recorded before kbit kept the count is not checked)."""
+    if started is None or started == process_count():
+        return
+    again = f"torchrun --nproc_per_node {started} -m kbit train --resume {run_dir}" if started > 1 \
+        else f"kbit train --resume {run_dir} (one process)"
+    now = process_count()
+    raise ConfigError(f"cannot resume {run_dir} in {now} process{'es' if now > 1 else ''}: it trained in {started}, and each step's "
+                      f"batch would change; resume it with {again}")
+
+
 def _check_accumulation(grad_accum: int, batch_size: int, examples: int) -> None:
     """Refuse a ``--grad-accum`` above the micro-batches an epoch of the training set fills (each
     process's share under torchrun): the Trainer would silently cut every step short at the epoch's end."""
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    world = process_count()
     per_epoch = -(-examples // (batch_size * world))
     if grad_accum > per_epoch:
         share = " per process" if world > 1 else ""

@@ -16,6 +16,16 @@ from trl import SFTTrainer
 from kbit.core.train.callbacks import TimeSteps
 
 
+def _restore_indexed_cpu(storage: Any, location: str) -> Any:
+    return storage if location.startswith("cpu:") else None
+
+
+# transformers loads a multi-process run's optimizer state onto ``args.device``, which is ``cpu:0`` for processes on
+# CPUs, and torch.load restores only the location "cpu": resuming a torchrun run on CPUs failed in every process. A
+# storage for "cpu:N" is a CPU storage; the tagger tags nothing, so saving is unchanged.
+torch.serialization.register_package(30, lambda _: None, _restore_indexed_cpu)
+
+
 def set_adapter_dtype(model: Any, dtype: torch.dtype) -> None:
     """Cast the trainable parameters of ``model`` to ``dtype``.
 

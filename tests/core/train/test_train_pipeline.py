@@ -319,6 +319,37 @@ def test_two_processes_under_torchrun_train_the_same_adapter(tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_two_process_run_resumes_under_torchrun_as_it_would_have_ended_and_not_in_one_process(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not installed")
+    args = ("--model", str(tiny), "--max-steps", "4", "--save-steps", "2", "--batch-size", "4", "-o", "r=4",
+            "--max-examples", "40", "--eval-limit", "0", "-o", "merge_after_train=false", "--seed", "3")
+
+    def under_torchrun(*kbit_args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "kbit", "train", *kbit_args],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert under_torchrun(*args, "--output", str(full)).returncode == 0
+    # what a kill after checkpoint-2 leaves behind
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "adapter")
+    shutil.rmtree(part / "checkpoints" / "checkpoint-4")
+    record = read_metadata(part)
+    record.update(status="running", artifacts={})
+    (part / "kbit.json").write_text(json.dumps(record))
+    single = run_kbit("train", "--resume", str(part))
+    assert single.returncode == 2 and "it trained in 2" in single.stderr and "--nproc_per_node 2" in single.stderr
+    # transformers maps the optimizer state to cpu:0 under torchrun, which torch.load did not restore
+    resumed = under_torchrun("--resume", str(part))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_metadata(part)["train"]["resumed_from"] == "checkpoint-2"
+    got, want = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (part, full))
+    assert all((got[k] == want[k]).all() for k in want)
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_marks_it_failed_and_keeps_the_checkpoint(plugin_site, tiny, tmp_path):
     plugin_site.add("kbit-nan", "1.0", {"toy": "kbit_nan"}, modules=("kbit_nan", "kbit_toy"))
     out = tmp_path / "nan"
