@@ -155,7 +155,7 @@ def plan_quantize(path: Path, method_name: str | None, options: Mapping[str, Any
     if run is not None:
         model_dir = path / "merged"
         if not (model_dir / "config.json").is_file():
-            raise ConfigError(f"run {path} has no merged model to quantize (its merge policy kept only the adapter)")
+            raise ConfigError(run.why_no_merged(path, "quantize"))
         target = Path(output) if output else path / "quantized"
         data = load_task_data(dataset) if dataset else run_examples(run)
     else:

@@ -193,12 +193,7 @@ def _plan(path: str, file_type: str, output: str | None) -> _Plan:
     if record is not None and record.kind == "run":
         merged = candidate / "merged"
         if not (merged / "config.json").is_file():
-            if record.artifacts.get("merged"):
-                raise ConfigError(f"run {candidate} recorded a merged model, but {merged} is missing or damaged (no "
-                                  "config.json in it); restore it, or retrain the run")
-            status = record.status
-            raise ConfigError(f"run {candidate} has no merged model to export (status {status}; its merge policy may keep "
-                              "only the adapter); train with a method that merges, or export a model directory")
+            raise ConfigError(record.why_no_merged(candidate, "export"))
         name = _run_name(record, candidate)
         default = candidate / EXPORTS_DIR / f"{name}-{file_type}.gguf"
         target = Path(output).expanduser() if output else default

@@ -109,6 +109,28 @@ class RunRecord:
         """The artifact is recorded and its folder under ``folder`` holds ``marker`` (it was written whole)."""
         return bool(self.artifacts.get(artifact)) and (Path(folder) / artifact / marker).is_file()
 
+    def unfinished(self) -> str | None:
+        """None for a finished run, else "is STATUS: its error's first line; what to do" (the end of a sentence)."""
+        if self.status == "finished":
+            return None
+        reason = f": {self.error.splitlines()[0]}" if self.error else ""
+        remedy = ("resume it with kbit train --resume" if self.status in ("running", "interrupted")
+                  else "fix what stopped it and train it again")
+        return f"is {self.status}{reason}; {remedy}"
+
+    def why_no_merged(self, folder: Path, use: str) -> str:
+        """Why run ``folder`` has no ``merged/`` model for ``use`` ("export", "quantize"): one line that ends in what to do."""
+        merged = Path(folder) / "merged"
+        if self.artifacts.get("merged"):
+            return (f"run {folder} recorded a merged model, but {merged} is missing or damaged (no config.json in it); "
+                    "restore it, or retrain the run")
+        if (unfinished := self.unfinished()) is not None:
+            return f"run {folder} has no merged model to {use}: it {unfinished}"
+        if self.merge_policy is not None and self.merge_policy.action != "merge":
+            return (f"run {folder} has no merged model to {use}: its method's merge policy keeps only the adapter; "
+                    "train with a method that merges")
+        return f"run {folder} has no merged model to {use} ({merged} is missing); retrain the run"
+
     def to_dict(self) -> dict[str, Any]:
         data = {a.name: getattr(self, a.name) for a in attrs.fields(RunRecord) if a.name != "extra"}
         data["spec"] = self.spec.to_dict() if self.spec is not None else None

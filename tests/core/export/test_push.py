@@ -24,7 +24,7 @@ def fake_run(tmp_path):
                      "gguf/.run-q4_0.gguf.tmp-abc", ".kbit.lock"):
         (run / relative).parent.mkdir(parents=True, exist_ok=True)
         (run / relative).write_text("x")
-    (run / "kbit.json").write_text(json.dumps({"schema_version": 1, "kind": "run", "name": "run"}))
+    (run / "kbit.json").write_text(json.dumps({"schema_version": 1, "kind": "run", "name": "run", "status": "finished"}))
     return run
 
 
@@ -50,6 +50,17 @@ def test_one_folder_becomes_the_repository_root(fake_run):
 def test_bad_input_is_refused_before_the_network(fake_run, repo_id, what, message):
     with pytest.raises(ConfigError, match=message):
         plan_push(fake_run, repo_id, what)
+
+
+def test_a_run_that_did_not_finish_is_not_published(fake_run):
+    import json
+
+    record = json.loads((fake_run / "kbit.json").read_text())
+    record.update(status="failed", error="merge check failed: the merged model differs")
+    (fake_run / "kbit.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="push uploads finished runs, and run .* is failed: merge check failed: the "
+                                          "merged model differs; fix what stopped it and train it again"):
+        plan_push(fake_run, "me/x", None)
 
 
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path):

@@ -76,3 +76,19 @@ def test_a_schema_2_record_keeps_its_scores_without_the_copies_of_them(tmp_path)
     metrics = json.loads((tmp_path / "kbit.json").read_text())["metrics"]
     assert "exact_match_after" not in metrics and metrics["after"]["exact_match"] == 0.9
     assert SCHEMA_VERSION == json.loads((tmp_path / "kbit.json").read_text())["schema_version"] == 3
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"status": "failed", "error": "merge check failed: the merged model differs\nmore"},
+     "has no merged model to quantize: it is failed: merge check failed: the merged model differs; fix what stopped it"),
+    ({"status": "interrupted"}, "has no merged model to quantize: it is interrupted; resume it with kbit train --resume"),
+    ({"status": "finished", "merge_policy": {"action": "keep_adapter", "reason": "r"}},
+     "its method's merge policy keeps only the adapter; train with a method that merges"),
+    ({"status": "finished", "artifacts": {"merged": "merged"}}, "recorded a merged model, but"),
+])
+def test_a_run_without_merged_model_says_why(tmp_path, fields, expected):
+    from kbit.core.contract.method_info import MergePolicy
+
+    if "merge_policy" in fields:
+        fields = {**fields, "merge_policy": MergePolicy(**fields["merge_policy"])}
+    assert expected in RunRecord(**fields).why_no_merged(tmp_path, "quantize")
