@@ -18,7 +18,7 @@ from tests.reliability.test_bad_input import _with_record
 
 TRAIN = ("train", "--model", "{tiny}", "--max-steps", "1", "--eval-limit", "0")
 # Settings come from the file only (a flag would win over it); the file starts with the tiny model,
-# and each case's line, later in it, wins over that.
+# less the keys a case sets itself (a key given twice is refused).
 YAML_HEAD = "model: {tiny}\neval_limit: 0\n"
 
 # YAML values of the wrong type, one per setting: (file text, message)
@@ -61,6 +61,8 @@ YAML_CASES = [
     ("max_steps: " + "9" * 5001 + "\n", "invalid YAML (Exceeds the limit (4300 digits)"),
     ("max_steps: " + "[" * 100_000 + "\n", "invalid YAML"),
     ("1: x\nfoo: y\n", "unknown key '1'"),
+    ("max_steps: 2\nlr: 0.001\nmax_steps: 3\n", "line 5: invalid YAML (key 'max_steps' is given twice)"),
+    ("options:\n  r: 4\n  r: 8\n", "line 5: invalid YAML (key 'r' is given twice)"),
     ("max_steps: 0\nepochs: 0\n", "the run would train no step"),
     # aliases that expand into a billion values: refused before any value is printed or checked
     ("options:\n  x0: &a0 [x, x, x, x, x, x, x, x, x]\n"
@@ -181,8 +183,17 @@ def _inputs(root: Path, tiny: Path, finished: Path, args: tuple[str, ...]) -> di
 @pytest.mark.slow
 @pytest.mark.parametrize("text, message", YAML_CASES, ids=[f"{i:02d}-{c[1][:32]}" for i, c in enumerate(YAML_CASES)])
 def test_bad_config_file(isolated, tiny, run, capsys, text, message):
-    (isolated / "settings.yaml").write_text(YAML_HEAD.format(tiny=tiny) + text)
+    head = [line for line in YAML_HEAD.format(tiny=tiny).splitlines(keepends=True)
+            if not text.startswith(line.split(":")[0] + ":")]
+    (isolated / "settings.yaml").write_text("".join(head) + text)
     assert_refused(["train", "--config", str(isolated / "settings.yaml")], message, capsys, isolated, run)
+
+
+@pytest.mark.parametrize("text", ["", "# max_steps: 5\n", "{}\n"], ids=["empty", "comments", "empty-mapping"])
+def test_a_config_file_without_settings_is_refused_rather_than_run_on_defaults(isolated, run, capsys, text):
+    (isolated / "settings.yaml").write_text(text)
+    assert_refused(["train", "--config", str(isolated / "settings.yaml")],
+                   "holds no settings (it is empty or only comments)", capsys, isolated, run)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ a flag or a run's kbit.json (``recorded_config``); ``resume_config`` keeps what 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,24 @@ def _failing_field(values: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _unique_keys_loader() -> Any:
+    """PyYAML's safe loader refusing a key given twice in one mapping (it keeps the last silently; YAML 1.2 forbids it)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeys
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config; refuses a missing file, bad YAML and unknown keys, naming them."""
     import yaml
@@ -188,7 +206,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
     require_regular_file(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); pass a YAML file") from None
     except yaml.YAMLError as exc:
@@ -198,6 +216,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting deeper than Python's stack
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
         raise ConfigError(f"config file {path}: invalid YAML ({reason}); write the settings as plain key: value lines") from None
+    if data is None or data == {}:  # empty or comments only: a run of every default is not what the file asked for
+        raise ConfigError(f"config file {path} holds no settings (it is empty or only comments); write key: value "
+                          "lines, or drop --config to train with the defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of settings, got {type(data).__name__}")
     if _too_big(data, MAX_YAML_VALUES):
