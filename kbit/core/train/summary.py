@@ -54,6 +54,8 @@ def speed_line(train: Training) -> str | None:
             f"{train.achieved_gflops} GFLOP/s in matrix products")
     if train.mfu is not None:
         line += f" = {100 * train.mfu:.0f}% of the measured peak ({train.peak_gflops} GFLOP/s, {train.peak})"
+    if train.world_size and train.world_size > 1:  # rank 0 measures its own steps, on its own share of the device
+        line += f"; figures of one process of {train.world_size}"
     return line
 
 

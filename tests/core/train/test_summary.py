@@ -31,3 +31,12 @@ def test_too_few_held_out_items_name_the_limit_that_bound_them():
     assert "--held-out 30" in split_smaller and "--eval-limit" not in split_smaller
     _, limited = held_out_lines(scored, eval_limit=6)
     assert "raise --eval-limit to 30" in limited
+
+
+def test_the_speed_line_says_when_it_is_one_process_of_several():
+    from kbit.core.runs.sections import Training
+    from kbit.core.train.summary import speed_line
+
+    figures = {"tokens_per_s": 3430.0, "step_seconds": 0.5, "achieved_gflops": 1.2}
+    assert "one process" not in speed_line(Training(world_size=1, **figures))
+    assert speed_line(Training(world_size=2, **figures)).endswith("; figures of one process of 2")
