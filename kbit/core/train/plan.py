@@ -153,10 +153,12 @@ def _teacher(config: TrainConfig, data: TaskData, model_config: Any) -> Path | N
     if config.teacher is None:
         return None
     from kbit.core.train.loss import plain_head_config
-    from kbit.core.train.teacher import NEEDS_OWN_LOSS, teacher_model_dir
+    from kbit.core.train.teacher import needs_own_loss, teacher_model_dir
 
-    if process_count() > 1 or not plain_head_config(model_config):
-        raise ConfigError(NEEDS_OWN_LOSS)
+    if process_count() > 1:
+        raise ConfigError(needs_own_loss(f"it trains in {process_count()} processes"))
+    if not plain_head_config(model_config):
+        raise ConfigError(needs_own_loss("its model's head scales or soft-caps its logits"))
     return teacher_model_dir(config.teacher, data, model_config.get_text_config().vocab_size)
 
 

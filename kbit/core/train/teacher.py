@@ -29,6 +29,11 @@ NEEDS_OWN_LOSS = ("--teacher needs kbit's own loss, which this run cannot use (s
                   "scales or soft-caps its logits); train without --teacher")
 
 
+def needs_own_loss(reason: str) -> str:
+    """NEEDS_OWN_LOSS where the reason is known: "it trains in 2 processes" …"""
+    return f"--teacher needs kbit's own loss, which this run cannot use: {reason}; train without --teacher"
+
+
 def teacher_model_dir(path: str, data: TaskData, vocab_size: int) -> Path:
     """The merged model of the run at ``path``, checked as a teacher for a run on ``data`` whose model
     has ``vocab_size`` output tokens; ConfigError naming the problem and the fix otherwise."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import attrs
+
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.plan import plan_run
 
@@ -26,3 +28,18 @@ def test_examples_whose_completion_training_would_cut_are_counted_in_a_warning(t
         plan_run(TrainConfig(model=str(tiny), dataset=str(path), max_length=512, held_out=4,
                              output=str(tmp_path / "run2")))
     assert "longer than --max-length" not in caplog.text
+
+
+def test_a_teacher_is_refused_naming_why_kbits_loss_does_not_apply(kbit_tiny_model_factory, tmp_path, monkeypatch):
+    import pytest
+
+    from kbit.core.errors import ConfigError
+
+    capped = kbit_tiny_model_factory(model_type="gemma2")  # its head soft-caps the logits
+    config = TrainConfig(model=str(capped), teacher=str(tmp_path), output=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="cannot use: its model's head scales or soft-caps its logits; train without"):
+        plan_run(config)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="cannot use: it trains in 2 processes; train without --teacher"):
+        plan_run(attrs.evolve(config, model=str(kbit_tiny_model_factory())))
+    assert not (tmp_path / "run").exists()
