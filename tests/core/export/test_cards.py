@@ -36,6 +36,15 @@ def test_each_folder_card_names_the_hub_base_and_its_relation():
         assert front["pipeline_tag"] == "text-generation" and "qlora" in front["tags"]
 
 
+def test_a_bit_width_tags_the_folder_whose_weights_have_it():
+    record = RunRecord.from_dict({**RAW, "quantize": {"method": "gptq", "format": "pack-quantized",
+                                                      "spec": {"method": "gptq", "weights_bits": 8}}})
+    tags = {folder: _front(artifact_card(record, folder))["tags"] for folder in ("adapter", "merged", "quantized", "gguf")}
+    assert "4-bit" in tags["adapter"]  # trained on the NF4 base
+    assert "8-bit" in tags["quantized"] and "4-bit" not in tags["quantized"]
+    assert not [t for t in tags["merged"] + tags["gguf"] if t.endswith("-bit")]
+
+
 def test_model_index_holds_only_what_kbit_measured():
     adapter = _front(artifact_card(RECORD, "adapter"))
     [result] = adapter["model-index"][0]["results"]
