@@ -65,10 +65,11 @@ def test_a_sixteen_bit_merge_is_refused():
 
 
 @pytest.mark.slow
-def test_a_gemma2_run_deploys_a_file_llama_cpp_runs_as_trained(kbit_tiny_model_factory, tmp_path):
+@pytest.mark.parametrize("model_type, layers", [("gemma2", 2), ("gemma3_text", 6)])
+def test_a_gemma_run_deploys_a_file_llama_cpp_runs_as_trained(kbit_tiny_model_factory, tmp_path, model_type, layers):
     pytest.importorskip("llama_cpp")
     # a window shorter than every prompt of the tiny character-level vocabulary: llama.cpp must slide it as transformers does
-    model = kbit_tiny_model_factory(model_type="gemma2", sliding_window=8)
+    model = kbit_tiny_model_factory(model_type=model_type, layers=layers, sliding_window=8)
     out = tmp_path / "run"
     result = run_kbit("train", "--model", str(model), "--output", str(out), *TRAIN, "-o", "target=q4_0")
     assert result.returncode == 0, result.stderr[-3000:]

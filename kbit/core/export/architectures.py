@@ -6,12 +6,13 @@ Reproduced from llama.cpp's ``convert_hf_to_gguf.py`` (``TextModel.set_gguf_para
 - ``LlamaForCausalLM`` and ``MistralForCausalLM`` become GGUF architecture ``llama``;
   ``Qwen2ForCausalLM`` becomes ``qwen2`` and ``Qwen3ForCausalLM`` ``qwen3`` (``Qwen3Model`` is
   ``Qwen2Model`` plus the per-head q/k norms, ``attn_q_norm``/``attn_k_norm`` in gguf-py's map).
-- ``Gemma2ForCausalLM`` becomes ``gemma2`` (``Gemma2Model``): every ``*norm.weight`` is stored plus one
-  (Gemma's RMS norm scales by ``1 + w``, llama.cpp's by the stored weight), and the attention and final
-  logit soft-caps and the sliding window are written. llama.cpp does not read Gemma's query scale: it
-  uses ``1/sqrt(head_dim)``, or ``1/sqrt(hidden_size/heads)`` for a 46-layer model (its Gemma 2 27B), so a
-  config whose ``query_pre_attn_scalar`` differs is refused; so are disabled soft-caps (llama.cpp always
-  applies them) and layer types other than its alternation (sliding first).
+- ``Gemma2ForCausalLM`` becomes ``gemma2`` (``Gemma2Model``) and ``Gemma3ForCausalLM`` (``gemma3_text``)
+  ``gemma3`` (``Gemma3Model``): every ``*norm.weight`` is stored plus one (Gemma's RMS norm scales by
+  ``1 + w``, llama.cpp's by the stored weight), the sliding window is written, and for gemma2 the attention
+  and final logit soft-caps. llama.cpp fixes what transformers reads from the config: the query scale
+  (``1/sqrt(head_dim)``, or ``1/sqrt(hidden_size/heads)`` for its 27B block counts, 46 and 62), the layer
+  pattern (every 2nd, every 6th layer global), gemma2's soft-caps (always on), gemma3's sliding-layer RoPE
+  base (10000) and no soft-cap: a config that differs is refused, as is RoPE scaling.
 - Hyperparameters: block count, context length, embedding and feed-forward width, head counts,
   RoPE base, RMS-norm epsilon; for ``llama`` also the vocabulary size and the RoPE dimension count
   (the head width), and key/value length where ``config.json`` states ``head_dim``.
@@ -45,6 +46,10 @@ class Architecture:
     gguf_name: str
     permute_qk: bool
     norm_shift: float = 0.0  # added to every ``*norm.weight`` on the way into the file
+    # Gemma: llama.cpp's fixed layer pattern (every ``sliding_period``-th layer global, the others sliding) and the
+    # block count at which it scales queries by ``hidden_size / heads`` instead of the head width (its 27B)
+    sliding_period: int = 0
+    wide_query_blocks: int = 0
 
 
 SUPPORTED = {
@@ -52,8 +57,14 @@ SUPPORTED = {
     "mistral": Architecture("mistral", "llama", True),
     "qwen2": Architecture("qwen2", "qwen2", False),
     "qwen3": Architecture("qwen3", "qwen3", False),
-    "gemma2": Architecture("gemma2", "gemma2", False, norm_shift=1.0),
+    "gemma2": Architecture("gemma2", "gemma2", False, norm_shift=1.0, sliding_period=2, wide_query_blocks=46),
+    "gemma3_text": Architecture("gemma3_text", "gemma3", False, norm_shift=1.0, sliding_period=6, wide_query_blocks=62),
 }
+
+
+def by_gguf_name(name: str) -> Architecture | None:
+    """The architecture a GGUF file's ``general.architecture`` names (``llama`` is Llama's, not Mistral's)."""
+    return next((a for a in SUPPORTED.values() if a.gguf_name == name), None)
 
 
 CONVERT_INSTEAD = "use llama.cpp's convert_hf_to_gguf.py on the merged model instead"
@@ -71,30 +82,54 @@ def architecture_of(config: Mapping[str, Any], where: str, remedy: str = CONVERT
         raise ConfigError(f"{where}: RoPE scaling '{rope_type}' is not carried into GGUF by kbit; {remedy}")
     if model_type != "qwen2" and (config.get("attention_bias") or config.get("mlp_bias")):
         raise ConfigError(f"{where}: a {model_type} model with attention or MLP biases is not exported by kbit; {remedy}")
-    if model_type == "gemma2":
-        _check_gemma2(config, where, remedy)
-    return SUPPORTED[model_type]
+    architecture = SUPPORTED[model_type]
+    if architecture.sliding_period:
+        _check_gemma(config, architecture, where, remedy)
+    return architecture
 
 
-def gemma2_query_scalar(config: Mapping[str, Any]) -> float:
-    """The query scale llama.cpp gives a ``gemma2`` file (as ``query_pre_attn_scalar``): it decides by block count."""
-    if int(config["num_hidden_layers"]) == 46:
+def gemma_query_scalar(config: Mapping[str, Any], architecture: Architecture) -> int:
+    """The query scale llama.cpp gives a Gemma file (as ``query_pre_attn_scalar``): it decides by block count."""
+    if int(config["num_hidden_layers"]) == architecture.wide_query_blocks:
         return int(config["hidden_size"]) // int(config["num_attention_heads"])
     return _head_dim(config)
 
 
-def _check_gemma2(config: Mapping[str, Any], where: str, remedy: str) -> None:
-    scalar = config.get("query_pre_attn_scalar")
-    if scalar is None or float(scalar) != float(gemma2_query_scalar(config)):
-        raise ConfigError(f"{where}: query_pre_attn_scalar {scalar} is not the {gemma2_query_scalar(config)} llama.cpp "
-                          f"scales a gemma2 model of this shape by; {remedy}")
-    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-        if config.get(key) is None:
-            raise ConfigError(f"{where}: {key} is off, and llama.cpp always applies it to gemma2; {remedy}")
-    layers = int(config["num_hidden_layers"])
-    alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
-    if config.get("layer_types") not in (None, alternating):
-        raise ConfigError(f"{where}: layer_types differ from the sliding/full alternation llama.cpp runs gemma2 with; {remedy}")
+def gemma3_rope(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Gemma 3's RoPE parameters of its global and its sliding layers (transformers 5 keeps one set per layer type;
+    older configs a ``rope_theta`` for the global layers and ``rope_local_base_freq`` for the sliding ones)."""
+    parameters = config.get("rope_parameters")
+    if isinstance(parameters, Mapping) and "full_attention" in parameters:
+        return dict(parameters["full_attention"]), dict(parameters.get("sliding_attention") or {})
+    return ({"rope_theta": config.get("rope_theta", 1_000_000.0), **rope_scaling(config)},
+            {"rope_theta": config.get("rope_local_base_freq", 10_000.0)})
+
+
+def _check_gemma(config: Mapping[str, Any], architecture: Architecture, where: str, remedy: str) -> None:
+    name = architecture.gguf_name
+    scalar, wanted = config.get("query_pre_attn_scalar"), gemma_query_scalar(config, architecture)
+    if scalar is None or float(scalar) != float(wanted):
+        raise ConfigError(f"{where}: query_pre_attn_scalar {scalar} is not the {wanted} llama.cpp scales a {name} model "
+                          f"of this shape by; {remedy}")
+    period = architecture.sliding_period
+    pattern = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(int(config["num_hidden_layers"]))]
+    if config.get("layer_types") not in (None, pattern):
+        raise ConfigError(f"{where}: layer_types differ from the pattern llama.cpp runs {name} with (every {period}th layer "
+                          f"global, the others sliding); {remedy}")
+    if name == "gemma2":
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if config.get(key) is None:
+                raise ConfigError(f"{where}: {key} is off, and llama.cpp always applies it to gemma2; {remedy}")
+        return
+    for key in ("attn_logit_softcapping", "final_logit_softcapping", "use_bidirectional_attention"):
+        if config.get(key):
+            raise ConfigError(f"{where}: {key} is set, which llama.cpp's gemma3 does not apply; {remedy}")
+    full, sliding = gemma3_rope(config)
+    if full.get("rope_type", "default") != "default" or sliding.get("rope_type", "default") != "default":
+        raise ConfigError(f"{where}: RoPE scaling '{full.get('rope_type')}' is not carried into GGUF by kbit; {remedy}")
+    if float(sliding.get("rope_theta") or 10_000.0) != 10_000.0:
+        raise ConfigError(f"{where}: the sliding layers' RoPE base {sliding.get('rope_theta')} is not the 10000 llama.cpp "
+                          f"runs gemma3's with; {remedy}")
 
 
 def _head_dim(config: Mapping[str, Any]) -> int:
@@ -146,8 +181,9 @@ def write_hyperparameters(writer: Any, config: Mapping[str, Any], architecture: 
     heads = int(config["num_attention_heads"])
     writer.add_head_count(heads)
     writer.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
-    if (theta := rope_theta(config)) is not None:
-        writer.add_rope_freq_base(theta)
+    theta = gemma3_rope(config)[0].get("rope_theta") if architecture.gguf_name == "gemma3" else rope_theta(config)
+    if theta is not None:  # gemma3: the global layers' (llama.cpp runs the sliding ones at 10000)
+        writer.add_rope_freq_base(float(theta))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     if config.get("head_dim") is not None:
         writer.add_key_length(int(config["head_dim"]))
@@ -158,8 +194,8 @@ def write_hyperparameters(writer: Any, config: Mapping[str, Any], architecture: 
     if architecture.gguf_name == "gemma2":
         writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
         writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
-        if config.get("sliding_window") is not None:
-            writer.add_sliding_window(int(config["sliding_window"]))
+    if architecture.sliding_period and config.get("sliding_window") is not None:
+        writer.add_sliding_window(int(config["sliding_window"]))
 
 
 def permute_rows(rows: Any, heads: int) -> Any:

@@ -58,6 +58,7 @@ import attrs
 from kbit.core.errors import ConfigError
 from kbit.core.export.architectures import (
     SUPPORTED,
+    by_gguf_name,
     gguf_tensor_names,
     permute_rows,
     row_permutation_heads,
@@ -272,7 +273,7 @@ def _gguf_name(pair: _Pair, base: _BaseFile) -> str:
 def _tensors(pairs: list[_Pair], base: _BaseFile) -> list[tuple[str, Any]]:
     """``(name, float32 array)`` for every tensor of the file, ``.lora_a`` then ``.lora_b`` per base tensor."""
     config = {"num_attention_heads": base.heads, "num_key_value_heads": base.kv_heads}
-    architecture = SUPPORTED[base.architecture]
+    architecture = by_gguf_name(base.architecture)
     written = []
     for pair in pairs:
         name = _gguf_name(pair, base)

@@ -35,7 +35,7 @@ from kbit.core.errors import ConfigError
 
 SPACE = "\u2581"  # SentencePiece's visible space
 # Architectures whose vocabulary is SentencePiece without a space prefix (llama.cpp reads it as tokenizer model llama).
-SENTENCEPIECE_ONLY = ("gemma2",)
+SENTENCEPIECE_ONLY = ("gemma2", "gemma3")
 # The probe text and hashes of convert_hf_to_gguf.py's get_vocab_base_pre, for the families kbit exports.
 PROBE_TEXT = (
     "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 "

@@ -32,10 +32,10 @@ from kbit.core.export.architectures import SUPPORTED, row_permutation_heads
 from kbit.core.export.blocks import PackedTensor
 from kbit.core.model.sources import SOURCE_RECORD
 
-GGUF_MODEL_TYPES = tuple(sorted(set(SUPPORTED) - {"gemma2"}))
+GGUF_MODEL_TYPES = tuple(sorted(t for t, a in SUPPORTED.items() if not a.sliding_period))
 """The transformers ``model_type`` values whose layers :func:`gguf_linear_weights` finds in a GGUF file.
 
-Not gemma2, which kbit writes but does not train on as a file: transformers' reader of a gemma2 GGUF builds
+Not Gemma, which kbit writes but does not train on as a file: transformers' reader of a Gemma GGUF builds
 Gemma's own special tokens into the tokenizer it converts, and a vocabulary without them (kbit's tiny test
 model) comes back from the saved conversion with its chat tokens split into characters."""
 

@@ -391,13 +391,13 @@ def _gguf_config(gguf: Path) -> Any:
 
     - the head width: the ``qwen3`` map lacks ``attention.key_length``, so a Qwen3 whose heads are not
       ``hidden_size / heads`` wide (Qwen3-0.6B: 128, not 1024 / 16) would be built with the wrong shapes;
-    - ``gemma2``'s logit soft-caps (the map has none) and its query scale, which the file does not hold and
-      llama.cpp derives from the shape (``gemma2_query_scalar``), where transformers would take its default."""
+    - ``gemma2``'s logit soft-caps (the map has none) and Gemma's query scale, which the file does not hold and
+      llama.cpp derives from the shape (``gemma_query_scalar``), where transformers would take its default."""
     from gguf import GGUFReader
     from transformers import AutoConfig
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    from kbit.core.export.architectures import gemma2_query_scalar
+    from kbit.core.export.architectures import by_gguf_name, gemma_query_scalar
 
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     fields = GGUFReader(str(gguf)).fields
@@ -410,7 +410,8 @@ def _gguf_config(gguf: Path) -> Any:
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if (field := fields.get(f"gemma2.{key}")) is not None:
                 setattr(config, key, float(field.contents()))
-        config.query_pre_attn_scalar = gemma2_query_scalar(config.to_dict())
+    if (known := by_gguf_name(architecture)) is not None and known.sliding_period:
+        config.query_pre_attn_scalar = gemma_query_scalar(config.to_dict(), known)
     return config
 
 

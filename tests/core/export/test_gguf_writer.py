@@ -141,7 +141,7 @@ def test_unsupported_architecture_and_tokenizer_are_refused(tiny, tmp_path):
     model = tmp_path / "gpt2"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
-    with pytest.raises(ConfigError, match="exports GGUF for gemma2, llama, mistral, qwen2, qwen3 models, not 'gpt2'"):
+    with pytest.raises(ConfigError, match="exports GGUF for gemma2, gemma3_text, llama, mistral, qwen2, qwen3 models, not 'gpt2'"):
         write_gguf(model, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
     scaled = variant_model(tiny, tmp_path / "scaled", "llama", rope_scaling={"rope_type": "linear", "factor": 2.0})
     with pytest.raises(ConfigError, match="RoPE scaling 'linear'"):
@@ -243,32 +243,40 @@ def test_other_rope_scaling_is_refused(kbit_tiny_model_factory, tmp_path):
         write_gguf(model, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
 
 
-GEMMA2 = {"model_type": "gemma2", "layers": 4, "sliding_window": 8,  # 37 tokens below: past the window
-          "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0}  # small caps, so that a missing one shows
+GEMMA = {  # a window shorter than the 37 tokens below; llama.cpp's layer pattern (every 2nd / 6th layer global)
+    "gemma2": {"model_type": "gemma2", "layers": 4, "sliding_window": 8,
+               "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0},  # small caps, so a missing one shows
+    "gemma3_text": {"model_type": "gemma3_text", "layers": 6, "sliding_window": 8},
+}
 
 
-def test_gemma2_runs_in_llama_cpp_as_in_transformers(tmp_path):
+@pytest.mark.parametrize("model_type", sorted(GEMMA))
+def test_gemma_runs_in_llama_cpp_as_in_transformers(tmp_path, model_type):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from kbit.testing import make_tiny_model
 
-    folder = make_tiny_model(tmp_path / "gemma2", **GEMMA2)
+    folder = make_tiny_model(tmp_path / model_type, **GEMMA[model_type])
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():  # Gemma scales by 1 + w: random norm weights, so a missing +1 shows
         for name, parameter in model.named_parameters():
             if "norm" in name:
                 parameter.normal_(0, 0.5)
     model.save_pretrained(folder)
-    out = tmp_path / "gemma2.gguf"
-    write_gguf(folder, out, "f16", name="tiny-gemma2", base=BaseModel(name="gemma2"))
+    out = tmp_path / f"{model_type}.gguf"
+    write_gguf(folder, out, "f16", name="tiny-gemma", base=BaseModel(name=model_type))
     keys, _ = _fields(out)
-    assert keys["general.architecture"] == "gemma2" and keys["gemma2.attention.sliding_window"] == 8
-    assert keys["gemma2.attn_logit_softcapping"] == 2.0 and keys["gemma2.final_logit_softcapping"] == 3.0
+    arch = keys["general.architecture"]
+    assert arch == model_type.removesuffix("_text") and keys[f"{arch}.attention.sliding_window"] == 8
+    if arch == "gemma2":
+        assert keys["gemma2.attn_logit_softcapping"] == 2.0 and keys["gemma2.final_logit_softcapping"] == 3.0
+    else:
+        assert keys["gemma3.rope.freq_base"] == 1_000_000.0  # the global layers'; llama.cpp runs the sliding ones at 10000
     stored = next(t for t in GGUFReader(str(out)).tensors if t.name == "blk.0.attn_norm.weight")
     expected = load_file(folder / "model.safetensors")["model.layers.0.input_layernorm.weight"] + 1
     np.testing.assert_array_equal(np.asarray(stored.data), expected.numpy())
-    assert _compare(folder, out) < 2e-3  # transformers reads the caps and llama.cpp's query scale back
+    assert _compare(folder, out) < 2e-3  # transformers reads it back as llama.cpp runs it
     llama_cpp = pytest.importorskip("llama_cpp")
     ids = list(range(3, 40))
     llm = llama_cpp.Llama(model_path=str(out), logits_all=True, n_ctx=64, verbose=False)
@@ -277,15 +285,22 @@ def test_gemma2_runs_in_llama_cpp_as_in_transformers(tmp_path):
     assert np.abs(np.asarray(llm.scores[:len(ids)]) - expected_logits).max() < 2e-3
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"query_pre_attn_scalar": 256}, "query_pre_attn_scalar 256 is not the 16 llama.cpp scales"),
-    ({"attn_logit_softcapping": None}, "attn_logit_softcapping is off, and llama.cpp always applies it"),
-    ({"layer_types": ["full_attention"] * 4}, "layer_types differ from the sliding/full alternation"),
+@pytest.mark.parametrize("model_type, override, message", [
+    ("gemma2", {"query_pre_attn_scalar": 256}, "query_pre_attn_scalar 256 is not the 16 llama.cpp scales"),
+    ("gemma2", {"attn_logit_softcapping": None}, "attn_logit_softcapping is off, and llama.cpp always applies it"),
+    ("gemma2", {"layer_types": ["full_attention"] * 4}, "layer_types differ from the pattern llama.cpp runs gemma2 with"),
+    ("gemma3_text", {"final_logit_softcapping": 30.0}, "final_logit_softcapping is set, which llama.cpp's gemma3"),
+    ("gemma3_text", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                         "sliding_attention": {"rope_type": "default", "rope_theta": 5e4}}},
+     "the sliding layers' RoPE base 50000.0 is not the 10000"),
+    ("gemma3_text", {"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+     "RoPE scaling 'linear' is not carried into GGUF"),
 ])
-def test_gemma2_llama_cpp_would_run_otherwise_is_refused(tmp_path, override, message):
+def test_a_gemma_that_llama_cpp_would_run_otherwise_is_refused(tmp_path, model_type, override, message):
     from kbit.testing import make_tiny_model
 
-    folder = make_tiny_model(tmp_path / "gemma2", **{**GEMMA2, **override})
+    folder = make_tiny_model(tmp_path / model_type, **{**GEMMA[model_type], **override})
     with pytest.raises(ConfigError, match=message):
         write_gguf(folder, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
     assert not (tmp_path / "x.gguf").exists()
