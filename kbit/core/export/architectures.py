@@ -12,7 +12,8 @@ Reproduced from llama.cpp's ``convert_hf_to_gguf.py`` (``TextModel.set_gguf_para
   and final logit soft-caps. llama.cpp fixes what transformers reads from the config: the query scale
   (``1/sqrt(head_dim)``, or ``1/sqrt(hidden_size/heads)`` for its 27B block counts, 46 and 62), the layer
   pattern (every 2nd, every 6th layer global), gemma2's soft-caps (always on), gemma3's sliding-layer RoPE
-  base (10000) and no soft-cap: a config that differs is refused, as is RoPE scaling.
+  base (10000) and no soft-cap: a config that differs is refused, as is RoPE scaling other than Gemma 3's
+  linear scaling of its global layers (4B and up), written as ``rope.scaling.type``/``factor``.
 - Hyperparameters: block count, context length, embedding and feed-forward width, head counts,
   RoPE base, RMS-norm epsilon; for ``llama`` also the vocabulary size and the RoPE dimension count
   (the head width), and key/value length where ``config.json`` states ``head_dim``.
@@ -125,8 +126,9 @@ def _check_gemma(config: Mapping[str, Any], architecture: Architecture, where: s
         if config.get(key):
             raise ConfigError(f"{where}: {key} is set, which llama.cpp's gemma3 does not apply; {remedy}")
     full, sliding = gemma3_rope(config)
-    if full.get("rope_type", "default") != "default" or sliding.get("rope_type", "default") != "default":
-        raise ConfigError(f"{where}: RoPE scaling '{full.get('rope_type')}' is not carried into GGUF by kbit; {remedy}")
+    if full.get("rope_type", "default") not in ("default", "linear") or sliding.get("rope_type", "default") != "default":
+        scaled = full if full.get("rope_type", "default") != "default" else sliding
+        raise ConfigError(f"{where}: RoPE scaling '{scaled.get('rope_type')}' is not carried into GGUF by kbit; {remedy}")
     if float(sliding.get("rope_theta") or 10_000.0) != 10_000.0:
         raise ConfigError(f"{where}: the sliding layers' RoPE base {sliding.get('rope_theta')} is not the 10000 llama.cpp "
                           f"runs gemma3's with; {remedy}")
@@ -194,6 +196,11 @@ def write_hyperparameters(writer: Any, config: Mapping[str, Any], architecture: 
     if architecture.gguf_name == "gemma2":
         writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
         writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
+    if architecture.gguf_name == "gemma3" and (full := gemma3_rope(config)[0]).get("rope_type") == "linear":
+        import gguf  # Gemma 3 4B and up: the global layers' positions divided by the factor (llama.cpp's freq_scale)
+
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(full["factor"]))
     if architecture.sliding_period and config.get("sliding_window") is not None:
         writer.add_sliding_window(int(config["sliding_window"]))
 

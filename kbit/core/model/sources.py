@@ -392,7 +392,8 @@ def _gguf_config(gguf: Path) -> Any:
     - the head width: the ``qwen3`` map lacks ``attention.key_length``, so a Qwen3 whose heads are not
       ``hidden_size / heads`` wide (Qwen3-0.6B: 128, not 1024 / 16) would be built with the wrong shapes;
     - ``gemma2``'s logit soft-caps (the map has none) and Gemma's query scale, which the file does not hold and
-      llama.cpp derives from the shape (``gemma_query_scalar``), where transformers would take its default."""
+      llama.cpp derives from the shape (``gemma_query_scalar``), where transformers would take its default;
+    - ``gemma3``'s linear RoPE scaling of its global layers (Gemma 3 4B and up), which the map drops."""
     from gguf import GGUFReader
     from transformers import AutoConfig
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
@@ -412,6 +413,11 @@ def _gguf_config(gguf: Path) -> Any:
                 setattr(config, key, float(field.contents()))
     if (known := by_gguf_name(architecture)) is not None and known.sliding_period:
         config.query_pre_attn_scalar = gemma_query_scalar(config.to_dict(), known)
+    scaling = fields.get(f"{architecture}.rope.scaling.type")
+    if architecture == "gemma3" and scaling is not None and scaling.contents() == "linear":  # the global layers'
+        full = {**config.rope_parameters["full_attention"], "rope_type": "linear",
+                "factor": float(fields["gemma3.rope.scaling.factor"].contents())}
+        config.rope_parameters = {**config.rope_parameters, "full_attention": full}
     return config
 
 

@@ -247,17 +247,21 @@ GEMMA = {  # a window shorter than the 37 tokens below; llama.cpp's layer patter
     "gemma2": {"model_type": "gemma2", "layers": 4, "sliding_window": 8,
                "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0},  # small caps, so a missing one shows
     "gemma3_text": {"model_type": "gemma3_text", "layers": 6, "sliding_window": 8},
+    "gemma3_text-linear": {"model_type": "gemma3_text", "layers": 6, "sliding_window": 8,  # Gemma 3 4B and up
+                           "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
 }
 
 
-@pytest.mark.parametrize("model_type", sorted(GEMMA))
-def test_gemma_runs_in_llama_cpp_as_in_transformers(tmp_path, model_type):
+@pytest.mark.parametrize("variant", sorted(GEMMA))
+def test_gemma_runs_in_llama_cpp_as_in_transformers(tmp_path, variant):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from kbit.testing import make_tiny_model
 
-    folder = make_tiny_model(tmp_path / model_type, **GEMMA[model_type])
+    model_type = GEMMA[variant]["model_type"]
+    folder = make_tiny_model(tmp_path / model_type, **GEMMA[variant])
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():  # Gemma scales by 1 + w: random norm weights, so a missing +1 shows
         for name, parameter in model.named_parameters():
@@ -273,6 +277,7 @@ def test_gemma_runs_in_llama_cpp_as_in_transformers(tmp_path, model_type):
         assert keys["gemma2.attn_logit_softcapping"] == 2.0 and keys["gemma2.final_logit_softcapping"] == 3.0
     else:
         assert keys["gemma3.rope.freq_base"] == 1_000_000.0  # the global layers'; llama.cpp runs the sliding ones at 10000
+        assert keys.get("gemma3.rope.scaling.factor") == (8.0 if variant.endswith("linear") else None)
     stored = next(t for t in GGUFReader(str(out)).tensors if t.name == "blk.0.attn_norm.weight")
     expected = load_file(folder / "model.safetensors")["model.layers.0.input_layernorm.weight"] + 1
     np.testing.assert_array_equal(np.asarray(stored.data), expected.numpy())
@@ -293,9 +298,9 @@ def test_gemma_runs_in_llama_cpp_as_in_transformers(tmp_path, model_type):
     ("gemma3_text", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
                                          "sliding_attention": {"rope_type": "default", "rope_theta": 5e4}}},
      "the sliding layers' RoPE base 50000.0 is not the 10000"),
-    ("gemma3_text", {"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+    ("gemma3_text", {"rope_parameters": {"full_attention": {"rope_type": "dynamic", "factor": 8.0, "rope_theta": 1e6},
                                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
-     "RoPE scaling 'linear' is not carried into GGUF"),
+     "RoPE scaling 'dynamic' is not carried into GGUF"),
 ])
 def test_a_gemma_that_llama_cpp_would_run_otherwise_is_refused(tmp_path, model_type, override, message):
     from kbit.testing import make_tiny_model
