@@ -79,7 +79,8 @@ def architecture_of(config: Mapping[str, Any], where: str, remedy: str = CONVERT
         raise ConfigError(f"{where}: kbit exports GGUF for {', '.join(sorted(SUPPORTED))} models, not "
                           f"'{model_type or 'unknown'}'; {remedy}")
     rope_type = rope_scaling(config).get("rope_type")
-    if rope_type not in (None, "default") and not (rope_type == "llama3" and SUPPORTED[model_type].gguf_name == "llama"):
+    carried = {"llama": ("llama3",), "gemma3": ("linear",)}.get(SUPPORTED[model_type].gguf_name, ())  # gemma3: its check
+    if rope_type not in (None, "default", *carried):
         raise ConfigError(f"{where}: RoPE scaling '{rope_type}' is not carried into GGUF by kbit; {remedy}")
     if model_type != "qwen2" and (config.get("attention_bias") or config.get("mlp_bias")):
         raise ConfigError(f"{where}: a {model_type} model with attention or MLP biases is not exported by kbit; {remedy}")
@@ -113,7 +114,8 @@ def _check_gemma(config: Mapping[str, Any], architecture: Architecture, where: s
         raise ConfigError(f"{where}: query_pre_attn_scalar {scalar} is not the {wanted} llama.cpp scales a {name} model "
                           f"of this shape by; {remedy}")
     period = architecture.sliding_period
-    pattern = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(int(config["num_hidden_layers"]))]
+    layers = range(int(config["num_hidden_layers"]))
+    pattern = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in layers]
     if config.get("layer_types") not in (None, pattern):
         raise ConfigError(f"{where}: layer_types differ from the pattern llama.cpp runs {name} with (every {period}th layer "
                           f"global, the others sliding); {remedy}")

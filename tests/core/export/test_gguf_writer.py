@@ -309,3 +309,16 @@ def test_a_gemma_that_llama_cpp_would_run_otherwise_is_refused(tmp_path, model_t
     with pytest.raises(ConfigError, match=message):
         write_gguf(folder, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_gemma3_config_of_the_older_layout_gives_the_same_rope():
+    from kbit.core.export.architectures import architecture_of, gemma3_rope
+
+    old = {"model_type": "gemma3_text", "num_hidden_layers": 34, "hidden_size": 2560, "num_attention_heads": 8,
+           "head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 1024, "rope_theta": 1_000_000.0,
+           "rope_local_base_freq": 10_000.0, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}}  # Gemma 3 4B's
+    assert architecture_of(old, "x").gguf_name == "gemma3"
+    full, sliding = gemma3_rope(old)
+    assert (full["rope_type"], full["factor"], full["rope_theta"], sliding["rope_theta"]) == ("linear", 8.0, 1e6, 1e4)
+    with pytest.raises(ConfigError, match="the sliding layers' RoPE base 50000.0"):
+        architecture_of({**old, "rope_local_base_freq": 50_000.0}, "x")
