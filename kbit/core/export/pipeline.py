@@ -124,11 +124,12 @@ def export_adapter_in_run(run: Path, record: RunRecord, reference: Reference, *,
         write_seconds = round(time.time() - started, 1)
         figures = check_file(base.gguf, reference, plan.data.task, items, gate, max_new_tokens, lora=temp,
                              runtime=runtime)
-    entry = {"file": _file_key(plan), "format": "gguf", "type": "lora", "base_file": str(base.gguf),
-             "size_bytes": plan.target.stat().st_size, "created": meta.now(), "dataset": plan.data.describe(),
-             "write_seconds": write_seconds, **written, **figures,
-             "source": {"model": "the trained adapter model", **figures["source"]}}
-    _record(plan, entry)
+        entry = {"file": _file_key(plan), "format": "gguf", "type": "lora", "base_file": str(base.gguf),
+                 "size_bytes": temp.stat().st_size, "created": meta.now(), "dataset": plan.data.describe(),
+                 "write_seconds": write_seconds, **written, **figures,
+                 "source": {"model": "the trained adapter model", **figures["source"]}}
+        _record(plan, entry)
+    _write_cards(plan)
     return ExportResult(plan.target, entry)
 
 
@@ -150,13 +151,15 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
             described = {}
             figures = check_file(temp, reference, plan.data.task, items, gate, max_new_tokens, runtime=runtime)
             source = "the trained adapter model"
-    entry = {
-        "file": _file_key(plan), "format": format, "type": file_type, "size_bytes": plan.target.stat().st_size,
-        "created": meta.now(), "dataset": plan.data.describe(), "write_seconds": write_seconds, **written,
-        **figures, "source": {"model": source, **figures["source"], **described},
-    }
+        entry = {
+            "file": _file_key(plan), "format": format, "type": file_type, "size_bytes": temp.stat().st_size,
+            "created": meta.now(), "dataset": plan.data.describe(), "write_seconds": write_seconds, **written,
+            **figures, "source": {"model": source, **figures["source"], **described},
+        }
+        if plan.run:
+            _record(plan, entry)
     if plan.run:
-        _record(plan, entry)
+        _write_cards(plan)
     return ExportResult(plan.target, entry)
 
 
@@ -301,11 +304,19 @@ def _hub_datasets(record: RunRecord | None) -> list[str]:
 
 
 def _record(plan: _Plan, entry: dict[str, Any]) -> None:
-    """Add ``entry`` to the run's ``exports`` (replacing an earlier export of the same file), then refresh the cards."""
-    from kbit.core.runs.cards import write_cards
+    """Add ``entry`` to the run's ``exports`` (replacing an earlier export of the same file) and write the record.
 
+    Called before the checked file is renamed into place: a record that cannot be written (a full disk, a
+    read-only ``kbit.json``) fails the export with the file still a temporary one, which is removed, instead
+    of leaving a file in ``gguf/`` that the record does not list (which no later export could replace)."""
     record = plan.record  # the run's record as of now: read under the run's lock, or the running train's
     record.exports = [*(e for e in record.exports if e.file != entry["file"]), Export.from_dict(entry)]
     record.artifacts[EXPORTS_DIR] = EXPORTS_DIR
-    write_cards(plan.run, record)
     write_record(plan.run, record)
+
+
+def _write_cards(plan: _Plan) -> None:
+    """Refresh the run's cards once the file is in place (they describe the files in ``gguf/``)."""
+    from kbit.core.runs.cards import write_cards
+
+    write_cards(plan.run, plan.record)

@@ -172,3 +172,26 @@ def test_a_run_whose_merged_folder_is_damaged_says_so(tiny_run, tmp_path):
     result = run_kbit("export", str(run), "--type", "q8_0")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"recorded a merged model, but {run / 'merged'} is missing or damaged" in result.stderr
+
+
+@pytest.mark.slow
+def test_an_export_whose_record_cannot_be_written_leaves_no_file_and_can_be_run_again(tiny_run, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    import kbit.core.export.pipeline as pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("gguf"))
+
+    def full_disk(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:  # the record is the last thing written: a full disk, a read-only kbit.json
+        patched.setattr(pipeline, "write_record", full_disk)
+        with pytest.raises(Exception, match="No space left"):
+            pipeline.export_path(str(run), file_type="q8_0", limit=3)
+    assert not list(run.glob("gguf/*.gguf")) and not _leftovers(run / "gguf")
+    result = pipeline.export_path(str(run), file_type="q8_0", limit=3)  # nothing unrecorded stands in its way
+    assert result.target.is_file() and [e["file"] for e in read_metadata(run)["exports"]] == [
+        str(result.target.relative_to(run))]
