@@ -138,7 +138,8 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
     """Write the file to a temporary sibling, check it (against ``reference``, else the source folder),
     rename it into place, record it (see the module docs)."""
     started = time.time()
-    with _folder_for(plan.target), atomic_file(plan.target) as temp:  # renamed into place only once checked
+    exclusive = plan.run is None and not plan.target.exists()  # a run's gguf/ is under its lock; elsewhere another
+    with _folder_for(plan.target), atomic_file(plan.target, exclusive) as temp:  # command may write the same path
         written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,
                              datasets=_hub_datasets(plan.record), head_type=head_type)
         write_seconds = round(time.time() - started, 1)

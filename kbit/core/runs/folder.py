@@ -182,9 +182,11 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(target: Path) -> Iterator[Path]:
+def atomic_file(target: Path, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temp file path beside ``target`` (same suffix, so writers that go by the extension
-    work); when the block succeeds, the file replaces ``target`` in one rename."""
+    work); when the block succeeds, the file replaces ``target`` in one rename. ``exclusive``: the file
+    becomes ``target`` only if nothing is there yet (a hard link, which fails on an existing name: another
+    command that wrote ``target`` meanwhile is refused rather than silently replaced)."""
     target = Path(target)
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}{STAGING_MARK}", suffix=target.suffix, dir=target.parent)
     os.close(fd)
@@ -194,7 +196,16 @@ def atomic_file(target: Path) -> Iterator[Path]:
         follow_umask(Path(temp))  # after the block: a writer may have replaced the file with its own temp file
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(temp, target)
+        if not exclusive:
+            os.replace(temp, target)
+        else:
+            try:
+                os.link(temp, target)
+            except FileExistsError:
+                raise ConfigError(f"{target} was written by another command while this one ran; nothing of this one "
+                                  "was kept: choose another path, or run it again with --overwrite") from None
+            except OSError:  # a file system without hard links (FAT, some network shares): the plain rename
+                os.replace(temp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

@@ -242,3 +242,16 @@ def test_a_replaced_folder_is_deleted_only_once_the_command_succeeded(tmp_path):
         write_record(run, RunRecord(name="new", status="finished"))
     assert seen == [] and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert read_record(run).name == "new" and not (run / "adapter").exists()
+
+
+def test_an_exclusive_file_never_replaces_one_another_command_wrote_meanwhile(tmp_path):
+    target = tmp_path / "out.gguf"
+    with pytest.raises(ConfigError, match="was written by another command while this one ran"):
+        with atomic_file(target, exclusive=True) as temp:
+            temp.write_text("mine")
+            target.write_text("theirs")  # the other command finished first
+    assert target.read_text() == "theirs" and [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
+    fresh = tmp_path / "fresh.gguf"
+    with atomic_file(fresh, exclusive=True) as temp:
+        temp.write_text("mine")
+    assert fresh.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["fresh.gguf", "out.gguf"]
