@@ -511,14 +511,14 @@ def _help_command(exc: BaseException) -> str:
     return " ".join(["kbit", *reversed(names), "--help"])
 
 
-def _disk_message(exc: OSError) -> str:
+def _disk_message(exc: OSError, training: bool) -> str:
     """One line for an ``OSError`` that reached the top: what failed, where, and what to do."""
     import errno
 
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"{exc.strerror or exc}{where}; free space on that disk or write the output elsewhere, "
-                "then run the command again (kbit train --resume RUN continues a run)")
+                "then run the command again" + (" (kbit train --resume RUN continues the run)" if training else ""))
     return f"{exc.strerror or exc}{where}; check the disk, its free space and permissions"
 
 
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         if debug:
             _traceback_and_exit(2)
-        typer.echo(f"kbit: error: {_disk_message(exc)}", err=True)
+        typer.echo(f"kbit: error: {_disk_message(exc, training='train' in args[:1])}", err=True)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if debug:

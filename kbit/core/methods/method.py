@@ -3,7 +3,8 @@
 Every call goes to this plugin's implementation only. Return values are type-checked, and an
 unexpected exception inside a plugin becomes a ``PluginError`` naming the distribution, ``SystemExit``
 included (a plugin never decides kbit's exit code); kbit's own typed errors raised by a hook
-(``ConfigError`` …) and the interrupts (Ctrl-C, SIGTERM) pass through unchanged.
+(``ConfigError`` …), the interrupts (Ctrl-C, SIGTERM) and a full or read-only disk's ``OSError`` pass
+through unchanged.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import errno
+
 import pluggy
 
 from kbit.core.system.device import DeviceInfo
 from kbit.core.errors import KbitError, MissingDependencyError, PluginError, Terminated
 from kbit.core.contract.method_info import MergePolicy, MethodInfo, describe_missing
 from kbit.core.contract.spec import QuantizationSpec
+
+# What a hook meets from the machine rather than from its own code: reported as the disk's error, exit 2.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 INTERRUPTS = (KeyboardInterrupt, Terminated)  # what unwinds through plugin code untouched; all else is its failure
@@ -51,11 +57,18 @@ class Method:
             return caller(**kwargs)
         except (KbitError, *INTERRUPTS):
             raise
+        except OSError as exc:
+            if exc.errno in ENVIRONMENT_ERRNOS:  # the machine's (a full or read-only disk), not the plugin's bug
+                raise
+            raise self._hook_error(hook, exc) from exc
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook is the plugin's error, not kbit's exit
-            raise PluginError(
-                f"method '{self.name}' ({self.distribution} {self.version}): hook {hook} raised "
-                f"{type(exc).__name__}: {exc} (a bug in {self.distribution}; kbit --debug shows where)"
-            ) from exc
+            raise self._hook_error(hook, exc) from exc
+
+    def _hook_error(self, hook: str, exc: BaseException) -> PluginError:
+        return PluginError(
+            f"method '{self.name}' ({self.distribution} {self.version}): hook {hook} raised "
+            f"{type(exc).__name__}: {exc} (a bug in {self.distribution}; kbit --debug shows where)"
+        )
 
     def _wrong_type(self, hook: str, value: Any, expected: str) -> PluginError:
         return PluginError(

@@ -77,12 +77,21 @@ def test_broken_plugins_do_not_break_the_cli(plugin_site):
 @pytest.mark.parametrize("hook_module, message", [
     ("wrong_return", "resolve_spec returned dict, expected kbit.plugin.QuantizationSpec"),
     ("raises_in_hook", r"resolve_spec raised ZeroDivisionError: division by zero \(a bug in kbit-broken; kbit --debug shows where\)"),
+    ("missing_file_in_hook", r"resolve_spec raised FileNotFoundError: .* \(a bug in kbit-broken"),
 ])
 def test_hook_contract_violations_name_the_distribution(plugin_site, hook_module, message):
     plugin_site.add("kbit-broken", "0.0.2", {"bad": f"kbit_broken:{hook_module}"}, modules=("kbit_broken",))
     registry = Registry(entry_points=plugin_site.entry_points(), environ={})
     with pytest.raises(PluginError, match=f"kbit-broken 0.0.2.*{message}"):
         registry.get("bad").resolve_spec({})
+
+
+def test_a_full_disk_met_in_a_hook_is_the_disks_error_not_the_plugins(plugin_site):
+    plugin_site.add("kbit-broken", "0.0.2", {"full": "kbit_broken:disk_full_in_hook"}, modules=("kbit_broken",))
+    registry = Registry(entry_points=plugin_site.entry_points(), environ={})
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        registry.get("full").resolve_spec({})
+    assert not isinstance(raised.value, PluginError) and raised.value.filename == "/data/out"
 
 
 def test_allow_list_block_list_and_builtins_only(plugin_site):
