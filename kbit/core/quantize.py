@@ -72,11 +72,12 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
 
 def run_examples(record: RunRecord) -> Any:
     """The train and held-out examples of the run described by ``record``, rebuilt from its config."""
-    from kbit.core.data import check_trained_on, load_task_data
+    from kbit.core.data import check_recorded_file, check_trained_on, load_task_data
 
     config = record.config
     if config is None:
         raise ConfigError(f"the run {record.name or ''} has no recorded settings in its kbit.json; it is incomplete or was edited")
+    check_recorded_file(config.dataset, record.name or "")
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
     return check_trained_on(data, record.dataset.fingerprint, record.name or "")

@@ -59,6 +59,16 @@ def trained_prompts(train: Iterable[Example], items: Iterable[Example]) -> int:
     return sum(1 for example in items if example.prompt in seen)
 
 
+def check_recorded_file(dataset: str, run: str, alternative: str = "") -> None:
+    """Refuse a run's recorded dataset file that is gone (moved or deleted since the run), naming the fix; a
+    run records a local file by its absolute path, and a built-in or hub name is never one."""
+    from pathlib import Path
+
+    if Path(dataset).is_absolute() and not Path(dataset).exists():
+        raise ConfigError(f"run {run} trained on {dataset}, which is no longer there (moved or deleted); put the file "
+                          f"back at that path, or a link to it, so its held-out split can be rebuilt{alternative}")
+
+
 def check_trained_on(data: TaskData, recorded: str | None, run: str, alternative: str = "") -> TaskData:
     """``data``, rebuilt from a run's recorded settings, when it is the data the run trained beside
     (its ``recorded`` fingerprint; a record without one is not checked).

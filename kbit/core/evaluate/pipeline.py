@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from kbit.core.runs import stamps as meta
-from kbit.core.data import TaskData, check_trained_on, load_task_data, trained_prompts
+from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data, trained_prompts
 from kbit.core.system.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
@@ -203,6 +203,8 @@ def _sample_warnings(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _load(request: DataRequest) -> TaskData:
+    if request.trained_on is not None:
+        check_recorded_file(request.dataset, request.trained_on[0], ", or pass --dataset FILE with items it did not train on")
     data = load_task_data(request.dataset, columns=request.columns, held_out=request.held_out,
                           max_examples=request.max_examples, seed=request.seed)
     if request.trained_on is not None:

@@ -18,7 +18,7 @@ from kbit.core.runs import stamps as meta
 from kbit.core.model.adapters import require_adapter
 from kbit.core.system.allocator import malloc_decision
 from kbit.core.model.bases import check_loftq, check_mergeable
-from kbit.core.data import TaskData, check_trained_on, load_task_data
+from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data
 from kbit.core.system.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
 from kbit.core.measure.budget import check_fits_context
@@ -84,6 +84,8 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     method.check_requirements(device)
     spec = method.resolve_spec(config.options, device)
     adapter = require_adapter(spec)
+    if resume and config.output:
+        check_recorded_file(config.dataset, config.output)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
     if resume and config.output:

@@ -115,6 +115,19 @@ def test_a_run_whose_dataset_changed_is_not_scored_on_it(tiny_run, tmp_path, cap
 
 
 @pytest.mark.slow
+def test_a_run_whose_dataset_file_moved_says_where_to_put_it_back(tiny_run, tmp_path, capsys):
+    recorded = json.loads((tiny_run / "kbit.json").read_text())
+    gone = tmp_path / "moved-away" / "data.jsonl"
+    run = _copy_meta(tiny_run, tmp_path, config={**recorded["config"], "dataset": str(gone)})
+    shutil.copytree(tiny_run / "merged", run / "merged")
+    error = _fails(["eval", str(run), "--variant", "adapter", "--limit", "2"], capsys)
+    assert f"trained on {gone}, which is no longer there (moved or deleted); put the file back at that path" in error
+    assert "--dataset FILE" in error
+    assert f"trained on {gone}, which is no longer there" in _fails(["export", str(run)], capsys)
+    assert f"trained on {gone}, which is no longer there" in _fails(["train", "--resume", str(run)], capsys)
+
+
+@pytest.mark.slow
 def test_method_without_an_installed_plugin(tiny_run, tmp_path, capsys):
     run = _copy_meta(tiny_run, tmp_path, method="gptq-nope")
     assert "unknown method 'gptq-nope'" in _fails(["eval", str(run), "--variant", "adapter"], capsys)
