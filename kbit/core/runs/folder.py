@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -41,6 +42,7 @@ def current_umask() -> int:
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "os error 28", "StorageFull")  # as libraries word it
+PARTIAL_WRITE = re.compile(r"^\d+ requested and \d+ written$")  # numpy's tofile on a full disk (gguf's writer uses it)
 
 
 def disk_full(exc: BaseException, where: Path) -> OSError | None:
@@ -55,7 +57,7 @@ def disk_full(exc: BaseException, where: Path) -> OSError | None:
         return None
     if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
         return exc if exc.filename else OSError(exc.errno, os.strerror(exc.errno), str(where))
-    if isinstance(exc, Exception) and any(text in str(exc) for text in FULL_TEXTS):
+    if isinstance(exc, Exception) and (any(text in str(exc) for text in FULL_TEXTS) or PARTIAL_WRITE.search(str(exc))):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
     return None
 

@@ -110,7 +110,8 @@ class LlamaCppModel:
         except (ValueError, RuntimeError) as exc:
             what = f"{model_path} with the adapter {lora_path}" if lora_path else str(model_path)
             raise ConfigError(f"llama.cpp cannot load {what} ({exc}); check that it is a GGUF model file "
-                              "(and a LoRA adapter GGUF made for it); run with --verbose for llama.cpp's log") from None
+                              "(and a LoRA adapter GGUF made for it); run with --verbose for llama.cpp's log"
+                              + _nearly_full(Path(model_path).parent)) from None
         self.n_ctx, self.n_vocab = self._llama.n_ctx(), self._llama.n_vocab()
         self._timing = Timing()
 
@@ -200,3 +201,16 @@ class LlamaCppModel:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.close()
+
+
+def _nearly_full(folder: Path) -> str:
+    """A hint when the disk holding a file llama.cpp could not load is (nearly) full: a file written there may be
+    cut short without the writer noticing, so this is often the cause; empty otherwise."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return (f"; its disk has only {free // 1024} KiB free, so the file may be cut short: free space and write it again"
+            if free < 1 << 20 else "")

@@ -255,3 +255,16 @@ def test_an_exclusive_file_never_replaces_one_another_command_wrote_meanwhile(tm
     with atomic_file(fresh, exclusive=True) as temp:
         temp.write_text("mine")
     assert fresh.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["fresh.gguf", "out.gguf"]
+
+
+@pytest.mark.parametrize("raised", [
+    OSError(28, "No space left on device"),
+    RuntimeError("safetensors: No space left on device (os error 28)"),
+    OSError("8704 requested and 5920 written"),  # numpy's tofile, which gguf's writer calls
+])
+def test_a_full_disk_is_named_by_the_path_however_a_library_words_it(tmp_path, raised):
+    from kbit.core.runs.folder import disk_full
+
+    full = disk_full(raised, tmp_path / "x.gguf")
+    assert full.errno == 28 and full.filename in (str(tmp_path / "x.gguf"), None)
+    assert disk_full(ValueError("8704 requested"), tmp_path) is None
