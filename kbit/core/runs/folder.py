@@ -33,6 +33,13 @@ STAGING_MARK = ".tmp-"  # .<artifact>.tmp-XXXX: being written; renamed into plac
 REPLACED_MARK = ".old-"  # .<artifact>.old-XXXX: the previous version, deleted after the swap
 
 
+def _sibling(name: str, mark: str) -> str:
+    """The name prefix of a temporary sibling of ``name``: the name itself, cut where a long one would leave no room
+    for the mark and tempfile's random part within a file name's 255 bytes."""
+    short = name.encode("utf-8")[:200].decode("utf-8", errors="ignore")
+    return f".{short}{mark}"
+
+
 def current_umask() -> int:
     """The process umask (reading it means setting it; it is put straight back)."""
     mask = os.umask(0o022)
@@ -117,7 +124,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield an empty temp sibling of ``target``; on success it replaces ``target`` in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_sibling(target.name, STAGING_MARK), dir=target.parent))
     try:
         with naming_a_full_disk(target):
             yield staging
@@ -150,7 +157,7 @@ def set_aside(path: Path) -> Path:
     """Rename ``path`` (a folder or file) to a hidden sibling and return it; delete that later with
     ``discard`` once what replaces it is complete. Nothing inside is followed or deleted yet."""
     path = Path(path)
-    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}{REPLACED_MARK}", dir=path.parent))
+    trash = Path(tempfile.mkdtemp(prefix=_sibling(path.name, REPLACED_MARK), dir=path.parent))
     os.replace(path, trash / path.name)
     return trash
 
@@ -169,7 +176,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and an atomic rename."""
     path = Path(path)
     with naming_a_full_disk(path):
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}{STAGING_MARK}", dir=path.parent)
+        fd, temp = tempfile.mkstemp(prefix=_sibling(path.name, STAGING_MARK), dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
         with naming_a_full_disk(path), os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -190,7 +197,7 @@ def atomic_file(target: Path, exclusive: bool = False) -> Iterator[Path]:
     becomes ``target`` only if nothing is there yet (a hard link, which fails on an existing name: another
     command that wrote ``target`` meanwhile is refused rather than silently replaced)."""
     target = Path(target)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}{STAGING_MARK}", suffix=target.suffix, dir=target.parent)
+    fd, temp = tempfile.mkstemp(prefix=_sibling(target.name, STAGING_MARK), suffix=target.suffix, dir=target.parent)
     os.close(fd)
     try:
         with naming_a_full_disk(target):

@@ -268,3 +268,10 @@ def test_a_full_disk_is_named_by_the_path_however_a_library_words_it(tmp_path, r
     full = disk_full(raised, tmp_path / "x.gguf")
     assert full.errno == 28 and full.filename in (str(tmp_path / "x.gguf"), None)
     assert disk_full(ValueError("8704 requested"), tmp_path) is None
+
+
+def test_a_file_name_of_the_longest_legal_length_is_written_through_its_temporary_sibling(tmp_path):
+    target = tmp_path / ("ü" * 120 + "x" * 6 + ".gguf")  # 251 bytes: the sibling keeps its room for the mark
+    with atomic_file(target) as temp:
+        temp.write_text("data")
+    assert target.read_text() == "data" and [p.name for p in tmp_path.iterdir()] == [target.name]
