@@ -118,11 +118,11 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     tokenizer = load_tokenizer(ModelSource(path=str(plan.model_dir), name=plan.model_dir.name, origin="local"))
     calibration = calibration_texts(tokenizer, plan.data.train, plan.spec, plan.method)
     if not plan.into_run:
-        with RunFolder(plan.source) if plan.run is not None else contextlib.nullcontext():
+        with RunFolder(plan.source, flag=None) if plan.run is not None else contextlib.nullcontext():
             quantize_into(plan.method, plan.spec, plan.model_dir, calibration, plan.target,
                           metadata=lambda result: _quantized_record(plan, result))
         return plan.target, read_record(plan.target)
-    with RunFolder(plan.source) as folder:
+    with RunFolder(plan.source, flag=None) as folder:
         record = folder.read_record()  # as it is now that no other writer can change it
         record.quantize = {**quantize_into(plan.method, plan.spec, plan.model_dir, calibration, plan.target),
                            "dataset": plan.data.describe()}

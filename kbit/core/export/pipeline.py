@@ -76,7 +76,7 @@ def export_path(path: str, *, format: str = "gguf", file_type: str | None = None
     _check_target(plan, overwrite)
     gate = Gate.for_type(file_type, max_kl, max_em_drop, min_top1)
     items = plan.data.held_out[: limit or _default_limit(plan.record)]
-    with RunFolder(plan.run) if plan.run else contextlib.nullcontext() as folder:
+    with RunFolder(plan.run, flag=None) if plan.run else contextlib.nullcontext() as folder:
         if folder is not None:  # the run may have changed before the lock was ours: check the target against it again
             plan = attrs.evolve(plan, record=folder.read_record())
             _check_target(plan, overwrite)

@@ -230,9 +230,9 @@ class RunLock:
     command left them empty: a command refused or stopped before it wrote anything leaves no trace.
     """
 
-    def __init__(self, run_dir: Path, flag: str = "--output") -> None:
+    def __init__(self, run_dir: Path, flag: str | None = "--output") -> None:
         self.path = Path(run_dir) / LOCK_NAME
-        self.flag = flag  # the option that chooses another folder, named in the refusal
+        self.flag = flag  # the option that chooses another folder, named in the refusal (None: the folder is an input)
         self._lock: Any = None
         self._created: list[Path] = []  # deepest first
 
@@ -253,7 +253,8 @@ class RunLock:
             owner = self._owner()
             who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
             raise ConfigError(
-                f"{self.path.parent} is in use by {who}; wait for it or choose another {self.flag}"
+                f"{self.path.parent} is in use by {who}; wait for it"
+                + (f" or choose another {self.flag}" if self.flag else " to finish")
             ) from None
         self._lock = lock
         self._created = created
@@ -322,7 +323,8 @@ class RunFolder:
     content is deleted once the block succeeded.
     """
 
-    def __init__(self, path: Path, *, replace: bool = False, flag: str = "--output", started: float | None = None) -> None:
+    def __init__(self, path: Path, *, replace: bool = False, flag: str | None = "--output",
+                 started: float | None = None) -> None:
         self.path = Path(path)
         self.replace = replace
         self.started = time.time() if started is None else started

@@ -82,7 +82,8 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
     ``--overwrite`` moves the previous content aside and deletes it only once the new run finished.
     On any exception the record says "failed" (or "interrupted" for Ctrl-C and SIGTERM) with the error.
     """
-    with RunFolder(plan.run_dir, replace=plan.config.overwrite and not plan.resume, started=started) as folder:
+    with RunFolder(plan.run_dir, replace=plan.config.overwrite and not plan.resume, started=started,
+                   flag=None if plan.resume else "--output") as folder:
         for name in folder.removed:
             log.warning("removed %s, left by the interrupted run", name)
         if plan.resume:
