@@ -213,7 +213,7 @@ def test_a_run_folder_is_owned_from_claim_to_release(tmp_path):
         assert list((run / "gguf").iterdir()) == []
         with pytest.raises(ConfigError, match=f"in use by process {os.getpid()}.*choose another --output"):
             RunFolder(run).__enter__()
-        with pytest.raises(ConfigError, match=f"in use by process {os.getpid()}; wait for it to finish$"):
+        with pytest.raises(ConfigError, match=f"in use by process {os.getpid()} on .*; wait for it to finish$"):
             RunFolder(run, flag=None).__enter__()  # the run is a command's input (export, --resume): no other to choose
         assert folder.read_record().name == "old"  # read while no other writer can change it
     assert not (run / LOCK_NAME).exists() and (run / "adapter").is_dir()
