@@ -177,9 +177,13 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
             return target
         log.warning("the cached conversion %s is damaged (%s); converting %s again", target, problem, gguf)
         discard_cached(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     _refuse_adapter_file(gguf)
-    staging = staging_folder(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_folder(target)
+    except OSError as exc:  # the converted model lives in kbit's cache: say which setting moves it
+        raise ConfigError(f"kbit's cache {cache_root()} cannot hold the converted model ({exc.strerror}: {exc.filename}); "
+                          "set KBIT_CACHE to a writable folder with room for it") from None
     try:
         clean, tokenizer = load_gguf(gguf)
         clean.save_pretrained(staging)

@@ -133,3 +133,13 @@ def test_a_file_whose_tokenizer_transformers_cannot_save_as_read_is_refused_and_
     with pytest.raises(ConfigError, match="does not read the tokenizer of .* back as it converted it"):
         convert_gguf(gemma2, name="g", digest="0123456789ab")
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_a_cache_that_cannot_hold_the_conversion_names_kbit_cache(tiny_gguf, tmp_path, monkeypatch):
+    from kbit.core.errors import ConfigError
+
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("KBIT_CACHE", str(not_a_folder))
+    with pytest.raises(ConfigError, match="cannot hold the converted model .*set KBIT_CACHE to a writable folder"):
+        convert_gguf(tiny_gguf, name="tiny", digest="0123456789ab")
