@@ -136,7 +136,7 @@ def export_adapter_in_run(run: Path, record: RunRecord, reference: Reference, *,
 def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: Any, max_new_tokens: int,
                    head_type: str = "q8_0", *, reference: Reference | None = None, runtime: str = "auto") -> ExportResult:
     """Write the file to a temporary sibling, check it (against ``reference``, else the source folder),
-    rename it into place, record it (see the module docs)."""
+    record it in the run, rename it into place (see the module docs and ``_record``)."""
     started = time.time()
     exclusive = plan.run is None and not plan.target.exists()  # a run's gguf/ is under its lock; elsewhere another
     with _folder_for(plan.target), atomic_file(plan.target, exclusive) as temp:  # command may write the same path
