@@ -193,5 +193,4 @@ def test_an_export_whose_record_cannot_be_written_leaves_no_file_and_can_be_run_
             pipeline.export_path(str(run), file_type="q8_0", limit=3)
     assert not list(run.glob("gguf/*.gguf")) and not _leftovers(run / "gguf")
     result = pipeline.export_path(str(run), file_type="q8_0", limit=3)  # nothing unrecorded stands in its way
-    assert result.target.is_file() and [e["file"] for e in read_metadata(run)["exports"]] == [
-        str(result.target.relative_to(run))]
+    assert result.target.is_file() and str(result.target.relative_to(run)) in [e["file"] for e in read_metadata(run)["exports"]]
