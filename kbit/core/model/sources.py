@@ -216,7 +216,8 @@ def _check_tokenizer_saved(tokenizer: Any, folder: Path, gguf: Path) -> None:
     saved = AutoTokenizer.from_pretrained(str(folder))
     if saved(probe, add_special_tokens=False)["input_ids"] != tokenizer(probe, add_special_tokens=False)["input_ids"]:
         raise ConfigError(f"transformers does not read the tokenizer of {gguf} back as it converted it (its chat "
-                          "template or special tokens encode differently once saved); train on the model's Hugging Face checkpoint instead")
+                          "template or special tokens encode differently once saved); use the model's Hugging Face checkpoint (a "
+                          "folder or hub id) instead of this file")
 
 
 def _refuse_adapter_file(gguf: Path) -> None:
