@@ -11,6 +11,7 @@ broken) is not refused: it becomes a failed row of the report with the reason.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from kbit.core.contract.options import integer
 from kbit.core.runs.outputs import check_no_link_inside_output, claim, kbit_kind
 from kbit.core.train.config import TrainConfig, build_config, located
 
+log = logging.getLogger("kbit")
 COMPARE_ROOT = Path("compare")
 KIND = "compare"  # the ``kind`` in report.json that marks a folder as kbit compare's own output
 
@@ -171,8 +173,10 @@ def choose_methods(names: Sequence[str] | None, options: Mapping[str, Any]) -> l
             canonical = aliases.get(key, key)
             info = records[canonical].info if canonical in records else None
             accepted, problem = (info.options.names if info else []), str(exc)
-        if canonical in choices:
-            continue  # named twice (or by an alias): compared once
+        if canonical in choices:  # named twice (or by an alias): compared once
+            alias = f" ({raw.strip()} is its alias)" if raw.strip().lower() != canonical else ""
+            log.warning("--methods names %s twice%s; it is compared once", canonical, alias)
+            continue
         choices[canonical] = MethodChoice(canonical, {k: v for k, v in options.items() if k in accepted},
                                           tuple(k for k in options if k not in accepted), problem)
     known = {k for c in choices.values() for k in c.options}
