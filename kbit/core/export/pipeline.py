@@ -15,6 +15,7 @@ output rule, :mod:`kbit.core.runs.outputs`). Outside kbit's outputs an existing 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -73,6 +74,9 @@ def export_path(path: str, *, format: str = "gguf", file_type: str | None = None
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit} must be at least 1: every export is checked")
     plan = _plan(path, file_type, output)
+    if plan.run is not None and not os.access(plan.run, os.W_OK):  # a read-only mount, an archive's copy
+        raise ConfigError(f"run {plan.run} cannot be written, and an export is recorded in the run; export its merged "
+                          f"model on its own instead: kbit export {plan.run / 'merged'} --output FILE.gguf")
     _check_target(plan, overwrite)
     gate = Gate.for_type(file_type, max_kl, max_em_drop, min_top1)
     items = plan.data.held_out[: limit or _default_limit(plan.record)]

@@ -194,3 +194,17 @@ def test_an_export_whose_record_cannot_be_written_leaves_no_file_and_can_be_run_
     assert not list(run.glob("gguf/*.gguf")) and not _leftovers(run / "gguf")
     result = pipeline.export_path(str(run), file_type="q8_0", limit=3)  # nothing unrecorded stands in its way
     assert result.target.is_file() and str(result.target.relative_to(run)) in [e["file"] for e in read_metadata(run)["exports"]]
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_be_written_points_at_exporting_its_merged_model(tiny_run, tmp_path, monkeypatch):
+    import os
+
+    from kbit.core.errors import ConfigError
+    from kbit.core.export.pipeline import export_path
+
+    # root writes through permission bits, so the read-only mount is what os.access reports there
+    monkeypatch.setattr(os, "access", lambda path, mode: not (mode & os.W_OK and Path(path) == tiny_run))
+    with pytest.raises(ConfigError, match=f"run {tiny_run} cannot be written.*kbit export {tiny_run / 'merged'} --output"):
+        export_path(str(tiny_run), file_type="q8_0", output=str(tmp_path / "x.gguf"))
+    assert not (tmp_path / "x.gguf").exists()
