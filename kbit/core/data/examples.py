@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import attrs
 
@@ -62,8 +63,6 @@ def trained_prompts(train: Iterable[Example], items: Iterable[Example]) -> int:
 def check_recorded_file(dataset: str, run: str, alternative: str = "") -> None:
     """Refuse a run's recorded dataset file that is gone (moved or deleted since the run), naming the fix; a
     run records a local file by its absolute path, and a built-in or hub name is never one."""
-    from pathlib import Path
-
     if Path(dataset).is_absolute() and not Path(dataset).exists():
         raise ConfigError(f"run {run} trained on {dataset}, which is no longer there (moved or deleted); put the file "
                           f"back at that path, or a link to it, so its held-out split can be rebuilt{alternative}")

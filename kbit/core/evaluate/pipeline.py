@@ -202,14 +202,17 @@ def _sample_warnings(rows: list[dict[str, Any]]) -> list[str]:
             for dataset, items in counts]
 
 
+OTHER_ITEMS = ", or pass --dataset FILE with items it did not train on"
+
+
 def _load(request: DataRequest) -> TaskData:
     if request.trained_on is not None:
-        check_recorded_file(request.dataset, request.trained_on[0], ", or pass --dataset FILE with items it did not train on")
+        check_recorded_file(request.dataset, request.trained_on[0], OTHER_ITEMS)
     data = load_task_data(request.dataset, columns=request.columns, held_out=request.held_out,
                           max_examples=request.max_examples, seed=request.seed)
     if request.trained_on is not None:
         run, fingerprint = request.trained_on
-        check_trained_on(data, fingerprint, run, ", or pass --dataset FILE with items it did not train on")
+        check_trained_on(data, fingerprint, run, OTHER_ITEMS)
     return data
 
 

@@ -185,7 +185,8 @@ def write_hyperparameters(writer: Any, config: Mapping[str, Any], architecture: 
     heads = int(config["num_attention_heads"])
     writer.add_head_count(heads)
     writer.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
-    theta = gemma3_rope(config)[0].get("rope_theta") if architecture.gguf_name == "gemma3" else rope_theta(config)
+    full = gemma3_rope(config)[0] if architecture.gguf_name == "gemma3" else None  # Gemma 3's global layers' RoPE
+    theta = full.get("rope_theta") if full is not None else rope_theta(config)
     if theta is not None:  # gemma3: the global layers' (llama.cpp runs the sliding ones at 10000)
         writer.add_rope_freq_base(float(theta))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
@@ -198,7 +199,7 @@ def write_hyperparameters(writer: Any, config: Mapping[str, Any], architecture: 
     if architecture.gguf_name == "gemma2":
         writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
         writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
-    if architecture.gguf_name == "gemma3" and (full := gemma3_rope(config)[0]).get("rope_type") == "linear":
+    if full is not None and full.get("rope_type") == "linear":
         import gguf  # Gemma 3 4B and up: the global layers' positions divided by the factor (llama.cpp's freq_scale)
 
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)

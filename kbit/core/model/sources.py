@@ -418,7 +418,7 @@ def _gguf_config(gguf: Path) -> Any:
                 setattr(config, key, float(field.contents()))
     if (known := by_gguf_name(architecture)) is not None and known.sliding_period:
         config.query_pre_attn_scalar = gemma_query_scalar(config.to_dict(), known)
-    scaling = fields.get(f"{architecture}.rope.scaling.type")
+    scaling = fields.get("gemma3.rope.scaling.type")
     if architecture == "gemma3" and scaling is not None and scaling.contents() == "linear":  # the global layers'
         full = {**config.rope_parameters["full_attention"], "rope_type": "linear",
                 "factor": float(fields["gemma3.rope.scaling.factor"].contents())}

@@ -93,12 +93,8 @@ def artifact_card(record: RunRecord, folder: str) -> str:
     relation, library, what, load = ARTIFACTS[folder]
     what = _what(record, what)
     quantize = record.quantize
-    # a bit width tags the weights a folder holds: the adapter's base, the quantized model's; merged/ and a GGUF
-    # (typed by its file) hold other weights than the training base's
-    bits = {"adapter": record.spec.weights_bits if record.spec is not None else None,
-            "quantized": (quantize.spec or {}).get("weights_bits") if quantize else None}.get(folder)
-    tags = _tags(record, bits) + {"quantized": [quantize.method or "", quantize.format or ""] if quantize else [],
-                                  "gguf": ["gguf", "llama.cpp"]}.get(folder, [])
+    tags = _tags(record, folder) + {"quantized": [quantize.method or "", quantize.format or ""] if quantize else [],
+                                    "gguf": ["gguf", "llama.cpp"]}.get(folder, [])
     results = _results(record, folder)
     body = [f"# {record.name} — {folder}", "",
             f"{what[0].upper()}{what[1:]}: a supervised fine-tune of [`{base_model_id(record)}`]"
@@ -121,8 +117,7 @@ def run_card(record: RunRecord, folders: list[str]) -> str:
     body += [f"| `{f}/` | {_what(record, ARTIFACTS[f][2])} |" for f in folders]
     body += ["", "Each folder has its own card; full settings are in `kbit.json`.", ""]
     body += _settings(record) + _results_table(results)
-    bits = record.spec.weights_bits if record.spec is not None else None
-    return _render(record, "adapter", "peft", _tags(record, bits), results, body)
+    return _render(record, "adapter", "peft", _tags(record, "adapter"), results, body)
 
 
 def _what(record: RunRecord, text: str) -> str:
@@ -159,10 +154,15 @@ def _render(record: RunRecord, relation: str, library: str, tags: list[str], res
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
 
 
-def _tags(record: RunRecord, bits: int | None) -> list[str]:
+def _tags(record: RunRecord, folder: str) -> list[str]:
     spec = record.spec
     adapter = spec.adapter if spec is not None else None
     tags = ["kbit", _method(record), "sft", adapter.peft_type if adapter is not None else ""]
+    # a bit width tags the weights a folder holds: the adapter's base, the quantized model's; merged/ and a GGUF
+    # (typed by its file) hold other weights than the training base's
+    quantize = record.quantize
+    bits = {"adapter": spec.weights_bits if spec is not None else None,
+            "quantized": (quantize.spec or {}).get("weights_bits") if quantize else None}.get(folder)
     if bits:
         tags.append(f"{bits}-bit")
     return tags

@@ -84,14 +84,14 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     method.check_requirements(device)
     spec = method.resolve_spec(config.options, device)
     adapter = require_adapter(spec)
-    if resume and config.output:
+    recorded = read_record(Path(config.output)) if resume and config.output else None
+    if recorded is not None:
         check_recorded_file(config.dataset, config.output)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
-    if resume and config.output:
-        recorded = read_record(Path(config.output))
-        check_trained_on(data, recorded.dataset.fingerprint if recorded is not None else None, config.output)
-        _check_processes(recorded.train.world_size if recorded is not None else None, config.output)
+    if recorded is not None:
+        check_trained_on(data, recorded.dataset.fingerprint, config.output)
+        _check_processes(recorded.train.world_size, config.output)
     if not data.train:
         raise ConfigError(f"dataset {data.source} has no training examples")
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)

@@ -25,13 +25,14 @@ from kbit.core.data import TaskData
 from kbit.core.errors import ConfigError
 
 MERGED = "merged"
-NEEDS_OWN_LOSS = ("--teacher needs kbit's own loss, which this run cannot use (several processes, or a model whose head "
-                  "scales or soft-caps its logits); train without --teacher")
 
 
 def needs_own_loss(reason: str) -> str:
-    """NEEDS_OWN_LOSS where the reason is known: "it trains in 2 processes" …"""
+    """The refusal of ``--teacher`` where kbit's own loss does not apply, with why: "it trains in 2 processes" …"""
     return f"--teacher needs kbit's own loss, which this run cannot use: {reason}; train without --teacher"
+
+
+NEEDS_OWN_LOSS = needs_own_loss("several processes, or a model whose head scales or soft-caps its logits")
 
 
 def teacher_model_dir(path: str, data: TaskData, vocab_size: int) -> Path:
