@@ -14,6 +14,11 @@ Reproduced from llama.cpp's ``convert_hf_to_gguf.py`` (``TextModel.set_gguf_para
   pattern (every 2nd, every 6th layer global), gemma2's soft-caps (always on), gemma3's sliding-layer RoPE
   base (10000) and no soft-cap: a config that differs is refused, as is RoPE scaling other than Gemma 3's
   linear scaling of its global layers (4B and up), written as ``rope.scaling.type``/``factor``.
+- ``Phi3ForCausalLM`` becomes ``phi3`` (``Phi3MiniModel``): its fused ``qkv_proj`` and ``gate_up_proj`` are
+  written as they are (``attn_qkv``, ``ffn_up``), with the rotated width (``partial_rotary_factor``), the original
+  context length and, for ``longrope`` (Phi-3 128k, Phi-3.5, Phi-4-mini), the long and short factor tensors and
+  the attention factor. llama.cpp runs Phi-3 without its sliding window; kbit writes it and warns where it is
+  shorter than the context.
 - Hyperparameters: block count, context length, embedding and feed-forward width, head counts,
   RoPE base, RMS-norm epsilon; for ``llama`` also the vocabulary size and the RoPE dimension count
   (the head width), and key/value length where ``config.json`` states ``head_dim``.
@@ -31,6 +36,7 @@ the work; refusing first says why.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -58,6 +64,7 @@ SUPPORTED = {
     "mistral": Architecture("mistral", "llama", True),
     "qwen2": Architecture("qwen2", "qwen2", False),
     "qwen3": Architecture("qwen3", "qwen3", False),
+    "phi3": Architecture("phi3", "phi3", False),
     "gemma2": Architecture("gemma2", "gemma2", False, norm_shift=1.0, sliding_period=2, wide_query_blocks=46),
     "gemma3_text": Architecture("gemma3_text", "gemma3", False, norm_shift=1.0, sliding_period=6, wide_query_blocks=62),
 }
@@ -79,7 +86,8 @@ def architecture_of(config: Mapping[str, Any], where: str, remedy: str = CONVERT
         raise ConfigError(f"{where}: kbit exports GGUF for {', '.join(sorted(SUPPORTED))} models, not "
                           f"'{model_type or 'unknown'}'; {remedy}")
     rope_type = rope_scaling(config).get("rope_type")
-    carried = {"llama": ("llama3",), "gemma3": ("linear",)}.get(SUPPORTED[model_type].gguf_name, ())  # gemma3: its check
+    carried = {"llama": ("llama3",), "gemma3": ("linear",), "phi3": ("longrope",)}.get(  # gemma3: its check
+        SUPPORTED[model_type].gguf_name, ())
     if rope_type not in (None, "default", *carried):
         raise ConfigError(f"{where}: RoPE scaling '{rope_type}' is not carried into GGUF by kbit; {remedy}")
     if model_type != "qwen2" and (config.get("attention_bias") or config.get("mlp_bias")):
@@ -152,20 +160,36 @@ def rope_scaling(config: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def llama3_rope_factors(config: Mapping[str, Any]) -> Any:
-    """The ``rope_freqs`` tensor (float32, one factor per rotated pair) that carries Llama 3's RoPE scaling into
-    llama.cpp (which divides each plain RoPE frequency by it, as ``convert_hf_to_gguf.py`` writes it), or None for
-    a model without it. Taken from transformers' own frequencies, so the file rotates as the trained model did."""
-    if rope_scaling(config).get("rope_type") != "llama3":
-        return None
-    from transformers import AutoConfig
+def rope_tensors(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The float32 tensors that carry a model's RoPE scaling into llama.cpp, ``(gguf_name, array)``; none without it.
+
+    - Llama 3 (``llama3``): ``rope_freqs``, one factor per rotated pair that llama.cpp divides each plain
+      frequency by, taken from transformers' own frequencies, so the file rotates as the trained model did.
+    - Phi-3 (``longrope``): ``rope_factors_long`` and ``rope_factors_short``, as ``convert_hf_to_gguf.py``
+      writes them; llama.cpp picks the long ones for contexts over the original length, as transformers does.
+    """
+    import gguf
+    import numpy as np
+
+    rope = rope_scaling(config)
+    if rope.get("rope_type") == "longrope":
+        return [(f"{gguf.TENSOR_NAMES[tensor]}.weight", np.asarray(rope[key], dtype=np.float32)) for tensor, key
+                in ((gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, "long_factor"), (gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT, "short_factor"))]
+    if rope.get("rope_type") != "llama3":
+        return []
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    settings = AutoConfig.for_model(**config)
+    settings = _transformers_config(config)
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](settings)
     plain, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(settings)
-    return (plain / scaled).numpy()
+    return [(f"{gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS]}.weight", (plain / scaled).numpy())]
+
+
+def _transformers_config(config: Mapping[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(**config)
 
 
 def rope_theta(config: Mapping[str, Any]) -> float | None:
@@ -206,6 +230,30 @@ def write_hyperparameters(writer: Any, config: Mapping[str, Any], architecture: 
         writer.add_rope_scaling_factor(float(full["factor"]))
     if architecture.sliding_period and config.get("sliding_window") is not None:
         writer.add_sliding_window(int(config["sliding_window"]))
+    if architecture.gguf_name == "phi3":
+        _phi3_hyperparameters(writer, config)
+
+
+def _phi3_hyperparameters(writer: Any, config: Mapping[str, Any]) -> None:
+    """As ``Phi3MiniModel.set_gguf_parameters`` writes them: the rotated width (``partial_rotary_factor``), the
+    original context length (past it llama.cpp takes the long RoPE factors), the sliding window (0 for none) and,
+    for longrope, the factor transformers scales cos and sin by."""
+    rope = {**(config.get("rope_parameters") or {}), **rope_scaling(config)}
+    share = float(rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
+    writer.add_rope_dimension_count(int(_head_dim(config) * share))
+    original = rope.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+    writer.add_rope_scaling_orig_ctx_len(int(original or config["max_position_embeddings"]))
+    window = int(config.get("sliding_window") or 0)
+    writer.add_sliding_window(window)
+    if 0 < window < int(config["max_position_embeddings"]):
+        logging.getLogger("kbit").warning(
+            "llama.cpp runs phi3 without its sliding window: the file computes what the trained model does on up to "
+            "%d tokens, and attends further back on longer inputs", window)
+    if rope.get("rope_type") == "longrope":
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        _, attention_factor = ROPE_INIT_FUNCTIONS["longrope"](_transformers_config(config))
+        writer.add_rope_scaling_attn_factors(float(attention_factor))
 
 
 def permute_rows(rows: Any, heads: int) -> Any:

@@ -34,8 +34,8 @@ from kbit.core.errors import ConfigError
 from kbit.core.export.architectures import (
     architecture_of,
     gguf_tensor_names,
-    llama3_rope_factors,
     permute_rows,
+    rope_tensors,
     row_permutation_heads,
     write_hyperparameters,
 )
@@ -165,8 +165,7 @@ def _tensors(model_dir: Path, config: Mapping[str, Any], architecture: Any, file
             qtype = gguf.GGMLQuantizationType.F16
             data = gguf.quants.quantize(array, qtype)
         written.append((gguf_name, data, qtype))
-    if (factors := llama3_rope_factors(config)) is not None:
-        written.append((f"{gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS]}.weight", factors, gguf.GGMLQuantizationType.F32))
+    written.extend((name, factors, gguf.GGMLQuantizationType.F32) for name, factors in rope_tensors(config))
     counts = Counter(qtype.name for _, _, qtype in written)
     return written, {"tensor_types": dict(sorted(counts.items())), "fallbacks": fallbacks,
                      "prequantized": sorted(prequantized)}

@@ -36,6 +36,9 @@ from kbit.core.errors import ConfigError
 SPACE = "\u2581"  # SentencePiece's visible space
 # Architectures whose vocabulary is SentencePiece without a space prefix (llama.cpp reads it as tokenizer model llama).
 SENTENCEPIECE_ONLY = ("gemma2", "gemma3")
+# Architectures whose llama.cpp reader takes a SentencePiece vocabulary (tokenizer model llama); the others expect
+# byte-level BPE.
+SENTENCEPIECE_READERS = ("llama", "phi3", *SENTENCEPIECE_ONLY)
 # The probe text and hashes of convert_hf_to_gguf.py's get_vocab_base_pre, for the families kbit exports.
 PROBE_TEXT = (
     "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 "
@@ -112,10 +115,10 @@ def add_hf_tokenizer(writer: Any, model_dir: Path, vocab_size: int, architecture
         gguf.SpecialVocab(Path(model_dir), load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
         return "gpt2"
     if kind == "WordLevel":
-        if architecture not in ("llama", *SENTENCEPIECE_ONLY):
-            raise ConfigError(f"{model_dir}: a WordLevel tokenizer is exported only for the llama and "
-                              f"{', '.join(SENTENCEPIECE_ONLY)} architectures, not {architecture} (whose GGUF readers "
-                              "expect byte-level BPE)")
+        if architecture not in SENTENCEPIECE_READERS:
+            raise ConfigError(f"{model_dir}: a WordLevel tokenizer is exported only for the "
+                              f"{', '.join(SENTENCEPIECE_READERS)} architectures, not {architecture} (whose GGUF "
+                              "readers expect byte-level BPE)")
         tokenizer = _auto_tokenizer(model_dir)
         added = tokenizer.get_added_vocab()
         plain = [t for t in (model.get("vocab") or {}) if t not in added]

@@ -32,12 +32,13 @@ from kbit.core.export.architectures import SUPPORTED, row_permutation_heads
 from kbit.core.export.blocks import PackedTensor
 from kbit.core.model.sources import SOURCE_RECORD
 
-GGUF_MODEL_TYPES = tuple(sorted(t for t, a in SUPPORTED.items() if not a.sliding_period))
+GGUF_MODEL_TYPES = tuple(sorted(t for t, a in SUPPORTED.items() if not a.sliding_period and a.gguf_name != "phi3"))
 """The transformers ``model_type`` values whose layers :func:`gguf_linear_weights` finds in a GGUF file.
 
-Not Gemma, which kbit writes but does not train on as a file: transformers' reader of a Gemma GGUF builds
-Gemma's own special tokens into the tokenizer it converts, and a vocabulary without them (kbit's tiny test
-model) comes back from the saved conversion with its chat tokens split into characters."""
+Not Gemma and Phi-3, which kbit writes but does not train on as a file: transformers' readers of their GGUF
+tokenizers build in the family's own vocabulary rules (Gemma's special tokens, Phi-3's SentencePiece spaces), and
+no vocabulary without them (kbit's tiny test models) converts as llama.cpp reads it, so the path is untested
+without the real checkpoints."""
 
 TORCH_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 """The GGML types dequantized in torch; every other type gguf-py can dequantize goes through its numpy code."""

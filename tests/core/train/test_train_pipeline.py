@@ -267,7 +267,7 @@ def test_auto_rank_and_batch_are_chosen_and_recorded(tiny, tmp_path):
     (("--method", "qlroa"), "did you mean qlora"),
     (("--lr", "-1"), "'lr'"),
     (("--model", "{gpt2}", "--method", "qat"), "deploys its run as a q4_0 GGUF file: kbit exports GGUF for gemma2, "
-                                               "gemma3_text, llama, mistral, qwen2, qwen3 models, not 'gpt2'"),
+                                               "gemma3_text, llama, mistral, phi3, qwen2, qwen3 models, not 'gpt2'"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, kbit_tiny_model_factory, tmp_path, monkeypatch, capsys,
                                                             args, message):
