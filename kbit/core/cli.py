@@ -110,11 +110,20 @@ def methods_command(
                 ("needs_gpu", "GPU only"),
             ) if caps.get(key)
         )
-        table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['distribution']} {r['version']}", r["status"], cap_text)
+        status = r["status"]
+        if status == "ready" and caps.get("needs_gpu") and not _cuda_here():
+            status = "ready, needs a CUDA GPU (none here)"
+        table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['distribution']} {r['version']}", status, cap_text)
     Console().print(table)
     for r in records:  # below the table, unwrapped, so an install line can be copied whole
         if r["error"]:
             typer.echo(f"{r['name']} {r['status']}: {r['error']}")
+
+
+def _cuda_here() -> bool:
+    import torch  # only for a method that needs a GPU: listing stays torch-free otherwise
+
+    return torch.cuda.is_available()
 
 
 @app.command("spec")

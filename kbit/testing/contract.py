@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import pytest
 
 from kbit.core.model.adapters import attach_adapter
-from kbit.core.model.bases import load_base
+from kbit.core.model.bases import load_base, prepare_for_training
 from kbit.core.system.device import DeviceInfo
 from kbit.core.errors import ConfigError
 from kbit.core.methods.method import Method
@@ -169,23 +169,22 @@ class MethodContract:
         model = _adapter_model(chosen, spec, contract_model, nonzero=True).eval()
         model.save_pretrained(tmp_path / "adapter")
         merged, described = merged_model(chosen, spec, policy, str(contract_model), tmp_path / "adapter")
-        reference = model
-        if policy.base == "original" and (chosen.build_quant_config(spec) is not None or chosen.implements("quantize_base")):
-            # The policy merges into the unquantized base: the merge must equal the adapter on that base.
-            from peft import PeftModel
-
-            from kbit.core.model.sources import load_causal_lm
-
-            plain = load_causal_lm(str(contract_model), dtype=policy.dtype)
-            reference = PeftModel.from_pretrained(plain, str(tmp_path / "adapter")).eval()
-        with exact_activations(reference):  # a runtime's activation rounding is not part of the weights merged
-            agreement = logit_agreement(reference, merged, [_batch(contract_model)])
+        # the merge must reproduce the model that was trained, the adapter on the base as quantized for training,
+        # whichever base the policy merges into: kbit train's merge check holds every merge to that
+        with exact_activations(model):  # a runtime's activation rounding is not part of the weights merged
+            agreement = logit_agreement(model, merged, [_batch(contract_model)])
+        quantizes = chosen.build_quant_config(spec) is not None or chosen.implements("quantize_base")
+        fix = ("merge_policy names base='original', the unquantized base, but the adapter trained on the quantized "
+               "one: return base='dequantized' (with a dequantize_base hook where transformers cannot dequantize), or "
+               "MergePolicy(action='keep_adapter', ...) where no merged weights reproduce the trained model"
+               if policy.base == "original" and quantizes else
+               "The merge base must hold exactly the weights the adapter trained on: dequantize_base must return "
+               "exactly the weights quantize_base's layers compute with, and the base must be quantized in "
+               "build_quant_config or quantize_base, never in prepare_model")
         assert agreement["max_abs_logit_diff"] < self.merge_tolerance, (
             f"merging method '{chosen.name}' into {described} does not reproduce the adapter model: max |Δlogit| "
             f"{agreement['max_abs_logit_diff']:.3g} (tolerance {self.merge_tolerance:g}), top-1 agreement "
-            f"{100 * agreement['top1_agreement']:.1f}%. The merge base must hold exactly the weights the adapter "
-            "trained on: dequantize_base must return exactly the weights quantize_base's layers compute with, and "
-            "the base must be quantized in build_quant_config or quantize_base, never in prepare_model"
+            f"{100 * agreement['top1_agreement']:.1f}%. {fix}"
         )
         from kbit.core.model.merge import save_model
         from kbit.core.model.sources import load_causal_lm
@@ -236,10 +235,12 @@ class MethodContract:
 
 
 def _adapter_model(method: Method, spec: QuantizationSpec, model_dir: Path, nonzero: bool = False) -> Any:
-    """The base as the method prepares it, with the spec's adapter attached (random non-zero weights if asked)."""
+    """The base as the method prepares it, with the spec's adapter attached (random non-zero weights if asked);
+    refused as ``kbit train`` refuses it (a base nothing quantized, a ``prepare_model`` that changes base weights)."""
     import torch
 
-    model = attach_adapter(method.prepare_model(load_base(method, spec, str(model_dir)), spec), spec)
+    base = load_base(method, spec, str(model_dir))
+    model = attach_adapter(prepare_for_training(method, spec, method.merge_policy(spec), base), spec)
     if nonzero:
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():

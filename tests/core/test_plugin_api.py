@@ -87,7 +87,8 @@ def rtn_site(plugin_site):
     plugin_site.add("kbit-rtn", "1.0", {"rtn-exact": "kbit_rtn:exact", "rtn-in-prepare": "kbit_rtn:in_prepare",
                                         "rtn-no-dequantize": "kbit_rtn:no_dequantize",
                                         "rtn-buffers-in-prepare": "kbit_rtn:buffers_in_prepare",
-                                        "rtn-scale-off": "kbit_rtn:scale_off"}, modules=("kbit_rtn",))
+                                        "rtn-scale-off": "kbit_rtn:scale_off",
+                                        "rtn-into-original": "kbit_rtn:into_original"}, modules=("kbit_rtn",))
     return plugin_site
 
 
@@ -152,11 +153,25 @@ def test_the_contract_suite_fails_a_wrong_merge_naming_it(rtn_site, kbit_tiny_mo
     class Contract(MethodContract):
         method = "rtn-in-prepare"
 
-    suite, method = Contract(), registry_module.get_method("rtn-in-prepare")
+    suite, method = Contract(), registry_module.get_method("rtn-scale-off")
     spec = method.resolve_spec({"r": "4"}, __import__("kbit.plugin", fromlist=["DeviceInfo"]).DeviceInfo.cpu())
-    with pytest.raises(AssertionError, match="merging method 'rtn-in-prepare' into the base as loaded .* does not "
-                                             "reproduce the adapter model: max \\|Δlogit\\|"):
-        suite.test_merge_reproduces_the_adapter_model(method, spec, kbit_tiny_model, tmp_path)
+    with pytest.raises(AssertionError, match="merging method 'rtn-scale-off' into the dequantized base .* does not "
+                                             "reproduce the adapter model: max \\|Δlogit\\|.*dequantize_base must return"):
+        suite.test_merge_reproduces_the_adapter_model(method, spec, kbit_tiny_model, tmp_path / "scale-off")
+    # a merge into the unquantized base is held to the trained model, as kbit train's merge check holds it
+    method = registry_module.get_method("rtn-into-original")
+    spec = method.resolve_spec({"r": "4"}, __import__("kbit.plugin", fromlist=["DeviceInfo"]).DeviceInfo.cpu())
+    with pytest.raises(AssertionError, match="does not reproduce the adapter model.*merge_policy names base='original', "
+                                             "the unquantized base, but the adapter trained on the quantized one"):
+        suite.test_merge_reproduces_the_adapter_model(method, spec, kbit_tiny_model, tmp_path / "into-original")
+    # a prepare_model that changes base weights gets kbit train's diagnosis, not a merge failure blamed elsewhere
+    from kbit.core.model.bases import MergeRefused
+
+    for name in ("rtn-buffers-in-prepare", "rtn-in-prepare"):
+        method = registry_module.get_method(name)
+        spec = method.resolve_spec({"r": "4"}, __import__("kbit.plugin", fromlist=["DeviceInfo"]).DeviceInfo.cpu())
+        with pytest.raises(MergeRefused, match=f"method '{name}' changed base weights in prepare_model"):
+            suite.test_merge_reproduces_the_adapter_model(method, spec, kbit_tiny_model, tmp_path / name)
 
 
 @pytest.mark.slow

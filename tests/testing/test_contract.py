@@ -1,5 +1,6 @@
 """``MethodContract.tiny_config``: a method the default 64-wide tiny model does not fit runs the suite on
-a wider tiny model, and the default model stays as it was."""
+a wider tiny model, and the default model stays as it was; a method of its own layers (``replace_linears``)
+passes on GPT-2's ``Conv1D`` layers too."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from kbit.testing import MethodContract, get_method
 
 @pytest.fixture(autouse=True)
 def rtn_wide(plugin_site, monkeypatch):
-    """The group-256 method ``rtn-wide`` (tests/fixtures/plugins/kbit_rtn.py) as kbit.testing finds it."""
-    plugin_site.add("kbit-rtn", "1.0", {"rtn-wide": "kbit_rtn:wide"}, modules=("kbit_rtn",))
+    """The group-256 method ``rtn-wide`` and ``rtn-exact`` (tests/fixtures/plugins/kbit_rtn.py) as kbit.testing
+    finds them."""
+    plugin_site.add("kbit-rtn", "1.0", {"rtn-wide": "kbit_rtn:wide", "rtn-exact": "kbit_rtn:exact"},
+                    modules=("kbit_rtn",))
     monkeypatch.setattr(registry_module, "_DEFAULT", Registry(entry_points=plugin_site.entry_points(), environ={}))
 
 
@@ -23,6 +26,12 @@ class TestAGroup256MethodOnAWiderTinyModel(MethodContract):
     method = "rtn-wide"
     options = {"r": "4"}
     tiny_config = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 8, "num_key_value_heads": 4}
+
+
+class TestAMethodOfItsOwnLayersOnGPT2(MethodContract):
+    method = "rtn-exact"
+    options = {"r": "4"}
+    tiny_config = {"model_type": "gpt2"}  # Conv1D layers: replace_linears hands them over as Linear
 
 
 def test_the_default_tiny_model_is_too_narrow_for_that_method(kbit_tiny_model):

@@ -9,7 +9,7 @@ import importlib.util
 
 import attrs
 
-from kbit.core.contract.options import OptionSchema
+from kbit.core.contract.options import OptionSchema, describe_parser
 
 PEFT_TYPES = ("lora", "dora", "vera")
 
@@ -37,10 +37,16 @@ def describe_missing(missing: list[Requirement]) -> str:
     return "; ".join(f"needs {', '.join(modules)}: {line}" for line, modules in by_line.items())
 
 
+def check_peft_types(value: tuple[str, ...]) -> None:
+    """ValueError for an adapter type kbit cannot attach (it attaches PEFT's LoRA, DoRA and VeRA itself; no hook
+    attaches another)."""
+    unknown = sorted(set(value) - set(PEFT_TYPES))
+    if unknown or not value:
+        raise ValueError(f"unknown PEFT type(s) {unknown or 'none given'}: kbit trains {', '.join(PEFT_TYPES)} adapters")
+
+
 def _peft_types(instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
-    unknown = set(value) - set(PEFT_TYPES)
-    if unknown:
-        raise ValueError(f"unknown PEFT type(s) {sorted(unknown)}; known: {PEFT_TYPES}")
+    check_peft_types(value)
 
 
 @attrs.frozen
@@ -65,6 +71,15 @@ class MethodInfo:
     quantized_training: bool = False
     post_training_quantization: bool = False
     needs_calibration: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        # one list of adapter types: what kbit methods shows must be what --peft accepts
+        option = next((o for o in self.options.options if o.name == "peft_type"), None)
+        choices = describe_parser(option.parse, option.default).choices if option else None
+        if choices is not None and set(choices) != set(self.peft_types):
+            raise ValueError(f"option peft_type accepts {', '.join(choices)} but MethodInfo(peft_types=...) lists "
+                             f"{', '.join(self.peft_types)}; pass the same tuple to adapter_options(peft_types=...) and "
+                             "MethodInfo(peft_types=...)")
 
     def missing_requirements(self) -> list[Requirement]:
         return [r for r in self.requires if not r.is_met()]

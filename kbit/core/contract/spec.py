@@ -66,6 +66,11 @@ def _finite(minimum: float, below: float | None = None):
     return check
 
 
+def _peft_type(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in PEFT_TYPES:  # attrs' in_ validator raises with a tuple of arguments, printed raw
+        raise ValueError(f"peft_type '{value}' is not one kbit trains; choose {', '.join(PEFT_TYPES)}")
+
+
 def _rank(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value != "auto":
         _positive_int(instance, attribute, value)
@@ -104,7 +109,7 @@ class AdapterSettings:
     start by cancelling the base's quantization error, :mod:`kbit.core.model.loftq`).
     """
 
-    peft_type: str = attrs.field(default="lora", validator=attrs.validators.in_(PEFT_TYPES))
+    peft_type: str = attrs.field(default="lora", validator=_peft_type)
     r: int | str = attrs.field(default=64, validator=_rank)
     lora_alpha: float = attrs.field(default=16, validator=_finite(0))
     lora_dropout: float = attrs.field(default=0.05, validator=_finite(0, 1))
@@ -122,7 +127,8 @@ class AdapterSettings:
     @init.validator
     def _loftq_lora(self, attribute: attrs.Attribute, value: str) -> None:
         if value == "loftq" and self.peft_type != "lora":
-            raise ValueError(f"init 'loftq' sets a LoRA adapter's A and B; peft_type '{self.peft_type}' has other weights")
+            raise ValueError(f"init 'loftq' sets a LoRA adapter's A and B; peft_type '{self.peft_type}' has other weights: "
+                             "use -o peft_type=lora, or drop -o init=loftq")
         if value == "loftq" and self.fake_quant is not None:
             raise ValueError(f"init 'loftq' does not apply to an adapter trained through the {self.fake_quant} rounding: "
                              "round-to-nearest already gives the grid point nearest to W, so no low-rank start lowers "

@@ -23,6 +23,7 @@ adapter, asked for or not, with why (its status) and what to do.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,11 +35,13 @@ from kbit.core.runs import stamps as meta
 from kbit.core.system.device import DeviceInfo, device_map_for
 from kbit.core.data.arithmetic import NAME as DEFAULT_DATASET, REPHRASED
 from kbit.core.data.split import describe as describe_held_out
-from kbit.core.errors import ConfigError, MissingDependencyError
+from kbit.core.errors import ConfigError, MissingDependencyError, UnknownMethodError
 from kbit.core.system.input_files import refuse_special_file
 from kbit.core.runs.record import RunRecord, read_record
 from kbit.core.model.sources import ModelSource, check_remote_code, check_weights, conversion_problem, resolve_model
 from kbit.core.contract.spec import QuantizationSpec
+
+log = logging.getLogger("kbit")
 
 VARIANTS = ("base", "adapter", "merged", "quantized")
 RUNTIMES = ("auto", "llama.cpp", "transformers")
@@ -298,6 +301,29 @@ def _reference(selection: Selection, run: tuple[Path, RunRecord] | None) -> Cand
     return found[0] if found else None
 
 
+def run_method(run: Path, record: RunRecord) -> Any:
+    """The method ``record`` trained with, as installed here. UnknownMethodError naming the distribution the run
+    recorded when no installed plugin provides it; a warning when the installed one is another version (its
+    ``quantize_base`` may build another base than the adapter trained on)."""
+    from kbit.core.methods.registry import get_method
+
+    plugin = record.method_plugin
+    provider = " ".join(str(plugin[key]) for key in ("distribution", "version") if plugin.get(key))
+    try:
+        method = get_method(record.method)
+    except UnknownMethodError:
+        if not plugin.get("distribution"):
+            raise
+        pin = f"{plugin['distribution']}=={plugin['version']}" if plugin.get("version") else plugin["distribution"]
+        raise UnknownMethodError(f"run {run} trained its adapter with method '{record.method}' of {provider}, which is "
+                                 f"not installed here; pip install '{pin}' to score the adapter (merged/ needs no "
+                                 "method)") from None
+    if plugin.get("version") and (plugin.get("distribution"), plugin["version"]) != (method.distribution, method.version):
+        log.warning("run %s trained with method '%s' of %s; %s %s is installed, whose base may differ from the one "
+                    "the adapter trained on", run, record.method, provider, method.distribution, method.version)
+    return method
+
+
 def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequence[str], explicit: bool,
               method_spec: tuple[str, QuantizationSpec] | None) -> tuple[list[Candidate], list[Gap]]:
     label = record.name or run.name
@@ -331,9 +357,13 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
         check_weights(directory)
         check_remote_code(directory, trust)
         if variant == "adapter":
-            from kbit.core.methods.registry import get_method
-
-            method = get_method(record.method)
+            try:
+                method = run_method(run, record)
+            except UnknownMethodError as exc:
+                if explicit:
+                    raise ConfigError(str(exc)) from None
+                gaps.append(Gap(label, variant, str(run), str(exc)))  # the other variants need no method
+                continue
             if record.spec is None:
                 raise ConfigError(f"{run / meta.FILENAME} has no 'spec'; it is incomplete")
             spec = record.spec

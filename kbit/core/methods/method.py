@@ -65,10 +65,11 @@ class Method:
             raise self._hook_error(hook, exc) from exc
 
     def _hook_error(self, hook: str, exc: BaseException) -> PluginError:
-        return PluginError(
-            f"method '{self.name}' ({self.distribution} {self.version}): hook {hook} raised "
-            f"{type(exc).__name__}: {exc} (a bug in {self.distribution}; kbit --debug shows where)"
-        )
+        where = f"method '{self.name}' ({self.distribution} {self.version}): hook {hook} raised {type(exc).__name__}: {exc}"
+        if isinstance(exc, ModuleNotFoundError) and exc.name:  # a package the plugin imports but does not declare
+            return PluginError(f"{where}; install {exc.name.split('.')[0]}, and {self.distribution} should declare it "
+                               "in MethodInfo(requires=...) so kbit names it before any work")
+        return PluginError(f"{where} (a bug in {self.distribution}; kbit --debug shows where)")
 
     def _wrong_type(self, hook: str, value: Any, expected: str) -> PluginError:
         return PluginError(

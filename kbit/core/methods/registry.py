@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -112,15 +113,18 @@ class Registry:
         allow = _names(self._environ.get("KBIT_PLUGINS"))
         block = _names(self._environ.get("KBIT_DISABLE_PLUGINS")) or set()
         builtins_only = self._environ.get("KBIT_BUILTINS_ONLY", "").strip().lower() in {"1", "true", "yes"}
+        named: set[str] = set()  # every method and distribution name the two lists could mean
         for ep in self._discover():
             dist, version = _dist_name(ep), _dist_version(ep)
             base = dict(name=ep.name.lower(), distribution=dist, version=version, entry_point=ep.value)
             external = dist != BUILTIN_DISTRIBUTION
-            if base["name"] in block:
+            names = {base["name"], dist.lower()}  # a method by its name, or every method of a distribution
+            named |= names
+            if names & block:
                 reason = "blocked by KBIT_DISABLE_PLUGINS"
             elif external and builtins_only:
                 reason = "external plugins off (KBIT_BUILTINS_ONLY)"
-            elif external and allow is not None and base["name"] not in allow:
+            elif external and allow is not None and not names & allow:
                 reason = "not in KBIT_PLUGINS allow-list"
             else:
                 reason = ""
@@ -128,6 +132,10 @@ class Registry:
                 self._keep(PluginRecord(**base, status=DISABLED, error=reason))
                 continue
             self._keep(self._load_one(ep, base))
+        for variable, listed in (("KBIT_PLUGINS", allow or set()), ("KBIT_DISABLE_PLUGINS", block)):
+            if unknown := sorted(listed - named):
+                logging.getLogger("kbit").warning("%s names %s, which is no installed method or distribution "
+                                                  "(kbit methods lists both)", variable, ", ".join(unknown))
 
     def _keep(self, record: PluginRecord) -> None:
         assert self._records is not None
@@ -257,9 +265,14 @@ class Registry:
         rivals = [r for r in self._records.values() if r.taken_by == canonical]
         if owner is None or not rivals:
             return ""
-        others = ", ".join(f"{r.distribution} {r.version} (as '{r.name}')" for r in rivals)
-        return (f"method '{canonical}' is also claimed by {others}; using {owner.distribution} {owner.version}'s "
-                "(the first to load keeps a name: see 'kbit methods')")
+        def claim(rival: PluginRecord) -> str:
+            names = [rival.name, *(rival.info.aliases if rival.info else ())]
+            name = next((n for n in names if self._aliases.get(n.lower(), n.lower()) == canonical), canonical)
+            what = "the name" if name == canonical else f"its alias '{name}'"
+            return f"{rival.distribution} {rival.version} (method '{rival.name}', claiming {what})"
+
+        return (f"method '{canonical}' is also claimed by {', '.join(map(claim, rivals))}; using {owner.distribution} "
+                f"{owner.version}'s (the first to load keeps a name: see 'kbit methods')")
 
     def get(self, name: str) -> Method:
         """The method called ``name`` (or one of its aliases), ready to use.

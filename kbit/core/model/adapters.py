@@ -17,7 +17,7 @@ from typing import Any
 from kbit.core.model.compat import REENTRANT_OFF, enable_checkpointing
 from kbit.core.system.device import DeviceInfo, resolve_compute_dtype
 from kbit.core.errors import ConfigError
-from kbit.core.contract.method_info import MergePolicy
+from kbit.core.contract.method_info import MergePolicy, check_peft_types
 from kbit.core.contract.options import DTYPES, Option, OptionSchema, boolean, choice, integer, module_names, number
 from kbit.core.contract.spec import ADAPTER_INITS, AdapterSettings, CalibrationSettings, TrainingSettings
 
@@ -31,7 +31,10 @@ def adapter_options(
     target_modules: str = "all-linear",
     peft_types: tuple[str, ...] = ("lora",),
 ) -> OptionSchema:
-    """The adapter options with a method's defaults; ``peft_type`` accepts only ``peft_types``."""
+    """The adapter options with a method's defaults; ``peft_type`` accepts only ``peft_types`` (the first is the
+    default), which must be the ``MethodInfo(peft_types=...)`` of the method. ValueError for a type kbit cannot
+    attach."""
+    check_peft_types(tuple(peft_types))
     return OptionSchema(
         (
             Option("peft_type", peft_types[0], choice(*peft_types), "adapter type: " + ", ".join(peft_types)),

@@ -75,6 +75,9 @@ def transformers_can_dequantize(quant_config: Any) -> bool:
     return type(quantizer)._dequantize is not HfQuantizer._dequantize
 
 
+ORIGINAL_OF_QUANTIZED = "the original base (unquantized weights, as loaded)"  # base="original" of a quantizing method
+
+
 def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy, path: str, *,
                     trust_remote_code: bool = False) -> tuple[Any, str]:
     """The full-precision model to merge into, in ``policy.dtype``, and what it is (recorded and printed)."""
@@ -83,7 +86,7 @@ def load_merge_base(method: Method, spec: QuantizationSpec, policy: MergePolicy,
     quantized = quant_config is not None or method.implements("quantize_base")
     if policy.base == "original" or not quantized:
         model = load_causal_lm(path, dtype=policy.dtype, trust_remote_code=trust_remote_code)
-        described = ("the original base (unquantized weights, as loaded)" if quantized else
+        described = (ORIGINAL_OF_QUANTIZED if quantized else
                      f"the base as loaded (method '{method.name}' quantizes nothing before training)")
     elif method.implements("dequantize_base"):
         model = method.dequantize_base(load_base(method, spec, path, trust_remote_code=trust_remote_code), spec)

@@ -140,8 +140,15 @@ def check_fidelity(agreement: dict[str, float], minimum: float, method: str, des
     and the reference's largest |logit|."""
     top1 = agreement["top1_agreement"]
     error = agreement["max_abs_logit_diff"]
-    keep = f"{outcome}. If method '{method}' quantizes its base, it must do so in build_quant_config or quantize_base, " \
-           "and its dequantize_base must return exactly the weights it trained on (see docs/plugins.md)"
+    from kbit.core.model.bases import ORIGINAL_OF_QUANTIZED
+
+    if ORIGINAL_OF_QUANTIZED in described:
+        fix = (f"method '{method}' merges into the unquantized base, but its adapter trained on the quantized one: its "
+               "merge_policy should name base='dequantized' (see docs/plugins.md)")
+    else:
+        fix = (f"If method '{method}' quantizes its base, it must do so in build_quant_config or quantize_base, and its "
+               "dequantize_base must return exactly the weights it trained on (see docs/plugins.md)")
+    keep = f"{outcome}. {fix}"
     if top1 < minimum:
         raise MergeCheckFailed(
             f"merge check failed: {candidate}, from {described}, agrees with the trained adapter model on {100 * top1:.1f}% "

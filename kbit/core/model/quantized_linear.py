@@ -127,19 +127,36 @@ def replace_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear
                     skip: Iterable[str] = ()) -> int:
     """Replace every plain ``Linear`` of ``model`` by ``make(name, layer)``; returns how many.
 
-    The output head (``model.get_output_embeddings()``, often tied to the input embeddings) and
-    layers whose name ends with one of ``skip`` are left alone.
+    transformers' ``Conv1D`` (GPT-2 and its kin, weight stored ``(in, out)``) counts as a linear layer: ``make``
+    gets the equivalent ``Linear`` (the transposed weight, the same bias), as transformers' bitsandbytes loading
+    swaps it, and a merge turns the dequantized layer back into a ``Conv1D``. The output head
+    (``model.get_output_embeddings()``, often tied to the input embeddings) and layers whose name ends with one
+    of ``skip`` are left alone.
     """
+    from transformers.pytorch_utils import Conv1D
+
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     skipped = tuple(skip)
     chosen = [(name, module) for name, module in model.named_modules()
-              if type(module) is torch.nn.Linear and module is not head
+              if type(module) in (torch.nn.Linear, Conv1D) and module is not head
               and not any(name == s or name.endswith(f".{s}") for s in skipped)]
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(name, module))
+        setattr(parent, child, make(name, _as_linear(module) if isinstance(module, Conv1D) else module))
     return len(chosen)
+
+
+def _as_linear(conv: torch.nn.Module) -> torch.nn.Linear:
+    weight = conv.weight.detach()
+    linear = torch.nn.Linear(weight.shape[0], weight.shape[1], bias=conv.bias is not None, device=weight.device,
+                             dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight.t())
+        if conv.bias is not None:
+            linear.bias.copy_(conv.bias.detach())
+    linear.requires_grad_(conv.weight.requires_grad)
+    return linear
 
 
 def dequantize_linears(model: torch.nn.Module, dtype: torch.dtype | None = None,

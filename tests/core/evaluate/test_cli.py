@@ -115,6 +115,19 @@ def test_a_run_whose_dataset_changed_is_not_scored_on_it(tiny_run, tmp_path, cap
 
 
 @pytest.mark.slow
+def test_a_run_of_a_method_no_longer_installed_names_its_plugin_and_scores_the_rest(tiny_run, tmp_path, capsys):
+    run = _copy_meta(tiny_run, tmp_path, method="gone-int4", method_plugin={"distribution": "kbit-gone", "version": "0.3"})
+    shutil.copytree(tiny_run / "merged", run / "merged")
+    error = _fails(["eval", str(run), "--variant", "adapter", "--limit", "2"], capsys)
+    assert "trained its adapter with method 'gone-int4' of kbit-gone 0.3, which is not installed here; pip install " \
+           "'kbit-gone==0.3'" in error
+    main(["eval", str(run), "--limit", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "report"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in report["rows"]] == ["base", "merged"]
+    assert [g["variant"] for g in report["gaps"]] == ["adapter"] and "pip install 'kbit-gone==0.3'" in report["gaps"][0]["reason"]
+
+
+@pytest.mark.slow
 def test_a_run_whose_dataset_file_moved_says_where_to_put_it_back(tiny_run, tmp_path, capsys):
     recorded = json.loads((tiny_run / "kbit.json").read_text())
     gone = tmp_path / "moved-away" / "data.jsonl"

@@ -78,6 +78,8 @@ def test_broken_plugins_do_not_break_the_cli(plugin_site):
     ("wrong_return", "resolve_spec returned dict, expected kbit.plugin.QuantizationSpec"),
     ("raises_in_hook", r"resolve_spec raised ZeroDivisionError: division by zero \(a bug in kbit-broken; kbit --debug shows where\)"),
     ("missing_file_in_hook", r"resolve_spec raised FileNotFoundError: .* \(a bug in kbit-broken"),
+    ("undeclared_import_in_hook", r"resolve_spec raised ModuleNotFoundError: .*; install surely_not_installed_xyz, and "
+                                  r"kbit-broken should declare it in MethodInfo\(requires=...\)"),
 ])
 def test_hook_contract_violations_name_the_distribution(plugin_site, hook_module, message):
     plugin_site.add("kbit-broken", "0.0.2", {"bad": f"kbit_broken:{hook_module}"}, modules=("kbit_broken",))
@@ -111,6 +113,21 @@ def test_allow_list_block_list_and_builtins_only(plugin_site):
     kbits_own = {ep.name for ep in importlib.metadata.distribution("kbit").entry_points if ep.group == "kbit.methods"}
     assert {name for name, state in builtins_only.items() if state == READY} <= kbits_own
     assert (builtins_only["toy"], builtins_only["other"]) == (DISABLED, DISABLED)
+
+
+def test_the_lists_take_distribution_names_and_warn_of_names_that_match_nothing(plugin_site, caplog):
+    plugin_site.add("kbit-toy", "1.0", {"toy": "kbit_toy"}, modules=("kbit_toy",))
+    plugin_site.add("kbit-other", "1.0", {"other": "kbit_toy"})
+
+    def status(environ):
+        return {r.name: r.status for r in Registry(entry_points=plugin_site.entry_points(), environ=environ).records()}
+
+    assert status({"KBIT_DISABLE_PLUGINS": "kbit-toy"})["toy"] == DISABLED  # as pip names it
+    allowed = status({"KBIT_PLUGINS": "kbit-toy"})
+    assert (allowed["toy"], allowed["other"], allowed["qlora"]) == (READY, DISABLED, READY)
+    with caplog.at_level("WARNING", logger="kbit"):
+        assert status({"KBIT_DISABLE_PLUGINS": "kbit-tyo"})["toy"] == READY
+    assert "KBIT_DISABLE_PLUGINS names kbit-tyo, which is no installed method or distribution" in caplog.text
 
 
 def _write_toy(plugin_site, module: str, method_info: str, imports: str = "MethodInfo") -> None:
@@ -207,8 +224,8 @@ def test_a_name_two_distributions_claim_goes_to_the_first_loaded_and_both_comman
     loser = next(r for r in registry.records() if r.distribution == "kbit-zz-toy")
     assert loser.status == BROKEN
     assert loser.error == "method name 'toy' is already provided by kbit-toy 1.0; rename the entry point in kbit-zz-toy"
-    assert registry.clash_warning("toy-lora") == ("method 'toy' is also claimed by kbit-zz-toy 2.0 (as 'toy'); using "
-                                                  "kbit-toy 1.0's (the first to load keeps a name: see 'kbit methods')")
+    assert registry.clash_warning("toy-lora") == ("method 'toy' is also claimed by kbit-zz-toy 2.0 (method 'toy', "
+                                                  "claiming the name); using kbit-toy 1.0's (the first to load keeps a name: see 'kbit methods')")
     assert registry.clash_warning("qlora") == ""
     spec = run_kbit("spec", "toy", "--json", env=plugin_site.env())
     assert spec.returncode == 0, spec.stderr
@@ -238,4 +255,4 @@ def test_an_alias_another_method_holds_makes_the_method_broken_saying_to_drop_th
     assert record.error == (f"its alias 'nf4' is already provided by {kbit} (an alias of method 'qlora'); "
                             "drop that alias from MethodInfo(aliases=...) in kbit-toy")
     assert registry.get("nf4").name == "qlora"
-    assert "kbit-toy 1.0 (as 'toy')" in registry.clash_warning("nf4")
+    assert "kbit-toy 1.0 (method 'toy', claiming its alias 'nf4')" in registry.clash_warning("nf4")
