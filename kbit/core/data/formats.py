@@ -35,7 +35,9 @@ def as_text(value: Any, key: str) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"field '{key}' is the number {value}, not text; write the value as text, "
                          "or null where there is none")
-    return str(value)
+    if type(value).__name__ in ("bool", "bool_"):  # Python's and numpy's (parquet): as JSON writes it, not "True"
+        return "true" if value else "false"
+    return getattr(value, "text", None) or str(value)  # a JSON number as written (kbit.core.data.loading.JSONNumber)
 
 
 def openmath(row: Mapping[str, Any]) -> Example:

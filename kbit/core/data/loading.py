@@ -139,8 +139,20 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+class JSONNumber(float):
+    """A JSON number with the text it was written as: a field holding one trains as that text ("1e20", "1.50"),
+    not as Python would print the float ("1e+20", "1.5")."""
+
+    text: str
+
+    def __new__(cls, text: str) -> JSONNumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 def _finite_float(text: str) -> float:
-    value = float(text)
+    value = JSONNumber(text)
     if not math.isfinite(value):  # 1e999: valid JSON that Python reads as infinity
         raise _NotJSON(f"the number {text[:20]} is too large for a float; write it as a string")
     return value

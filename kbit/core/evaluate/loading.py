@@ -234,6 +234,8 @@ def _plan_gguf(path: Path, selection: Selection, wanted: Sequence[str],
     reference = _reference(selection, run)
     if gguf_runtime(selection) == "transformers":
         return [attrs.evolve(found[0], reference=reference), *found[1:]]
+    if lora is not None:
+        _check_adapter_file(lora)
     in_llama_cpp = attrs.evolve(found[0], runtime="llama.cpp", gguf=str(path), lora=str(lora) if lora else None,
                                 reference=reference)
     return [in_llama_cpp, *found[1:]]
@@ -278,6 +280,24 @@ def _lora_file(lora: str | None) -> Path | None:
     if not path.is_file() or path.suffix != ".gguf":
         raise ConfigError(f"--lora {lora} is not a .gguf file; pass a llama.cpp LoRA adapter GGUF")
     return path
+
+
+def _check_adapter_file(path: Path) -> None:
+    """Refuse a ``--lora`` file that is no LoRA adapter GGUF: llama.cpp reads a model file given as an adapter
+    without a check and crashes the process (seen: SIGSEGV)."""
+    from gguf import GGUFReader
+
+    lora = str(path)
+
+    try:
+        field = GGUFReader(str(path)).fields.get("general.type")
+    except Exception:  # noqa: BLE001 - gguf-py raises several kinds on a file that is not GGUF
+        raise ConfigError(f"--lora {lora} cannot be read as GGUF (damaged or not a GGUF file); pass a llama.cpp LoRA "
+                          "adapter GGUF") from None
+    kind = field.contents() if field is not None else None
+    if kind != "adapter":
+        raise ConfigError(f"--lora {lora} is a GGUF {kind or 'model'} file, not a LoRA adapter; pass a model file as "
+                          "the model, and as --lora the adapter GGUF made for it (a gguf run writes RUN/gguf/NAME-lora.gguf)")
 
 
 def _owner_run(file: Path) -> tuple[Path, RunRecord] | None:

@@ -2,7 +2,7 @@
 
 The cap is the user's ``--max-new-tokens`` or, by default, derived from the training completions:
 the 95th percentile of their token lengths (the end-of-turn token included) times 1.5, bounded to
-16…1024. One-number arithmetic answers get 16 tokens, a few sentences of worked solution ~100-200;
+16…1024 and to half the model's context (the prompt needs the rest). One-number arithmetic answers get 16 tokens, a few sentences of worked solution ~100-200;
 a trained model ends well before the cap, and an untrained one is cut there instead of running on.
 """
 
@@ -120,4 +120,7 @@ def generation_budget(tokenizer: Any, train: Sequence[Example], explicit: int | 
         check_fits_context(explicit, getattr(model, "config", None))
         return GenerationBudget(int(explicit), "--max-new-tokens", "set by the user", stops)
     cap, detail = derived_cap(completion_lengths(tokenizer, train))
+    context = context_length(getattr(model, "config", None))
+    if context is not None and cap > context // 2:  # the prompt needs the rest of the context
+        cap, detail = max(1, context // 2), f"{detail}, bounded to half the model's context of {context} tokens"
     return GenerationBudget(cap, "training completions", detail, stops)

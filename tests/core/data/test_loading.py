@@ -40,6 +40,15 @@ def test_json_numbers_python_would_read_as_nan_or_infinity_are_refused(tmp_path,
         load_task_data(str(path))
 
 
+def test_numbers_and_booleans_train_as_json_wrote_them(tmp_path):
+    path = tmp_path / "data.jsonl"
+    answers = ["true", "false", "1e20", "1.50", "7", "-0.0"]
+    path.write_text("".join(f'{{"question": "q{i}", "answer": {a}}}\n' for i, a in enumerate(answers)))
+    data = load_task_data(str(path), held_out=1)
+    examples = sorted((*data.train, *data.held_out), key=lambda e: e.prompt[0][1])
+    assert [e.completion for e in examples] == answers  # not "True", "1e+20", "1.5"
+
+
 def test_arith_holds_out_up_to_every_question_that_exists_and_no_more():
     assert distinct_questions(("+",)) == 90 * 90
     assert distinct_questions(("+", "-")) == 90 * 90 + 90 * 91 // 2

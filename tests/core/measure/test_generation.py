@@ -47,6 +47,15 @@ def test_budget_is_measured_in_tokens_of_the_completions_or_set_by_the_user(load
     assert (user.max_new_tokens, user.chosen_by) == (7, "--max-new-tokens")
 
 
+def test_a_derived_budget_leaves_half_the_models_context_to_the_prompt(loaded):
+    model, tokenizer = loaded
+    context = model.config.max_position_embeddings
+    longest = [Example(prompt=[("user", "q")], completion="x" * (2 * context))] * 10
+    budget = generation_budget(tokenizer, longest, model=model)
+    assert budget.max_new_tokens == context // 2
+    assert budget.detail.endswith(f"bounded to half the model's context of {context} tokens")
+
+
 def test_end_of_turn_comes_from_the_tokenizer_the_model_and_the_chat_template(loaded):
     model, tokenizer = loaded
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
