@@ -21,7 +21,7 @@ from kbit.core.model.bases import check_loftq, check_mergeable
 from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data
 from kbit.core.system.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
-from kbit.core.measure.budget import check_fits_context
+from kbit.core.measure.budget import check_fits_context, context_length
 from kbit.core.measure.generation import render_prompt
 from kbit.core.methods.method import Method
 from kbit.core.contract.method_info import MergePolicy, Requirement, describe_missing
@@ -99,7 +99,11 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     check_fits_context(config.max_new_tokens, model_config)
     teacher = _teacher(config, data, model_config)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
-    longest = _check_lengths(tokenizer, data, config.max_length)
+    context = context_length(model_config)
+    if context is not None and config.max_length > context:
+        raise ConfigError(f"--max-length {config.max_length} is longer than the model's context of {context} tokens; "
+                          f"pass at most {context}")
+    longest = _check_lengths(tokenizer, data, config.max_length, context)
     sizing: dict[str, str] = {}
     if adapter.r == "auto":
         rank, sizing["r"] = auto_rank(model_config.hidden_size)
@@ -247,10 +251,10 @@ def _checkpointing(config: TrainConfig, spec: QuantizationSpec, device: DeviceIn
                   **estimates}
 
 
-def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> int:
+def _check_lengths(tokenizer: Any, data: TaskData, max_length: int, context: int | None = None) -> int:
     """Tokens of the longest training example (its prompt and completion, plus a few for the chat template's end
-    of turn); ConfigError where a prompt alone reaches ``max_length``, a warning counting the examples whose
-    completion training cuts there."""
+    of turn); ConfigError where a prompt alone reaches ``max_length`` (naming the model's ``context`` where no
+    --max-length could hold it), a warning counting the examples whose completion training cuts there."""
     prompts = [len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in data.train]
     longest = max(range(len(prompts)), key=prompts.__getitem__)
     if prompts[longest] >= max_length:
@@ -258,8 +262,10 @@ def _check_lengths(tokenizer: Any, data: TaskData, max_length: int) -> int:
         start = " ".join(data.train[longest].prompt[-1][1].split())[:40]
         raise ConfigError(
             f"max length {max_length} is too short for {over} of {len(prompts)} training prompts, which alone leave no "
-            f"room for a completion (the longest, \"{start}…\", has {prompts[longest]} tokens); raise --max-length "
-            f"above {prompts[longest]}, or remove those rows"
+            f"room for a completion (the longest, \"{start}…\", has {prompts[longest]} tokens); "
+            + (f"raise --max-length above {prompts[longest]}, or remove those rows"
+               if context is None or prompts[longest] < context else
+               f"the model reads at most {context} tokens, so shorten or remove those rows")
         )
     totals = [prompt + len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) + 4
               for prompt, e in zip(prompts, data.train)]

@@ -262,6 +262,8 @@ def test_auto_rank_and_batch_are_chosen_and_recorded(tiny, tmp_path):
     (("--dataset", "{jsonl}", "--columns", "prompt=q,completion=missing"), "no column(s) missing"),
     (("--dataset", "{empty}"), "is empty"),
     (("--max-length", "10"), "max length 10 is too short"),
+    (("--max-length", "4096"), "--max-length 4096 is longer than the model's context of 512 tokens; pass at most 512"),
+    (("--dataset", "{long}", "--max-length", "512"), "the model reads at most 512 tokens, so shorten or remove those rows"),
     (("-o", "bogus=1"), "unknown option 'bogus'"),
     (("--output", "{nonempty}"), "already holds other data, not written by this command"),
     (("--method", "qlroa"), "did you mean qlora"),
@@ -282,7 +284,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, kbit_tiny_mode
     nonempty = tmp_path / "taken"
     nonempty.mkdir()
     (nonempty / "file.txt").write_text("mine")
-    paths = {"jsonl": jsonl, "empty": empty, "nonempty": nonempty}
+    long = tmp_path / "long.jsonl"  # a prompt the tiny model's 512 positions cannot hold, whatever --max-length
+    long.write_text("".join(json.dumps({"prompt": ("word " * 200 if i == 0 else "q"), "completion": "a"}) + "\n"
+                            for i in range(8)))
+    paths = {"jsonl": jsonl, "empty": empty, "nonempty": nonempty, "long": long}
     if "{gpt2}" in args:
         paths["gpt2"] = kbit_tiny_model_factory(model_type="gpt2")
     args = [a.format(**paths) for a in args]
