@@ -8,6 +8,7 @@ a flag or a run's kbit.json (``recorded_config``); ``resume_config`` keeps what 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -320,7 +321,9 @@ def resume_config(run_dir: str | Path, overrides: Mapping[str, Any]) -> TrainCon
     if changes:
         raise ConfigError(f"cannot resume {run_dir} with other training settings: {'; '.join(changes)}; a resume "
                           "continues the run as it started: drop those flags, or train a new run (--output NEW) with them")
-    return wanted
+    # a path given another way to the same file: the run goes on with the one it recorded
+    return attrs.evolve(wanted, **{f: getattr(started, f) for f in FIELDS if f not in (*RESUMABLE, "options")
+                                   and getattr(started, f) != getattr(wanted, f)})
 
 
 def _refuse_placement_flags(run_dir: Path, output: str | None, overwrite: bool) -> None:
@@ -337,12 +340,24 @@ def resume_changes(started: TrainConfig, wanted: TrainConfig) -> list[str]:
         return "the default" if value is None else str(value)
 
     changes = [f"--{f.replace('_', '-')} {shown(getattr(wanted, f))} (the run has {shown(getattr(started, f))})"
-               for f in FIELDS if f not in (*RESUMABLE, "options") and getattr(started, f) != getattr(wanted, f)]
+               for f in FIELDS if f not in (*RESUMABLE, "options") and not _same(getattr(started, f), getattr(wanted, f))]
     for key in sorted(set(started.options) | set(wanted.options)):
         old, new = started.options.get(key), wanted.options.get(key)
         if _option_text(old) != _option_text(new):  # YAML's 4 and the flag's "4" are one value
             changes.append(f"-o {key}={new} (the run has {shown(old) if old is None else f'{key}={old}'})")
     return changes
+
+
+def _same(recorded: Any, given: Any) -> bool:
+    """Equal settings; a path given relative (or through a link) names the same file or folder as the run recorded."""
+    if recorded == given:
+        return True
+    if not (isinstance(recorded, str) and isinstance(given, str)):
+        return False
+    try:
+        return os.path.samefile(os.path.expanduser(recorded), os.path.expanduser(given))
+    except (OSError, ValueError):  # a hub id, a missing path: compared as text above
+        return False
 
 
 def _option_text(value: Any) -> str | None:

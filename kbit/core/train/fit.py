@@ -56,6 +56,9 @@ def padding_free_decision(plan: RunPlan, model: Any, dataset: Any) -> Decision:
                                          expected_padding)
 
     config = plan.config
+    if config.packing and config.padding_free == "true" and is_main_process():
+        log.warning("--padding-free true adds nothing to --packing, whose bins already hold no padding; "
+                    "batches are packed")
     lengths = example_lengths(plan.tokenizer, dataset)
     return decide_padding_free(config.padding_free, packing=config.packing, longest=max(lengths, default=0),
                                max_length=config.max_length,

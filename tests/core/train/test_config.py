@@ -42,6 +42,15 @@ def test_a_resume_takes_the_flags_that_only_change_how_the_run_is_logged_checked
     assert {k: getattr(config, k) for k in flags} == flags
 
 
+def test_a_resume_takes_a_path_given_another_way_to_the_same_model_and_data(tmp_path, monkeypatch):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data.jsonl").write_text("{}")
+    run = _run(tmp_path, model=str(tmp_path / "model"), dataset=str(tmp_path / "data.jsonl"))
+    monkeypatch.chdir(tmp_path)
+    config = resume_config(run, {"model": "model", "dataset": "./data.jsonl"})
+    assert config.model == str(tmp_path / "model") and config.dataset == str(tmp_path / "data.jsonl")  # as recorded
+
+
 @pytest.mark.parametrize("flags, change", [
     ({"max_steps": 80}, "--max-steps 80 (the run has 60)"),
     ({"method": "lora"}, "--method lora (the run has qlora)"),
