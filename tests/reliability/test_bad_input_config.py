@@ -189,6 +189,7 @@ def test_bad_config_file(isolated, tiny, run, capsys, text, message):
     assert_refused(["train", "--config", str(isolated / "settings.yaml")], message, capsys, isolated, run)
 
 
+@pytest.mark.slow  # the run fixture trains
 @pytest.mark.parametrize("text", ["", "# max_steps: 5\n", "{}\n"], ids=["empty", "comments", "empty-mapping"])
 def test_a_config_file_without_settings_is_refused_rather_than_run_on_defaults(isolated, run, capsys, text):
     (isolated / "settings.yaml").write_text(text)

@@ -90,7 +90,7 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
                 raise ConfigError(f"{path} line {number}: {exc}") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append(LineRow(row, line=number))
         return rows
     if suffix == ".json":
         try:
@@ -196,13 +196,15 @@ def _csv_rows(path: Path) -> list[dict[str, Any]]:
             if twice:
                 raise ConfigError(f"{path} line 1: column {twice[0]} appears more than once in the header; rename it")
             rows = []
+            first = reader.line_num + 1  # a quoted cell may span lines: a row starts after the previous one ends
             for fields in reader:
-                if not fields:
-                    continue  # a blank line
-                if len(fields) != len(names):
+                if fields and len(fields) != len(names):
                     raise ConfigError(f"{path} line {reader.line_num}: {len(fields)} fields but the header has "
                                       f"{len(names)} ({', '.join(names)}); quote fields that hold commas")
-                rows.append({name: value if value != "" else None for name, value in zip(names, fields)})
+                if fields:  # else a blank line
+                    rows.append(LineRow({name: value if value != "" else None for name, value in zip(names, fields)},
+                                        line=first))
+                first = reader.line_num + 1
             return rows
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
@@ -261,6 +263,14 @@ def _read_hub(hub_id: str, config: str | None, split: str, limit: int | None) ->
         ) from None
 
 
+class LineRow(dict):
+    """A row of a text file with the line it starts on, so a row kbit refuses is named by its line."""
+
+    def __init__(self, fields: Mapping[str, Any], *, line: int) -> None:
+        super().__init__(fields)
+        self.line = line
+
+
 def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[Example]:
     """Every row as an ``Example``; rows whose completion is empty or null are dropped (with a warning),
     since they teach nothing, and a dataset where every completion is empty is refused."""
@@ -270,7 +280,8 @@ def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[
             example = converter(row)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise ConfigError(f"{source} row {number}: {detail}") from None
+            where = f"line {row.line}" if isinstance(row, LineRow) else f"row {number}"
+            raise ConfigError(f"{source} {where}: {detail}") from None
         if example.completion.strip():
             examples.append(example)
     dropped = len(rows) - len(examples)

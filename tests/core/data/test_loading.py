@@ -40,6 +40,18 @@ def test_json_numbers_python_would_read_as_nan_or_infinity_are_refused(tmp_path,
         load_task_data(str(path))
 
 
+def test_a_refused_row_is_named_by_the_line_it_starts_on(tmp_path):
+    rows = [json.dumps({"prompt": f"q{i}", "completion": "a"}) for i in range(5)]
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("\n".join([*rows, "", "", "", *rows, '{"prompt": "x"}']) + "\n")
+    with pytest.raises(ConfigError, match="line 14: missing field 'completion'"):
+        load_task_data(str(jsonl))
+    csv = tmp_path / "data.csv"
+    csv.write_text('prompt,completion\n"two\nlines",a\n\n,b\n')  # a null prompt on line 5
+    with pytest.raises(ConfigError, match="line 5: field 'prompt' is null"):
+        load_task_data(str(csv))
+
+
 def test_numbers_and_booleans_train_as_json_wrote_them(tmp_path):
     path = tmp_path / "data.jsonl"
     answers = ["true", "false", "1e20", "1.50", "7", "-0.0"]
