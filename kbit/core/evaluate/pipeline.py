@@ -342,10 +342,11 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
         del model, loaded
         gc.collect()
         release_memory(device)
+    file = candidate.source.endswith(".gguf")  # dequantized to float to run here: its figures are not the file's
     return Measured(generated, loss, budget, {
-        "memory_bytes": footprint,
-        "bits_per_weight": bits["bits_per_weight"],
-        "linear_weights": bits["linear_weights"],
+        "memory_bytes": None if file else footprint,
+        "bits_per_weight": None if file else bits["bits_per_weight"],
+        "linear_weights": None if file else bits["linear_weights"],
         "tokens_per_s": speed["tokens_per_s"],
         "forward_tokens_per_s": loss["input_tokens"] / forward_s if forward_s > 0 else None,
         **agreement,

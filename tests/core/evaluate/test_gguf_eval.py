@@ -47,6 +47,7 @@ def test_a_gguf_in_llama_cpp_and_in_transformers_against_its_source(tiny_gguf, t
     assert (same["runtime"], same["variant"]) == ("transformers", "base")
     assert same["loss_tokens"] == row["loss_tokens"] and abs(same["loss"] - row["loss"]) < 1e-3  # one file, two runtimes
     assert same["answer_top1"] >= 0.9 and same["kl"] < 1e-4 and "prompt_tokens_per_s" not in same
+    assert same["bits_per_weight"] is None and same["memory_bytes"] is None  # the float copy's, not the file's
 
 
 @pytest.mark.slow  # tiny_run trains in a subprocess
