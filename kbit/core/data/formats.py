@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kbit.core.data.examples import Example
@@ -68,14 +68,29 @@ def squad(row: Mapping[str, Any]) -> Example:
     if v2 and _flag(row["is_impossible"]):
         texts = [UNANSWERABLE]
     else:
-        answers = row["answers"]
-        texts = list(answers.get("text", [])) if isinstance(answers, Mapping) else list(answers)
+        row["answers"]  # a row without the field is refused as missing it
+        texts = _answer_texts(row)
     if not texts:
         raise ValueError("row has no answer text")
     prompt = (f"{SQUAD_V2_PROMPT if v2 else SQUAD_PROMPT}\nContext: {field_text(row, 'context')}\n"
               f"Question: {field_text(row, 'question')}")
     return Example(prompt=[("user", prompt)], completion=as_text(texts[0], "answers"),
                    answers=[as_text(t, "answers") for t in texts if t is not None])
+
+
+def _answer_texts(row: Mapping[str, Any]) -> list[Any]:
+    answers = row.get("answers")
+    return list(answers.get("text") or []) if isinstance(answers, Mapping) else list(answers or [])
+
+
+def mark_unanswerable(rows: Sequence[dict[str, Any]]) -> None:
+    """Flat SQuAD v2.0 (the hub's ``squad_v2``) marks a question its context does not answer by an empty answer
+    list and has no ``is_impossible`` field. Where any of ``rows`` has one (and none has the field), every row
+    gets ``is_impossible``, in place, so every prompt allows the answer ``unanswerable``, as in a v2.0 document."""
+    if any("is_impossible" in row for row in rows) or all(_answer_texts(row) for row in rows):
+        return
+    for row in rows:
+        row["is_impossible"] = not _answer_texts(row)
 
 
 def _flag(value: Any) -> bool:

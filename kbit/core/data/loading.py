@@ -17,7 +17,8 @@ from typing import Any
 
 from kbit.core.data import arithmetic
 from kbit.core.data.examples import Example, TaskData, trained_prompts
-from kbit.core.data.formats import choose_format, is_squad_document, parse_column_mapping, squad_rows
+from kbit.core.data.formats import (choose_format, is_squad_document, mark_unanswerable, parse_column_mapping, squad,
+                                    squad_rows)
 from kbit.core.data.split import HeldOut, arith_held_out, split, take_held_out
 from kbit.core.errors import ConfigError
 from kbit.core.system.input_files import require_regular_file
@@ -297,6 +298,8 @@ def _build(name, source, rows, held_rows, mapping, held_out, max_examples, seed)
     if not rows:
         raise ConfigError(f"dataset {source} is empty")
     converter, task = choose_format(sorted(rows[0].keys()), mapping, source)
+    if converter is squad:
+        mark_unanswerable([*rows, *(held_rows or [])])
     if max_examples:
         rows = rows[:max_examples]
     examples = _convert(rows, converter, source)

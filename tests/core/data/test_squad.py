@@ -38,6 +38,16 @@ def test_v2_0_unanswerable_questions_are_answered_unanswerable_and_scored():
     assert score("squad", "1874", list(impossible[0].answers))["exact_match"] == 0.0
 
 
+def test_flat_v2_rows_of_the_hubs_layout_mark_unanswerable_by_an_empty_answer_list(tmp_path):
+    rows = [{"context": f"Ada kept lamp {i}.", "question": f"Who kept lamp {i}?",
+             "answers": {"text": ["Ada"] if i % 3 else [], "answer_start": [0] if i % 3 else []}} for i in range(9)]
+    path = tmp_path / "squad_v2.jsonl"  # rajpurkar/squad_v2: no is_impossible field
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    examples = _all(load_task_data(str(path), held_out=2))
+    assert sorted(e.completion for e in examples) == ["Ada"] * 6 + [UNANSWERABLE] * 3
+    assert all(f"'{UNANSWERABLE}'" in e.prompt[0][1] for e in examples)  # every prompt allows it, not only theirs
+
+
 def _document(tmp_path: Path, qas: list) -> str:
     path = tmp_path / "squad.json"
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [
