@@ -66,6 +66,13 @@ def padding_free_decision(plan: RunPlan, model: Any, dataset: Any) -> Decision:
                                attention=attention_separates_packed_examples(model))
 
 
+def warmup_steps(ratio: float, max_steps: int) -> int:
+    """The warm-up steps for ``ratio`` of ``max_steps``, at most all but the last: a warm-up step's rate rises from 0,
+    so a run all warm-up (1 step at any ratio) would end where it began."""
+    steps = int(math.ceil(ratio * max(max_steps, 1)))
+    return min(steps, max_steps - 1) if max_steps > 0 else steps
+
+
 def build_trainer(plan: RunPlan, model: Any) -> Any:
     from trl import SFTConfig
 
@@ -92,7 +99,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.lr,
         lr_scheduler_type=config.scheduler,
-        warmup_steps=int(math.ceil(config.warmup_ratio * max(config.max_steps, 1))),
+        warmup_steps=warmup_steps(config.warmup_ratio, config.max_steps),
         logging_steps=config.logging_steps,
         logging_first_step=True,
         eval_strategy=eval_strategy,

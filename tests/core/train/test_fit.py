@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from kbit.core.train.config import TrainConfig
-from kbit.core.train.fit import EVAL_LOSS_ITEMS, held_out_loss_items, training_evaluation
+from kbit.core.train.fit import EVAL_LOSS_ITEMS, held_out_loss_items, training_evaluation, warmup_steps
 
 
 @pytest.mark.parametrize("settings, expected", [
@@ -30,3 +30,10 @@ def test_training_evaluation(settings, expected):
 def test_the_held_out_loss_is_measured_on_the_first_scored_items(eval_limit, held_out, expected):
     plan = SimpleNamespace(config=TrainConfig(eval_limit=eval_limit), data=SimpleNamespace(held_out=list(range(held_out))))
     assert held_out_loss_items(plan) == list(range(expected))
+
+
+@pytest.mark.parametrize("ratio, max_steps, expected", [
+    (0.05, 100, 5), (0.05, 3, 1), (0.05, 1, 0), (0.5, 2, 1), (0.9, 4, 3), (0.0, 10, 0),
+])
+def test_warm_up_leaves_at_least_the_last_step_at_the_full_rate(ratio, max_steps, expected):
+    assert warmup_steps(ratio, max_steps) == expected
