@@ -96,7 +96,9 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
     if suffix == ".json":
         try:
             data = parse_json(path.read_text(encoding="utf-8-sig"))  # a leading BOM (Windows editors) is not data
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+        except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: invalid JSON ({exc})") from None
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
@@ -208,7 +210,7 @@ def _csv_rows(path: Path) -> list[dict[str, Any]]:
                 first = reader.line_num + 1
             return rows
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
+        raise not_utf8(path) from None
     except csv.Error as exc:
         raise ConfigError(f"{path}: invalid CSV ({exc}); check its quoting") from None
 
@@ -228,7 +230,23 @@ def _text_lines(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines(): JSON strings may hold U+2028
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); pass a text .jsonl file") from None
+        raise not_utf8(path) from None
+
+
+def not_utf8(path: Path) -> ConfigError:
+    """The refusal of a text file that is not UTF-8: where (its line), what it looks like, and the fix."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        what = "is UTF-16 text (its byte order mark says so)"
+    else:
+        try:
+            data.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            where = f" at line {line}"
+        what = f"is not UTF-8 text{where} (perhaps Latin-1 or Windows-1252)"
+    return ConfigError(f"{path} {what}; re-save it as UTF-8 (an editor's 'Save with encoding', or iconv -t UTF-8)")
 
 
 def _read_saved(path: Path) -> list[Mapping[str, Any]]:

@@ -52,6 +52,17 @@ def test_a_refused_row_is_named_by_the_line_it_starts_on(tmp_path):
         load_task_data(str(csv))
 
 
+def test_a_file_in_another_encoding_is_named_with_its_line_and_the_fix(tmp_path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"prompt": "a", "completion": "b"}\n{"prompt": "café", "completion": "b"}\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text at line 2 .*re-save it as UTF-8"):
+        load_task_data(str(latin))
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_text("prompt,completion\na,b\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="is UTF-16 text .*re-save it as UTF-8"):
+        load_task_data(str(utf16))
+
+
 def test_numbers_and_booleans_train_as_json_wrote_them(tmp_path):
     path = tmp_path / "data.jsonl"
     answers = ["true", "false", "1e20", "1.50", "7", "-0.0"]
