@@ -6,6 +6,7 @@ maps any other table.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -206,9 +207,16 @@ def choose_format(column_names: list[str], mapping: Mapping[str, str] | None, so
         if missing:
             raise ConfigError(f"dataset {source} has no column(s) {', '.join(missing)}; its columns: {', '.join(column_names)}")
         return columns(mapping), "generic"
-    for required, converter, task in FORMATS.values():
-        if required <= set(column_names):
-            return converter, task
+    matching = [(name, required, converter, task) for name, (required, converter, task) in FORMATS.items()
+                if required <= set(column_names)]
+    if matching:
+        name, required, converter, task = matching[0]
+        if len(matching) > 1:
+            others = sorted({c for _, other, _, _ in matching[1:] for c in other} - required)
+            logging.getLogger("kbit").warning(
+                "dataset %s has the columns of several layouts: kbit reads it as %s (%s) and ignores %s; pass --columns "
+                "prompt=COL,completion=COL to choose", source, name, ", ".join(sorted(required)), ", ".join(others))
+        return converter, task
     raise ConfigError(
         f"dataset {source} has no known format (columns: {', '.join(column_names) or 'none'}); "
         "use --columns prompt=COL,completion=COL or a messages/openmath/squad layout"

@@ -63,6 +63,17 @@ def test_a_file_in_another_encoding_is_named_with_its_line_and_the_fix(tmp_path)
         load_task_data(str(utf16))
 
 
+def test_columns_of_two_layouts_are_read_as_the_first_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "data.jsonl"
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "prompt": "x",
+           "completion": "y"}
+    path.write_text((json.dumps(row) + "\n") * 4)
+    with caplog.at_level("WARNING", logger="kbit"):
+        data = load_task_data(str(path), held_out=1)
+    assert data.train[0].completion == "a"
+    assert "reads it as messages (messages) and ignores completion, prompt; pass --columns" in caplog.text
+
+
 def test_numbers_and_booleans_train_as_json_wrote_them(tmp_path):
     path = tmp_path / "data.jsonl"
     answers = ["true", "false", "1e20", "1.50", "7", "-0.0"]
