@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -270,6 +271,7 @@ def _read_saved(path: Path) -> list[Mapping[str, Any]]:
 def _read_hub(hub_id: str, config: str | None, split: str, limit: int | None) -> list[Mapping[str, Any]]:
     import datasets
 
+    _check_hub_reachable(hub_id)
     try:
         if limit:
             stream = datasets.load_dataset(hub_id, config, split=split, streaming=True)
@@ -280,6 +282,25 @@ def _read_hub(hub_id: str, config: str | None, split: str, limit: int | None) ->
             f"cannot load dataset '{hub_id}' split '{split}' from the hub ({type(exc).__name__}); "
             "check the name and network, or pass a local .jsonl/.json/.csv/.parquet file"
         ) from None
+
+
+def _check_hub_reachable(hub_id: str) -> None:
+    """Refuse at once where the hub cannot be reached: ``datasets`` would retry for half a minute, printing each
+    retry, before failing. Offline mode (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``) fails fast by itself."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
+        return
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot load dataset '{hub_id}': the hub ({endpoint.hostname}) cannot be reached "
+                          f"({exc.strerror or type(exc).__name__}); check the network, or pass a local "
+                          ".jsonl/.json/.csv/.parquet file") from None
 
 
 class LineRow(dict):

@@ -74,6 +74,17 @@ def test_columns_of_two_layouts_are_read_as_the_first_with_a_warning(tmp_path, c
     assert "reads it as messages (messages) and ignores completion, prompt; pass --columns" in caplog.text
 
 
+def test_a_hub_dataset_with_the_hub_out_of_reach_is_refused_at_once(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
+    with pytest.raises(ConfigError, match=r"cannot load dataset 'someorg/somedata': the hub \(hub.invalid\) cannot be "
+                                          "reached .*pass a local"):
+        load_task_data("someorg/somedata")
+
+
 def test_numbers_and_booleans_train_as_json_wrote_them(tmp_path):
     path = tmp_path / "data.jsonl"
     answers = ["true", "false", "1e20", "1.50", "7", "-0.0"]
