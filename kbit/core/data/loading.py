@@ -210,7 +210,7 @@ def _csv_rows(path: Path) -> list[dict[str, Any]]:
                                         line=first))
                 first = reader.line_num + 1
             return rows
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError:
         raise not_utf8(path) from None
     except csv.Error as exc:
         raise ConfigError(f"{path}: invalid CSV ({exc}); check its quoting") from None
@@ -230,7 +230,7 @@ def _silenced(logger_name: str) -> Iterator[None]:
 def _text_lines(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines(): JSON strings may hold U+2028
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError:
         raise not_utf8(path) from None
 
 
