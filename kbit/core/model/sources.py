@@ -652,6 +652,10 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as exc:
+        folder = Path(source.path)
+        if folder.is_dir() and not any(folder.glob("tokenizer*")):  # the cause, not transformers' inner message
+            raise ConfigError(f"{source.path} has no tokenizer files; copy the base model's tokenizer.json and "
+                              "tokenizer_config.json into it (tokenizer.save_pretrained(folder))") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot load a tokenizer from {source.path} ({first}); the model folder needs its "
                           "tokenizer files (tokenizer.json, tokenizer_config.json)") from None

@@ -91,6 +91,14 @@ def _copy_meta(tiny_run, tmp_path, **changes):
     return run
 
 
+def test_a_model_folder_without_its_tokenizer_says_so(tiny, tmp_path, capsys):
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny / name, folder / name)
+    assert f"{folder} has no tokenizer files; copy the base model's tokenizer.json" in _fails(["eval", str(folder)], capsys)
+
+
 def test_a_path_that_is_no_model_or_run(tmp_path, capsys):
     assert "does not exist" in _fails(["eval", str(tmp_path / "missing")], capsys)
     assert "neither a kbit run" in _fails(["eval", str(tmp_path)], capsys)
