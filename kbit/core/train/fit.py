@@ -89,6 +89,8 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
     held_out = held_out_loss_items(plan)
     eval_strategy, eval_steps = training_evaluation(config) if held_out else ("no", None)
     checkpointing = checkpointing_enabled(model)
+    if is_main_process():  # tens of seconds for tens of thousands of rows: say what the wait is
+        log.info("preparing %d training examples (chat template, tokenization)", len(plan.data.train))
     dataset = sft_dataset(plan.tokenizer, plan.data.train)
     padding_free = padding_free_decision(plan, model, dataset)
     args = SFTConfig(
