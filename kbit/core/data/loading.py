@@ -162,16 +162,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if twice := next((key for key in keys if keys.count(key) > 1), None):  # json keeps the last one, silently
+        raise _NotJSON(f"key '{twice}' is given twice in one object; keep the one you mean")
+    return dict(pairs)
+
+
 def parse_json(text: str) -> Any:
     """``json.loads`` for dataset files, strict where Python's json is lenient or fragile.
 
     Raises ``json.JSONDecodeError`` for malformed JSON, and a ``ValueError`` that names the fix for
     ``NaN``/``Infinity`` (not JSON: they would train as the text "nan"), a number too large for a
-    float (read as infinity), an integer over ``MAX_INT_DIGITS`` digits, and nesting deeper than
-    Python's recursion limit.
+    float (read as infinity), an integer over ``MAX_INT_DIGITS`` digits, a key given twice in one object,
+    and nesting deeper than Python's recursion limit.
     """
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
+        return json.loads(text, parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
     except RecursionError:
         raise _NotJSON("its JSON is nested too deeply to read; flatten it") from None
 

@@ -32,6 +32,7 @@ def test_a_csv_row_with_an_extra_field_is_refused_not_shifted(tmp_path):
 @pytest.mark.parametrize("value, message", [
     ("NaN", "NaN is not a JSON value"), ("Infinity", "Infinity is not a JSON value"),
     ("-Infinity", "-Infinity is not a JSON value"), ("1e999", "the number 1e999 is too large for a float"),
+    ('"1", "answer": "2"', "key 'answer' is given twice in one object"),
 ])
 def test_json_numbers_python_would_read_as_nan_or_infinity_are_refused(tmp_path, value, message):
     path = tmp_path / "data.jsonl"
