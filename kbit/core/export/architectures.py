@@ -166,15 +166,16 @@ def rope_tensors(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
     - Llama 3 (``llama3``): ``rope_freqs``, one factor per rotated pair that llama.cpp divides each plain
       frequency by, taken from transformers' own frequencies, so the file rotates as the trained model did.
     - Phi-3 (``longrope``): ``rope_factors_long`` and ``rope_factors_short``, as ``convert_hf_to_gguf.py``
-      writes them; llama.cpp picks the long ones for contexts over the original length, as transformers does.
+      writes them; llama.cpp takes the long ones in a context (``n_ctx``) longer than the original length,
+      transformers for an input longer than it.
     """
     import gguf
     import numpy as np
 
     rope = rope_scaling(config)
     if rope.get("rope_type") == "longrope":
-        return [(f"{gguf.TENSOR_NAMES[tensor]}.weight", np.asarray(rope[key], dtype=np.float32)) for tensor, key
-                in ((gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, "long_factor"), (gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT, "short_factor"))]
+        pairs = ((gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, "long_factor"), (gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT, "short_factor"))
+        return [(f"{gguf.TENSOR_NAMES[tensor]}.weight", np.asarray(rope[key], dtype=np.float32)) for tensor, key in pairs]
     if rope.get("rope_type") != "llama3":
         return []
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS

@@ -2,8 +2,9 @@
 
 The cap is the user's ``--max-new-tokens`` or, by default, derived from the training completions:
 the 95th percentile of their token lengths (the end-of-turn token included) times 1.5, bounded to
-16…1024 and to half the model's context (the prompt needs the rest). One-number arithmetic answers get 16 tokens, a few sentences of worked solution ~100-200;
-a trained model ends well before the cap, and an untrained one is cut there instead of running on.
+16…1024 and to half the model's context (the prompt needs the rest). One-number arithmetic answers get
+16 tokens, a few sentences of worked solution ~100-200; a trained model ends well before the cap, and an
+untrained one is cut there instead of running on.
 """
 
 from __future__ import annotations
