@@ -478,7 +478,8 @@ def _phi3_config(config: Any, fields: Mapping[str, Any], tensors: list[Any]) -> 
     original = value("rope.scaling.original_context_length")
     if "rope_factors_long.weight" in factors:
         rope.update(rope_type="longrope", long_factor=factors["rope_factors_long.weight"],
-                    short_factor=factors["rope_factors_short.weight"], original_max_position_embeddings=int(original),
+                    short_factor=factors["rope_factors_short.weight"],
+                    original_max_position_embeddings=int(original or config.max_position_embeddings),
                     attention_factor=float(value("rope.scaling.attn_factor") or 1.0))
     if original is not None:
         config.original_max_position_embeddings = int(original)
