@@ -334,10 +334,18 @@ def run_method(run: Path, record: RunRecord) -> Any:
     except UnknownMethodError:
         if not plugin.get("distribution"):
             raise
+        import importlib.metadata
+
+        try:
+            installed = importlib.metadata.version(plugin["distribution"])
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed is not None and installed == plugin.get("version"):
+            raise  # the very distribution the run used has no such method: the name itself is wrong
         pin = f"{plugin['distribution']}=={plugin['version']}" if plugin.get("version") else plugin["distribution"]
+        here = "not installed here" if installed is None else f"not in the {installed} installed here"
         raise UnknownMethodError(f"run {run} trained its adapter with method '{record.method}' of {provider}, which is "
-                                 f"not installed here; pip install '{pin}' to score the adapter (merged/ needs no "
-                                 "method)") from None
+                                 f"{here}; pip install '{pin}' to score the adapter (merged/ needs no method)") from None
     if plugin.get("version") and (plugin.get("distribution"), plugin["version"]) != (method.distribution, method.version):
         log.warning("run %s trained with method '%s' of %s; %s %s is installed, whose base may differ from the one "
                     "the adapter trained on", run, record.method, provider, method.distribution, method.version)
