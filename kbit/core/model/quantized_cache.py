@@ -19,7 +19,8 @@ Not cached, said once at INFO with the fix: a layer class defined inside a funct
 JSON cannot hold, a ``quantize_base`` that changed anything besides replacing layers (another module,
 parameter or buffer, or ``model.config``). An entry that is damaged, or whose base no longer loads to
 the recorded names, shapes, dtypes and config, is ignored with a warning, quantized again and
-replaced. ``KBIT_NO_QUANTIZED_CACHE=1`` turns the cache off.
+replaced. An entry written for new code (another version or edited sources of the plugin or kbit) removes the
+entries of the same base, method and spec that older code wrote. ``KBIT_NO_QUANTIZED_CACHE=1`` turns the cache off.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def load_quantized_base(method: Method, spec: QuantizationSpec, path: str | Path
     try:
         layers = replaced_layers(quantized, model, before)
         write_entry(entry, key, quantized, layers)
+        prune_superseded(entry, key)
     except NotCacheable as exc:
         _uncacheable.add(found_uncacheable)
         _say_once(method, str(exc))
@@ -436,6 +438,25 @@ def write_entry(entry: Path, key: dict[str, Any], model: Any, layers: dict[str, 
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def prune_superseded(entry: Path, key: dict[str, Any]) -> list[Path]:
+    """Remove the entries ``entry`` supersedes: the same base, method and spec quantized by other code (another
+    version or other sources of the plugin or kbit), which no load of this code can use; returns them. A plugin
+    author's every edit would otherwise leave a copy of the quantized base behind."""
+    same = {field: key[field] for field in ("base", "method", "distribution", "spec")}
+    removed = []
+    for other in entry.parent.glob(f"{entry.name.rsplit('-', 2)[0]}-*-v{QUANTIZED_CACHE_VERSION}"):
+        if other == entry:
+            continue
+        try:
+            recorded = json.loads((other / RECORD).read_text(encoding="utf-8"))["key"]
+            if {field: recorded.get(field) for field in same} == same and recorded != key:
+                discard_cached(other)
+                removed.append(other)
+        except (OSError, ValueError, KeyError, TypeError):  # damaged or being written: left to its own load
+            continue
+    return removed
 
 
 # Using an entry -------------------------------------------------------------------------------

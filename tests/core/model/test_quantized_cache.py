@@ -98,6 +98,19 @@ def test_another_option_base_or_plugin_source_quantizes_again(registry, kbit_tin
     assert _calls(registry, "rtn-cached") == 4
     _load(registry, "rtn-cached", kbit_tiny_model)
     assert _calls(registry, "rtn-cached") == 4
+    assert len(_entries(tmp_path)) == 3  # the default spec, bits=3, the changed base
+
+
+def test_an_entry_of_edited_plugin_code_replaces_the_one_the_old_code_wrote(registry, kbit_tiny_model, site, tmp_path):
+    _load(registry, "rtn-cached", kbit_tiny_model)
+    _load(registry, "rtn-cached", kbit_tiny_model, bits="3")
+    (before_default, before_bits3) = sorted(_entries(tmp_path), key=lambda p: p.stat().st_mtime_ns)
+    with open(site.root / "kbit_rtn.py", "a", encoding="utf-8") as plugin:  # the plugin's module: in every key
+        plugin.write("# edited\n")
+    _load(registry, "rtn-cached", kbit_tiny_model)
+    entries = _entries(tmp_path)
+    assert _calls(registry, "rtn-cached") == 3 and len(entries) == 2
+    assert before_default not in entries and before_bits3 in entries  # another spec may still be loaded: kept
 
 
 @pytest.mark.parametrize("damage", ["truncated tensors", "garbage record"])
