@@ -445,6 +445,16 @@ def method_base(label: str, path: str, source: str, data: DataRequest, trust: bo
                      trust_remote_code=trust)
 
 
+def run_adapter(label: str, run: Path, base_path: str, data: DataRequest, trust: bool, method: str,
+                spec: QuantizationSpec) -> Candidate:
+    """The adapter in ``run/adapter`` on the base at ``base_path`` through ``method`` with ``spec``: the candidate
+    ``kbit eval RUN --variant adapter`` loads, and a run's own "after" figure."""
+    directory = run / "adapter"
+    tokenizer = str(directory) if (directory / "tokenizer_config.json").is_file() else base_path
+    return Candidate(label, "adapter", str(directory), str(run), tokenizer, data, base_path=base_path, method=method,
+                     spec=spec, trust_remote_code=trust)
+
+
 def _run_base_path(run: Path, record: RunRecord) -> str:
     base = record.base_model
     if not base.path:
@@ -551,7 +561,7 @@ def load_candidate(candidate: Candidate, device: DeviceInfo) -> Loaded:
                 raise ConfigError(f"cannot load the adapter in {candidate.path}: {_first_line(exc)}") from None
             from kbit.core.model.adapters import through_grid
 
-            model = through_grid(model, candidate.spec)
+            model = method.prepare_inference(through_grid(model, candidate.spec), candidate.spec)  # as a run scores it
     else:
         model = load_plain(candidate.path, trust_remote_code=candidate.trust_remote_code, device_map=device_map)
     model.eval()

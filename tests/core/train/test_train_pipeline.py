@@ -390,3 +390,20 @@ def test_last_step_loss_is_logged_and_few_held_out_items_are_flagged(tiny, tmp_p
     assert f"held-out exact match {hits[0]}/4 → {hits[1]}/4 (" in result.stdout
     assert "4 held-out items: too few items to compare" in result.stdout and "raise --eval-limit to 30" in result.stdout
     assert "at most 16 new tokens (training completions: 95th percentile of 40 completion lengths" in result.stdout
+
+
+@pytest.mark.slow
+def test_kbit_eval_reproduces_the_runs_own_adapter_figure(tiny, tmp_path):
+    out = tmp_path / "run"
+    # bf16: peft's k-bit preparation upcasts the trained model's norms to float32, the adapter as loaded keeps them
+    trained = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "3", "--max-examples", "60",
+                       "--eval-limit", "20", "-o", "compute_dtype=bfloat16")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    after = read_metadata(out)["metrics"]["after"]
+    report = tmp_path / "report"
+    evaluated = run_kbit("eval", str(out), "--variant", "adapter", "--limit", "20", "--out", str(report), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (row,) = json.loads(evaluated.stdout)["rows"]
+    assert row["exact_match"] == after["exact_match"] and row["answers_cut"] == after["answers_cut"]
+    predictions = [json.loads(line)["prediction"] for line in (report / "predictions.jsonl").read_text().splitlines()]
+    assert predictions[:5] == [sample["prediction"] for sample in after["samples"]]  # the same answers, not only a count
