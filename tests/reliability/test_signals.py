@@ -32,6 +32,7 @@ def test_signal_marks_the_run_interrupted_releases_the_lock_and_exits_with_its_c
     said = _kbit_lines(err)
     assert "Traceback" not in err and len(said) == 1, err[-2000:]
     assert said[0] == ("kbit: interrupted" if sent == signal.SIGINT else "kbit: terminated by signal 15")
+    assert f"kbit train --resume {out} continues it" in err  # the way on
     record = json.loads((out / "kbit.json").read_text())
     assert record["status"] == "interrupted" and record["error"]
     assert not (out / ".kbit.lock").exists()

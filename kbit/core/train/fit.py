@@ -188,6 +188,8 @@ def train_adapter(plan: RunPlan, model: Any) -> Trained:
     if plan.resume and checkpoint is None and is_main_process():
         log.warning("no checkpoint to resume from in %s (none was saved before the run stopped, or they were "
                     "deleted or damaged): training starts again from step 1", plan.run_dir / CHECKPOINTS)
+    if checkpoint is not None and is_main_process():
+        log.info("resuming from %s", checkpoint.relative_to(plan.run_dir))
     if checkpoint is not None and checkpoints.finished_training(checkpoint):
         load_adapter_weights(trainer.model, checkpoint, plan.spec)
         state = checkpoints.trainer_state(checkpoint)

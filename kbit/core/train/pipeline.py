@@ -50,6 +50,7 @@ from kbit.core.train import checkpoints
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.fit import CHECKPOINTS, Trained, load_adapter_weights, train_adapter
 from kbit.core.train.outputs import write_loss_plot
+from kbit.core.errors import Terminated
 from kbit.core.train.plan import RunPlan, is_main_process, plan_run, process_count
 
 log = logging.getLogger("kbit")
@@ -103,6 +104,9 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
                 yield record
             except BaseException as exc:
                 log.error("run stopped: %s: %s", type(exc).__name__, exc, exc_info=True, extra=LOG_FILE_ONLY)
+                if isinstance(exc, (KeyboardInterrupt, Terminated)) and is_main_process():
+                    log.warning("run %s is interrupted; kbit train --resume %s continues it from its last checkpoint",
+                                plan.name, plan.run_dir)
                 raise
 
 
