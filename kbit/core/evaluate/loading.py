@@ -236,6 +236,9 @@ def _plan_gguf(path: Path, selection: Selection, wanted: Sequence[str],
         return [attrs.evolve(found[0], reference=reference), *found[1:]]
     if lora is not None:
         _check_adapter_file(lora)
+        from kbit.core.export.lora_gguf import check_lora_for_base
+
+        check_lora_for_base(lora, path)
     in_llama_cpp = attrs.evolve(found[0], runtime="llama.cpp", gguf=str(path), lora=str(lora) if lora else None,
                                 reference=reference)
     return [in_llama_cpp, *found[1:]]

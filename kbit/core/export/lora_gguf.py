@@ -391,6 +391,24 @@ def apply_lora_gguf(model: Any, lora_gguf: Path, base_gguf: Path) -> Any:
     return peft_model.eval()
 
 
+def check_lora_for_base(lora_gguf: Path, base_gguf: Path) -> None:
+    """ConfigError, in one line, where ``lora_gguf`` is not a LoRA adapter for ``base_gguf``: another architecture,
+    a tensor the base does not hold, or one of another shape. llama.cpp loads such a pair without a check and
+    crashes the process at the first token (seen: SIGSEGV)."""
+    base = _read_base(Path(base_gguf))
+    _, tensors = _read_lora(Path(lora_gguf), base)
+    for name, (a, b) in sorted(tensors.items()):
+        if name not in base.shapes:
+            raise ConfigError(f"{Path(lora_gguf).name} adapts {name}, which {base.path.name} does not hold; pass the "
+                              "base GGUF the adapter was made for")
+        embedding = name == "token_embd.weight"  # its lora_a is indexed by token (vocab × r)
+        expected = (b.shape[0], a.shape[0]) if embedding else (a.shape[1], b.shape[0])  # ggml order, innermost first
+        if tuple(base.shapes[name]) != tuple(expected):
+            raise ConfigError(f"{Path(lora_gguf).name} adapts {name} as a {tuple(reversed(expected))} weight but "
+                              f"{base.path.name}'s is {tuple(reversed(base.shapes[name]))}; pass the base GGUF the "
+                              "adapter was made for")
+
+
 def _read_lora(path: Path, base: _BaseFile) -> tuple[float, dict[str, tuple[Any, Any]]]:
     """``(adapter.lora.alpha, {base tensor: (lora_a, lora_b)})``, float32 numpy arrays in the file's row order."""
     import gguf

@@ -77,6 +77,26 @@ def test_bad_runtime_options(tiny_gguf, tiny, tmp_path, capsys):
     assert "--reference applies to .gguf files" in _fails(["eval", str(tiny), "--reference", str(tiny)], capsys)
 
 
+def test_a_lora_gguf_made_for_another_base_is_refused_before_llama_cpp_loads_it(tiny_gguf, tmp_path, capsys):
+    import gguf
+    import numpy as np
+
+    pytest.importorskip("llama_cpp")  # which would crash the process on this pair
+    lora = tmp_path / "other-lora.gguf"
+    writer = gguf.GGUFWriter(str(lora), "llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 8.0)
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 576), dtype=np.float32))  # a 576-wide model's
+    writer.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((576, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    error = _fails(["eval", str(tiny_gguf), "--lora", str(lora)], capsys)
+    assert "adapts blk.0.attn_q.weight as a (576, 576) weight but" in error and "the adapter was made for" in error
+
+
 def test_llama_cpp_asked_for_without_the_package_names_the_install_line(tiny_gguf, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without it looks like to find_spec
     for option in (["--runtime", "llama.cpp"], ["--lora", str(tiny_gguf)]):
