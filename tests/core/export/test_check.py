@@ -46,10 +46,21 @@ def test_logits_that_disagree_fail_the_gate(tiny, tiny_gguf, items, tmp_path):
 
 def test_answers_that_get_worse_fail_the_gate(tiny, tiny_gguf, items):
     # The source's exact match as an earlier check measured it; the random tiny model answers nothing right.
-    with pytest.raises(FidelityError, match=r"held-out exact match 0.0% is 100.0 points below the source's 100.0% \(allowed 2"):
+    with pytest.raises(FidelityError, match=r"held-out exact match 0.0% is 100.0 points below the source's 100.0% \(allowed "
+                                            r"25: --max-em-drop, and at least one answer of 4\) \(mean KL"):
         check_gguf(tiny_gguf, tiny, "arithmetic", items, Gate.for_type("q8_0"), source_exact_match=1.0)
     figures = check_gguf(tiny_gguf, tiny, "arithmetic", items, Gate.for_type("q4_0"), source_exact_match=1.0)
     assert figures["gate"]["max_em_drop"] is None and figures["source"]["exact_match"] == 1.0  # q4: reported, not gated
+
+
+@pytest.mark.parametrize("items, lost, fails", [(10, 1, False), (10, 2, True), (100, 2, False), (100, 3, True)])
+def test_the_exact_match_gate_allows_at_least_one_answer(items, lost, fails):
+    from kbit.core.export.check import failures_of
+
+    figures = {"nonfinite_positions": 0, "answer_kl": 0.001, "kl": 0.001, "top1_agreement_within_ties": 1.0,
+               "answer_positions": 30, "positions": 90, "items": items,
+               "exact_match": (items // 2 - lost) / items, "source": {"exact_match": (items // 2) / items}}
+    assert bool(failures_of(figures, Gate.for_type("q8_0"))) is fails  # q8_0 allows 2 points
 
 
 @pytest.mark.parametrize("runtime", ["llama.cpp", "transformers"])
