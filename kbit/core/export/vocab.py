@@ -106,6 +106,9 @@ def add_hf_tokenizer(writer: Any, model_dir: Path, vocab_size: int, architecture
         gguf.SpecialVocab(Path(model_dir), n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
         return "llama"
     if kind == "BPE":
+        if not model.get("merges"):
+            raise ConfigError(f"{model_dir}: its BPE tokenizer has no merges, and llama.cpp cannot load a BPE vocabulary "
+                              "without them; use llama.cpp's convert_hf_to_gguf.py, or a tokenizer.json with its merges")
         tokenizer = _auto_tokenizer(model_dir)
         tokens, types = _base_vocab(tokenizer, vocab_size)
         writer.add_tokenizer_model("gpt2")

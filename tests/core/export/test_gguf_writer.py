@@ -171,6 +171,16 @@ def test_byte_level_bpe_tokenizer_gets_the_gpt2_model_and_pre_tokenizer(tiny, tm
     assert _compare(model, out) < 2e-3
 
 
+def test_a_bpe_tokenizer_without_merges_is_refused_before_writing(tiny, tmp_path):
+    model = bpe_model(tiny, tmp_path / "bpe")
+    spec = json.loads((model / "tokenizer.json").read_text())
+    spec["model"]["merges"] = []  # what a character-level vocabulary saved as BPE looks like; llama.cpp cannot load it
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match="its BPE tokenizer has no merges, and llama.cpp cannot load"):
+        write_gguf(model, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def test_hub_id_comes_from_the_gguf_metadata():
     assert gguf_hub_id({"general.source.huggingface.repository": "org/model"}, "x") == "org/model"
     assert gguf_hub_id({"general.source.url": "https://huggingface.co/org/model/tree/main"}, "x") == "org/model"
