@@ -167,6 +167,10 @@ def _tensors(model_dir: Path, config: Mapping[str, Any], architecture: Any, file
         written.append((gguf_name, data, qtype))
     written.extend((name, factors, gguf.GGMLQuantizationType.F32) for name, factors in rope_tensors(config))
     counts = Counter(qtype.name for _, _, qtype in written)
+    if fallbacks and wanted.name not in counts:  # a file of the type in name only, larger than the type promises
+        raise ConfigError(f"{model_dir}: no weight of this model has rows a whole number of {wanted.name} blocks wide "
+                          f"({fallbacks[0]}), so a {file_type} file would hold F16 weights; choose a type whose block "
+                          "fits (q8_0, q4_0, q5_0 … take 32)")
     return written, {"tensor_types": dict(sorted(counts.items())), "fallbacks": fallbacks,
                      "prequantized": sorted(prequantized)}
 

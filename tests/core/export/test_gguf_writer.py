@@ -171,6 +171,12 @@ def test_byte_level_bpe_tokenizer_gets_the_gpt2_model_and_pre_tokenizer(tiny, tm
     assert _compare(model, out) < 2e-3
 
 
+def test_a_type_no_weight_fits_is_refused_rather_than_written_as_f16(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="no weight of this model has rows a whole number of TQ2_0 blocks wide"):
+        write_gguf(tiny, tmp_path / "x.gguf", "tq2_0", name="x", base=BaseModel(name="x"))  # 64 wide; TQ2_0 takes 256
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def test_a_bpe_tokenizer_without_merges_is_refused_before_writing(tiny, tmp_path):
     model = bpe_model(tiny, tmp_path / "bpe")
     spec = json.loads((model / "tokenizer.json").read_text())
