@@ -61,6 +61,8 @@ class BaseModel:
 
 
 def check_file_type(file_type: str) -> str:
+    """``file_type`` in kbit's spelling (llama.cpp writes them upper-case: Q8_0); ConfigError for an unknown one."""
+    file_type = file_type.strip().lower()
     if file_type not in FILE_TYPES:
         raise ConfigError(f"unknown --type '{file_type}'; choose from {', '.join(FILE_TYPES)}")
     return file_type
@@ -80,7 +82,7 @@ def write_gguf(model_dir: Path, target: Path, file_type: str, *, name: str, base
     import gguf
 
     model_dir = Path(model_dir)
-    check_file_type(file_type)
+    file_type = check_file_type(file_type)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     architecture = architecture_of(config, str(model_dir))
     prequantized = dict(prequantized or {})

@@ -171,6 +171,12 @@ def test_byte_level_bpe_tokenizer_gets_the_gpt2_model_and_pre_tokenizer(tiny, tm
     assert _compare(model, out) < 2e-3
 
 
+def test_a_type_in_llama_cpps_spelling_is_taken():
+    from kbit.core.export.gguf import check_file_type
+
+    assert check_file_type("Q8_0") == "q8_0" and check_file_type(" MXFP4 ") == "mxfp4"
+
+
 def test_a_type_no_weight_fits_is_refused_rather_than_written_as_f16(tiny, tmp_path):
     with pytest.raises(ConfigError, match="no weight of this model has rows a whole number of TQ2_0 blocks wide"):
         write_gguf(tiny, tmp_path / "x.gguf", "tq2_0", name="x", base=BaseModel(name="x"))  # 64 wide; TQ2_0 takes 256
