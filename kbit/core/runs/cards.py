@@ -34,8 +34,8 @@ ARTIFACTS: dict[str, tuple[str, str, str, str]] = {
     "quantized": ("quantized", "transformers", "the merged model quantized after training with {method} ({format})",
                   "```python\nfrom transformers import AutoModelForCausalLM\n"
                   "model = AutoModelForCausalLM.from_pretrained(\"REPO\")  # compressed-tensors; vLLM serves it as is\n```"),
-    "gguf": ("quantized", "gguf", "the merged model as GGUF files for llama.cpp, Ollama and LM Studio",
-             "```bash\nllama-cli -m FILE.gguf -cnv   # or: ollama create NAME -f Modelfile with FROM ./FILE.gguf\n```"),
+    "gguf": ("quantized", "gguf", "the fine-tuned model as GGUF files for llama.cpp, Ollama and LM Studio",
+             "```bash\nllama-cli -m FILE.gguf -cnv   # Ollama: a Modelfile with FROM ./FILE.gguf\n```"),
 }
 
 
@@ -217,14 +217,22 @@ def _gguf_table(record: RunRecord) -> list[str]:
     if not exports:
         return []
     lines = ["## Files", "",
-             "Checked against the merged model on held-out prompts when written, the file run in the runtime named:", "",
-             "| file | type | size | checked in | top-1 agreement (answer tokens) | max / mean \\|Δlogit\\| | exact match (merged → file) |",
+             "Each file was checked when written against the model it was made from (the merged model; for a LoRA "
+             "adapter file, the trained adapter), on held-out prompts, run in the runtime named:", "",
+             "| file | type | size | checked in | top-1 agreement (answer tokens) | max / mean \\|Δlogit\\| "
+             "| exact match (source → file, items) |",
              "|---|---|---|---|---|---|---|"]
     for e in exports:
         lines.append(f"| `{Path(e.file or '').name}` | {e.type} | {(e.size_bytes or 0) / 2**20:.1f} MiB | "
                      f"{e.extra.get('runtime') or 'transformers'} | "
                      f"{e.top1_agreement or 0:.2%} | {e.max_abs_logit_diff or 0:.3g} / {e.mean_abs_logit_diff or 0:.3g} | "
-                     f"{e.source.get('exact_match') or 0:.0%} → {e.exact_match or 0:.0%} |")
+                     f"{e.source.get('exact_match') or 0:.0%} → {e.exact_match or 0:.0%} ({e.items or 0}) |")
+    adapters = [e for e in exports if e.type == "lora"]
+    if adapters:  # an adapter file runs on its base file, not alone
+        base = Path(adapters[0].base_file or "BASE.gguf").name
+        lines += ["", "A LoRA adapter file runs on the base file it was made for:", "", "```bash",
+                  f"llama-cli -m {base} --lora {Path(adapters[0].file or '').name} -cnv   "
+                  f"# Ollama: FROM ./{base} and ADAPTER ./{Path(adapters[0].file or '').name} in the Modelfile", "```"]
     return lines + [""]
 
 

@@ -68,6 +68,15 @@ def test_the_gguf_card_describes_the_files_in_its_folder_and_where_each_was_chec
     [result] = _front(gguf)["model-index"][0]["results"]
     assert [m["value"] for m in result["metrics"]] == [0.88]
     assert "| `x-q8_0.gguf` | q8_0 | 0.0 MiB | llama.cpp |" in gguf and "copy.gguf" not in gguf
+    assert "--lora" not in gguf
+
+
+def test_the_gguf_card_runs_an_adapter_file_on_its_base():
+    adapter = {"file": "gguf/x-lora.gguf", "type": "lora", "exact_match": 0.6, "items": 10, "runtime": "llama.cpp",
+               "base_file": "/models/base-q8_0.gguf", "source": {"model": "adapter", "exact_match": 0.5}}
+    gguf = artifact_card(RunRecord.from_dict({**RAW, "exports": [adapter]}), "gguf")
+    assert "| 50% → 60% (10) |" in gguf and "the trained adapter" in gguf
+    assert "llama-cli -m base-q8_0.gguf --lora x-lora.gguf -cnv" in gguf and "ADAPTER ./x-lora.gguf" in gguf
 
 
 def test_base_falls_back_to_its_name_without_a_hub_id():
