@@ -103,7 +103,7 @@ def add_hf_tokenizer(writer: Any, model_dir: Path, vocab_size: int, architecture
         writer.add_token_types(list(types))
         if architecture in SENTENCEPIECE_ONLY:
             writer.add_add_space_prefix(False)  # as Gemma2Model.set_vocab writes it: Gemma adds no leading space
-        gguf.SpecialVocab(Path(model_dir), n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        _add_special_tokens(writer, model_dir, len(tokens))
         return "llama"
     if kind == "BPE":
         if not model.get("merges"):
@@ -115,7 +115,7 @@ def add_hf_tokenizer(writer: Any, model_dir: Path, vocab_size: int, architecture
         writer.add_tokenizer_pre(_pre_tokenizer(spec, tokenizer, model_dir))
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        gguf.SpecialVocab(Path(model_dir), load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        _add_special_tokens(writer, model_dir, len(tokens), merges=True)
         return "gpt2"
     if kind == "WordLevel":
         if architecture not in SENTENCEPIECE_READERS:
@@ -136,10 +136,24 @@ def add_hf_tokenizer(writer: Any, model_dir: Path, vocab_size: int, architecture
         writer.add_token_scores([0.0] * len(tokens))
         writer.add_token_types(types)
         writer.add_add_space_prefix(False)
-        gguf.SpecialVocab(Path(model_dir), load_merges=False, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        _add_special_tokens(writer, model_dir, len(tokens))
         return "llama"
     raise ConfigError(f"{model_dir}: tokenizer model '{kind}' is not exported to GGUF by kbit (BPE and byte-level "
                       "WordLevel are); use llama.cpp's convert_hf_to_gguf.py")
+
+
+def _add_special_tokens(writer: Any, model_dir: Path, n_vocab: int, *, merges: bool = False) -> None:
+    """Special token ids, add-BOS/EOS flags, chat template (``gguf.SpecialVocab``). Where ``tokenizer_config.json``
+    does not say whether a BOS token is added (transformers 5 leaves it to the tokenizer's post-processor), the
+    file says what the tokenizer does: llama.cpp would otherwise add one to every SentencePiece-type prompt."""
+    import gguf
+
+    special = gguf.SpecialVocab(Path(model_dir), load_merges=merges, n_vocab=n_vocab)
+    special.add_to_gguf(writer, quiet=True)
+    if "bos" not in special.add_special_token:
+        tokenizer = _auto_tokenizer(model_dir)
+        bos = tokenizer.bos_token_id
+        writer.add_add_bos_token(bos is not None and tokenizer("a")["input_ids"][:1] == [bos])
 
 
 def _auto_tokenizer(model_dir: Path) -> Any:

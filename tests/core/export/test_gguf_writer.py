@@ -171,6 +171,16 @@ def test_byte_level_bpe_tokenizer_gets_the_gpt2_model_and_pre_tokenizer(tiny, tm
     assert _compare(model, out) < 2e-3
 
 
+def test_whether_a_bos_token_is_added_is_written_as_the_tokenizer_does(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    write_gguf(tiny, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
+    keys, _ = _fields(tmp_path / "x.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    adds = tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+    assert keys["tokenizer.ggml.add_bos_token"] is adds  # unset, llama.cpp adds one to a SentencePiece-type vocabulary
+
+
 def test_a_type_in_llama_cpps_spelling_is_taken():
     from kbit.core.export.gguf import check_file_type
 
