@@ -156,7 +156,7 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
                       **({"generation": budgets[request].to_dict()} if request in budgets else {}),
                       **({"scoring": math_scorer()} if data.task in MATH_TASKS else {})}
                      for request, (data, items) in datasets.items()],
-        "warnings": _sample_warnings(rows),
+        "warnings": _sample_warnings(rows) + _reference_warnings(rows),
         "rows": rows,
         "gaps": [g.to_dict() for g in gaps],
         "versions": meta.package_versions(),
@@ -193,6 +193,14 @@ def default_out_dir(candidates: list[Candidate]) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = re.sub(r'[^A-Za-z0-9._+-]', '-', name)[:150]  # a folder name (255 bytes) with kbit's staging suffix
     return REPORTS_ROOT / f"{safe}-{stamp}"
+
+
+def _reference_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A file that agrees with its reference on fewer than half of the answer tokens is most likely not made from
+    it (seen: --reference naming another model with the same vocabulary gave 0% without a word)."""
+    return [f"{r['model']}: answer top-1 agreement with its reference ({r['reference']}) is {r['answer_top1']:.0%}; "
+            "check that --reference names the model this file was made from"
+            for r in rows if r.get("answer_top1") is not None and r["answer_top1"] < 0.5]
 
 
 def _sample_warnings(rows: list[dict[str, Any]]) -> list[str]:

@@ -65,6 +65,15 @@ def test_a_file_in_a_run_gguf_folder_is_compared_with_the_run_adapter_model(tiny
     assert row["answer_top1"] >= 0.9 and row["kl"] < 1e-3  # the merged model in F16 against the adapter on its base
 
 
+def test_a_reference_the_file_was_not_made_from_is_warned_of(tiny_gguf, kbit_tiny_model_factory, tmp_path, capsys):
+    pytest.importorskip("llama_cpp")
+    other = kbit_tiny_model_factory(seed=7, tied=False)  # the same vocabulary, another output head
+    report = _eval(capsys, str(tiny_gguf), "--reference", str(other), "--limit", "4", "--out", str(tmp_path / "r"))
+    (row,) = report["rows"]
+    assert row["answer_top1"] < 0.5
+    assert any("check that --reference names the model this file was made from" in w for w in report["warnings"])
+
+
 def test_bad_runtime_options(tiny_gguf, tiny, tmp_path, capsys):
     assert "unknown --runtime 'vllm'" in _fails(["eval", str(tiny_gguf), "--runtime", "vllm"], capsys)
     assert "--lora needs llama.cpp" in _fails(["eval", str(tiny_gguf), "--runtime", "transformers", "--lora", str(tiny_gguf)], capsys)
