@@ -232,6 +232,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 160)  # piped output: keep rows on one line each
     console.print(table)
+    console.soft_wrap = not console.is_terminal  # piped output: the lines below whole, for grep
     for gap in report.get("gaps", []):
         console.print(f"[yellow]gap[/yellow] {escape(gap['label'])} {gap['variant']}: {escape(gap['reason'])}")
     for warning in report.get("warnings", []):

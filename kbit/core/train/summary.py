@@ -80,7 +80,7 @@ def print_summary(result: Any) -> None:
     metrics, merge = record.metrics, record.merge
     console = Console()
     if not console.is_terminal:
-        console.width = max(console.width, 160)  # piped output: keep each line whole
+        console.soft_wrap = True  # piped output: one line per line, whatever its length, for grep
     console.print(f"[bold]run[/bold]      {result.run_dir}")
     line = loss_line(record.loss_history, record.train.steps, record.config.teacher if record.config is not None else None)
     if line:
