@@ -92,6 +92,15 @@ def prepare_model(model: Any, spec: QuantizationSpec) -> Any:
     return model
 
 
+@hookimpl
+def prepare_inference(model: Any, spec: QuantizationSpec) -> Any:
+    """The int8 base with its adapter loaded again (``kbit eval``, a run's own scores): DoRA needs the same row-scale
+    workaround as in training (``keep_int8_scales_on_cpu``), else its second forward fails."""
+    if spec.adapter is not None and spec.adapter.peft_type == "dora":
+        keep_int8_scales_on_cpu(model)
+    return model
+
+
 KEEP_REASON = ("LLM.int8 inference also rounds each layer's input to int8, which no merged weights reproduce "
                "(merged into the dequantized base: 87% top-1 agreement on SmolLM2); the adapter is kept to serve "
                "on its int8 base")

@@ -242,11 +242,19 @@ def _text_lines(path: Path) -> list[str]:
         raise not_utf8(path) from None
 
 
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def not_utf8(path: Path) -> ConfigError:
     """The refusal of a text file that is not UTF-8: where (its line), what it looks like, and the fix."""
     data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        what = "is UTF-16 text (its byte order mark says so)"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) and _decodes(data, "utf-16"):
+        what = "is not UTF-8 text: it starts with a UTF-16 byte order mark"
     else:
         try:
             data.decode("utf-8")

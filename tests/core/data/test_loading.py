@@ -60,7 +60,7 @@ def test_a_file_in_another_encoding_is_named_with_its_line_and_the_fix(tmp_path)
         load_task_data(str(latin))
     utf16 = tmp_path / "utf16.csv"
     utf16.write_text("prompt,completion\na,b\n", encoding="utf-16")
-    with pytest.raises(ConfigError, match="is UTF-16 text .*re-save it as UTF-8"):
+    with pytest.raises(ConfigError, match="is not UTF-8 text: it starts with a UTF-16 byte order mark; re-save it as UTF-8"):
         load_task_data(str(utf16))
 
 
