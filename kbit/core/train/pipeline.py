@@ -299,21 +299,11 @@ def _base_scores(plan: RunPlan, limit: int, new_tokens: int) -> HeldOut:
     upcasts norms and embeddings to float32) and training leave the in-memory base computing otherwise
     than the base as loaded, which moved greedy answers of the tiny test model.
     """
-    from kbit.core.system.device import release_memory
-    from kbit.core.evaluate.loading import DataRequest, load_candidate, method_base
+    from kbit.core.evaluate.loading import DataRequest, method_base
 
-    if not plan.data.held_out[:limit]:
-        return HeldOut()  # nothing to load the base for
     # DataRequest(): load_candidate does not read it; the items are plan.data's
-    candidate = method_base(plan.source.name, plan.source.path, str(plan.run_dir), DataRequest(),
-                            plan.config.trust_remote_code, plan.method.name, plan.spec)
-    loaded = load_candidate(candidate, plan.device)
-    try:
-        return _held_out_scores(loaded.model, loaded.tokenizer, plan.data, limit, new_tokens)
-    finally:
-        del loaded
-        gc.collect()
-        release_memory(plan.device)
+    return _loaded_scores(plan, method_base(plan.source.name, plan.source.path, str(plan.run_dir), DataRequest(),
+                                            plan.config.trust_remote_code, plan.method.name, plan.spec), limit, new_tokens)
 
 
 def _adapter_scores(plan: RunPlan, limit: int, new_tokens: int) -> HeldOut:
@@ -323,13 +313,19 @@ def _adapter_scores(plan: RunPlan, limit: int, new_tokens: int) -> HeldOut:
     memory answered 6 of 10 held-out sums and the adapter as a user loads it 7, so ``kbit eval`` did not reproduce
     the run's figure.
     """
+    from kbit.core.evaluate.loading import DataRequest, run_adapter
+
+    return _loaded_scores(plan, run_adapter(plan.name, plan.run_dir, plan.source.path, DataRequest(),
+                                            plan.config.trust_remote_code, plan.method.name, plan.spec), limit, new_tokens)
+
+
+def _loaded_scores(plan: RunPlan, candidate: Any, limit: int, new_tokens: int) -> HeldOut:
+    """``candidate`` loaded by ``kbit eval``'s loader and scored on the run's first ``limit`` held-out items."""
     from kbit.core.system.device import release_memory
-    from kbit.core.evaluate.loading import DataRequest, load_candidate, run_adapter
+    from kbit.core.evaluate.loading import load_candidate
 
     if not plan.data.held_out[:limit]:
-        return HeldOut()
-    candidate = run_adapter(plan.name, plan.run_dir, plan.source.path, DataRequest(), plan.config.trust_remote_code,
-                            plan.method.name, plan.spec)
+        return HeldOut()  # nothing to load a model for
     loaded = load_candidate(candidate, plan.device)
     try:
         return _held_out_scores(loaded.model, loaded.tokenizer, plan.data, limit, new_tokens)
