@@ -115,7 +115,7 @@ def add_hf_tokenizer(writer: Any, model_dir: Path, vocab_size: int, architecture
         writer.add_tokenizer_pre(_pre_tokenizer(spec, tokenizer, model_dir))
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        _add_special_tokens(writer, model_dir, len(tokens), merges=True)
+        _add_special_tokens(writer, model_dir, len(tokens), merges=True, tokenizer=tokenizer)
         return "gpt2"
     if kind == "WordLevel":
         if architecture not in SENTENCEPIECE_READERS:
@@ -136,13 +136,14 @@ def add_hf_tokenizer(writer: Any, model_dir: Path, vocab_size: int, architecture
         writer.add_token_scores([0.0] * len(tokens))
         writer.add_token_types(types)
         writer.add_add_space_prefix(False)
-        _add_special_tokens(writer, model_dir, len(tokens))
+        _add_special_tokens(writer, model_dir, len(tokens), tokenizer=tokenizer)
         return "llama"
     raise ConfigError(f"{model_dir}: tokenizer model '{kind}' is not exported to GGUF by kbit (BPE and byte-level "
                       "WordLevel are); use llama.cpp's convert_hf_to_gguf.py")
 
 
-def _add_special_tokens(writer: Any, model_dir: Path, n_vocab: int, *, merges: bool = False) -> None:
+def _add_special_tokens(writer: Any, model_dir: Path, n_vocab: int, *, merges: bool = False,
+                        tokenizer: Any = None) -> None:
     """Special token ids, add-BOS/EOS flags, chat template (``gguf.SpecialVocab``). Where ``tokenizer_config.json``
     does not say whether a BOS token is added (transformers 5 leaves it to the tokenizer's post-processor), the
     file says what the tokenizer does: llama.cpp would otherwise add one to every SentencePiece-type prompt."""
@@ -151,7 +152,7 @@ def _add_special_tokens(writer: Any, model_dir: Path, n_vocab: int, *, merges: b
     special = gguf.SpecialVocab(Path(model_dir), load_merges=merges, n_vocab=n_vocab)
     special.add_to_gguf(writer, quiet=True)
     if "bos" not in special.add_special_token:
-        tokenizer = _auto_tokenizer(model_dir)
+        tokenizer = tokenizer or _auto_tokenizer(model_dir)
         bos = tokenizer.bos_token_id
         writer.add_add_bos_token(bos is not None and tokenizer("a")["input_ids"][:1] == [bos])
 
