@@ -291,9 +291,8 @@ def _check_adapter_file(path: Path) -> None:
     from gguf import GGUFReader
 
     lora = str(path)
-
     try:
-        field = GGUFReader(str(path)).fields.get("general.type")
+        field = GGUFReader(lora).fields.get("general.type")
     except Exception:  # noqa: BLE001 - gguf-py raises several kinds on a file that is not GGUF
         raise ConfigError(f"--lora {lora} cannot be read as GGUF (damaged or not a GGUF file); pass a llama.cpp LoRA "
                           "adapter GGUF") from None
@@ -398,8 +397,7 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
             if record.spec is None:
                 raise ConfigError(f"{run / meta.FILENAME} has no 'spec'; it is incomplete")
             spec = record.spec
-            candidates.append(Candidate(label, "adapter", str(directory), str(run), tokenizer, data, base_path=base_path,
-                                        method=method.name, spec=spec, trust_remote_code=trust))
+            candidates.append(run_adapter(label, run, base_path, data, trust, method.name, spec, directory=directory))
         else:
             produced = record.method if variant == "merged" else _quantized_method(directory, record)
             candidates.append(Candidate(label, variant, str(directory), str(run), tokenizer, data,
@@ -449,10 +447,10 @@ def method_base(label: str, path: str, source: str, data: DataRequest, trust: bo
 
 
 def run_adapter(label: str, run: Path, base_path: str, data: DataRequest, trust: bool, method: str,
-                spec: QuantizationSpec) -> Candidate:
-    """The adapter in ``run/adapter`` on the base at ``base_path`` through ``method`` with ``spec``: the candidate
-    ``kbit eval RUN --variant adapter`` loads, and a run's own "after" figure."""
-    directory = run / "adapter"
+                spec: QuantizationSpec, directory: Path | None = None) -> Candidate:
+    """The adapter in ``directory`` (default ``run/adapter``) on the base at ``base_path`` through ``method`` with
+    ``spec``: the candidate ``kbit eval RUN --variant adapter`` loads, and a run's own "after" figure."""
+    directory = directory or run / "adapter"
     tokenizer = str(directory) if (directory / "tokenizer_config.json").is_file() else base_path
     return Candidate(label, "adapter", str(directory), str(run), tokenizer, data, base_path=base_path, method=method,
                      spec=spec, trust_remote_code=trust)
