@@ -182,7 +182,7 @@ def _quantized_record(plan: QuantizePlan, result: dict[str, Any]) -> RunRecord:
     method = plan.method
     return RunRecord(
         kind="quantized", status="finished", created=meta.now(), method=method.name,
-        method_plugin={"distribution": method.distribution, "version": method.version}, spec=plan.spec,
+        method_plugin=method.provenance(), spec=plan.spec,
         base_model={"path": str(plan.model_dir.resolve()), "name": plan.model_dir.name, "origin": "local",
                     "revision": weights_digest(plan.model_dir)},
         source_run=str(plan.source.resolve()) if plan.run is not None else None,

@@ -55,3 +55,18 @@ def test_selected_by_name_and_trained(installed, tiny, tmp_path):
     assert record["method_plugin"]["distribution"] == "kbit-quanto"
     assert record["train"]["steps"] == 2 and record["artifacts"]["merged"] == "merged"
     assert record["merge"]["base"] == "dequantized" and record["merge"]["top1_agreement"] == 1.0
+    assert set(record["method_plugin"]["sources"]) == {"kbit_quanto"}
+
+    # The plugin's source edited without a new version: eval still scores the adapter and says its base may differ.
+    def adapter_eval():
+        return run_kbit("eval", str(run), "--variant", "adapter", "--limit", "2", "--max-new-tokens", "2",
+                        "--out", str(tmp_path / "report"))
+
+    unchanged = adapter_eval()
+    assert unchanged.returncode == 0 and "source files have changed" not in unchanged.stderr, unchanged.stderr[-2000:]
+    record["method_plugin"]["sources"]["kbit_quanto"] = "0123456789abcdef"
+    (run / "kbit.json").write_text(json.dumps(record))
+    edited = adapter_eval()
+    assert edited.returncode == 0, edited.stderr[-2000:]
+    assert "method 'quanto-int8' of kbit-quanto 0.2.0, whose source files have changed since under the same version" \
+           in " ".join(edited.stderr.split())

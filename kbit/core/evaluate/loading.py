@@ -326,7 +326,8 @@ def _reference(selection: Selection, run: tuple[Path, RunRecord] | None) -> Cand
 def run_method(run: Path, record: RunRecord) -> Any:
     """The method ``record`` trained with, as installed here. UnknownMethodError naming the distribution the run
     recorded when no installed plugin provides it; a warning when the installed one is another version (its
-    ``quantize_base`` may build another base than the adapter trained on)."""
+    ``quantize_base`` may build another base than the adapter trained on), or the same version whose source
+    files differ from those the run recorded."""
     from kbit.core.methods.registry import get_method
 
     plugin = record.method_plugin
@@ -351,6 +352,10 @@ def run_method(run: Path, record: RunRecord) -> Any:
     if plugin.get("version") and (plugin.get("distribution"), plugin["version"]) != (method.distribution, method.version):
         log.warning("run %s trained with method '%s' of %s; %s %s is installed, whose base may differ from the one "
                     "the adapter trained on", run, record.method, provider, method.distribution, method.version)
+    elif plugin.get("sources") and plugin["sources"] != method.provenance().get("sources"):
+        log.warning("run %s trained with method '%s' of %s, whose source files have changed since under the same "
+                    "version, so its base may differ from the one the adapter trained on; give the plugin a new "
+                    "version when a change alters its base", run, record.method, provider)
     return method
 
 

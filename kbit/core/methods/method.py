@@ -50,6 +50,20 @@ class Method:
         """The plugin object (module or instance) whose hooks this method calls."""
         return self._plugin
 
+    def provenance(self) -> dict[str, Any]:
+        """What a run records of the code it used: distribution, version, and the source digest of each of the
+        plugin's own packages (kbit's excluded: its version is recorded apart), so a plugin edited without a
+        new version is told apart. A package whose source cannot be read is left out."""
+        from kbit.core.model.quantized_cache import NotCacheable, plugin_packages, source_digest
+
+        sources = {}
+        for package in sorted(plugin_packages(self) - {"kbit"}):
+            try:
+                sources[package] = source_digest(package)
+            except NotCacheable:
+                pass
+        return {"distribution": self.distribution, "version": self.version, **({"sources": sources} if sources else {})}
+
     def _call(self, hook: str, **kwargs: Any) -> Any:
         others = [p for p in self._pm.get_plugins() if p is not self._plugin]
         caller = self._pm.subset_hook_caller(hook, others)

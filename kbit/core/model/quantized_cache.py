@@ -135,7 +135,7 @@ def _say_once(method: Method, reason: str) -> None:
 
 def entry_key(method: Method, spec: QuantizationSpec, base: Path) -> dict[str, Any]:
     """What an entry is valid for, as JSON (see the module docs); ``NotCacheable`` when it cannot be known."""
-    packages = sorted({"kbit", *_plugin_packages(method)})
+    packages = sorted({"kbit", *plugin_packages(method)})
     fields = {"format": QUANTIZED_CACHE_VERSION, "base": base_digest(base), "method": method.name,
               "distribution": method.distribution, "version": method.version,
               "sources": {package: source_digest(package) for package in packages}, "spec": spec.to_dict()}
@@ -199,7 +199,7 @@ def _remember_digests(remembered: dict[str, str]) -> None:
         log.debug("could not remember base digests in %s: %s", folder, exc)
 
 
-def _plugin_packages(method: Method) -> set[str]:
+def plugin_packages(method: Method) -> set[str]:
     """The top-level packages of the plugin's code: its module, or the modules of its object's classes."""
     plugin = method.plugin
     if isinstance(plugin, types.ModuleType):

@@ -116,7 +116,7 @@ def _initial_record(plan: RunPlan) -> RunRecord:
         name=plan.name,
         created=meta.now(),
         method=plan.method.name,
-        method_plugin={"distribution": plan.method.distribution, "version": plan.method.version},
+        method_plugin=plan.method.provenance(),
         method_summary=plan.method.info.summary,
         method_options=dict(plan.config.options),
         spec=plan.spec,
