@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from kbit.core.contract.spec import QuantizationSpec
 from kbit.core.runs.outputs import claim, enclosing_run, kbit_kind
 
 DEFAULT_CALIBRATION_SAMPLES = 64
+
+log = logging.getLogger(__name__)
 
 
 def calibration_texts(tokenizer: Any, examples: Sequence[Any], spec: QuantizationSpec, method: Method) -> list[str]:
@@ -91,6 +94,20 @@ def _run_inputs(record: RunRecord | None) -> tuple[str | None, ...]:
     return (record.base_model.path, record.config.dataset if record.config is not None else None)
 
 
+def _refuse_training_options(method: Method, options: Mapping[str, Any]) -> None:
+    """ConfigError for an adapter or training option: quantizing a merged model trains nothing, so the value
+    would change nothing but the record."""
+    from kbit.core.model.adapters import adapter_options, training_options
+
+    training = set(adapter_options().names) | set(training_options().names)
+    given = [name for name in options if name in training]
+    if given:
+        own = [name for name in method.info.options.names if name not in training]
+        raise ConfigError(f"-o {given[0]} sets how method '{method.name}' trains an adapter, and kbit quantize trains "
+                          f"none; pass only its quantization options ({', '.join(own) or 'it has none'}), or "
+                          "kbit train to train with it")
+
+
 @attrs.frozen
 class QuantizePlan:
     """What ``kbit quantize`` will do, decided and checked before anything is written."""
@@ -124,6 +141,9 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
         return plan.target, read_record(plan.target)
     with RunFolder(plan.source, flag=None) as folder:
         record = folder.read_record()  # as it is now that no other writer can change it
+        if record.quantize is not None:
+            log.info("replacing %s (quantized with %s before) with %s's model", plan.target, record.quantize.method,
+                     plan.method.name)
         record.quantize = {**quantize_into(plan.method, plan.spec, plan.model_dir, calibration, plan.target),
                            "dataset": plan.data.describe()}
         record.artifacts["quantized"] = "quantized"
@@ -151,8 +171,11 @@ def plan_quantize(path: Path, method_name: str | None, options: Mapping[str, Any
     if not method.implements("quantize_model"):
         raise ConfigError(f"method '{method.name}' does not quantize after training; choose one whose capabilities "
                           "list post-training quantization (see 'kbit methods')")
+    _refuse_training_options(method, options)
     same = run is not None and not options and method.name == run.method and run.spec is not None
-    spec = run.spec if same else method.resolve_spec(dict(options))
+    # Options given for the run's own method adjust the options it trained with; another method starts from its defaults.
+    recorded = dict(run.method_options) if run is not None and method.name == run.method else {}
+    spec = run.spec if same else method.resolve_spec({**recorded, **options})
     if run is not None:
         model_dir = path / "merged"
         if not (model_dir / "config.json").is_file():
@@ -181,8 +204,8 @@ def _quantized_record(plan: QuantizePlan, result: dict[str, Any]) -> RunRecord:
 
     method = plan.method
     return RunRecord(
-        kind="quantized", status="finished", created=meta.now(), method=method.name,
-        method_plugin=method.provenance(), spec=plan.spec,
+        kind="quantized", status="finished", created=meta.now(), name=plan.target.name, method=method.name,
+        method_plugin=method.provenance(), method_summary=method.info.summary, spec=plan.spec,
         base_model={"path": str(plan.model_dir.resolve()), "name": plan.model_dir.name, "origin": "local",
                     "revision": weights_digest(plan.model_dir)},
         source_run=str(plan.source.resolve()) if plan.run is not None else None,

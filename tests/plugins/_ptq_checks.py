@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kbit.core.measure.metrics import checkpoint_packed_bits
 from kbit.core.quantize import quantize_path
+from tests.conftest import run_kbit
 from tests.plugins.conftest import train_tiny
 
 FAST = {"calibration_samples": "4", "calibration_max_length": "48"}
@@ -44,4 +46,12 @@ def requantize_run(run: Path, method: str) -> dict:
     weights = on_disk["quantize"]["config_groups"]["group_0"]["weights"]
     assert (weights["num_bits"], weights["group_size"]) == (8, 32)
     assert on_disk["artifacts"]["quantized"] == "quantized" and on_disk["kind"] == "run"
+    # bits per weight as the checkpoint stores them (transformers decompresses it on a CPU load)
+    packed = checkpoint_packed_bits(run / "quantized")
+    assert len(packed) == 14  # 7 linear layers × 2 blocks
+    assert 8 < sum(bits for bits, _ in packed.values()) / sum(n for _, n in packed.values()) < 9
+    # a compressed checkpoint is not a GGUF source: export names the run's full-precision model instead
+    refused = run_kbit("export", str(run / "quantized"), "--output", str(run.parent / "q.gguf"))
+    assert refused.returncode == 2 and "holds a compressed-tensors checkpoint" in refused.stderr
+    assert f"kbit export {run}" in refused.stderr and not (run.parent / "q.gguf").exists()
     return record

@@ -274,6 +274,7 @@ CASES = [
     (("quantize", "{model_copy}", "--method", "gptq", "--output", "{taken}"), "already holds other data"),
     (("quantize", "{model_copy}", "--method", "gptq"), "pass --output DIR"),
     (("quantize", "{run}", "--method", "qlora"), "does not quantize after training"),
+    (("quantize", "{run}", "--method", "gptq", "-o", "r=8"), "-o r sets how method 'gptq' trains an adapter, and kbit quantize trains none; pass only its quantization options (bits, group_size"),
     (("quantize", "{run}", "--method", "gptq", "--output", "{model_copy}"), "already holds other data"),
     # kbit.json edited or damaged, read back by eval and --resume
     (("eval", "{run_spec_str}", "--variant", "adapter"), "field 'spec' must be an object, got str"),

@@ -78,6 +78,10 @@ def _owned_folder(plan: ComparePlan) -> Iterator[dict[str, Any]]:
         def record_stop(exc: BaseException) -> None:
             interrupted = isinstance(exc, (KeyboardInterrupt, Terminated))
             report.update(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}")
+            # Methods run in order: the first one still pending is the one the stop cut short.
+            current = next((m for m in report["methods"] if m["status"] == "pending"), None)
+            if current is not None:
+                current["status"] = report["status"]
             with contextlib.suppress(OSError):
                 reporting.write(plan.out_dir, report)
 
@@ -131,7 +135,9 @@ def _obtain_run(planned: PlannedMethod, progress: Progress) -> tuple[RunRecord, 
 
     if decision.action == RESUME:
         progress(f"{planned.name}: resuming the unfinished run {planned.run_dir}")
-        return run_training(planned.train, resume=True).record, "resumed"
+        record = run_training(planned.train, resume=True).record
+        # Without a checkpoint to resume from, training started again at step 1: that is a run trained now.
+        return record, "resumed" if record.train is not None and record.train.resumed_from else "trained"
     why = f" (replacing a run that {decision.replaces})" if decision.replaces else ""
     progress(f"{planned.name}: training {steps(planned.train.max_steps)} into {planned.run_dir}{why}")
     train = attrs.evolve(planned.train, overwrite=bool(decision.replaces))

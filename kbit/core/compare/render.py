@@ -14,9 +14,9 @@ from typing import Any
 HEADER = ("method", "variant", "held-out loss", "exact match", "bits/weight", "memory", "size on disk", "train s",
           "train tokens/s", "train MFU", "quantize s", "this run")
 NOTES = (
-    "Held-out loss is over answer tokens only; exact match on greedy answers. Bits/weight and memory are",
-    "measured on the model as loaded (compressed-tensors checkpoints of gptq/awq decompress on load, so",
-    "their size on disk is the compressed figure). Size on disk counts the weight files a variant needs:",
+    "Held-out loss is over answer tokens only; exact match on greedy answers. Memory is measured on the",
+    "model as loaded (compressed-tensors checkpoints of gptq/awq decompress on load); bits/weight as each",
+    "layer is stored (theirs as the checkpoint holds it). Size on disk counts the weight files a variant needs:",
     "the adapter variant needs its base as stored too (a quantized-training method quantizes it on load).",
     "Train s is the run's wall time without quantization (load, train, merge and merge check); train",
     "tokens/s and MFU are its training steps' (matrix-product FLOPs over this machine's measured matmul peak).",
@@ -68,7 +68,8 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     cells = []
     for row in report["rows"]:
         if row["variant"] is None:
-            states = {"pending": "not reached", "failed": f"failed: {row.get('reason')}"}
+            states = {"pending": "not reached", "failed": f"failed: {row.get('reason')}",
+                      "interrupted": "interrupted (kbit compare again continues it)"}
             state = states.get(row["status"], row["status"])
             cells.append([row["method"], "—", *["" for _ in HEADER[2:-1]], state])
             continue
@@ -95,9 +96,13 @@ def option_notes(report: dict[str, Any]) -> list[str]:
     """One line per ``-o`` option: the methods it applied to and those it was skipped for."""
     lines = []
     for key, value in report["settings"]["options"].items():
-        took = [m["method"] for m in report["methods"] if key in (m.get("options") or {})]
+        given = [m for m in report["methods"] if key in (m.get("options") or {})]
+        refused = [m["method"] for m in given if f"for option '{key}'" in (m.get("reason") or "")]
+        took = [m["method"] for m in given if m["method"] not in refused]
         skipped = [m["method"] for m in report["methods"] if key in (m.get("skipped_options") or [])]
-        line = f"- `-o {key}={value}`: applied to {', '.join(took) or 'no method'}"
+        parts = [f"applied to {', '.join(took) or 'no method'}"] if took or not refused else []
+        parts += [f"refused by {', '.join(refused)} (see its row)"] if refused else []
+        line = f"- `-o {key}={value}`: {'; '.join(parts)}"
         if skipped:
             line += f"; skipped for {', '.join(skipped)} (no such option)"
         lines.append(line)
@@ -150,7 +155,7 @@ def plot(path: Path, report: dict[str, Any]) -> None:
     figure, axes = plt.subplots(2, 3, figsize=(15, 8), dpi=100, gridspec_kw={"width_ratios": [1, 1, 0.8]})
     for i, (metric, title, scale) in enumerate((("exact_match", "held-out exact match (%)", 100),
                                                 ("loss", "held-out loss", 1))):
-        for j, (x_key, x_title, x_scale) in enumerate((("bits_per_weight", "bits per weight (as loaded)", 1),
+        for j, (x_key, x_title, x_scale) in enumerate((("bits_per_weight", "bits per weight (as stored)", 1),
                                                        ("disk_bytes", "size on disk (MiB)", 1 / 2**20))):
             _scatter(axes[i][j], rows, colors, (x_key, x_scale), (metric, scale))
             axes[i][j].set_xlabel(x_title, fontsize=9)

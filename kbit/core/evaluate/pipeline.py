@@ -37,7 +37,7 @@ from kbit.core.evaluate.loading import (
     load_candidate,
     plan_candidates,
 )
-from kbit.core.measure.metrics import completion_loss, linear_weight_bits, memory_footprint, task_scores
+from kbit.core.measure.metrics import checkpoint_packed_bits, completion_loss, linear_weight_bits, memory_footprint, task_scores
 from kbit.core.evaluate.report import write_report
 from kbit.core.measure.sample_size import MIN_ITEMS, small_sample_warning, too_few
 from kbit.core.measure.scoring import MATH_TASKS, math_scorer
@@ -338,7 +338,8 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
         speed = decode_speed(model, tokenizer, items, new_tokens=SPEED_NEW_TOKENS,
                              batch_size=config.batch_size or LOSS_BATCH_SIZE)
         footprint = memory_footprint(model)
-        bits = linear_weight_bits(model)
+        folder = Path(candidate.path)
+        bits = linear_weight_bits(model, checkpoint_packed_bits(folder) if folder.is_dir() else None)
         agreement = {}
         if candidate.reference is not None:
             from kbit.core.evaluate.reference import reference_agreement, torch_logits

@@ -15,6 +15,7 @@ output rule, :mod:`kbit.core.runs.outputs`). Outside kbit's outputs an existing 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -30,6 +31,7 @@ from kbit.core.errors import ConfigError
 from kbit.core.export.check import GATES, Gate, Reference, check_file, check_gguf, resolve_runtime
 from kbit.core.export.gguf import BaseModel, check_file_type, write_gguf
 from kbit.core.runs.folder import RunFolder, atomic_file
+from kbit.core.runs.outputs import enclosing_run
 
 FORMATS = ("gguf",)
 EXPORTS_DIR = "gguf"
@@ -208,12 +210,29 @@ def _plan(path: str, file_type: str, output: str | None) -> _Plan:
         return _Plan(merged, name, _run_base(record), run_examples(record), target, candidate, record)
     if record is not None:
         raise ConfigError(f"{candidate} is a kbit {record.kind} directory, not a run; export its run or a model directory")
+    _refuse_quantized_checkpoint(candidate)
     if output is None:
         raise ConfigError("pass --output FILE.gguf for the export of a model that is not a kbit run")
     source = resolve_model(path)
     gguf_file = _source_gguf(source.origin, path)
     base = BaseModel(name=source.name, hub_id=source.hub_id, license=source.license, gguf=gguf_file)
     return _Plan(Path(source.path), source.name, base, load_task_data("arith"), Path(output).expanduser(), None, None)
+
+
+def _refuse_quantized_checkpoint(folder: Path) -> None:
+    """ConfigError for a model folder whose config names a quantization (GPTQ/AWQ packed codes, bitsandbytes
+    …): the GGUF writer reads float weights, and those tensors have no llama.cpp name."""
+    try:
+        quant = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    except (OSError, ValueError, AttributeError):
+        return  # not a readable model folder: resolve_model says what it is
+    if not quant:
+        return
+    run = enclosing_run(folder)
+    source = f"its run's full-precision model: kbit export {run}" if run is not None else "the full-precision model it was made from"
+    kind = quant.get("quant_method", "quantized") if isinstance(quant, dict) else "quantized"
+    raise ConfigError(f"{folder} holds a {kind} checkpoint, whose quantized weights kbit export cannot write as GGUF; "
+                      f"export {source} (--type picks the GGUF's own quantization)")
 
 
 def _run_name(record: RunRecord, run: Path) -> str:

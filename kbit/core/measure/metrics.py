@@ -8,13 +8,16 @@
 - Bits per weight covers the linear layers a quantizer targets: storage bits of each layer's weight
   (with its scales and quantization state) over its logical ``in_features * out_features``. Adapter
   layers and the output head are left out: adapters are not base weights and most methods keep the
-  head in full precision. An unquantized fp32 model gives 32; NF4 with double quantization ≈ 4.127.
+  head in full precision. An unquantized fp32 model gives 32; NF4 with double quantization ≈ 4.127. A
+  compressed-tensors checkpoint's layers (gptq, awq), decompressed when transformers loads them on a CPU,
+  count as the checkpoint stores them (``checkpoint_packed_bits``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from kbit.core.data.examples import Example
@@ -127,14 +130,46 @@ def memory_footprint(model: Any) -> int:
     return total
 
 
-def linear_weight_bits(model: Any) -> dict[str, Any]:
-    """Storage bits per logical weight over the model's base linear layers (see module docs)."""
+def linear_weight_bits(model: Any, stored: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Storage bits per logical weight over the model's base linear layers (see module docs); ``stored`` (from
+    ``checkpoint_packed_bits``) gives, by layer name, what the checkpoint holds for a layer decompressed on load."""
+    stored = stored or {}
     bits, weights = 0, 0
-    for module in base_linears(model):
-        stored, logical = _stored_bits(module)
-        bits += stored
+    for name, module in base_linears(model, named=True):
+        layer_bits, logical = stored.get(name) or _stored_bits(module)
+        bits += layer_bits
         weights += logical
     return {"bits_per_weight": bits / weights if weights else None, "linear_weights": weights}
+
+
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                     "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def checkpoint_packed_bits(folder: Path) -> dict[str, tuple[int, int]]:
+    """By layer name, the bits a compressed-tensors checkpoint (GPTQ/AWQ packed codes: ``weight_packed``,
+    ``weight_scale``, ``weight_zero_point``, ``weight_g_idx``) stores for a layer's weight and its logical
+    weight count (``weight_shape``), read from the safetensors files. transformers decompresses these layers
+    when it loads them on a CPU, so the loaded model no longer shows what the file stores. {} for any other
+    folder."""
+    from safetensors import safe_open
+
+    stored: dict[str, int] = {}
+    logical: dict[str, int] = {}
+    packed: set[str] = set()
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(file, "pt") as handle:
+            for key in handle.keys():
+                layer, _, leaf = key.rpartition(".")
+                if leaf == "weight_shape":
+                    logical[layer] = math.prod(int(v) for v in handle.get_tensor(key).tolist())
+                elif leaf.startswith("weight_"):
+                    part = handle.get_slice(key)
+                    size = math.prod(part.get_shape()) * SAFETENSORS_BYTES.get(part.get_dtype(), 4)
+                    stored[layer] = stored.get(layer, 0) + size
+                    if leaf == "weight_packed":
+                        packed.add(layer)
+    return {layer: (8 * stored[layer], logical[layer]) for layer in packed if layer in logical}
 
 
 def float_linears(model: Any) -> tuple[int, int]:
@@ -144,13 +179,13 @@ def float_linears(model: Any) -> tuple[int, int]:
     return sum(1 for bits, logical in layers if logical and bits / logical >= 16), len(layers)
 
 
-def base_linears(model: Any) -> list[Any]:
+def base_linears(model: Any, named: bool = False) -> list[Any]:
     """The model's base linear layers: torch ``Linear`` (quantized subclasses included) and transformers'
-    ``Conv1D`` (GPT-2's), without the output head and adapter layers."""
+    ``Conv1D`` (GPT-2's), without the output head and adapter layers; ``named``: (name, layer) pairs."""
     import torch
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return [module for name, module in model.named_modules()
+    return [(name, module) if named else module for name, module in model.named_modules()
             if (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D") and module is not head
             and not any(m in name for m in ADAPTER_MARKERS)
             and (module._parameters.get("weight") is not None or module._buffers)]

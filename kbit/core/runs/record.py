@@ -126,6 +126,9 @@ class RunRecord:
                     "restore it, or retrain the run")
         if (unfinished := self.unfinished()) is not None:
             return f"run {folder} has no merged model to {use}: it {unfinished}"
+        if self.merge_policy is not None and self.merge_policy.reason.startswith("merge_after_train=false"):
+            return (f"run {folder} has no merged model to {use}: it trained with -o merge_after_train=false; "
+                    "train it again without that option")
         if self.merge_policy is not None and self.merge_policy.action != "merge":
             return (f"run {folder} has no merged model to {use}: its method's merge policy keeps only the adapter; "
                     "train with a method that merges")

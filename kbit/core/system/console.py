@@ -249,6 +249,25 @@ def setup_console(level: str = "normal") -> None:
         # tqdm reads TQDM_* defaults when it is imported (after this, by the heavy libraries): every bar
         # off, the Trainer's and quantizers' included; kbit logs its own progress instead.
         _set_env("TQDM_DISABLE", "1")
+        _silence_bars()
+
+
+def _silence_bars() -> None:
+    """Every tqdm bar off, also one created with an explicit ``disable=False`` (compressed-tensors' bars,
+    which the environment default above cannot reach); ``teardown_console`` gives tqdm its own back."""
+    import tqdm.std
+
+    original = tqdm.std.tqdm.__init__
+
+    def quiet_init(self, *args, **kwargs):
+        if len(args) > 10:  # disable given by position (tqdm's 11th parameter)
+            args = (*args[:10], True, *args[11:])
+        else:
+            kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = quiet_init
+    _undo.append(lambda: setattr(tqdm.std.tqdm, "__init__", original))
 
 
 def teardown_console() -> None:

@@ -82,7 +82,7 @@ def test_options_go_only_to_the_methods_that_have_them(compared):
         record = json.loads((result.out_dir / "runs" / method / "kbit.json").read_text())
         assert record["config"]["options"] == {"r": "4"}
         assert _entry(result.report, method)["skipped_options"] == ["threshold"]
-    assert "`-o threshold=-1`: applied to bnb-int8; skipped for lora, qlora (no such option)" in (
+    assert "`-o threshold=-1`: refused by bnb-int8 (see its row); skipped for lora, qlora (no such option)" in (
         result.out_dir / "report.md").read_text()
 
 
@@ -135,3 +135,19 @@ def test_the_command_fails_only_when_every_method_failed(compared, kbit_tiny_mod
     assert err[-1].startswith("kbit: error: every method failed (bnb-int8: invalid value '-1' for option 'threshold'")
     assert err[-1].endswith(f"see {out.resolve() / 'report.md'}")
     assert json.loads((out / "report.json").read_text())["methods"][0]["status"] == "failed"
+
+
+def test_a_stopped_comparison_marks_the_method_it_stopped_in(kbit_tiny_model, tmp_path):
+    def stop_at_training(line: str) -> None:
+        if ": training" in line:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "cmp"
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(_config(kbit_tiny_model, out, "lora,qlora"), progress=stop_at_training)
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "interrupted"
+    assert [m["status"] for m in report["methods"]] == ["interrupted", "pending"]
+    markdown = (out / "report.md").read_text()
+    assert "| lora | — |" in markdown and "interrupted (kbit compare again continues it)" in markdown
+    assert "not reached" in markdown

@@ -85,6 +85,8 @@ def test_a_schema_2_record_keeps_its_scores_without_the_copies_of_them(tmp_path)
     ({"status": "finished", "merge_policy": {"action": "keep_adapter", "reason": "r"}},
      "its method's merge policy keeps only the adapter; train with a method that merges"),
     ({"status": "finished", "artifacts": {"merged": "merged"}}, "recorded a merged model, but"),
+    ({"status": "finished", "merge_policy": {"action": "keep_adapter", "reason": "merge_after_train=false"}},
+     "it trained with -o merge_after_train=false; train it again without that option"),
 ])
 def test_a_run_without_merged_model_says_why(tmp_path, fields, expected):
     from kbit.core.contract.method_info import MergePolicy
