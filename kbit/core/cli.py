@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import attrs
 import typer
 
-from kbit.core.errors import KbitError
+from kbit.core.errors import ConfigError, KbitError
 from kbit.core.train.config import TrainConfig
 
 # The train flags default to None (a --config file may set what a flag leaves out); their help shows TrainConfig's.
@@ -49,7 +49,6 @@ def _console(verbose: bool, quiet: bool) -> None:
     Imports no torch; ``_load_libraries`` does, right before the command's pipeline.
     """
     from kbit.core.system.console import setup_console
-    from kbit.core.errors import ConfigError
 
     verbose, quiet = verbose or bool(_state["verbose"]), quiet or bool(_state["quiet"])
     if verbose and quiet:
@@ -144,7 +143,6 @@ def spec_command(
         typer.echo(f"kbit: warning: {clash}", err=True)
     if options:
         if overrides:
-            from kbit.core.errors import ConfigError
 
             raise ConfigError("--options lists the defaults; drop -o, or drop --options to see the spec with it")
         _print_options(chosen.name, chosen.info.options.describe(), as_json)
@@ -209,7 +207,7 @@ def train_command(
     epochs: Annotated[Optional[float], typer.Option("--epochs", help=f"Passes over the data when --max-steps is 0 (default {TRAIN_DEFAULTS['epochs']}).")] = None,
     batch_size: Annotated[Optional[str], typer.Option("--batch-size", help=f"Micro-batch size or 'auto' (default {TRAIN_DEFAULTS['batch_size']}).")] = None,
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help=f"Micro-batches per optimizer step (default {TRAIN_DEFAULTS['grad_accum']}).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default: the method's own, else 2e-3).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", "--learning-rate", help="Peak learning rate (default: the method's own, else 2e-3).")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help=f"linear, cosine, constant, constant_with_warmup (default {TRAIN_DEFAULTS['scheduler']}).")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help=f"Fraction of steps spent warming up the learning rate (default {TRAIN_DEFAULTS['warmup_ratio']}).")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=f"Tokens per example: a longer completion is cut; a prompt that alone reaches it is refused (default {TRAIN_DEFAULTS['max_length']}).")] = None,
@@ -242,10 +240,11 @@ def train_command(
     overrides = {field: flags[field] for field in FIELDS if field in flags}
     options = parse_assignments(option or [])
     if peft:
+        if options.get("peft_type", peft) != peft:
+            raise ConfigError(f"--peft {peft} and -o peft_type={options['peft_type']} ask for two adapter types; pass one")
         options["peft_type"] = peft
     overrides["options"] = options or None
     if resume and config:
-        from kbit.core.errors import ConfigError
 
         raise ConfigError("--config does not apply to --resume: a resumed run keeps the settings in its kbit.json; "
                           "drop --config")
@@ -531,6 +530,34 @@ def _disk_message(exc: OSError, training: bool) -> str:
     return f"{exc.strerror or exc}{where}; check the disk, its free space and permissions"
 
 
+# One-value options people give twice hoping both count, and what to do instead. Click keeps the last value
+# silently, which is an override for --max-steps and the like, but drops the first file's rows for --dataset.
+REPEAT_HINTS = {"--dataset": "kbit reads one dataset: join the files into one (e.g. cat a.jsonl b.jsonl > all.jsonl)"}
+
+
+def _refuse_repeated_options(args: list[str]) -> None:
+    """ConfigError for an option of ``REPEAT_HINTS`` given twice to a command."""
+    group = typer.main.get_command(app)
+    name = next((arg for arg in args if not arg.startswith("-")), None)
+    command = getattr(group, "commands", {}).get(name)
+    if command is None:
+        return
+    after = args[args.index(name) + 1:]
+    after = after[:after.index("--")] if "--" in after else after
+    for param in command.params:
+        flag = max(param.opts, key=len)
+        if param.param_type_name != "option" or param.multiple or flag not in REPEAT_HINTS:
+            continue
+        values = []
+        for index, arg in enumerate(after):
+            if arg in param.opts and index + 1 < len(after):
+                values.append(after[index + 1])
+            elif arg.startswith("--") and arg.partition("=")[0] in param.opts:
+                values.append(arg.partition("=")[2])
+        if len(values) > 1:
+            raise ConfigError(f"{flag} is given {len(values)} times ({', '.join(values)}); {REPEAT_HINTS[flag]}")
+
+
 def _run_app(args: list[str], program: bool) -> object:
     """Run the typer app under the stop handlers of ``kbit.core.system.signals`` (Ctrl-C, SIGTERM, SIGHUP).
 
@@ -584,8 +611,11 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if debug:  # kbit's own flag wherever it stands: after the command too (kbit train --debug …)
+        args = ["--debug", *(arg for arg in args if arg != "--debug")]
     usage_errors = _usage_error_types()
     try:
+        _refuse_repeated_options(args)
         code = _run_app(args, program=argv is None)
     except KbitError as exc:
         if debug:

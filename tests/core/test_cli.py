@@ -57,6 +57,17 @@ def test_invalid_option_exits_2_naming_it():
 def test_debug_shows_traceback_and_keeps_the_exit_code():
     result = run_kbit("--debug", "spec", "qlroa")
     assert result.returncode == 2 and "Traceback" in result.stderr
+    after_the_command = run_kbit("spec", "qlroa", "--debug")  # kbit's flag wherever it stands
+    assert after_the_command.returncode == 2 and "UnknownMethodError" in after_the_command.stderr
+    assert "No such option" not in after_the_command.stderr
+
+
+def test_a_second_dataset_or_option_value_is_refused_rather_than_one_dropped():
+    twice = run_kbit("train", "--dataset", "a.jsonl", "--dataset=b.jsonl", "--max-steps", "1")
+    assert twice.returncode == 2 and "--dataset is given 2 times (a.jsonl, b.jsonl); kbit reads one dataset" in twice.stderr
+    assert "-o r is given twice (8 and 16); pass it once" in run_kbit("spec", "qlora", "-o", "r=8", "-o", "r=16").stderr
+    assert "--peft dora and -o peft_type=vera ask for two adapter types" in run_kbit(
+        "train", "--peft", "dora", "-o", "peft_type=vera").stderr
 
 
 def test_listing_and_help_import_no_torch():

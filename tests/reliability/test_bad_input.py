@@ -236,6 +236,9 @@ CASES = [
     ((*TRAIN, "--name", " padded "), "must be a plain folder name"),
     # models and adapters checked against each other before anything is written
     ((*TRAIN, "-o", "target_modules=nosuch"), "target_modules nosuch match no linear layer"),
+    ((*TRAIN, "-o", "target_modules=lm_head"), "target_modules names lm_head, the output head"),
+    ((*TRAIN, "--dataset", "{jsonl_cols}", "--columns", "prompt=q,completion=a", "--held-out", "1", "--batch-size", "2"),
+     "a micro-batch of 2 is more than the 1 training examples"),
     ((*TRAIN, "-o", "target_modules=q_proj,nosuch"), "target_modules nosuch match no linear layer"),
     ((*TRAIN, "-o", "r=100000"), "adapter rank r=100000 exceeds what any targeted layer can use"),
     (("train", "--model", "{wrong_shape}", "--max-steps", "1"), "has shape"),

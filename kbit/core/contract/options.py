@@ -163,7 +163,10 @@ def parse_assignments(pairs: Iterable[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"option '{pair}' is not of the form key=value (e.g. -o r=16)")
-        result[key.strip()] = value.strip()
+        key = key.strip()
+        if key in result and result[key] != value.strip():
+            raise ConfigError(f"-o {key} is given twice ({result[key]} and {value.strip()}); pass it once")
+        result[key] = value.strip()
     return result
 
 

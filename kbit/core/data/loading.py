@@ -75,8 +75,13 @@ def load_task_data(
     return _build(name, f"hub:{hub_id}", train_rows, held_rows, mapping, held_out, max_examples, seed)
 
 
+LARGE_FILE_BYTES = 16 * 2**20  # a file this large takes seconds to read and check: say so before the wait
+
+
 def _read_file(path: Path) -> list[Mapping[str, Any]]:
     require_regular_file(path, "dataset file")
+    if (size := path.stat().st_size) >= LARGE_FILE_BYTES:
+        log.info("reading %s (%.0f MB)", path, size / 2**20)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         # Parsed here rather than by `datasets` so a malformed row is reported with its line number.
@@ -163,10 +168,12 @@ def _finite_float(text: str) -> float:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if twice := next((key for key in keys if keys.count(key) > 1), None):  # json keeps the last one, silently
+    result = dict(pairs)
+    if len(result) < len(pairs):  # json keeps the last one, silently
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
         raise _NotJSON(f"key '{twice}' is given twice in one object; keep the one you mean")
-    return dict(pairs)
+    return result
 
 
 def parse_json(text: str) -> Any:

@@ -21,11 +21,12 @@ import attrs
 
 from kbit.core.data import TaskData
 from kbit.core.system.device import DeviceInfo
-from kbit.core.measure.budget import end_of_turn_ids, generation_budget
+from kbit.core.measure.budget import context_length, end_of_turn_ids, generation_budget
 from kbit.core.measure.generation import Answers, render_prompt
 from kbit.core.evaluate.loading import Candidate
 from kbit.core.measure.metrics import encode_example
 from kbit.core.evaluate.pipeline import Measured
+from kbit.core.model.check import load_config
 from kbit.core.model.sources import ModelSource, load_tokenizer
 from kbit.core.runtime.llama_cpp import LlamaCppModel, Timing
 
@@ -42,7 +43,8 @@ def measure_in_llama_cpp(candidate: Candidate, data: TaskData, items: Sequence[A
     stops = end_of_turn_ids(tokenizer, holder)
     budget = generation_budget(tokenizer, data.train, max_new_tokens, holder)
     prompts = [tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"] for e in items]
-    sequences = [encode_example(tokenizer, e) for e in items]
+    limit = context_length(load_config(candidate.path))
+    sequences = [encode_example(tokenizer, e, limit) for e in items]
     n_ctx = max(max(map(len, prompts)) + budget.max_new_tokens, max(len(ids) for ids, _ in sequences))
     with LlamaCppModel(Path(candidate.gguf), Path(candidate.lora) if candidate.lora else None, n_ctx=n_ctx) as model:
         load_s = time.perf_counter() - started

@@ -14,6 +14,7 @@ from typing import Any
 
 from kbit.core.system.device import DeviceInfo, cpu_logits, release_memory
 from kbit.core.measure.agreement import agreement
+from kbit.core.measure.budget import context_length
 from kbit.core.evaluate.loading import Candidate, load_candidate
 from kbit.core.measure.metrics import encode_example
 
@@ -54,7 +55,8 @@ def reference_agreement(reference: Candidate, candidate: Logits, items: Sequence
 
     loaded = load_candidate(reference, device)
     try:
-        sequences = [encode_example(loaded.tokenizer, example) for example in items]
+        limit = context_length(loaded.model.config)
+        sequences = [encode_example(loaded.tokenizer, example, limit) for example in items]
         with contextlib.nullcontext() if runtime_rounding else exact_activations(loaded.model):
             figures = agreement(_triples(torch_logits(loaded.model), candidate, sequences))
     finally:

@@ -127,7 +127,8 @@ def check_file(gguf_path: Path, reference: Reference, task: str, examples: Seque
     Returns the figures (``runtime`` names where the file ran; ``source`` holds the reference's exact
     match); raises FidelityError naming every bound missed.
     """
-    from kbit.core.measure.metrics import encode_example
+    from kbit.core.measure.budget import context_length
+    from kbit.core.measure.metrics import encode_example, example_text
     from kbit.core.evaluate.reference import answer_mask, torch_logits
 
     started = time.time()
@@ -137,9 +138,11 @@ def check_file(gguf_path: Path, reference: Reference, task: str, examples: Seque
     runtime = resolve_runtime(runtime)
     if reference.tokenizer.pad_token is None:
         reference.tokenizer.pad_token = reference.tokenizer.eos_token
-    sequences = [encode_example(reference.tokenizer, e) for e in items]
+    limit = context_length(reference.model.config)
+    sequences = [encode_example(reference.tokenizer, e, limit) for e in items]
     with _candidate(gguf_path, lora, runtime, reference, sequences, max_new_tokens) as candidate:
-        mismatched = [i for i, e in enumerate(items) if candidate.encode(_text(reference.tokenizer, e)) != sequences[i][0]]
+        mismatched = [i for i, e in enumerate(items)
+                      if candidate.encode(example_text(reference.tokenizer, e, limit)[1])[:limit] != sequences[i][0]]
         if mismatched:
             raise FidelityError(f"the GGUF's tokenizer encodes {len(mismatched)} of {len(items)} held-out items differently "
                                 f"from the model's (first: item {mismatched[0] + 1}); the file was not kept")
@@ -211,12 +214,6 @@ def _entry_figures(figures: Agreement) -> dict[str, Any]:
             "top1_agreement_all_positions": figures.same_top_p, "positions": figures.positions,
             "kl": figures.kl, "answer_kl": figures.answer_kl, "nonfinite_positions": figures.nonfinite_positions,
             "max_abs_logit_diff": figures.max_abs_logit_diff, "mean_abs_logit_diff": figures.mean_abs_logit_diff}
-
-
-def _text(tokenizer: Any, example: Any) -> str:
-    from kbit.core.measure.generation import render_prompt
-
-    return render_prompt(tokenizer, example) + example.completion + (tokenizer.eos_token or "")
 
 
 @attrs.frozen

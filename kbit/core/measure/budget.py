@@ -23,6 +23,9 @@ FACTOR = 1.5
 MIN_TOKENS, MAX_TOKENS = 16, 1024
 SAMPLE = 2000  # completions measured at most (the first ones): enough for a percentile, fast on hub-sized sets
 _SENTINEL = "KBIT-END-OF-ANSWER"
+# No token spans more characters than this in practice: a text cut at N times it still gives N tokens, and the
+# tokenizer is spared a completion of megabytes where only its first N tokens count.
+CHARS_PER_TOKEN_BOUND = 64
 
 
 @attrs.frozen
@@ -45,7 +48,7 @@ class GenerationBudget:
 
 def completion_lengths(tokenizer: Any, examples: Sequence[Example]) -> list[int]:
     """Token count of each completion plus its end-of-turn token, over the first ``SAMPLE`` examples."""
-    texts = [e.completion for e in examples[:SAMPLE]]
+    texts = [e.completion[: 2 * MAX_TOKENS * CHARS_PER_TOKEN_BOUND] for e in examples[:SAMPLE]]  # past the cap, length is moot
     if not texts:
         return []
     return [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kbit.core.data.examples import Example
+from kbit.core.measure.budget import CHARS_PER_TOKEN_BOUND, context_length
 from kbit.core.measure.generation import render_prompt
 from kbit.core.measure.sample_size import exact_match_stats
 from kbit.core.measure.scoring import score
@@ -28,12 +29,20 @@ from kbit.core.measure.scoring import score
 ADAPTER_MARKERS = ("lora_", "vera_", "modules_to_save")
 
 
-def encode_example(tokenizer: Any, example: Example) -> tuple[list[int], int]:
-    """Token ids of prompt + completion + EOS and how many leading ids are the prompt."""
+def example_text(tokenizer: Any, example: Example, limit: int | None = None) -> tuple[str, str]:
+    """The chat prompt and the whole text (prompt + completion + EOS) as trained; with ``limit`` (tokens)
+    the completion is cut to what ``limit`` tokens can hold (see ``encode_example``)."""
     prompt = render_prompt(tokenizer, example)
-    full = prompt + example.completion + (tokenizer.eos_token or "")
+    completion = example.completion if limit is None else example.completion[: limit * CHARS_PER_TOKEN_BOUND]
+    return prompt, prompt + completion + (tokenizer.eos_token or "")
+
+
+def encode_example(tokenizer: Any, example: Example, limit: int | None = None) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + EOS and how many leading ids are the prompt; at most ``limit``
+    ids (the model's context: a longer held-out answer is scored on its beginning, as training cuts it)."""
+    prompt, full = example_text(tokenizer, example, limit)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:limit]
     shared = 0  # a tokenizer may merge across the boundary: mask the common prefix only
     for a, b in zip(prompt_ids, full_ids):
         if a != b:
@@ -44,10 +53,12 @@ def encode_example(tokenizer: Any, example: Example) -> tuple[list[int], int]:
 
 def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int = 8) -> dict[str, Any]:
     """Token-weighted mean completion loss, perplexity, completion token count (``tokens``), every
-    token read (``input_tokens``: prompts and completions) and per-example mean losses."""
+    token read (``input_tokens``: prompts and completions) and per-example mean losses; each example
+    read up to the model's context."""
     import torch
 
-    encoded = [encode_example(tokenizer, e) for e in examples]
+    limit = context_length(getattr(model, "config", None))
+    encoded = [encode_example(tokenizer, e, limit) for e in examples]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_example: list[float] = []

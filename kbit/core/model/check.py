@@ -148,6 +148,10 @@ def check_adapter_fits(model: Any, adapter: Any) -> None:
         chosen = {n: m for n, m in linear.items() if m is not head}
     else:
         chosen = {n: m for n, m in linear.items() if any(n == t or n.endswith(f".{t}") for t in targets)}
+        if head is not None and any(m is head for m in chosen.values()):
+            name = next(n for n, m in chosen.items() if m is head)
+            raise ConfigError(f"target_modules names {name}, the output head, on which trl's trainer refuses a LoRA adapter; "
+                              "drop it from target_modules")
         unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in linear)]
         if unmatched:
             suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear if linear[n] is not head})

@@ -168,18 +168,22 @@ def check_fidelity(agreement: dict[str, float], minimum: float, method: str, des
     )
 
 
-def probe_batches(tokenizer: Any, examples: list[Any], count: int = 16) -> list[dict[str, Any]]:
+def probe_batches(tokenizer: Any, examples: list[Any], max_length: int, count: int = 16) -> list[dict[str, Any]]:
     """The merge check's probe: the first ``count`` of ``examples`` as the model saw them in training
-    (chat prompt + completion), one right-padded batch; none without examples."""
+    (chat prompt + completion, cut to ``max_length`` tokens as training cuts), one right-padded batch;
+    none without examples."""
+    from kbit.core.measure.budget import CHARS_PER_TOKEN_BOUND
     from kbit.core.measure.generation import render_prompt
 
-    texts = [render_prompt(tokenizer, example) + example.completion for example in examples[:count]]
+    texts = [(render_prompt(tokenizer, example) + example.completion)[: max_length * CHARS_PER_TOKEN_BOUND]
+             for example in examples[:count]]
     if not texts:
         return []
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
-        return [dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))]
+        return [dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                               add_special_tokens=False))]
     finally:
         tokenizer.padding_side = side
 

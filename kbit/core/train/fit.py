@@ -15,12 +15,14 @@ import attrs
 
 from kbit.core.model.compat import checkpointing_arguments, checkpointing_enabled
 from kbit.core.system.device import Decision, torch_dtype, trainer_device_args
+from kbit.core.measure.budget import CHARS_PER_TOKEN_BOUND
 from kbit.core.measure.generation import render_prompt
 from kbit.core.train import checkpoints
-from kbit.core.train.plan import RunPlan, is_main_process
+from kbit.core.train.plan import RunPlan, is_main_process, process_count
 
 CHECKPOINTS = "checkpoints"
 log = logging.getLogger("kbit")
+FEW_USED_FLOOR = 10_000  # below this many rows, preparing them all takes seconds: no hint
 
 
 @attrs.frozen
@@ -40,13 +42,20 @@ class Trained:
     speed: dict[str, Any] = attrs.field(factory=dict)  # tokens/s, achieved GFLOP/s and MFU of the steps
 
 
-def sft_dataset(tokenizer: Any, examples) -> Any:
+def sft_dataset(tokenizer: Any, examples, max_length: int) -> Any:
+    """trl's prompt-completion rows of ``examples``. A completion is cut to the characters ``max_length`` tokens
+    can hold: training cuts each example at ``max_length`` tokens anyway, and trl would tokenize a completion
+    of megabytes whole first (minutes and gigabytes for one row)."""
     from datasets import Dataset
 
+    chars = max_length * CHARS_PER_TOKEN_BOUND
     if getattr(tokenizer, "chat_template", None):
-        rows = [{"prompt": e.prompt_messages(), "completion": [{"role": "assistant", "content": e.completion}]} for e in examples]
+        rows = [{"prompt": e.prompt_messages(), "completion": [{"role": "assistant", "content": e.completion[:chars]}]}
+                for e in examples]
     else:
-        rows = [{"prompt": render_prompt(tokenizer, e), "completion": e.completion + (tokenizer.eos_token or "")} for e in examples]
+        end = tokenizer.eos_token or ""
+        rows = [{"prompt": render_prompt(tokenizer, e), "completion": e.completion[:chars] + (end if len(e.completion) <= chars else "")}
+                for e in examples]
     return Dataset.from_list(rows)
 
 
@@ -91,7 +100,11 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
     checkpointing = checkpointing_enabled(model)
     if is_main_process():  # tens of seconds for tens of thousands of rows: say what the wait is
         log.info("preparing %d training examples (chat template, tokenization)", len(plan.data.train))
-    dataset = sft_dataset(plan.tokenizer, plan.data.train)
+        used = config.max_steps * plan.batch_size * config.grad_accum * process_count() if config.max_steps > 0 else None
+        if used is not None and len(plan.data.train) >= max(10 * used, FEW_USED_FLOOR):
+            log.info("%d steps use %d of them; --max-examples N prepares only the first N rows of the file", config.max_steps,
+                     used)
+    dataset = sft_dataset(plan.tokenizer, plan.data.train, config.max_length)
     padding_free = padding_free_decision(plan, model, dataset)
     args = SFTConfig(
         output_dir=str(plan.run_dir / CHECKPOINTS),
@@ -127,7 +140,7 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
         model=model,
         args=args,
         train_dataset=dataset,
-        eval_dataset=sft_dataset(plan.tokenizer, held_out) if eval_strategy != "no" else None,
+        eval_dataset=sft_dataset(plan.tokenizer, held_out, config.max_length) if eval_strategy != "no" else None,
         processing_class=plan.tokenizer,
         callbacks=[StopOnNonFinite(model), checkpoints.SealCheckpoints(),
                    *([EvaluateAtEnd()] if eval_strategy != "no" else []), *_round_after(plan, model)],

@@ -64,12 +64,12 @@ class RunResult:
 
 def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
     """Plan, train, save, merge, quantize and score one run; returns its directory and metadata."""
+    started = time.time()  # the wall time counts reading and checking the data too
     plan = plan_run(config, resume=resume)
     if not is_main_process():
-        _run_stages(plan, None, time.time())
+        _run_stages(plan, None, started)
         _leave_process_group()
         return RunResult(plan.run_dir, None)
-    started = time.time()
     with _owned_run(plan, started) as record:
         _run_stages(plan, record, started)
     _leave_process_group()
@@ -222,7 +222,7 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
                                          plan.config.trust_remote_code)
         held = base_dtype(model)
         tolerance = plan.config.merge_tolerance if plan.config.merge_tolerance is not None else merge_tolerance(held, policy.dtype)
-        probe = probe_batches(plan.tokenizer, plan.data.held_out)
+        probe = probe_batches(plan.tokenizer, plan.data.held_out, plan.config.max_length)
         # as the merged float model computes: its dtype, and no runtime rounding of activations
         with computing_in(model, policy.dtype), exact_activations(model):
             agreement = {**logit_agreement(model, merged, probe), "adapter_effect": adapter_effect(model, probe)}

@@ -21,7 +21,7 @@ from kbit.core.model.bases import check_loftq, check_mergeable
 from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data
 from kbit.core.system.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
-from kbit.core.measure.budget import check_fits_context, context_length
+from kbit.core.measure.budget import CHARS_PER_TOKEN_BOUND, check_fits_context, context_length
 from kbit.core.measure.generation import render_prompt
 from kbit.core.methods.method import Method
 from kbit.core.contract.method_info import MergePolicy, Requirement, describe_missing
@@ -124,6 +124,9 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
             device_kind=device.kind,
             checkpointing=spec.training.gradient_checkpointing and _requested(config, "gradient_checkpointing") != "auto",
         )
+        if batch_size * process_count() > len(data.train):
+            batch_size = max(1, len(data.train) // process_count())
+            sizing["batch_size"] += f"; {batch_size}, as the training set holds {len(data.train)} examples"
     _check_accumulation(config.grad_accum, batch_size, len(data.train))
     spec, decisions["gradient_checkpointing"] = _checkpointing(
         config, spec, device, model_config, batch_size, model_bytes,
@@ -219,6 +222,10 @@ def _check_accumulation(grad_accum: int, batch_size: int, examples: int) -> None
     """Refuse a ``--grad-accum`` above the micro-batches an epoch of the training set fills (each
     process's share under torchrun): the Trainer would silently cut every step short at the epoch's end."""
     world = process_count()
+    if batch_size * world > examples:
+        each = " per process" if world > 1 else ""
+        raise ConfigError(f"a micro-batch of {batch_size}{each} is more than the {examples} training examples, so every step "
+                          f"would take fewer than asked; use --batch-size {max(1, examples // world)} or less, or more data")
     per_epoch = -(-examples // (batch_size * world))
     if grad_accum > per_epoch:
         share = " per process" if world > 1 else ""
@@ -267,11 +274,12 @@ def _check_lengths(tokenizer: Any, data: TaskData, max_length: int, context: int
                if context is None or prompts[longest] < context else
                f"the model reads at most {context} tokens, so shorten or remove those rows")
         )
-    totals = [prompt + len(tokenizer(e.completion, add_special_tokens=False)["input_ids"]) + 4
+    # A completion longer than max_length tokens can hold is counted on that much of it: past it, training cuts.
+    totals = [prompt + len(tokenizer(e.completion[: max_length * CHARS_PER_TOKEN_BOUND], add_special_tokens=False)["input_ids"]) + 4
               for prompt, e in zip(prompts, data.train)]
     cut = sum(1 for total in totals if total > max_length)
     if cut and is_main_process():
         log.warning("%d of %d training examples are longer than --max-length %d: training cuts their completions "
-                    "there (the longest has %d tokens); raise --max-length to train on them whole",
+                    "there (the longest has %d tokens or more); raise --max-length to train on them whole",
                     cut, len(totals), max_length, max(totals))
     return max(totals)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -39,6 +40,15 @@ def test_json_numbers_python_would_read_as_nan_or_infinity_are_refused(tmp_path,
     path.write_text('{"question": "a", "answer": "1"}\n' f'{{"question": "b", "answer": {value}}}\n')
     with pytest.raises(ConfigError, match=f"line 2: {message}"):
         load_task_data(str(path))
+
+
+def test_rows_with_many_keys_read_in_linear_time(tmp_path):
+    row = {"prompt": "q", "completion": "a", **{f"c{j}": "x" for j in range(20_000)}}
+    path = tmp_path / "wide.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for _ in range(10)))
+    started = time.perf_counter()
+    assert len(load_task_data(str(path), held_out=1).train) == 9
+    assert time.perf_counter() - started < 5  # a key-by-key duplicate search took 35 s here
 
 
 def test_a_refused_row_is_named_by_the_line_it_starts_on(tmp_path):

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -54,6 +55,24 @@ def test_held_out_loss_is_shown_and_reported_to_tensorboard(tiny, tmp_path):
     assert "step 4/4  held-out loss" in result.stderr
     assert f"held-out loss {history[1]['eval_loss']:.3f} → {history[2]['eval_loss']:.3f}" in result.stdout
     assert list((out / "checkpoints" / "runs").glob("*/events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_answers_of_megabytes_train_and_score_on_what_training_reads(tiny, tmp_path):
+    data = tmp_path / "long.jsonl"
+    with data.open("w") as file:
+        for i in range(24):
+            file.write(json.dumps({"prompt": f"q{i}", "completion": "z" * (2_000_000 if i % 4 == 0 else 20_000)}) + "\n")
+    out = tmp_path / "run"
+    started = time.monotonic()
+    result = run_kbit("train", "--model", str(tiny), "--dataset", str(data), "--output", str(out), "--max-steps", "1",
+                      "--batch-size", "2", "-o", "r=4", "--held-out", "4", "--eval-limit", "4")
+    # Before, the held-out texts went uncut into the merge check (a 40 GB logits tensor) and trl tokenized each
+    # 2 MB answer whole.
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started < 180
+    record = read_metadata(out)
+    assert record["merge"]["top1_agreement"] == 1.0 and record["metrics"]["after"]["items"] == 4
 
 
 @pytest.mark.slow
