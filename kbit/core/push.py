@@ -58,7 +58,7 @@ def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
     record = read_record(run) if run.is_dir() else None
     if record is None or record.kind != "run":
         raise ConfigError(f"{run} is not a kbit run (no kbit.json of kind 'run'); push uploads a run's artifacts")
-    if (unfinished := record.unfinished()) is not None:  # not done, or judged bad by a gate: not published
+    if (unfinished := record.unfinished(run)) is not None:  # not done, or judged bad by a gate: not published
         raise ConfigError(f"push uploads finished runs, and run {run} {unfinished}")
     present = [a for a in ARTIFACTS if _files(run / a, run)]
     chosen = _choose(what, present, run)

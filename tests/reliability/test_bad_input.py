@@ -181,7 +181,7 @@ CASES = [
     ((*TRAIN, "--dataset", "{jsonl_cols}", "--columns", "prompt=q"), "--columns must map both prompt and completion"),
     ((*TRAIN, "--dataset", "{jsonl_empty}"), "is empty"),
     ((*TRAIN, "--dataset", "{json_bad}"), "invalid JSON"),
-    ((*TRAIN, "--dataset", "{chat_bad}"), "line 1: the last message must have role 'assistant'"),
+    ((*TRAIN, "--dataset", "{chat_bad}"), "line 1: the last message must be the assistant's (role 'assistant')"),
     ((*TRAIN, "--dataset", "nowhere/missing.jsonl"), "dataset file nowhere/missing.jsonl does not exist"),
     ((*TRAIN, "-o", "nonsense=1"), "unknown option 'nonsense' for method qlora"),  # and no runs/ left
     ((*TRAIN, "--dataset", "no_such_hub_dataset_kbit"), "cannot load dataset 'no_such_hub_dataset_kbit'"),

@@ -151,21 +151,54 @@ def squad_rows(document: Mapping[str, Any], source: str) -> list[dict[str, Any]]
     return rows
 
 
+CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
+# ShareGPT's speakers (``from``), as the chat roles they stand for (LLaMA-Factory's and axolotl's mapping).
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "tool": "tool", "function_call": "assistant", "observation": "tool"}
+
+
 def chat_messages(row: Mapping[str, Any]) -> Example:
     """Chat rows: ``messages`` = [{"role", "content"}, …]; the last assistant turn is the target."""
-    messages = row["messages"]
+    return _chat(row["messages"], "messages", "role", "content", {role: role for role in CHAT_ROLES})
+
+
+def sharegpt(row: Mapping[str, Any]) -> Example:
+    """ShareGPT rows: ``conversations`` = [{"from": "human"/"gpt"/"system", "value"}, …]; the last turn is the target."""
+    return _chat(row["conversations"], "conversations", "from", "value", SHAREGPT_ROLES)
+
+
+def _chat(messages: Any, column: str, role_key: str, text_key: str, roles: Mapping[str, str]) -> Example:
+    """Every turn before the last is the prompt and the last, the assistant's, the completion."""
     if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list")
-    last = messages[-1]
-    if not isinstance(last, Mapping) or last.get("role") != "assistant":
-        raise ValueError("the last message must have role 'assistant'")
+        raise ValueError(f"'{column}' must be a non-empty list")
     if not all(isinstance(m, Mapping) for m in messages):
-        raise ValueError("every message must be an object with 'role' and 'content'")
-    prompt = [(field_text(m, "role"), field_text(m, "content")) for m in messages[:-1]]
+        raise ValueError(f"every message must be an object with '{role_key}' and '{text_key}'")
+    if column == "messages" and role_key not in messages[0] and {"from", "value"} <= set(messages[0]):
+        raise ValueError("these messages have ShareGPT's 'from' and 'value' keys; name the column 'conversations', "
+                         "or write each message as {\"role\", \"content\"}")
+    turns = []
+    for number, message in enumerate(messages, start=1):
+        speaker = field_text(message, role_key)
+        if speaker.lower() not in roles:
+            raise ValueError(f"message {number} has {role_key} '{speaker}'; use one of {', '.join(dict.fromkeys(roles))}")
+        turns.append((roles[speaker.lower()], message))
+    if turns[-1][0] != "assistant":
+        raise ValueError(f"the last message must be the assistant's ({role_key} "
+                         f"{' or '.join(repr(k) for k, v in roles.items() if v == 'assistant')})")
+    prompt = [(role, field_text(m, text_key)) for role, m in turns[:-1]]
     if not prompt:
         raise ValueError("'messages' needs at least one message before the assistant's answer")
-    answer = field_text(last, "content", required=False)
+    answer = field_text(turns[-1][1], text_key, required=False)
     return Example(prompt=prompt, completion=answer, answers=[answer])
+
+
+def alpaca(row: Mapping[str, Any]) -> Example:
+    """Alpaca rows: ``instruction``, an optional ``input`` (joined to it by a line break, as LLaMA-Factory
+    does) and ``output``."""
+    extra = field_text(row, "input", required=False) if "input" in row else ""
+    prompt = field_text(row, "instruction") + (f"\n{extra}" if extra else "")
+    answer = field_text(row, "output", required=False)
+    return Example(prompt=[("user", prompt)], completion=answer, answers=[answer])
 
 
 def columns(mapping: Mapping[str, str]) -> RowConverter:
@@ -180,6 +213,8 @@ def columns(mapping: Mapping[str, str]) -> RowConverter:
 
 FORMATS: dict[str, tuple[frozenset[str], RowConverter, str]] = {
     "messages": (frozenset({"messages"}), chat_messages, "generic"),
+    "sharegpt": (frozenset({"conversations"}), sharegpt, "generic"),
+    "alpaca": (frozenset({"instruction", "output"}), alpaca, "generic"),
     "openmath": (frozenset({"problem", "expected_answer"}), openmath, "openmath"),
     "squad": (frozenset({"context", "question", "answers"}), squad, "squad"),
     "prompt-completion": (frozenset({"prompt", "completion"}), columns({"prompt": "prompt", "completion": "completion"}), "generic"),
@@ -219,5 +254,5 @@ def choose_format(column_names: list[str], mapping: Mapping[str, str] | None, so
         return converter, task
     raise ConfigError(
         f"dataset {source} has no known format (columns: {', '.join(column_names) or 'none'}); "
-        "use --columns prompt=COL,completion=COL or a messages/openmath/squad layout"
+        "use --columns prompt=COL,completion=COL or a messages/conversations/alpaca/openmath/squad layout (docs/data.md)"
     )

@@ -60,6 +60,13 @@ def _beside_base(record: RunRecord, key: str) -> Any:
     return recorded_source(Path(path)).get(key) if path else None
 
 
+def _loadable_base(record: RunRecord) -> str:
+    """What ``AutoPeftModelForCausalLM`` loads the adapter's base from: its hub id, else the local folder it
+    trained on (as PEFT itself writes it), else its name."""
+    base = record.base_model
+    return str(base.hub_id or _beside_base(record, "hub_id") or base.path or base.name or "")
+
+
 def name_base_in_adapter(adapter_dir: Path, base_id: str) -> None:
     """Point ``adapter_config.json``'s ``base_model_name_or_path`` at ``base_id`` (PEFT writes the local path)."""
     path = Path(adapter_dir) / "adapter_config.json"
@@ -81,7 +88,7 @@ def write_cards(run_dir: Path, run: RunRecord) -> list[Path]:
         directory = run_dir / folder
         if directory.is_dir() and any(p.name != CARD for p in directory.iterdir()):
             if folder == "adapter" and (directory / "adapter_config.json").is_file():
-                name_base_in_adapter(directory, base_model_id(record))
+                name_base_in_adapter(directory, _loadable_base(record))
             write_text_atomic(directory / CARD, artifact_card(record, folder))
             written.append(directory / CARD)
     write_text_atomic(run_dir / CARD, run_card(record, [p.parent.name for p in written]))
@@ -103,6 +110,11 @@ def artifact_card(record: RunRecord, folder: str) -> str:
             load.replace("{base}", base_model_id(record)), ""]
     if folder == "gguf":
         body += _gguf_table(record)
+    if folder == "adapter" and record.spec is not None and (record.spec.weights_bits or 16) < 16:
+        body += [f"The adapter trained on the base as kbit's `{_method(record)}` method quantizes it "
+                 f"({record.spec.weights_bits}-bit), and computes the fine-tuned model on that base: on the float base, "
+                 "as above, its output differs slightly. The merged model is the one kbit checked; `kbit eval RUN "
+                 "--variant adapter` loads the adapter on its quantized base.", ""]
     body += _settings(record) + _results_table(results)
     return _render(record, relation, library, tags, results, body)
 

@@ -109,12 +109,15 @@ class RunRecord:
         """The artifact is recorded and its folder under ``folder`` holds ``marker`` (it was written whole)."""
         return bool(self.artifacts.get(artifact)) and (Path(folder) / artifact / marker).is_file()
 
-    def unfinished(self) -> str | None:
-        """None for a finished run, else "is STATUS: its error's first line; what to do" (the end of a sentence)."""
+    def unfinished(self, folder: Path | str = "RUN") -> str | None:
+        """None for a finished run, else "is STATUS: its error's first line; what to do" (the end of a sentence;
+        ``folder``: the run's path, for the command that resumes it)."""
         if self.status == "finished":
             return None
-        reason = f": {self.error.splitlines()[0]}" if self.error else ""
-        remedy = ("resume it with kbit train --resume" if self.status in ("running", "interrupted")
+        first = self.error.splitlines()[0].strip() if self.error else ""
+        # "KeyboardInterrupt: " says no more than "interrupted" does
+        reason = f": {first}" if first and not first.startswith(("KeyboardInterrupt", "Terminated")) else ""
+        remedy = (f"resume it with kbit train --resume {folder}" if self.status in ("running", "interrupted")
                   else "fix what stopped it and train it again")
         return f"is {self.status}{reason}; {remedy}"
 
@@ -124,7 +127,7 @@ class RunRecord:
         if self.artifacts.get("merged"):
             return (f"run {folder} recorded a merged model, but {merged} is missing or damaged (no config.json in it); "
                     "restore it, or retrain the run")
-        if (unfinished := self.unfinished()) is not None:
+        if (unfinished := self.unfinished(folder)) is not None:
             return f"run {folder} has no merged model to {use}: it {unfinished}"
         if self.merge_policy is not None and self.merge_policy.reason.startswith("merge_after_train=false"):
             return (f"run {folder} has no merged model to {use}: it trained with -o merge_after_train=false; "

@@ -176,3 +176,31 @@ def test_a_folder_saved_by_datasets_reads_as_the_same_data_as_its_jsonl(tmp_path
         load_task_data(str(tmp_path / "no-train"))
     with pytest.raises(ConfigError, match="is a folder, not a file"):
         load_task_data(str(tmp_path))  # any other folder
+
+
+def test_sharegpt_and_alpaca_rows_read_as_their_chat_and_instruction(tmp_path):
+    sharegpt = tmp_path / "sharegpt.jsonl"
+    sharegpt.write_text("".join(json.dumps({"conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": f"{i}+1?"}, {"from": "gpt", "value": str(i + 1)}]})
+        + "\n" for i in range(6)))
+    example = next(e for e in load_task_data(str(sharegpt), held_out=1).train if e.completion == "3")
+    assert example.prompt == (("system", "Be brief."), ("user", "2+1?"))
+    alpaca = tmp_path / "alpaca.jsonl"
+    alpaca.write_text("".join(json.dumps({"instruction": "Add one", "input": str(i) if i else "", "output": str(i + 1)})
+                              + "\n" for i in range(6)))
+    examples = {e.completion: e.prompt for e in (*load_task_data(str(alpaca), held_out=1).train,
+                                                 *load_task_data(str(alpaca), held_out=1).held_out)}
+    assert examples["3"] == (("user", "Add one\n2"),) and examples["1"] == (("user", "Add one"),)
+
+
+@pytest.mark.parametrize("messages, message", [
+    ([{"role": "human", "content": "hi"}, {"role": "assistant", "content": "x"}],
+     "line 1: message 1 has role 'human'; use one of system, user, assistant, tool, developer"),
+    ([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}],
+     "line 1: these messages have ShareGPT's 'from' and 'value' keys; name the column 'conversations'"),
+])
+def test_a_chat_row_with_roles_no_template_knows_is_refused(tmp_path, messages, message):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_task_data(str(path))

@@ -36,6 +36,12 @@ def test_each_folder_card_names_the_hub_base_and_its_relation():
         assert front["pipeline_tag"] == "text-generation" and "qlora" in front["tags"]
 
 
+def test_an_adapter_of_a_quantized_base_says_which_base_computes_the_fine_tune():
+    assert "as kbit's `qlora` method quantizes it (4-bit)" in artifact_card(RECORD, "adapter")
+    float_base = RunRecord.from_dict({**RAW, "spec": {**RAW["spec"], "method": "lora", "weights_bits": 16}})
+    assert "method quantizes it" not in artifact_card(float_base, "adapter")
+
+
 def test_a_bit_width_tags_the_folder_whose_weights_have_it():
     record = RunRecord.from_dict({**RAW, "quantize": {"method": "gptq", "format": "pack-quantized",
                                                       "spec": {"method": "gptq", "weights_bits": 8}}})
