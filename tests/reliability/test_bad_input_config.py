@@ -25,7 +25,7 @@ YAML_HEAD = "model: {tiny}\neval_limit: 0\n"
 YAML_CASES = [
     ("output: {a: 1}\n", "invalid value for 'output': expected text, got dict"),
     ("model: 12345\n", "invalid value for 'model': expected text, got int 12345"),
-    ("dataset: [a, b]\n", "invalid value for 'dataset': expected text, got list"),
+    ("dataset: [a, b]\n", "'dataset' is a list; kbit reads one dataset: join the files into one"),
     ("columns: 5\n", "invalid value for 'columns': expected text, got int 5"),
     ("method: [lora]\n", "invalid value for 'method': expected text, got list"),
     ("name: 2024-01-01\n", "invalid value for 'name': expected text, got date"),
@@ -60,7 +60,11 @@ YAML_CASES = [
     # the YAML document itself
     ("max_steps: " + "9" * 5001 + "\n", "invalid YAML (Exceeds the limit (4300 digits)"),
     ("max_steps: " + "[" * 100_000 + "\n", "invalid YAML"),
-    ("1: x\nfoo: y\n", "unknown key '1'"),
+    ("1: x\nfoo: y\n", "unknown keys '1', 'foo'"),
+    ("base_model: m\nlora_r: 8\nmax_step: 3\n", "unknown keys 'base_model' (kbit's model), 'lora_r' (kbit's options: {r: …}), "
+     "'max_step' (did you mean max_steps?)"),
+    ("dataset: [a.jsonl, b.jsonl]\n", "'dataset' is a list; kbit reads one dataset: join the files into one"),
+    ("max_steps: two\n", "invalid value for 'max_steps': expected an integer between 0 and 2147483647, not 'two'"),
     ("max_steps: 2\nlr: 0.001\nmax_steps: 3\n", "line 5: invalid YAML (key 'max_steps' is given twice)"),
     ("options:\n  r: 4\n  r: 8\n", "line 5: invalid YAML (key 'r' is given twice)"),
     ("max_steps: 0\nepochs: 0\n", "the run would train no step"),
@@ -112,8 +116,8 @@ RUN_CASES = [
     (("train", "--resume", "{columns_int}"), "invalid value for 'columns'"),
     (("eval", "{model_int}", "--variant", "base"), "invalid value for 'model': expected text, got int"),
     (("train", "--resume", "{model_int}"), "invalid value for 'model'"),
-    (("eval", "{dataset_list}"), "invalid value for 'dataset'"),
-    (("train", "--resume", "{dataset_list}"), "invalid value for 'dataset'"),
+    (("eval", "{dataset_list}"), "'dataset' is a list"),
+    (("train", "--resume", "{dataset_list}"), "'dataset' is a list"),
     (("train", "--resume", "{options_int}"), "invalid value for 'options'"),
     (("train", "--resume", "{options_list}"), "invalid value for 'options'"),
     (("eval", "{held_out_text}"), "invalid value for 'held_out'"),

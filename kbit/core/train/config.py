@@ -129,6 +129,22 @@ def check_run_name(value: str) -> None:
 
 FIELDS = tuple(f.name for f in attrs.fields(TrainConfig))
 LEGACY_KEYS = {"held_out_fraction": "held_out"}  # kbit 0.2 and earlier
+# Settings of axolotl, LLaMA-Factory and the Hugging Face Trainer, and where kbit takes them: named in the error
+# for an unknown key, not read silently, as their values do not always mean the same (a list of datasets, say).
+FOREIGN_KEYS = {
+    "base_model": "model", "model_name_or_path": "model", "datasets": "dataset (one)", "dataset_path": "dataset",
+    "micro_batch_size": "batch_size", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "learning_rate": "lr", "num_epochs": "epochs",
+    "num_train_epochs": "epochs", "sequence_len": "max_length", "cutoff_len": "max_length",
+    "max_seq_length": "max_length", "output_dir": "output", "lr_scheduler": "scheduler",
+    "lr_scheduler_type": "scheduler", "sample_packing": "packing", "val_set_size": "held_out",
+    "adapter": "method", "finetuning_type": "method", "load_in_4bit": "method: qlora", "load_in_8bit": "method: bnb-int8",
+    "quantization_bit": "method", "lora_r": "options: {r: …}", "lora_rank": "options: {r: …}",
+    "lora_alpha": "options: {lora_alpha: …}", "lora_dropout": "options: {lora_dropout: …}",
+    "lora_target_modules": "options: {target_modules: …}", "lora_target": "options: {target_modules: …}",
+    "lora_target_linear": "options: {target_modules: all-linear}", "peft_use_dora": "options: {peft_type: dora}",
+    "use_dora": "options: {peft_type: dora}", "gradient_checkpointing": "options: {gradient_checkpointing: …}",
+}
 
 
 def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> TrainConfig:
@@ -147,12 +163,16 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
         else:
             values[key] = value
             from_file.discard(key)
+    if isinstance(values.get("dataset"), list):
+        raise ConfigError(f"{f'config file {file}: ' if 'dataset' in from_file else ''}'dataset' is a list; kbit reads one "
+                          "dataset: join the files into one (e.g. cat a.jsonl b.jsonl > all.jsonl)")
     try:
         return TrainConfig(**values)
     except (ValueError, TypeError) as exc:
         field = _failing_field(values)
         where = f"config file {file}: " if field in from_file else ""
-        raise ConfigError(f"{where}invalid value for '{field}': {exc}" if field else f"invalid settings: {exc}") from None
+        shown = f", not {values[field]!r:.60}" if field in values and " got " not in str(exc) else ""
+        raise ConfigError(f"{where}invalid value for '{field}': {exc}{shown}" if field else f"invalid settings: {exc}") from None
 
 
 def located(config: TrainConfig) -> TrainConfig:
@@ -205,6 +225,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
     from kbit.core.system.input_files import require_regular_file
 
+    if path.is_dir() and (path / "kbit.json").is_file():  # a run folder: its recorded settings
+        path = path / "kbit.json"
     require_regular_file(path, "config file")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())
@@ -225,6 +247,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if _too_big(data, MAX_YAML_VALUES):
         raise ConfigError(f"config file {path} holds more than {MAX_YAML_VALUES} values (YAML aliases expanding "
                           "into each other?); write the settings as plain key: value lines")
+    if data.get("kind") == "run" and "schema_version" in data and isinstance(data.get("config"), dict):
+        # a run's kbit.json (JSON is YAML): train again with its settings, into a new --output
+        data = {k: v for k, v in data["config"].items() if k not in ("output", "overwrite") and v is not None}
     for old, new in LEGACY_KEYS.items():
         if old in data:
             if new in data:
@@ -234,9 +259,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if unknown:
         import difflib
 
-        close = difflib.get_close_matches(str(unknown[0]), FIELDS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"config file {path}: unknown key '{unknown[0]}'{hint}; valid keys: {', '.join(FIELDS)}")
+        def named(key: Any) -> str:
+            if str(key) in FOREIGN_KEYS:
+                return f"'{key}' (kbit's {FOREIGN_KEYS[str(key)]})"
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            return f"'{key}'" + (f" (did you mean {close[0]}?)" if close else "")
+
+        keys = "key" if len(unknown) == 1 else "keys"
+        raise ConfigError(f"config file {path}: unknown {keys} {', '.join(map(named, unknown))}; valid keys: {', '.join(FIELDS)}")
     if "options" in data and not isinstance(data["options"], dict):
         raise ConfigError(f"config file {path}: 'options' must be a mapping of method options")
     return data

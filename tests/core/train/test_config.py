@@ -109,3 +109,17 @@ def test_an_invalid_value_names_the_config_file_it_came_from_unless_a_flag_repla
     assert build_config(file, {"max_steps": 3}).max_steps == 3
     with pytest.raises(ConfigError, match="^invalid value for 'batch_size'"):
         build_config(file, {"max_steps": 3, "batch_size": 0})
+
+
+def test_a_runs_folder_as_config_repeats_its_settings_into_a_new_output(tmp_path):
+
+
+    recorded = TrainConfig(model="m", dataset="d.jsonl", max_steps=7, lr=1e-3, output=str(tmp_path / "old"),
+                           options={"r": "8"})
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "kbit.json").write_text(json.dumps({"schema_version": 3, "kind": "run", "config": recorded.to_dict(),
+                                               "artifacts": {}}))
+    again = build_config(run, {"output": str(tmp_path / "new"), "lr": 2e-3})
+    assert (again.model, again.dataset, again.max_steps, again.options) == ("m", "d.jsonl", 7, {"r": "8"})
+    assert again.output == str(tmp_path / "new") and again.lr == 2e-3  # flags still win
