@@ -112,8 +112,6 @@ def test_an_invalid_value_names_the_config_file_it_came_from_unless_a_flag_repla
 
 
 def test_a_runs_folder_as_config_repeats_its_settings_into_a_new_output(tmp_path):
-
-
     recorded = TrainConfig(model="m", dataset="d.jsonl", max_steps=7, lr=1e-3, output=str(tmp_path / "old"),
                            options={"r": "8"})
     run = tmp_path / "old"
