@@ -211,7 +211,8 @@ def _csv_rows(path: Path) -> list[dict[str, Any]]:
             if header is None:
                 return []
             names = [name.strip() or f"Unnamed: {i}" for i, name in enumerate(header)]
-            twice = sorted({n for n in names if names.count(n) > 1})
+            seen: set[str] = set()
+            twice = sorted({n for n in names if n in seen or seen.add(n)})
             if twice:
                 raise ConfigError(f"{path} line 1: column {twice[0]} appears more than once in the header; rename it")
             rows = []
@@ -224,6 +225,8 @@ def _csv_rows(path: Path) -> list[dict[str, Any]]:
                     rows.append(LineRow({name: value if value != "" else None for name, value in zip(names, fields)},
                                         line=first))
                 first = reader.line_num + 1
+            if not rows:
+                raise ConfigError(f"dataset {path} has a header ({', '.join(names)[:80]}) but no rows; add rows below it")
             return rows
     except UnicodeDecodeError:
         raise not_utf8(path) from None
@@ -370,7 +373,8 @@ def _build(name, source, rows, held_rows, mapping, held_out, max_examples, seed)
     else:
         train, held = split(examples, held_out, seed, source)
     if shared := trained_prompts(train, held):
-        log.warning("%d of %d held-out items of %s ask a prompt a training example asks too (duplicate rows): their "
-                    "scores measure recall, not what the model learned; remove the duplicates from the data",
+        log.warning("%d of %d held-out items of %s ask a prompt a training example asks too (the same prompt in "
+                    "several rows): their scores measure recall, not what the model learned; keep each prompt in one "
+                    "row",
                     shared, len(held), source)
     return TaskData(name=name, task=task, train=train, held_out=held, source=source)

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import pluggy
 
+from kbit.core.system.environment import env_flag
 from kbit.core.contract import hookspecs
 from kbit.core.errors import MissingDependencyError, PluginError, UnknownMethodError
 from kbit.core.methods.method import INTERRUPTS, Method
@@ -112,7 +113,7 @@ class Registry:
         self._records = {}
         allow = _names(self._environ.get("KBIT_PLUGINS"))
         block = _names(self._environ.get("KBIT_DISABLE_PLUGINS")) or set()
-        builtins_only = self._environ.get("KBIT_BUILTINS_ONLY", "").strip().lower() in {"1", "true", "yes"}
+        builtins_only = env_flag("KBIT_BUILTINS_ONLY", self._environ)
         named: set[str] = set()  # every method and distribution name the two lists could mean
         for ep in self._discover():
             dist, version = _dist_name(ep), _dist_version(ep)

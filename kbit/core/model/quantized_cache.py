@@ -79,7 +79,9 @@ class Unusable(Exception):
 
 
 def disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes"}
+    from kbit.core.system.environment import env_flag
+
+    return env_flag(DISABLE_ENV)
 
 
 def load_quantized_base(method: Method, spec: QuantizationSpec, path: str | Path,

@@ -239,7 +239,10 @@ def record_digest(directory: Path) -> str:
 
 
 def read_record(directory: Path) -> RunRecord | None:
-    """The record in ``directory``, or None when it has no ``kbit.json``; ConfigError when unreadable."""
+    """The record in ``directory`` (or the ``kbit.json`` file itself), or None when there is no ``kbit.json``;
+    ConfigError when unreadable."""
+    if Path(directory).name == FILENAME and Path(directory).is_file():
+        directory = Path(directory).parent
     data = read_metadata(directory)
     return None if data is None else RunRecord.from_dict(data, str(Path(directory) / FILENAME))
 

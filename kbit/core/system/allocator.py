@@ -40,7 +40,9 @@ def _glibc_version(libc: tuple[str, str]) -> tuple[int, ...] | None:
 
 
 def _opted_out(environ: Mapping[str, str]) -> bool:
-    return environ.get(OPT_OUT, "").strip().lower() not in ("", "0", "false", "no")
+    from kbit.core.system.environment import env_flag
+
+    return env_flag(OPT_OUT, environ)
 
 
 def _given(environ: Mapping[str, str]) -> dict[str, str]:
@@ -52,7 +54,7 @@ def _given(environ: Mapping[str, str]) -> dict[str, str]:
 def tuned_environment(environ: Mapping[str, str], libc: tuple[str, str] | None = None) -> dict[str, str] | None:
     """The environment to re-execute with: ``GLIBC_TUNABLES`` with kbit's settings for the names it
     does not set yet (a user's own value for a name is kept). None where nothing is missing, the user
-    opted out (``KBIT_SYSTEM_MALLOC`` set to anything but 0/false/no) or the C library is not a glibc
+    opted out (``KBIT_SYSTEM_MALLOC`` on: 1, true, yes or on) or the C library is not a glibc
     that has these settings."""
     if _opted_out(environ):
         return None

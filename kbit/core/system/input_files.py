@@ -64,4 +64,14 @@ def require_regular_file(path: str | os.PathLike[str], what: str) -> None:
     if os.path.isdir(path):
         raise ConfigError(f"{what} {path} is a folder, not a file; pass the file inside it")
     if not os.path.isfile(path):
-        raise ConfigError(f"{what} {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist" + _windows_hint(str(path)))
+
+
+def _windows_hint(path: str) -> str:
+    """A fix for a path written with Windows separators or a drive letter, which name no file here."""
+    if "\\" not in path and not (len(path) > 1 and path[1] == ":" and path[0].isalpha()):
+        return ""
+    posix = path.replace("\\", "/")
+    if os.path.exists(posix):
+        return f"; use / between folders: {posix}"
+    return "; on this system paths use / between folders and have no drive letter"
