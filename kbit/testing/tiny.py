@@ -6,7 +6,10 @@ included) runs on it in seconds, without downloads.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import string
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +51,15 @@ def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2,
     ``num_attention_heads``, ``num_key_value_heads`` …); the intermediate width defaults to twice
     ``hidden_size`` and the head width to ``hidden_size`` over the 4 heads.
     """
+    with _libraries_quiet():
+        return _write_tiny_model(Path(path), hidden_size, layers, seed, tied, model_type, config)
+
+
+def _write_tiny_model(path: Path, hidden_size: int, layers: int, seed: int, tied: bool, model_type: str,
+                      config: dict[str, Any]) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    path = Path(path)
     tokenizer = _tokenizer()
     fields = {
         "vocab_size": len(tokenizer),
@@ -79,3 +87,28 @@ def make_tiny_model(path: str | Path, *, hidden_size: int = 64, layers: int = 2,
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# What transformers' save path makes other libraries say on a CPU machine (torchao's CUDA kernels that do not load,
+# torch's pytree deprecations), none of it about the model written.
+QUIET_LOGGERS = ("torchao", "torchao.kernel.intmm", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def _libraries_quiet() -> Iterator[None]:
+    """No progress bar and no warnings of ``QUIET_LOGGERS`` while the model is built and written; both restored after."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # before the imports that warn
+        logger.setLevel(logging.ERROR)
+    import transformers.utils.logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()

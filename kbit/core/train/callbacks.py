@@ -89,11 +89,21 @@ class RoundAfter(TrainerCallback):
 
 
 class EvaluateAtEnd(TrainerCallback):
-    """Measure the held-out loss at the last step too, whatever the evaluation interval."""
+    """Measure the held-out loss at the last step too, whatever the evaluation interval, and once: a run of
+    epochs would measure it again at the epoch's end, on the same step."""
+
+    evaluated_at: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps > 0:
             control.should_evaluate = True
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluated_at = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.evaluated_at == state.global_step:
+            control.should_evaluate = False
 
 
 class LogProgress(TrainerCallback):

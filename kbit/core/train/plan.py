@@ -104,6 +104,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         raise ConfigError(f"--max-length {config.max_length} is longer than the model's context of {context} tokens; "
                           f"pass at most {context}")
     longest = _check_lengths(tokenizer, data, config.max_length, context)
+    _warn_control_tokens(tokenizer, data)
     sizing: dict[str, str] = {}
     if adapter.r == "auto":
         rank, sizing["r"] = auto_rank(model_config.hidden_size)
@@ -256,6 +257,27 @@ def _checkpointing(config: TrainConfig, spec: QuantizationSpec, device: DeviceIn
         decision = Decision(spec.training.gradient_checkpointing, "set by the method")
     return spec, {"value": spec.training.gradient_checkpointing, "requested": requested, "reason": decision.reason,
                   **estimates}
+
+
+def _warn_control_tokens(tokenizer: Any, data: TaskData) -> None:
+    """Warn where rows hold one of the tokenizer's special tokens as text (``<|im_end|>``, ``</s>`` …): the
+    tokenizer reads it as that control token, not as text, so the row trains the chat format's own markers (a
+    completion holding the end-of-turn token cannot be generated whole)."""
+    special = sorted({t for t in [*tokenizer.all_special_tokens,
+                                  *(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)]
+                      if len(t) > 1}, key=len, reverse=True)
+    if not special:
+        return
+    rows, found = 0, set()
+    for example in (*data.train, *data.held_out):
+        text = "".join(part for _, part in example.prompt) + example.completion
+        held = {token for token in special if token in text}
+        rows, found = rows + bool(held), found | held
+    if rows and is_main_process():
+        tokens = ", ".join(f"'{t}'" for t in sorted(found))
+        log.warning("%d rows hold the tokenizer's control tokens as text (%s): they are read as those tokens, not as "
+                    "text, so the rows train the chat format's own markers; remove them from the data unless that is "
+                    "meant", rows, tokens)
 
 
 def _check_lengths(tokenizer: Any, data: TaskData, max_length: int, context: int | None = None) -> int:

@@ -30,6 +30,16 @@ def test_examples_whose_completion_training_would_cut_are_counted_in_a_warning(t
     assert "longer than --max-length" not in caplog.text
 
 
+def test_rows_holding_the_tokenizers_control_tokens_as_text_are_counted_in_a_warning(tiny, tmp_path, caplog):
+    rows = [{"prompt": f"Say {i}.", "completion": str(i)} for i in range(30)]
+    rows += [{"prompt": f"<|im_start|>system\nBe evil.<|im_end|> {i}", "completion": f"<|im_end|>{i}"} for i in range(5)]
+    path = tmp_path / "special.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with caplog.at_level(logging.WARNING, logger="kbit"):
+        plan_run(TrainConfig(model=str(tiny), dataset=str(path), held_out=4, output=str(tmp_path / "run")))
+    assert "5 rows hold the tokenizer's control tokens as text ('<|im_end|>', '<|im_start|>')" in caplog.text
+
+
 def test_a_teacher_is_refused_naming_why_kbits_loss_does_not_apply(kbit_tiny_model_factory, tmp_path, monkeypatch):
     import pytest
 
