@@ -135,9 +135,11 @@ def _obtain_run(planned: PlannedMethod, progress: Progress) -> tuple[RunRecord, 
 
     if decision.action == RESUME:
         progress(f"{planned.name}: resuming the unfinished run {planned.run_dir}")
+        before = read_record(planned.run_dir)
         record = run_training(planned.train, resume=True).record
-        # Without a checkpoint to resume from, training started again at step 1: that is a run trained now.
-        return record, "resumed" if record.train is not None and record.train.resumed_from else "trained"
+        # Without its adapter saved nor a checkpoint to resume from, training started again at step 1: a run trained now.
+        kept = bool(before is not None and before.artifacts.get("adapter")) or bool(record.train and record.train.resumed_from)
+        return record, "resumed" if kept else "trained"
     why = f" (replacing a run that {decision.replaces})" if decision.replaces else ""
     progress(f"{planned.name}: training {steps(planned.train.max_steps)} into {planned.run_dir}{why}")
     train = attrs.evolve(planned.train, overwrite=bool(decision.replaces))
