@@ -27,6 +27,7 @@ from kbit.core.measure.sample_size import exact_match_stats
 from kbit.core.measure.scoring import score
 
 ADAPTER_MARKERS = ("lora_", "vera_", "modules_to_save")
+LOGITS_BYTES = 2**30  # the most float32 logits one batch of completion_loss holds (a row of the whole context may pass it)
 
 
 def example_text(tokenizer: Any, example: Example, limit: int | None = None) -> tuple[str, str]:
@@ -63,9 +64,15 @@ def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], bat
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_example: list[float] = []
     total, tokens = 0.0, 0
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    begin = 0
     with torch.no_grad():
-        for begin in range(0, len(encoded), batch_size):
-            chunk = encoded[begin : begin + batch_size]
+        while begin < len(encoded):
+            size = batch_size
+            # a batch's float32 logits held within LOGITS_BYTES: fewer rows where answers run long
+            while size > 1 and size * max(len(ids) for ids, _ in encoded[begin : begin + size]) * vocab * 4 > LOGITS_BYTES:
+                size //= 2
+            chunk, begin = encoded[begin : begin + size], begin + size
             width = max(len(ids) for ids, _ in chunk)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)

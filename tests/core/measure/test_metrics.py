@@ -48,6 +48,20 @@ def test_completion_loss_matches_a_manual_per_example_computation(loaded):
     assert len(result["per_example"]) == 3
 
 
+def test_long_answers_are_scored_in_smaller_batches_and_up_to_the_context(loaded, monkeypatch):
+    import kbit.core.measure.metrics as metrics
+
+    model, tokenizer = loaded
+    long = [*EXAMPLES, Example(prompt=[("user", "Spell it out.")], completion="x" * 5000, answers=["x"])]
+    whole = completion_loss(model, tokenizer, long, batch_size=4)
+    monkeypatch.setattr(metrics, "LOGITS_BYTES", 1)  # one row a batch
+    alone = completion_loss(model, tokenizer, long, batch_size=4)
+    assert alone["loss"] == pytest.approx(whole["loss"], rel=1e-5) and alone["per_example"][:3] == pytest.approx(
+        whole["per_example"][:3], rel=1e-5)
+    short = sum(len(metrics.encode_example(tokenizer, e)[0]) for e in EXAMPLES)
+    assert whole["input_tokens"] == short + model.config.max_position_embeddings  # the 5000-character answer cut at 512
+
+
 def test_exact_match_and_f1_on_fixed_strings():
     squad = [Example(prompt=[("user", "q")], completion="cat sat", answers=["cat sat", "a cat"]),
              Example(prompt=[("user", "q")], completion="a dog barks", answers=["a dog barks"])]
