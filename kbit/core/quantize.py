@@ -144,6 +144,9 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
         if record.quantize is not None:
             log.info("replacing %s (quantized with %s before) with %s's model", plan.target, record.quantize.method,
                      plan.method.name)
+        if record.metrics.variants.pop("quantized", None) is not None:  # measured on the model this replaces
+            log.info("the run's score of quantized/ was the old model's; kbit eval %s --variant quantized scores "
+                     "this one", plan.source)
         record.quantize = {**quantize_into(plan.method, plan.spec, plan.model_dir, calibration, plan.target),
                            "dataset": plan.data.describe()}
         record.artifacts["quantized"] = "quantized"

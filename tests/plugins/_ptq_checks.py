@@ -46,6 +46,7 @@ def requantize_run(run: Path, method: str) -> dict:
     weights = on_disk["quantize"]["config_groups"]["group_0"]["weights"]
     assert (weights["num_bits"], weights["group_size"]) == (8, 32)
     assert on_disk["artifacts"]["quantized"] == "quantized" and on_disk["kind"] == "run"
+    assert "quantized" not in on_disk["metrics"]["variants"]  # the training run's score was the replaced model's
     # bits per weight as the checkpoint stores them (transformers decompresses it on a CPU load)
     packed = checkpoint_packed_bits(run / "quantized")
     assert len(packed) == 14  # 7 linear layers × 2 blocks

@@ -178,6 +178,9 @@ def _chat(messages: Any, column: str, role_key: str, text_key: str, roles: Mappi
                          "or write each message as {\"role\", \"content\"}")
     turns = []
     for number, message in enumerate(messages, start=1):
+        if message.get("tool_calls") or message.get("function_call"):
+            raise ValueError(f"message {number} makes a tool call (tool_calls), which kbit does not train: the chat "
+                             "template would drop it; remove tool-calling conversations from the data")
         speaker = field_text(message, role_key)
         if speaker.lower() not in roles:
             raise ValueError(f"message {number} has {role_key} '{speaker}'; use one of {', '.join(dict.fromkeys(roles))}")
@@ -193,12 +196,18 @@ def _chat(messages: Any, column: str, role_key: str, text_key: str, roles: Mappi
 
 
 def alpaca(row: Mapping[str, Any]) -> Example:
-    """Alpaca rows: ``instruction``, an optional ``input`` (joined to it by a line break, as LLaMA-Factory
-    does) and ``output``."""
+    """Alpaca rows: ``instruction``, an optional ``input`` (joined to it by a line break) and ``output``, with
+    LLaMA-Factory's optional ``system`` text and ``history`` (earlier [instruction, answer] pairs)."""
     extra = field_text(row, "input", required=False) if "input" in row else ""
-    prompt = field_text(row, "instruction") + (f"\n{extra}" if extra else "")
+    turns = [("system", system)] if (system := field_text(row, "system", required=False) if "system" in row else "") else []
+    history = row.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in history):
+        raise ValueError("'history' must be a list of [instruction, answer] pairs")
+    for asked, answered in history:
+        turns += [("user", as_text(asked, "history")), ("assistant", as_text(answered, "history"))]
+    turns.append(("user", field_text(row, "instruction") + (f"\n{extra}" if extra else "")))
     answer = field_text(row, "output", required=False)
-    return Example(prompt=[("user", prompt)], completion=answer, answers=[answer])
+    return Example(prompt=turns, completion=answer, answers=[answer])
 
 
 def columns(mapping: Mapping[str, str]) -> RowConverter:
@@ -220,6 +229,11 @@ FORMATS: dict[str, tuple[frozenset[str], RowConverter, str]] = {
     "prompt-completion": (frozenset({"prompt", "completion"}), columns({"prompt": "prompt", "completion": "completion"}), "generic"),
     "question-answer": (frozenset({"question", "answer"}), columns({"prompt": "question", "completion": "answer"}), "generic"),
 }
+
+
+def layout_of(column_names: list[str]) -> str | None:
+    """The name of the first layout whose columns ``column_names`` hold (see ``FORMATS``), or None."""
+    return next((name for name, (required, _, _) in FORMATS.items() if required <= set(column_names)), None)
 
 
 def parse_column_mapping(text: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from kbit.core.data import arithmetic
 from kbit.core.data.examples import Example, TaskData, trained_prompts
-from kbit.core.data.formats import (choose_format, is_squad_document, mark_unanswerable, parse_column_mapping, squad,
+from kbit.core.data.formats import (choose_format, is_squad_document, layout_of, mark_unanswerable, parse_column_mapping, squad,
                                     squad_rows)
 from kbit.core.data.split import HeldOut, arith_held_out, split, take_held_out
 from kbit.core.errors import ConfigError
@@ -346,6 +346,9 @@ def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[
             example = converter(row)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            other = layout_of(list(row))
+            if isinstance(exc, KeyError) and other is not None and other != layout_of(list(rows[0])):
+                detail += f": the row is in the {other} layout, the file's first row in the {layout_of(list(rows[0]))} one; use one layout per file"
             where = f"line {row.line}" if isinstance(row, LineRow) else f"row {number}"
             raise ConfigError(f"{source} {where}: {detail}") from None
         if example.completion.strip():

@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from kbit.core.errors import ConfigError
 from kbit.core.data.examples import Example
 
 # Prompts per generate() call wherever kbit scores answers (kbit train's before/after and variants, kbit
@@ -40,7 +41,14 @@ def answer_batch_size(model: Any, tokenizer: Any, examples: Sequence[Example], m
 def render_prompt(tokenizer: Any, example: Example) -> str:
     """The prompt text the model sees: the chat template with the generation prompt, or plain text."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(example.prompt_messages(), tokenize=False, add_generation_prompt=True)
+        try:
+            return tokenizer.apply_chat_template(example.prompt_messages(), tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # jinja2's TemplateError, raised by the template's own raise_exception
+            if type(exc).__name__ != "TemplateError":
+                raise
+            roles = ", ".join(dict.fromkeys(role for role, _ in example.prompt))
+            raise ConfigError(f"the model's chat template refuses a prompt of turns {roles} ({exc}); change those rows "
+                              "(a system turn some templates do not take, say) or use another model") from None
     return "\n".join(content for _, content in example.prompt) + "\n"
 
 

@@ -204,3 +204,27 @@ def test_a_chat_row_with_roles_no_template_knows_is_refused(tmp_path, messages, 
     path.write_text(json.dumps({"messages": messages}) + "\n")
     with pytest.raises(ConfigError, match=message):
         load_task_data(str(path))
+
+
+def test_alpaca_system_and_history_become_turns_of_the_prompt(tmp_path):
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Add {i}", "input": "", "output": str(i), "system": "Be terse.",
+                                        "history": [["hi", "hello"]]}) + "\n" for i in range(4)))
+    example = load_task_data(str(path), held_out=1).train[0]
+    assert example.prompt[:3] == (("system", "Be terse."), ("user", "hi"), ("assistant", "hello"))
+    assert example.prompt[3][0] == "user" and example.prompt[3][1].startswith("Add ")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"messages": [{"role": "user", "content": "w?"}, {"role": "assistant", "content": None, "tool_calls": [{}]},
+                    {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "sunny"}]}],
+     "line 1: message 2 makes a tool call"),
+    ([{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
+      {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}],
+     "line 2: missing field 'conversations': the row is in the messages layout, the file's first row in the sharegpt one"),
+])
+def test_chat_rows_kbit_cannot_train_as_written_are_refused(tmp_path, rows, message):
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ConfigError, match=message):
+        load_task_data(str(path))

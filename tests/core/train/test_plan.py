@@ -40,6 +40,27 @@ def test_rows_holding_the_tokenizers_control_tokens_as_text_are_counted_in_a_war
     assert "5 rows hold the tokenizer's control tokens as text ('<|im_end|>', '<|im_start|>')" in caplog.text
 
 
+def test_a_chat_template_that_refuses_the_rows_is_bad_input(tiny, tmp_path):
+    import shutil
+
+    import pytest
+
+    from kbit.core.errors import ConfigError
+
+    model = tmp_path / "no-system"
+    shutil.copytree(tiny, model)
+    (model / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"{i}?"},
+                          {"role": "assistant", "content": str(i)}]} for i in range(10)]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ConfigError, match=r"the model's chat template refuses a prompt of turns system, user \(no system turns\)"):
+        plan_run(TrainConfig(model=str(model), dataset=str(path), held_out=2, output=str(tmp_path / "run")))
+
+
 def test_a_teacher_is_refused_naming_why_kbits_loss_does_not_apply(kbit_tiny_model_factory, tmp_path, monkeypatch):
     import pytest
 
