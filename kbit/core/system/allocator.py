@@ -42,7 +42,7 @@ def _glibc_version(libc: tuple[str, str]) -> tuple[int, ...] | None:
 def _opted_out(environ: Mapping[str, str]) -> bool:
     from kbit.core.system.environment import env_flag
 
-    return env_flag(OPT_OUT, environ)
+    return env_flag(OPT_OUT, environ, warn=RELAUNCHED not in environ)  # the process kbit re-executed said it once
 
 
 def _given(environ: Mapping[str, str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ a flag or a run's kbit.json (``recorded_config``); ``resume_config`` keeps what 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -152,6 +153,12 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
     values: dict[str, Any] = {}
     if file is not None:
         values.update(read_yaml(Path(file)))
+        method = str(overrides.get("method") or "").strip().lower()
+        if _is_run(Path(file)) and method and method != str(values.get("method", "")).lower() and values.get("options"):
+            # a run repeated with another method: its method's options need not exist in the new one
+            logging.getLogger("kbit").warning("the options of %s (%s) are its method %s's: --method %s starts from its "
+                                              "own defaults", file, ", ".join(values.pop("options")), values.get("method"),
+                                              method)
     from_file = set(values)
     for key, value in overrides.items():
         if value is None:
@@ -173,6 +180,11 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
         where = f"config file {file}: " if field in from_file else ""
         shown = f", not {values[field]!r:.60}" if field in values and " got " not in str(exc) else ""
         raise ConfigError(f"{where}invalid value for '{field}': {exc}{shown}" if field else f"invalid settings: {exc}") from None
+
+
+def _is_run(path: Path) -> bool:
+    """Whether ``path`` names a run's record as a config (its folder or its ``kbit.json``)."""
+    return (path.is_dir() and (path / "kbit.json").is_file()) or (path.name == "kbit.json" and path.is_file())
 
 
 def located(config: TrainConfig) -> TrainConfig:

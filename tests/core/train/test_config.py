@@ -121,3 +121,17 @@ def test_a_runs_folder_as_config_repeats_its_settings_into_a_new_output(tmp_path
     again = build_config(run, {"output": str(tmp_path / "new"), "lr": 2e-3})
     assert (again.model, again.dataset, again.max_steps, again.options) == ("m", "d.jsonl", 7, {"r": "8"})
     assert again.output == str(tmp_path / "new") and again.lr == 2e-3  # flags still win
+
+
+def test_a_run_repeated_with_another_method_leaves_its_methods_options_behind(tmp_path, caplog):
+    import logging
+
+    recorded = TrainConfig(model="m", method="gptq", options={"bits": "8"}, output=str(tmp_path / "old"))
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "kbit.json").write_text(json.dumps({"schema_version": 3, "kind": "run", "config": recorded.to_dict()}))
+    with caplog.at_level(logging.WARNING, logger="kbit"):
+        again = build_config(run, {"method": "lora", "output": str(tmp_path / "new")})
+    assert again.method == "lora" and not again.options
+    assert "the options of" in caplog.text and "(bits) are its method gptq's: --method lora starts from its own defaults" \
+        in caplog.text
