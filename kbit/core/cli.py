@@ -143,7 +143,6 @@ def spec_command(
         typer.echo(f"kbit: warning: {clash}", err=True)
     if options:
         if overrides:
-
             raise ConfigError("--options lists the defaults; drop -o, or drop --options to see the spec with it")
         _print_options(chosen.name, chosen.info.options.describe(), as_json)
         return
@@ -245,7 +244,6 @@ def train_command(
         options["peft_type"] = peft
     overrides["options"] = options or None
     if resume and config:
-
         raise ConfigError("--config does not apply to --resume: a resumed run keeps the settings in its kbit.json; "
                           "drop --config")
     if resume:
@@ -530,32 +528,20 @@ def _disk_message(exc: OSError, training: bool) -> str:
     return f"{exc.strerror or exc}{where}; check the disk, its free space and permissions"
 
 
-# One-value options people give twice hoping both count, and what to do instead. Click keeps the last value
-# silently, which is an override for --max-steps and the like, but drops the first file's rows for --dataset.
-REPEAT_HINTS = {"--dataset": "kbit reads one dataset: join the files into one (e.g. cat a.jsonl b.jsonl > all.jsonl)"}
+# One-value options people give twice hoping both count (every command that has it spells it so), and what to do
+# instead. Click keeps the last value silently: an override for --max-steps and the like, but for --dataset the
+# first file's rows are dropped.
+REPEAT_HINTS = {("--dataset", "-d"): "kbit reads one dataset: join the files into one (e.g. cat a.jsonl b.jsonl > all.jsonl)"}
 
 
 def _refuse_repeated_options(args: list[str]) -> None:
-    """ConfigError for an option of ``REPEAT_HINTS`` given twice to a command."""
-    group = typer.main.get_command(app)
-    name = next((arg for arg in args if not arg.startswith("-")), None)
-    command = getattr(group, "commands", {}).get(name)
-    if command is None:
-        return
-    after = args[args.index(name) + 1:]
-    after = after[:after.index("--")] if "--" in after else after
-    for param in command.params:
-        flag = max(param.opts, key=len)
-        if param.param_type_name != "option" or param.multiple or flag not in REPEAT_HINTS:
-            continue
-        values = []
-        for index, arg in enumerate(after):
-            if arg in param.opts and index + 1 < len(after):
-                values.append(after[index + 1])
-            elif arg.startswith("--") and arg.partition("=")[0] in param.opts:
-                values.append(arg.partition("=")[2])
+    """ConfigError for an option of ``REPEAT_HINTS`` given twice (read from the words before ``--``)."""
+    words = args[:args.index("--")] if "--" in args else args
+    for opts, hint in REPEAT_HINTS.items():
+        values = [words[i + 1] for i, word in enumerate(words[:-1]) if word in opts]
+        values += [word.partition("=")[2] for word in words if word.startswith(f"{opts[0]}=")]
         if len(values) > 1:
-            raise ConfigError(f"{flag} is given {len(values)} times ({', '.join(values)}); {REPEAT_HINTS[flag]}")
+            raise ConfigError(f"{opts[0]} is given {len(values)} times ({', '.join(values)}); {hint}")
 
 
 def _run_app(args: list[str], program: bool) -> object:

@@ -199,7 +199,8 @@ def alpaca(row: Mapping[str, Any]) -> Example:
     """Alpaca rows: ``instruction``, an optional ``input`` (joined to it by a line break) and ``output``, with
     LLaMA-Factory's optional ``system`` text and ``history`` (earlier [instruction, answer] pairs)."""
     extra = field_text(row, "input", required=False) if "input" in row else ""
-    turns = [("system", system)] if (system := field_text(row, "system", required=False) if "system" in row else "") else []
+    system = field_text(row, "system", required=False) if "system" in row else ""
+    turns = [("system", system)] if system else []
     history = row.get("history") or []
     if not isinstance(history, list) or not all(isinstance(pair, list) and len(pair) == 2 for pair in history):
         raise ValueError("'history' must be a list of [instruction, answer] pairs")

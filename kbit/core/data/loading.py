@@ -346,9 +346,9 @@ def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[
             example = converter(row)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            other = layout_of(list(row))
-            if isinstance(exc, KeyError) and other is not None and other != layout_of(list(rows[0])):
-                detail += f": the row is in the {other} layout, the file's first row in the {layout_of(list(rows[0]))} one; use one layout per file"
+            other, first = layout_of(list(row)), layout_of(list(rows[0]))
+            if isinstance(exc, KeyError) and other not in (None, first):
+                detail += f": the row is in the {other} layout, the file's first row in the {first} one; use one layout per file"
             where = f"line {row.line}" if isinstance(row, LineRow) else f"row {number}"
             raise ConfigError(f"{source} {where}: {detail}") from None
         if example.completion.strip():

@@ -28,6 +28,12 @@ _SENTINEL = "KBIT-END-OF-ANSWER"
 CHARS_PER_TOKEN_BOUND = 64
 
 
+def cut_for_tokens(text: str, tokens: int) -> str:
+    """``text`` cut to the characters ``tokens`` tokens can hold at most (``CHARS_PER_TOKEN_BOUND`` each): the
+    same first ``tokens`` tokens, without tokenizing the rest."""
+    return text[: tokens * CHARS_PER_TOKEN_BOUND]
+
+
 @attrs.frozen
 class GenerationBudget:
     """The new-token cap of greedy answers, how it was chosen, and the tokens that end an answer."""
@@ -48,7 +54,7 @@ class GenerationBudget:
 
 def completion_lengths(tokenizer: Any, examples: Sequence[Example]) -> list[int]:
     """Token count of each completion plus its end-of-turn token, over the first ``SAMPLE`` examples."""
-    texts = [e.completion[: 2 * MAX_TOKENS * CHARS_PER_TOKEN_BOUND] for e in examples[:SAMPLE]]  # past the cap, length is moot
+    texts = [cut_for_tokens(e.completion, 2 * MAX_TOKENS) for e in examples[:SAMPLE]]  # past the cap, length is moot
     if not texts:
         return []
     return [len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

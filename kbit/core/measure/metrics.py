@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kbit.core.data.examples import Example
-from kbit.core.measure.budget import CHARS_PER_TOKEN_BOUND, context_length
+from kbit.core.measure.budget import context_length, cut_for_tokens
 from kbit.core.measure.generation import render_prompt
 from kbit.core.measure.sample_size import exact_match_stats
 from kbit.core.measure.scoring import score
@@ -34,7 +34,7 @@ def example_text(tokenizer: Any, example: Example, limit: int | None = None) -> 
     """The chat prompt and the whole text (prompt + completion + EOS) as trained; with ``limit`` (tokens)
     the completion is cut to what ``limit`` tokens can hold (see ``encode_example``)."""
     prompt = render_prompt(tokenizer, example)
-    completion = example.completion if limit is None else example.completion[: limit * CHARS_PER_TOKEN_BOUND]
+    completion = example.completion if limit is None else cut_for_tokens(example.completion, limit)
     return prompt, prompt + completion + (tokenizer.eos_token or "")
 
 
@@ -58,13 +58,14 @@ def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], bat
     read up to the model's context."""
     import torch
 
-    limit = context_length(getattr(model, "config", None))
+    config = getattr(model, "config", None)
+    limit = context_length(config)
     encoded = [encode_example(tokenizer, e, limit) for e in examples]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     per_example: list[float] = []
     total, tokens = 0.0, 0
-    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
     begin = 0
     with torch.no_grad():
         while begin < len(encoded):

@@ -172,10 +172,10 @@ def probe_batches(tokenizer: Any, examples: list[Any], max_length: int, count: i
     """The merge check's probe: the first ``count`` of ``examples`` as the model saw them in training
     (chat prompt + completion, cut to ``max_length`` tokens as training cuts), one right-padded batch;
     none without examples."""
-    from kbit.core.measure.budget import CHARS_PER_TOKEN_BOUND
+    from kbit.core.measure.budget import cut_for_tokens
     from kbit.core.measure.generation import render_prompt
 
-    texts = [(render_prompt(tokenizer, example) + example.completion)[: max_length * CHARS_PER_TOKEN_BOUND]
+    texts = [cut_for_tokens(render_prompt(tokenizer, example) + example.completion, max_length)
              for example in examples[:count]]
     if not texts:
         return []

@@ -15,7 +15,7 @@ import attrs
 
 from kbit.core.model.compat import checkpointing_arguments, checkpointing_enabled
 from kbit.core.system.device import Decision, torch_dtype, trainer_device_args
-from kbit.core.measure.budget import CHARS_PER_TOKEN_BOUND
+from kbit.core.measure.budget import cut_for_tokens
 from kbit.core.measure.generation import render_prompt
 from kbit.core.train import checkpoints
 from kbit.core.train.plan import RunPlan, is_main_process, process_count
@@ -48,14 +48,12 @@ def sft_dataset(tokenizer: Any, examples, max_length: int) -> Any:
     of megabytes whole first (minutes and gigabytes for one row)."""
     from datasets import Dataset
 
-    chars = max_length * CHARS_PER_TOKEN_BOUND
     if getattr(tokenizer, "chat_template", None):
-        rows = [{"prompt": e.prompt_messages(), "completion": [{"role": "assistant", "content": e.completion[:chars]}]}
-                for e in examples]
+        rows = [{"prompt": e.prompt_messages(),
+                 "completion": [{"role": "assistant", "content": cut_for_tokens(e.completion, max_length)}]} for e in examples]
     else:
-        end = tokenizer.eos_token or ""
-        rows = [{"prompt": render_prompt(tokenizer, e), "completion": e.completion[:chars] + (end if len(e.completion) <= chars else "")}
-                for e in examples]
+        rows = [{"prompt": render_prompt(tokenizer, e),
+                 "completion": cut_for_tokens(e.completion + (tokenizer.eos_token or ""), max_length)} for e in examples]
     return Dataset.from_list(rows)
 
 

@@ -21,7 +21,7 @@ from kbit.core.model.bases import check_loftq, check_mergeable
 from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data
 from kbit.core.system.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
-from kbit.core.measure.budget import CHARS_PER_TOKEN_BOUND, check_fits_context, context_length
+from kbit.core.measure.budget import check_fits_context, context_length, cut_for_tokens
 from kbit.core.measure.generation import render_prompt
 from kbit.core.methods.method import Method
 from kbit.core.contract.method_info import MergePolicy, Requirement, describe_missing
@@ -297,7 +297,7 @@ def _check_lengths(tokenizer: Any, data: TaskData, max_length: int, context: int
                f"the model reads at most {context} tokens, so shorten or remove those rows")
         )
     # A completion longer than max_length tokens can hold is counted on that much of it: past it, training cuts.
-    totals = [prompt + len(tokenizer(e.completion[: max_length * CHARS_PER_TOKEN_BOUND], add_special_tokens=False)["input_ids"]) + 4
+    totals = [prompt + len(tokenizer(cut_for_tokens(e.completion, max_length), add_special_tokens=False)["input_ids"]) + 4
               for prompt, e in zip(prompts, data.train)]
     cut = sum(1 for total in totals if total > max_length)
     if cut and is_main_process():
