@@ -80,7 +80,7 @@ def run_examples(record: RunRecord) -> Any:
     config = record.config
     if config is None:
         raise ConfigError(f"the run {record.name or ''} has no recorded settings in its kbit.json; it is incomplete or was edited")
-    check_recorded_file(config.dataset, record.name or "")
+    check_recorded_file(config.dataset, record.name or "", held_out=config.held_out)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
     return check_trained_on(data, record.dataset.fingerprint, record.name or "")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import attrs
 
+from kbit.core.data.split import HeldOut
 from kbit.core.errors import ConfigError
 
 TASKS = ("arithmetic", "openmath", "squad", "generic")
@@ -60,12 +61,16 @@ def trained_prompts(train: Iterable[Example], items: Iterable[Example]) -> int:
     return sum(1 for example in items if example.prompt in seen)
 
 
-def check_recorded_file(dataset: str, run: str, alternative: str = "") -> None:
-    """Refuse a run's recorded dataset file that is gone (moved or deleted since the run), naming the fix; a
-    run records a local file by its absolute path, and a built-in or hub name is never one."""
+def check_recorded_file(dataset: str, run: str, alternative: str = "", held_out: HeldOut = None) -> None:
+    """Refuse a run's recorded dataset file, or held-out file (``held_out`` when a path), that is gone (moved
+    or deleted since the run), naming the fix; a run records a local file by its absolute path, and a built-in
+    or hub name is never one."""
     if Path(dataset).is_absolute() and not Path(dataset).exists():
         raise ConfigError(f"run {run} trained on {dataset}, which is no longer there (moved or deleted); put the file "
                           f"back at that path, or a link to it, so its held-out split can be rebuilt{alternative}")
+    if isinstance(held_out, str) and Path(held_out).is_absolute() and not Path(held_out).exists():
+        raise ConfigError(f"run {run} held out the items of {held_out}, which is no longer there (moved or deleted); "
+                          f"put the file back at that path, or a link to it{alternative}")
 
 
 def check_trained_on(data: TaskData, recorded: str | None, run: str, alternative: str = "") -> TaskData:

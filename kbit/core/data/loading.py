@@ -20,7 +20,7 @@ from kbit.core.data import arithmetic
 from kbit.core.data.examples import Example, TaskData, trained_prompts
 from kbit.core.data.formats import (choose_format, is_squad_document, layout_of, mark_unanswerable, parse_column_mapping, squad,
                                     squad_rows)
-from kbit.core.data.split import HeldOut, arith_held_out, split, take_held_out
+from kbit.core.data.split import FILE_SUFFIXES, HeldOut, arith_held_out, split, take_held_out
 from kbit.core.errors import ConfigError
 from kbit.core.system.input_files import require_regular_file
 
@@ -32,7 +32,6 @@ NAMED_HUB_DATASETS = {
     "openmath": ("nvidia/OpenMathInstruct-2", None, "train_1M", None),
     "squad": ("rajpurkar/squad", None, "train", "validation"),
 }
-FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")  # what datasets' save_to_disk writes into its folder
 
 
@@ -46,40 +45,59 @@ def load_task_data(
 ) -> TaskData:
     """Resolve ``reference`` and return normalised train and held-out examples.
 
-    ``held_out`` is a count or a fraction (``kbit.core.data.split``; ``None``: the dataset's default).
+    ``held_out`` is a count or a fraction (``kbit.core.data.split``; ``None``: the dataset's default),
+    or the path of a file of held-out examples (then every dataset row is for training).
     Raises ``ConfigError`` for a missing file, a pipe or device instead of a file, a malformed row
     (with its line or row number: invalid JSON, NaN/Infinity, a CSV row that does not fit its
     header), an unknown format, missing columns, ``columns`` for the built-in arith set, an empty
-    dataset, a held-out size that leaves nothing to train on or asks for more than exists, or an
-    unreachable hub dataset.
+    dataset, a held-out size that leaves nothing to train on or asks for more than exists, a held-out
+    file for the built-in arith set or in another task's layout, or an unreachable hub dataset.
     """
     mapping = parse_column_mapping(columns) if columns else None
     if reference in (None, "", DEFAULT_DATASET, arithmetic.REPHRASED):
+        builtin = reference or DEFAULT_DATASET
         if mapping:
-            raise ConfigError(f"--columns applies to a dataset file or a hub dataset; the built-in '{reference or DEFAULT_DATASET}' "
+            raise ConfigError(f"--columns applies to a dataset file or a hub dataset; the built-in '{builtin}' "
                               "dataset has its own question and answer fields: drop --columns or pass --dataset FILE")
+        if isinstance(held_out, str):
+            raise ConfigError(f"--held-out {held_out}: the built-in '{builtin}' dataset draws its own held-out questions; "
+                              "pass --dataset FILE to train beside a held-out file, or --held-out N for more questions")
         train_size = min(max_examples or 2000, 2000)
         held_out_size = arith_held_out(held_out, train_size, arithmetic.distinct_questions())
         data = arithmetic.generate(train_size=train_size, held_out_size=held_out_size, seed=seed)
         return arithmetic.rephrased(data) if reference == arithmetic.REPHRASED else data
+    held = None
+    if isinstance(held_out, str):
+        held_path = Path(held_out).expanduser()
+        held, held_out = (_read_local(held_path, "held-out file"), str(held_path)), None
     path = Path(reference).expanduser()
     if path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
-        return _build(path.name, str(path), _read_saved(path), None, mapping, held_out, max_examples, seed)
+        return _build(path.name, str(path), _read_saved(path), held, mapping, held_out, max_examples, seed,
+                      held_file=held is not None)
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
-        rows = _read_file(path)
-        return _build(path.stem, str(path), rows, None, mapping, held_out, max_examples, seed)
+        return _build(path.stem, str(path), _read_file(path), held, mapping, held_out, max_examples, seed,
+                      held_file=held is not None)
     hub_id, config, train_split, held_split = NAMED_HUB_DATASETS.get(reference, (reference, None, "train", None))
     train_rows = _read_hub(hub_id, config, train_split, max_examples)
-    held_rows = _read_hub(hub_id, config, held_split, None) if held_split else None
+    held_file = held is not None
+    if not held_file and held_split:
+        held = _read_hub(hub_id, config, held_split, None), f"hub:{hub_id} ({held_split})"
     name = reference if reference in NAMED_HUB_DATASETS else reference.split("/")[-1]
-    return _build(name, f"hub:{hub_id}", train_rows, held_rows, mapping, held_out, max_examples, seed)
+    return _build(name, f"hub:{hub_id}", train_rows, held, mapping, held_out, max_examples, seed, held_file)
+
+
+def _read_local(path: Path, what: str) -> list[Mapping[str, Any]]:
+    """The rows of a local dataset file, or of a folder ``datasets``' ``save_to_disk`` wrote."""
+    if path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
+        return _read_saved(path)
+    return _read_file(path, what)
 
 
 LARGE_FILE_BYTES = 16 * 2**20  # a file this large takes seconds to read and check: say so before the wait
 
 
-def _read_file(path: Path) -> list[Mapping[str, Any]]:
-    require_regular_file(path, "dataset file")
+def _read_file(path: Path, what: str = "dataset file") -> list[Mapping[str, Any]]:
+    require_regular_file(path, what)
     if (size := path.stat().st_size) >= LARGE_FILE_BYTES:
         log.info("reading %s (%.0f MB)", path, size / 2**20)
     suffix = path.suffix.lower()
@@ -126,7 +144,7 @@ def _read_file(path: Path) -> list[Mapping[str, Any]]:
         except Exception as exc:
             raise ConfigError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         return list(table)
-    raise ConfigError(f"dataset file {path} has an unknown type; use one of {', '.join(FILE_SUFFIXES)}")
+    raise ConfigError(f"{what} {path} has an unknown type; use one of {', '.join(FILE_SUFFIXES)}")
 
 
 MAX_INT_DIGITS = 4300
@@ -362,22 +380,35 @@ def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[
     return examples
 
 
-def _build(name, source, rows, held_rows, mapping, held_out, max_examples, seed) -> TaskData:
+def _build(name, source, rows, held, mapping, held_out, max_examples, seed, held_file=False) -> TaskData:
+    """Train and held-out examples of ``rows``: the held-out ones from ``held`` (rows, source) when given
+    (a split of the dataset's own or a held-out file; all of it, or ``held_out`` of it when a count),
+    else split off ``rows``. Held-out items that repeat a training prompt are warned of, except those of
+    a held-out file (``held_file``): whose training rows they repeat is for the caller to say."""
     if not rows:
         raise ConfigError(f"dataset {source} is empty")
     converter, task = choose_format(sorted(rows[0].keys()), mapping, source)
+    held_rows, held_source = held if held is not None else (None, "")
+    if held_rows is not None:
+        if not held_rows:
+            raise ConfigError(f"held-out file {held_source} is empty")
+        held_converter, held_task = choose_format(sorted(held_rows[0].keys()), mapping, held_source)
+        if held_task != task:
+            raise ConfigError(f"{held_source} is in a {held_task} layout and dataset {source} in a {task} one, which "
+                              "are scored differently; write the held-out items in the dataset's layout")
     if converter is squad:
         mark_unanswerable([*rows, *(held_rows or [])])
     if max_examples:
         rows = rows[:max_examples]
     examples = _convert(rows, converter, source)
     if held_rows is not None:
-        train, held = examples, take_held_out(_convert(held_rows, converter, source), held_out, source)
+        train, held_examples = examples, take_held_out(_convert(held_rows, held_converter, held_source), held_out,
+                                                       held_source)
     else:
-        train, held = split(examples, held_out, seed, source)
-    if shared := trained_prompts(train, held):
+        train, held_examples = split(examples, held_out, seed, source)
+    if not held_file and (shared := trained_prompts(train, held_examples)):
         log.warning("%d of %d held-out items of %s ask a prompt a training example asks too (the same prompt in "
                     "several rows): their scores measure recall, not what the model learned; keep each prompt in one "
                     "row",
-                    shared, len(held), source)
-    return TaskData(name=name, task=task, train=train, held_out=held, source=source)
+                    shared, len(held_examples), source)
+    return TaskData(name=name, task=task, train=train, held_out=held_examples, source=source)

@@ -1,29 +1,35 @@
-"""The held-out split: how big it is (``--held-out N|FRACTION``) and which examples it takes.
+"""The held-out split: how big it is (``--held-out N|FRACTION|FILE``) and which examples it takes.
 
 A size is a count of examples (``50``) or a fraction of the dataset (``0.1``, ``10%``); ``None``
 means the dataset's default: 100 questions for the generated arith set, 10% of a file or a hub
 dataset without a split of its own, and the whole held-out split of one that has it (squad's
-validation).
+validation). A path instead names a file (or ``save_to_disk`` folder) of held-out examples, the way
+axolotl's ``test_datasets`` and LLaMA-Factory's ``eval_dataset`` do: the dataset is then trained on whole.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kbit.core.errors import ConfigError
 
-HeldOut = int | float | None
+HeldOut = int | float | str | None
 DEFAULT_FRACTION = 0.1
-_EXPECTED = "expected a count of held-out examples (e.g. 50) or a fraction between 0 and 1 (e.g. 0.1 or 10%)"
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_EXPECTED = ("expected a count of held-out examples (e.g. 50), a fraction between 0 and 1 (e.g. 0.1 or 10%) "
+             f"or a file of them ({', '.join(FILE_SUFFIXES)})")
 
 T = TypeVar("T")
 
 
 def held_out_size(value: Any) -> HeldOut:
-    """``value`` (a flag's text or a YAML value) as a count (int >= 1) or a fraction (float in (0, 1)).
+    """``value`` (a flag's text or a YAML value) as a count (int >= 1), a fraction (float in (0, 1)) or
+    a path (str): text with a dataset file's suffix, or naming something that exists.
 
     Raises ``ValueError`` naming the value for anything else (0, negatives, 1.5, nan, words).
     """
@@ -46,6 +52,8 @@ def held_out_size(value: Any) -> HeldOut:
                 if not 0 < value < 1:
                     raise ValueError
         except ValueError:
+            if is_held_out_file(text):
+                return text
             raise ValueError(f"{_EXPECTED}, got {value!r}") from None
     if isinstance(value, int):
         if value < 1:
@@ -57,6 +65,12 @@ def held_out_size(value: Any) -> HeldOut:
         if value >= 1 and value.is_integer():
             return int(value)  # YAML's 50.0
     raise ValueError(f"{_EXPECTED}, got {value!r}")
+
+
+def is_held_out_file(text: str) -> bool:
+    """Whether ``--held-out`` text names a file or folder of held-out examples rather than a size."""
+    path = Path(text).expanduser()
+    return bool(text) and (path.suffix.lower() in FILE_SUFFIXES or os.sep in text or path.exists())
 
 
 def recorded_held_out(config: Mapping[str, Any]) -> HeldOut:
@@ -76,6 +90,8 @@ def recorded_held_out(config: Mapping[str, Any]) -> HeldOut:
 def describe(size: HeldOut) -> str:
     if size is None:
         return "the dataset's default"
+    if isinstance(size, str):
+        return f"the file {size}"
     return f"{size:g} (fraction)" if isinstance(size, float) else f"{size} examples"
 
 

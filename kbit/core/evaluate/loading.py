@@ -54,7 +54,7 @@ class DataRequest:
 
     dataset: str = "arith"
     columns: str | None = None
-    held_out: int | float | None = None
+    held_out: int | float | str | None = None
     max_examples: int | None = None
     seed: int = 0
     trained_on: tuple[str, str] | None = None  # (run, its recorded fingerprint): the run's own split, checked
@@ -128,7 +128,7 @@ class Selection:
     columns: str | None = None
     max_examples: int | None = None
     seed: int | None = None
-    held_out: int | float | None = None
+    held_out: int | float | str | None = None
     trust_remote_code: bool = False
     runtime: str = attrs.field(default="auto", validator=attrs.validators.in_(RUNTIMES))
     lora: str | None = None
@@ -494,8 +494,9 @@ def _quantized_method(directory: Path, record: RunRecord) -> str | None:
 def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest:
     """The held-out split to score on: ``--dataset`` split by ``--held-out``, else the run's own split.
 
-    A run is scored on the split it was trained beside; ``--held-out`` would cut another one that
-    overlaps its training data, so it is refused without ``--dataset``.
+    A run is scored on the split it was trained beside; a ``--held-out`` size would cut another one that
+    overlaps its training data, so it is refused without ``--dataset``. A ``--held-out`` file is scored
+    beside the run's training rows, with a warning for items the run trained on.
     """
     config = record.config if record is not None else None
     seed = selection.seed if selection.seed is not None else (config.seed if config is not None else 0)
@@ -505,7 +506,9 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
     if record is None:
         return DataRequest(DEFAULT_DATASET, selection.columns, selection.held_out, selection.max_examples, seed)
     recorded = config.held_out if config is not None else None
-    if selection.held_out is not None and selection.held_out != recorded:
+    if isinstance(selection.held_out, str) and not _same_file(selection.held_out, recorded):
+        return _held_out_file_request(selection.held_out, record, seed)
+    if selection.held_out is not None and not isinstance(selection.held_out, str) and selection.held_out != recorded:
         raise ConfigError(f"--held-out applies to --dataset: run {record.name or ''} is scored on its own held-out "
                           f"split ({describe_held_out(recorded)}), which its training never saw; pass --dataset too, "
                           "or --limit to score fewer items")
@@ -517,6 +520,22 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
                               "with items it did not train on")
         return DataRequest(name, None, None, None, seed)
     return _run_split(record, seed)
+
+
+def _same_file(given: str, recorded: Any) -> bool:
+    return isinstance(recorded, str) and Path(given).expanduser().resolve() == Path(recorded)
+
+
+def _held_out_file_request(held_out: str, record: RunRecord | None, seed: int) -> DataRequest:
+    """A run scored on the items of the file ``held_out`` beside its own training rows (which set the answer length)."""
+    config = record.config if record is not None else None
+    if config is None or config.dataset in (DEFAULT_DATASET, REPHRASED):
+        what = "a model outside a run" if record is None else f"run {record.name or ''}, trained on the built-in arith set,"
+        raise ConfigError(f"--held-out {held_out} scores a file's items beside a dataset file's training rows, whose "
+                          f"answers set the answer length; for {what} pass --dataset {held_out} instead (its held-out "
+                          "split), or --dataset TRAIN_FILE with --held-out")
+    return DataRequest(config.dataset, config.columns, held_out, config.max_examples, seed,
+                       run_split=_run_split(record, config.seed))
 
 
 def _run_split(record: RunRecord, seed: int) -> DataRequest:

@@ -215,12 +215,14 @@ OTHER_ITEMS = ", or pass --dataset FILE with items it did not train on"
 
 def _load(request: DataRequest) -> TaskData:
     if request.trained_on is not None:
-        check_recorded_file(request.dataset, request.trained_on[0], OTHER_ITEMS)
+        check_recorded_file(request.dataset, request.trained_on[0], OTHER_ITEMS, request.held_out)
     data = load_task_data(request.dataset, columns=request.columns, held_out=request.held_out,
                           max_examples=request.max_examples, seed=request.seed)
     if request.trained_on is not None:
         run, fingerprint = request.trained_on
         check_trained_on(data, fingerprint, run, OTHER_ITEMS)
+    elif isinstance(request.held_out, str):  # items of another file: named by it, not by the training rows beside
+        data = attrs.evolve(data, name=Path(request.held_out).stem)
     return data
 
 
@@ -230,7 +232,7 @@ def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
     if not items:
         raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")
     if request.run_split is not None:
-        _warn_trained_items(request.run_split, items, data.source)
+        _warn_trained_items(request.run_split, items, request.held_out if isinstance(request.held_out, str) else data.source)
     empty = next((i for i, e in enumerate(items) if not e.completion.strip()), None)
     if empty is not None:
         raise ConfigError(f"dataset {data.source} held-out example {empty + 1} has an empty completion; "
@@ -248,7 +250,7 @@ def _warn_trained_items(run_split: DataRequest, items: list[Any], source: str) -
         return
     if shared := trained_prompts(trained, items):
         log.warning("%d of the %d items scored from %s ask a prompt run %s trained on: their scores measure recall; "
-                    "score the run on its own split (no --dataset) or on items it never saw", shared, len(items),
+                    "score the run on its own split (no --dataset or --held-out) or on items it never saw", shared, len(items),
                     source, run)
 
 

@@ -82,8 +82,9 @@ class TrainConfig:
     # (and always at the last step); 0: never. On the first fit.EVAL_LOSS_ITEMS of the eval_limit held-out examples.
     eval_steps: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=0, maximum=MAX_COUNT)))
     report_to: str = attrs.field(default="none", converter=choice(*REPORT_TO))
-    # A count or a fraction of the dataset; None: the dataset's default (see kbit.core.data.split).
-    held_out: int | float | None = attrs.field(default=None, converter=held_out_size)
+    # A count or a fraction of the dataset, or a file of held-out examples; None: the dataset's default
+    # (see kbit.core.data.split).
+    held_out: int | float | str | None = attrs.field(default=None, converter=held_out_size)
     max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2, maximum=MAX_COUNT)))
     eval_limit: int = attrs.field(default=100, converter=integer(minimum=0, maximum=MAX_COUNT))
     # None: until the end-of-turn token, capped by the training completions' length (kbit.core.measure.budget).
@@ -139,6 +140,7 @@ FOREIGN_KEYS = {
     "num_train_epochs": "epochs", "sequence_len": "max_length", "cutoff_len": "max_length",
     "max_seq_length": "max_length", "output_dir": "output", "lr_scheduler": "scheduler",
     "lr_scheduler_type": "scheduler", "sample_packing": "packing", "val_set_size": "held_out",
+    "test_datasets": "held_out (one file)", "eval_dataset": "held_out (one file)", "eval_file": "held_out",
     "adapter": "method", "finetuning_type": "method", "load_in_4bit": "method: qlora", "load_in_8bit": "method: bnb-int8",
     "quantization_bit": "method", "lora_r": "options: {r: …}", "lora_rank": "options: {r: …}",
     "lora_alpha": "options: {lora_alpha: …}", "lora_dropout": "options: {lora_dropout: …}",
@@ -188,7 +190,7 @@ def _is_run(path: Path) -> bool:
 
 
 def located(config: TrainConfig) -> TrainConfig:
-    """``config`` with its model, dataset and teacher as absolute paths where they name local ones, so
+    """``config`` with its model, dataset, held-out file and teacher as absolute paths where they name local ones, so
     that the run's record finds them again from any folder (eval, export, quantize, --resume). The
     built-in names (the default model, the arith sets) stay names, as the loaders read them before any path."""
     from kbit.core.data.arithmetic import NAME as DEFAULT_DATASET, REPHRASED
@@ -200,6 +202,7 @@ def located(config: TrainConfig) -> TrainConfig:
 
     return attrs.evolve(config, model=absolute(config.model, (DEFAULT_MODEL,)),
                         dataset=absolute(config.dataset, (DEFAULT_DATASET, REPHRASED)),
+                        held_out=absolute(config.held_out, ()) if isinstance(config.held_out, str) else config.held_out,
                         teacher=None if config.teacher is None else absolute(config.teacher, ()))
 
 

@@ -18,7 +18,7 @@ from kbit.core.runs import stamps as meta
 from kbit.core.model.adapters import require_adapter
 from kbit.core.system.allocator import malloc_decision
 from kbit.core.model.bases import check_loftq, check_mergeable
-from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data
+from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data, trained_prompts
 from kbit.core.system.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
 from kbit.core.measure.budget import check_fits_context, context_length, cut_for_tokens
@@ -86,9 +86,13 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     adapter = require_adapter(spec)
     recorded = read_record(Path(config.output)) if resume and config.output else None
     if recorded is not None:
-        check_recorded_file(config.dataset, config.output)
+        check_recorded_file(config.dataset, config.output, held_out=config.held_out)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
+    if isinstance(config.held_out, str) and (shared := trained_prompts(data.train, data.held_out)):
+        log.warning("%d of %d held-out items of %s ask a prompt a training example of %s asks too: their scores "
+                    "measure recall, not what the model learned; keep each prompt in one of the two files",
+                    shared, len(data.held_out), config.held_out, data.source)
     if recorded is not None:
         check_trained_on(data, recorded.dataset.fingerprint, config.output)
         _check_processes(recorded.train.world_size, config.output)

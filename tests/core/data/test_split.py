@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kbit.core.data import load_task_data
+from kbit.core.data import load_task_data, trained_prompts
 from kbit.core.data.split import held_out_size, recorded_held_out
 from kbit.core.errors import ConfigError
 
@@ -21,9 +21,15 @@ def test_counts_and_fractions_are_read(text, expected):
 
 
 @pytest.mark.parametrize("text", ["0", "-3", "1.5", "1.0", "nan", "inf", "lots", "", "100%", "0%", True, 2.5, -0.1])
-def test_nonsense_is_refused_naming_both_forms(text):
-    with pytest.raises(ValueError, match="a count of held-out examples .* or a fraction between 0 and 1"):
+def test_nonsense_is_refused_naming_every_form(text):
+    with pytest.raises(ValueError, match=r"a count of held-out examples .*, a fraction between 0 and 1 .* or a file of "
+                                         r"them \(\.jsonl, \.json, \.csv, \.parquet\)"):
         held_out_size(text)
+
+
+@pytest.mark.parametrize("text", ["valid.jsonl", "data/test.CSV", "~/eval.parquet", "held/out"])
+def test_a_path_names_a_held_out_file(text):
+    assert held_out_size(text) == text
 
 
 def _rows(tmp_path: Path, count: int) -> Path:
@@ -61,3 +67,36 @@ def test_runs_of_kbit_0_2_are_split_as_they_were():
     # kbit 0.2 ignored the fraction for arith and held out 100 questions: read as the default
     assert recorded_held_out({"dataset": "arith", "held_out_fraction": 0.1}) is None
     assert recorded_held_out({"dataset": "rows.jsonl", "held_out": 25}) == 25
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_held_out_file_is_scored_whole_and_the_dataset_trained_on_whole(tmp_path):
+    train = _rows(tmp_path, 30)
+    valid = _write(tmp_path / "valid.jsonl", [{"question": "What is 5 + 1?", "answer": "6"},  # a training prompt
+                                              {"question": "What is 70 + 1?", "answer": "71"}])
+    data = load_task_data(str(train), held_out=held_out_size(str(valid)), max_examples=20)
+    assert len(data.train) == 20 and [e.completion for e in data.held_out] == ["6", "71"]
+    assert trained_prompts(data.train, data.held_out) == 1  # counted by the command, against the rows it trained on
+    chat = _write(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "What is 9 + 9?"},
+                                                          {"role": "assistant", "content": "18"}]}])
+    assert [e.completion for e in load_task_data(str(train), held_out=str(chat)).held_out] == ["18"]  # another layout, same task
+
+
+@pytest.mark.parametrize("dataset, held, message", [
+    ("arith", "valid.jsonl", "the built-in 'arith' dataset draws its own held-out questions; pass --dataset FILE"),
+    ("rows.jsonl", "missing.jsonl", "held-out file .*missing.jsonl does not exist"),
+    ("rows.jsonl", "empty.jsonl", "held-out file .*empty.jsonl is empty"),
+    ("rows.jsonl", "squad.jsonl", "squad.jsonl is in a squad layout and dataset .*rows.jsonl in a generic one"),
+])
+def test_a_held_out_file_that_cannot_be_scored_beside_the_dataset_is_refused(tmp_path, dataset, held, message):
+    _rows(tmp_path, 10)
+    _write(tmp_path / "valid.jsonl", [{"prompt": "a", "completion": "b"}])
+    (tmp_path / "empty.jsonl").write_text("")
+    _write(tmp_path / "squad.jsonl", [{"context": "c", "question": "q", "answers": {"text": ["a"], "answer_start": [0]}}])
+    reference = dataset if dataset == "arith" else str(tmp_path / dataset)
+    with pytest.raises(ConfigError, match=message):
+        load_task_data(reference, held_out=str(tmp_path / held))

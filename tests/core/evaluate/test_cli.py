@@ -64,6 +64,37 @@ def test_held_out_picks_the_split_of_another_dataset(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_trained_beside_a_held_out_file_is_scored_on_it_and_on_other_files(tiny, tmp_path):
+    def write(name, numbers):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"question": f"What is {i} + 2?", "answer": str(i + 2)}) + "\n" for i in numbers))
+        return path
+
+    train, valid, other = write("train.jsonl", range(30)), write("valid.jsonl", [*range(50, 56), 3]), write("other.jsonl", range(25, 35))
+    run = tmp_path / "run"
+    result = run_kbit("train", "--model", str(tiny), "--dataset", str(train), "--held-out", "valid.jsonl", "--max-steps",
+                      "1", "--batch-size", "2", "-o", "r=4", "--eval-limit", "0", "--output", str(run), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"1 of 7 held-out items of {valid} ask a prompt a training example of {train} asks too" in result.stderr
+    record = json.loads((run / "kbit.json").read_text())
+    assert record["config"]["held_out"] == str(valid)  # recorded whole, found again from any folder
+    assert (record["dataset"]["train_examples"], record["dataset"]["held_out_examples"]) == (30, 7)
+
+    own = run_kbit("eval", str(run), "--variant", "merged", "--max-new-tokens", "2", "--json")
+    assert own.returncode == 0, own.stderr[-3000:]
+    assert json.loads(own.stdout)["rows"][0]["items"] == 7
+    scored = run_kbit("eval", str(run), "--variant", "merged", "--held-out", str(other), "--max-new-tokens", "2", "--json")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert json.loads(scored.stdout)["rows"][0]["items"] == 10
+    assert f"5 of the 10 items scored from {other} ask a prompt run model-train_" in scored.stderr
+    assert "held-out items of" not in scored.stderr  # said once, of the run's own training rows
+
+    valid.rename(tmp_path / "moved.jsonl")
+    moved = run_kbit("eval", str(run), "--variant", "merged")
+    assert moved.returncode == 2 and f"held out the items of {valid}, which is no longer there" in moved.stderr
+
+
+@pytest.mark.slow
 def test_reruns_are_identical(tiny_run, tmp_path, capsys):
     outputs = []
     for name in ("one", "two"):
