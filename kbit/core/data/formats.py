@@ -188,11 +188,28 @@ def _chat(messages: Any, column: str, role_key: str, text_key: str, roles: Mappi
     if turns[-1][0] != "assistant":
         raise ValueError(f"the last message must be the assistant's ({role_key} "
                          f"{' or '.join(repr(k) for k, v in roles.items() if v == 'assistant')})")
-    prompt = [(role, field_text(m, text_key)) for role, m in turns[:-1]]
+    prompt = [(role, _message_text(m, text_key, number)) for number, (role, m) in enumerate(turns[:-1], start=1)]
     if not prompt:
         raise ValueError("'messages' needs at least one message before the assistant's answer")
-    answer = field_text(turns[-1][1], text_key, required=False)
+    answer = _message_text(turns[-1][1], text_key, len(turns), required=False)
     return Example(prompt=prompt, completion=answer, answers=[answer])
+
+
+def _message_text(message: Mapping[str, Any], key: str, number: int, *, required: bool = True) -> str:
+    """A message's text; OpenAI's content parts (``[{"type": "text", "text": …}, …]``) are joined by line
+    breaks, as vLLM joins them for a text-only model's chat template, and any other part is refused."""
+    parts = message.get(key)
+    if not isinstance(parts, list):
+        return field_text(message, key, required=required)
+    texts = []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            what = f"a part of type '{kind}'" if kind else "a part that is not {\"type\": \"text\", \"text\": …}"
+            raise ValueError(f"message {number} has {what} in its '{key}'; kbit trains on text: keep only the text "
+                             "parts, or write the content as text")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def alpaca(row: Mapping[str, Any]) -> Example:

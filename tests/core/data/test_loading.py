@@ -206,6 +206,17 @@ def test_a_chat_row_with_roles_no_template_knows_is_refused(tmp_path, messages, 
         load_task_data(str(path))
 
 
+def test_openai_content_parts_read_as_their_text_joined_by_line_breaks(tmp_path):
+    path = tmp_path / "parts.jsonl"
+    path.write_text("".join(json.dumps({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Be terse."}]},
+        {"role": "user", "content": [{"type": "text", "text": f"Add {i}"}, {"type": "text", "text": "to one"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": str(i + 1)}]}]}) + "\n" for i in range(4)))
+    example = load_task_data(str(path), held_out=1).train[0]
+    assert example.prompt[0] == ("system", "Be terse.") and example.prompt[1][1].endswith("\nto one")
+    assert example.completion == str(int(example.prompt[1][1].split()[1]) + 1)
+
+
 def test_alpaca_system_and_history_become_turns_of_the_prompt(tmp_path):
     path = tmp_path / "alpaca.jsonl"
     path.write_text("".join(json.dumps({"instruction": f"Add {i}", "input": "", "output": str(i), "system": "Be terse.",
@@ -222,6 +233,9 @@ def test_alpaca_system_and_history_become_turns_of_the_prompt(tmp_path):
     ([{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
       {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}],
      "line 2: missing field 'conversations': the row is in the messages layout, the file's first row in the sharegpt one"),
+    ([{"messages": [{"role": "user", "content": [{"type": "text", "text": "w?"}, {"type": "image_url", "image_url": {}}]},
+                    {"role": "assistant", "content": "sunny"}]}],
+     "line 1: message 1 has a part of type 'image_url' in its 'content'; kbit trains on text: keep only the text parts"),
 ])
 def test_chat_rows_kbit_cannot_train_as_written_are_refused(tmp_path, rows, message):
     path = tmp_path / "chat.jsonl"
