@@ -172,6 +172,8 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
         else:
             values[key] = value
             from_file.discard(key)
+    if file is not None and _is_run(Path(file)):
+        _check_run_files(file, {key: values.get(key) for key in ("dataset", "held_out") if key in from_file})
     if isinstance(values.get("dataset"), list):
         raise ConfigError(f"{f'config file {file}: ' if 'dataset' in from_file else ''}'dataset' is a list; kbit reads one "
                           "dataset: join the files into one (e.g. cat a.jsonl b.jsonl > all.jsonl)")
@@ -182,6 +184,16 @@ def build_config(file: str | Path | None, overrides: Mapping[str, Any]) -> Train
         where = f"config file {file}: " if field in from_file else ""
         shown = f", not {values[field]!r:.60}" if field in values and " got " not in str(exc) else ""
         raise ConfigError(f"{where}invalid value for '{field}': {exc}{shown}" if field else f"invalid settings: {exc}") from None
+
+
+def _check_run_files(run: str | Path, recorded: Mapping[str, Any]) -> None:
+    """Refuse a repeated run whose recorded data file (``dataset``, a ``held_out`` file) is gone, naming the flag
+    that repeats its settings on another file."""
+    for key, value in recorded.items():
+        if isinstance(value, str) and Path(value).is_absolute() and not Path(value).exists():
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"run {run} read its {key.replace('_', '-')} from {value}, which is no longer there (moved "
+                              f"or deleted); put the file back, or pass {flag} FILE to repeat its settings on another file")
 
 
 def _is_run(path: Path) -> bool:

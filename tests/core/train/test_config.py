@@ -135,3 +135,18 @@ def test_a_run_repeated_with_another_method_leaves_its_methods_options_behind(tm
     assert again.method == "lora" and not again.options
     assert "the options of" in caplog.text and "(bits) are its method gptq's: --method lora starts from its own defaults" \
         in caplog.text
+
+
+@pytest.mark.parametrize("key, flag", [("dataset", "--dataset"), ("held_out", "--held-out")])
+def test_a_run_repeated_after_its_data_file_moved_names_the_flag_for_another_file(tmp_path, key, flag):
+    data = tmp_path / "data.jsonl"
+    data.write_text("")
+    gone = str(tmp_path / "gone.jsonl")
+    recorded = TrainConfig(**{"dataset": str(data), key: gone}, output=str(tmp_path / "old"))
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "kbit.json").write_text(json.dumps({"schema_version": 3, "kind": "run", "config": recorded.to_dict()}))
+    with pytest.raises(ConfigError, match=f"run {run} read its {flag[2:]} from {gone}, which is no longer there .* pass "
+                                          f"{flag} FILE to repeat its settings on another file"):
+        build_config(run, {})
+    assert getattr(build_config(run, {key: str(data)}), key) == str(data)  # the flag replaces the recorded file
