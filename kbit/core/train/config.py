@@ -38,6 +38,13 @@ def text(raw: Any) -> str:
     return raw
 
 
+def column_mapping(raw: Any) -> str:
+    """``--columns`` text, or in YAML a mapping (``columns: {prompt: q, completion: a}``) written as that text."""
+    if isinstance(raw, Mapping):
+        return ",".join(f"{role}={column}" for role, column in raw.items())
+    return text(raw)
+
+
 def method_options(raw: Any) -> dict[str, Any]:
     """Method options as ``name: value`` (values are parsed by the method's own option schema)."""
     if not isinstance(raw, Mapping):
@@ -57,7 +64,7 @@ class TrainConfig:
 
     model: str = attrs.field(default="default", converter=text)
     dataset: str = attrs.field(default="arith", converter=text)
-    columns: str | None = attrs.field(default=None, converter=attrs.converters.optional(text))
+    columns: str | None = attrs.field(default=None, converter=attrs.converters.optional(column_mapping))
     method: str = attrs.field(default="qlora", converter=text)
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=method_options)
     output: str | None = attrs.field(default=None, converter=attrs.converters.optional(text))

@@ -150,3 +150,9 @@ def test_a_run_repeated_after_its_data_file_moved_names_the_flag_for_another_fil
                                           f"{flag} FILE to repeat its settings on another file"):
         build_config(run, {})
     assert getattr(build_config(run, {key: str(data)}), key) == str(data)  # the flag replaces the recorded file
+
+
+def test_columns_in_a_yaml_file_may_be_a_mapping(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("dataset: faq.csv\ncolumns:\n  prompt: q\n  completion: a\n")
+    assert build_config(file, {}).columns == "prompt=q,completion=a"  # as --columns writes it, and kbit.json records it
