@@ -6,8 +6,10 @@ final step, the adapter is read from it instead of training again (see ``checkpo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,19 @@ def sft_dataset(tokenizer: Any, examples, max_length: int) -> Any:
         rows = [{"prompt": render_prompt(tokenizer, e),
                  "completion": cut_for_tokens(e.completion + (tokenizer.eos_token or ""), max_length)} for e in examples]
     return Dataset.from_list(rows)
+
+
+def trained_text(row: Mapping[str, Any], tokenizer: Any) -> str:
+    """A row of trl's tokenized dataset as text, each run of tokens the loss is taken on between ⟦ and ⟧
+    (``labels`` other than -100, or trl's older ``completion_mask``)."""
+    ids = list(row["input_ids"])
+    if "labels" in row:
+        trained = [label != -100 for label in row["labels"]]
+    else:
+        trained = [bool(m) for m in row.get("completion_mask") or row.get("assistant_masks") or [1] * len(ids)]
+    spans = itertools.groupby(zip(ids, trained), key=lambda pair: pair[1])
+    return "".join(f"⟦{text}⟧" if is_trained else text
+                   for is_trained, span in spans for text in [tokenizer.decode([token for token, _ in span])])
 
 
 def padding_free_decision(plan: RunPlan, model: Any, dataset: Any) -> Decision:
@@ -147,6 +162,9 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
     )
     trainer.padding_free_decision = {"value": padding_free.value, "requested": config.padding_free,
                                      "reason": padding_free.reason}
+    if is_main_process() and len(trainer.train_dataset):  # in the run log (and with -v): what the loss is taken on
+        log.debug("the first training row as the model reads it; the loss is taken on the tokens between ⟦ and ⟧:\n%s",
+                  trained_text(trainer.train_dataset[0], plan.tokenizer))
     if own_progress and is_main_process():
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(LogProgress())

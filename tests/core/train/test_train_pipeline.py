@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -40,6 +41,10 @@ def test_console_shows_kbit_lines_only_and_the_run_log_keeps_the_third_party_one
     if importlib.util.find_spec("torchao"):
         assert "WARNING torchao: Failed to load" in log
     assert "INFO kbit: step 3/3  loss" in log and read_record(out).artifacts["log"] == "train.log"
+    # what the loss is taken on: the answer and the end of the turn, not the question (run log and -v only)
+    shown = log.split("the first training row as the model reads it")[1].split(" INFO ")[0]
+    assert re.search(r"\?<\|im_end\|>\n<\|im_start\|>assistant\n⟦-?\d+<\|im_end\|>", shown), shown
+    assert "the first training row" not in result.stderr
 
 
 @pytest.mark.slow
