@@ -73,6 +73,37 @@ def process_count() -> int:
     return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
 
 
+# Optimizers that train whole weight matrices (their own low-rank or fused updates), not an adapter's.
+FULL_WEIGHT_OPTIMIZERS = ("galore", "apollo", "lomo", "adalomo")
+
+
+def _check_optimizer(name: str | None) -> None:
+    """Refuse an optimizer transformers does not have, one whose package is missing (transformers' own check,
+    run before anything is written rather than at the first step) and one made for full fine-tuning."""
+    if name is None:
+        return
+    import difflib
+    import tempfile
+
+    from transformers import Trainer, TrainingArguments
+    from transformers.training_args import OptimizerNames
+
+    names = [o.value for o in OptimizerNames]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        raise ConfigError(f"unknown --optim '{name}'; " + (f"did you mean {' or '.join(close)}? " if close else "")
+                          + "transformers names adamw_torch, adamw_torch_fused, paged_adamw_8bit, adafactor, sgd and "
+                          "others (transformers.training_args.OptimizerNames)")
+    if name.startswith(FULL_WEIGHT_OPTIMIZERS):
+        raise ConfigError(f"--optim {name} trains whole weight matrices (GaLore, APOLLO, LOMO), not an adapter; "
+                          "choose another, e.g. adamw_torch or paged_adamw_8bit")
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(TrainingArguments(output_dir=tempfile.gettempdir(), optim=name,
+                                                               use_cpu=True, report_to=[]))
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"--optim {name}: {str(exc).splitlines()[0]}") from None
+
+
 def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     """Validate every input and decide the run; raises ConfigError before anything is written."""
     method = get_method(config.method)  # first: a method whose backend is missing is refused before torch loads
@@ -80,6 +111,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     if clash and is_main_process():
         log.warning("%s", clash)
     _check_tracker(config.report_to)
+    _check_optimizer(config.optim)
     device = detect_device()
     method.check_requirements(device)
     spec = method.resolve_spec(config.options, device)

@@ -6,7 +6,9 @@ import json
 import logging
 
 import attrs
+import pytest
 
+from kbit.core.errors import ConfigError
 from kbit.core.train.config import TrainConfig
 from kbit.core.train.plan import plan_run
 
@@ -73,4 +75,15 @@ def test_a_teacher_is_refused_naming_why_kbits_loss_does_not_apply(kbit_tiny_mod
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="cannot use: it trains in 2 processes; train without --teacher"):
         plan_run(attrs.evolve(config, model=str(kbit_tiny_model_factory())))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("optim, message", [
+    ("paged_adam_8bit", "unknown --optim 'paged_adam_8bit'; did you mean paged_adamw_8bit"),
+    ("galore_adamw", "--optim galore_adamw trains whole weight matrices .* not an adapter"),
+    ("adamw_torch_xla", "--optim adamw_torch_xla: Trainer failed to import syncfree AdamW from torch_xla"),
+])
+def test_an_optimizer_that_cannot_train_an_adapter_here_is_refused_before_anything_is_written(tmp_path, optim, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_run(TrainConfig(model=str(tmp_path / "not-read"), optim=optim, output=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()

@@ -442,3 +442,20 @@ def test_kbit_eval_reproduces_the_runs_own_adapter_figure(tiny, tmp_path):
     assert row["exact_match"] == after["exact_match"] and row["answers_cut"] == after["answers_cut"]
     predictions = [json.loads(line)["prediction"] for line in (report / "predictions.jsonl").read_text().splitlines()]
     assert predictions[:5] == [sample["prediction"] for sample in after["samples"]]  # the same answers, not only a count
+
+
+@pytest.mark.slow
+def test_the_optimizer_weight_decay_and_gradient_clipping_are_the_ones_asked_for(tiny, tmp_path):
+    import torch
+
+    out = tmp_path / "optim"
+    result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "2", "--batch-size", "2",
+                      "-o", "r=4", "--max-examples", "20", "--eval-limit", "0", "--optim", "paged_adamw_8bit",
+                      "--weight-decay", "0.01", "--max-grad-norm", "0.3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    args = torch.load(checkpoint / "training_args.bin", weights_only=False)  # written by this test's own run
+    assert (args.optim, args.weight_decay, args.max_grad_norm) == ("paged_adamw_8bit", 0.01, 0.3)
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert state["param_groups"][0]["weight_decay"] == 0.01 and "t_alpha" in state["param_groups"][0]  # bitsandbytes' AdamW
+    assert read_record(out).config.optim == "paged_adamw_8bit"
