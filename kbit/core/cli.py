@@ -212,6 +212,7 @@ def train_command(
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help=f"AdamW weight decay (default {TRAIN_DEFAULTS['weight_decay']}).")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help=f"Clip gradients to this norm, 0 = never (default {TRAIN_DEFAULTS['max_grad_norm']}).")] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help=f"Fraction of steps spent warming up the learning rate (default {TRAIN_DEFAULTS['warmup_ratio']}).")] = None,
+    turns: Annotated[Optional[str], typer.Option("--turns", help="Assistant answers of a conversation to train: last (default; the one scored) or all (one example per answer).")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help=f"Tokens per example: a longer completion is cut; a prompt that alone reaches it is refused (default {TRAIN_DEFAULTS['max_length']}).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help=f"Seed of the split, shuffling and adapter start (default {TRAIN_DEFAULTS['seed']}).")] = None,
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help=f"Pack several examples into each row (default {'on' if TRAIN_DEFAULTS['packing'] else 'off'}).")] = None,

@@ -54,6 +54,15 @@ class TaskData:
                 "held_out_examples": len(self.held_out), "fingerprint": self.fingerprint()}
 
 
+def every_assistant_turn(example: Example) -> list[Example]:
+    """``example`` as one example per assistant answer of its conversation: each earlier assistant turn of
+    its prompt becomes a completion, with the turns before it as its prompt, then ``example`` itself. A
+    conversation that opens with the assistant keeps that turn as context only (it has nothing to answer)."""
+    earlier = [Example(prompt=example.prompt[:i], completion=text, answers=[text])
+               for i, (role, text) in enumerate(example.prompt) if role == "assistant" and i > 0 and text.strip()]
+    return [*earlier, example]
+
+
 def trained_prompts(train: Iterable[Example], items: Iterable[Example]) -> int:
     """How many of ``items`` ask a prompt that one of the ``train`` examples asks too (duplicate rows,
     or held-out items taken from a file the model trained on): their scores measure recall."""

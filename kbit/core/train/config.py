@@ -83,6 +83,8 @@ class TrainConfig:
     weight_decay: float = attrs.field(default=0.0, converter=number(minimum=0))
     max_grad_norm: float = attrs.field(default=1.0, converter=number(minimum=0))  # 0: gradients are not clipped
     warmup_ratio: float = attrs.field(default=0.05, converter=number(minimum=0, below=1))
+    # Which assistant answers of a conversation train: the last (the one scored), or every one (kbit.core.data.examples).
+    turns: str = attrs.field(default="last", converter=choice("last", "all"))
     max_length: int = attrs.field(default=256, converter=integer(minimum=8, maximum=MAX_COUNT))
     seed: int = attrs.field(default=0, converter=integer(minimum=0, maximum=2**32 - 1))  # numpy's seed range
     packing: bool = attrs.field(default=False, converter=boolean)
@@ -151,7 +153,8 @@ FOREIGN_KEYS = {
     "gradient_accumulation_steps": "grad_accum", "learning_rate": "lr", "num_epochs": "epochs",
     "num_train_epochs": "epochs", "sequence_len": "max_length", "cutoff_len": "max_length",
     "max_seq_length": "max_length", "output_dir": "output", "lr_scheduler": "scheduler",
-    "lr_scheduler_type": "scheduler", "optimizer": "optim", "sample_packing": "packing", "val_set_size": "held_out",
+    "lr_scheduler_type": "scheduler", "optimizer": "optim", "mask_history": "turns (mask_history: true is turns: last)",
+    "roles_to_train": "turns", "sample_packing": "packing", "val_set_size": "held_out",
     "test_datasets": "held_out (one file)", "eval_dataset": "held_out (one file)", "eval_file": "held_out",
     "adapter": "method", "finetuning_type": "method", "load_in_4bit": "method: qlora", "load_in_8bit": "method: bnb-int8",
     "quantization_bit": "method", "lora_r": "options: {r: …}", "lora_rank": "options: {r: …}",

@@ -112,12 +112,12 @@ def build_trainer(plan: RunPlan, model: Any) -> Any:
     eval_strategy, eval_steps = training_evaluation(config) if held_out else ("no", None)
     checkpointing = checkpointing_enabled(model)
     if is_main_process():  # tens of seconds for tens of thousands of rows: say what the wait is
-        log.info("preparing %d training examples (chat template, tokenization)", len(plan.data.train))
+        log.info("preparing %d training examples (chat template, tokenization)", len(plan.examples))
         used = config.max_steps * plan.batch_size * config.grad_accum * process_count() if config.max_steps > 0 else None
-        if used is not None and len(plan.data.train) >= max(10 * used, FEW_USED_FLOOR):
+        if used is not None and len(plan.examples) >= max(10 * used, FEW_USED_FLOOR):
             log.info("%d steps use %d of them; --max-examples N prepares only the first N rows of the file", config.max_steps,
                      used)
-    dataset = sft_dataset(plan.tokenizer, plan.data.train, config.max_length)
+    dataset = sft_dataset(plan.tokenizer, plan.examples, config.max_length)
     padding_free = padding_free_decision(plan, model, dataset)
     args = SFTConfig(
         output_dir=str(plan.run_dir / CHECKPOINTS),

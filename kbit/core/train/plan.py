@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -18,7 +19,8 @@ from kbit.core.runs import stamps as meta
 from kbit.core.model.adapters import require_adapter
 from kbit.core.system.allocator import malloc_decision
 from kbit.core.model.bases import check_loftq, check_mergeable
-from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data, trained_prompts
+from kbit.core.data import (Example, TaskData, check_recorded_file, check_trained_on, every_assistant_turn, load_task_data,
+                            trained_prompts)
 from kbit.core.system.device import Decision, DeviceInfo, detect_device, free_memory_bytes
 from kbit.core.errors import ConfigError
 from kbit.core.measure.budget import check_fits_context, context_length, cut_for_tokens
@@ -53,6 +55,7 @@ class RunPlan:
     policy: MergePolicy  # merge_policy(spec), asked once: every stage carries out this one
     device: DeviceInfo
     data: TaskData
+    examples: tuple[Example, ...]  # what trains: data.train, or with --turns all one example per assistant answer
     source: ModelSource
     tokenizer: Any
     batch_size: int
@@ -130,6 +133,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         _check_processes(recorded.train.world_size, config.output)
     if not data.train:
         raise ConfigError(f"dataset {data.source} has no training examples")
+    examples = _training_examples(data, config.turns)
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     model_config = load_config(source.path, config.trust_remote_code)
     check_fits_context(config.max_new_tokens, model_config)
@@ -139,7 +143,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     if context is not None and config.max_length > context:
         raise ConfigError(f"--max-length {config.max_length} is longer than the model's context of {context} tokens; "
                           f"pass at most {context}")
-    longest = _check_lengths(tokenizer, data, config.max_length, context)
+    longest = _check_lengths(tokenizer, examples, config.max_length, context)
     _warn_control_tokens(tokenizer, data)
     sizing: dict[str, str] = {}
     if adapter.r == "auto":
@@ -161,10 +165,10 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
             device_kind=device.kind,
             checkpointing=spec.training.gradient_checkpointing and _requested(config, "gradient_checkpointing") != "auto",
         )
-        if batch_size * process_count() > len(data.train):
-            batch_size = max(1, len(data.train) // process_count())
-            sizing["batch_size"] += f"; {batch_size}, as the training set holds {len(data.train)} examples"
-    _check_accumulation(config.grad_accum, batch_size, len(data.train))
+        if batch_size * process_count() > len(examples):
+            batch_size = max(1, len(examples) // process_count())
+            sizing["batch_size"] += f"; {batch_size}, as the training set holds {len(examples)} examples"
+    _check_accumulation(config.grad_accum, batch_size, len(examples))
     spec, decisions["gradient_checkpointing"] = _checkpointing(
         config, spec, device, model_config, batch_size, model_bytes,
         length=min(config.max_length, longest),
@@ -177,10 +181,22 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
     run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume,
-                             inputs=(config.model, source.path, config.dataset, config.teacher))
+                             inputs=(config.model, source.path, config.dataset, config.teacher,
+                                     config.held_out if isinstance(config.held_out, str) else None))
     check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
-    return RunPlan(config, method, spec, policy, device, data, source, tokenizer, batch_size, sizing, decisions, name,
+    return RunPlan(config, method, spec, policy, device, data, examples, source, tokenizer, batch_size, sizing, decisions, name,
                    run_dir, resume, teacher)
+
+
+def _training_examples(data: TaskData, turns: str) -> tuple[Example, ...]:
+    """The examples that train: ``data.train``, or with ``turns`` "all" each conversation once per assistant answer."""
+    if turns == "last":
+        return data.train
+    examples = tuple(e for example in data.train for e in every_assistant_turn(example))
+    if is_main_process():
+        log.info("--turns all: %d conversations give %d training examples, one per assistant answer", len(data.train),
+                 len(examples))
+    return examples
 
 
 def _check_exportable(method: str, policy: MergePolicy, model_config: Any) -> None:
@@ -316,15 +332,15 @@ def _warn_control_tokens(tokenizer: Any, data: TaskData) -> None:
                     "meant", rows, tokens)
 
 
-def _check_lengths(tokenizer: Any, data: TaskData, max_length: int, context: int | None = None) -> int:
+def _check_lengths(tokenizer: Any, examples: Sequence[Example], max_length: int, context: int | None = None) -> int:
     """Tokens of the longest training example (its prompt and completion, plus a few for the chat template's end
     of turn); ConfigError where a prompt alone reaches ``max_length`` (naming the model's ``context`` where no
     --max-length could hold it), a warning counting the examples whose completion training cuts there."""
-    prompts = [len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in data.train]
+    prompts = [len(tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"]) for e in examples]
     longest = max(range(len(prompts)), key=prompts.__getitem__)
     if prompts[longest] >= max_length:
         over = sum(1 for length in prompts if length >= max_length)
-        start = " ".join(data.train[longest].prompt[-1][1].split())[:40]
+        start = " ".join(examples[longest].prompt[-1][1].split())[:40]
         raise ConfigError(
             f"max length {max_length} is too short for {over} of {len(prompts)} training prompts, which alone leave no "
             f"room for a completion (the longest, \"{start}…\", has {prompts[longest]} tokens); "
@@ -334,7 +350,7 @@ def _check_lengths(tokenizer: Any, data: TaskData, max_length: int, context: int
         )
     # A completion longer than max_length tokens can hold is counted on that much of it: past it, training cuts.
     totals = [prompt + len(tokenizer(cut_for_tokens(e.completion, max_length), add_special_tokens=False)["input_ids"]) + 4
-              for prompt, e in zip(prompts, data.train)]
+              for prompt, e in zip(prompts, examples)]
     cut = sum(1 for total in totals if total > max_length)
     if cut and is_main_process():
         log.warning("%d of %d training examples are longer than --max-length %d: training cuts their completions "

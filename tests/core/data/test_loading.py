@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kbit.core.data import load_task_data, trained_prompts
+from kbit.core.data import Example, every_assistant_turn, load_task_data, trained_prompts
 from kbit.core.data.arithmetic import distinct_questions, generate
 from kbit.core.data.split import take_held_out
 from kbit.core.errors import ConfigError
@@ -215,6 +215,15 @@ def test_openai_content_parts_read_as_their_text_joined_by_line_breaks(tmp_path)
     example = load_task_data(str(path), held_out=1).train[0]
     assert example.prompt[0] == ("system", "Be terse.") and example.prompt[1][1].endswith("\nto one")
     assert example.completion == str(int(example.prompt[1][1].split()[1]) + 1)
+
+
+def test_every_assistant_turn_of_a_conversation_becomes_an_example_with_the_turns_before_it():
+    conversation = Example(prompt=[("assistant", "Hi, ask away."), ("user", "1 + 1?"), ("assistant", "2"),
+                                   ("user", "and + 1?"), ("assistant", " "), ("user", "and + 2?")], completion="4")
+    examples = every_assistant_turn(conversation)
+    assert [(len(e.prompt), e.completion) for e in examples] == [(2, "2"), (6, "4")]  # the opening and blank turns: context
+    assert examples[0].prompt == conversation.prompt[:2] and examples[0].answers == ("2",)
+    assert every_assistant_turn(Example(prompt=[("user", "q")], completion="a")) == [Example(prompt=[("user", "q")], completion="a")]
 
 
 def test_alpaca_system_and_history_become_turns_of_the_prompt(tmp_path):

@@ -459,3 +459,22 @@ def test_the_optimizer_weight_decay_and_gradient_clipping_are_the_ones_asked_for
     state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     assert state["param_groups"][0]["weight_decay"] == 0.01 and "t_alpha" in state["param_groups"][0]  # bitsandbytes' AdamW
     assert read_record(out).config.optim == "paged_adamw_8bit"
+
+
+@pytest.mark.slow
+def test_turns_all_trains_every_assistant_answer_of_a_conversation(tiny, tmp_path):
+    def turn(role, text):
+        return {"role": role, "content": text}
+
+    rows = [{"messages": [turn("user", f"{i} + 1?"), turn("assistant", str(i + 1)), turn("user", "and + 1?"),
+                          turn("assistant", str(i + 2))]} for i in range(24)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "turns"
+    result = run_kbit("train", "--model", str(tiny), "--dataset", str(data), "--held-out", "4", "--turns", "all",
+                      "--max-steps", "1", "--batch-size", "2", "-o", "r=4", "--eval-limit", "4", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--turns all: 20 conversations give 40 training examples, one per assistant answer" in result.stderr
+    assert "preparing 40 training examples" in result.stderr
+    record = read_record(out)
+    assert record.config.turns == "all" and record.dataset.train_examples == 20  # the split is of conversations
