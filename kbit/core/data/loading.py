@@ -67,10 +67,13 @@ def load_task_data(
         data = arithmetic.generate(train_size=train_size, held_out_size=held_out_size, seed=seed)
         return arithmetic.rephrased(data) if reference == arithmetic.REPHRASED else data
     held = None
+    path = Path(reference).expanduser()
     if isinstance(held_out, str):
         held_path = Path(held_out).expanduser()
+        if held_path.exists() and path.exists() and held_path.resolve() == path.resolve():
+            raise ConfigError(f"--held-out {held_out} is the dataset file itself, whose every row trains; pass a count "
+                              "or a fraction to hold out some of its rows, or a file of other items")
         held, held_out = (_read_local(held_path, "held-out file"), str(held_path)), None
-    path = Path(reference).expanduser()
     if path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
         return _build(path.name, str(path), _read_saved(path), held, mapping, held_out, max_examples, seed,
                       held_file=held is not None)

@@ -91,6 +91,7 @@ def test_a_held_out_file_is_scored_whole_and_the_dataset_trained_on_whole(tmp_pa
     ("rows.jsonl", "missing.jsonl", "held-out file .*missing.jsonl does not exist"),
     ("rows.jsonl", "empty.jsonl", "held-out file .*empty.jsonl is empty"),
     ("rows.jsonl", "squad.jsonl", "squad.jsonl is in a squad layout and dataset .*rows.jsonl in a generic one"),
+    ("rows.jsonl", "rows.jsonl", "--held-out .*rows.jsonl is the dataset file itself, whose every row trains"),
 ])
 def test_a_held_out_file_that_cannot_be_scored_beside_the_dataset_is_refused(tmp_path, dataset, held, message):
     _rows(tmp_path, 10)
