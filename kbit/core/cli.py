@@ -386,7 +386,7 @@ def export_command(
 
     items = entry["items"]
     typer.echo(f"         held-out exact match {rate_text(entry['source']['exact_match'], items)} ({entry['source']['model']}) → "
-               f"{rate_text(entry['exact_match'], items)} (this file); passed the {entry['type']} gate: {_gate_text(entry['gate'])}")
+               f"{rate_text(entry['exact_match'], items)} (this file); passed the {entry['type']} gate: {_gate_text(entry['gate'], items)}")
     if too_few(items):
         typer.echo(f"warning  {small_sample_warning(items, '; use --limit 30 or more, or train with --held-out 30 if the run holds out fewer')}")
 
@@ -399,10 +399,10 @@ def _percent_or_none(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
 
-def _gate_text(gate: dict) -> str:
+def _gate_text(gate: dict, items: int) -> str:
     from kbit.core.export.check import Gate
 
-    return Gate(**gate).describe()
+    return Gate(**gate).describe(items)
 
 
 @app.command("push")

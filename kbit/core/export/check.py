@@ -75,10 +75,21 @@ class Gate:
         kl = kl if max_kl is None else max_kl
         return cls(kl, drop if max_em_drop is None else max_em_drop, min_top1, kl if file_type in LOSSLESS else None)
 
-    def describe(self) -> str:
+    def allowed_em_drop(self, items: int | None) -> float | None:
+        """The exact-match drop allowed on ``items`` answers: ``max_em_drop``, and always one answer (on 10 items one
+        rounding flip, which the KL bound already judges, is 10 points)."""
+        if self.max_em_drop is None or not items:
+            return self.max_em_drop
+        return max(self.max_em_drop, 1 / items)
+
+    def describe(self, items: int | None = None) -> str:
+        """The bounds in words; with ``items``, the exact-match drop as it was applied to that many answers."""
+        drop = self.allowed_em_drop(items)
+        drop_text = "" if drop is None else f"exact match drop ≤ {self.max_em_drop * 100:g} points" + (
+            f" (on {items} items: one answer, {drop * 100:.3g} points)" if drop != self.max_em_drop else "")
         parts = [f"answer KL ≤ {self.max_kl:g}" if self.max_kl is not None else "",
                  f"KL on every token ≤ {self.max_kl_all:g}" if self.max_kl_all is not None else "",
-                 f"exact match drop ≤ {self.max_em_drop * 100:g} points" if self.max_em_drop is not None else "",
+                 drop_text,
                  f"top-1 ≥ {self.min_top1:.0%}" if self.min_top1 is not None else ""]
         return ", ".join(part for part in parts if part) or "no bound"
 
@@ -196,9 +207,7 @@ def failures_of(figures: Mapping[str, Any], gate: Gate) -> list[str]:
         failures.append(f"top-1 agreement {top1:.2%} < {gate.min_top1:.2%} (--min-top1) on {figures['answer_positions']} "
                         f"answer tokens (a near-tie counted as agreeing)")
     reference_em, candidate_em = figures["source"]["exact_match"], figures["exact_match"]
-    # one answer is always allowed: on 10 items one rounding flip (which the KL bound already judges) is 10 points
-    allowed = max(gate.max_em_drop, 1 / figures["items"]) if gate.max_em_drop is not None and figures.get("items") \
-        else gate.max_em_drop
+    allowed = gate.allowed_em_drop(figures.get("items"))
     if allowed is not None and reference_em - candidate_em > allowed + 1e-9:
         failures.append(f"held-out exact match {candidate_em:.1%} is {100 * (reference_em - candidate_em):.1f} points below "
                         f"the source's {reference_em:.1%} (allowed {100 * allowed:.3g}: --max-em-drop, and at least one "

@@ -61,6 +61,8 @@ def test_the_exact_match_gate_allows_at_least_one_answer(items, lost, fails):
                "answer_positions": 30, "positions": 90, "items": items,
                "exact_match": (items // 2 - lost) / items, "source": {"exact_match": (items // 2) / items}}
     assert bool(failures_of(figures, Gate.for_type("q8_0"))) is fails  # q8_0 allows 2 points
+    said = Gate.for_type("q8_0").describe(items)  # what kbit prints on passing says the bound it applied
+    assert said.endswith("exact match drop ≤ 2 points" + (" (on 10 items: one answer, 10 points)" if items == 10 else ""))
 
 
 @pytest.mark.parametrize("runtime", ["llama.cpp", "transformers"])
