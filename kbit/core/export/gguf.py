@@ -23,6 +23,8 @@ moves whole rows, is applied to them).
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +43,8 @@ from kbit.core.export.architectures import (
 )
 from kbit.core.export.blocks import PackedTensor
 from kbit.core.contract.method_info import GGUF_TYPES as FILE_TYPES  # one list: MergePolicy.export names these too
+
+log = logging.getLogger("kbit")
 
 LOW_BIT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "tq2_0", "mxfp4")
 HEAD_TYPES = ("q8_0", "f16")
@@ -110,6 +114,7 @@ def write_gguf(model_dir: Path, target: Path, file_type: str, *, name: str, base
         from kbit.core.export.vocab import add_hf_tokenizer
 
         report["tokenizer"] = f"{add_hf_tokenizer(writer, model_dir, int(config['vocab_size']), architecture.gguf_name)} (from tokenizer.json)"
+    _keep_loadable_name(writer)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     writer.write_header_to_file(path=Path(target))
@@ -117,6 +122,27 @@ def write_gguf(model_dir: Path, target: Path, file_type: str, *, name: str, base
     writer.write_tensors_to_file()
     writer.close()
     return report
+
+
+# llama.cpp gives a vocabulary Phi-3's token attributes when general.name holds "phi3" or "phi-3" (any case),
+# looking these tokens up by text (llama-vocab.cpp): a file so named whose vocabulary lacks one fails to load
+# ("error loading model vocabulary: unordered_map::at").
+PHI3_NAME = re.compile("phi-?3", re.IGNORECASE)
+PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def _keep_loadable_name(writer: Any) -> None:
+    """Rename a GGUF whose name would make llama.cpp read its vocabulary as Phi-3's, which it is not (a model
+    of another family named after Phi-3, or a test model): "tiny-phi3" becomes "tiny-phi 3"."""
+    import gguf
+
+    keys = writer.kv_data[0]
+    name, tokens = keys["general.name"].value, set(keys["tokenizer.ggml.tokens"].value)
+    if PHI3_NAME.search(name) and not set(PHI3_TOKENS) <= tokens:
+        renamed = PHI3_NAME.sub(lambda match: match.group(0).replace("-", "")[:-1] + " 3", name)
+        log.info("the GGUF is named %s, not %s: llama.cpp reads a name holding 'phi3' as a Phi-3 vocabulary, "
+                 "which this one is not", renamed, name)
+        keys["general.name"] = gguf.GGUFValue(renamed, gguf.GGUFValueType.STRING)
 
 
 def _tensors(model_dir: Path, config: Mapping[str, Any], architecture: Any, file_type: str,

@@ -11,6 +11,7 @@ first. llama.cpp's own log goes to kbit's log at DEBUG level (shown with ``--ver
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import importlib.util
 import logging
@@ -28,6 +29,8 @@ INSTALL = "pip install 'kbit[llama-cpp]'"
 DEFAULT_N_CTX = 2048
 log = logging.getLogger("kbit.llama_cpp")
 _log_callback: Any = None  # the ctypes callback must outlive every call llama.cpp makes to it
+# llama.cpp's last log lines: a failed load says why only there (llama-cpp-python raises "Failed to load model")
+_recent: collections.deque[str] = collections.deque(maxlen=8)
 
 
 def installed() -> bool:
@@ -52,7 +55,9 @@ def _route_log(llama_cpp: Any) -> None:
     if _log_callback is None:
         @llama_cpp.llama_log_callback
         def forward(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-            log.debug("%s", text.decode("utf-8", errors="replace").rstrip())
+            line = text.decode("utf-8", errors="replace").rstrip()
+            log.debug("%s", line)
+            _recent.append(line)
 
         _log_callback = forward
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
@@ -119,14 +124,16 @@ class LlamaCppModel:
                 raise ConfigError(f"{path} does not exist; pass an existing .gguf file as {flag}")
         self.model_path, self.lora_path = Path(model_path), (Path(lora_path) if lora_path else None)
         self.threads = threads or torch.get_num_threads()
+        _recent.clear()
         try:
             self._llama = self._lib.Llama(str(model_path), lora_path=str(lora_path) if lora_path else None,
                                           n_ctx=n_ctx or DEFAULT_N_CTX, n_threads=self.threads, n_threads_batch=self.threads,
                                           logits_all=True, verbose=False)
         except (ValueError, RuntimeError) as exc:
             what = f"{model_path} with the adapter {lora_path}" if lora_path else str(model_path)
-            raise ConfigError(f"llama.cpp cannot load {what} ({exc}); check that it is a GGUF model file "
-                              "(and a LoRA adapter GGUF made for it); run with --verbose for llama.cpp's log"
+            said = next((line for line in reversed(_recent) if "error loading model" in line), None) or str(exc)
+            raise ConfigError(f"llama.cpp cannot load {what} ({said.split('error loading model: ')[-1]}); check that it "
+                              "is a GGUF model file (and a LoRA adapter GGUF made for it)"
                               + _nearly_full(Path(model_path).parent)) from None
         self.n_ctx, self.n_vocab = self._llama.n_ctx(), self._llama.n_vocab()
         self._timing = Timing()

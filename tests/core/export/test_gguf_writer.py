@@ -379,10 +379,11 @@ def test_phi3_runs_in_llama_cpp_as_in_transformers(tmp_path, variant):
                 parameter.mul_(6)
     model.save_pretrained(folder)
     out = tmp_path / "phi3.gguf"
-    # not "phi3" in the name: llama.cpp then looks up Phi-3's own chat tokens, which the tiny vocabulary lacks
-    write_gguf(folder, out, "f16", name="tiny", base=BaseModel(name="tiny"))
+    write_gguf(folder, out, "f16", name="tiny-Phi-3", base=BaseModel(name="tiny"))
     keys, types = _fields(out)
     assert keys["general.architecture"] == "phi3" and "blk.0.attn_qkv.weight" in types and "blk.0.ffn_up.weight" in types
+    # llama.cpp would look Phi-3's own tokens up for a name holding "phi-3", and the tiny vocabulary lacks them
+    assert keys["general.name"] == "tiny-Phi 3"
     assert keys["phi3.rope.dimension_count"] == (8 if variant == "partial-rotary" else 16)
     loaded, _ = load_gguf(out)  # read back by kbit with what transformers' phi3 key map drops
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -403,3 +404,16 @@ def test_a_phi3_sliding_window_shorter_than_its_context_is_written_with_a_warnin
         write_gguf(folder, tmp_path / "x.gguf", "f16", name="x", base=BaseModel(name="x"))
     assert "llama.cpp runs phi3 without its sliding window" in caplog.text and "up to 2047 tokens" in caplog.text
     assert _fields(tmp_path / "x.gguf")[0]["phi3.attention.sliding_window"] == 2047
+
+
+def test_a_file_llama_cpp_cannot_load_is_refused_with_llama_cpps_reason(kbit_tiny_model_factory, tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    from kbit.core.export import gguf as writer
+    from kbit.core.runtime.llama_cpp import LlamaCppModel
+
+    monkeypatch.setattr(writer, "_keep_loadable_name", lambda _: None)  # the name llama.cpp reads as Phi-3's
+    out = tmp_path / "named.gguf"
+    write_gguf(kbit_tiny_model_factory(), out, "f16", name="my-phi3", base=BaseModel(name="tiny"))
+    with pytest.raises(ConfigError, match=r"llama.cpp cannot load .*named.gguf \(error loading model vocabulary: "
+                                          r"unordered_map::at\); check that it is a GGUF model file"):
+        LlamaCppModel(out)
