@@ -321,12 +321,18 @@ class RunFolder:
     ``folder.on_stop(exc)`` runs where a command records its end elsewhere (a comparison's report);
     the replaced content is kept and its place logged. The lock is always released; the replaced
     content is deleted once the block succeeded.
+
+    ``provisional``: a new folder (empty when claimed, or its old content set aside) whose block may still
+    refuse its input. While it stays true, a ``ConfigError`` undoes the command: what it wrote is deleted
+    and set-aside content put back, so bad input found late (once the model loaded) leaves nothing behind.
+    The command sets it false once it starts work worth keeping (training).
     """
 
     def __init__(self, path: Path, *, replace: bool = False, flag: str | None = "--output",
-                 started: float | None = None) -> None:
+                 started: float | None = None, provisional: bool = False) -> None:
         self.path = Path(path)
         self.replace = replace
+        self.provisional = provisional
         self.started = time.time() if started is None else started
         self.record: Any = None  # a kbit.core.runs.record.RunRecord
         self.on_stop: Callable[[BaseException], None] | None = None
@@ -356,6 +362,9 @@ class RunFolder:
         from kbit.core.system.signals import signals_held
 
         full = None if exc is None else disk_full(exc, self.path)  # a write that failed without saying where
+        if isinstance(exc, ConfigError) and self.provisional:
+            self._undo()
+            return False
         try:
             if exc is not None:
                 with signals_held():  # a second Ctrl-C or SIGTERM must not cut the status short
@@ -375,6 +384,25 @@ class RunFolder:
         if full is not None and full is not exc:
             raise full from exc
         return False
+
+
+    def _undo(self) -> None:
+        """Delete what the command wrote (the folder held nothing else), release it, and put back what was set aside."""
+        from kbit.core.system.signals import signals_held
+
+        with signals_held():
+            for entry in self.path.iterdir():
+                if entry.name == LOCK_NAME:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            self._lock.release()
+            if self._replaced is not None:
+                os.replace(self._replaced / self.path.name, self.path)
+                discard(self._replaced)
+                (self.path / LOCK_NAME).unlink(missing_ok=True)  # taken to set it aside, released once it had moved
 
 
 def check_writable(directory: Path, min_free_bytes: int, flag: str = "--output", needs: str = "the run needs") -> None:

@@ -70,21 +70,23 @@ def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
         _run_stages(plan, None, started)
         _leave_process_group()
         return RunResult(plan.run_dir, None)
-    with _owned_run(plan, started) as record:
-        _run_stages(plan, record, started)
+    with _owned_run(plan, started) as folder:
+        _run_stages(plan, folder.record, started, folder)
+    record = folder.record
     _leave_process_group()
     return RunResult(plan.run_dir, record)
 
 
 @contextlib.contextmanager
-def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
+def _owned_run(plan: RunPlan, started: float) -> Iterator[RunFolder]:
     """Own the run folder for the stages (``RunFolder``): its lock, its record, and its status when they end.
 
     ``--overwrite`` moves the previous content aside and deletes it only once the new run finished.
-    On any exception the record says "failed" (or "interrupted" for Ctrl-C and SIGTERM) with the error.
+    On any exception the record says "failed" (or "interrupted" for Ctrl-C and SIGTERM) with the error;
+    a new run refused before it trains (bad input found once the model loaded) leaves no folder.
     """
     with RunFolder(plan.run_dir, replace=plan.config.overwrite and not plan.resume, started=started,
-                   flag=None if plan.resume else "--output") as folder:
+                   flag=None if plan.resume else "--output", provisional=not plan.resume) as folder:
         for name in folder.removed:
             log.warning("removed %s, left by the interrupted run", name)
         if plan.resume:
@@ -101,7 +103,7 @@ def _owned_run(plan: RunPlan, started: float) -> Iterator[RunRecord]:
         with run_log(plan.run_dir):
             log.info("run %s in %s (method %s)", plan.name, plan.run_dir, plan.method.name)
             try:
-                yield record
+                yield folder
             except BaseException as exc:
                 log.error("run stopped: %s: %s", type(exc).__name__, exc, exc_info=True, extra=LOG_FILE_ONLY)
                 if isinstance(exc, (KeyboardInterrupt, Terminated)) and is_main_process():
@@ -142,7 +144,7 @@ def _done(plan: RunPlan, record: RunRecord | None, artifact: str, marker: str) -
     return record.has(artifact, plan.run_dir, marker)
 
 
-def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None:
+def _run_stages(plan: RunPlan, record: RunRecord | None, started: float, folder: RunFolder | None = None) -> None:
     from transformers import set_seed
 
     set_seed(plan.config.seed)
@@ -163,6 +165,8 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float) -> None
         trained = None
     else:
         loftq = _initialise_adapter(plan, model)
+        if folder is not None:
+            folder.provisional = False  # training: what follows is kept, its status recorded, whatever happens
         trained = train_adapter(plan, model)
         if record is None or not trained.is_main:
             return

@@ -236,6 +236,30 @@ def test_a_stopped_command_records_why_and_keeps_what_it_replaced(tmp_path, stop
     assert (kept / "run" / "adapter").is_dir()
 
 
+@pytest.mark.parametrize("existed", [False, True])
+def test_input_refused_while_provisional_leaves_nothing_and_puts_back_what_was_replaced(tmp_path, existed):
+    run = tmp_path / "runs" / "run"
+    if existed:
+        run.parent.mkdir()
+        _a_finished_run(run)
+    with pytest.raises(ConfigError, match="no layer quantized"):
+        with RunFolder(run, replace=existed, provisional=True) as folder:
+            folder.record = RunRecord(name="new")
+            write_record(run, folder.record)
+            (run / "checkpoints").mkdir()
+            raise ConfigError("no layer quantized")
+    if existed:  # the earlier run, as it was
+        assert read_record(run).name == "old" and (run / "adapter").is_dir() and not (run / LOCK_NAME).exists()
+        assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
+    else:  # not even the folders the command created
+        assert not (tmp_path / "runs").exists()
+    with pytest.raises(RuntimeError):  # anything else is a failure of the command, recorded as such
+        with RunFolder(tmp_path / "kept", provisional=True) as folder:
+            folder.record = RunRecord(name="new")
+            raise RuntimeError("out of memory")
+    assert read_record(tmp_path / "kept").status == "failed"
+
+
 def test_a_replaced_folder_is_deleted_only_once_the_command_succeeded(tmp_path):
     run = _a_finished_run(tmp_path / "run")
     seen = []
