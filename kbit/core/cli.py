@@ -148,6 +148,9 @@ def spec_command(
         return
     chosen.check_requirements()
     spec = chosen.resolve_spec(overrides)
+    from kbit.core.model.bases import check_loftq
+
+    check_loftq(chosen, spec)  # as kbit train refuses it: a spec shown is one a run takes
     config = chosen.build_quant_config(spec)
     policy = chosen.merge_policy(spec)
     result = {
@@ -314,7 +317,7 @@ def eval_command(
 def quantize_command(
     path: Annotated[str, typer.Argument(help="A kbit run directory (quantizes its merged model) or a model directory.")],
     method: Annotated[Optional[str], typer.Option("--method", help="Post-training method, e.g. gptq or awq (default: the run's method).")] = None,
-    option: OptionsArg = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Quantization option as key=value (repeatable), e.g. -o bits=8 or -o group_size=64.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-O", help="Output directory (default RUN/quantized; required for a model directory).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Calibration data (default: the run's training data, else arith).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output even if it holds something other than a kbit quantized model (never a run, a folder holding kbit outputs, or this command's inputs).")] = False,

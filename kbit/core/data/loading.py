@@ -104,6 +104,8 @@ def _read_file(path: Path, what: str = "dataset file") -> list[Mapping[str, Any]
     if (size := path.stat().st_size) >= LARGE_FILE_BYTES:
         log.info("reading %s (%.0f MB)", path, size / 2**20)
     suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".csv") and _looks_utf16(path):  # NUL bytes are valid UTF-8: decoding passes
+        raise not_utf8(path)
     if suffix == ".jsonl":
         # Parsed here rather than by `datasets` so a malformed row is reported with its line number.
         rows = []
@@ -281,11 +283,20 @@ def _decodes(data: bytes, encoding: str) -> bool:
     return True
 
 
+def _looks_utf16(path: Path) -> bool:
+    """Whether a text file's start is NUL bytes one in four or more: UTF-16 (of mostly ASCII text), not UTF-8."""
+    with open(path, "rb") as handle:
+        start = handle.read(4096)
+    return start.count(0) > len(start) // 4
+
+
 def not_utf8(path: Path) -> ConfigError:
     """The refusal of a text file that is not UTF-8: where (its line), what it looks like, and the fix."""
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) and _decodes(data, "utf-16"):
         what = "is not UTF-8 text: it starts with a UTF-16 byte order mark"
+    elif _looks_utf16(path):
+        what = "is not UTF-8 text: it looks like UTF-16 without a byte order mark (every other byte is 0)"
     else:
         try:
             data.decode("utf-8")

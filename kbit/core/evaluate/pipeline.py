@@ -191,7 +191,9 @@ def default_out_dir(candidates: list[Candidate]) -> Path:
     labels = list(dict.fromkeys(c.label for c in candidates))
     name = labels[0] if len(labels) == 1 else "eval"
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    safe = re.sub(r'[^A-Za-z0-9._+-]', '-', name)[:150]  # a folder name (255 bytes) with kbit's staging suffix
+    # letters of any script are kept (a run may be named 日本語モデル); a folder name is at most 255 bytes, with
+    # kbit's staging suffix, and does not start with "-", which shell tools read as an option
+    safe = re.sub(r"[^\w.+-]", "-", name).lstrip("-.").encode()[:150].decode(errors="ignore") or "model"
     return REPORTS_ROOT / f"{safe}-{stamp}"
 
 
@@ -320,7 +322,8 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
 
 
 def announce(candidate: Candidate, data: TaskData, items: list[Any]) -> None:
-    log.info("evaluating %s (%s) on %d %s items", candidate.label, candidate.display_variant, len(items), data.name)
+    log.info("evaluating %s (%s) on %d held-out items of %s", candidate.label, candidate.display_variant, len(items),
+             data.name)
 
 
 def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig,

@@ -83,6 +83,9 @@ HARMLESS = (
              "the tokenizer config asks for a WordPiece clean-up that transformers rightly skips for BPE"),
     Harmless("transformers.modeling_utils", "FutureWarning", r"^`is_gradient_checkpointing` is deprecated",
              "peft reads the attribute by its old name (transformers >= 5.24 renamed it); a notice for peft's developers"),
+    Harmless("transformers.integrations.ggml", "WARNING", r"^Merges were not in checkpoint, building merges on the fly",
+             "a GGUF's vocabulary need not list BPE merges; transformers rebuilds them from the token ranks, and kbit "
+             "refuses a conversion whose tokenizer encodes differently from the file's own (with llama-cpp-python)"),
     Harmless("transformers.integrations.bitsandbytes", "WARNING", r"^The modules are dequantized in",
              "kbit dequantizes the base on purpose to merge; the merge records the dtype and checks the result"),
 )

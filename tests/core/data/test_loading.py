@@ -72,6 +72,12 @@ def test_a_file_in_another_encoding_is_named_with_its_line_and_the_fix(tmp_path)
     utf16.write_text("prompt,completion\na,b\n", encoding="utf-16")
     with pytest.raises(ConfigError, match="is not UTF-8 text: it starts with a UTF-16 byte order mark; re-save it as UTF-8"):
         load_task_data(str(utf16))
+    for suffix in (".jsonl", ".csv"):  # without a byte order mark its ASCII decodes as UTF-8, NUL bytes and all
+        bare = tmp_path / f"bare{suffix}"
+        bare.write_bytes('{"prompt": "a", "completion": "b"}\n'.encode("utf-16-le") if suffix == ".jsonl"
+                         else "prompt,completion\na,b\n".encode("utf-16-le"))
+        with pytest.raises(ConfigError, match="it looks like UTF-16 without a byte order mark .*re-save it as UTF-8"):
+            load_task_data(str(bare))
 
 
 def test_columns_of_two_layouts_are_read_as_the_first_with_a_warning(tmp_path, caplog):

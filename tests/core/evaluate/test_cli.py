@@ -87,7 +87,7 @@ def test_a_run_trained_beside_a_held_out_file_is_scored_on_it_and_on_other_files
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert json.loads(scored.stdout)["rows"][0]["items"] == 10
     assert f"5 of the 10 items scored from {other} ask a prompt run model-train_" in scored.stderr
-    assert "held-out items of" not in scored.stderr  # said once, of the run's own training rows
+    assert "a training example of" not in scored.stderr  # said once, of the run's own training rows
 
     valid.rename(tmp_path / "moved.jsonl")
     moved = run_kbit("eval", str(run), "--variant", "merged")
@@ -239,3 +239,13 @@ def test_a_run_scored_on_its_own_file_under_another_split_counts_the_items_it_tr
     own = run_kbit("eval", str(run), "--limit", "4", "--max-new-tokens", "3", "--variant", "merged",
                    "--out", str(tmp_path / "own"))
     assert own.returncode == 0 and "ask a prompt run" not in own.stderr
+
+
+@pytest.mark.parametrize("label, start", [("日本語モデル-q8_0", "日本語モデル-q8_0-"), ("-x y", "x-y-"), ("…", "model-")])
+def test_a_report_folder_keeps_the_models_letters_and_never_starts_with_a_dash(label, start):
+    from types import SimpleNamespace
+
+    from kbit.core.evaluate.pipeline import default_out_dir
+
+    folder = default_out_dir([SimpleNamespace(label=label)])
+    assert folder.parent.name == "reports" and folder.name.startswith(start)
