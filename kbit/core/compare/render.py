@@ -143,10 +143,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(path: Path, report: dict[str, Any]) -> None:
     """Quality against bits per weight and size on disk (2 × 2 scatter), and time per method."""
-    import matplotlib
+    from kbit.core.system.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in report["rows"] if r["variant"] is not None]
     methods = [m["method"] for m in report["methods"]]

@@ -181,10 +181,9 @@ def runtime_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def plot(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Bar charts of the main metrics, one bar per model/variant."""
-    import matplotlib
+    from kbit.core.system.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns = [c for c in columns_for(rows) if c.key in PLOTTED] or [COLUMNS[0]]
     labels = [f"{r['model'][:24]}\n{r['variant']}" for r in rows]

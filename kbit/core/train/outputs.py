@@ -7,10 +7,9 @@ from pathlib import Path
 
 def write_loss_plot(path: Path, history: list[dict[str, float]], title: str) -> None:
     """Training loss against step, with the held-out loss where it was measured, as a PNG."""
-    import matplotlib
+    from kbit.core.system.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
     for key, label in (("loss", "training"), ("eval_loss", "held-out")):
