@@ -8,6 +8,7 @@ quantize time.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     for cells in table_rows(report):
         table.add_row(*(escape(c) for c in cells))
     console = Console()
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = max(console.width, 160)  # piped output: keep rows on one line each
     console.print(table)
     for line in option_notes(report):

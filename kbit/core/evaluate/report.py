@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
             cells.append(f"[bold green]{text}{BEST_MARK}[/bold green]" if i in best[column.key] else text)
         table.add_row(*cells)
     console = Console()
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = max(console.width, 160)  # piped output: keep rows on one line each
     console.print(table)
     console.soft_wrap = not console.is_terminal  # piped output: the lines below whole, for grep
