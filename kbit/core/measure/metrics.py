@@ -135,11 +135,21 @@ def quant_state_tensors(weight: Any) -> list[Any]:
     return found
 
 
+def layer_state_tensors(module: Any) -> list[Any]:
+    """Tensors a layer keeps outside its parameters and buffers: bitsandbytes' ``Linear8bitLt`` moves its row
+    scales (``SCB``) from the weight to ``module.state`` at its first forward pass."""
+    import torch
+
+    scb = getattr(getattr(module, "state", None), "SCB", None)
+    return [scb] if isinstance(scb, torch.Tensor) else []
+
+
 def memory_footprint(model: Any) -> int:
     """Bytes of every parameter and buffer (each storage once) plus quantization state."""
     seen: set[int] = set()
     total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
+    layer_state = [t for module in model.modules() for t in layer_state_tensors(module)]
+    for tensor in [*model.parameters(), *model.buffers(), *layer_state]:
         for part in [tensor, *quant_state_tensors(tensor)]:
             key = id(part) if part.device.type == "meta" else part.data_ptr() or id(part)
             if key in seen:
@@ -215,7 +225,9 @@ def _stored_bits(module: Any) -> tuple[int, int]:
     # A QuantizedLinear's ``weight`` is computed from its buffers on access: count only the buffers (and
     # never compute it here).
     weight = module._parameters.get("weight")
-    stored = (tensor_bytes(weight) + sum(tensor_bytes(t) for t in quant_state_tensors(weight))) if weight is not None else 0
+    state = quant_state_tensors(weight) if weight is not None else []
+    state += [t for t in layer_state_tensors(module) if all(t is not other for other in state)]
+    stored = (tensor_bytes(weight) if weight is not None else 0) + sum(tensor_bytes(t) for t in state)
     for extra_name, extra in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
         if extra is not weight and extra_name != "bias":
             stored += tensor_bytes(extra)  # scales / zero points of other quantized formats

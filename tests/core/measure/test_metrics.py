@@ -115,3 +115,17 @@ def test_nf4_double_quant_layer_is_about_4_127_bits_per_weight():
     assert bits["bits_per_weight"] == pytest.approx(expected, abs=0.005)
     assert memory_footprint(layer) == pytest.approx(2048 * 2048 * expected / 8, rel=0.001)
     assert memory_footprint(layer) > weight.numel()  # quant state counted beyond the packed bytes
+
+
+def test_int8_row_scales_count_before_and_after_the_first_forward_pass():
+    """bitsandbytes' Linear8bitLt keeps one float32 scale per row (SCB) on its weight, then on ``layer.state``."""
+    import bitsandbytes as bnb
+    import torch
+
+    layer = torch.nn.Sequential(bnb.nn.Linear8bitLt(256, 128, bias=False, has_fp16_weights=False)).to("cpu")
+    expected = 8 + 32 / 256  # an int8 per weight + a float32 scale per row of 256
+    before = (linear_weight_bits(layer)["bits_per_weight"], memory_footprint(layer))
+    layer(torch.randn(2, 256, dtype=torch.float16))
+    assert layer[0].weight.SCB is None and layer[0].state.SCB is not None  # moved, as bitsandbytes does
+    assert before == (linear_weight_bits(layer)["bits_per_weight"], memory_footprint(layer))
+    assert before[0] == pytest.approx(expected) and before[1] == 128 * 256 + 128 * 4
