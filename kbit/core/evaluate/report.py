@@ -70,14 +70,18 @@ def columns_for(rows: Sequence[dict[str, Any]]) -> list[Column]:
 
 
 def best_rows(rows: Sequence[dict[str, Any]], column: Column) -> set[int]:
-    """Indices of the rows holding the column's best value; empty when fewer than two rows differ."""
-    values = {i: _number(r.get(column.key)) for i, r in enumerate(rows)
-              if not (column.key in SCORES and too_few(r.get("items")))}  # too few items to rank
-    values = {i: v for i, v in values.items() if v is not None}
-    if len(values) < 2 or len(set(values.values())) == 1:
-        return set()  # nothing to compare, or every row ties
-    target = (min if column.better == "min" else max)(values.values())
-    return {i for i, v in values.items() if v == target}
+    """Indices of the rows holding the column's best value among the rows scored on the same dataset (a loss
+    on one dataset ranks nothing on another); empty for a dataset where fewer than two rows differ."""
+    best: set[int] = set()
+    for dataset in dict.fromkeys(r.get("dataset") for r in rows):
+        values = {i: _number(r.get(column.key)) for i, r in enumerate(rows) if r.get("dataset") == dataset
+                  and not (column.key in SCORES and too_few(r.get("items")))}  # too few items to rank
+        values = {i: v for i, v in values.items() if v is not None}
+        if len(values) < 2 or len(set(values.values())) == 1:
+            continue  # nothing to compare, or every row ties
+        target = (min if column.better == "min" else max)(values.values())
+        best |= {i for i, v in values.items() if v == target}
+    return best
 
 
 def _number(value: Any) -> float | None:
@@ -216,14 +220,20 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     best = {c.key: best_rows(rows, c) for c in columns}
     marked = any(best.values())
     table = Table(title="kbit eval", caption=f"{BEST_MARK} best in its column (lowest loss/perplexity/memory/bits, "
-                                             "highest scores/speed)" if marked else None)
+                                             "highest scores/speed)" + (" among the rows of its dataset"
+                                             if len({r.get("dataset") for r in rows}) > 1 else "")
+                  if marked else None)
+    several = len({r.get("dataset") for r in rows}) > 1  # then each row says which, and ranks within it
     table.add_column("model", overflow="fold", min_width=12)
     table.add_column("variant", no_wrap=True)
+    if several:
+        table.add_column("dataset", overflow="fold")
     table.add_column("items", no_wrap=True, justify="right")
     for column in columns:
         table.add_column(column.title, no_wrap=True, justify="right")
     for i, row in enumerate(rows):
-        cells = [escape(row["model"]), escape(row["variant"]), str(row.get("items", ""))]
+        cells = [escape(row["model"]), escape(row["variant"]), *([escape(str(row.get("dataset", "")))] if several else []),
+                 str(row.get("items", ""))]
         for column in columns:
             text = escape(cell(row, column))
             cells.append(f"[bold green]{text}{BEST_MARK}[/bold green]" if i in best[column.key] else text)

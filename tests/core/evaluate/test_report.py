@@ -76,3 +76,11 @@ def test_budget_and_speed_are_described():
     assert "- arith: at most 16 new tokens (training completions: 95th percentile …), stopping at <|im_end|>; scored with math-verify 0.9.0" in md
     assert "- m base: 2 of 2 answers reached the cap" in md
     assert "Tokens/s: exactly 32 new tokens." in md and "Forward tok/s: one pass." in md
+
+
+def test_rows_of_different_datasets_are_ranked_each_among_their_own():
+    loss = next(c for c in COLUMNS if c.key == "loss")
+    rows = [{"model": "a", "dataset": "qa", "loss": 2.0, "items": 50}, {"model": "b", "dataset": "qa", "loss": 1.0, "items": 50},
+            {"model": "c", "dataset": "arith", "loss": 0.5, "items": 50}, {"model": "d", "dataset": "arith", "loss": 0.7, "items": 50}]
+    assert best_rows(rows, loss) == {1, 2}  # not c alone: its loss is on other text
+    assert best_rows(rows[1:3], loss) == set()  # one row each: nothing to compare
