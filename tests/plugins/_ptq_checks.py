@@ -51,6 +51,13 @@ def requantize_run(run: Path, method: str) -> dict:
     packed = checkpoint_packed_bits(run / "quantized")
     assert len(packed) == 14  # 7 linear layers × 2 blocks
     assert 8 < sum(bits for bits, _ in packed.values()) / sum(n for _, n in packed.values()) < 9
+    # quantized out of the run: scored, like the run's own quantized/, on the run's held-out split
+    from kbit.core.evaluate.loading import Selection, plan_candidates
+    from kbit.core.system.device import DeviceInfo
+
+    outside, _ = quantize_path(run, method, dict(FAST), str(run.parent / "outside"))
+    [candidate], _ = plan_candidates(Selection(paths=(str(outside),)), DeviceInfo.cpu())
+    assert candidate.variant == "quantized" and candidate.data.trained_on == (on_disk["name"], on_disk["dataset"]["fingerprint"])
     # a compressed checkpoint is not a GGUF source: export names the run's full-precision model instead
     refused = run_kbit("export", str(run / "quantized"), "--output", str(run.parent / "q.gguf"))
     assert refused.returncode == 2 and "holds a compressed-tensors checkpoint" in refused.stderr

@@ -431,7 +431,10 @@ def _plan_quantized_dir(path: Path, record: RunRecord, selection: Selection, wan
         raise ConfigError(f"{path} has a {meta.FILENAME} of kind 'quantized' but no config.json; rerun the quantize step")
     check_weights(path)
     check_remote_code(path, selection.trust_remote_code)
-    return [Candidate(label, "quantized", str(path), str(path), str(path), _data_request(selection, record),
+    # quantized from a run's merged model (kbit quantize RUN --output DIR): scored on that run's split, as in the run
+    source = read_record(Path(record.source_run)) if record.source_run and Path(record.source_run).is_dir() else None
+    split_of = source if source is not None and source.kind == "run" and source.config is not None else record
+    return [Candidate(label, "quantized", str(path), str(path), str(path), _data_request(selection, split_of),
                       produced_by=record.method or None, trust_remote_code=selection.trust_remote_code)], []
 
 
