@@ -271,7 +271,7 @@ def train_command(
 def eval_command(
     paths: Annotated[Optional[list[str]], typer.Argument(help="Run directories (kbit.json) or model directories; default: the latest run under ./runs.")] = None,
     model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Also evaluate a base model: directory, .gguf, hub id or 'default' (repeatable).")] = None,
-    variant: Annotated[Optional[list[str]], typer.Option("--variant", help="base, adapter, merged or quantized (repeatable; default: all present).")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option("--variant", help="base, adapter, merged, quantized or gguf (a run's deploy files; repeatable; default: all present).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Also evaluate each base loaded through this method's quantization config (a run's own method without -o: with the run's spec, the base its 'before' score is of).")] = None,
     option: OptionsArg = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on this dataset instead of each run's own.")] = None,

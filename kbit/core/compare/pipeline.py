@@ -172,11 +172,14 @@ def _ensure_base_row(plan: ComparePlan, planned: PlannedMethod, record: RunRecor
 def _evaluate(plan: ComparePlan, planned: PlannedMethod, previous: dict[str, Any] | None,
               progress: Progress) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
     """The method's rows: every variant its run holds, evaluated now or kept from an earlier comparison."""
+    from kbit.core.evaluate.loading import run_gguf_files
+
     run = planned.run_dir
+    record = read_record(run)
     variants = tuple(v for v in VARIANTS if (run / v / MARKERS[v]).is_file())
     if not variants:
         raise ConfigError(f"the run {run} holds no adapter, merged or quantized model to evaluate")
-    record = read_record(run)
+    variants += ("gguf",) if run_gguf_files(run, record) else ()  # the deploy file qat, qalora, gguf train for
     key = {"run": record_digest(run), "variants": list(variants),
            **_eval_settings(plan)}
     out = plan.out_dir / "evals" / planned.name

@@ -235,7 +235,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
         table.add_row(*(escape(c) for c in cells))
     console = Console()
     if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console.width = max(console.width, 160)  # piped output: keep rows on one line each
+        console.width = max(console.width, 160, console.measure(table, options=console.options.update_width(1000)).maximum)  # piped: each row on one line
     console.print(table)
     for line in option_notes(report):
         console.print(escape(line.lstrip("- ").replace("`", "")))

@@ -5,7 +5,7 @@ under the answer budget (scored by the pipeline), completion loss over completio
 llama.cpp's prompt and generation speed (``LlamaCppModel.timing``: one sequence at a time, after a
 warm-up) and, with a reference, the agreement figures (``kbit.core.evaluate.reference``). Token ids
 come from the file's tokenizer (its converted folder, as the user's prompts would be tokenized);
-memory and bits per weight are not measured here.
+bits per weight are the file's as stored; memory is not measured here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from kbit.core.system.device import DeviceInfo
 from kbit.core.measure.budget import context_length, end_of_turn_ids, generation_budget
 from kbit.core.measure.generation import Answers, render_prompt
 from kbit.core.evaluate.loading import Candidate
-from kbit.core.measure.metrics import encode_example
+from kbit.core.measure.metrics import encode_example, gguf_linear_bits
 from kbit.core.evaluate.pipeline import Measured
 from kbit.core.model.check import load_config
 from kbit.core.model.sources import ModelSource, load_tokenizer
@@ -59,6 +59,7 @@ def measure_in_llama_cpp(candidate: Candidate, data: TaskData, items: Sequence[A
 
             agreement = reference_agreement(candidate.reference, model.logits, items, device)
     return Measured(answers, loss, budget, {
+        **gguf_linear_bits(candidate.gguf),  # as the file stores them; memory is llama.cpp's own, not measured here
         "prompt_tokens_per_s": speed.prompt_tokens_per_s,
         "generation_tokens_per_s": speed.generation_tokens_per_s,
         "speed": {**speed.to_dict(), "threads": model.threads},

@@ -44,6 +44,8 @@ from kbit.core.contract.spec import QuantizationSpec
 log = logging.getLogger("kbit")
 
 VARIANTS = ("base", "adapter", "merged", "quantized")
+# What --variant selects: also "gguf", a run's deploy files (each a candidate run as a GGUF file is)
+SELECTABLE = (*VARIANTS, "gguf")
 RUNTIMES = ("auto", "llama.cpp", "transformers")
 RUNS_ROOT = Path("runs")
 
@@ -136,9 +138,9 @@ class Selection:
 
 
 def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in SELECTABLE]
     if unknown:
-        raise ConfigError(f"unknown --variant '{unknown[0]}'; choose from {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown --variant '{unknown[0]}'; choose from {', '.join(SELECTABLE)}")
     return tuple(dict.fromkeys(variants))
 
 
@@ -153,7 +155,7 @@ def latest_run(root: Path = RUNS_ROOT) -> Path:
 def plan_candidates(selection: Selection, device: DeviceInfo) -> tuple[list[Candidate], list[Gap]]:
     """Expand the selection into candidates (deduplicated, in order) and gaps; reads no weights."""
     explicit = bool(selection.variants)
-    wanted = selection.variants or VARIANTS
+    wanted = selection.variants or SELECTABLE
     paths = list(selection.paths)
     if not paths and not selection.models:
         paths = [str(latest_run())]
@@ -407,7 +409,19 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
             produced = record.method if variant == "merged" else _quantized_method(directory, record)
             candidates.append(Candidate(label, variant, str(directory), str(run), tokenizer, data,
                                         produced_by=produced, trust_remote_code=trust))
+    if "gguf" in wanted:
+        files = run_gguf_files(run, record)
+        if not files and explicit:
+            gaps.append(Gap(label, "gguf", str(run), f"the run has no GGUF file; kbit export {run} writes one"))
+        for file in files:  # each as `kbit eval FILE` runs it: against the run's adapter model, on its split
+            candidates += _plan_gguf(file, selection, ("base",), None)
     return candidates, gaps
+
+
+def run_gguf_files(run: Path, record: RunRecord) -> list[Path]:
+    """The deploy files a run's record lists that are in its gguf/ folder (a LoRA GGUF runs on its base file)."""
+    files = [run / "gguf" / Path(entry.file).name for entry in record.exports if entry.file]
+    return [file for file in dict.fromkeys(files) if file.is_file()]
 
 
 def _no_adapter(run: Path, record: RunRecord) -> str:

@@ -37,7 +37,8 @@ from kbit.core.evaluate.loading import (
     load_candidate,
     plan_candidates,
 )
-from kbit.core.measure.metrics import checkpoint_packed_bits, completion_loss, linear_weight_bits, memory_footprint, task_scores
+from kbit.core.measure.metrics import (checkpoint_packed_bits, completion_loss, gguf_linear_bits, linear_weight_bits,
+                                      memory_footprint, task_scores)
 from kbit.core.evaluate.report import write_report
 from kbit.core.measure.sample_size import MIN_ITEMS, small_sample_warning, too_few
 from kbit.core.measure.scoring import MATH_TASKS, math_scorer
@@ -356,11 +357,13 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
         del model, loaded
         gc.collect()
         release_memory(device)
-    file = candidate.source.endswith(".gguf")  # dequantized to float to run here: its figures are not the file's
+    file = candidate.source.endswith(".gguf")  # dequantized to float to run here: its memory is not the file's
+    if file:
+        bits = gguf_linear_bits(candidate.gguf or candidate.source)  # as the file stores them
     return Measured(generated, loss, budget, {
         "memory_bytes": None if file else footprint,
-        "bits_per_weight": None if file else bits["bits_per_weight"],
-        "linear_weights": None if file else bits["linear_weights"],
+        "bits_per_weight": bits["bits_per_weight"],
+        "linear_weights": bits["linear_weights"],
         "tokens_per_s": speed["tokens_per_s"],
         "forward_tokens_per_s": loss["input_tokens"] / forward_s if forward_s > 0 else None,
         **agreement,

@@ -171,6 +171,20 @@ def linear_weight_bits(model: Any, stored: dict[str, tuple[int, int]] | None = N
     return {"bits_per_weight": bits / weights if weights else None, "linear_weights": weights}
 
 
+def gguf_linear_bits(path: str | Path) -> dict[str, Any]:
+    """``linear_weight_bits`` of a GGUF file, from its tensor table: the bits its block layers' weight matrices
+    (``blk.N.*.weight``, two dimensions or more) store, block scales included, per weight. The output head and the
+    embeddings are left out, as for a loaded model."""
+    from gguf import GGUFReader
+
+    bits, weights = 0, 0
+    for tensor in GGUFReader(str(path)).tensors:
+        if tensor.name.startswith("blk.") and tensor.name.endswith(".weight") and len(tensor.shape) >= 2:
+            bits += 8 * int(tensor.n_bytes)
+            weights += int(tensor.n_elements)
+    return {"bits_per_weight": bits / weights if weights else None, "linear_weights": weights}
+
+
 SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                      "F8_E4M3": 1, "F8_E5M2": 1}
 

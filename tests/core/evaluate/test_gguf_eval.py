@@ -47,7 +47,8 @@ def test_a_gguf_in_llama_cpp_and_in_transformers_against_its_source(tiny_gguf, t
     assert (same["runtime"], same["variant"]) == ("transformers", "base")
     assert same["loss_tokens"] == row["loss_tokens"] and abs(same["loss"] - row["loss"]) < 1e-3  # one file, two runtimes
     assert same["answer_top1"] >= 0.9 and same["kl"] < 1e-4 and "prompt_tokens_per_s" not in same
-    assert same["bits_per_weight"] is None and same["memory_bytes"] is None  # the float copy's, not the file's
+    assert same["memory_bytes"] is None  # the float copy's would not be the file's
+    assert same["bits_per_weight"] == row["bits_per_weight"] == 16  # the file's, as stored
 
 
 @pytest.mark.slow  # tiny_run trains in a subprocess
@@ -63,6 +64,13 @@ def test_a_file_in_a_run_gguf_folder_is_compared_with_the_run_adapter_model(tiny
     assert row["runtime"] == "llama.cpp" and row["dataset"] == "arith"
     assert f"adapter ({run / 'adapter'})" in row["reference"]
     assert row["answer_top1"] >= 0.9 and row["kl"] < 1e-3  # the merged model in F16 against the adapter on its base
+
+    record = json.loads((run / "kbit.json").read_text())  # as kbit export records the file in the run
+    record["exports"] = [{"file": "gguf/run-f16.gguf", "format": "gguf", "type": "f16"}]
+    (run / "kbit.json").write_text(json.dumps(record))
+    rows = _eval(capsys, str(run), "--out", str(tmp_path / "all"))["rows"]  # the run's deploy file is a variant too
+    assert [r["variant"] for r in rows] == ["base", "adapter", "merged", "gguf@llama.cpp"]
+    assert rows[-1]["loss"] == pytest.approx(row["loss"]) and rows[-1]["bits_per_weight"] == 16
 
 
 def test_a_reference_the_file_was_not_made_from_is_warned_of(tiny_gguf, kbit_tiny_model_factory, tmp_path, capsys):
