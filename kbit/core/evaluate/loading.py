@@ -101,7 +101,12 @@ class Candidate:
         return f"{shown}@{self.runtime}" if self.runtime != "transformers" else shown
 
     def key(self) -> tuple[Any, ...]:
-        return (self.path, self.variant, self.method, self.data, self.runtime, self.lora)
+        """Equal for candidates that would measure the same: one base shared by several runs on the same split
+        (their data differs only in which run it is checked for) is evaluated once."""
+        data = self.data
+        if self.variant == "base" and data.trained_on is not None:
+            data = attrs.evolve(data, trained_on=("", data.trained_on[1]), run_split=None)
+        return (self.path, self.variant, self.method, data, self.runtime, self.lora)
 
 
 @attrs.frozen
