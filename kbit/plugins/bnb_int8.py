@@ -109,5 +109,5 @@ KEEP_REASON = ("LLM.int8 inference also rounds each layer's input to int8, which
 @hookimpl
 def merge_policy(spec: QuantizationSpec) -> MergePolicy:
     if spec.training.merge_after_train:
-        raise ConfigError(f"{NAME} cannot merge its adapter: {KEEP_REASON}; drop -o merge_after_train=true")
+        raise ConfigError(f"{NAME} cannot merge its adapter: {KEEP_REASON}; drop -o merge_after_train")
     return MergePolicy(action="keep_adapter", reason=KEEP_REASON)
