@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -124,7 +124,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         check_recorded_file(config.dataset, config.output, held_out=config.held_out)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
-    if isinstance(config.held_out, str) and (shared := trained_prompts(data.train, data.held_out)):
+    if isinstance(config.held_out, str) and (shared := trained_prompts(data.train, data.held_out)) and is_main_process():
         log.warning("%d of %d held-out items of %s ask a prompt a training example of %s asks too: their scores "
                     "measure recall, not what the model learned; keep each prompt in one of the two files",
                     shared, len(data.held_out), config.held_out, data.source)
