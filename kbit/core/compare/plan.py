@@ -22,6 +22,7 @@ import attrs
 from kbit.core.compare.runs import TRAIN, RunDecision, decide
 from kbit.core.errors import ConfigError, KbitError, UnknownMethodError
 from kbit.core.contract.options import integer
+from kbit.core.data.split import held_out_size
 from kbit.core.runs.outputs import check_no_link_inside_output, claim, kbit_kind
 from kbit.core.train.config import TrainConfig, build_config, located
 
@@ -42,6 +43,7 @@ class CompareConfig:
     batch_size: int = attrs.field(default=8, converter=integer(minimum=1))
     seed: int = attrs.field(default=0, converter=integer(minimum=0, maximum=2**32 - 1))
     max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2)))
+    held_out: int | float | str | None = attrs.field(default=None, converter=held_out_size)  # as kbit train's
     limit: int = attrs.field(default=50, converter=integer(minimum=1))
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     out: str | None = None
@@ -117,7 +119,7 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
     template = located(build_config(None, {
         "model": config.model, "dataset": config.dataset,
         "columns": config.columns, "max_steps": config.max_steps, "batch_size": config.batch_size,
-        "seed": config.seed, "max_examples": config.max_examples, "eval_limit": 0,
+        "seed": config.seed, "max_examples": config.max_examples, "held_out": config.held_out, "eval_limit": 0,
     }))
     data = load_task_data(template.dataset, columns=template.columns, held_out=template.held_out,
                           max_examples=template.max_examples, seed=template.seed)
@@ -125,7 +127,8 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
         raise ConfigError(f"dataset {data.source} has {len(data.train)} training and {len(data.held_out)} held-out "
                           "examples; a comparison needs both (use more rows)")
     source = resolve_model(template.model)
-    out_dir = _claim_out_dir(config, source.name, data.name, inputs=(template.model, source.path, template.dataset))
+    held_file = template.held_out if isinstance(template.held_out, str) else None
+    out_dir = _claim_out_dir(config, source.name, data.name, inputs=(template.model, source.path, template.dataset, held_file))
     own = kbit_kind(out_dir) == KIND
     check_no_link_inside_output(out_dir / "evals" / "base", "--out")
     planned = []
@@ -200,7 +203,7 @@ def default_out_dir(model_name: str, dataset_name: str, max_steps: int) -> Path:
     return COMPARE_ROOT / name
 
 
-def _claim_out_dir(config: CompareConfig, model_name: str, dataset_name: str, inputs: tuple[str, ...]) -> Path:
+def _claim_out_dir(config: CompareConfig, model_name: str, dataset_name: str, inputs: tuple[str | None, ...]) -> Path:
     """The comparison folder under kbit's output rule: an earlier comparison is continued, never replaced;
     ``inputs`` (the model and dataset) are never replaced."""
     target = Path(config.out) if config.out else default_out_dir(model_name, dataset_name, config.max_steps)

@@ -151,3 +151,19 @@ def test_a_stopped_comparison_marks_the_method_it_stopped_in(kbit_tiny_model, tm
     markdown = (out / "report.md").read_text()
     assert "| lora | — |" in markdown and "interrupted (kbit compare again continues it)" in markdown
     assert "not reached" in markdown
+
+
+def test_a_held_out_file_is_every_methods_held_out_split(kbit_tiny_model, tmp_path):
+    from kbit.core.compare.plan import plan_compare
+
+    def rows(name, numbers):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"prompt": f"{i} + 1?", "completion": str(i + 1)}) + "\n" for i in numbers))
+        return path
+
+    train, valid = rows("train.jsonl", range(20)), rows("valid.jsonl", range(50, 55))
+    config = build_compare_config(methods="lora,qlora", model=str(kbit_tiny_model), dataset=str(train),
+                                  held_out=str(valid), out=str(tmp_path / "cmp"), **SMALL)
+    plan = plan_compare(config)
+    assert (plan.dataset["train_examples"], plan.dataset["held_out_examples"]) == (20, 5)
+    assert {planned.train.held_out for planned in plan.methods} == {str(valid)}
