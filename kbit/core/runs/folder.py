@@ -323,7 +323,8 @@ class RunFolder:
     content is deleted once the block succeeded.
 
     ``provisional``: a new folder (empty when claimed, or its old content set aside) whose block may still
-    refuse its input. While it stays true, a ``ConfigError`` undoes the command: what it wrote is deleted
+    refuse its input. While it stays true, a refusal (a ``KbitError`` of exit code 2: bad input, a plugin's
+    broken hook) undoes the command: what it wrote is deleted
     and set-aside content put back, so bad input found late (once the model loaded) leaves nothing behind.
     The command sets it false once it starts work worth keeping (training).
     """
@@ -362,7 +363,7 @@ class RunFolder:
         from kbit.core.system.signals import signals_held
 
         full = None if exc is None else disk_full(exc, self.path)  # a write that failed without saying where
-        if isinstance(exc, ConfigError) and self.provisional:
+        if isinstance(exc, KbitError) and exc.exit_code == 2 and self.provisional:  # bad input, a plugin's included
             self._undo()
             return False
         try:

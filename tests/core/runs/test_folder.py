@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from kbit.core.errors import ConfigError, Terminated
+from kbit.core.errors import ConfigError, PluginError, Terminated
 from kbit.core.runs.record import RunRecord, read_record, write_record
 from kbit.core.runs.folder import (LOCK_NAME, RunFolder, RunLock, atomic_directory, atomic_file, check_writable,
                               clear_staging, current_umask, write_json_atomic)
@@ -253,6 +253,12 @@ def test_input_refused_while_provisional_leaves_nothing_and_puts_back_what_was_r
         assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
     else:  # not even the folders the command created
         assert not (tmp_path / "runs").exists()
+    with pytest.raises(PluginError):  # a plugin's broken hook is refused input too
+        with RunFolder(tmp_path / "plugin", provisional=True) as folder:
+            folder.record = RunRecord(name="new")
+            write_record(tmp_path / "plugin", folder.record)
+            raise PluginError("method 'x' (kbit-x 0.1): hook quantize_base raised ValueError")
+    assert not (tmp_path / "plugin").exists()
     with pytest.raises(RuntimeError):  # anything else is a failure of the command, recorded as such
         with RunFolder(tmp_path / "kept", provisional=True) as folder:
             folder.record = RunRecord(name="new")
