@@ -48,10 +48,12 @@ PROMPTS = ["<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\
 
 
 class MethodContract:
-    """Subclass as ``TestSomething`` and set ``method`` (and optionally ``options``, ``merge_tolerance``,
-    ``tiny_config``)."""
+    """Subclass as ``TestSomething`` and set ``method`` (and optionally ``distribution``, ``options``,
+    ``merge_tolerance``, ``tiny_config``)."""
 
     method: ClassVar[str] = ""
+    # your package's distribution name (as pip knows it): every test then fails unless ``method`` is yours
+    distribution: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
     merge_tolerance: ClassVar[float] = 1e-3  # max |Δlogit| allowed between the merged and the adapter model
     # make_tiny_model fields for a method the default 64-wide tiny model does not fit (hidden_size=256 …)
@@ -67,8 +69,21 @@ class MethodContract:
 
     @pytest.fixture
     def chosen(self) -> Method:
+        return self.method_under_test()
+
+    def method_under_test(self) -> Method:
+        """The method under test; fails where kbit refused another claim on its name (the suite would test the
+        method kbit kept, not necessarily yours) or, with ``distribution``, where it is not that one's."""
         assert self.method, "set `method = \"your-method\"` on your MethodContract subclass"
-        return default_registry().get(self.method)
+        claims = [r for r in default_registry().records() if r.name == self.method]
+        refused = [r for r in claims if r.taken_by]
+        assert not refused, ("; ".join(f"'kbit methods' refuses method '{self.method}' of {r.distribution} {r.version}: "
+                                       f"{r.error}" for r in refused)
+                             + "; the suite would test the method kbit kept instead: rename yours")
+        method = default_registry().get(self.method)
+        assert not self.distribution or method.distribution == self.distribution, (
+            f"method '{self.method}' is provided by {method.distribution} {method.version}, not {self.distribution}")
+        return method
 
     @pytest.fixture
     def spec(self, chosen: Method, contract_model: Path) -> QuantizationSpec:

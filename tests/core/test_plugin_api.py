@@ -257,3 +257,26 @@ def test_the_guides_complete_example_passes_the_contract_suite(plugin_site, kbit
     assert any((tmp_path / "cache").rglob("*.safetensors"))  # the module-level layer class is cached
     for name in ("kbit_rtn4._layers", "kbit_rtn4"):  # the next test session imports them afresh
         sys.modules.pop(name, None)
+
+
+def test_the_contract_suite_fails_a_method_whose_name_another_distribution_kept(plugin_site, monkeypatch):
+    """An author's plugin named like a built-in is refused, and the suite would otherwise pass kbit's own method."""
+    from kbit.core.methods import registry as registry_module
+    from kbit.core.methods.registry import Registry
+    from kbit.testing import MethodContract
+
+    plugin_site.add("kbit-toy", "1.0", {"lora": "kbit_toy"}, modules=("kbit_toy",))
+    monkeypatch.setattr(registry_module, "_DEFAULT", Registry(entry_points=plugin_site.entry_points(), environ={}))
+
+    class Clashing(MethodContract):
+        method = "lora"
+
+    with pytest.raises(AssertionError, match=r"'kbit methods' refuses method 'lora' of kbit-toy 1.0: method name 'lora' is "
+                                             r"already provided by kbit .*: rename yours"):
+        Clashing().method_under_test()
+
+    class NotMine(MethodContract):
+        method, distribution = "qlora", "kbit-toy"
+
+    with pytest.raises(AssertionError, match="method 'qlora' is provided by kbit .*, not kbit-toy"):
+        NotMine().method_under_test()
