@@ -116,7 +116,10 @@ def methods_command(
     Console().print(table)
     for r in records:  # below the table, unwrapped, so an install line can be copied whole
         if r["error"]:
-            typer.echo(f"{r['name']} {r['status']}: {r['error']}")
+            provider = f"{r['distribution']} {r['version']}"
+            broken = r["status"] == "broken" and provider not in r["error"]
+            said = f"{provider}: {r['error']}" if broken else r["error"]  # a broken plugin: whose to fix
+            typer.echo(f"{r['name']} {r['status']}: {said}")
 
 
 def _cuda_here() -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from kbit.core.cli import main
 from kbit.core.methods import registry as registry_module
 from kbit.core.methods.registry import Registry
 from tests.reliability.refusals import assert_refused, run_in_process
@@ -364,6 +366,10 @@ def test_bad_plugins(isolated, plugin_site, monkeypatch, capsys, target, message
     code, err = run_in_process(["spec", "bad"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert message in err and "kbit-broken 0.0.3" in err
+    with contextlib.suppress(SystemExit):
+        main(["methods"])
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("bad broken: ")]
+    assert "kbit-broken 0.0.3" in line and message in line  # the listing says whose plugin to fix too
 
 
 def test_duplicate_method_name_is_reported_and_the_builtin_kept(isolated, plugin_site, monkeypatch, capsys):

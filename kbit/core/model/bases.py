@@ -54,15 +54,15 @@ def check_mergeable(method: Method, spec: QuantizationSpec, policy: MergePolicy)
     if method.implements("quantize_base") and not method.implements("dequantize_base"):
         raise MergeRefused(
             f"method '{method.name}' quantizes its base in quantize_base but has no dequantize_base hook, so kbit cannot "
-            "merge into the weights the adapter trains on; add dequantize_base or return MergePolicy(base='original') "
-            "or keep_adapter from merge_policy"
+            "merge into the weights the adapter trains on; add dequantize_base, or return keep_adapter from merge_policy "
+            "(a merge into the unquantized base would fail the merge check: the adapter trained on the quantized one)"
         )
     config = method.build_quant_config(spec)
     if config is not None and not method.implements("dequantize_base") and not transformers_can_dequantize(config):
         raise MergeRefused(
             f"method '{method.name}' asks for a merge into the dequantized base, but transformers cannot dequantize "
-            f"{type(config).__name__} models; return MergePolicy(base='original') (and say so in its reason) or "
-            "keep_adapter from merge_policy"
+            f"{type(config).__name__} models; add dequantize_base, or return keep_adapter from merge_policy (a merge into "
+            "the unquantized base would fail the merge check: the adapter trained on the quantized one)"
         )
 
 
