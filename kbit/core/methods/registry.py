@@ -368,12 +368,10 @@ def _contract_problem(pm: pluggy.PluginManager, plugin: Any) -> str:
     marker = f"{hookspecs.PROJECT}_impl"
     implemented = {name for name in dir(plugin) if hasattr(getattr(plugin, name, None), marker)}
     unknown = sorted(implemented - {n for n in dir(pm.hook) if not n.startswith("_")})
-    if unknown:
-        return f"implements unknown hook(s) {', '.join(unknown)} (misspelled?)"
     missing = [h for h in hookspecs.REQUIRED_HOOKS if h not in implemented]
-    if missing:
-        return f"lacks required hook(s) {', '.join(missing)}"
-    return ""
+    problems = [f"implements unknown hook(s) {', '.join(unknown)} (misspelled?)" if unknown else "",
+                f"lacks required hook(s) {', '.join(missing)}" if missing else ""]
+    return " and ".join(problem for problem in problems if problem)
 
 
 _DEFAULT: Registry | None = None

@@ -38,6 +38,8 @@ BROKEN_WAYS = {
     "fails-import": ("kbit_import_error", "import failed: ImportError"),
     "lacks-hook": ("kbit_broken:lacks_hook", "lacks required hook(s) merge_policy"),
     "misspelled": ("kbit_broken:misspelled", "unknown hook(s) merge_polcy"),
+    "misspelled-required": ("kbit_broken:misspelled_required",
+                            "implements unknown hook(s) merge_polcy (misspelled?) and lacks required hook(s) merge_policy"),
     "bad-describe": ("kbit_broken:bad_describe", "describe_method returned dict"),
     "misnamed-argument": ("kbit_broken:misnamed_argument", "Argument(s) {'options_'} are declared in the hookimpl but can "
                           "not be found in the hookspec; name a hook's arguments as kbit's hookspec does: "
