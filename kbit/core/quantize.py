@@ -83,7 +83,7 @@ def run_examples(record: RunRecord) -> Any:
     check_recorded_file(config.dataset, record.name or "", held_out=config.held_out)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
-    return check_trained_on(data, record.dataset.fingerprint, record.name or "")
+    return check_trained_on(data, record.dataset.fingerprint, record.name or "", held_out=config.held_out)
 
 
 def _run_inputs(record: RunRecord | None) -> tuple[str | None, ...]:

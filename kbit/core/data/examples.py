@@ -51,7 +51,8 @@ class TaskData:
 
     def describe(self) -> dict:
         return {"name": self.name, "task": self.task, "source": self.source, "train_examples": len(self.train),
-                "held_out_examples": len(self.held_out), "fingerprint": self.fingerprint()}
+                "held_out_examples": len(self.held_out), "fingerprint": self.fingerprint(),
+                "held_out_trained_prompts": trained_prompts(self.train, self.held_out)}
 
 
 def every_assistant_turn(example: Example) -> list[Example]:
@@ -82,7 +83,8 @@ def check_recorded_file(dataset: str, run: str, alternative: str = "", held_out:
                           f"put the file back at that path, or a link to it{alternative}")
 
 
-def check_trained_on(data: TaskData, recorded: str | None, run: str, alternative: str = "") -> TaskData:
+def check_trained_on(data: TaskData, recorded: str | None, run: str, alternative: str = "",
+                     held_out: HeldOut = None) -> TaskData:
     """``data``, rebuilt from a run's recorded settings, when it is the data the run trained beside
     (its ``recorded`` fingerprint; a record without one is not checked).
 
@@ -91,7 +93,11 @@ def check_trained_on(data: TaskData, recorded: str | None, run: str, alternative
     from this folder. Scoring that data would score items the run trained on.
     """
     if recorded and (actual := data.fingerprint()) != recorded:
-        raise ConfigError(f"dataset {data.source} is not the data run {run} trained on (fingerprint {actual}, "
-                          f"the run recorded {recorded}): the file changed since, or its relative path found another "
+        if isinstance(held_out, str):
+            files, changed = f"dataset {data.source} with the held-out file {held_out}", "one of the two files"
+        else:
+            files, changed = f"dataset {data.source}", "the file"
+        raise ConfigError(f"{files} is not the data run {run} trained beside (fingerprint {actual}, "
+                          f"the run recorded {recorded}): {changed} changed since, or its relative path found another "
                           f"file from this folder; restore the file the run trained on or run from its folder{alternative}")
     return data

@@ -223,8 +223,8 @@ def _load(request: DataRequest) -> TaskData:
                           max_examples=request.max_examples, seed=request.seed)
     if request.trained_on is not None:
         run, fingerprint = request.trained_on
-        check_trained_on(data, fingerprint, run, OTHER_ITEMS)
-    elif isinstance(request.held_out, str):  # items of another file: named by it, not by the training rows beside
+        check_trained_on(data, fingerprint, run, OTHER_ITEMS, request.held_out)
+    if isinstance(request.held_out, str):  # items of a file: named by it, not by the training rows beside them
         data = attrs.evolve(data, name=Path(request.held_out).stem)
     return data
 
@@ -236,6 +236,10 @@ def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
         raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")
     if request.run_split is not None:
         _warn_trained_items(request.run_split, items, request.held_out if isinstance(request.held_out, str) else data.source)
+    elif request.trained_on is not None and (shared := trained_prompts(data.train, items)):
+        log.warning("%d of the %d items of run %s's own held-out split ask a prompt it trained on (a row repeated in "
+                    "its data, or held-out items its training file holds too): their scores measure recall",
+                    shared, len(items), request.trained_on[0])
     empty = next((i for i, e in enumerate(items) if not e.completion.strip()), None)
     if empty is not None:
         raise ConfigError(f"dataset {data.source} held-out example {empty + 1} has an empty completion; "

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kbit.core.measure.sample_size import rate_text
 from kbit.core.runs.record import RunRecord
 from kbit.core.runs.folder import write_json_atomic, write_text_atomic
 
@@ -143,13 +144,13 @@ def _method(record: RunRecord) -> str:
     return record.spec.method if record.spec is not None else record.method
 
 
-def _render(record: RunRecord, relation: str, library: str, tags: list[str], results: list[tuple[str, float]],
+def _render(record: RunRecord, relation: str, library: str, tags: list[str], results: list[tuple[str, float, int]],
             body: list[str]) -> str:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     dataset = record.dataset
     source = dataset.source or ""
-    held_out = f"{dataset.name or ''} (held-out)"
+    held_out = f"{_held_out_name(record)} (held-out)"
     data = ModelCardData(
         base_model=base_model_id(record) or None,
         base_model_relation=relation,
@@ -161,7 +162,7 @@ def _render(record: RunRecord, relation: str, library: str, tags: list[str], res
         model_name=record.name if results else None,
         eval_results=[EvalResult(task_type=PIPELINE_TAG, dataset_type=dataset.name or "", dataset_name=held_out,
                                  metric_type="exact_match", metric_value=value, metric_name=label)
-                      for label, value in results] or None,
+                      for label, value, _ in results] or None,
     )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
 
@@ -180,18 +181,29 @@ def _tags(record: RunRecord, folder: str) -> list[str]:
     return tags
 
 
-def _results(record: RunRecord, folder: str) -> list[tuple[str, float]]:
-    """(label, held-out exact match) pairs kbit measured for this folder's model."""
-    after = record.metrics.exact_match_after
-    if folder == "adapter" and after is not None:
-        return [("held-out exact match (adapter)", float(after))]
+def _results(record: RunRecord, folder: str) -> list[tuple[str, float, int]]:
+    """(label, held-out exact match, items) kbit measured for this folder's model."""
+    after = record.metrics.after
+    if folder == "adapter" and after is not None and after.exact_match is not None:
+        return [("held-out exact match (adapter)", float(after.exact_match), after.items)]
     if folder == "merged":
-        measured = [e.source["exact_match"] for e in record.exports if isinstance(e.source.get("exact_match"), (int, float))]
-        return [("held-out exact match (merged)", float(measured[-1]))] if measured else []
+        measured = [e for e in record.exports if isinstance(e.source.get("exact_match"), (int, float))]
+        return [("held-out exact match (merged)", float(measured[-1].source["exact_match"]), measured[-1].items or 0)] \
+            if measured else []
     if folder == "gguf":
-        return [(f"held-out exact match ({Path(e.file or '').name})", float(e.exact_match))
+        return [(f"held-out exact match ({Path(e.file or '').name})", float(e.exact_match), e.items or 0)
                 for e in _in_gguf_folder(record) if e.exact_match is not None]
     return []
+
+
+def _held_out_name(record: RunRecord) -> str:
+    """What the held-out items are: the held-out file's name, else the dataset's (a split of it)."""
+    held_out = record.config.held_out if record.config is not None else None
+    return Path(held_out).stem if isinstance(held_out, str) else record.dataset.name or ""
+
+
+def _scores_text(scores: Any) -> str:
+    return rate_text(scores.exact_match, scores.items) if scores is not None and scores.exact_match is not None else "n/a"
 
 
 def _in_gguf_folder(record: RunRecord) -> list[Any]:
@@ -206,22 +218,29 @@ def _settings(record: RunRecord) -> list[str]:
     described = f"{adapter.peft_type} r={adapter.r} alpha={adapter.lora_alpha}" if adapter is not None else "none"
     merged = f"{merge.action} {merge.base or ''} {merge.dtype or ''}" if merge else "none"
     logit_diff = merge.max_abs_logit_diff if merge and merge.max_abs_logit_diff is not None else "n/a"
-    teacher = record.config.teacher if record.config is not None else None
+    config = record.config
+    teacher = config.teacher if config is not None else None
     return ["## Training", "", "| setting | value |", "|---|---|",
             f"| adapter | {described} |",
             f"| weights bits during training | {(spec.weights_bits if spec else None) or 'full precision'} |",
             f"| steps | {record.train.steps} |",
             *([f"| distilled from | the merged model of run `{Path(teacher).name}` (`--teacher`) |"] if teacher else []),
-            f"| held-out exact match before → after | {metrics.exact_match_before} → {metrics.exact_match_after} |",
+            f"| held-out items | {record.dataset.held_out_examples} of `{_held_out_name(record)}`"
+            f"{' (a file of their own)' if config is not None and isinstance(config.held_out, str) else ''} |",
+            *(["| trained answers | every assistant answer of a conversation (`--turns all`) |"]
+              if config is not None and config.turns == "all" else []),
+            *([f"| optimizer | {config.optim or 'transformers default'}, weight decay {config.weight_decay:g}, "
+               f"gradient clipping {config.max_grad_norm:g} |"] if config is not None else []),
+            f"| held-out exact match before → after | {_scores_text(metrics.before)} → {_scores_text(metrics.after)} |",
             f"| merge | {merged} |",
             f"| merge max abs logit diff | {logit_diff} |", ""]
 
 
-def _results_table(results: list[tuple[str, float]]) -> list[str]:
+def _results_table(results: list[tuple[str, float, int]]) -> list[str]:
     if not results:
         return []
     return ["## Results", "", "| measured by kbit | value |", "|---|---|",
-            *[f"| {label} | {value:.1%} |" for label, value in results], ""]
+            *[f"| {label} | {rate_text(value, items) if items else f'{value:.1%}'} |" for label, value, items in results], ""]
 
 
 def _gguf_table(record: RunRecord) -> list[str]:

@@ -115,6 +115,7 @@ class DatasetInfo(Section):
     train_examples: int | None = value(int)
     held_out_examples: int | None = value(int)
     fingerprint: str | None = value(str)
+    held_out_trained_prompts: int | None = value(int)  # held-out items asking a prompt a training row asks too
 
 
 @attrs.define(kw_only=True)

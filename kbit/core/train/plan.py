@@ -124,12 +124,16 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         check_recorded_file(config.dataset, config.output, held_out=config.held_out)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
-    if isinstance(config.held_out, str) and (shared := trained_prompts(data.train, data.held_out)) and is_main_process():
+    if isinstance(config.held_out, str) and (shared := trained_prompts(data.train, data.held_out)) == len(data.held_out):
+        raise ConfigError(f"every item of the held-out file {config.held_out} asks a prompt a training row of "
+                          f"{data.source} asks: its scores would measure recall, not what the model learned; pass a "
+                          "file of items the training data does not hold")
+    if isinstance(config.held_out, str) and shared and is_main_process():
         log.warning("%d of %d held-out items of %s ask a prompt a training example of %s asks too: their scores "
                     "measure recall, not what the model learned; keep each prompt in one of the two files",
                     shared, len(data.held_out), config.held_out, data.source)
     if recorded is not None:
-        check_trained_on(data, recorded.dataset.fingerprint, config.output)
+        check_trained_on(data, recorded.dataset.fingerprint, config.output, held_out=config.held_out)
         _check_processes(recorded.train.world_size, config.output)
     if not data.train:
         raise ConfigError(f"dataset {data.source} has no training examples")

@@ -94,6 +94,9 @@ def print_summary(result: Any) -> None:
         console.print(f"[bold]{'variants' if number == 0 else '':<8}[/bold] {escape(variant)}")
     if warning:
         console.print(f"[bold yellow]warning[/bold yellow]  {escape(warning)}")
+    if shared := record.dataset.held_out_trained_prompts:  # said when the data was read too: a score to read with it
+        console.print(f"[bold yellow]warning[/bold yellow]  {shared} of the {record.dataset.held_out_examples} held-out "
+                      "items ask a prompt a training example asks too: their scores measure recall")
     generation = metrics.generation
     if generation:
         cut = metrics.after.answers_cut if metrics.after else None

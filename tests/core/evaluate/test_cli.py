@@ -79,15 +79,25 @@ def test_a_run_trained_beside_a_held_out_file_is_scored_on_it_and_on_other_files
     record = json.loads((run / "kbit.json").read_text())
     assert record["config"]["held_out"] == str(valid)  # recorded whole, found again from any folder
     assert (record["dataset"]["train_examples"], record["dataset"]["held_out_examples"]) == (30, 7)
+    assert record["dataset"]["held_out_trained_prompts"] == 1  # kept with the scores, and said again at the end
+    assert "warning  1 of the 7 held-out items ask a prompt a training example asks too" in result.stdout
+    card = (run / "README.md").read_text()
+    assert "| held-out items | 7 of `valid` (a file of their own) |" in card
 
     own = run_kbit("eval", str(run), "--variant", "merged", "--max-new-tokens", "2", "--json")
     assert own.returncode == 0, own.stderr[-3000:]
-    assert json.loads(own.stdout)["rows"][0]["items"] == 7
+    assert json.loads(own.stdout)["rows"][0]["items"] == 7 and json.loads(own.stdout)["rows"][0]["dataset"] == "valid"
+    assert "1 of the 7 items of run model-train_" in own.stderr and "own held-out split ask a prompt it trained on" in own.stderr
     scored = run_kbit("eval", str(run), "--variant", "merged", "--held-out", str(other), "--max-new-tokens", "2", "--json")
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert json.loads(scored.stdout)["rows"][0]["items"] == 10
     assert f"5 of the 10 items scored from {other} ask a prompt run model-train_" in scored.stderr
     assert "a training example of" not in scored.stderr  # said once, of the run's own training rows
+
+    edited = valid.read_text().replace('"57"', '"58"')
+    valid.write_text(edited)
+    changed = run_kbit("eval", str(run), "--variant", "merged")
+    assert changed.returncode == 2 and f"dataset {train} with the held-out file {valid} is not the data" in changed.stderr
 
     valid.rename(tmp_path / "moved.jsonl")
     moved = run_kbit("eval", str(run), "--variant", "merged")

@@ -87,3 +87,13 @@ def test_an_optimizer_that_cannot_train_an_adapter_here_is_refused_before_anythi
     with pytest.raises(ConfigError, match=message):
         plan_run(TrainConfig(model=str(tmp_path / "not-read"), optim=optim, output=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_held_out_file_of_training_rows_only_is_refused(tiny, tmp_path):
+    rows = "".join(json.dumps({"prompt": f"Say {i}.", "completion": str(i)}) + "\n" for i in range(12))
+    (tmp_path / "train.jsonl").write_text(rows)
+    (tmp_path / "copy.jsonl").write_text(rows)
+    with pytest.raises(ConfigError, match="every item of the held-out file .*copy.jsonl asks a prompt a training row"):
+        plan_run(TrainConfig(model=str(tiny), dataset=str(tmp_path / "train.jsonl"), held_out=str(tmp_path / "copy.jsonl"),
+                             output=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
