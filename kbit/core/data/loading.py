@@ -406,10 +406,10 @@ def _build(name, source, rows, held, mapping, held_out, max_examples, seed, held
     if held_rows is not None:
         if not held_rows:
             raise ConfigError(f"held-out file {held_source} is empty")
-        held_converter, held_task = choose_format(sorted(held_rows[0].keys()), mapping, held_source)
+        held_converter, held_task = _held_out_format(sorted(held_rows[0].keys()), mapping, held_source)
         if held_task != task:
-            raise ConfigError(f"{held_source} is in a {held_task} layout and dataset {source} in a {task} one, which "
-                              "are scored differently; write the held-out items in the dataset's layout")
+            raise ConfigError(f"{held_source} is scored as the {held_task} task and dataset {source} as the {task} one, "
+                              "differently; write the held-out items in the dataset's layout")
     if converter is squad:
         mark_unanswerable([*rows, *(held_rows or [])])
     if max_examples:
@@ -426,3 +426,16 @@ def _build(name, source, rows, held, mapping, held_out, max_examples, seed, held
                     "row",
                     shared, len(held_examples), source)
     return TaskData(name=name, task=task, train=train, held_out=held_examples, source=source)
+
+
+def _held_out_format(column_names: list[str], mapping: dict[str, str] | None, source: str) -> tuple[Any, str]:
+    """A held-out file's converter and task: ``--columns`` where the file has those columns (it maps the dataset's),
+    else the file's own layout."""
+    if mapping and not set(mapping.values()) <= set(column_names):
+        mapping = None
+    try:
+        return choose_format(column_names, mapping, source)
+    except ConfigError:
+        raise ConfigError(f"held-out file {source} has no known format (columns: {', '.join(column_names) or 'none'}); "
+                          "write its items in one of kbit's layouts (prompt/completion, question/answer, messages, "
+                          "conversations, alpaca; docs/data.md), or with the columns --columns maps in the dataset") from None

@@ -187,6 +187,11 @@ def plan_candidates(selection: Selection, device: DeviceInfo) -> tuple[list[Cand
         raise ConfigError("--reference applies to .gguf files: kbit eval FILE.gguf --reference MODEL")
     seen: set[tuple[Any, ...]] = set()
     unique = [c for c in candidates if not (c.key() in seen or seen.add(c.key()))]
+    # runs named alike (same model, data and method, other settings) are told apart by the folder given
+    sources: dict[str, set[str]] = {}
+    for candidate in unique:
+        sources.setdefault(candidate.label, set()).add(candidate.source)
+    unique = [attrs.evolve(c, label=f"{c.label} ({c.source})") if len(sources[c.label]) > 1 else c for c in unique]
     if not unique:
         detail = "; ".join(f"{g.label} {g.variant}: {g.reason}" for g in gaps) or "no variant selected"
         raise ConfigError(f"nothing to evaluate ({detail})")

@@ -91,20 +91,24 @@ def _check_optimizer(name: str | None) -> None:
     from transformers import Trainer, TrainingArguments
     from transformers.training_args import OptimizerNames
 
+    def problem(candidate: str) -> str:
+        if candidate.startswith(FULL_WEIGHT_OPTIMIZERS):
+            return "trains whole weight matrices (GaLore, APOLLO, LOMO), not an adapter; choose another, e.g. adamw_torch"
+        try:
+            Trainer.get_optimizer_cls_and_kwargs(TrainingArguments(output_dir=tempfile.gettempdir(), optim=candidate,
+                                                                   use_cpu=True, report_to=[]))
+        except (ImportError, ValueError) as exc:
+            return str(exc).splitlines()[0]
+        return ""
+
     names = [o.value for o in OptimizerNames]
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
+    if name not in names:  # suggested: the names that would run here, those it begins first
+        usable = [n for n in names if not problem(n)]
+        close = [n for n in usable if n.startswith(name)][:3] or difflib.get_close_matches(name, usable, n=3)
         raise ConfigError(f"unknown --optim '{name}'; " + (f"did you mean {' or '.join(close)}? " if close else "")
-                          + "transformers names adamw_torch, adamw_torch_fused, paged_adamw_8bit, adafactor, sgd and "
-                          "others (transformers.training_args.OptimizerNames)")
-    if name.startswith(FULL_WEIGHT_OPTIMIZERS):
-        raise ConfigError(f"--optim {name} trains whole weight matrices (GaLore, APOLLO, LOMO), not an adapter; "
-                          "choose another, e.g. adamw_torch or paged_adamw_8bit")
-    try:
-        Trainer.get_optimizer_cls_and_kwargs(TrainingArguments(output_dir=tempfile.gettempdir(), optim=name,
-                                                               use_cpu=True, report_to=[]))
-    except (ImportError, ValueError) as exc:
-        raise ConfigError(f"--optim {name}: {str(exc).splitlines()[0]}") from None
+                          + f"here: {', '.join(usable)}")
+    if said := problem(name):
+        raise ConfigError(f"--optim {name}: {said}")
 
 
 def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:

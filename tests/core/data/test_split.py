@@ -90,14 +90,26 @@ def test_a_held_out_file_is_scored_whole_and_the_dataset_trained_on_whole(tmp_pa
     ("arith", "valid.jsonl", "the built-in 'arith' dataset draws its own held-out questions; pass --dataset FILE"),
     ("rows.jsonl", "missing.jsonl", "held-out file .*missing.jsonl does not exist"),
     ("rows.jsonl", "empty.jsonl", "held-out file .*empty.jsonl is empty"),
-    ("rows.jsonl", "squad.jsonl", "squad.jsonl is in a squad layout and dataset .*rows.jsonl in a generic one"),
+    ("rows.jsonl", "squad.jsonl", "squad.jsonl is scored as the squad task and dataset .*rows.jsonl as the generic one"),
+    ("rows.jsonl", "qa.jsonl", "held-out file .*qa.jsonl has no known format \\(columns: a, q\\); write its items in one"),
     ("rows.jsonl", "rows.jsonl", "--held-out .*rows.jsonl is the dataset file itself, whose every row trains"),
 ])
 def test_a_held_out_file_that_cannot_be_scored_beside_the_dataset_is_refused(tmp_path, dataset, held, message):
     _rows(tmp_path, 10)
     _write(tmp_path / "valid.jsonl", [{"prompt": "a", "completion": "b"}])
     (tmp_path / "empty.jsonl").write_text("")
+    _write(tmp_path / "qa.jsonl", [{"q": "1 + 1?", "a": "2"}])
     _write(tmp_path / "squad.jsonl", [{"context": "c", "question": "q", "answers": {"text": ["a"], "answer_start": [0]}}])
     reference = dataset if dataset == "arith" else str(tmp_path / dataset)
     with pytest.raises(ConfigError, match=message):
         load_task_data(reference, held_out=str(tmp_path / held))
+
+
+def test_columns_map_a_held_out_file_only_where_it_has_those_columns(tmp_path):
+    train = tmp_path / "faq.jsonl"
+    _write(train, [{"q": f"question {i}", "a": f"answer {i}"} for i in range(6)])
+    mapped = _write(tmp_path / "mapped.jsonl", [{"q": "question 9", "a": "answer 9"}])
+    own = _write(tmp_path / "own.jsonl", [{"prompt": "question 8", "completion": "answer 8"}])
+    for held, completion in ((mapped, "answer 9"), (own, "answer 8")):
+        data = load_task_data(str(train), columns="prompt=q,completion=a", held_out=str(held))
+        assert [e.completion for e in data.held_out] == [completion] and len(data.train) == 6

@@ -47,6 +47,9 @@ def test_runs_sharing_a_base_and_a_split_evaluate_the_base_once(tiny_run, tmp_pa
     candidates, _ = plan_candidates(Selection(paths=(str(tiny_run), str(other)), variants=("base", "merged")), CPU)
     assert [c.variant for c in candidates] == ["base", "merged", "merged"]
     assert [c.label for c in candidates[1:]] == [record["name"], "again"]
+    (other / "kbit.json").write_text(json.dumps(record))  # the same name: told apart by the folder given
+    candidates, _ = plan_candidates(Selection(paths=(str(tiny_run), str(other)), variants=("merged",)), CPU)
+    assert [c.label for c in candidates] == [f"{record['name']} ({tiny_run})", f"{record['name']} ({other})"]
 
 
 @pytest.mark.slow

@@ -80,7 +80,8 @@ def test_a_teacher_is_refused_naming_why_kbits_loss_does_not_apply(kbit_tiny_mod
 
 @pytest.mark.parametrize("optim, message", [
     ("paged_adam_8bit", "unknown --optim 'paged_adam_8bit'; did you mean paged_adamw_8bit"),
-    ("galore_adamw", "--optim galore_adamw trains whole weight matrices .* not an adapter"),
+    ("galore_adamw", "--optim galore_adamw: trains whole weight matrices .* not an adapter"),
+    ("adam", "unknown --optim .adam.; did you mean adamw_torch or adamw_torch_fused .* here: adamw_torch,"),
     ("adamw_torch_xla", "--optim adamw_torch_xla: Trainer failed to import syncfree AdamW from torch_xla"),
 ])
 def test_an_optimizer_that_cannot_train_an_adapter_here_is_refused_before_anything_is_written(tmp_path, optim, message):
