@@ -61,6 +61,8 @@ YAML_CASES = [
     ("max_steps: " + "9" * 5001 + "\n", "invalid YAML (Exceeds the limit (4300 digits)"),
     ("max_steps: " + "[" * 100_000 + "\n", "invalid YAML"),
     ("1: x\nfoo: y\n", "unknown keys '1', 'foo'"),
+    ("r: 16\nroles_to_train: [assistant]\n", "unknown keys 'r' (kbit's options: {r: …}), 'roles_to_train' (kbit's turns "
+                                              "(roles_to_train: [assistant] is turns: all))"),
     ("base_model: m\nlora_r: 8\nmax_step: 3\n", "unknown keys 'base_model' (kbit's model), 'lora_r' (kbit's options: {r: …}), "
      "'max_step' (did you mean max_steps?)"),
     ("dataset: [a.jsonl, b.jsonl]\n", "'dataset' is a list; kbit reads one dataset: join the files into one"),

@@ -106,6 +106,11 @@ class Option:
                 "type": info.type, "allowed": info.allowed, "choices": choices, "help": self.help}
 
 
+# PEFT's, axolotl's and LLaMA-Factory's names for adapter options, suggested for an unknown option by what it means
+FOREIGN_OPTIONS = {"lora_r": "r", "lora_rank": "r", "rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout",
+                   "lora_target": "target_modules", "lora_target_modules": "target_modules", "use_dora": "peft_type"}
+
+
 @attrs.frozen
 class OptionSchema:
     """An ordered set of options with unique names."""
@@ -143,7 +148,8 @@ class OptionSchema:
         for key, raw in overrides.items():
             option = by_name.get(key)
             if option is None:
-                close = difflib.get_close_matches(key, by_name, n=1)
+                close = [FOREIGN_OPTIONS[key]] if FOREIGN_OPTIONS.get(key) in by_name else \
+                    difflib.get_close_matches(key, by_name, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ConfigError(f"unknown option '{key}'{where}{hint}; valid options: {', '.join(by_name)}")
             try:

@@ -40,6 +40,7 @@ def test_defaults_and_overrides_from_strings_and_typed_values():
     ("dtype", "int3", "option 'dtype'.*one of auto, float32"),
     ("targets", ",", "option 'targets'"),
     ("rr", "3", "unknown option 'rr'.*did you mean r\\?.*valid options: r, dropout"),
+    ("lora_r", "8", "unknown option 'lora_r'.*did you mean r\\?"),  # PEFT's name for it, not a near spelling
 ])
 def test_bad_values_name_the_option(key, raw, message):
     with pytest.raises(ConfigError, match=message):
