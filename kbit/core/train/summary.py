@@ -26,7 +26,7 @@ def held_out_lines(metrics: Scores, eval_limit: int | None = None) -> tuple[str,
         return f"exact match {rates} ({items} items; 95% CI {intervals})", None
     limited = eval_limit is not None and items >= eval_limit  # else the held-out split itself is smaller
     hint = (f"; raise --eval-limit to {MIN_ITEMS} or more" if limited
-            else f"; hold out more with --held-out {MIN_ITEMS}")
+            else f"; hold out more with --held-out {MIN_ITEMS}, or --held-out FILE of {MIN_ITEMS} items or more")
     counts = " → ".join(f"{h}/{items}" for h in hits if h is not None)
     return f"exact match {counts} ({rates}; 95% CI {intervals})", small_sample_warning(items, hint)
 
