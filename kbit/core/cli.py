@@ -446,6 +446,7 @@ def compare_command(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Data split and training seed (default 0).")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
     held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out examples, as for kbit train: a count, a fraction or a file of them.")] = None,
+    turns: Annotated[Optional[str], typer.Option("--turns", help="Assistant answers of a conversation to train, as for kbit train: last or all.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items each variant is scored on (default 50).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="key=value, given to every method that has the option (repeatable); the report notes where it was skipped.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-O", help="Comparison folder (default compare/MODEL-DATASET-Nsteps); an earlier comparison there is continued.")] = None,
@@ -468,7 +469,7 @@ def compare_command(
 
     settings = build_compare_config(
         methods=methods, model=model, dataset=dataset, columns=columns, max_steps=max_steps, batch_size=batch_size,
-        seed=seed, max_examples=max_examples, held_out=held_out, limit=limit, options=parse_assignments(option or []), out=out,
+        seed=seed, max_examples=max_examples, held_out=held_out, turns=turns, limit=limit, options=parse_assignments(option or []), out=out,
         overwrite=overwrite,
     )
     import contextlib

@@ -163,7 +163,7 @@ def test_a_held_out_file_is_every_methods_held_out_split(kbit_tiny_model, tmp_pa
 
     train, valid = rows("train.jsonl", range(20)), rows("valid.jsonl", range(50, 55))
     config = build_compare_config(methods="lora,qlora", model=str(kbit_tiny_model), dataset=str(train),
-                                  held_out=str(valid), out=str(tmp_path / "cmp"), **SMALL)
+                                  held_out=str(valid), turns="all", out=str(tmp_path / "cmp"), **SMALL)
     plan = plan_compare(config)
     assert (plan.dataset["train_examples"], plan.dataset["held_out_examples"]) == (20, 5)
-    assert {planned.train.held_out for planned in plan.methods} == {str(valid)}
+    assert {(planned.train.held_out, planned.train.turns) for planned in plan.methods} == {(str(valid), "all")}
