@@ -21,7 +21,7 @@ import attrs
 
 from kbit.core.compare.runs import TRAIN, RunDecision, decide
 from kbit.core.errors import ConfigError, KbitError, UnknownMethodError
-from kbit.core.contract.options import choice, integer
+from kbit.core.contract.options import choice as one_of, integer
 from kbit.core.data.split import held_out_size
 from kbit.core.runs.outputs import check_no_link_inside_output, claim, kbit_kind
 from kbit.core.train.config import TrainConfig, build_config, located
@@ -44,7 +44,7 @@ class CompareConfig:
     seed: int = attrs.field(default=0, converter=integer(minimum=0, maximum=2**32 - 1))
     max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2)))
     held_out: int | float | str | None = attrs.field(default=None, converter=held_out_size)  # as kbit train's
-    turns: str = attrs.field(default="last", converter=choice("last", "all"))
+    turns: str = attrs.field(default="last", converter=one_of("last", "all"))
     limit: int = attrs.field(default=50, converter=integer(minimum=1))
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     out: str | None = None
