@@ -335,6 +335,9 @@ def _reference(selection: Selection, run: tuple[Path, RunRecord] | None) -> Cand
     return found[0] if found else None
 
 
+_WARNED_PLUGIN_CHANGE: set[tuple[Path, str]] = set()
+
+
 def run_method(run: Path, record: RunRecord) -> Any:
     """The method ``record`` trained with, as installed here. UnknownMethodError naming the distribution the run
     recorded when no installed plugin provides it; a warning when the installed one is another version (its
@@ -361,6 +364,9 @@ def run_method(run: Path, record: RunRecord) -> Any:
         here = "not installed here" if installed is None else f"not in the {installed} installed here"
         raise UnknownMethodError(f"run {run} trained its adapter with method '{record.method}' of {provider}, which is "
                                  f"{here}; pip install '{pin}' to score the adapter (merged/ needs no method)") from None
+    if (run, record.method) in _WARNED_PLUGIN_CHANGE:  # planned again as a GGUF's reference: said once
+        return method
+    _WARNED_PLUGIN_CHANGE.add((run, record.method))
     if plugin.get("version") and (plugin.get("distribution"), plugin["version"]) != (method.distribution, method.version):
         log.warning("run %s trained with method '%s' of %s; %s %s is installed, whose base may differ from the one "
                     "the adapter trained on", run, record.method, provider, method.distribution, method.version)
