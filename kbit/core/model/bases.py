@@ -175,9 +175,12 @@ def check_quantized(method: Method, spec: QuantizationSpec, model: Any) -> None:
     floats, layers = float_linears(model)
     if layers and floats == layers:
         kinds = sorted({type(module).__name__ for module in base_linears(model)})
+        author = "" if method.distribution == "kbit" else (
+            f" (the method's author: {method.distribution}'s {'quantize_base' if method.implements('quantize_base') else 'build_quant_config'} "
+            "left every layer float; a quantize_base replaces them, e.g. with kbit.plugin.replace_linears)")
         raise ConfigError(f"method '{method.name}' quantized none of this model's {layers} linear layers (they stay "
                           f"float {'/'.join(kinds)}: its backend does not handle this architecture's layers); choose "
-                          "another method, e.g. qlora, or lora to train on the float base")
+                          f"another method, e.g. qlora, or lora to train on the float base{author}")
 
 
 def _same_sum(a: float, b: float) -> bool:
