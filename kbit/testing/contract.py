@@ -213,6 +213,29 @@ class MethodContract:
             "the architecture's own layer types and weight layout"
         )
 
+    def test_a_kept_adapter_reloads_as_trained(self, chosen: Method, spec: QuantizationSpec, contract_model: Path,
+                                               tmp_path: Path) -> None:
+        """A method that ships its adapter (``keep_adapter``): saved, then loaded on the base the way ``kbit eval``
+        and users load it (the method's base, PEFT's ``from_pretrained``), it computes what was trained."""
+        policy = chosen.merge_policy(spec)
+        if spec.adapter is None or policy.action == "merge":
+            pytest.skip("the adapter is merged: test_merge_reproduces_the_adapter_model checks what ships")
+        from peft import PeftModel
+
+        from kbit.core.model.merge import logit_agreement
+        from kbit.core.model.quantized_linear import exact_activations
+
+        model = _adapter_model(chosen, spec, contract_model, nonzero=True).eval()
+        model.save_pretrained(tmp_path / "adapter")
+        reloaded = PeftModel.from_pretrained(load_base(chosen, spec, str(contract_model)), tmp_path / "adapter").eval()
+        with exact_activations(model), exact_activations(reloaded):
+            agreement = logit_agreement(model, reloaded, [_batch(contract_model)])
+        assert agreement["max_abs_logit_diff"] < self.merge_tolerance, (
+            f"method '{chosen.name}' keeps its adapter, but saved and loaded again on its base it computes other logits "
+            f"(max |Δlogit| {agreement['max_abs_logit_diff']:.3g}, tolerance {self.merge_tolerance:g}): load_base must "
+            "give the base the adapter trained on, and prepare_model must not change what the adapter is saved with"
+        )
+
     def test_prepare_inference_keeps_the_outputs(self, chosen: Method, spec: QuantizationSpec,
                                                  contract_model: Path) -> None:
         if not chosen.implements("prepare_inference"):
