@@ -264,6 +264,10 @@ class Registry:
         canonical = self._aliases.get(name.strip().lower(), name.strip().lower())
         owner = self._records.get(canonical)
         rivals = [r for r in self._records.values() if r.taken_by == canonical]
+        disabled = [r for r in self._records.values() if r.name == canonical and r.status == DISABLED and r is not owner]
+        if owner is not None and owner.distribution != BUILTIN_DISTRIBUTION and not rivals and disabled:
+            return (f"method '{canonical}' is {owner.distribution} {owner.version}'s: {disabled[0].distribution}'s own "
+                    f"'{canonical}' is {disabled[0].error}")
         if owner is None or not rivals:
             return ""
         def claim(rival: PluginRecord) -> str:

@@ -258,3 +258,12 @@ def test_an_alias_another_method_holds_makes_the_method_broken_saying_to_drop_th
                             "drop that alias from MethodInfo(aliases=...) in kbit-toy")
     assert registry.get("nf4").name == "qlora"
     assert "kbit-toy 1.0 (method 'toy', claiming its alias 'nf4')" in registry.clash_warning("nf4")
+
+
+def test_a_plugin_that_takes_a_disabled_builtins_name_is_said_to(plugin_site, plant):
+    plant("lora", "adapter_options()")
+    registry = Registry(entry_points=plugin_site.entry_points(), environ={"KBIT_DISABLE_PLUGINS": "kbit"})
+    assert registry.get("lora").distribution == "kbit-lora"
+    assert registry.clash_warning("lora") == ("method 'lora' is kbit-lora 0.1.0's: kbit's own 'lora' is blocked by "
+                                              "KBIT_DISABLE_PLUGINS")
+    assert Registry(entry_points=plugin_site.entry_points(), environ={}).get("lora").distribution == "kbit"
