@@ -58,7 +58,8 @@ def command_line(plan: ComparePlan) -> str:
     for flag, value, default in (("--model", config.model, "default"), ("--dataset", config.dataset, "arith"),
                                  ("--columns", config.columns, None), ("--max-steps", config.max_steps, None),
                                  ("--batch-size", config.batch_size, 8), ("--seed", config.seed, 0),
-                                 ("--max-examples", config.max_examples, None), ("--limit", config.limit, None)):
+                                 ("--max-examples", config.max_examples, None), ("--held-out", config.held_out, None),
+                                 ("--turns", config.turns, "last"), ("--limit", config.limit, None)):
         if value is not None and value != default:
             parts += [flag, str(value)]
     for key, value in config.options.items():

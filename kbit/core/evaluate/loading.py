@@ -235,10 +235,10 @@ def _plan_gguf(path: Path, selection: Selection, wanted: Sequence[str],
     base = None if selection.lora else _recorded_adapter_base(path)
     if base is not None:
         path, selection = base, attrs.evolve(selection, lora=str(path))
-    source = resolve_model(str(path))
     lora = _lora_file(selection.lora)
     # A file kbit exported into RUN/gguf/ (an adapter's file first) is scored on its run's held-out split.
     run = _owner_run(lora or path)
+    source = _exported_from(path, run, selection) or resolve_model(str(path))
     data = _data_request(selection, run[1] if run else None)
     if "base" not in wanted:
         return []
@@ -254,6 +254,17 @@ def _plan_gguf(path: Path, selection: Selection, wanted: Sequence[str],
     in_llama_cpp = attrs.evolve(found[0], runtime="llama.cpp", gguf=str(path), lora=str(lora) if lora else None,
                                 reference=reference)
     return [in_llama_cpp, *found[1:]]
+
+
+def _exported_from(file: Path, run: tuple[Path, RunRecord] | None, selection: Selection) -> ModelSource | None:
+    """For a run's own deploy file run in llama.cpp, the run's merged model as the source of its tokenizer and
+    config: kbit's export check proved the file encodes the held-out texts as that tokenizer does, where a
+    conversion by transformers' GGUF reader may not (its phi3 reader drops spaces llama.cpp keeps). None
+    otherwise: the file is converted."""
+    if run is None or file.parent != run[0] / "gguf" or gguf_runtime(selection) != "llama.cpp":
+        return None
+    merged = run[0] / "merged"
+    return ModelSource(path=str(merged), name=file.stem, origin="local") if (merged / "config.json").is_file() else None
 
 
 def _recorded_adapter_base(file: Path) -> Path | None:
@@ -430,7 +441,10 @@ def _plan_run(run: Path, record: RunRecord, selection: Selection, wanted: Sequen
         if not files and explicit:
             gaps.append(Gap(label, "gguf", str(run), f"the run has no GGUF file; kbit export {run} writes one"))
         for file in files:  # each as `kbit eval FILE` runs it: against the run's adapter model, on its split
-            candidates += _plan_gguf(file, selection, ("base",), None)
+            try:
+                candidates += _plan_gguf(file, selection, ("base",), None)
+            except (ConfigError, MissingDependencyError) as exc:  # the run's other variants are still scored
+                gaps.append(Gap(label, "gguf", str(file), str(exc)))
     return candidates, gaps
 
 

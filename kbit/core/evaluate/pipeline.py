@@ -119,7 +119,9 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     out_dir = claim_report_dir(config, candidates)
     check_writable(out_dir, min_free_bytes=REPORT_BYTES, flag="--out", needs="the report needs")  # before any scoring
     _check_answer_budget(config.max_new_tokens, candidates)
-    datasets = {request: _held_out(request, config.limit) for request in dict.fromkeys(c.data for c in candidates)}
+    data_warnings: list[str] = []
+    datasets = {request: _held_out(request, config.limit, data_warnings)
+                for request in dict.fromkeys(c.data for c in candidates)}
     budgets: dict[DataRequest, GenerationBudget] = {}
     rows: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
@@ -157,7 +159,7 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
                       **({"generation": budgets[request].to_dict()} if request in budgets else {}),
                       **({"scoring": math_scorer()} if data.task in MATH_TASKS else {})}
                      for request, (data, items) in datasets.items()],
-        "warnings": _sample_warnings(rows) + _reference_warnings(rows),
+        "warnings": data_warnings + _sample_warnings(rows) + _reference_warnings(rows),
         "rows": rows,
         "gaps": [g.to_dict() for g in gaps],
         "versions": meta.package_versions(),
@@ -229,17 +231,19 @@ def _load(request: DataRequest) -> TaskData:
     return data
 
 
-def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
+def _held_out(request: DataRequest, limit: int, warnings: list[str]) -> tuple[TaskData, list[Any]]:
+    """The data of ``request`` and the items scored; a line for ``warnings`` (the report's) where items ask a prompt
+    the run trained on."""
     data = _load(request)
     items = list(data.held_out[:limit])
     if not items:
         raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")
     if request.run_split is not None:
-        _warn_trained_items(request.run_split, items, request.held_out if isinstance(request.held_out, str) else data.source)
+        warnings += _trained_items(request.run_split, items, request.held_out if isinstance(request.held_out, str) else data.source)
     elif request.trained_on is not None and (shared := trained_prompts(data.train, items)):
-        log.warning("%d of the %d items of run %s's own held-out split ask a prompt it trained on (a row repeated in "
-                    "its data, or held-out items its training file holds too): their scores measure recall",
-                    shared, len(items), request.trained_on[0])
+        warnings.append(f"{shared} of the {len(items)} items of run {request.trained_on[0]}'s own held-out split ask a "
+                        "prompt it trained on (a row repeated in its data, or held-out items its training file holds "
+                        "too): their scores measure recall")
     empty = next((i for i, e in enumerate(items) if not e.completion.strip()), None)
     if empty is not None:
         raise ConfigError(f"dataset {data.source} held-out example {empty + 1} has an empty completion; "
@@ -247,18 +251,17 @@ def _held_out(request: DataRequest, limit: int) -> tuple[TaskData, list[Any]]:
     return data, items
 
 
-def _warn_trained_items(run_split: DataRequest, items: list[Any], source: str) -> None:
-    """Warn with the count of ``items`` (scored from ``source``) whose prompt the run behind ``run_split`` trained on."""
+def _trained_items(run_split: DataRequest, items: list[Any], source: str) -> list[str]:
+    """The line counting ``items`` (scored from ``source``) whose prompt the run behind ``run_split`` trained on."""
     run = run_split.trained_on[0] if run_split.trained_on else run_split.dataset
     try:
         trained = _load(run_split).train
     except ConfigError as exc:
-        log.warning("not checked whether run %s trained on these items: its data cannot be read again (%s)", run, exc)
-        return
+        return [f"not checked whether run {run} trained on the items of {source}: its data cannot be read again ({exc})"]
     if shared := trained_prompts(trained, items):
-        log.warning("%d of the %d items scored from %s ask a prompt run %s trained on: their scores measure recall; "
-                    "score the run on its own split (no --dataset or --held-out) or on items it never saw", shared, len(items),
-                    source, run)
+        return [f"{shared} of the {len(items)} items scored from {source} ask a prompt run {run} trained on: their scores "
+                "measure recall; score the run on its own split (no --dataset or --held-out) or on items it never saw"]
+    return []
 
 
 @attrs.frozen

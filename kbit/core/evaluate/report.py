@@ -80,7 +80,8 @@ def best_rows(rows: Sequence[dict[str, Any]], column: Column) -> set[int]:
         if len(values) < 2 or len(set(values.values())) == 1:
             continue  # nothing to compare, or every row ties
         target = (min if column.better == "min" else max)(values.values())
-        best |= {i for i, v in values.items() if v == target}
+        # a value that prints as the best one ties with it: a star on one of two equal-looking cells misleads
+        best |= {i for i, v in values.items() if v == target or column.format(v) == column.format(target)}
     return best
 
 

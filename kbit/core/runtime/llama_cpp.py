@@ -95,11 +95,12 @@ class Timing:
 
     @property
     def prompt_tokens_per_s(self) -> float | None:
-        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else None
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_tokens and self.prompt_seconds > 0 else None
 
     @property
     def generation_tokens_per_s(self) -> float | None:
-        return self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else None
+        # None where every answer ended at its first token: no token was decoded alone to time
+        return self.generated_tokens / self.generation_seconds if self.generated_tokens and self.generation_seconds > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         return {**attrs.asdict(self), "prompt_tokens_per_s": self.prompt_tokens_per_s,

@@ -167,3 +167,6 @@ def test_a_held_out_file_is_every_methods_held_out_split(kbit_tiny_model, tmp_pa
     plan = plan_compare(config)
     assert (plan.dataset["train_examples"], plan.dataset["held_out_examples"]) == (20, 5)
     assert {(planned.train.held_out, planned.train.turns) for planned in plan.methods} == {(str(valid), "all")}
+    from kbit.core.compare.report import command_line
+
+    assert f"--held-out {valid} --turns all" in command_line(plan)  # the report's "Reproduce" line

@@ -87,11 +87,12 @@ def test_a_run_trained_beside_a_held_out_file_is_scored_on_it_and_on_other_files
     own = run_kbit("eval", str(run), "--variant", "merged", "--max-new-tokens", "2", "--json")
     assert own.returncode == 0, own.stderr[-3000:]
     assert json.loads(own.stdout)["rows"][0]["items"] == 7 and json.loads(own.stdout)["rows"][0]["dataset"] == "valid"
-    assert "1 of the 7 items of run model-train_" in own.stderr and "own held-out split ask a prompt it trained on" in own.stderr
+    warned = " ".join(json.loads(own.stdout)["warnings"])  # in the report, not only on the console
+    assert "1 of the 7 items of run model-train_" in warned and "own held-out split ask a prompt it trained on" in warned
     scored = run_kbit("eval", str(run), "--variant", "merged", "--held-out", str(other), "--max-new-tokens", "2", "--json")
     assert scored.returncode == 0, scored.stderr[-3000:]
     assert json.loads(scored.stdout)["rows"][0]["items"] == 10
-    assert f"5 of the 10 items scored from {other} ask a prompt run model-train_" in scored.stderr
+    assert f"5 of the 10 items scored from {other} ask a prompt run model-train_" in " ".join(json.loads(scored.stdout)["warnings"])
     assert "a training example of" not in scored.stderr  # said once, of the run's own training rows
 
     edited = valid.read_text().replace('"57"', '"58"')
@@ -243,12 +244,13 @@ def test_a_run_scored_on_its_own_file_under_another_split_counts_the_items_it_tr
                       "--max-new-tokens", "3", "--variant", "merged", "--out", str(tmp_path / "report"))
     assert scored.returncode == 0, scored.stderr[-3000:]
     # 36 of the 40 rows trained: of 20 held out under the other split, all but those among the run's 4 did
-    warning = next(line for line in scored.stderr.splitlines() if "ask a prompt run" in line)
+    warning = next(line for line in scored.stdout.splitlines() if "ask a prompt run" in line)
+    assert warning.split("warning ")[-1] in json.loads((tmp_path / "report" / "report.json").read_text())["warnings"]
     shared = int(warning.split("warning")[-1].split()[0])
     assert 16 <= shared <= 20 and "of the 20 items scored from" in warning and "trained on" in warning
     own = run_kbit("eval", str(run), "--limit", "4", "--max-new-tokens", "3", "--variant", "merged",
                    "--out", str(tmp_path / "own"))
-    assert own.returncode == 0 and "ask a prompt run" not in own.stderr
+    assert own.returncode == 0 and "ask a prompt run" not in own.stdout
 
 
 @pytest.mark.parametrize("label, start", [("日本語モデル-q8_0", "日本語モデル-q8_0-"), ("-x y", "x-y-"), ("…", "model-")])

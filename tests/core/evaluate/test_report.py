@@ -84,3 +84,10 @@ def test_rows_of_different_datasets_are_ranked_each_among_their_own():
             {"model": "c", "dataset": "arith", "loss": 0.5, "items": 50}, {"model": "d", "dataset": "arith", "loss": 0.7, "items": 50}]
     assert best_rows(rows, loss) == {1, 2}  # not c alone: its loss is on other text
     assert best_rows(rows[1:3], loss) == set()  # one row each: nothing to compare
+
+
+def test_values_that_print_alike_are_both_best():
+    loss = next(c for c in COLUMNS if c.key == "loss")
+    rows = [{"model": "a", "loss": 4.27701, "items": 50}, {"model": "b", "loss": 4.27699, "items": 50},
+            {"model": "c", "loss": 4.5, "items": 50}]
+    assert best_rows(rows, loss) == {0, 1}  # both print as 4.277
