@@ -105,8 +105,8 @@ def artifact_card(record: RunRecord, folder: str) -> str:
                                     "gguf": ["gguf", "llama.cpp"]}.get(folder, [])
     results = _results(record, folder)
     body = [f"# {record.name} — {folder}", "",
-            f"{what[0].upper()}{what[1:]}: a supervised fine-tune of [`{base_model_id(record)}`]"
-            f"({_hub_url(base_model_id(record))}) on `{record.dataset.name or ''}` with kbit's "
+            f"{what[0].upper()}{what[1:]}: a supervised fine-tune of {_base_link(record)}"
+            f" on `{record.dataset.name or ''}` with kbit's "
             f"`{_method(record)}` method.", "", "## Use", "",
             load.replace("{base}", base_model_id(record)), ""]
     if folder == "gguf":
@@ -124,7 +124,7 @@ def run_card(record: RunRecord, folders: list[str]) -> str:
     """The card of the run directory: what the run produced and where."""
     results = _results(record, "adapter")
     body = [f"# {record.name}", "",
-            f"Supervised fine-tune of [`{base_model_id(record)}`]({_hub_url(base_model_id(record))}) on "
+            f"Supervised fine-tune of {_base_link(record)} on "
             f"`{record.dataset.name or ''}` with kbit's `{_method(record)}` method "
             f"({record.method_summary}).", "", "| folder | contents |", "|---|---|"]
     body += [f"| `{f}/` | {_what(record, ARTIFACTS[f][2])} |" for f in folders]
@@ -250,13 +250,14 @@ def _gguf_table(record: RunRecord) -> list[str]:
     lines = ["## Files", "",
              "Each file was checked when written against the model it was made from (the merged model; for a LoRA "
              "adapter file, the trained adapter), on held-out prompts, run in the runtime named:", "",
-             "| file | type | size | checked in | top-1 agreement (answer tokens) | max / mean \\|Δlogit\\| "
-             "| exact match (source → file, items) |",
-             "|---|---|---|---|---|---|---|"]
+             "| file | type | size | checked in | top-1 agreement (answer tokens) | mean KL (answer / all tokens) "
+             "| max / mean \\|Δlogit\\| | exact match (source → file, items) |",
+             "|---|---|---|---|---|---|---|---|"]
     for e in exports:
         lines.append(f"| `{Path(e.file or '').name}` | {e.type} | {(e.size_bytes or 0) / 2**20:.1f} MiB | "
                      f"{e.extra.get('runtime') or 'transformers'} | "
-                     f"{e.top1_agreement or 0:.2%} | {e.max_abs_logit_diff or 0:.3g} / {e.mean_abs_logit_diff or 0:.3g} | "
+                     f"{e.top1_agreement or 0:.2%} | {_kl_text(e.extra.get('answer_kl'))} / {_kl_text(e.extra.get('kl'))} | "
+                     f"{e.max_abs_logit_diff or 0:.3g} / {e.mean_abs_logit_diff or 0:.3g} | "
                      f"{e.source.get('exact_match') or 0:.0%} → {e.exact_match or 0:.0%} ({e.items or 0}) |")
     adapters = [e for e in exports if e.type == "lora"]
     if adapters:  # an adapter file runs on its base file, not alone
@@ -267,5 +268,11 @@ def _gguf_table(record: RunRecord) -> list[str]:
     return lines + [""]
 
 
-def _hub_url(model_id: str) -> str:
-    return f"https://huggingface.co/{model_id}" if model_id.count("/") == 1 else "#"
+def _base_link(record: RunRecord) -> str:
+    """The base model's name, linked to its Hub page where it has one (a local folder has none)."""
+    model_id = base_model_id(record)
+    return f"[`{model_id}`](https://huggingface.co/{model_id})" if model_id.count("/") == 1 else f"`{model_id}`"
+
+
+def _kl_text(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "n/a"

@@ -68,13 +68,21 @@ def test_model_index_holds_only_what_kbit_measured():
 
 def test_the_gguf_card_describes_the_files_in_its_folder_and_where_each_was_checked():
     inside = {"file": "gguf/x-q8_0.gguf", "type": "q8_0", "exact_match": 0.88, "runtime": "llama.cpp",
-              "source": {"model": "merged", "exact_match": 0.89}}
+              "source": {"model": "merged", "exact_match": 0.89}, "answer_kl": 0.0012, "kl": 0.0034}
     elsewhere = {**inside, "file": "/srv/models/copy.gguf", "exact_match": 0.5}  # exported with --output outside the run
     gguf = artifact_card(RunRecord.from_dict({**RAW, "exports": [inside, elsewhere]}), "gguf")
     [result] = _front(gguf)["model-index"][0]["results"]
     assert [m["value"] for m in result["metrics"]] == [0.88]
     assert "| `x-q8_0.gguf` | q8_0 | 0.0 MiB | llama.cpp |" in gguf and "copy.gguf" not in gguf
+    assert "| 0.0012 / 0.0034 |" in gguf  # the check's mean KL, as deploy.md says the card holds it
     assert "--lora" not in gguf
+
+
+def test_a_local_base_is_named_without_a_dead_link():
+    local = RunRecord.from_dict({**RAW, "base_model": {"name": "tiny", "path": "/models/tiny", "origin": "local"}})
+    card = artifact_card(local, "adapter")
+    assert "a supervised fine-tune of `" in card and "](#)" not in card
+    assert "(https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct)" in artifact_card(RECORD, "adapter")
 
 
 def test_the_gguf_card_runs_an_adapter_file_on_its_base():
