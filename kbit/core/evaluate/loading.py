@@ -252,7 +252,7 @@ def _plan_gguf(path: Path, selection: Selection, wanted: Sequence[str],
 
         check_lora_for_base(lora, path)
     in_llama_cpp = attrs.evolve(found[0], runtime="llama.cpp", gguf=str(path), lora=str(lora) if lora else None,
-                                reference=reference)
+                                reference=reference, label=lora.stem if lora else found[0].label)  # named by the adapter
     return [in_llama_cpp, *found[1:]]
 
 

@@ -143,7 +143,7 @@ def test_a_lora_gguf_is_applied_in_llama_cpp_and_compared_with_its_run_adapter(t
     write_lora_gguf(run / "adapter", base, lora, name="run")
     (with_lora,) = _eval(capsys, str(base), "--lora", str(lora), "--out", str(tmp_path / "with"))["rows"]
     (without,) = _eval(capsys, str(base), "--out", str(tmp_path / "without"))["rows"]
-    assert (with_lora["variant"], with_lora["lora"]) == ("gguf+lora@llama.cpp", str(lora))
+    assert (with_lora["variant"], with_lora["lora"], with_lora["model"]) == ("gguf+lora@llama.cpp", str(lora), "run-lora")
     assert f"adapter ({run / 'adapter'})" in with_lora["reference"] and f"adapter ({run / 'adapter'})" in without["reference"]
     # the reference is the adapter on its NF4 (qlora) base; the file's base is F16: near-ties of the tiny
     # model flip (measured: KL 9e-5, answer top-1 81% with the adapter; KL 0.038, top-1 0% without)
