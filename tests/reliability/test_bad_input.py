@@ -304,7 +304,7 @@ CASES = [
     (("eval", "{run}", "--limit", "0"), "invalid value for 'limit'"),
     (("eval", "{run}", "--max-new-tokens", "0"), "invalid value for 'max_new_tokens'"),
     # held-out sizes and answer budgets
-    ((*TRAIN, "--held-out", "1.5"), "invalid value for 'held_out': expected a count of held-out examples (e.g. 50) or a fraction"),
+    ((*TRAIN, "--held-out", "1.5"), "invalid value for 'held_out': expected a count of held-out examples (e.g. 50), a fraction"),
     ((*TRAIN, "--held-out", "0"), "invalid value for 'held_out'"),
     ((*TRAIN, "--held-out", "lots"), "invalid value for 'held_out'"),
     ((*TRAIN, "--held-out", "100%"), "invalid value for 'held_out'"),
