@@ -79,6 +79,17 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         _RUNNING.pop()
 
 
+def copy_run(source: Path, target: Path, *, symlinks: bool = False, **fields: object) -> dict:
+    """Copy the run folder ``source`` to ``target`` with ``fields`` of its ``kbit.json`` replaced; returns the
+    record as ``source`` holds it."""
+    import json
+
+    shutil.copytree(source, target, symlinks=symlinks)
+    record = json.loads((target / "kbit.json").read_text())
+    (target / "kbit.json").write_text(json.dumps({**record, **fields}))
+    return record
+
+
 def run_kbit(*args: str, env: Mapping[str, str | None] | None = None, cwd: Path | None = None, timeout: int = 900):
     """Run the installed CLI in a subprocess, as a user would: ``kbit.testing``'s ``run_cli`` (its
     environment: this one without ``KBIT_*`` settings but ``KBIT_CACHE``, offline, plus ``env``).

@@ -16,6 +16,7 @@ import pytest
 from kbit.core.data import load_task_data
 from kbit.core.train.config import recorded_config
 
+from tests.conftest import copy_run
 from tests.reliability.refusals import assert_refused
 
 
@@ -58,9 +59,7 @@ def _files(root: Path, tiny: Path, run: Path) -> dict[str, Path]:
     shutil.copytree(tiny, files["model_copy"])
     shutil.copytree(tiny, files["holder"] / "model")
     (files["holder"] / "x.gguf").write_bytes(b"not ours")
-    shutil.copytree(run, files["run_escape_name"], symlinks=True)
-    record = json.loads((files["run_escape_name"] / "kbit.json").read_text())
-    (files["run_escape_name"] / "kbit.json").write_text(json.dumps({**record, "name": "../../../../escaped"}))
+    record = copy_run(run, files["run_escape_name"], symlinks=True, name="../../../../escaped")
     # a run made from model_copy and data_dir: what a command reading it must never replace
     shutil.copytree(run, files["run_on_copy"], symlinks=True)
     record["base_model"]["path"] = str(files["model_copy"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_kbit
+from tests.conftest import copy_run, run_kbit
 from tests.core.train.test_checkpoints import _RunsCode, _truncate
 
 ARGS = ("--max-steps", "6", "--save-steps", "2", "--batch-size", "2", "-o", "r=4", "-o", "merge_after_train=false",
@@ -77,9 +77,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(finished, tmp_
 def test_a_damaged_adapter_folder_is_read_again_from_the_final_checkpoint(finished, tmp_path):
     """A run stopped after saving adapter/ (e.g. while merging), whose adapter was damaged since."""
     out = tmp_path / "run"
-    shutil.copytree(finished, out)
-    record = json.loads((out / "kbit.json").read_text())
-    (out / "kbit.json").write_text(json.dumps({**record, "status": "running"}))
+    copy_run(finished, out, status="running")
     _truncate(out / "adapter" / "adapter_model.safetensors")
     result = run_kbit("train", "--resume", str(out))
     assert result.returncode == 0, result.stderr[-2000:]

@@ -120,7 +120,8 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
     template = located(build_config(None, {
         "model": config.model, "dataset": config.dataset,
         "columns": config.columns, "max_steps": config.max_steps, "batch_size": config.batch_size,
-        "seed": config.seed, "max_examples": config.max_examples, "held_out": config.held_out, "turns": config.turns, "eval_limit": 0,
+        "seed": config.seed, "max_examples": config.max_examples, "held_out": config.held_out, "turns": config.turns,
+        "eval_limit": 0,
     }))
     data = load_task_data(template.dataset, columns=template.columns, held_out=template.held_out,
                           max_examples=template.max_examples, seed=template.seed)
@@ -128,8 +129,8 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
         raise ConfigError(f"dataset {data.source} has {len(data.train)} training and {len(data.held_out)} held-out "
                           "examples; a comparison needs both (use more rows)")
     source = resolve_model(template.model)
-    held_file = template.held_out if isinstance(template.held_out, str) else None
-    out_dir = _claim_out_dir(config, source.name, data.name, inputs=(template.model, source.path, template.dataset, held_file))
+    out_dir = _claim_out_dir(config, source.name, data.name,
+                             inputs=(template.model, source.path, template.dataset, template.held_out_file))
     own = kbit_kind(out_dir) == KIND
     check_no_link_inside_output(out_dir / "evals" / "base", "--out")
     planned = []

@@ -8,7 +8,6 @@ quantize time.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -223,9 +222,10 @@ def _plot_legend(axis: Any, report: dict[str, Any], colors: dict[str, Any]) -> N
 
 def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     """The comparison on the terminal, then the summary line and where the report is."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from kbit.core.evaluate.report import table_console
 
     settings = report["settings"]
     table = Table(title=f"kbit compare: {settings['model_name']}, {steps(settings['max_steps'])} per method")
@@ -233,9 +233,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
         table.add_column(title, overflow="fold")
     for cells in table_rows(report):
         table.add_row(*(escape(c) for c in cells))
-    console = Console()
-    if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console.width = max(console.width, 160, console.measure(table, options=console.options.update_width(1000)).maximum)  # piped: each row on one line
+    console = table_console(table)
     console.print(table)
     for line in option_notes(report):
         console.print(escape(line.lstrip("- ").replace("`", "")))

@@ -74,7 +74,7 @@ def load_task_data(
             raise ConfigError(f"--held-out {held_out} is the dataset file itself, whose every row trains; pass a count "
                               "or a fraction to hold out some of its rows, or a file of other items")
         held, held_out = (_read_local(held_path, "held-out file"), str(held_path)), None
-    if path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
+    if _is_saved_dataset(path):
         return _build(path.name, str(path), _read_saved(path), held, mapping, held_out, max_examples, seed,
                       held_file=held is not None)
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
@@ -89,11 +89,14 @@ def load_task_data(
     return _build(name, f"hub:{hub_id}", train_rows, held, mapping, held_out, max_examples, seed, held_file)
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder ``datasets``' ``save_to_disk`` wrote."""
+    return path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS)
+
+
 def _read_local(path: Path, what: str) -> list[Mapping[str, Any]]:
     """The rows of a local dataset file, or of a folder ``datasets``' ``save_to_disk`` wrote."""
-    if path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS):
-        return _read_saved(path)
-    return _read_file(path, what)
+    return _read_saved(path) if _is_saved_dataset(path) else _read_file(path, what)
 
 
 LARGE_FILE_BYTES = 16 * 2**20  # a file this large takes seconds to read and check: say so before the wait

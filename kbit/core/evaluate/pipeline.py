@@ -339,6 +339,7 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
     """Load ``candidate`` with transformers and measure it (see ``Measured``)."""
     loaded = load_candidate(candidate, device)  # a candidate that cannot load fails before anything is said of it
     announce(candidate, data, items)
+    file = candidate.source.endswith(".gguf")  # dequantized to float to run here: its memory is not the file's
     model, tokenizer, load_s = loaded.model, loaded.tokenizer, loaded.load_s
     try:
         budget = generation_budget(tokenizer, data.train, config.max_new_tokens, model)
@@ -352,7 +353,8 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
                              batch_size=config.batch_size or LOSS_BATCH_SIZE)
         footprint = memory_footprint(model)
         folder = Path(candidate.path)
-        bits = linear_weight_bits(model, checkpoint_packed_bits(folder) if folder.is_dir() else None)
+        bits = (gguf_linear_bits(candidate.gguf or candidate.source) if file  # as the file stores them
+                else linear_weight_bits(model, checkpoint_packed_bits(folder) if folder.is_dir() else None))
         agreement = {}
         if candidate.reference is not None:
             from kbit.core.evaluate.reference import reference_agreement, torch_logits
@@ -364,9 +366,6 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
         del model, loaded
         gc.collect()
         release_memory(device)
-    file = candidate.source.endswith(".gguf")  # dequantized to float to run here: its memory is not the file's
-    if file:
-        bits = gguf_linear_bits(candidate.gguf or candidate.source)  # as the file stores them
     return Measured(generated, loss, budget, {
         "memory_bytes": None if file else footprint,
         "bits_per_weight": bits["bits_per_weight"],

@@ -210,9 +210,20 @@ def plot(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     plt.close(figure)
 
 
+def table_console(table: Any) -> Any:
+    """A rich console to print ``table`` on: piped output (without ``COLUMNS``) as wide as the table's rows, so each
+    stays on one line for grep; a terminal's own width."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        widest = console.measure(table, options=console.options.update_width(1000)).maximum
+        console.width = max(console.width, 160, widest)
+    return console
+
+
 def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     """The report table on the terminal (best per column in bold green), then gaps and the folder."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -220,11 +231,10 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     columns = columns_for(rows)
     best = {c.key: best_rows(rows, c) for c in columns}
     marked = any(best.values())
-    table = Table(title="kbit eval", caption=f"{BEST_MARK} best in its column (lowest loss/perplexity/memory/bits, "
-                                             "highest scores/speed)" + (" among the rows of its dataset"
-                                             if len({r.get("dataset") for r in rows}) > 1 else "")
-                  if marked else None)
     several = len({r.get("dataset") for r in rows}) > 1  # then each row says which, and ranks within it
+    table = Table(title="kbit eval", caption=f"{BEST_MARK} best in its column (lowest loss/perplexity/memory/bits, "
+                                             "highest scores/speed)" + (" among the rows of its dataset" if several else "")
+                  if marked else None)
     table.add_column("model", overflow="fold", min_width=12)
     table.add_column("variant", no_wrap=True)
     if several:
@@ -239,9 +249,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
             text = escape(cell(row, column))
             cells.append(f"[bold green]{text}{BEST_MARK}[/bold green]" if i in best[column.key] else text)
         table.add_row(*cells)
-    console = Console()
-    if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console.width = max(console.width, 160, console.measure(table, options=console.options.update_width(1000)).maximum)  # piped: each row on one line
+    console = table_console(table)
     console.print(table)
     console.soft_wrap = not console.is_terminal  # piped output: the lines below whole, for grep
     for gap in report.get("gaps", []):

@@ -198,8 +198,8 @@ def _results(record: RunRecord, folder: str) -> list[tuple[str, float, int]]:
 
 def _held_out_name(record: RunRecord) -> str:
     """What the held-out items are: the held-out file's name, else the dataset's (a split of it)."""
-    held_out = record.config.held_out if record.config is not None else None
-    return Path(held_out).stem if isinstance(held_out, str) else record.dataset.name or ""
+    file = record.config.held_out_file if record.config is not None else None
+    return Path(file).stem if file else record.dataset.name or ""
 
 
 def _scores_text(scores: Any) -> str:
@@ -226,7 +226,7 @@ def _settings(record: RunRecord) -> list[str]:
             f"| steps | {record.train.steps} |",
             *([f"| distilled from | the merged model of run `{Path(teacher).name}` (`--teacher`) |"] if teacher else []),
             f"| held-out items | {record.dataset.held_out_examples} of `{_held_out_name(record)}`"
-            f"{' (a file of their own)' if config is not None and isinstance(config.held_out, str) else ''} |",
+            f"{' (a file of their own)' if config is not None and config.held_out_file else ''} |",
             *(["| trained answers | every assistant answer of a conversation (`--turns all`) |"]
               if config is not None and config.turns == "all" else []),
             *([f"| optimizer | {config.optim or 'transformers default'}, weight decay {config.weight_decay:g}, "

@@ -324,9 +324,9 @@ class RunFolder:
 
     ``provisional``: a new folder (empty when claimed, or its old content set aside) whose block may still
     refuse its input. While it stays true, a refusal (a ``KbitError`` of exit code 2: bad input, a plugin's
-    broken hook) undoes the command: what it wrote is deleted
-    and set-aside content put back, so bad input found late (once the model loaded) leaves nothing behind.
-    The command sets it false once it starts work worth keeping (training).
+    broken hook) undoes the command: what it wrote is deleted and set-aside content put back, so bad input
+    found late (once the model loaded) leaves nothing behind. The command sets it false once it starts work
+    worth keeping (training).
     """
 
     def __init__(self, path: Path, *, replace: bool = False, flag: str | None = "--output",
@@ -385,7 +385,6 @@ class RunFolder:
         if full is not None and full is not exc:
             raise full from exc
         return False
-
 
     def _undo(self) -> None:
         """Delete what the command wrote (the folder held nothing else), release it, and put back what was set aside."""

@@ -124,6 +124,11 @@ class TrainConfig:
             raise ValueError("max_steps 0 means 'train for epochs', and epochs is 0: the run would train no step; "
                              "give --max-steps N (N >= 1) or --epochs above 0")
 
+    @property
+    def held_out_file(self) -> str | None:
+        """The file of held-out examples ``held_out`` names, if it names one (not a count or a fraction)."""
+        return self.held_out if isinstance(self.held_out, str) else None
+
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
@@ -230,7 +235,7 @@ def located(config: TrainConfig) -> TrainConfig:
 
     return attrs.evolve(config, model=absolute(config.model, (DEFAULT_MODEL,)),
                         dataset=absolute(config.dataset, (DEFAULT_DATASET, REPHRASED)),
-                        held_out=absolute(config.held_out, ()) if isinstance(config.held_out, str) else config.held_out,
+                        held_out=absolute(config.held_out_file, ()) if config.held_out_file else config.held_out,
                         teacher=None if config.teacher is None else absolute(config.teacher, ()))
 
 

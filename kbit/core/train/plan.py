@@ -128,14 +128,8 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         check_recorded_file(config.dataset, config.output, held_out=config.held_out)
     data = load_task_data(config.dataset, columns=config.columns, held_out=config.held_out,
                           max_examples=config.max_examples, seed=config.seed)
-    if isinstance(config.held_out, str) and (shared := trained_prompts(data.train, data.held_out)) == len(data.held_out):
-        raise ConfigError(f"every item of the held-out file {config.held_out} asks a prompt a training row of "
-                          f"{data.source} asks: its scores would measure recall, not what the model learned; pass a "
-                          "file of items the training data does not hold")
-    if isinstance(config.held_out, str) and shared and is_main_process():
-        log.warning("%d of %d held-out items of %s ask a prompt a training example of %s asks too: their scores "
-                    "measure recall, not what the model learned; keep each prompt in one of the two files",
-                    shared, len(data.held_out), config.held_out, data.source)
+    if config.held_out_file:
+        _check_held_out_file(config.held_out_file, data)
     if recorded is not None:
         check_trained_on(data, recorded.dataset.fingerprint, config.output, held_out=config.held_out)
         _check_processes(recorded.train.world_size, config.output)
@@ -189,11 +183,23 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
     head = (policy.lm_head_dtype or policy.dtype) if policy.action == "merge" else spec.training.compute_dtype
     name = config.name or run_name(source.name, data.name, spec, head)
     run_dir = _claim_run_dir(Path(config.output) if config.output else RUNS_ROOT / name, config, resume,
-                             inputs=(config.model, source.path, config.dataset, config.teacher,
-                                     config.held_out if isinstance(config.held_out, str) else None))
+                             inputs=(config.model, source.path, config.dataset, config.teacher, config.held_out_file))
     check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, examples, source, tokenizer, batch_size, sizing, decisions, name,
                    run_dir, resume, teacher)
+
+
+def _check_held_out_file(file: str, data: TaskData) -> None:
+    """Refuse a held-out file whose every item asks a prompt a training row asks; count those that do."""
+    shared = trained_prompts(data.train, data.held_out)
+    if shared == len(data.held_out):
+        raise ConfigError(f"every item of the held-out file {file} asks a prompt a training row of {data.source} asks: "
+                          "its scores would measure recall, not what the model learned; pass a file of items the "
+                          "training data does not hold")
+    if shared and is_main_process():
+        log.warning("%d of %d held-out items of %s ask a prompt a training example of %s asks too: their scores "
+                    "measure recall, not what the model learned; keep each prompt in one of the two files",
+                    shared, len(data.held_out), file, data.source)
 
 
 def _training_examples(data: TaskData, turns: str) -> tuple[Example, ...]:

@@ -12,6 +12,7 @@ import pytest
 from kbit.core.system.device import DeviceInfo
 from kbit.core.errors import ConfigError
 from kbit.core.evaluate.loading import Selection, latest_run, load_candidate, plan_candidates
+from tests.conftest import copy_run
 
 CPU = DeviceInfo.cpu(memory_bytes=8 << 30)
 
@@ -41,9 +42,7 @@ def test_a_run_expands_to_base_adapter_and_merged(tiny_run, tiny):
 @pytest.mark.slow
 def test_runs_sharing_a_base_and_a_split_evaluate_the_base_once(tiny_run, tmp_path):
     other = tmp_path / "again"
-    shutil.copytree(tiny_run, other)
-    record = json.loads((other / "kbit.json").read_text())
-    (other / "kbit.json").write_text(json.dumps({**record, "name": "again"}))
+    record = copy_run(tiny_run, other, name="again")
     candidates, _ = plan_candidates(Selection(paths=(str(tiny_run), str(other)), variants=("base", "merged")), CPU)
     assert [c.variant for c in candidates] == ["base", "merged", "merged"]
     assert [c.label for c in candidates[1:]] == [record["name"], "again"]
