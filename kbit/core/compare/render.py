@@ -223,18 +223,12 @@ def _plot_legend(axis: Any, report: dict[str, Any], colors: dict[str, Any]) -> N
 def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     """The comparison on the terminal, then the summary line and where the report is."""
     from rich.markup import escape
-    from rich.table import Table
 
-    from kbit.core.evaluate.report import table_console
+    from kbit.core.system.tables import print_results
 
     settings = report["settings"]
-    table = Table(title=f"kbit compare: {settings['model_name']}, {steps(settings['max_steps'])} per method")
-    for title in HEADER:
-        table.add_column(title, overflow="fold")
-    for cells in table_rows(report):
-        table.add_row(*(escape(c) for c in cells))
-    console = table_console(table)
-    console.print(table)
+    console = print_results(f"kbit compare: {settings['model_name']}, {steps(settings['max_steps'])} per method", HEADER,
+                            [[escape(c) for c in cells] for cells in table_rows(report)], labels=2)
     for line in option_notes(report):
         console.print(escape(line.lstrip("- ").replace("`", "")))
     console.print(summary_line(report) + f"; {report.get('seconds')} s")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -210,47 +209,30 @@ def plot(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     plt.close(figure)
 
 
-def table_console(table: Any) -> Any:
-    """A rich console to print ``table`` on: piped output (without ``COLUMNS``) as wide as the table's rows, so each
-    stays on one line for grep; a terminal's own width."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and not os.environ.get("COLUMNS"):
-        widest = console.measure(table, options=console.options.update_width(1000)).maximum
-        console.width = max(console.width, 160, widest)
-    return console
-
-
 def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     """The report table on the terminal (best per column in bold green), then gaps and the folder."""
     from rich.markup import escape
-    from rich.table import Table
+
+    from kbit.core.system.tables import print_results
 
     rows = report["rows"]
     columns = columns_for(rows)
     best = {c.key: best_rows(rows, c) for c in columns}
     marked = any(best.values())
     several = len({r.get("dataset") for r in rows}) > 1  # then each row says which, and ranks within it
-    table = Table(title="kbit eval", caption=f"{BEST_MARK} best in its column (lowest loss/perplexity/memory/bits, "
-                                             "highest scores/speed)" + (" among the rows of its dataset" if several else "")
-                  if marked else None)
-    table.add_column("model", overflow="fold", min_width=12)
-    table.add_column("variant", no_wrap=True)
-    if several:
-        table.add_column("dataset", overflow="fold")
-    table.add_column("items", no_wrap=True, justify="right")
-    for column in columns:
-        table.add_column(column.title, no_wrap=True, justify="right")
+    caption = (f"{BEST_MARK} best of each measure (lowest loss/perplexity/memory/bits, highest scores/speed)"
+               + (" among the rows of its dataset" if several else "")) if marked else None
+    labels = ["model", "variant", *(["dataset"] if several else [])]
+    cells = []
     for i, row in enumerate(rows):
-        cells = [escape(row["model"]), escape(row["variant"]), *([escape(str(row.get("dataset", "")))] if several else []),
-                 str(row.get("items", ""))]
+        line = [escape(row["model"]), escape(row["variant"]), *([escape(str(row.get("dataset", "")))] if several else []),
+                str(row.get("items", ""))]
         for column in columns:
             text = escape(cell(row, column))
-            cells.append(f"[bold green]{text}{BEST_MARK}[/bold green]" if i in best[column.key] else text)
-        table.add_row(*cells)
-    console = table_console(table)
-    console.print(table)
+            line.append(f"[bold green]{text}{BEST_MARK}[/bold green]" if i in best[column.key] else text)
+        cells.append(line)
+    console = print_results("kbit eval", [*labels, "items", *(c.title for c in columns)], cells, labels=len(labels),
+                            caption=caption)
     console.soft_wrap = not console.is_terminal  # piped output: the lines below whole, for grep
     for gap in report.get("gaps", []):
         console.print(f"[yellow]gap[/yellow] {escape(gap['label'])} {gap['variant']}: {escape(gap['reason'])}")
