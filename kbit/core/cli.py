@@ -237,6 +237,7 @@ def train_command(
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Allow model code from the model repository.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace an earlier run or other data at --output (never a folder holding another kbit output or this command's inputs).")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's record (its kbit.json) with its absolute path instead of the summary.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -244,7 +245,7 @@ def train_command(
     from kbit.core.contract.options import parse_assignments
     from kbit.core.train.config import FIELDS, build_config, located
 
-    flags = dict(locals())  # each flag is named as the TrainConfig field it sets
+    flags = dict(locals())  # each flag is named as the TrainConfig field it sets (as_json is not one)
     _console(verbose, quiet)
     overrides = {field: flags[field] for field in FIELDS if field in flags}
     options = parse_assignments(option or [])
@@ -266,7 +267,14 @@ def train_command(
     from kbit.core.train.pipeline import run_training
     from kbit.core.train.summary import print_summary
 
-    result = run_training(settings, resume=bool(resume))
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():  # stdout: the JSON alone
+        result = run_training(settings, resume=bool(resume))
+    if as_json:
+        if result.record is not None:  # the main process of a multi-process run
+            typer.echo(json.dumps({"run": str(result.run_dir.resolve()), **_jsonable(result.record.to_dict())}, indent=2))
+        return
     print_summary(result)
 
 
@@ -342,7 +350,7 @@ def quantize_command(
         target, record = quantize_path(Path(path), method, parse_assignments(option or []),
                                        Path(output) if output else None, dataset, overwrite)
     if as_json:
-        typer.echo(json.dumps({"output": str(target), **_jsonable(record.quantize.to_dict())}, indent=2))
+        typer.echo(json.dumps({"output": str(target.resolve()), **_jsonable(record.quantize.to_dict())}, indent=2))
         return
     info = record.quantize
     typer.echo(f"quantized with {info.method} ({info.format}) in {info.seconds} s from "
@@ -370,6 +378,8 @@ def export_command(
 
     _console(verbose, quiet)
     _load_libraries("kbit.core.export.pipeline")
+    from pathlib import Path
+
     from kbit.core.export.pipeline import export_path
 
     with contextlib.redirect_stdout(sys.stderr):  # loaders print progress; keep stdout for the result
@@ -377,7 +387,7 @@ def export_command(
                              min_top1=min_top1, max_em_drop=max_em_drop, max_kl=max_kl, runtime=runtime)
     entry = result.entry
     if as_json:
-        typer.echo(json.dumps({"output": str(result.target), **_jsonable(entry)}, indent=2))
+        typer.echo(json.dumps({"output": str(Path(result.target).resolve()), **_jsonable(entry)}, indent=2))
         return
     types = ", ".join(f"{name} ×{count}" for name, count in entry["tensor_types"].items())
     typer.echo(f"wrote    {result.target} ({entry['size_bytes'] / 2**20:.1f} MiB; {types}) in {entry['write_seconds']} s")

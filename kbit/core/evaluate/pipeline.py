@@ -316,6 +316,7 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
             "variant": candidate.display_variant,
             "index": i,
             "prompt": _prompt_text(example),
+            "messages": example.prompt_messages(),  # what the chat template renders (the text above joins them)
             "prediction": answer,
             "answer_tokens": length,
             "gold": example.answers[0] if example.answers else example.completion,

@@ -29,7 +29,8 @@ def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
     assert all(r["items"] == 3 and r["loss"] > 0 and r["tokens_per_s"] > 0 for r in report["rows"])
     assert abs(adapter["loss"] - merged["loss"]) < 0.05  # the merge keeps what the adapter learned
     lines = (out / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == 9 and {"prompt", "prediction", "gold", "scores"} <= set(json.loads(lines[0]))
+    assert len(lines) == 9 and {"prompt", "messages", "prediction", "gold", "scores"} <= set(json.loads(lines[0]))
+    assert json.loads(lines[0])["messages"][-1]["role"] == "user"  # the turns the chat template rendered
     assert (out / "report.md").is_file() and (out / "report.png").is_file()
 
 

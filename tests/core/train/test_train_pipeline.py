@@ -84,8 +84,11 @@ def test_answers_of_megabytes_train_and_score_on_what_training_reads(tiny, tmp_p
 def test_a_run_of_epochs_measures_its_last_steps_held_out_loss_once(tiny, tmp_path):
     out = tmp_path / "epochs"
     result = run_kbit("train", "--model", str(tiny), "--output", str(out), "--max-steps", "0", "--epochs", "0.25",
-                      "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--eval-limit", "2")
+                      "--batch-size", "2", "-o", "r=4", "--max-examples", "40", "--eval-limit", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout)  # --json: stdout holds the record alone, for a script
+    assert printed["run"] == str(out.resolve()) and printed["status"] == "finished"
+    assert printed["train"] == read_metadata(out)["train"]
     steps = read_metadata(out)["train"]["steps"]
     assert result.stderr.count(f"step {steps}/{steps}  held-out loss") == 1
     assert [h["step"] for h in read_metadata(out)["loss_history"] if "eval_loss" in h] == [steps]
