@@ -537,12 +537,12 @@ def _write_source_record(directory: Path, gguf: Path, name: str) -> None:
 
 
 def recorded_source(converted: Path) -> dict[str, str]:
-    """``hub_id`` and ``license`` recorded beside a converted GGUF model ({} when none is)."""
+    """``hub_id``, ``license`` and ``gguf`` (the file's path) recorded beside a converted GGUF model ({} when none is)."""
     try:
         record = json.loads((Path(converted) / SOURCE_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {key: str(record.get(key) or "") for key in ("hub_id", "license")}
+    return {key: str(record.get(key) or "") for key in ("hub_id", "license", "gguf")}
 
 
 def file_sha256(path: Path) -> str:

@@ -116,13 +116,49 @@ def artifact_card(record: RunRecord, folder: str) -> str:
                  f"({record.spec.weights_bits}-bit), and computes the fine-tuned model on that base: on the float base, "
                  "as above, its output differs slightly. The merged model is the one kbit checked; `kbit eval RUN "
                  "--variant adapter` loads the adapter on its quantized base.", ""]
+        body += _quantized_base_code(record)
+    if folder in ("adapter", "merged"):
+        body += _gguf_base_note(record)
     body += _settings(record) + _results_table(results)
     return _render(record, relation, library, tags, results, body)
 
 
+def _quantized_base_code(record: RunRecord) -> list[str]:
+    """Code that loads the adapter on its base quantized as the run's method does, where the method's quantization
+    config is a transformers class (bitsandbytes', torchao's …); nothing where kbit quantizes the base itself or
+    the method is not installed here."""
+    try:
+        import transformers
+
+        from kbit.core.methods.registry import get_method
+
+        config = get_method(_method(record)).build_quant_config(record.spec)
+    except Exception:  # noqa: BLE001 - a card is written whatever the method's state; the sentence above stands
+        return []
+    name = type(config).__name__
+    if config is None or getattr(transformers, name, None) is not type(config):
+        return []
+    arguments = ", ".join(f"{key}={value!r}" for key, value in config.to_diff_dict().items()
+                          if key not in ("quant_method", "_load_in_4bit", "_load_in_8bit"))
+    return ["```python", "from peft import PeftModel", f"from transformers import AutoModelForCausalLM, {name}",
+            f"base = AutoModelForCausalLM.from_pretrained(\"{_loadable_base(record)}\", "
+            f"quantization_config={name}({arguments}))", "model = PeftModel.from_pretrained(base, \"REPO\")", "```", ""]
+
+
+def _gguf_base_note(record: RunRecord) -> list[str]:
+    """Where the base came from a GGUF file: that its weights are the file's, dequantized, not the hub's."""
+    gguf = _beside_base(record, "gguf")
+    if not gguf:
+        return []
+    return [f"The base weights kbit trained on are those of `{Path(gguf).name}` (a GGUF file, dequantized to float), "
+            f"not `{base_model_id(record)}`'s own: the two differ by that file's rounding. `kbit eval RUN` loads "
+            "the base the run trained on.", ""]
+
+
 def run_card(record: RunRecord, folders: list[str]) -> str:
-    """The card of the run directory: what the run produced and where."""
-    results = _results(record, "adapter")
+    """The card of the run directory: what the run produced and where, and each variant's score."""
+    results = [(f"held-out exact match ({name})", float(v.exact_match), v.items or 0)
+               for name, v in record.metrics.variants.items() if v.exact_match is not None] or _results(record, "adapter")
     body = [f"# {record.name}", "",
             f"Supervised fine-tune of {_base_link(record)} on "
             f"`{record.dataset.name or ''}` with kbit's `{_method(record)}` method "
@@ -187,6 +223,9 @@ def _results(record: RunRecord, folder: str) -> list[tuple[str, float, int]]:
     if folder == "adapter" and after is not None and after.exact_match is not None:
         return [("held-out exact match (adapter)", float(after.exact_match), after.items)]
     if folder == "merged":
+        scored = record.metrics.variants.get("merged")
+        if scored is not None and scored.exact_match is not None:  # merged/ as saved, scored by the run
+            return [("held-out exact match (merged)", float(scored.exact_match), scored.items or 0)]
         measured = [e for e in record.exports if isinstance(e.source.get("exact_match"), (int, float))]
         return [("held-out exact match (merged)", float(measured[-1].source["exact_match"]), measured[-1].items or 0)] \
             if measured else []
@@ -231,7 +270,8 @@ def _settings(record: RunRecord) -> list[str]:
               if config is not None and config.turns == "all" else []),
             *([f"| optimizer | {config.optim or 'transformers default'}, weight decay {config.weight_decay:g}, "
                f"gradient clipping {config.max_grad_norm:g} |"] if config is not None else []),
-            f"| held-out exact match before → after | {_scores_text(metrics.before)} → {_scores_text(metrics.after)} |",
+            f"| held-out exact match, base → trained adapter (as `{_method(record)}` loads them) | "
+            f"{_scores_text(metrics.before)} → {_scores_text(metrics.after)} |",
             f"| merge | {merged} |",
             f"| merge max abs logit diff | {logit_diff} |", ""]
 

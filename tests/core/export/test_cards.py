@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from kbit.core.runs.cards import artifact_card, base_model_id, name_base_in_adapter, write_cards
+from kbit.core.runs.cards import artifact_card, base_model_id, name_base_in_adapter, run_card, write_cards
 from kbit.core.runs.record import RunRecord
 
 RAW = {
@@ -119,3 +119,35 @@ def test_name_base_in_adapter_leaves_other_keys(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/x", "r": 8}))
     name_base_in_adapter(tmp_path, "org/base")
     assert json.loads((tmp_path / "adapter_config.json").read_text()) == {"base_model_name_or_path": "org/base", "r": 8}
+
+
+def test_each_card_scores_its_own_model_and_the_run_card_every_variant():
+    scored = RunRecord.from_dict({**RAW, "metrics": {
+        "after": {"exact_match": 0.9, "items": 100},
+        "variants": {"adapter": {"exact_match": 0.9, "items": 100, "model": "the trained adapter"},
+                     "merged": {"exact_match": 0.87, "items": 100, "model": "merged/ as saved"}}}})
+    [merged] = _front(artifact_card(scored, "merged"))["model-index"][0]["results"][0]["metrics"]
+    assert (merged["name"], merged["value"]) == ("held-out exact match (merged)", 0.87)  # not the adapter's 90%
+    values = {m["name"]: m["value"] for m in _front(run_card(scored, ["adapter", "merged"]))["model-index"][0]["results"][0]["metrics"]}
+    assert values == {"held-out exact match (adapter)": 0.9, "held-out exact match (merged)": 0.87}
+
+
+def test_an_adapter_card_loads_its_base_quantized_as_the_method_does():
+    from kbit.core.methods.registry import get_method
+
+    spec = get_method("qlora").resolve_spec({}).to_dict()  # a run records its method's whole spec
+    card = artifact_card(RunRecord.from_dict({**RAW, "spec": spec}), "adapter")
+    code = card.split("BitsAndBytesConfig(", 1)[1].split("))", 1)[0]
+    assert "load_in_4bit=True" in code and "bnb_4bit_quant_type='nf4'" in code
+    assert 'from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", quantization_config=' in card
+    kbit_quantized = RunRecord.from_dict({**RAW, "spec": get_method("qat").resolve_spec({}).to_dict()})
+    assert "quantization_config" not in artifact_card(kbit_quantized, "adapter")  # kbit rounds qat's base itself
+
+
+def test_a_base_from_a_gguf_file_is_named_as_the_weights_trained_on(tmp_path):
+    (tmp_path / "kbit-source.json").write_text(json.dumps({"hub_id": "org/base", "gguf": "/models/base.Q4_1.gguf"}))
+    record = RunRecord.from_dict({**RAW, "base_model": {"name": "base", "origin": "local", "path": str(tmp_path)}})
+    for folder in ("adapter", "merged"):
+        assert "those of `base.Q4_1.gguf` (a GGUF file, dequantized to float), not `org/base`'s own" in \
+            artifact_card(record, folder)
+    assert "GGUF file, dequantized" not in artifact_card(RECORD, "adapter")
