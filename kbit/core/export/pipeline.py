@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -86,6 +87,8 @@ def export_path(path: str, *, format: str = "gguf", file_type: str | None = None
         if folder is not None:  # the run may have changed before the lock was ours: check the target against it again
             plan = attrs.evolve(plan, record=folder.read_record())
             _check_target(plan, overwrite)
+            if plan.target.exists() and _recorded(plan.record, plan):
+                logging.getLogger("kbit").info("replacing %s, exported before: written and checked again", plan.target)
         return _write_checked(plan, format, file_type, gate, items, max_new_tokens, head_type, runtime=runtime)
 
 

@@ -71,6 +71,7 @@ def test_exporting_again_replaces_the_commands_own_file(f16_export):
     run, _ = f16_export
     result = run_kbit("export", str(run), "--type", "f16", "--limit", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "exported before: written and checked again" in result.stderr  # said, not done silently
     [entry] = read_metadata(run)["exports"]
     assert entry["items"] == 2
 
