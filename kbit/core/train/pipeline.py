@@ -398,7 +398,7 @@ def _held_out_scores(model: Any, tokenizer: Any, data: TaskData, limit: int, max
     _, means = task_scores(data.task, predictions, items)
     return HeldOut.from_dict({"items": len(items), "answers_cut": answers.cut,
                               "mean_new_tokens": round(sum(answers.new_tokens) / len(items), 1),
-                              "samples": [{"prompt": e.prompt[-1][1], "prediction": p, "gold": e.answers[0]}
+                              "samples": [{"messages": e.prompt_messages(), "prediction": p, "gold": e.answers[0]}
                                           for p, e in list(zip(predictions, items))[:5]], **means})
 
 
