@@ -536,13 +536,14 @@ def _write_source_record(directory: Path, gguf: Path, name: str) -> None:
     write_json_atomic(Path(directory) / SOURCE_RECORD, record)
 
 
-def recorded_source(converted: Path) -> dict[str, str]:
-    """``hub_id``, ``license`` and ``gguf`` (the file's path) recorded beside a converted GGUF model ({} when none is)."""
+def recorded_source(converted: Path, keys: tuple[str, ...] = ("hub_id", "license")) -> dict[str, str]:
+    """``keys`` as recorded beside a converted GGUF model ({} when none is): ``hub_id`` and ``license`` by default
+    (a ``ModelSource``'s fields), ``gguf`` the file's path."""
     try:
         record = json.loads((Path(converted) / SOURCE_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {key: str(record.get(key) or "") for key in ("hub_id", "license", "gguf")}
+    return {key: str(record.get(key) or "") for key in keys}
 
 
 def file_sha256(path: Path) -> str:

@@ -58,7 +58,7 @@ def _beside_base(record: RunRecord, key: str) -> Any:
     from kbit.core.model.sources import recorded_source
 
     path = record.base_model.path
-    return recorded_source(Path(path)).get(key) if path else None
+    return recorded_source(Path(path), (key,)).get(key) if path else None
 
 
 def _loadable_base(record: RunRecord) -> str:
@@ -146,13 +146,12 @@ def _quantized_base_code(record: RunRecord) -> list[str]:
 
 
 def _gguf_base_note(record: RunRecord) -> list[str]:
-    """Where the base came from a GGUF file: that its weights are the file's, dequantized, not the hub's."""
-    gguf = _beside_base(record, "gguf")
-    if not gguf:
+    """Where the base came from a GGUF file of a hub model: that its weights are the file's, not the hub's."""
+    gguf, hub_id = _beside_base(record, "gguf"), record.base_model.hub_id or _beside_base(record, "hub_id")
+    if not gguf or not hub_id:  # without a hub id the card names the file itself
         return []
-    return [f"The base weights kbit trained on are those of `{Path(gguf).name}` (a GGUF file, dequantized to float), "
-            f"not `{base_model_id(record)}`'s own: the two differ by that file's rounding. `kbit eval RUN` loads "
-            "the base the run trained on.", ""]
+    return [f"The base kbit trained on is the GGUF file `{Path(gguf).name}`, not `{hub_id}`'s own weights: the two "
+            "differ by that file's rounding. `kbit eval RUN` loads the base the run trained on.", ""]
 
 
 def run_card(record: RunRecord, folders: list[str]) -> str:

@@ -148,6 +148,7 @@ def test_a_base_from_a_gguf_file_is_named_as_the_weights_trained_on(tmp_path):
     (tmp_path / "kbit-source.json").write_text(json.dumps({"hub_id": "org/base", "gguf": "/models/base.Q4_1.gguf"}))
     record = RunRecord.from_dict({**RAW, "base_model": {"name": "base", "origin": "local", "path": str(tmp_path)}})
     for folder in ("adapter", "merged"):
-        assert "those of `base.Q4_1.gguf` (a GGUF file, dequantized to float), not `org/base`'s own" in \
-            artifact_card(record, folder)
-    assert "GGUF file, dequantized" not in artifact_card(RECORD, "adapter")
+        assert "trained on is the GGUF file `base.Q4_1.gguf`, not `org/base`'s own weights" in artifact_card(record, folder)
+    assert "GGUF file" not in artifact_card(RECORD, "adapter")
+    (tmp_path / "kbit-source.json").write_text(json.dumps({"gguf": "/models/base.Q4_1.gguf"}))
+    assert "GGUF file" not in artifact_card(record, "adapter")  # no hub id: the card names the file's model itself
