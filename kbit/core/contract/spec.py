@@ -106,7 +106,8 @@ class AdapterSettings:
     ``fake_quant_after_n_steps``, as a share of the run).
 
     ``init``: "default" (PEFT's: ``B = 0``, the adapter starts as a no-op) or "loftq" (``A`` and ``B``
-    start by cancelling the base's quantization error, :mod:`kbit.core.model.loftq`).
+    start by cancelling the base's quantization error, :mod:`kbit.core.model.loftq`). ``use_rslora``: PEFT's
+    rank-stabilised scale ``lora_alpha / sqrt(r)`` instead of ``lora_alpha / r`` (LoRA and DoRA).
     """
 
     peft_type: str = attrs.field(default="lora", validator=_peft_type)
@@ -118,11 +119,17 @@ class AdapterSettings:
     fake_quant: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(GRID_TYPES)))
     init: str = attrs.field(default="default", validator=attrs.validators.in_(ADAPTER_INITS))
     fake_quant_after: float = attrs.field(default=0.0, validator=_finite(0, 1))
+    use_rslora: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     @qa_group_size.validator
     def _lora_only(self, attribute: attrs.Attribute, value: int | None) -> None:
         if value is not None and self.peft_type != "lora":
             raise ValueError(f"qa_group_size (QA-LoRA) needs peft_type 'lora', not '{self.peft_type}'")
+
+    @use_rslora.validator
+    def _scaled_lora(self, attribute: attrs.Attribute, value: bool) -> None:
+        if value and self.peft_type == "vera":
+            raise ValueError("use_rslora scales a LoRA or DoRA adapter; VeRA has no lora_alpha: drop -o use_rslora")
 
     @init.validator
     def _loftq_lora(self, attribute: attrs.Attribute, value: str) -> None:

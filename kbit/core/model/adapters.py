@@ -21,7 +21,7 @@ from kbit.core.contract.method_info import MergePolicy, check_peft_types
 from kbit.core.contract.options import DTYPES, Option, OptionSchema, boolean, choice, integer, module_names, number
 from kbit.core.contract.spec import ADAPTER_INITS, AdapterSettings, CalibrationSettings, TrainingSettings
 
-ADAPTER_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "init")
+ADAPTER_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "init", "use_rslora")
 
 
 def adapter_options(
@@ -39,11 +39,14 @@ def adapter_options(
         (
             Option("peft_type", peft_types[0], choice(*peft_types), "adapter type: " + ", ".join(peft_types)),
             Option("r", r, integer(minimum=1, auto=True), "adapter rank, or 'auto' to size it from the model and memory"),
-            Option("lora_alpha", lora_alpha, number(minimum=0), "LoRA scaling numerator (scale = lora_alpha / r)"),
+            Option("lora_alpha", lora_alpha, number(minimum=0), "LoRA scaling numerator (scale = lora_alpha / r, or "
+                   "lora_alpha / sqrt(r) with use_rslora)"),
             Option("lora_dropout", lora_dropout, number(minimum=0, below=1), "dropout on the adapter input"),
             Option("target_modules", target_modules, module_names, "'all-linear' or comma-separated module names"),
             Option("init", "default", choice(*ADAPTER_INITS),
                    "adapter start: default (a no-op) or loftq (cancels the base's quantization error; LoRA only)"),
+            Option("use_rslora", False, boolean, "rank-stabilised LoRA (PEFT's use_rslora): scale lora_alpha / sqrt(r), "
+                   "so a higher rank keeps learning at the same rate (LoRA and DoRA)"),
         )
     )
 
@@ -147,6 +150,7 @@ def build_peft_config(spec: Any, fan_in_fan_out: bool = False) -> Any:
         lora_dropout=settings.lora_dropout,
         target_modules=targets,
         use_dora=settings.peft_type == "dora",
+        use_rslora=settings.use_rslora,
         fan_in_fan_out=fan_in_fan_out,
         task_type=TaskType.CAUSAL_LM,
     )

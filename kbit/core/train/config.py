@@ -168,6 +168,7 @@ FOREIGN_KEYS = {
     "lora_target_modules": "options: {target_modules: …}", "lora_target": "options: {target_modules: …}",
     "lora_target_linear": "options: {target_modules: all-linear}", "peft_use_dora": "options: {peft_type: dora}",
     "use_dora": "options: {peft_type: dora}", "gradient_checkpointing": "options: {gradient_checkpointing: …}",
+    "use_rslora": "options: {use_rslora: true}", "peft_use_rslora": "options: {use_rslora: true}",
 }
 
 
