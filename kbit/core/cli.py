@@ -457,6 +457,7 @@ def compare_command(
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Use at most N dataset rows.")] = None,
     held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out examples, as for kbit train: a count, a fraction or a file of them.")] = None,
     turns: Annotated[Optional[str], typer.Option("--turns", help="Assistant answers of a conversation to train, as for kbit train: last or all.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", "--learning-rate", help="Peak learning rate of every method (default: each method's own, else 2e-3).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items each variant is scored on (default 50).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="key=value, given to every method that has the option (repeatable); the report notes where it was skipped.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-O", help="Comparison folder (default compare/MODEL-DATASET-Nsteps); an earlier comparison there is continued.")] = None,
@@ -479,7 +480,7 @@ def compare_command(
 
     settings = build_compare_config(
         methods=methods, model=model, dataset=dataset, columns=columns, max_steps=max_steps, batch_size=batch_size,
-        seed=seed, max_examples=max_examples, held_out=held_out, turns=turns, limit=limit, options=parse_assignments(option or []), out=out,
+        seed=seed, max_examples=max_examples, held_out=held_out, turns=turns, lr=lr, limit=limit, options=parse_assignments(option or []), out=out,
         overwrite=overwrite,
     )
     import contextlib

@@ -21,7 +21,7 @@ import attrs
 
 from kbit.core.compare.runs import TRAIN, RunDecision, decide
 from kbit.core.errors import ConfigError, KbitError, UnknownMethodError
-from kbit.core.contract.options import choice as one_of, integer
+from kbit.core.contract.options import choice as one_of, integer, number
 from kbit.core.data.split import held_out_size
 from kbit.core.runs.outputs import check_no_link_inside_output, claim, kbit_kind
 from kbit.core.train.config import TrainConfig, build_config, located
@@ -45,6 +45,7 @@ class CompareConfig:
     max_examples: int | None = attrs.field(default=None, converter=attrs.converters.optional(integer(minimum=2)))
     held_out: int | float | str | None = attrs.field(default=None, converter=held_out_size)  # as kbit train's
     turns: str = attrs.field(default="last", converter=one_of("last", "all"))
+    lr: float | None = attrs.field(default=None, converter=attrs.converters.optional(number(minimum=0)))  # None: each method's own
     limit: int = attrs.field(default=50, converter=integer(minimum=1))
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
     out: str | None = None
@@ -121,7 +122,7 @@ def plan_compare(config: CompareConfig) -> ComparePlan:
         "model": config.model, "dataset": config.dataset,
         "columns": config.columns, "max_steps": config.max_steps, "batch_size": config.batch_size,
         "seed": config.seed, "max_examples": config.max_examples, "held_out": config.held_out, "turns": config.turns,
-        "eval_limit": 0,
+        "lr": config.lr, "eval_limit": 0,
     }))
     data = load_task_data(template.dataset, columns=template.columns, held_out=template.held_out,
                           max_examples=template.max_examples, seed=template.seed)

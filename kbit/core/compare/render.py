@@ -120,7 +120,7 @@ def markdown(report: dict[str, Any]) -> str:
         + f". {summary_line(report)}.",
         "",
         f"Every method trained {steps(settings['max_steps'])} of batch {settings['batch_size']} "
-        f"(seed {settings['seed']}) on the same {dataset['train_examples']} training examples of {dataset['name']} "
+        f"(seed {settings['seed']}, {_lr_text(settings.get('lr'))}) on the same {dataset['train_examples']} training examples of {dataset['name']} "
         f"(fingerprint {dataset['fingerprint']}); every variant scored on the same "
         f"{scored_items(report)} held-out items.",
         "",
@@ -139,6 +139,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"The base model was not evaluated: {base.get('reason')}"]
     lines += ["", *NOTES, ""]
     return "\n".join(lines)
+
+
+def _lr_text(lr: Any) -> str:
+    return f"learning rate {lr:g}" if isinstance(lr, (int, float)) else "each method at its own learning rate"
 
 
 def plot(path: Path, report: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ def new_report(plan: ComparePlan) -> dict[str, Any]:
             "batch_size": config.batch_size,
             "seed": config.seed,
             "max_examples": config.max_examples,
+            "lr": config.lr,
             "limit": config.limit,
             "options": dict(config.options),
         },
@@ -59,7 +60,8 @@ def command_line(plan: ComparePlan) -> str:
                                  ("--columns", config.columns, None), ("--max-steps", config.max_steps, None),
                                  ("--batch-size", config.batch_size, 8), ("--seed", config.seed, 0),
                                  ("--max-examples", config.max_examples, None), ("--held-out", config.held_out, None),
-                                 ("--turns", config.turns, "last"), ("--limit", config.limit, None)):
+                                 ("--turns", config.turns, "last"), ("--lr", config.lr, None),
+                                 ("--limit", config.limit, None)):
         if value is not None and value != default:
             parts += [flag, str(value)]
     for key, value in config.options.items():

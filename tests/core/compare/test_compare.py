@@ -11,6 +11,7 @@ import pytest
 from kbit.core.cli import main
 from kbit.core.compare.pipeline import run_compare
 from kbit.core.compare.plan import build_compare_config
+from kbit.core.errors import ConfigError
 
 SMALL = {"max_steps": 1, "batch_size": 2, "max_examples": 20, "limit": 3}
 
@@ -170,3 +171,19 @@ def test_a_held_out_file_is_every_methods_held_out_split(kbit_tiny_model, tmp_pa
     from kbit.core.compare.report import command_line
 
     assert f"--held-out {valid} --turns all" in command_line(plan)  # the report's "Reproduce" line
+
+
+def test_one_learning_rate_for_every_method_or_each_its_own(kbit_tiny_model, tmp_path):
+    from kbit.core.compare.plan import plan_compare
+    from kbit.core.compare.report import command_line
+
+    def lrs(**extra):
+        plan = plan_compare(build_compare_config(methods="qlora,qat", model=str(kbit_tiny_model),
+                                                 out=str(tmp_path / "cmp"), **SMALL, **extra))
+        return {planned.name: planned.train.lr for planned in plan.methods}, command_line(plan)
+
+    assert lrs() == ({"qlora": None, "qat": None}, lrs()[1])  # None: each method trains at its own default
+    chosen, command = lrs(lr=1e-3)
+    assert chosen == {"qlora": 1e-3, "qat": 1e-3} and "--lr 0.001" in command
+    with pytest.raises(ConfigError, match="lr"):
+        build_compare_config(lr=-1)
