@@ -41,7 +41,7 @@ def print_results(title: str, headers: Sequence[str], rows: Sequence[Sequence[st
     for row in rows:
         wide.add_row(*row)
     console = table_console(wide)
-    if _width(headers, rows, labels) <= console.width:
+    if not rows or _width(headers, rows, labels) <= console.width:
         console.print(wide)
         return console
     names = ["\n".join(dict.fromkeys(c for c in row[:labels] if _plain(c))) for row in rows]  # "base base": once

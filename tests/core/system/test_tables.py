@@ -46,3 +46,9 @@ def test_a_table_that_fits_is_side_by_side(monkeypatch, capsys):
 def test_piped_output_keeps_one_line_per_row(monkeypatch, capsys):
     lines = _print(monkeypatch, capsys, None)
     assert sum("tiny-ml_SFT_LoRa64_QLORA_w4_headfp32" in line and "17256.7*" in line for line in lines) == 1
+
+
+def test_a_table_without_rows_prints_its_header(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "60")
+    print_results("kbit eval", HEADERS, [], labels=2)
+    assert "kbit eval" in capsys.readouterr().out
