@@ -111,3 +111,27 @@ def test_eval_of_a_run_with_no_adapter_yet_says_so(finished, tmp_path):
     gaps = [g for g in report["gaps"] if g["variant"] == "adapter"]
     assert len(gaps) == 1 and "no adapter/ artifact yet" in gaps[0]["reason"] and "status running" in gaps[0]["reason"]
     assert f"kbit train --resume {out}" in gaps[0]["reason"]
+
+
+@pytest.mark.slow
+def test_a_base_changed_since_the_run_is_refused_by_resume_and_eval(finished, tiny, tmp_path):
+    """A local base folder edited after a run trained on it: resuming would train its last steps on other weights
+    (and record the old revision), evaluating would score the adapter on a base it never saw."""
+    from safetensors.torch import save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny, base)
+    out = _killed_after_last_checkpoint(finished, tmp_path / "run")
+    record = json.loads((out / "kbit.json").read_text())
+    record["base_model"]["path"] = record["config"]["model"] = str(base)
+    (out / "kbit.json").write_text(json.dumps(record))
+    weights = load_file(base / "model.safetensors")
+    name = next(n for n in weights if n.endswith("down_proj.weight"))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    for command in (("train", "--resume", str(out)),
+                    ("eval", str(out), "--limit", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "report"))):
+        result = run_kbit(*command)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"base model {base} of run {out} changed since the run trained on it" in result.stderr
+    assert json.loads((out / "kbit.json").read_text()) == record and not (tmp_path / "report").exists()

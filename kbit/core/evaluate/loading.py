@@ -38,7 +38,8 @@ from kbit.core.data.split import describe as describe_held_out
 from kbit.core.errors import ConfigError, MissingDependencyError, UnknownMethodError
 from kbit.core.system.input_files import refuse_special_file
 from kbit.core.runs.record import RunRecord, read_record
-from kbit.core.model.sources import ModelSource, check_remote_code, check_weights, conversion_problem, resolve_model
+from kbit.core.model.sources import (ModelSource, check_base_unchanged, check_remote_code, check_weights, conversion_problem,
+                                     resolve_model, weights_digest)
 from kbit.core.contract.spec import QuantizationSpec
 
 log = logging.getLogger("kbit")
@@ -515,6 +516,10 @@ def _run_base_path(run: Path, record: RunRecord) -> str:
     path = Path(base.path)
     converted = base.origin in ("default", "gguf")
     if (path / "config.json").is_file() and not (converted and conversion_problem(path)):
+        if base.origin == "local":  # a folder of the user's, which can change; a cached conversion or download is kbit's
+            check_base_unchanged(base, weights_digest(path), str(run),
+                                 "its adapter would be scored on weights it never trained on: restore the base, or "
+                                 "evaluate the merged model only (--variant merged)")
         return str(path)
     if base.origin in ("default", "gguf", "hub"):
         # A cached conversion or download that is gone or damaged: resolve the recorded reference again.

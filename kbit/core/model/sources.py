@@ -637,6 +637,14 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_base_unchanged(recorded: Any, now: str, run: str, fix: str) -> None:
+    """Refuse a run's base (``recorded``: its ``base_model`` record) whose weights' revision is ``now`` where the
+    run recorded another: the weights changed since it trained on them (a record without one is not checked)."""
+    if recorded.revision and now and now != recorded.revision:
+        raise ConfigError(f"base model {recorded.path} of run {run} changed since the run trained on it (revision "
+                          f"{recorded.revision}, now {now}); {fix}")
+
+
 def weights_digest(directory: Path) -> str:
     """sha256 over the directory's weight files (safetensors), in name order."""
     digest = hashlib.sha256()

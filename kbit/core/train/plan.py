@@ -28,7 +28,7 @@ from kbit.core.measure.generation import render_prompt
 from kbit.core.methods.method import Method
 from kbit.core.contract.method_info import MergePolicy, Requirement, describe_missing
 from kbit.core.model.check import check_adapter_fits, check_weights_match, load_config, skeleton
-from kbit.core.model.sources import ModelSource, load_tokenizer, resolve_model
+from kbit.core.model.sources import ModelSource, check_base_unchanged, load_tokenizer, resolve_model
 from kbit.core.runs.naming import run_name
 from kbit.core.runs.record import read_record
 from kbit.core.methods.registry import default_registry, get_method
@@ -137,6 +137,10 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         raise ConfigError(f"dataset {data.source} has no training examples")
     examples = _training_examples(data, config.turns)
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    if recorded is not None:
+        check_base_unchanged(recorded.base_model, source.revision, config.output,
+                             "its remaining steps would train on other weights: restore the base it started on, or "
+                             "train a new run")
     model_config = load_config(source.path, config.trust_remote_code)
     check_fits_context(config.max_new_tokens, model_config)
     teacher = _teacher(config, data, model_config)
