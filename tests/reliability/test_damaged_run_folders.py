@@ -135,3 +135,14 @@ def test_a_base_changed_since_the_run_is_refused_by_resume_and_eval(finished, ti
         assert result.returncode == 2, result.stderr[-2000:]
         assert f"base model {base} of run {out} changed since the run trained on it" in result.stderr
     assert json.loads((out / "kbit.json").read_text()) == record and not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_changes_nothing(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = (out / "kbit.json").read_bytes()
+    result = run_kbit("train", "--resume", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "finished already; nothing to resume" in result.stderr
+    assert (out / "kbit.json").read_bytes() == before  # not stamped "resumed", not scored again
