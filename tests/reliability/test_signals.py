@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import run_kbit
 
 FAULTS = Path(__file__).parents[1] / "fixtures" / "faults.py"
-ARGS = ("--max-steps", "4", "--batch-size", "2", "-o", "r=4", "--max-examples", "20", "--eval-limit", "0", "--save-steps", "2")
+ARGS = ("--max-steps", "4", "--batch-size", "2", "-o", "r=4", "--max-examples", "20", "--eval-limit", "0", "--save-steps", "2",
+        "--logging-steps", "1")
 
 
 def _kbit_lines(stderr: str) -> list[str]:
@@ -35,6 +36,7 @@ def test_signal_marks_the_run_interrupted_releases_the_lock_and_exits_with_its_c
     assert f"kbit train --resume {out} continues it" in err  # the way on
     record = json.loads((out / "kbit.json").read_text())
     assert record["status"] == "interrupted" and record["error"]
+    assert [h["step"] for h in record["loss_history"]] == [1, 2] and record["train"]["steps"] == 2  # what it trained
     assert not (out / ".kbit.lock").exists()
     result = run_kbit("train", "--resume", str(out))
     assert result.returncode == 0, result.stderr[-2000:]

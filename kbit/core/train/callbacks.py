@@ -124,3 +124,13 @@ class LogProgress(TrainerCallback):
             log.info("%s  loss %.4f  lr %.3g", where, logs["loss"], logs.get("learning_rate", 0.0))
         if "eval_loss" in logs:
             log.info("%s  held-out loss %.4f", where, logs["eval_loss"])
+
+
+class OnLog(TrainerCallback):
+    """Call ``report(state)`` after every logged step (the Trainer's ``log_history`` has grown)."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+
+    def on_log(self, args, state, control, **kwargs):
+        self.report(state)

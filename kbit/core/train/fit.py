@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +213,14 @@ def training_evaluation(config: Any) -> tuple[str, int | None]:
     return "steps", rounds * config.logging_steps
 
 
-def train_adapter(plan: RunPlan, model: Any) -> Trained:
-    """Train the adapter of ``model`` (resuming from the last complete checkpoint on ``--resume``)."""
+def train_adapter(plan: RunPlan, model: Any, on_log: Callable[[list[dict[str, float]], int], None] | None = None) -> Trained:
+    """Train the adapter of ``model`` (resuming from the last complete checkpoint on ``--resume``); ``on_log`` gets the
+    losses so far and the step at every logged step (what an interrupted run records)."""
     trainer = build_trainer(plan, model)
+    if on_log is not None:
+        from kbit.core.train.callbacks import OnLog
+
+        trainer.add_callback(OnLog(lambda state: on_log(_losses(state.log_history), state.global_step)))
     checkpoint = checkpoints.last_complete(plan.run_dir / CHECKPOINTS) if plan.resume else None
     if plan.resume and checkpoint is None and is_main_process():
         log.warning("no checkpoint to resume from in %s (none was saved before the run stopped, or they were "

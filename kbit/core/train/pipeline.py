@@ -21,7 +21,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,7 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float, folder:
         loftq = _initialise_adapter(plan, model)
         if folder is not None:
             folder.provisional = False  # training: what follows is kept, its status recorded, whatever happens
-        trained = train_adapter(plan, model)
+        trained = train_adapter(plan, model, on_log=_keep_losses(record) if record is not None else None)
         if record is None or not trained.is_main:
             return
         model = trained.model
@@ -189,6 +189,13 @@ def _run_stages(plan: RunPlan, record: RunRecord | None, started: float, folder:
         record.metrics.variants = _shipped_scores(plan, record, record.metrics.after, plan.config.eval_limit,
                                                   budget.max_new_tokens)
     _finish(plan, record, started)
+
+
+def _keep_losses(record: RunRecord) -> Callable[[list[dict[str, float]], int], None]:
+    """Keep the losses and step count so far in the record in memory: a run stopped mid-training records them."""
+    def keep(history: list[dict[str, float]], steps: int) -> None:
+        record.loss_history, record.train = history, record.train.updated(steps=steps)
+    return keep
 
 
 def _initialise_adapter(plan: RunPlan, model: Any) -> dict[str, float] | None:
