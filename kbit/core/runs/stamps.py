@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import platform
 
 
 FILENAME = "kbit.json"
@@ -15,7 +16,11 @@ PACKAGES = ("kbit", "torch", "transformers", "peft", "trl", "bitsandbytes", "dat
 
 
 def package_versions() -> dict[str, str]:
-    versions = {}
+    """The installed versions of ``PACKAGES``, Python's, and the digest of kbit's own source (``kbit-source``), which
+    tells two checkouts of one version apart."""
+    from kbit.core.model.quantized_cache import source_digest
+
+    versions = {"python": platform.python_version(), "kbit-source": source_digest("kbit")}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)

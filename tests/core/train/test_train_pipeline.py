@@ -137,7 +137,8 @@ def test_metadata_is_complete_and_round_trips_into_a_spec(qlora_run):
     for key in ("base_model", "dataset", "versions", "merge_policy", "wall_time_s", "peak_memory_bytes", "config"):
         assert record[key], key
     assert record["dataset"]["fingerprint"] and record["base_model"]["revision"]
-    assert record["versions"]["transformers"]
+    assert record["versions"]["transformers"] and record["versions"]["python"]
+    assert len(record["versions"]["kbit-source"]) == 16  # two checkouts of one version told apart
     generation = record["metrics"]["generation"]
     assert (generation["max_new_tokens"], generation["chosen_by"]) == (5, "--max-new-tokens")
     assert generation["stop_tokens"] == ["<|im_end|>"]
