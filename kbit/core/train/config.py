@@ -218,6 +218,19 @@ def _check_run_files(run: str | Path, recorded: Mapping[str, Any]) -> None:
                               f"or deleted); put the file back, or pass {flag} FILE to repeat its settings on another file")
 
 
+def _with_machine_choices(settings: dict[str, Any], decisions: Any, path: Path) -> dict[str, Any]:
+    """A run's settings with the compute dtype its ``auto`` chose (the one choice made from the machine, by a timing
+    probe, that changes the numbers trained), so that repeating the run repeats it exactly on another machine too."""
+    chosen = decisions.get("compute_dtype") if isinstance(decisions, Mapping) else None
+    options = settings.get("options") if isinstance(settings.get("options"), Mapping) else {}
+    if not isinstance(chosen, Mapping) or chosen.get("requested") != "auto" or "compute_dtype" in options \
+            or not isinstance(chosen.get("value"), str):
+        return settings
+    logging.getLogger("kbit").info("repeating the compute dtype %s's auto chose, %s (-o compute_dtype=auto decides "
+                                   "again for this machine)", path.parent.name, chosen["value"])
+    return {**settings, "options": {**options, "compute_dtype": chosen["value"]}}
+
+
 def _is_run(path: Path) -> bool:
     """Whether ``path`` names a run's record as a config (its folder or its ``kbit.json``)."""
     return (path.is_dir() and (path / "kbit.json").is_file()) or (path.name == "kbit.json" and path.is_file())
@@ -298,7 +311,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
                           "into each other?); write the settings as plain key: value lines")
     if data.get("kind") == "run" and "schema_version" in data and isinstance(data.get("config"), dict):
         # a run's kbit.json (JSON is YAML): train again with its settings, into a new --output
-        data = {k: v for k, v in data["config"].items() if k not in ("output", "overwrite") and v is not None}
+        data = _with_machine_choices({k: v for k, v in data["config"].items() if k not in ("output", "overwrite")
+                                      and v is not None}, data.get("decisions"), path)
     for old, new in LEGACY_KEYS.items():
         if old in data:
             if new in data:

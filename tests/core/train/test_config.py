@@ -123,6 +123,18 @@ def test_a_runs_folder_as_config_repeats_its_settings_into_a_new_output(tmp_path
     assert again.output == str(tmp_path / "new") and again.lr == 2e-3  # flags still win
 
 
+def test_a_repeated_run_keeps_the_compute_dtype_its_auto_chose_unless_asked_to_choose_again(tmp_path):
+    recorded = TrainConfig(model="m", dataset="d.jsonl", output=str(tmp_path / "old"), options={"r": "8"})
+    run = tmp_path / "old"
+    run.mkdir()
+    chosen = {"compute_dtype": {"value": "bfloat16", "requested": "auto", "reason": "auto: the probe"}}
+    (run / "kbit.json").write_text(json.dumps({"schema_version": 3, "kind": "run", "config": recorded.to_dict(),
+                                               "decisions": chosen}))
+    # the machine's timing probe chose it: another machine's auto could choose float32 and train other numbers
+    assert build_config(run, {}).options == {"r": "8", "compute_dtype": "bfloat16"}
+    assert build_config(run, {"options": {"compute_dtype": "auto"}}).options == {"r": "8", "compute_dtype": "auto"}
+
+
 def test_a_run_repeated_with_another_method_leaves_its_methods_options_behind(tmp_path, caplog):
     import logging
 
