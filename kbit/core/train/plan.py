@@ -245,7 +245,7 @@ def _teacher(config: TrainConfig, data: TaskData, model_config: Any) -> Path | N
 def with_learning_rate(config: TrainConfig, spec: QuantizationSpec) -> tuple[TrainConfig, dict[str, Any]]:
     """``config`` with the learning rate it trains at: ``--lr``, else the method's, else ``DEFAULT_LR``."""
     if config.lr is not None:
-        return config, {"value": config.lr, "requested": config.lr, "reason": "given"}
+        return config, {"value": config.lr, "requested": config.lr, "reason": "given (--lr, or the --config file or run repeated)"}
     own = spec.training.learning_rate
     value, reason = (own, f"method {spec.method}'s default") if own is not None else (DEFAULT_LR, "kbit's default")
     return attrs.evolve(config, lr=value), {"value": value, "requested": None, "reason": reason}
