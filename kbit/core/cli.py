@@ -319,7 +319,7 @@ def eval_command(
     )
     result = run_eval(settings)
     if as_json:
-        typer.echo(json.dumps({"out_dir": str(result.out_dir), **_jsonable(result.report)}, indent=2))
+        typer.echo(json.dumps(_report_json(result.out_dir), indent=2))
         return
     print_table(result.report, result.out_dir)
 
@@ -460,7 +460,7 @@ def compare_command(
     lr: Annotated[Optional[float], typer.Option("--lr", "--learning-rate", help="Peak learning rate of every method (default: each method's own, else 2e-3).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items each variant is scored on (default 50).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="key=value, given to every method that has the option (repeatable); the report notes where it was skipped.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-O", help="Comparison folder (default compare/MODEL-DATASET-Nsteps); an earlier comparison there is continued.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-O", help="Comparison folder (default compare/MODEL-DATASET-Nsteps, -lrX with --lr); an earlier comparison there is continued.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it holds other data, and retrain runs in it trained with other settings.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
     verbose: VerboseOpt = False,
@@ -488,7 +488,7 @@ def compare_command(
     with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; keep stdout for the result
         result = run_compare(settings, progress=lambda line: logging.getLogger("kbit").info("compare: %s", line))
     if as_json:
-        typer.echo(json.dumps({"out_dir": str(result.out_dir), **_jsonable(result.report)}, indent=2))
+        typer.echo(json.dumps(_report_json(result.out_dir), indent=2))
     else:
         print_table(result.report, result.out_dir)
     if result.every_method_failed:
@@ -508,6 +508,11 @@ def new_method_command(
 
     target = write_method(name, Path(directory) if directory else None)
     typer.echo(f"wrote {target}: pip install -e {target} && pytest {target}, then kbit train --method {name}")
+
+
+def _report_json(out_dir) -> dict:
+    """What ``--json`` prints for a report: ``report.json`` as written, with the folder's absolute path as ``out_dir``."""
+    return {"out_dir": str(out_dir.resolve()), **_jsonable(json.loads((out_dir / "report.json").read_text(encoding="utf-8")))}
 
 
 def _jsonable(value):

@@ -107,6 +107,8 @@ def test_eval_of_a_run_with_no_adapter_yet_says_so(finished, tmp_path):
     result = run_kbit("eval", str(out), "--limit", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "report"), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
+    assert report == {"out_dir": str((tmp_path / "report").resolve()),  # report.json as written, where it is
+                      **json.loads((tmp_path / "report" / "report.json").read_text())}
     assert [row["variant"] for row in report["rows"]] == ["base"]
     gaps = [g for g in report["gaps"] if g["variant"] == "adapter"]
     assert len(gaps) == 1 and "no adapter/ artifact yet" in gaps[0]["reason"] and "status running" in gaps[0]["reason"]
@@ -138,9 +140,14 @@ def test_a_base_changed_since_the_run_is_refused_by_resume_and_eval(finished, ti
 
 
 @pytest.mark.slow
-def test_resuming_a_finished_run_changes_nothing(finished, tmp_path):
-    out = tmp_path / "run"
+def test_resuming_a_finished_run_changes_nothing(finished, tiny, tmp_path):
+    out, base = tmp_path / "run", tmp_path / "base"
     shutil.copytree(finished, out)
+    shutil.copytree(tiny, base)
+    record = json.loads((out / "kbit.json").read_text())
+    record["base_model"]["path"] = record["config"]["model"] = str(base)
+    (out / "kbit.json").write_text(json.dumps(record))
+    (base / "model.safetensors").write_bytes((base / "model.safetensors").read_bytes()[:-8] + b"\0" * 8)  # edited since
     before = (out / "kbit.json").read_bytes()
     result = run_kbit("train", "--resume", str(out))
     assert result.returncode == 0, result.stderr[-2000:]

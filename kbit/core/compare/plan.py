@@ -201,14 +201,16 @@ def _option_names(records: Mapping[str, Any], name: str) -> list[str]:
     return record.info.options.names if record is not None and record.info else []
 
 
-def default_out_dir(model_name: str, dataset_name: str, max_steps: int) -> Path:
-    name = re.sub(r"[^A-Za-z0-9._+-]", "-", f"{model_name}-{dataset_name}-{max_steps}steps")
+def default_out_dir(model_name: str, dataset_name: str, max_steps: int, lr: float | None = None) -> Path:
+    """compare/MODEL-DATASET-Nsteps, with -lrX where one learning rate is given: comparisons of other rates apart."""
+    name = re.sub(r"[^A-Za-z0-9._+-]", "-", f"{model_name}-{dataset_name}-{max_steps}steps"
+                  + (f"-lr{lr:g}" if lr is not None else ""))
     return COMPARE_ROOT / name
 
 
 def _claim_out_dir(config: CompareConfig, model_name: str, dataset_name: str, inputs: tuple[str | None, ...]) -> Path:
     """The comparison folder under kbit's output rule: an earlier comparison is continued, never replaced;
     ``inputs`` (the model and dataset) are never replaced."""
-    target = Path(config.out) if config.out else default_out_dir(model_name, dataset_name, config.max_steps)
+    target = Path(config.out) if config.out else default_out_dir(model_name, dataset_name, config.max_steps, config.lr)
     return claim(target, is_own=lambda p: kbit_kind(p) == KIND, kind=KIND, overwrite=config.overwrite, flag="--out",
                  what="comparison folder", inputs=inputs)

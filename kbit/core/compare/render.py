@@ -97,7 +97,8 @@ def option_notes(report: dict[str, Any]) -> list[str]:
     lines = []
     for key, value in report["settings"]["options"].items():
         given = [m for m in report["methods"] if key in (m.get("options") or {})]
-        refused = [m["method"] for m in given if f"for option '{key}'" in (m.get("reason") or "")]
+        refused = [m["method"] for m in given  # a refusal names the option one of these ways
+                   if any(f in (m.get("reason") or "") for f in (f"for option '{key}'", f"-o {key}="))]
         took = [m["method"] for m in given if m["method"] not in refused]
         skipped = [m["method"] for m in report["methods"] if key in (m.get("skipped_options") or [])]
         parts = [f"applied to {', '.join(took) or 'no method'}"] if took or not refused else []

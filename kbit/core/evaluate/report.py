@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
         cells.append(line)
     console = print_results("kbit eval", [*labels, "items", *(c.title for c in columns)], cells, labels=len(labels),
                             caption=caption)
-    console.soft_wrap = not console.is_terminal  # piped output: the lines below whole, for grep
+    console.soft_wrap = not console.is_terminal and not os.environ.get("COLUMNS")  # piped: whole lines, for grep
     for gap in report.get("gaps", []):
         console.print(f"[yellow]gap[/yellow] {escape(gap['label'])} {gap['variant']}: {escape(gap['reason'])}")
     for warning in report.get("warnings", []):

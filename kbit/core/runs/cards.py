@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kbit.core.measure.sample_size import rate_text
+from kbit.core.measure.sample_size import rate_text, too_few
 from kbit.core.runs.record import RunRecord
 from kbit.core.runs.folder import write_json_atomic, write_text_atomic
 
@@ -140,9 +140,11 @@ def _quantized_base_code(record: RunRecord) -> list[str]:
         return []
     arguments = ", ".join(f"{key}={value!r}" for key, value in config.to_diff_dict().items()
                           if key not in ("quant_method", "_load_in_4bit", "_load_in_8bit"))
-    return ["```python", "from peft import PeftModel", f"from transformers import AutoModelForCausalLM, {name}",
-            f"base = AutoModelForCausalLM.from_pretrained(\"{_loadable_base(record)}\", "
-            f"quantization_config={name}({arguments}))", "model = PeftModel.from_pretrained(base, \"REPO\")", "```", ""]
+    dtype = record.spec.training.compute_dtype if record.spec.training is not None else "float32"
+    return ["```python", "import torch", "from peft import PeftModel", f"from transformers import AutoModelForCausalLM, {name}",
+            f"base = AutoModelForCausalLM.from_pretrained(\"{_loadable_base(record)}\", dtype=torch.{dtype},  # as trained",
+            f"                                            quantization_config={name}({arguments}))",
+            "model = PeftModel.from_pretrained(base, \"REPO\")", "```", ""]
 
 
 def _gguf_base_note(record: RunRecord) -> list[str]:
@@ -253,7 +255,8 @@ def _in_gguf_folder(record: RunRecord) -> list[Any]:
 def _settings(record: RunRecord) -> list[str]:
     spec, metrics, merge = record.spec, record.metrics, record.merge
     adapter = spec.adapter if spec is not None else None
-    described = f"{adapter.peft_type} r={adapter.r} alpha={adapter.lora_alpha}" if adapter is not None else "none"
+    described = (f"{adapter.peft_type} r={adapter.r} alpha={adapter.lora_alpha}"
+                 + (" (rsLoRA: scale alpha / sqrt(r))" if adapter.use_rslora else "")) if adapter is not None else "none"
     merged = f"{merge.action} {merge.base or ''} {merge.dtype or ''}" if merge else "none"
     logit_diff = merge.max_abs_logit_diff if merge and merge.max_abs_logit_diff is not None else "n/a"
     config = record.config
@@ -279,7 +282,14 @@ def _results_table(results: list[tuple[str, float, int]]) -> list[str]:
     if not results:
         return []
     return ["## Results", "", "| measured by kbit | value |", "|---|---|",
-            *[f"| {label} | {rate_text(value, items) if items else f'{value:.1%}'} |" for label, value, items in results], ""]
+            *[f"| {label} | {_rate_of(value, items)} |" for label, value, items in results], ""]
+
+
+def _rate_of(value: float, items: int) -> str:
+    """A score with the items it is of (a few items are shown as hits/items already)."""
+    if not items:
+        return f"{value:.1%}"
+    return rate_text(value, items) + ("" if too_few(items) else f" of {items} items")
 
 
 def _gguf_table(record: RunRecord) -> list[str]:

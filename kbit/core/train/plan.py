@@ -137,7 +137,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         raise ConfigError(f"dataset {data.source} has no training examples")
     examples = _training_examples(data, config.turns)
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
-    if recorded is not None:
+    if recorded is not None and recorded.status != "finished":  # a finished run is not trained further
         check_base_unchanged(recorded.base_model, source.revision, config.output,
                              "its remaining steps would train on other weights: restore the base it started on, or "
                              "train a new run")

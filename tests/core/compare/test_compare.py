@@ -187,3 +187,7 @@ def test_one_learning_rate_for_every_method_or_each_its_own(kbit_tiny_model, tmp
     assert chosen == {"qlora": 1e-3, "qat": 1e-3} and "--lr 0.001" in command
     with pytest.raises(ConfigError, match="lr"):
         build_compare_config(lr=-1)
+    from kbit.core.compare.plan import default_out_dir
+
+    assert default_out_dir("m", "d", 20, 1e-3).name == "m-d-20steps-lr0.001"  # beside the comparison at each own rate
+    assert default_out_dir("m", "d", 20).name == "m-d-20steps"

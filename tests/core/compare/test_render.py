@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kbit.core.compare.render import markdown, table_rows
+from kbit.core.compare.render import markdown, option_notes, table_rows
 
 
 def _report(limit: int) -> dict:
@@ -25,3 +25,20 @@ def test_enough_items_are_a_percentage_without_a_warning():
     report["rows"][0]["exact_match"] = 0.5
     assert table_rows(report)[0][3] == "50.0%"
     assert "Warning" not in markdown(report)
+
+
+def test_an_option_a_method_refused_is_not_said_to_have_applied_to_it():
+    report = _report(limit=100)
+    report["settings"]["options"] = {"init": "loftq"}
+    report["methods"] = [
+        {"method": "lora", "options": {"init": "loftq"}, "status": "failed",
+         "reason": "-o init=loftq: method 'lora' trains on the unquantized weights, so there is no quantization error"},
+        {"method": "qlora", "options": {"init": "loftq"}, "status": "finished"}]
+    assert option_notes(report) == ["- `-o init=loftq`: applied to qlora; refused by lora (see its row)"]
+
+
+def test_one_learning_rate_is_said_beside_the_budget():
+    report = _report(limit=100)
+    assert "each method at its own learning rate" in markdown(report)
+    report["settings"]["lr"] = 0.005
+    assert "(seed 0, learning rate 0.005)" in markdown(report)

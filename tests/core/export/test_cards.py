@@ -139,7 +139,8 @@ def test_an_adapter_card_loads_its_base_quantized_as_the_method_does():
     card = artifact_card(RunRecord.from_dict({**RAW, "spec": spec}), "adapter")
     code = card.split("BitsAndBytesConfig(", 1)[1].split("))", 1)[0]
     assert "load_in_4bit=True" in code and "bnb_4bit_quant_type='nf4'" in code
-    assert 'from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", quantization_config=' in card
+    dtype = spec["training"]["compute_dtype"]
+    assert f'from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", dtype=torch.{dtype},  # as trained' in card
     kbit_quantized = RunRecord.from_dict({**RAW, "spec": get_method("qat").resolve_spec({}).to_dict()})
     assert "quantization_config" not in artifact_card(kbit_quantized, "adapter")  # kbit rounds qat's base itself
 
@@ -152,3 +153,11 @@ def test_a_base_from_a_gguf_file_is_named_as_the_weights_trained_on(tmp_path):
     assert "GGUF file" not in artifact_card(RECORD, "adapter")
     (tmp_path / "kbit-source.json").write_text(json.dumps({"gguf": "/models/base.Q4_1.gguf"}))
     assert "GGUF file" not in artifact_card(record, "adapter")  # no hub id: the card names the file's model itself
+
+
+def test_a_score_says_how_many_items_it_is_of_and_rslora_its_scale():
+    record = RunRecord.from_dict({**RAW, "metrics": {"after": {"exact_match": 0.3, "items": 30}}})
+    assert "| held-out exact match (adapter) | 30.0% of 30 items |" in artifact_card(record, "adapter")
+    spec = {**RAW["spec"], "adapter": {"peft_type": "lora", "r": 64, "lora_alpha": 16, "use_rslora": True}}
+    assert "| adapter | lora r=64 alpha=16 (rsLoRA: scale alpha / sqrt(r)) |" in \
+        artifact_card(RunRecord.from_dict({**RAW, "spec": spec}), "adapter")
