@@ -32,7 +32,7 @@ def test_default_spec_matches_the_reference_pipeline():
     extras = data["extras"]
     assert data["adapter"] == {"peft_type": "lora", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05,
                                "target_modules": "all-linear", "qa_group_size": None, "fake_quant": None,
-                               "init": "default", "fake_quant_after": 0.0}
+                               "init": "default", "fake_quant_after": 0.0, "use_rslora": False}
     assert (extras["quant_type"], extras["double_quant"], extras["block_size"]) == ("nf4", True, 64)
     from kbit.core.system.device import detect_device, resolve_compute_dtype
 
