@@ -199,9 +199,9 @@ def _as_typed(value: object) -> str:
 
 @app.command("train")
 def train_command(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="arith (default), openmath, squad, a .jsonl/.json/.csv/.parquet file or a hub dataset.")] = None,
-    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for other tables: prompt=COL,completion=COL[,answer=COL].")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or hub id (default: the embedded SmolLM2 135M Instruct).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="arith (default), openmath, squad, a .jsonl, .json, .csv or .parquet file or a hub dataset.")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for other tables: prompt=COL, completion=COL and answer=COL (optional), comma-separated.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="Quantization method (see 'kbit methods'); default qlora.")] = None,
     option: OptionsArg = None,
     peft: Annotated[Optional[str], typer.Option("--peft", help="Adapter type: lora, dora or vera (where the method allows).")] = None,
@@ -286,7 +286,7 @@ def eval_command(
     method: Annotated[Optional[str], typer.Option("--method", help="Also evaluate each base loaded through this method's quantization config (a run's own method without -o: with the run's spec, the base its 'before' score is of).")] = None,
     option: OptionsArg = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on this dataset instead of each run's own.")] = None,
-    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for --dataset: prompt=COL,completion=COL[,answer=COL].")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for --dataset: prompt=COL, completion=COL and answer=COL (optional), comma-separated.")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Read at most N rows of --dataset.")] = None,
     held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out split of --dataset: a count (50) or a fraction (0.1, 10%); or a file of items to score (a run's training rows set the answer length). A run is otherwise scored on its own split.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items per model (default 100).")] = None,
@@ -448,9 +448,9 @@ def push_command(
 @app.command("compare")
 def compare_command(
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods, e.g. lora,qlora,gptq (default: every ready method).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or hub id (default: embedded SmolLM2-135M-Instruct).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory, .gguf file or hub id (default: the embedded SmolLM2 135M Instruct).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="arith (default), openmath, squad, a file or a hub dataset.")] = None,
-    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping: prompt=COL,completion=COL[,answer=COL].")] = None,
+    columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping: prompt=COL, completion=COL and answer=COL (optional), comma-separated.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps per method (default 20).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Micro-batch size per method (default 8).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Data split and training seed (default 0).")] = None,
