@@ -212,6 +212,9 @@ def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit
     refuse_special_file(path, "input")
     if path.is_file() and path.suffix == ".gguf":
         return _plan_gguf(path, selection, wanted, method_spec), []
+    if path.is_file():
+        raise ConfigError(f"{path} is a file, not a kbit run, a model directory or a .gguf file; pass one of those (a "
+                          "dataset file goes to --dataset or --held-out)")
     if not path.is_dir():
         raise ConfigError(f"{path} does not exist; pass a kbit run directory or a model directory")
     record = read_record(path)
@@ -304,6 +307,8 @@ def _lora_file(lora: str | None) -> Path | None:
         return None
     path = Path(lora).expanduser()
     refuse_special_file(path, "--lora")
+    if not path.exists():
+        raise ConfigError(f"--lora {lora} does not exist; pass a llama.cpp LoRA adapter GGUF")
     if not path.is_file() or path.suffix != ".gguf":
         raise ConfigError(f"--lora {lora} is not a .gguf file; pass a llama.cpp LoRA adapter GGUF")
     return path

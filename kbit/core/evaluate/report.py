@@ -132,7 +132,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Held-out items per model: up to {report['settings']['limit']}; greedy answers "
         f"{generation_text(report['settings'])}; seed {report['settings']['seed']}. "
-        f"Best value per column marked **bold{BEST_MARK}** (lowest loss/perplexity/memory/bits, highest scores/speed).",
+        f"Best value per column in bold, marked {BEST_MARK} (lowest loss/perplexity/memory/bits, highest scores/speed).",
         "",
         *[f"> **Warning:** {w}" for w in report.get("warnings", [])],
         *([""] if report.get("warnings") else []),

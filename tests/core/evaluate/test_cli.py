@@ -219,6 +219,12 @@ def test_bad_input_through_the_installed_cli(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
 
 
+def test_a_file_that_is_not_a_model_is_named_as_such(tmp_path, capsys):
+    data = tmp_path / "x.json"
+    data.write_text("{}")
+    assert f"{data} is a file, not a kbit run, a model directory or a .gguf file" in _fails(["eval", str(data)], capsys)
+
+
 @pytest.mark.slow
 def test_default_model_base_and_its_qlora_quantization(tmp_path):
     out = tmp_path / "report"

@@ -85,7 +85,7 @@ def test_a_reference_the_file_was_not_made_from_is_warned_of(tiny_gguf, kbit_tin
 def test_bad_runtime_options(tiny_gguf, tiny, tmp_path, capsys):
     assert "unknown --runtime 'vllm'" in _fails(["eval", str(tiny_gguf), "--runtime", "vllm"], capsys)
     assert "--lora needs llama.cpp" in _fails(["eval", str(tiny_gguf), "--runtime", "transformers", "--lora", str(tiny_gguf)], capsys)
-    assert "is not a .gguf file" in _fails(["eval", str(tiny_gguf), "--lora", str(tmp_path / "nope.gguf")], capsys)
+    assert "nope.gguf does not exist" in _fails(["eval", str(tiny_gguf), "--lora", str(tmp_path / "nope.gguf")], capsys)
     # llama.cpp would load a model file as an adapter and crash the process
     assert "is a GGUF model file, not a LoRA adapter" in _fails(["eval", str(tiny_gguf), "--lora", str(tiny_gguf)], capsys)
     (tmp_path / "text.gguf").write_text("not gguf")
