@@ -378,8 +378,6 @@ def export_command(
 
     _console(verbose, quiet)
     _load_libraries("kbit.core.export.pipeline")
-    from pathlib import Path
-
     from kbit.core.export.pipeline import export_path
 
     with contextlib.redirect_stdout(sys.stderr):  # loaders print progress; keep stdout for the result
@@ -387,7 +385,7 @@ def export_command(
                              min_top1=min_top1, max_em_drop=max_em_drop, max_kl=max_kl, runtime=runtime)
     entry = result.entry
     if as_json:
-        typer.echo(json.dumps({"output": str(Path(result.target).resolve()), **_jsonable(entry)}, indent=2))
+        typer.echo(json.dumps({"output": str(result.target.resolve()), **_jsonable(entry)}, indent=2))
         return
     types = ", ".join(f"{name} ×{count}" for name, count in entry["tensor_types"].items())
     typer.echo(f"wrote    {result.target} ({entry['size_bytes'] / 2**20:.1f} MiB; {types}) in {entry['write_seconds']} s")

@@ -135,9 +135,9 @@ def _quantized_base_code(record: RunRecord) -> list[str]:
         config = get_method(_method(record)).build_quant_config(record.spec)
     except Exception:  # noqa: BLE001 - a card is written whatever the method's state; the sentence above stands
         return []
-    name = type(config).__name__
-    if config is None or getattr(transformers, name, None) is not type(config):
+    if config is None or getattr(transformers, type(config).__name__, None) is not type(config):
         return []
+    name = type(config).__name__
     arguments = ", ".join(f"{key}={value!r}" for key, value in config.to_diff_dict().items()
                           if key not in ("quant_method", "_load_in_4bit", "_load_in_8bit"))
     dtype = record.spec.training.compute_dtype if record.spec.training is not None else "float32"
@@ -149,7 +149,11 @@ def _quantized_base_code(record: RunRecord) -> list[str]:
 
 def _gguf_base_note(record: RunRecord) -> list[str]:
     """Where the base came from a GGUF file of a hub model: that its weights are the file's, not the hub's."""
-    gguf, hub_id = _beside_base(record, "gguf"), record.base_model.hub_id or _beside_base(record, "hub_id")
+    from kbit.core.model.sources import recorded_source
+
+    path = record.base_model.path
+    beside = recorded_source(Path(path), ("gguf", "hub_id")) if path else {}
+    gguf, hub_id = beside.get("gguf"), record.base_model.hub_id or beside.get("hub_id")
     if not gguf or not hub_id:  # without a hub id the card names the file itself
         return []
     return [f"The base kbit trained on is the GGUF file `{Path(gguf).name}`, not `{hub_id}`'s own weights: the two "

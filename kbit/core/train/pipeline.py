@@ -66,11 +66,11 @@ def run_training(config: TrainConfig, resume: bool = False) -> RunResult:
     """Plan, train, save, merge, quantize and score one run; returns its directory and metadata."""
     started = time.time()  # the wall time counts reading and checking the data too
     plan = plan_run(config, resume=resume)
-    if resume and (done := read_record(plan.run_dir)) is not None and done.status == "finished":
+    if plan.finished is not None:
         if is_main_process():  # nothing to continue: its record stays as it finished
             log.info("run %s finished already; nothing to resume (kbit eval %s scores it again)", plan.name, plan.run_dir)
         _leave_process_group()
-        return RunResult(plan.run_dir, done if is_main_process() else None)
+        return RunResult(plan.run_dir, plan.finished if is_main_process() else None)
     if not is_main_process():
         _run_stages(plan, None, started)
         _leave_process_group()

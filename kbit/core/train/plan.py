@@ -30,7 +30,7 @@ from kbit.core.contract.method_info import MergePolicy, Requirement, describe_mi
 from kbit.core.model.check import check_adapter_fits, check_weights_match, load_config, skeleton
 from kbit.core.model.sources import ModelSource, check_base_unchanged, load_tokenizer, resolve_model
 from kbit.core.runs.naming import run_name
-from kbit.core.runs.record import read_record
+from kbit.core.runs.record import RunRecord, read_record
 from kbit.core.methods.registry import default_registry, get_method
 from kbit.core.runs.folder import check_writable
 from kbit.core.train.sizing import auto_batch_size, auto_rank, concrete_adapter_spec, decide_checkpointing
@@ -65,6 +65,7 @@ class RunPlan:
     run_dir: Path
     resume: bool
     teacher: Path | None = None  # the merged model of --teacher's run (kbit.core.train.teacher)
+    finished: RunRecord | None = None  # --resume of a run that finished: its record, which nothing changes
 
 
 def is_main_process() -> bool:
@@ -137,7 +138,8 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
         raise ConfigError(f"dataset {data.source} has no training examples")
     examples = _training_examples(data, config.turns)
     source = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
-    if recorded is not None and recorded.status != "finished":  # a finished run is not trained further
+    finished = recorded if recorded is not None and recorded.status == "finished" else None
+    if recorded is not None and finished is None:  # a finished run is not trained further
         check_base_unchanged(recorded.base_model, source.revision, config.output,
                              "its remaining steps would train on other weights: restore the base it started on, or "
                              "train a new run")
@@ -190,7 +192,7 @@ def plan_run(config: TrainConfig, resume: bool = False) -> RunPlan:
                              inputs=(config.model, source.path, config.dataset, config.teacher, config.held_out_file))
     check_writable(run_dir, min_free_bytes=3 * model_bytes + (64 << 20))
     return RunPlan(config, method, spec, policy, device, data, examples, source, tokenizer, batch_size, sizing, decisions, name,
-                   run_dir, resume, teacher)
+                   run_dir, resume, teacher, finished)
 
 
 def _check_held_out_file(file: str, data: TaskData) -> None:
