@@ -288,7 +288,7 @@ def eval_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Evaluate on this dataset instead of each run's own.")] = None,
     columns: Annotated[Optional[str], typer.Option("--columns", help="Column mapping for --dataset: prompt=COL, completion=COL and answer=COL (optional), comma-separated.")] = None,
     max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Read at most N rows of --dataset.")] = None,
-    held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out split of --dataset: a count (50) or a fraction (0.1, 10%); or a file of items to score (a run's training rows set the answer length). A run is otherwise scored on its own split.")] = None,
+    held_out: Annotated[Optional[str], typer.Option("--held-out", help="Held-out split of --dataset: a count (50) or a fraction (0.1, 10%); or a file whose every item is scored (the answer length from the training rows beside it, else from its own answers). A run is otherwise scored on its own split.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Held-out items per model (default 100).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Cap on each answer (default: from the training completions' length; answers end at the end-of-turn token).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per batch (default: greedy answers in batches that a 1 GiB KV cache holds, at most 128, as kbit train scores; the loss pass and the speed run 8).")] = None,

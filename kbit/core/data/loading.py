@@ -89,6 +89,22 @@ def load_task_data(
     return _build(name, f"hub:{hub_id}", train_rows, held, mapping, held_out, max_examples, seed, held_file)
 
 
+def load_items(path: str, *, columns: str | None = None) -> TaskData:
+    """Every row of the file (or saved dataset folder) ``path`` as an item to score and none to train on:
+    a test file scored on its own, outside any training data. Raises ``ConfigError`` as ``load_task_data``
+    does for the file, and for a file with no rows."""
+    mapping = parse_column_mapping(columns) if columns else None
+    file = Path(path).expanduser()
+    rows = _read_local(file, "held-out file")
+    if not rows:
+        raise ConfigError(f"held-out file {path} is empty")
+    names = sorted(rows[0].keys())
+    converter, task = choose_format(names, mapping, path) if mapping else _held_out_format(names, None, path)
+    if converter is squad:
+        mark_unanswerable(rows)
+    return TaskData(name=file.stem, task=task, train=(), held_out=_convert(rows, converter, path), source=str(file))
+
+
 def _is_saved_dataset(path: Path) -> bool:
     """Whether ``path`` is a folder ``datasets``' ``save_to_disk`` wrote."""
     return path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS)

@@ -41,7 +41,7 @@ def measure_in_llama_cpp(candidate: Candidate, data: TaskData, items: Sequence[A
     announce(candidate, data, items)
     holder = SimpleNamespace(generation_config=_generation_config(candidate.path))  # what end_of_turn_ids reads
     stops = end_of_turn_ids(tokenizer, holder)
-    budget = generation_budget(tokenizer, data.train, max_new_tokens, holder)
+    budget = generation_budget(tokenizer, data, max_new_tokens, holder)
     prompts = [tokenizer(render_prompt(tokenizer, e), add_special_tokens=False)["input_ids"] for e in items]
     limit = context_length(load_config(candidate.path))
     sequences = [encode_example(tokenizer, e, limit) for e in items]

@@ -53,15 +53,21 @@ RUNS_ROOT = Path("runs")
 
 @attrs.frozen
 class DataRequest:
-    """The arguments of ``load_task_data`` that pick a held-out split; equal requests share data."""
+    """The arguments of ``load_task_data`` that pick a held-out split; equal requests share data. With no
+    ``dataset``, ``held_out`` is a file whose every row is scored (``load_items``)."""
 
-    dataset: str = "arith"
+    dataset: str | None = "arith"
     columns: str | None = None
     held_out: int | float | str | None = None
     max_examples: int | None = None
     seed: int = 0
     trained_on: tuple[str, str] | None = None  # (run, its recorded fingerprint): the run's own split, checked
     run_split: DataRequest | None = None  # with --dataset on a run: the run's own split, whose training rows it learned
+
+    @property
+    def files(self) -> tuple[str | None, ...]:
+        """What the request reads: the dataset and the held-out file, where they are files."""
+        return self.dataset, self.held_out if isinstance(self.held_out, str) else None
 
 
 @attrs.frozen
@@ -561,10 +567,12 @@ def _data_request(selection: Selection, record: RunRecord | None) -> DataRequest
         return DataRequest(selection.dataset, selection.columns, selection.held_out, selection.max_examples, seed,
                            run_split=_run_split(record, config.seed) if config is not None else None)
     if record is None:
+        if isinstance(selection.held_out, str):
+            return DataRequest(None, selection.columns, selection.held_out, seed=seed)
         return DataRequest(DEFAULT_DATASET, selection.columns, selection.held_out, selection.max_examples, seed)
     recorded = config.held_out if config is not None else None
     if isinstance(selection.held_out, str) and not _same_file(selection.held_out, recorded):
-        return _held_out_file_request(selection.held_out, record, seed)
+        return _held_out_file_request(selection.held_out, record, seed, selection.columns)
     if selection.held_out is not None and not isinstance(selection.held_out, str) and selection.held_out != recorded:
         raise ConfigError(f"--held-out applies to --dataset: run {record.name or ''} is scored on its own held-out "
                           f"split ({describe_held_out(recorded)}), which its training never saw; pass --dataset too, "
@@ -583,14 +591,14 @@ def _same_file(given: str, recorded: Any) -> bool:
     return isinstance(recorded, str) and Path(given).expanduser().resolve() == Path(recorded)
 
 
-def _held_out_file_request(held_out: str, record: RunRecord | None, seed: int) -> DataRequest:
-    """A run scored on the items of the file ``held_out`` beside its own training rows (which set the answer length)."""
-    config = record.config if record is not None else None
-    if config is None or config.dataset in (DEFAULT_DATASET, REPHRASED):
-        what = "a model outside a run" if record is None else f"run {record.name or ''}, trained on the built-in arith set,"
-        raise ConfigError(f"--held-out {held_out} scores a file's items beside a dataset file's training rows, whose "
-                          f"answers set the answer length; for {what} pass --dataset {held_out} instead (its held-out "
-                          "split), or --dataset TRAIN_FILE with --held-out")
+def _held_out_file_request(held_out: str, record: RunRecord, seed: int, columns: str | None) -> DataRequest:
+    """A run scored on the items of the file ``held_out``: beside the training rows of its dataset file (which set
+    the answer length), or alone where the run trained on the built-in set; checked against the rows it trained on."""
+    config = record.config
+    if config is None:  # a record without settings (kbit 0.1's): what it trained on cannot be rebuilt
+        return DataRequest(None, columns, held_out, seed=seed)
+    if config.dataset in (DEFAULT_DATASET, REPHRASED):
+        return DataRequest(None, columns, held_out, seed=seed, run_split=_run_split(record, config.seed))
     return DataRequest(config.dataset, config.columns, held_out, config.max_examples, seed,
                        run_split=_run_split(record, config.seed))
 

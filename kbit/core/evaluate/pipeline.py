@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from kbit.core.runs import stamps as meta
-from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_task_data, trained_prompts
+from kbit.core.data import TaskData, check_recorded_file, check_trained_on, load_items, load_task_data, trained_prompts
 from kbit.core.system.device import DeviceInfo, detect_device, release_memory
 from kbit.core.errors import ConfigError
 from kbit.core.data.split import held_out_size
@@ -159,7 +159,9 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
                       **({"generation": budgets[request].to_dict()} if request in budgets else {}),
                       **({"scoring": math_scorer()} if data.task in MATH_TASKS else {})}
                      for request, (data, items) in datasets.items()],
-        "warnings": data_warnings + _sample_warnings(rows) + _reference_warnings(rows),
+        "warnings": data_warnings + _sample_warnings(rows, {data.name for request, (data, _) in datasets.items()
+                                                            if isinstance(request.held_out, str)})
+                    + _reference_warnings(rows),
         "rows": rows,
         "gaps": [g.to_dict() for g in gaps],
         "versions": meta.package_versions(),
@@ -183,7 +185,7 @@ def claim_report_dir(config: EvalConfig, candidates: list[Candidate]) -> Path:
     holding what is evaluated), else a new one."""
     target = Path(config.out) if config.out else default_out_dir(candidates)
     inputs = (*config.selection.paths, *config.selection.models, config.selection.dataset,
-              *(path for c in candidates for path in (c.path, c.tokenizer_path, c.base_path, c.data.dataset, c.gguf,
+              *(path for c in candidates for path in (c.path, c.tokenizer_path, c.base_path, *c.data.files, c.gguf,
                                                       c.lora, c.reference and c.reference.path)))
     claimed = claim(target, is_own=lambda p: kbit_kind(p) == "eval", kind="eval", overwrite=config.overwrite,
                     flag="--out", what="report folder", inputs=inputs)
@@ -208,10 +210,13 @@ def _reference_warnings(rows: list[dict[str, Any]]) -> list[str]:
             for r in rows if r.get("answer_top1") is not None and r["answer_top1"] < 0.5]
 
 
-def _sample_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per dataset evaluated on fewer than ``MIN_ITEMS`` items."""
+def _sample_warnings(rows: list[dict[str, Any]], files: set[str]) -> list[str]:
+    """One line per dataset evaluated on fewer than ``MIN_ITEMS`` items (``files``: the names of held-out files,
+    which hold as many items as they hold)."""
     counts = dict.fromkeys((r["dataset"], r["items"]) for r in rows if too_few(r.get("items")))
-    return [f"{dataset}: {small_sample_warning(items, f'; exact match is shown as hits/items with its 95% interval; use --limit or --held-out {MIN_ITEMS} or more')}"
+    shown = "; exact match is shown as hits/items with its 95% interval; "
+    return [f"{dataset}: " + small_sample_warning(items, shown + (f"score a file of {MIN_ITEMS} items or more" if dataset in files
+                                                                   else f"use --limit or --held-out {MIN_ITEMS} or more"))
             for dataset, items in counts]
 
 
@@ -219,6 +224,8 @@ OTHER_ITEMS = ", or pass --dataset FILE with items it did not train on"
 
 
 def _load(request: DataRequest) -> TaskData:
+    if request.dataset is None:
+        return load_items(request.held_out, columns=request.columns)
     if request.trained_on is not None:
         check_recorded_file(request.dataset, request.trained_on[0], OTHER_ITEMS, request.held_out)
     data = load_task_data(request.dataset, columns=request.columns, held_out=request.held_out,
@@ -343,7 +350,7 @@ def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], co
     file = candidate.source.endswith(".gguf")  # dequantized to float to run here: its memory is not the file's
     model, tokenizer, load_s = loaded.model, loaded.tokenizer, loaded.load_s
     try:
-        budget = generation_budget(tokenizer, data.train, config.max_new_tokens, model)
+        budget = generation_budget(tokenizer, data, config.max_new_tokens, model)
         generate_answers(model, tokenizer, items[:1], max_new_tokens=2)  # warm-up, so speed is comparable
         started = time.perf_counter()
         loss = completion_loss(model, tokenizer, items, batch_size=config.batch_size or LOSS_BATCH_SIZE)

@@ -1,10 +1,10 @@
 """How long an answer may be: generation stops at the end-of-turn token, under a cap that fits the task.
 
-The cap is the user's ``--max-new-tokens`` or, by default, derived from the training completions:
-the 95th percentile of their token lengths (the end-of-turn token included) times 1.5, bounded to
-16…1024 and to half the model's context (the prompt needs the rest). One-number arithmetic answers get
-16 tokens, a few sentences of worked solution ~100-200; a trained model ends well before the cap, and an
-untrained one is cut there instead of running on.
+The cap is the user's ``--max-new-tokens`` or, by default, derived from the training completions (of a
+test file scored alone: its items' own): the 95th percentile of their token lengths (the end-of-turn token
+included) times 1.5, bounded to 16…1024 and to half the model's context (the prompt needs the rest).
+One-number arithmetic answers get 16 tokens, a few sentences of worked solution ~100-200; a trained model
+ends well before the cap, and an untrained one is cut there instead of running on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from kbit.core.data.examples import Example
+from kbit.core.data.examples import Example, TaskData
 from kbit.core.errors import ConfigError
 
 PERCENTILE = 95
@@ -39,7 +39,7 @@ class GenerationBudget:
     """The new-token cap of greedy answers, how it was chosen, and the tokens that end an answer."""
 
     max_new_tokens: int
-    chosen_by: str  # "--max-new-tokens" or "training completions"
+    chosen_by: str  # "--max-new-tokens", "training completions" or "the held-out items' completions"
     detail: str
     stop_tokens: tuple[str, ...] = ()
 
@@ -121,16 +121,21 @@ def check_fits_context(explicit: int | None, model_config: Any) -> None:
                           f"pass a value below {context} (answers end at the end-of-turn token anyway)")
 
 
-def generation_budget(tokenizer: Any, train: Sequence[Example], explicit: int | None = None,
+def generation_budget(tokenizer: Any, data: TaskData | Sequence[Example], explicit: int | None = None,
                       model: Any = None) -> GenerationBudget:
-    """The budget for answers to a task whose training completions are ``train`` (``explicit`` wins;
-    ``ConfigError`` where it reaches past ``model``'s context)."""
+    """The budget for answers to a task whose training completions are ``data`` (or ``data.train``; where a
+    ``TaskData`` has no training rows, a file scored alone, its held-out items' completions): ``explicit`` wins;
+    ``ConfigError`` where it reaches past ``model``'s context."""
     stops = tuple(tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer, model))
     if explicit is not None:
         check_fits_context(explicit, getattr(model, "config", None))
         return GenerationBudget(int(explicit), "--max-new-tokens", "set by the user", stops)
-    cap, detail = derived_cap(completion_lengths(tokenizer, train))
+    completions, chosen_by = data, "training completions"
+    if isinstance(data, TaskData):
+        completions = data.train or data.held_out
+        chosen_by = "training completions" if data.train else "the held-out items' completions"
+    cap, detail = derived_cap(completion_lengths(tokenizer, completions))
     context = context_length(getattr(model, "config", None))
     if context is not None and cap > context // 2:  # the prompt needs the rest of the context
         cap, detail = max(1, context // 2), f"{detail}, bounded to half the model's context of {context} tokens"
-    return GenerationBudget(cap, "training completions", detail, stops)
+    return GenerationBudget(cap, chosen_by, detail, stops)

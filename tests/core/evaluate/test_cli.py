@@ -106,6 +106,45 @@ def test_a_run_trained_beside_a_held_out_file_is_scored_on_it_and_on_other_files
     assert moved.returncode == 2 and f"held out the items of {valid}, which is no longer there" in moved.stderr
 
 
+def test_a_test_file_is_scored_whole_against_a_model_outside_any_run(tiny, tmp_path, capsys):
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": f"Say {'word ' * i}", "completion": "word " * i}) + "\n" for i in range(1, 8)))
+    main(["eval", str(tiny), "--held-out", str(test), "--out", str(tmp_path / "report"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["dataset"], r["items"]) for r in report["rows"]] == [("test", 7)]  # every row, none kept to train on
+    data = report["datasets"][0]
+    assert (data["train_examples"], data["held_out_examples"], data["request"]["dataset"]) == (0, 7, None)
+    generation = data["generation"]  # no training rows: the cap is measured on the file's own answers
+    assert generation["chosen_by"] == "the held-out items' completions" and "of 7 completion lengths" in generation["detail"]
+    assert report["warnings"][0].endswith("score a file of 30 items or more")
+    assert len((tmp_path / "report" / "predictions.jsonl").read_text().splitlines()) == 7
+
+
+def test_a_test_file_that_cannot_be_scored_is_named(tiny, tmp_path, capsys):
+    empty, other = tmp_path / "empty.jsonl", tmp_path / "other.jsonl"
+    empty.write_text("")
+    other.write_text(json.dumps({"text": "no answer here"}) + "\n")
+    assert _fails(["eval", str(tiny), "--held-out", str(empty)], capsys) == f"kbit: error: held-out file {empty} is empty"
+    assert f"held-out file {other} has no known format (columns: text)" in _fails(["eval", str(tiny), "--held-out", str(other)], capsys)
+
+
+@pytest.mark.slow
+def test_a_run_trained_on_the_built_in_set_is_scored_on_a_test_file_and_its_trained_items_counted(tiny_run, tmp_path):
+    from kbit.core.data import load_task_data
+
+    trained = load_task_data("arith", max_examples=40).train[0]  # what tiny_run trained on
+    test = tmp_path / "test.jsonl"
+    rows = [{"prompt": trained.prompt[-1][1], "completion": trained.completion}] + [
+        {"prompt": f"What is {i} plus 1000?", "completion": str(i + 1000)} for i in range(4)]
+    test.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = run_kbit("eval", str(tiny_run), "--variant", "merged", "--held-out", str(test), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [(r["dataset"], r["items"]) for r in report["rows"]] == [("test", 5)]
+    assert report["datasets"][0]["generation"]["chosen_by"] == "the held-out items' completions"
+    assert f"1 of the 5 items scored from {test} ask a prompt run " in " ".join(report["warnings"])
+
+
 @pytest.mark.slow
 def test_reruns_are_identical(tiny_run, tmp_path, capsys):
     outputs = []
