@@ -163,7 +163,7 @@ def _ensure_base_row(plan: ComparePlan, planned: PlannedMethod, record: RunRecor
             progress(f"base: evaluating {plan.model_name} once, on {plan.config.limit} held-out items")
             rows = _run_eval(out, planned.run_dir, ("base",), plan)
         report["base"] = {"status": "finished", "evaluated": key, "reused": reused,
-                          "rows": [reporting.with_disk_size(r, record) for r in rows]}
+                          "rows": rows}
     except Exception as exc:  # noqa: BLE001 - the methods' rows are still worth having
         report["base"] = {"status": "failed", "reason": _one_line(exc)}
         progress(f"base: evaluation failed: {report['base']['reason']}")
@@ -190,7 +190,7 @@ def _evaluate(plan: ComparePlan, planned: PlannedMethod, previous: dict[str, Any
     else:
         progress(f"{planned.name}: evaluating {', '.join(variants)} on {plan.config.limit} held-out items")
         rows = _run_eval(out, run, variants, plan)
-    return [reporting.with_disk_size(r, record) for r in rows], key, reused
+    return rows, key, reused
 
 
 def _kept_rows(out: Path, key: dict[str, Any], previous: dict[str, Any] | None) -> list[dict[str, Any]] | None:

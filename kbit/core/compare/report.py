@@ -94,24 +94,6 @@ def run_figures(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def with_disk_size(row: dict[str, Any], record: RunRecord) -> dict[str, Any]:
-    """``row`` of ``kbit eval`` with ``disk_bytes``: the weight files the variant needs on disk.
-
-    The adapter variant needs its base as stored as well (a quantized-training method quantizes the
-    base when it loads it), so its size is the base's plus the adapter's; a GGUF row's is its file's.
-    """
-    from kbit.core.train.plan import weights_bytes
-
-    path = Path(row["path"])
-    size = path.stat().st_size if path.is_file() else weights_bytes(path)  # a GGUF row: the file
-    if row["variant"] == "adapter":
-        base = Path(str(record.base_model.path))
-        if not base.is_dir():
-            return {**row, "disk_bytes": None}
-        size += weights_bytes(base)
-    return {**row, "disk_bytes": size}
-
-
 def flat_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per evaluated variant (base first) and one per method without results, for programs."""
     base = report.get("base", {})

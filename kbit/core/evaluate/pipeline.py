@@ -203,10 +203,13 @@ def default_out_dir(candidates: list[Candidate]) -> Path:
 
 
 def _reference_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """A file that agrees with its reference on fewer than half of the answer tokens is most likely not made from
-    it (seen: --reference naming another model with the same vocabulary gave 0% without a word)."""
-    return [f"{r['model']}: answer top-1 agreement with its reference ({r['reference']}) is {r['answer_top1']:.0%}; "
-            "check that --reference names the model this file was made from"
+    """A line for each file that agrees with its reference on fewer than half of the answer tokens (seen: --reference
+    naming another model with the same vocabulary gave 0% without a word). The figures cannot tell a file made from
+    another model from a lossy quantization of this one (a small model's own q4_0 file fell under it), so the line
+    says both."""
+    return [f"{r['model']}: answer top-1 agreement with its reference ({r['reference']}) is {r['answer_top1']:.0%} "
+            f"(every position: {r['same_top_p']:.0%}, mean KL {r['kl']:.3g} nats): the file computes far from that model, "
+            "as a lossy quantization of it or a file made from another model does; check that --reference names its source"
             for r in rows if r.get("answer_top1") is not None and r["answer_top1"] < 0.5]
 
 
@@ -305,6 +308,7 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
         "source": candidate.source,
         "path": candidate.gguf or candidate.path,
         **({"lora": candidate.lora} if candidate.lora else {}),
+        "disk_bytes": disk_bytes(candidate),
         "dataset": data.name,
         "task": data.task,
         "items": len(items),
@@ -335,6 +339,25 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
             zip(items, answers.texts, answers.new_tokens, per_example, loss["per_example"]))
     ]
     return row, predicted, measured.budget
+
+
+def disk_bytes(candidate: Candidate) -> int | None:
+    """The bytes on disk of the weights ``candidate`` needs: a GGUF file (with its LoRA file), a folder's
+    safetensors files, an adapter's and its base's together (a quantized-training method quantizes the base as
+    it loads it); None where one of them is no local file or folder of safetensors (a hub id)."""
+    from kbit.core.train.plan import weights_bytes
+
+    parts = [candidate.gguf, candidate.lora] if candidate.gguf else [candidate.path]
+    if candidate.variant == "adapter":
+        parts.append(candidate.base_path)
+    total = 0
+    for part in filter(None, parts):
+        path = Path(part)
+        size = path.stat().st_size if path.is_file() else weights_bytes(path) if path.is_dir() else 0
+        if not size:
+            return None
+        total += size
+    return total
 
 
 def announce(candidate: Candidate, data: TaskData, items: list[Any]) -> None:

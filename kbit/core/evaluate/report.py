@@ -37,7 +37,7 @@ class Column:
             return "n/a"
         if self.key in ("exact_match", "f1", "answer_top1", "same_top_p"):
             return f"{100 * value:.1f}%"
-        if self.key == "memory_bytes":
+        if self.key in ("memory_bytes", "disk_bytes"):
             return f"{value / 2**20:.1f} MiB"
         if self.key in ("tokens_per_s", "forward_tokens_per_s", "prompt_tokens_per_s", "generation_tokens_per_s"):
             return f"{value:.1f}"
@@ -50,6 +50,7 @@ COLUMNS = (
     Column("exact_match", "exact match", "max"),
     Column("f1", "F1", "max"),
     Column("memory_bytes", "memory", "min"),
+    Column("disk_bytes", "size on disk", "min"),
     Column("bits_per_weight", "bits/weight", "min"),
     Column("tokens_per_s", "tokens/s", "max"),
     Column("forward_tokens_per_s", "forward tok/s", "max"),
@@ -132,7 +133,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Held-out items per model: up to {report['settings']['limit']}; greedy answers "
         f"{generation_text(report['settings'])}; seed {report['settings']['seed']}. "
-        f"Best value per column in bold, marked {BEST_MARK} (lowest loss/perplexity/memory/bits, highest scores/speed).",
+        f"Best value per column in bold, marked {BEST_MARK} (lowest loss/perplexity/memory/size/bits, highest scores/speed).",
         "",
         *[f"> **Warning:** {w}" for w in report.get("warnings", [])],
         *([""] if report.get("warnings") else []),
@@ -166,7 +167,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Loss and perplexity are over completion tokens only (prompt masked), as trained. Memory counts",
         "parameters, buffers and quantization state as stored. Bits/weight covers the base linear layers",
-        "(output head and adapters excluded), including scales and quantization state.",
+        "(output head and adapters excluded), including scales and quantization state. Size on disk counts the",
+        "weight files a model needs: an adapter's with its base's as stored, a GGUF file with its LoRA file.",
         *([f"Tokens/s: {speed['tokens_per_s']}.", f"Forward tok/s: {speed['forward_tokens_per_s']}."] if speed else []),
         f"Exact match below {MIN_ITEMS} items is shown as hits/items with its 95% Wilson interval.",
         *runtime_notes(rows),
@@ -221,7 +223,7 @@ def print_table(report: dict[str, Any], out_dir: Path | None = None) -> None:
     best = {c.key: best_rows(rows, c) for c in columns}
     marked = any(best.values())
     several = len({r.get("dataset") for r in rows}) > 1  # then each row says which, and ranks within it
-    caption = (f"{BEST_MARK} best of each measure (lowest loss/perplexity/memory/bits, highest scores/speed)"
+    caption = (f"{BEST_MARK} best of each measure (lowest loss/perplexity/memory/size/bits, highest scores/speed)"
                + (" among the rows of its dataset" if several else "")) if marked else None
     labels = ["model", "variant", *(["dataset"] if several else [])]
     cells = []

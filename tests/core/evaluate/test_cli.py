@@ -28,6 +28,8 @@ def test_eval_a_run_writes_the_report_and_prints_the_table(tiny_run, tmp_path):
     assert 4 < adapter["bits_per_weight"] < 8 and adapter["memory_bytes"] < base["memory_bytes"]
     assert all(r["items"] == 3 and r["loss"] > 0 and r["tokens_per_s"] > 0 for r in report["rows"])
     assert abs(adapter["loss"] - merged["loss"]) < 0.05  # the merge keeps what the adapter learned
+    stored = {name: sum(f.stat().st_size for f in (tiny_run / name).glob("*.safetensors")) for name in ("adapter", "merged")}
+    assert merged["disk_bytes"] == stored["merged"] and adapter["disk_bytes"] == stored["adapter"] + base["disk_bytes"]
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 9 and {"prompt", "messages", "prediction", "gold", "scores"} <= set(json.loads(lines[0]))
     assert json.loads(lines[0])["messages"][-1]["role"] == "user"  # the turns the chat template rendered
@@ -112,6 +114,7 @@ def test_a_test_file_is_scored_whole_against_a_model_outside_any_run(tiny, tmp_p
     main(["eval", str(tiny), "--held-out", str(test), "--out", str(tmp_path / "report"), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert [(r["dataset"], r["items"]) for r in report["rows"]] == [("test", 7)]  # every row, none kept to train on
+    assert report["rows"][0]["disk_bytes"] == sum(f.stat().st_size for f in tiny.glob("*.safetensors"))
     data = report["datasets"][0]
     assert (data["train_examples"], data["held_out_examples"], data["request"]["dataset"]) == (0, 7, None)
     generation = data["generation"]  # no training rows: the cap is measured on the file's own answers
