@@ -342,12 +342,14 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
 
 
 def disk_bytes(candidate: Candidate) -> int | None:
-    """The bytes on disk of the weights ``candidate`` needs: a GGUF file (with its LoRA file), a folder's
-    safetensors files, an adapter's and its base's together (a quantized-training method quantizes the base as
-    it loads it); None where one of them is no local file or folder of safetensors (a hub id)."""
+    """The bytes on disk of the weights ``candidate`` needs: a GGUF file (with its LoRA file; in transformers too,
+    which runs kbit's float conversion of it), a folder's safetensors files, an adapter's and its base's together
+    (a quantized-training method quantizes the base as it loads it); None where one of them is no local file or
+    folder of safetensors (a hub id)."""
     from kbit.core.train.plan import weights_bytes
 
-    parts = [candidate.gguf, candidate.lora] if candidate.gguf else [candidate.path]
+    file = candidate.gguf or (candidate.source if candidate.source.endswith(".gguf") else None)
+    parts = [file, candidate.lora] if file else [candidate.path]
     if candidate.variant == "adapter":
         parts.append(candidate.base_path)
     total = 0

@@ -49,6 +49,7 @@ def test_a_gguf_in_llama_cpp_and_in_transformers_against_its_source(tiny_gguf, t
     assert same["answer_top1"] >= 0.9 and same["kl"] < 1e-4 and "prompt_tokens_per_s" not in same
     assert same["memory_bytes"] is None  # the float copy's would not be the file's
     assert same["bits_per_weight"] == row["bits_per_weight"] == 16  # the file's, as stored
+    assert same["disk_bytes"] == row["disk_bytes"] == tiny_gguf.stat().st_size  # the file's, not the float copy's
 
 
 @pytest.mark.slow  # tiny_run trains in a subprocess
