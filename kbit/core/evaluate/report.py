@@ -106,10 +106,6 @@ def generation_text(settings: dict[str, Any]) -> str:
     return "until the end-of-turn token, at most the budget of each dataset (below)"
 
 
-def row_name(row: dict[str, Any]) -> tuple[str, str]:
-    return row["model"], row["variant"]
-
-
 def write_report(out_dir: Path, report: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> Path:
     """Write the four report files into ``out_dir`` atomically; returns ``out_dir``."""
     out_dir = Path(out_dir)

@@ -244,9 +244,5 @@ class Scores(Section):
         return super().from_dict(data)
 
     @property
-    def exact_match_before(self) -> float | None:
-        return self.before.exact_match if self.before is not None else None
-
-    @property
     def exact_match_after(self) -> float | None:
         return self.after.exact_match if self.after is not None else None

@@ -98,17 +98,6 @@ def fake_quantize_activations(x: torch.Tensor, fmt: str, rule: str = "x86") -> t
     return x + (round_activations(x, fmt, rule) - x).detach()
 
 
-def q8_1_sums(x: torch.Tensor, rule: str = "x86") -> torch.Tensor:
-    """Q8_1's per-block ``s = fp16(amax/127 · Σq)`` of ``x`` (shape ``(..., n/32)``, float32): what a
-    q4_1/q5_1 dot product multiplies each weight block's offset ``m`` by, in place of the block sum of
-    ``round_activations(x, "q8_1")`` (they differ by the float16 rounding of ``d`` versus of ``d·Σq``)."""
-    check_format("q8_1", rule)
-    blocks = x.detach().float().reshape(*x.shape[:-1], x.shape[-1] // 32, 32)
-    amax = blocks.abs().amax(dim=-1, keepdim=True)
-    codes = _codes(blocks, amax, rule)
-    return (amax / 127 * codes.sum(dim=-1, keepdim=True)).to(torch.float16).float().squeeze(-1)
-
-
 def _codes(blocks: torch.Tensor, amax: torch.Tensor, rule: str) -> torch.Tensor:
     """The int8 codes of q8_0/q8_1 (as float32) for float32 ``blocks`` with per-block ``amax``."""
     zero = torch.zeros((), dtype=blocks.dtype, device=blocks.device)

@@ -71,7 +71,7 @@ def test_a_schema_2_record_keeps_its_scores_without_the_copies_of_them(tmp_path)
     old = {**data, "schema_version": 2, "metrics": {"before": {**scores, "exact_match": 0.1, "exact_match_hits": 3},
                                                     "after": scores, "exact_match_before": 0.1, "exact_match_after": 0.9}}
     record = RunRecord.from_dict(old)
-    assert record.metrics.after.exact_match_hits == 27 and record.metrics.exact_match_before == 0.1
+    assert record.metrics.after.exact_match_hits == 27 and record.metrics.before.exact_match == 0.1
     write_record(tmp_path, record)
     metrics = json.loads((tmp_path / "kbit.json").read_text())["metrics"]
     assert "exact_match_after" not in metrics and metrics["after"]["exact_match"] == 0.9

@@ -20,7 +20,6 @@ from kbit.core.errors import ConfigError
 from kbit.core.runtime.rounding import (
     activation_format,
     fake_quantize_activations,
-    q8_1_sums,
     round_activations,
 )
 
@@ -64,9 +63,9 @@ def _c_roundf(value: np.float32) -> int:
     return int(math.copysign(math.floor(abs(float(value)) + 0.5), value))
 
 
-def port_q8_1_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def port_q8_1_ref(x: np.ndarray) -> np.ndarray:
     """ggml-quants.c quantize_row_q8_1_ref then dequantize, scalar by scalar in float32."""
-    values, sums = [], []
+    values = []
     f32 = np.float32
     for block in x.reshape(-1, 32):
         amax = f32(0)
@@ -77,8 +76,7 @@ def port_q8_1_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         codes = [_c_roundf(f32(v * inverse)) for v in block]
         d16 = f32(np.float16(d))
         values += [f32(f32(q) * d16) for q in codes]
-        sums.append(f32(np.float16(f32(f32(sum(codes)) * d))))
-    return np.array(values, dtype=np.float32), np.array(sums, dtype=np.float32)
+    return np.array(values, dtype=np.float32)
 
 
 def port_q8_k_ref(x: np.ndarray) -> np.ndarray:
@@ -100,12 +98,11 @@ def port_q8_k_ref(x: np.ndarray) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
-def test_q8_1_reference_rule_is_the_ported_c_with_its_block_sums():
+def test_q8_1_reference_rule_is_the_ported_c():
     x = activations(2)
-    expected, sums = port_q8_1_ref(x)
+    expected = port_q8_1_ref(x)
     ours = round_activations(torch.from_numpy(x), "q8_1", rule="reference").numpy()
     assert np.array_equal(ours, expected)
-    assert np.array_equal(q8_1_sums(torch.from_numpy(x), rule="reference").numpy(), sums)
 
 
 def test_q8_k_is_the_ported_c():
@@ -150,9 +147,6 @@ def test_equal_to_ggml_compiled_quantizers_bit_for_bit(fmt, rule, function):
     expected = (codes.astype(np.float32) * d).ravel()
     ours = torch.from_numpy(x)
     assert np.array_equal(bits(round_activations(ours, fmt, rule).numpy()), bits(expected))
-    if fmt == "q8_1":
-        stored_s = rows[:, 2:4].copy().view(np.float16).astype(np.float32).ravel()
-        assert np.array_equal(q8_1_sums(ours, rule).numpy(), stored_s)
 
 
 @pytest.mark.parametrize("fmt", ["q8_0", "q8_1", "q8_K", "f16"])
