@@ -557,7 +557,9 @@ def _disk_message(exc: OSError, training: bool) -> str:
 # One-value options people give twice hoping both count (every command that has it spells it so), and what to do
 # instead. Click keeps the last value silently: an override for --max-steps and the like, but for --dataset the
 # first file's rows are dropped.
-REPEAT_HINTS = {("--dataset", "-d"): "kbit reads one dataset: join the files into one (e.g. cat a.jsonl b.jsonl > all.jsonl)"}
+REPEAT_HINTS = {("--dataset", "-d"): "kbit reads one dataset: join the files into one (e.g. cat a.jsonl b.jsonl > all.jsonl)",
+                ("--held-out",): "kbit scores one held-out set: join the files into one (e.g. cat a.jsonl b.jsonl > all.jsonl), "
+                                 "or evaluate once per file"}
 
 
 def _refuse_repeated_options(args: list[str]) -> None:

@@ -65,6 +65,8 @@ def test_debug_shows_traceback_and_keeps_the_exit_code():
 def test_a_second_dataset_or_option_value_is_refused_rather_than_one_dropped():
     twice = run_kbit("train", "--dataset", "a.jsonl", "--dataset=b.jsonl", "--max-steps", "1")
     assert twice.returncode == 2 and "--dataset is given 2 times (a.jsonl, b.jsonl); kbit reads one dataset" in twice.stderr
+    held = run_kbit("eval", "--held-out", "a.jsonl", "--held-out", "b.csv")
+    assert held.returncode == 2 and "--held-out is given 2 times (a.jsonl, b.csv); kbit scores one held-out set" in held.stderr
     assert "-o r is given twice (8 and 16); pass it once" in run_kbit("spec", "qlora", "-o", "r=8", "-o", "r=16").stderr
     assert "--peft dora and -o peft_type=vera ask for two adapter types" in run_kbit(
         "train", "--peft", "dora", "-o", "peft_type=vera").stderr

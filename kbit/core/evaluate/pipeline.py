@@ -122,13 +122,13 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     data_warnings: list[str] = []
     datasets = {request: _held_out(request, config.limit, data_warnings)
                 for request in dict.fromkeys(c.data for c in candidates)}
-    budgets: dict[DataRequest, GenerationBudget] = {}
+    budgets: dict[DataRequest, dict[GenerationBudget, list[str]]] = {}  # models of another tokenizer get another budget
     rows: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
     for candidate in candidates:
         data, items = datasets[candidate.data]
         row, predicted, budget = evaluate_candidate(candidate, data, items, config, device)
-        budgets.setdefault(candidate.data, budget)
+        budgets.setdefault(candidate.data, {}).setdefault(budget, []).append(f"{candidate.label} {candidate.display_variant}")
         rows.append(row)
         predictions += predicted
     report = {
@@ -156,7 +156,7 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
         },
         "device": attrs.asdict(device),
         "datasets": [{**data.describe(), "request": attrs.asdict(request), "evaluated_items": len(items),
-                      **({"generation": budgets[request].to_dict()} if request in budgets else {}),
+                      **_generation(budgets.get(request, {})),
                       **({"scoring": math_scorer()} if data.task in MATH_TASKS else {})}
                      for request, (data, items) in datasets.items()],
         "warnings": data_warnings + _sample_warnings(rows, {data.name for request, (data, _) in datasets.items()
@@ -168,6 +168,18 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     }
     write_report(out_dir, report, predictions)
     return EvalResult(out_dir, report)
+
+
+def _generation(budgets: dict[GenerationBudget, list[str]]) -> dict[str, Any]:
+    """A dataset's answer budget for the report: ``generation``, and where models of other tokenizers had other
+    budgets, ``generation`` names its models and ``other_generation`` lists the rest with theirs."""
+    if not budgets:
+        return {}
+    (first, models), *others = budgets.items()
+    if not others:
+        return {"generation": first.to_dict()}
+    return {"generation": {**first.to_dict(), "models": models},
+            "other_generation": [{**budget.to_dict(), "models": names} for budget, names in others]}
 
 
 def _check_answer_budget(max_new_tokens: int | None, candidates: list[Candidate]) -> None:

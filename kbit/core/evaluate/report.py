@@ -150,9 +150,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("None: every requested variant was evaluated.")
     lines += ["", "## Answers", ""]
     for data in report.get("datasets", []):
-        generation = data.get("generation")
-        if generation:
-            lines.append(f"- {data['name']}: at most {generation['max_new_tokens']} new tokens "
+        for generation in filter(None, [data.get("generation"), *data.get("other_generation", [])]):
+            models = f" for {', '.join(generation['models'])}" if generation.get("models") else ""
+            lines.append(f"- {data['name']}: at most {generation['max_new_tokens']} new tokens{models} "
                          f"({generation['chosen_by']}: {generation['detail']}), stopping at "
                          f"{', '.join(generation['stop_tokens']) or 'the end-of-sequence token'}"
                          + (f"; scored with {data['scoring']}" if data.get("scoring") else ""))

@@ -78,6 +78,14 @@ def test_budget_and_speed_are_described():
     assert "Tokens/s: exactly 32 new tokens." in md and "Forward tok/s: one pass." in md
 
 
+def test_models_of_other_tokenizers_have_their_own_budget_line():
+    budget = {"chosen_by": "the held-out items' completions", "detail": "…", "stop_tokens": ["<|im_end|>"]}
+    report = {**REPORT, "datasets": [{"name": "qa", "generation": {**budget, "max_new_tokens": 120, "models": ["tiny base"]},
+                                      "other_generation": [{**budget, "max_new_tokens": 36, "models": ["smol gguf@llama.cpp"]}]}]}
+    md = markdown(report)
+    assert "- qa: at most 120 new tokens for tiny base (" in md and "- qa: at most 36 new tokens for smol gguf@llama.cpp (" in md
+
+
 def test_rows_of_different_datasets_are_ranked_each_among_their_own():
     loss = next(c for c in COLUMNS if c.key == "loss")
     rows = [{"model": "a", "dataset": "qa", "loss": 2.0, "items": 50}, {"model": "b", "dataset": "qa", "loss": 1.0, "items": 50},
