@@ -24,7 +24,7 @@ from kbit.core.system.device import DeviceInfo
 from kbit.core.measure.budget import context_length, end_of_turn_ids, generation_budget
 from kbit.core.measure.generation import Answers, render_prompt
 from kbit.core.evaluate.loading import Candidate
-from kbit.core.measure.metrics import encode_example, gguf_linear_bits
+from kbit.core.measure.metrics import context_cut, encode_example, gguf_linear_bits
 from kbit.core.evaluate.pipeline import Measured
 from kbit.core.model.check import load_config
 from kbit.core.model.sources import ModelSource, load_tokenizer
@@ -52,7 +52,7 @@ def measure_in_llama_cpp(candidate: Candidate, data: TaskData, items: Sequence[A
         warm = model.timing
         answers = greedy_answers(model, tokenizer, prompts, budget.max_new_tokens, stops)
         speed = _since(warm, model.timing)
-        loss = _completion_loss(model, sequences)
+        loss = {**_completion_loss(model, sequences), **context_cut(sequences, limit)}
         agreement: dict[str, Any] = {}
         if candidate.reference is not None:
             from kbit.core.evaluate.reference import reference_agreement

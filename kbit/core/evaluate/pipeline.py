@@ -161,7 +161,7 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
                      for request, (data, items) in datasets.items()],
         "warnings": data_warnings + _sample_warnings(rows, {data.name for request, (data, _) in datasets.items()
                                                             if isinstance(request.held_out, str)})
-                    + _reference_warnings(rows),
+                    + _context_warnings(rows) + _reference_warnings(rows),
         "rows": rows,
         "gaps": [g.to_dict() for g in gaps],
         "versions": meta.package_versions(),
@@ -212,6 +212,15 @@ def default_out_dir(candidates: list[Candidate]) -> Path:
     # kbit's staging suffix, and does not start with "-", which shell tools read as an option
     safe = re.sub(r"[^\w.+-]", "-", name).lstrip("-.").encode()[:150].decode(errors="ignore") or "model"
     return REPORTS_ROOT / f"{safe}-{stamp}"
+
+
+def _context_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A line for each row some of whose items are longer than its model's context (their loss is over their
+    beginning, as training cuts them)."""
+    return [f"{r['model']} {r['variant']}: {r['cut_to_context']} of the {r['items']} items of {r['dataset']} "
+            f"{'is' if r['cut_to_context'] == 1 else 'are'} longer than the model's context of {r['context']} tokens, "
+            f"so scored on {'its' if r['cut_to_context'] == 1 else 'their'} first {r['context']} tokens"
+            for r in rows if r.get("cut_to_context")]
 
 
 def _reference_warnings(rows: list[dict[str, Any]]) -> list[str]:
@@ -327,6 +336,8 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
         "loss": loss["loss"],
         "perplexity": loss["perplexity"],
         "loss_tokens": loss["tokens"],
+        "context": loss["context"],
+        "cut_to_context": loss["cut_to_context"],
         **means,
         "max_new_tokens": measured.budget.max_new_tokens,
         "answers_cut": answers.cut,
@@ -375,8 +386,8 @@ def disk_bytes(candidate: Candidate) -> int | None:
 
 
 def announce(candidate: Candidate, data: TaskData, items: list[Any]) -> None:
-    log.info("evaluating %s (%s) on %d held-out items of %s", candidate.label, candidate.display_variant, len(items),
-             data.name)
+    log.info("evaluating %s (%s) on %d held-out item%s of %s", candidate.label, candidate.display_variant, len(items),
+             "" if len(items) == 1 else "s", data.name)
 
 
 def _measure_in_torch(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig,

@@ -52,10 +52,16 @@ def encode_example(tokenizer: Any, example: Example, limit: int | None = None) -
     return list(full_ids), shared
 
 
+def context_cut(sequences: Sequence[tuple[list[int], int]], limit: int | None) -> dict[str, Any]:
+    """``completion_loss``'s ``context`` and ``cut_to_context`` of ``encode_example``'s ``sequences``: how many
+    reach the model's context ``limit``, so are scored on their first ``limit`` tokens."""
+    return {"context": limit, "cut_to_context": sum(1 for ids, _ in sequences if limit is not None and len(ids) >= limit)}
+
+
 def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int = 8) -> dict[str, Any]:
     """Token-weighted mean completion loss, perplexity, completion token count (``tokens``), every
-    token read (``input_tokens``: prompts and completions) and per-example mean losses; each example
-    read up to the model's context."""
+    token read (``input_tokens``: prompts and completions), per-example mean losses and ``context_cut``'s
+    figures; each example read up to the model's context."""
     import torch
 
     config = getattr(model, "config", None)
@@ -96,7 +102,8 @@ def completion_loss(model: Any, tokenizer: Any, examples: Sequence[Example], bat
                 tokens += count
     loss = total / tokens if tokens else float("nan")
     return {"loss": loss, "perplexity": math.exp(loss) if tokens and loss < 700 else float("inf"),
-            "tokens": tokens, "input_tokens": sum(len(ids) for ids, _ in encoded), "per_example": per_example}
+            "tokens": tokens, "input_tokens": sum(len(ids) for ids, _ in encoded), "per_example": per_example,
+            **context_cut(encoded, limit)}
 
 
 def task_scores(task: str, predictions: Sequence[str], examples: Sequence[Example]) -> tuple[list[dict[str, float]], dict[str, Any]]:

@@ -123,6 +123,17 @@ def test_a_test_file_is_scored_whole_against_a_model_outside_any_run(tiny, tmp_p
     assert len((tmp_path / "report" / "predictions.jsonl").read_text().splitlines()) == 7
 
 
+def test_an_item_longer_than_the_context_is_said_to_be_cut(tiny, tmp_path, capsys):
+    test = tmp_path / "long.jsonl"
+    test.write_text(json.dumps({"prompt": "Say a lot.", "completion": "word " * 3000}) + "\n"
+                    + json.dumps({"prompt": "Hi", "completion": "Hello"}) + "\n")
+    main(["eval", str(tiny), "--held-out", str(test), "--max-new-tokens", "2", "--out", str(tmp_path / "r"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    (row,) = report["rows"]
+    assert (row["cut_to_context"], row["context"]) == (1, 512) and row["loss_tokens"] < 600
+    assert f"{row['model']} base: 1 of the 2 items of long is longer than the model's context of 512 tokens" in " ".join(report["warnings"])
+
+
 def test_a_test_file_that_cannot_be_scored_is_named(tiny, tmp_path, capsys):
     empty, other = tmp_path / "empty.jsonl", tmp_path / "other.jsonl"
     empty.write_text("")
