@@ -159,9 +159,8 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
                       **_generation(budgets.get(request, {})),
                       **({"scoring": math_scorer()} if data.task in MATH_TASKS else {})}
                      for request, (data, items) in datasets.items()],
-        "warnings": data_warnings + _sample_warnings(rows, {data.name for request, (data, _) in datasets.items()
-                                                            if isinstance(request.held_out, str)})
-                    + _context_warnings(rows) + _reference_warnings(rows),
+        "warnings": data_warnings + _sample_warnings(rows, datasets, config.limit) + _context_warnings(rows)
+                    + _reference_warnings(rows),
         "rows": rows,
         "gaps": [g.to_dict() for g in gaps],
         "versions": meta.package_versions(),
@@ -234,14 +233,26 @@ def _reference_warnings(rows: list[dict[str, Any]]) -> list[str]:
             for r in rows if r.get("answer_top1") is not None and r["answer_top1"] < 0.5]
 
 
-def _sample_warnings(rows: list[dict[str, Any]], files: set[str]) -> list[str]:
-    """One line per dataset evaluated on fewer than ``MIN_ITEMS`` items (``files``: the names of held-out files,
-    which hold as many items as they hold)."""
+def _sample_warnings(rows: list[dict[str, Any]], datasets: dict[DataRequest, tuple[TaskData, list[Any]]],
+                     limit: int) -> list[str]:
+    """One line per dataset evaluated on fewer than ``MIN_ITEMS`` items, with the way to score more: a higher
+    ``--limit`` where it cut them, else a larger split or file."""
     counts = dict.fromkeys((r["dataset"], r["items"]) for r in rows if too_few(r.get("items")))
+    hints = {data.name: _more_items_hint(request, len(data.held_out), limit) for request, (data, _) in datasets.items()}
     shown = "; exact match is shown as hits/items with its 95% interval; "
-    return [f"{dataset}: " + small_sample_warning(items, shown + (f"score a file of {MIN_ITEMS} items or more" if dataset in files
-                                                                   else f"use --limit or --held-out {MIN_ITEMS} or more"))
+    return [f"{dataset}: " + small_sample_warning(items, shown + hints.get(dataset, f"score {MIN_ITEMS} items or more"))
             for dataset, items in counts]
+
+
+def _more_items_hint(request: DataRequest, available: int, limit: int) -> str:
+    if available > limit:
+        return f"use --limit {MIN_ITEMS} or more"
+    if isinstance(request.held_out, str):
+        return f"score a file of {MIN_ITEMS} items or more"
+    if request.trained_on is not None:
+        return (f"the run holds out {available}: train it with --held-out {MIN_ITEMS} or more, or score a --held-out "
+                f"file of {MIN_ITEMS} items or more")
+    return f"use --held-out {MIN_ITEMS} or more"
 
 
 OTHER_ITEMS = ", or pass --dataset FILE with items it did not train on"

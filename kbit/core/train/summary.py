@@ -12,9 +12,9 @@ def _percent(value: Any) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def held_out_lines(metrics: Scores, eval_limit: int | None = None) -> tuple[str, str | None]:
+def held_out_lines(metrics: Scores, eval_limit: int | None = None, held_out: int | None = None) -> tuple[str, str | None]:
     """Exact match before → after with its 95% interval (as hits/items below ``MIN_ITEMS`` items), and
-    the small-sample warning that goes with it, if any."""
+    the small-sample warning that goes with it, if any (``held_out``: the items the run holds out)."""
     before, after = metrics.before or HeldOut(), metrics.after or HeldOut()
     items = after.items
     if not items or after.exact_match_hits is None:  # skipped (--eval-limit 0), or a run of kbit 0.2
@@ -24,7 +24,8 @@ def held_out_lines(metrics: Scores, eval_limit: int | None = None) -> tuple[str,
     rates = f"{_percent(before.exact_match)} → {_percent(after.exact_match)}"
     if not too_few(items):
         return f"exact match {rates} ({items} items; 95% CI {intervals})", None
-    limited = eval_limit is not None and items >= eval_limit  # else the held-out split itself is smaller
+    # --eval-limit cut the scored items, else the held-out split itself is this small
+    limited = eval_limit is not None and items >= eval_limit and (held_out is None or held_out > items)
     hint = (f"; raise --eval-limit to {MIN_ITEMS} or more" if limited
             else f"; hold out more with --held-out {MIN_ITEMS}, or --held-out FILE of {MIN_ITEMS} items or more")
     counts = " → ".join(f"{h}/{items}" for h in hits if h is not None)
@@ -88,7 +89,8 @@ def print_summary(result: Any) -> None:
     line = speed_line(record.train)
     if line:
         console.print(f"[bold]speed[/bold]    {escape(line)}")
-    line, warning = held_out_lines(metrics, record.config.eval_limit if record.config is not None else None)
+    line, warning = held_out_lines(metrics, record.config.eval_limit if record.config is not None else None,
+                                   record.dataset.held_out_examples)
     console.print(f"[bold]held-out[/bold] {escape(line)}")
     for number, variant in enumerate(variant_lines(metrics)):
         console.print(f"[bold]{'variants' if number == 0 else '':<8}[/bold] {escape(variant)}")

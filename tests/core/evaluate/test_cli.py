@@ -308,9 +308,10 @@ def test_a_run_scored_on_its_own_file_under_another_split_counts_the_items_it_tr
     assert warning.split("warning ")[-1] in json.loads((tmp_path / "report" / "report.json").read_text())["warnings"]
     shared = int(warning.split("warning")[-1].split()[0])
     assert 16 <= shared <= 20 and "of the 20 items scored from" in warning and "trained on" in warning
-    own = run_kbit("eval", str(run), "--limit", "4", "--max-new-tokens", "3", "--variant", "merged",
-                   "--out", str(tmp_path / "own"))
+    own = run_kbit("eval", str(run), "--max-new-tokens", "3", "--variant", "merged", "--out", str(tmp_path / "own"))
     assert own.returncode == 0 and "ask a prompt run" not in own.stdout
+    # the run's own split holds 4: --limit cannot add any, its training can
+    assert "the run holds out 4: train it with --held-out 30 or more" in own.stdout and "--limit" not in own.stdout
 
 
 @pytest.mark.parametrize("label, start", [("日本語モデル-q8_0", "日本語モデル-q8_0-"), ("-x y", "x-y-"), ("…", "model-")])

@@ -29,8 +29,10 @@ def test_too_few_held_out_items_name_the_limit_that_bound_them():
                                "after": {"items": 6, "exact_match": 0.5, "exact_match_hits": 3}})
     _, split_smaller = held_out_lines(scored, eval_limit=10)  # the split had 6: --eval-limit cannot add any
     assert "--held-out 30" in split_smaller and "--eval-limit" not in split_smaller
-    _, limited = held_out_lines(scored, eval_limit=6)
+    _, limited = held_out_lines(scored, eval_limit=6, held_out=50)
     assert "raise --eval-limit to 30" in limited
+    _, both = held_out_lines(scored, eval_limit=6, held_out=6)  # the limit and the split alike
+    assert "--held-out 30" in both and "--eval-limit" not in both
 
 
 def test_the_speed_line_says_when_it_is_one_process_of_several():
