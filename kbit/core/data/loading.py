@@ -90,19 +90,20 @@ def load_task_data(
 
 
 def load_items(path: str, *, columns: str | None = None) -> TaskData:
-    """Every row of the file (or saved dataset folder) ``path`` as an item to score and none to train on:
-    a test file scored on its own, outside any training data. Raises ``ConfigError`` as ``load_task_data``
-    does for the file, and for a file with no rows."""
+    """Every row of the file (or saved dataset folder) ``path`` as an item to score and none to train on: a test
+    file scored on its own. ``columns`` applies where the file has those columns (it may map a run's training file),
+    else the file's own layout is read. Raises ``ConfigError`` as ``load_task_data`` does for the file, and for a
+    file with no rows."""
     mapping = parse_column_mapping(columns) if columns else None
     file = Path(path).expanduser()
     rows = _read_local(file, "held-out file")
     if not rows:
         raise ConfigError(f"held-out file {path} is empty")
-    names = sorted(rows[0].keys())
-    converter, task = choose_format(names, mapping, path) if mapping else _held_out_format(names, None, path)
+    converter, task = _held_out_format(sorted(rows[0].keys()), mapping, path)
     if converter is squad:
         mark_unanswerable(rows)
-    return TaskData(name=file.stem, task=task, train=(), held_out=_convert(rows, converter, path), source=str(file))
+    return TaskData(name=file.stem, task=task, train=(), held_out=_convert(rows, converter, path, "held-out file"),
+                    source=str(file))
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -388,7 +389,7 @@ class LineRow(dict):
         self.line = line
 
 
-def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[Example]:
+def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str, what: str = "dataset") -> list[Example]:
     """Every row as an ``Example``; rows whose completion is empty or null are dropped (with a warning),
     since they teach nothing, and a dataset where every completion is empty is refused."""
     examples = []
@@ -406,10 +407,10 @@ def _convert(rows: Sequence[Mapping[str, Any]], converter, source: str) -> list[
             examples.append(example)
     dropped = len(rows) - len(examples)
     if rows and not examples:
-        raise ConfigError(f"dataset {source}: every one of its {len(rows)} rows has an empty or null completion; "
+        raise ConfigError(f"{what} {source}: every one of its {len(rows)} rows has an empty or null completion; "
                           "check the answer column (or --columns completion=COL)")
     if dropped:
-        log.warning("dataset %s: dropped %d of %d rows with an empty or null completion", source, dropped, len(rows))
+        log.warning("%s %s: dropped %d of %d rows with an empty or null completion", what, source, dropped, len(rows))
     return examples
 
 
@@ -435,7 +436,7 @@ def _build(name, source, rows, held, mapping, held_out, max_examples, seed, held
         rows = rows[:max_examples]
     examples = _convert(rows, converter, source)
     if held_rows is not None:
-        train, held_examples = examples, take_held_out(_convert(held_rows, held_converter, held_source), held_out,
+        train, held_examples = examples, take_held_out(_convert(held_rows, held_converter, held_source, "held-out file"), held_out,
                                                        held_source)
     else:
         train, held_examples = split(examples, held_out, seed, source)

@@ -592,15 +592,12 @@ def _same_file(given: str, recorded: Any) -> bool:
 
 
 def _held_out_file_request(held_out: str, record: RunRecord, seed: int, columns: str | None) -> DataRequest:
-    """A run scored on the items of the file ``held_out``: beside the training rows of its dataset file (which set
-    the answer length), or alone where the run trained on the built-in set; checked against the rows it trained on."""
+    """A run scored on every item of the file ``held_out``, beside the rows it trained on (which set the answer
+    length and are checked for the items' prompts) where its data can be rebuilt."""
     config = record.config
     if config is None:  # a record without settings (kbit 0.1's): what it trained on cannot be rebuilt
         return DataRequest(None, columns, held_out, seed=seed)
-    if config.dataset in (DEFAULT_DATASET, REPHRASED):
-        return DataRequest(None, columns, held_out, seed=seed, run_split=_run_split(record, config.seed))
-    return DataRequest(config.dataset, config.columns, held_out, config.max_examples, seed,
-                       run_split=_run_split(record, config.seed))
+    return DataRequest(None, columns or config.columns, held_out, seed=seed, run_split=_run_split(record, config.seed))
 
 
 def _run_split(record: RunRecord, seed: int) -> DataRequest:

@@ -274,18 +274,26 @@ def _load(request: DataRequest) -> TaskData:
 
 
 def _held_out(request: DataRequest, limit: int, warnings: list[str]) -> tuple[TaskData, list[Any]]:
-    """The data of ``request`` and the items scored; a line for ``warnings`` (the report's) where items ask a prompt
-    the run trained on."""
+    """The data of ``request`` and the items scored; lines for ``warnings`` (the report's) where items ask a prompt
+    the run (or the dataset beside a file) trained on. A file scored on its own beside a run's split takes the
+    run's training rows as its own (they set the answer length)."""
     data = _load(request)
     items = list(data.held_out[:limit])
     if not items:
         raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")
+    file = request.held_out if isinstance(request.held_out, str) else None
     if request.run_split is not None:
-        warnings += _trained_items(request.run_split, items, request.held_out if isinstance(request.held_out, str) else data.source)
+        trained, lines = _trained_items(request.run_split, items, file or data.source)
+        warnings += lines
+        if request.dataset is None and trained is not None:
+            data = attrs.evolve(data, train=trained)
     elif request.trained_on is not None and (shared := trained_prompts(data.train, items)):
         warnings.append(f"{shared} of the {len(items)} items of run {request.trained_on[0]}'s own held-out split ask a "
                         "prompt it trained on (a row repeated in its data, or held-out items its training file holds "
                         "too): their scores measure recall")
+    elif file and request.dataset is not None and (shared := trained_prompts(data.train, items)):
+        warnings.append(f"{shared} of the {len(items)} items of {file} ask a prompt a row of {data.source} asks too: "
+                        "a model trained on it answers them from memory")
     empty = next((i for i, e in enumerate(items) if not e.completion.strip()), None)
     if empty is not None:
         raise ConfigError(f"dataset {data.source} held-out example {empty + 1} has an empty completion; "
@@ -293,17 +301,19 @@ def _held_out(request: DataRequest, limit: int, warnings: list[str]) -> tuple[Ta
     return data, items
 
 
-def _trained_items(run_split: DataRequest, items: list[Any], source: str) -> list[str]:
-    """The line counting ``items`` (scored from ``source``) whose prompt the run behind ``run_split`` trained on."""
+def _trained_items(run_split: DataRequest, items: list[Any], source: str) -> tuple[tuple[Any, ...] | None, list[str]]:
+    """The rows the run behind ``run_split`` trained on (None where they cannot be read again) and the line counting
+    ``items`` (scored from ``source``) whose prompt it trained on."""
     run = run_split.trained_on[0] if run_split.trained_on else run_split.dataset
     try:
         trained = _load(run_split).train
     except ConfigError as exc:
-        return [f"not checked whether run {run} trained on the items of {source}: its data cannot be read again ({exc})"]
+        return None, [f"not checked whether run {run} trained on the items of {source}: its data cannot be read again ({exc})"]
     if shared := trained_prompts(trained, items):
-        return [f"{shared} of the {len(items)} items scored from {source} ask a prompt run {run} trained on: their scores "
-                "measure recall; score the run on its own split (no --dataset or --held-out) or on items it never saw"]
-    return []
+        return trained, [f"{shared} of the {len(items)} items scored from {source} ask a prompt run {run} trained on: their "
+                         "scores measure recall; score the run on its own split (no --dataset or --held-out) or on items "
+                         "it never saw"]
+    return trained, []
 
 
 @attrs.frozen

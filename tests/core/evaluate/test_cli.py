@@ -123,6 +123,16 @@ def test_a_test_file_is_scored_whole_against_a_model_outside_any_run(tiny, tmp_p
     assert len((tmp_path / "report" / "predictions.jsonl").read_text().splitlines()) == 7
 
 
+def test_a_test_file_beside_a_dataset_counts_the_prompts_the_dataset_holds(tiny, tmp_path, capsys):
+    rows, test = tmp_path / "rows.jsonl", tmp_path / "test.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(10)))
+    test.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(8, 12)))
+    main(["eval", str(tiny), "--dataset", str(rows), "--held-out", str(test), "--max-new-tokens", "2",
+          "--out", str(tmp_path / "r"), "--json"])
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert f"2 of the 4 items of {test} ask a prompt a row of {rows} asks too" in " ".join(warnings)
+
+
 def test_an_item_longer_than_the_context_is_said_to_be_cut(tiny, tmp_path, capsys):
     test = tmp_path / "long.jsonl"
     test.write_text(json.dumps({"prompt": "Say a lot.", "completion": "word " * 3000}) + "\n"
@@ -143,7 +153,7 @@ def test_a_test_file_that_cannot_be_scored_is_named(tiny, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_run_trained_on_the_built_in_set_is_scored_on_a_test_file_and_its_trained_items_counted(tiny_run, tmp_path):
+def test_a_run_is_scored_on_every_item_of_a_test_file_beside_the_rows_it_trained_on(tiny_run, tmp_path):
     from kbit.core.data import load_task_data
 
     trained = load_task_data("arith", max_examples=40).train[0]  # what tiny_run trained on
@@ -155,7 +165,8 @@ def test_a_run_trained_on_the_built_in_set_is_scored_on_a_test_file_and_its_trai
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert [(r["dataset"], r["items"]) for r in report["rows"]] == [("test", 5)]
-    assert report["datasets"][0]["generation"]["chosen_by"] == "the held-out items' completions"
+    data = report["datasets"][0]  # the rows the run trained on set the answer length, as for its own split
+    assert data["generation"]["chosen_by"] == "training completions" and data["train_examples"] == 40
     assert f"1 of the 5 items scored from {test} ask a prompt run " in " ".join(report["warnings"])
 
 
@@ -312,6 +323,12 @@ def test_a_run_scored_on_its_own_file_under_another_split_counts_the_items_it_tr
     assert own.returncode == 0 and "ask a prompt run" not in own.stdout
     # the run's own split holds 4: --limit cannot add any, its training can
     assert "the run holds out 4: train it with --held-out 30 or more" in own.stdout and "--limit" not in own.stdout
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": f"{i}+{i}=", "completion": str(2 * i)}) + "\n" for i in range(38, 42)))
+    filed = run_kbit("eval", str(run), "--held-out", str(test), "--max-new-tokens", "3", "--variant", "merged", "--json")
+    assert filed.returncode == 0, filed.stderr[-3000:]
+    data = json.loads(filed.stdout)["datasets"][0]  # beside the 36 rows the run trained on, not the file's 40
+    assert (data["train_examples"], data["held_out_examples"]) == (36, 4) and data["held_out_trained_prompts"] <= 2
 
 
 @pytest.mark.parametrize("label, start", [("日本語モデル-q8_0", "日本語モデル-q8_0-"), ("-x y", "x-y-"), ("…", "model-")])
