@@ -56,8 +56,8 @@ COLUMNS = (
     Column("forward_tokens_per_s", "forward tok/s", "max"),
     # a GGUF against its reference model, and llama.cpp's own speed (kbit.core.evaluate.in_llama_cpp)
     Column("answer_top1", "answer top-1", "max"),
-    Column("same_top_p", "same top p", "max"),
-    Column("kl", "mean KL", "min"),
+    Column("answer_kl", "answer KL", "min"),
+    Column("same_top_p", "all-token top-1", "max"),
     Column("prompt_tokens_per_s", "prompt tok/s", "max"),
     Column("generation_tokens_per_s", "gen tok/s", "max"),
 )
@@ -158,19 +158,26 @@ def markdown(report: dict[str, Any]) -> str:
                          + (f"; scored with {data['scoring']}" if data.get("scoring") else ""))
     lines += [f"- {r['model']} {r['variant']}: {r['answers_cut']} of {r['items']} answers reached the cap"
               for r in rows if r.get("answers_cut")]
-    speed = report["settings"].get("speed", {})
-    lines += [
-        "",
-        "Loss and perplexity are over completion tokens only (prompt masked), as trained. Memory counts",
-        "parameters, buffers and quantization state as stored. Bits/weight covers the base linear layers",
-        "(output head and adapters excluded), including scales and quantization state. Size on disk counts the",
-        "weight files a model needs: an adapter's with its base's as stored, a GGUF file with its LoRA file.",
-        *([f"Tokens/s: {speed['tokens_per_s']}.", f"Forward tok/s: {speed['forward_tokens_per_s']}."] if speed else []),
-        f"Exact match below {MIN_ITEMS} items is shown as hits/items with its 95% Wilson interval.",
-        *runtime_notes(rows),
-        "",
-    ]
+    lines += ["", *column_notes(rows, report["settings"].get("speed", {})),
+              f"Exact match below {MIN_ITEMS} items is shown as hits/items with its 95% Wilson interval.",
+              *runtime_notes(rows), ""]
     return "\n".join(lines)
+
+
+def column_notes(rows: Sequence[dict[str, Any]], speed: dict[str, str]) -> list[str]:
+    """What the measures of the table's columns are, for the columns it has."""
+    shown = {column.key for column in columns_for(rows)}
+    notes = {
+        "loss": "Loss and perplexity are over completion tokens only (prompt masked), as trained.",
+        "memory_bytes": "Memory counts parameters, buffers and quantization state as stored.",
+        "disk_bytes": "Size on disk counts the weight files a model needs: an adapter's with its base's as stored, a "
+                      "GGUF file with its LoRA file.",
+        "bits_per_weight": "Bits/weight covers the base linear layers (output head and adapters excluded), including "
+                           "scales and quantization state.",
+        "tokens_per_s": f"Tokens/s: {speed.get('tokens_per_s')}.",
+        "forward_tokens_per_s": f"Forward tok/s: {speed.get('forward_tokens_per_s')}.",
+    }
+    return [note for key, note in notes.items() if key in shown and (key not in ("tokens_per_s", "forward_tokens_per_s") or speed)]
 
 
 def runtime_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -178,8 +185,9 @@ def runtime_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
     notes = [f"{r['model']} {r['variant']}: computed in llama.cpp ({r.get('llama_cpp', 'llama-cpp-python')}); "
              "prompt / gen tok/s: one sequence at a time, llama.cpp's prompt decoding and single-token steps"
              for r in rows if r.get("runtime") == "llama.cpp"]
-    notes += [f"{r['model']} {r['variant']}: answer top-1, same top p (top-1 on every position) and mean KL "
-              f"(reference ‖ this, nats per position) against {r['reference']}" for r in rows if r.get("reference")]
+    notes += [f"{r['model']} {r['variant']}: answer top-1 and answer KL (mean KL(reference ‖ this), nats per answer "
+              "token) and all-token top-1 (llama.cpp's \"Same top p\": every position) "
+              f"against {r['reference']}" for r in rows if r.get("reference")]
     return notes
 
 
@@ -199,10 +207,14 @@ def plot(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         best = best_rows(rows, column)
         colors = ["tab:green" if i in best else "tab:blue" for i in range(len(rows))]
         axis.bar(range(len(rows)), heights, color=colors)
+        for i, value in enumerate(values):  # an empty bar would read as zero
+            if value is None or math.isinf(value):
+                axis.text(i, 0, "n/a" if value is None else "inf", ha="center", va="bottom", fontsize=7, color="tab:gray")
         axis.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=6)
         unit = {"exact_match": " (%)", "memory_bytes": " (MiB)"}.get(column.key, "")
         axis.set_title(column.title + unit, fontsize=9)
         axis.grid(axis="y", alpha=0.3)
+        axis.set_ylim(bottom=0)  # every plotted measure is ≥ 0: all-zero bars sit on the axis, not mid-plot
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

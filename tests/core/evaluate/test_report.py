@@ -70,12 +70,14 @@ def test_budget_and_speed_are_described():
               "datasets": [{"name": "arith", "generation": {"max_new_tokens": 16, "chosen_by": "training completions",
                                                             "detail": "95th percentile …", "stop_tokens": ["<|im_end|>"]},
                             "scoring": "math-verify 0.9.0"}],
-              "rows": [{**ROWS[0], "answers_cut": 2}]}
+              "rows": [{**ROWS[0], "answers_cut": 2, "forward_tokens_per_s": 100.0}]}
     md = markdown(report)
     assert "greedy answers until the end-of-turn token" in md
     assert "- arith: at most 16 new tokens (training completions: 95th percentile …), stopping at <|im_end|>; scored with math-verify 0.9.0" in md
     assert "- m base: 2 of 2 answers reached the cap" in md
     assert "Tokens/s: exactly 32 new tokens." in md and "Forward tok/s: one pass." in md
+    assert "Memory counts" in md and "Size on disk" not in md  # notes of the columns the table has only
+    assert "Forward tok/s" not in markdown({**report, "rows": ROWS})
 
 
 def test_models_of_other_tokenizers_have_their_own_budget_line():
