@@ -336,7 +336,7 @@ CASES = [
     ((*TRAIN, "--max-new-tokens", "100000000"), "--max-new-tokens 100000000 reaches past the model's context of 512 tokens"),
     (("eval", "{run}", "--max-new-tokens", "512"), "--max-new-tokens 512 reaches past the model's context of 512 tokens"),
     ((*TRAIN, "--config", "{not_run}"), "config file {not_run} is a folder, not a file"),
-    ((*TRAIN, "--dataset", "{not_run}"), "dataset file {not_run} is a folder, not a file"),
+    ((*TRAIN, "--dataset", "{not_run}"), "dataset file {not_run} is a folder, not data: pass a .jsonl/.json/.csv/.parquet file, or a folder datasets' save_to_disk wrote"),
     ((*TRAIN, "--output", "x" * 300), "is 300 bytes long, and file systems allow 255; choose a shorter name"),
     (("eval", "{run}", "--out", "reports/" + "é" * 200), "is 400 bytes long, and file systems allow 255"),
     (("train", "--resume", "{run}", "--config", "{yaml_unknown}"), "--config does not apply to --resume"),

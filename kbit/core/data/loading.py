@@ -78,7 +78,7 @@ def load_task_data(
         return _build(path.name, str(path), _read_saved(path), held, mapping, held_out, max_examples, seed,
                       held_file=held is not None)
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
-        return _build(path.stem, str(path), _read_file(path), held, mapping, held_out, max_examples, seed,
+        return _build(path.stem, str(path), _read_local(path, "dataset file"), held, mapping, held_out, max_examples, seed,
                       held_file=held is not None)
     hub_id, config, train_split, held_split = NAMED_HUB_DATASETS.get(reference, (reference, None, "train", None))
     train_rows = _read_hub(hub_id, config, train_split, max_examples)
@@ -113,7 +113,13 @@ def _is_saved_dataset(path: Path) -> bool:
 
 def _read_local(path: Path, what: str) -> list[Mapping[str, Any]]:
     """The rows of a local dataset file, or of a folder ``datasets``' ``save_to_disk`` wrote."""
-    return _read_saved(path) if _is_saved_dataset(path) else _read_file(path, what)
+    if _is_saved_dataset(path):
+        return _read_saved(path)
+    if path.is_dir():
+        kind = "a model folder" if (path / "config.json").is_file() else "a folder"
+        raise ConfigError(f"{what} {path} is {kind}, not data: pass a {'/'.join(FILE_SUFFIXES)} file, or a folder "
+                          f"datasets' save_to_disk wrote ({' or '.join(SAVED_DATASET_MARKERS)} inside)")
+    return _read_file(path, what)
 
 
 LARGE_FILE_BYTES = 16 * 2**20  # a file this large takes seconds to read and check: say so before the wait

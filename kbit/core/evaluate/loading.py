@@ -174,6 +174,12 @@ def plan_candidates(selection: Selection, device: DeviceInfo) -> tuple[list[Cand
     method_spec = _method_spec(selection, device) if selection.method else None
     candidates: list[Candidate] = []
     gaps: list[Gap] = []
+    given = {}  # each model or run given, by where it is: one given twice is evaluated once
+    for raw in [*paths, *selection.models]:
+        given.setdefault(Path(raw).expanduser().resolve(), []).append(raw)
+    for names in given.values():
+        if len(names) > 1:
+            log.warning("%s is given %d times; it is evaluated once", names[0], len(names))
     for raw in paths:
         found, missing = _plan_path(Path(raw).expanduser(), selection, wanted, explicit, method_spec)
         candidates += found

@@ -180,7 +180,7 @@ def test_a_folder_saved_by_datasets_reads_as_the_same_data_as_its_jsonl(tmp_path
     datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "no-train"))
     with pytest.raises(ConfigError, match="holds the splits test, none named 'train'"):
         load_task_data(str(tmp_path / "no-train"))
-    with pytest.raises(ConfigError, match="is a folder, not a file"):
+    with pytest.raises(ConfigError, match="is a folder, not data: pass a .*save_to_disk wrote"):
         load_task_data(str(tmp_path))  # any other folder
 
 

@@ -108,11 +108,12 @@ def test_a_run_trained_beside_a_held_out_file_is_scored_on_it_and_on_other_files
     assert moved.returncode == 2 and f"held out the items of {valid}, which is no longer there" in moved.stderr
 
 
-def test_a_test_file_is_scored_whole_against_a_model_outside_any_run(tiny, tmp_path, capsys):
+def test_a_test_file_is_scored_whole_against_a_model_outside_any_run(tiny, tmp_path, capsys, caplog):
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps({"prompt": f"Say {'word ' * i}", "completion": "word " * i}) + "\n" for i in range(1, 8)))
-    main(["eval", str(tiny), "--held-out", str(test), "--out", str(tmp_path / "report"), "--json"])
+    main(["eval", str(tiny), f"{tiny}/", "--held-out", str(test), "--out", str(tmp_path / "report"), "--json"])
     report = json.loads(capsys.readouterr().out)
+    assert f"{tiny} is given 2 times; it is evaluated once" in caplog.text
     assert [(r["dataset"], r["items"]) for r in report["rows"]] == [("test", 7)]  # every row, none kept to train on
     assert report["rows"][0]["disk_bytes"] == sum(f.stat().st_size for f in tiny.glob("*.safetensors"))
     data = report["datasets"][0]
@@ -150,6 +151,7 @@ def test_a_test_file_that_cannot_be_scored_is_named(tiny, tmp_path, capsys):
     other.write_text(json.dumps({"text": "no answer here"}) + "\n")
     assert _fails(["eval", str(tiny), "--held-out", str(empty)], capsys) == f"kbit: error: held-out file {empty} is empty"
     assert f"held-out file {other} has no known format (columns: text)" in _fails(["eval", str(tiny), "--held-out", str(other)], capsys)
+    assert f"held-out file {tiny} is a model folder, not data" in _fails(["eval", str(tiny), "--held-out", str(tiny)], capsys)
 
 
 @pytest.mark.slow
