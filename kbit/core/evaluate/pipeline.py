@@ -120,14 +120,15 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     check_writable(out_dir, min_free_bytes=REPORT_BYTES, flag="--out", needs="the report needs")  # before any scoring
     _check_answer_budget(config.max_new_tokens, candidates)
     data_warnings: list[str] = []
-    datasets = {request: _held_out(request, config.limit, data_warnings)
+    trained: dict[DataRequest, frozenset[Any]] = {}  # prompts the model trained on, where known
+    datasets = {request: _held_out(request, config.limit, data_warnings, trained)
                 for request in dict.fromkeys(c.data for c in candidates)}
     budgets: dict[DataRequest, dict[GenerationBudget, list[str]]] = {}  # models of another tokenizer get another budget
     rows: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
     for candidate in candidates:
         data, items = datasets[candidate.data]
-        row, predicted, budget = evaluate_candidate(candidate, data, items, config, device)
+        row, predicted, budget = evaluate_candidate(candidate, data, items, config, device, trained.get(candidate.data))
         budgets.setdefault(candidate.data, {}).setdefault(budget, []).append(f"{candidate.label} {candidate.display_variant}")
         rows.append(row)
         predictions += predicted
@@ -273,27 +274,35 @@ def _load(request: DataRequest) -> TaskData:
     return data
 
 
-def _held_out(request: DataRequest, limit: int, warnings: list[str]) -> tuple[TaskData, list[Any]]:
+def _held_out(request: DataRequest, limit: int, warnings: list[str],
+              trained: dict[DataRequest, frozenset[Any]]) -> tuple[TaskData, list[Any]]:
     """The data of ``request`` and the items scored; lines for ``warnings`` (the report's) where items ask a prompt
-    the run (or the dataset beside a file) trained on. A file scored on its own beside a run's split takes the
-    run's training rows as its own (they set the answer length)."""
+    the run (or the dataset beside a file) trained on, whose prompts go into ``trained``. A file scored on its own
+    beside a run's split takes the run's training rows as its own (they set the answer length)."""
     data = _load(request)
     items = list(data.held_out[:limit])
     if not items:
         raise ConfigError(f"dataset {data.source} has no held-out examples to evaluate")
     file = request.held_out if isinstance(request.held_out, str) else None
     if request.run_split is not None:
-        trained, lines = _trained_items(request.run_split, items, file or data.source)
+        rows, lines = _trained_items(request.run_split, items, file or data.source)
         warnings += lines
-        if request.dataset is None and trained is not None:
-            data = attrs.evolve(data, train=trained)
-    elif request.trained_on is not None and (shared := trained_prompts(data.train, items)):
-        warnings.append(f"{shared} of the {len(items)} items of run {request.trained_on[0]}'s own held-out split ask a "
-                        "prompt it trained on (a row repeated in its data, or held-out items its training file holds "
-                        "too): their scores measure recall")
-    elif file and request.dataset is not None and (shared := trained_prompts(data.train, items)):
-        warnings.append(f"{shared} of the {len(items)} items of {file} ask a prompt a row of {data.source} asks too: "
-                        "a model trained on it answers them from memory")
+        if rows is not None:
+            trained[request] = frozenset(e.prompt for e in rows)
+            if request.dataset is None:
+                data = attrs.evolve(data, train=rows)
+    elif request.trained_on is not None or (file and request.dataset is not None):
+        trained[request] = frozenset(e.prompt for e in data.train)
+        if shared := trained_prompts(data.train, items):
+            warnings.append(
+                f"{shared} of the {len(items)} items of run {request.trained_on[0]}'s own held-out split ask a prompt it "
+                "trained on (a row repeated in its data, or held-out items its training file holds too): their scores "
+                "measure recall" if request.trained_on is not None else
+                f"{shared} of the {len(items)} items of {file} ask a prompt a row of {data.source} asks too: a model "
+                "trained on it answers them from memory")
+    if repeated := len(items) - len({e.prompt for e in items}):
+        warnings.append(f"{repeated} of the {len(items)} items of {data.name} ask the prompt of an earlier item: "
+                        "the 95% interval counts each as evidence of its own")
     empty = next((i for i, e in enumerate(items) if not e.completion.strip()), None)
     if empty is not None:
         raise ConfigError(f"dataset {data.source} held-out example {empty + 1} has an empty completion; "
@@ -327,10 +336,11 @@ class Measured:
     figures: dict[str, Any]
 
 
-def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig,
-                       device: DeviceInfo) -> tuple[dict[str, Any], list[dict[str, Any]], GenerationBudget]:
-    """Load ``candidate`` and measure it on ``items``: the report row, its per-example predictions and
-    the answer budget used (``--max-new-tokens``, else from ``data``'s training completions)."""
+def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], config: EvalConfig, device: DeviceInfo,
+                       trained: frozenset[Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], GenerationBudget]:
+    """Load ``candidate`` and measure it on ``items``: the report row, its per-example predictions (each marked
+    ``trained_prompt`` where ``trained``, the prompts the model trained on, is known) and the answer budget used
+    (``--max-new-tokens``, else from ``data``'s training completions)."""
     from transformers import set_seed
 
     set_seed(candidate.data.seed)
@@ -378,6 +388,7 @@ def evaluate_candidate(candidate: Candidate, data: TaskData, items: list[Any], c
             "answers": list(example.answers),
             "scores": scores,
             "loss": per_loss,
+            **({"trained_prompt": example.prompt in trained} if trained is not None else {}),
         }
         for i, (example, answer, length, scores, per_loss) in enumerate(
             zip(items, answers.texts, answers.new_tokens, per_example, loss["per_example"]))

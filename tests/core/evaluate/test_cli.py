@@ -127,11 +127,14 @@ def test_a_test_file_is_scored_whole_against_a_model_outside_any_run(tiny, tmp_p
 def test_a_test_file_beside_a_dataset_counts_the_prompts_the_dataset_holds(tiny, tmp_path, capsys):
     rows, test = tmp_path / "rows.jsonl", tmp_path / "test.jsonl"
     rows.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(10)))
-    test.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(8, 12)))
+    test.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in (8, 9, 10, 11, 11)))
     main(["eval", str(tiny), "--dataset", str(rows), "--held-out", str(test), "--max-new-tokens", "2",
           "--out", str(tmp_path / "r"), "--json"])
-    warnings = json.loads(capsys.readouterr().out)["warnings"]
-    assert f"2 of the 4 items of {test} ask a prompt a row of {rows} asks too" in " ".join(warnings)
+    warnings = " ".join(json.loads(capsys.readouterr().out)["warnings"])
+    assert f"2 of the 5 items of {test} ask a prompt a row of {rows} asks too" in warnings
+    assert "1 of the 5 items of test ask the prompt of an earlier item" in warnings  # not five items' worth of evidence
+    predictions = [json.loads(line) for line in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["trained_prompt"] for p in predictions] == [True, True, False, False, False]  # to score without them
 
 
 def test_an_item_longer_than_the_context_is_said_to_be_cut(tiny, tmp_path, capsys):
