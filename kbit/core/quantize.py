@@ -86,14 +86,6 @@ def run_examples(record: RunRecord) -> Any:
     return check_trained_on(data, record.dataset.fingerprint, record.name or "", held_out=config.held_out)
 
 
-def _run_inputs(record: RunRecord | None) -> tuple[str | None, ...]:
-    """What the run was made from (its base model, its dataset): the calibration data by default, and
-    never the output of a command that reads the run."""
-    if record is None:
-        return ()
-    return (record.base_model.path, record.config.dataset if record.config is not None else None)
-
-
 def _refuse_training_options(method: Method, options: Mapping[str, Any]) -> None:
     """ConfigError for an adapter or training option: quantizing a merged model trains nothing, so the value
     would change nothing but the record."""
@@ -195,7 +187,7 @@ def plan_quantize(path: Path, method_name: str | None, options: Mapping[str, Any
     own_artifact = (path / "quantized").resolve() if run is not None else None
     target = claim(target, overwrite=overwrite, what="quantized model", kind="quantized",
                    is_own=lambda p: p == own_artifact or (kbit_kind(p) == "quantized" and enclosing_run(p) is None),
-                   inputs=(path, model_dir, dataset, *_run_inputs(run)),
+                   inputs=(path, model_dir, dataset, *(run.made_from() if run is not None else ())),
                    home=path if target.resolve() == own_artifact else None)
     spec = method.resolve_for_model(spec, load_config(str(model_dir)))
     return QuantizePlan(method, spec, path, model_dir, target, data, run, into_run=target == own_artifact)

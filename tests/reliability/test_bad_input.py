@@ -199,7 +199,7 @@ CASES = [
     (("train", "--model", "{gguf_bad}", "--max-steps", "1"), "; the file is truncated or damaged: re-download or re-export it"),
     ((*TRAIN, "--max-length", "12"), "max length 12 is too short"),
     # runs and metadata
-    ((*TRAIN, "--output", "{taken}"), "already holds other data, not written by this command; choose another path or pass --overwrite"),
+    ((*TRAIN, "--output", "{taken}"), "already holds other data, not written by this command; kbit never deletes a folder of someone else's files, --overwrite or not"),
     (("train", "--resume", "{not_run}"), "is not a kbit run"),
     (("train", "--resume", "{kbitjson_corrupt}"), "kbit.json is corrupt"),
     (("train", "--resume", "{kbitjson_newer}"), "newer than this kbit reads"),

@@ -55,7 +55,10 @@ YAML_CASES = [
     ("eval_limit: [1]\n", "invalid value for 'eval_limit'"),
     ("max_new_tokens: true\n", "invalid value for 'max_new_tokens'"),
     ("merge_min_agreement: [1]\n", "invalid value for 'merge_min_agreement'"),
-    ("trust_remote_code: [true]\n", "invalid value for 'trust_remote_code'"),
+    # the permission to run a model's code comes from the command line only
+    ("trust_remote_code: true\n", "sets trust_remote_code: the permission to run a model's own code is taken from "
+                                   "--trust-remote-code on the command line only"),
+    ("trust_remote_code: [true]\n", "sets trust_remote_code: the permission"),
     ("overwrite: {a: 1}\n", "invalid value for 'overwrite'"),
     # the YAML document itself
     ("max_steps: " + "9" * 5001 + "\n", "invalid YAML (Exceeds the limit (4300 digits)"),

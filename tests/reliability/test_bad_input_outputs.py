@@ -128,6 +128,8 @@ CASES = [
     # found by a hostile-user probe: what a run was made from, other commands' outputs, the scaffold
     (("quantize", "{run_on_copy}", "--method", "gptq", "--output", "{data_dir}", "--overwrite"), "which this command reads"),
     (("quantize", "{run_on_copy}", "--method", "gptq", "--output", "{model_copy}", "--overwrite"), "which this command reads"),
+    # what a run was made from, whichever of its variants is evaluated
+    (("eval", "{run_on_copy}", "--variant", "merged", "--out", "{model_copy}", "--overwrite"), "which this command reads"),
     ((*TRAIN, "--output", "{quantized}", "--overwrite"), "is the kbit quantized model another kbit command wrote"),
     ((*TRAIN, "--output", "{report}", "--overwrite"), "is the kbit report another kbit command wrote"),
     (("eval", "{run}", "--limit", "3", "--out", "{quantized}", "--overwrite"), "is the kbit quantized model another"),

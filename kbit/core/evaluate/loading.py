@@ -233,6 +233,7 @@ def _plan_path(path: Path, selection: Selection, wanted: Sequence[str], explicit
     if record is None:
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is neither a kbit run (no {meta.FILENAME}) nor a model directory (no config.json)")
+        check_remote_code(path, selection.trust_remote_code)  # else a built-in class would stand in for its code
         data = _data_request(selection, None)
         if "base" not in wanted:
             gaps = [Gap(path.name, v, str(path), "a plain model directory has only the base variant") for v in wanted] if explicit else []

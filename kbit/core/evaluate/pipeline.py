@@ -198,10 +198,23 @@ def claim_report_dir(config: EvalConfig, candidates: list[Candidate]) -> Path:
     target = Path(config.out) if config.out else default_out_dir(candidates)
     inputs = (*config.selection.paths, *config.selection.models, config.selection.dataset,
               *(path for c in candidates for path in (c.path, c.tokenizer_path, c.base_path, *c.data.files, c.gguf,
-                                                      c.lora, c.reference and c.reference.path)))
+                                                      c.lora, c.reference and c.reference.path)),
+              *_runs_made_from([*config.selection.paths, *(c.source for c in candidates)]))
     claimed = claim(target, is_own=lambda p: kbit_kind(p) == "eval", kind="eval", overwrite=config.overwrite,
                     flag="--out", what="report folder", inputs=inputs)
     return claimed if config.out else target  # the default, new folder is shown as reports/NAME
+
+
+def _runs_made_from(paths: list[str]) -> list[str | None]:
+    """What the runs among (or around) ``paths`` were made from, evaluated variant or not: a report never replaces it."""
+    from kbit.core.runs.outputs import enclosing_run
+    from kbit.core.runs.record import read_record
+
+    made_from: list[str | None] = []
+    for run in dict.fromkeys(enclosing_run(Path(path).expanduser()) for path in paths):
+        record = read_record(run) if run is not None else None
+        made_from += record.made_from() if record is not None else []
+    return made_from
 
 
 def default_out_dir(candidates: list[Candidate]) -> Path:

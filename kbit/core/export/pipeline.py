@@ -283,8 +283,9 @@ def _check_target(plan: _Plan, overwrite: bool) -> None:
     if target.is_dir():
         raise ConfigError(f"--output {target} is a directory; name the .gguf file to write")
     own_folder = plan.run is not None and target.parent.resolve() == (plan.run / EXPORTS_DIR).resolve()
+    made_from = plan.record.made_from() if plan.record is not None else ()
     claim(target, is_own=lambda real: own_folder and _recorded(plan.record, plan), kind="export",
-          overwrite=overwrite, what="GGUF export", inputs=(plan.source_dir, plan.run, plan.base.gguf),
+          overwrite=overwrite, what="GGUF export", inputs=(plan.source_dir, plan.run, plan.base.gguf, *made_from),
           home=plan.run if own_folder else None)
 
 

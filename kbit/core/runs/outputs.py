@@ -20,8 +20,8 @@ real paths, every component resolved.
    - a kbit run, and anything inside a run that is not this command's own artifact.
 6. The command's own earlier output of the same kind (``is_own``) may be replaced: reports by
    ``kbit eval``, a quantized model by ``kbit quantize``, a run by ``kbit train --overwrite``.
-7. Anything else that exists (a model folder, a plain file, other data) is refused unless the user
-   passes ``--overwrite``.
+7. A folder of anything else (a model folder, other data, a home folder) is refused, ``--overwrite`` or
+   not: kbit deletes no folder it did not write. A plain file is replaced only with ``--overwrite``.
 
 Replacing happens only after the new output is complete (``kbit.core.runs.folder.atomic_directory``),
 and never follows a symlink inside what it replaces.
@@ -127,9 +127,11 @@ def claim(target: Path, *, is_own: Callable[[Path], bool], kind: str, overwrite:
     if held is not None:
         raise ConfigError(f"{flag} {target} holds the {_label(output_kind(held))} {held}; a folder holding another "
                           "kbit output is never replaced — move that out first or choose another path")
+    if not own and real.is_dir():
+        raise ConfigError(f"{flag} {target} already holds other data, not written by this command; kbit never deletes "
+                          "a folder of someone else's files, --overwrite or not — choose a new path, or move them out first")
     if not own and not overwrite:
-        state = "is a file" if real.is_file() else "already holds other data"
-        raise ConfigError(f"{flag} {target} {state}, not written by this command; choose another path "
+        raise ConfigError(f"{flag} {target} is a file, not written by this command; choose another path "
                           "or pass --overwrite to replace it")
     return real
 

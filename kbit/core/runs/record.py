@@ -105,6 +105,13 @@ class RunRecord:
     peak_memory_bytes: int | None = _field((int, type(None)), None)
     extra: dict[str, Any] = attrs.field(factory=dict)
 
+    def made_from(self) -> tuple[str | None, ...]:
+        """What the run was made from, where recorded (its base model as loaded and as named, its dataset, held-out
+        file and teacher): what no command that reads the run may write over."""
+        config = self.config
+        named = (config.model, config.dataset, config.held_out_file, config.teacher) if config is not None else ()
+        return (self.base_model.path, *named)
+
     def has(self, artifact: str, folder: Path, marker: str) -> bool:
         """The artifact is recorded and its folder under ``folder`` holds ``marker`` (it was written whole)."""
         return bool(self.artifacts.get(artifact)) and (Path(folder) / artifact / marker).is_file()

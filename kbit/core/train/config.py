@@ -310,9 +310,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} holds more than {MAX_YAML_VALUES} values (YAML aliases expanding "
                           "into each other?); write the settings as plain key: value lines")
     if data.get("kind") == "run" and "schema_version" in data and isinstance(data.get("config"), dict):
-        # a run's kbit.json (JSON is YAML): train again with its settings, into a new --output
-        data = _with_machine_choices({k: v for k, v in data["config"].items() if k not in ("output", "overwrite")
+        # a run's kbit.json (JSON is YAML): train again with its settings, into a new --output; the permission to
+        # run model code is not a setting a record passes on (NOT_RESUMED)
+        data = _with_machine_choices({k: v for k, v in data["config"].items() if k not in NOT_RESUMED
                                       and v is not None}, data.get("decisions"), path)
+    elif "trust_remote_code" in data:
+        if data["trust_remote_code"] not in (False, None, "false", "False", "no", 0):
+            raise ConfigError(f"config file {path} sets trust_remote_code: the permission to run a model's own code is "
+                              "taken from --trust-remote-code on the command line only (a config file may come from "
+                              "anyone); remove the key and pass the flag")
+        del data["trust_remote_code"]
     for old, new in LEGACY_KEYS.items():
         if old in data:
             if new in data:

@@ -47,6 +47,20 @@ def test_overwrite_never_replaces_a_plain_folder_holding_a_run_deep_inside(tmp_p
     assert (folder / "a" / "b" / "run" / "data.bin").read_bytes() == b"precious"
 
 
+@pytest.mark.parametrize("kind", ["run", "eval", "quantized", "compare"])
+def test_overwrite_never_deletes_a_folder_of_someone_elses_files(tmp_path, kind):
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    (home / "Documents" / "thesis.txt").write_text("years of work")
+    with pytest.raises(ConfigError, match="already holds other data, not written by this command; kbit never deletes"):
+        _claim(home, kind, overwrite=True)
+    assert (home / "Documents" / "thesis.txt").read_text() == "years of work"
+    (tmp_path / "notes.gguf").write_text("mine")  # a plain file named as the output: replaced with --overwrite only
+    with pytest.raises(ConfigError, match="is a file, not written by this command; .* pass --overwrite"):
+        _claim(tmp_path / "notes.gguf", kind)
+    assert _claim(tmp_path / "notes.gguf", kind, overwrite=True) == (tmp_path / "notes.gguf").resolve()
+
+
 @pytest.mark.parametrize("owner, label", [("eval", "report"), ("quantized", "quantized model"),
                                           ("compare", "comparison"), ("run", "run")])
 def test_a_new_output_never_goes_inside_another_commands_output(tmp_path, owner, label):
