@@ -21,7 +21,7 @@ from kbit.core.runs import stamps as meta
 from kbit.core.runs.cards import write_cards
 from kbit.core.errors import ConfigError
 from kbit.core.methods.method import Method
-from kbit.core.runs.folder import RunFolder, atomic_directory
+from kbit.core.runs.folder import RunFolder, atomic_directory, is_free
 from kbit.core.runs.record import RunRecord, read_record, write_record
 from kbit.core.contract.spec import QuantizationSpec
 from kbit.core.runs.outputs import claim, enclosing_run, kbit_kind
@@ -42,8 +42,9 @@ def calibration_texts(tokenizer: Any, examples: Sequence[Any], spec: Quantizatio
 
 
 def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calibration: list[str], target: Path,
-                  metadata: Callable[[dict[str, Any]], RunRecord] | None = None) -> dict[str, Any]:
-    """Quantize ``model_dir`` into ``target`` atomically; returns what a run records as its ``quantize``.
+                  metadata: Callable[[dict[str, Any]], RunRecord] | None = None, exclusive: bool = False) -> dict[str, Any]:
+    """Quantize ``model_dir`` into ``target`` atomically (``exclusive``: see ``atomic_directory``); returns what a run
+    records as its ``quantize``.
 
     ``metadata(result)``, when given, returns the record written as ``kbit.json`` inside ``target``
     before it appears.
@@ -52,7 +53,7 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
 
     route_loguru()
     started = time.time()
-    with atomic_directory(target) as staging:
+    with atomic_directory(target, exclusive) as staging:
         method.quantize_model(Path(model_dir), spec, calibration, staging)
         if not (staging / "config.json").is_file():
             raise ConfigError(f"method '{method.name}' wrote no model into {target} (no config.json)")
@@ -127,9 +128,10 @@ def quantize_path(path: Path, method_name: str | None, options: Mapping[str, Any
     tokenizer = load_tokenizer(ModelSource(path=str(plan.model_dir), name=plan.model_dir.name, origin="local"))
     calibration = calibration_texts(tokenizer, plan.data.train, plan.spec, plan.method)
     if not plan.into_run:
+        free = is_free(plan.target)  # a folder of its own: what appears there meanwhile is kept, not replaced
         with RunFolder(plan.source, flag=None) if plan.run is not None else contextlib.nullcontext():
             quantize_into(plan.method, plan.spec, plan.model_dir, calibration, plan.target,
-                          metadata=lambda result: _quantized_record(plan, result))
+                          metadata=lambda result: _quantized_record(plan, result), exclusive=free)
         return plan.target, read_record(plan.target)
     with RunFolder(plan.source, flag=None) as folder:
         record = folder.read_record()  # as it is now that no other writer can change it

@@ -44,7 +44,7 @@ from kbit.core.measure.sample_size import MIN_ITEMS, small_sample_warning, too_f
 from kbit.core.measure.scoring import MATH_TASKS, math_scorer
 from kbit.core.model.check import load_config
 from kbit.core.contract.options import integer
-from kbit.core.runs.folder import check_writable
+from kbit.core.runs.folder import check_writable, is_free
 from kbit.core.runs.outputs import claim, kbit_kind
 
 log = logging.getLogger("kbit")
@@ -117,6 +117,7 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
     device = device or detect_device()
     candidates, gaps = plan_candidates(config.selection, device)
     out_dir = claim_report_dir(config, candidates)
+    free = is_free(out_dir)  # then nothing that appears there while scoring is replaced
     check_writable(out_dir, min_free_bytes=REPORT_BYTES, flag="--out", needs="the report needs")  # before any scoring
     _check_answer_budget(config.max_new_tokens, candidates)
     data_warnings: list[str] = []
@@ -166,7 +167,7 @@ def run_eval(config: EvalConfig, device: DeviceInfo | None = None) -> EvalResult
         "gaps": [g.to_dict() for g in gaps],
         "versions": meta.package_versions(),
     }
-    write_report(out_dir, report, predictions)
+    write_report(out_dir, report, predictions, exclusive=free)
     return EvalResult(out_dir, report)
 
 

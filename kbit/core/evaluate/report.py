@@ -106,10 +106,12 @@ def generation_text(settings: dict[str, Any]) -> str:
     return "until the end-of-turn token, at most the budget of each dataset (below)"
 
 
-def write_report(out_dir: Path, report: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> Path:
-    """Write the four report files into ``out_dir`` atomically; returns ``out_dir``."""
+def write_report(out_dir: Path, report: dict[str, Any], predictions: Sequence[dict[str, Any]],
+                 exclusive: bool = False) -> Path:
+    """Write the four report files into ``out_dir`` atomically (``exclusive``: see ``atomic_directory``); returns
+    ``out_dir``."""
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as staging:
+    with atomic_directory(out_dir, exclusive) as staging:
         write_json_atomic(staging / "report.json", {"schema_version": SCHEMA_VERSION, **report})
         (staging / "report.md").write_text(markdown(report), encoding="utf-8")
         with open(staging / "predictions.jsonl", "w", encoding="utf-8") as handle:

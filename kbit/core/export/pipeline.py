@@ -128,7 +128,8 @@ def export_adapter_in_run(run: Path, record: RunRecord, reference: Reference, *,
     items = plan.data.held_out[: limit or _default_limit(record)]
     gate = Gate.for_type("q8_0", min_top1=min_top1)
     started = time.time()
-    with _folder_for(plan.target), atomic_file(plan.target) as temp:  # renamed into place only once checked
+    exclusive = not plan.target.exists()  # a file that appears meanwhile is kept, never replaced
+    with _folder_for(plan.target), atomic_file(plan.target, exclusive) as temp:  # renamed into place only once checked
         written = write_lora_gguf(run / "adapter", base.gguf, temp, name=f"{name}-lora", base_model=base)
         write_seconds = round(time.time() - started, 1)
         figures = check_file(base.gguf, reference, plan.data.task, items, gate, max_new_tokens, lora=temp,
@@ -147,8 +148,8 @@ def _write_checked(plan: _Plan, format: str, file_type: str, gate: Gate, items: 
     """Write the file to a temporary sibling, check it (against ``reference``, else the source folder),
     record it in the run, rename it into place (see the module docs and ``_record``)."""
     started = time.time()
-    exclusive = plan.run is None and not plan.target.exists()  # a run's gguf/ is under its lock; elsewhere another
-    with _folder_for(plan.target), atomic_file(plan.target, exclusive) as temp:  # command may write the same path
+    exclusive = not plan.target.exists()  # a file another command or the user writes there meanwhile is kept
+    with _folder_for(plan.target), atomic_file(plan.target, exclusive) as temp:
         written = write_gguf(plan.source_dir, temp, file_type, name=plan.name, base=plan.base,
                              datasets=_hub_datasets(plan.record), head_type=head_type)
         write_seconds = round(time.time() - started, 1)

@@ -120,8 +120,10 @@ def follow_umask(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield an empty temp sibling of ``target``; on success it replaces ``target`` in one rename."""
+def atomic_directory(target: Path, exclusive: bool = False) -> Iterator[Path]:
+    """Yield an empty temp sibling of ``target``; on success it replaces ``target`` in one rename.
+    ``exclusive`` (``target`` was absent or an empty folder when the command claimed it): whatever appeared there
+    meanwhile is kept and the command refused (``ConfigError``), rather than set aside and deleted."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=_sibling(target.name, STAGING_MARK), dir=target.parent))
@@ -129,7 +131,15 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         with naming_a_full_disk(target):
             yield staging
         follow_umask(staging)
-        if os.path.lexists(target):
+        if exclusive:
+            try:  # a rename replaces an empty folder at most: a file or a folder with files in it is refused
+                os.rename(staging, target)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                raise ConfigError(f"{target} was written by someone else while this command ran; it is kept as it is "
+                                  "and nothing of this command was: choose another path and run it again") from None
+        elif os.path.lexists(target):
             trash = set_aside(target)
             os.replace(staging, target)
             discard(trash)
@@ -137,6 +147,12 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_free(path: Path) -> bool:
+    """Whether ``path`` is absent or an empty folder (not a link): a claimed output written only if it stays so."""
+    path = Path(path)
+    return not os.path.lexists(path) or (path.is_dir() and not path.is_symlink() and not any(path.iterdir()))
 
 
 def clear_staging(directory: Path) -> list[str]:
@@ -211,8 +227,9 @@ def atomic_file(target: Path, exclusive: bool = False) -> Iterator[Path]:
             try:
                 os.link(temp, target)
             except FileExistsError:
-                raise ConfigError(f"{target} was written by another command while this one ran; nothing of this one "
-                                  "was kept: choose another path, or run it again with --overwrite") from None
+                raise ConfigError(f"{target} was written by someone else while this command ran; it is kept as it is "
+                                  "and nothing of this command was: choose another path, or run it again with "
+                                  "--overwrite") from None
             except OSError:  # a file system without hard links (FAT, some network shares): the plain rename
                 os.replace(temp, target)
     finally:

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -278,7 +279,7 @@ def test_a_replaced_folder_is_deleted_only_once_the_command_succeeded(tmp_path):
 
 def test_an_exclusive_file_never_replaces_one_another_command_wrote_meanwhile(tmp_path):
     target = tmp_path / "out.gguf"
-    with pytest.raises(ConfigError, match="was written by another command while this one ran"):
+    with pytest.raises(ConfigError, match="was written by someone else while this command ran; it is kept"):
         with atomic_file(target, exclusive=True) as temp:
             temp.write_text("mine")
             target.write_text("theirs")  # the other command finished first
@@ -287,6 +288,32 @@ def test_an_exclusive_file_never_replaces_one_another_command_wrote_meanwhile(tm
     with atomic_file(fresh, exclusive=True) as temp:
         temp.write_text("mine")
     assert fresh.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["fresh.gguf", "out.gguf"]
+
+
+def _appear(target: Path, what: str) -> None:
+    """What the user puts at ``target`` while a command works: a folder of notes, a file, an empty folder."""
+    if what == "file":
+        target.write_text("mine")
+        return
+    target.mkdir()
+    if what == "folder":
+        (target / "notes.txt").write_text("mine")
+
+
+@pytest.mark.parametrize("appeared", ["folder", "file"])
+def test_an_exclusive_folder_never_replaces_what_appeared_meanwhile(tmp_path, appeared):
+    target = tmp_path / "report"
+    with pytest.raises(ConfigError, match="was written by someone else while this command ran; it is kept"):
+        with atomic_directory(target, exclusive=True) as staging:
+            (staging / "report.json").write_text("{}")
+            _appear(target, appeared)
+    kept = target / "notes.txt" if appeared == "folder" else target
+    assert kept.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["report"]
+    empty = tmp_path / "empty"  # an empty folder holds nothing to lose: it is written into
+    with atomic_directory(empty, exclusive=True) as staging:
+        (staging / "report.json").write_text("{}")
+        _appear(empty, "empty")
+    assert [p.name for p in empty.iterdir()] == ["report.json"]
 
 
 @pytest.mark.parametrize("raised", [
