@@ -235,6 +235,8 @@ CASES = [
     # run names
     ((*TRAIN, "--name", "x" * 300), "run name is 300 bytes long; use at most 200"),
     ((*TRAIN, "--name", "two\nlines"), "no newlines or control characters"),
+    ((*TRAIN, "--name", "<img src=x onerror=alert(1)>"), "holds < >, which some file systems refuse in a folder name"),
+    ((*TRAIN, "--name", "a:b"), "holds :, which some file systems refuse"),
     ((*TRAIN, "--name", "   "), "must not be empty or blank"),
     ((*TRAIN, "--name", ""), "must not be empty or blank"),
     ((*TRAIN, "--name", ".hidden"), "must be a plain folder name"),

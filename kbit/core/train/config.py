@@ -144,6 +144,10 @@ def check_run_name(value: str) -> None:
         raise ValueError(f"run name {value!r} must be a plain folder name (no '/', '\\', leading '.' or surrounding spaces)")
     if any(not ch.isprintable() for ch in value):
         raise ValueError(f"run name {value!r} must be a plain folder name (no newlines or control characters)")
+    # what Windows refuses in a file name; '<' and '>' would also be HTML in the model cards and reports
+    if reserved := sorted(set(value) & set('<>:"|?*')):
+        raise ValueError(f"run name {value!r} holds {' '.join(reserved)}, which some file systems refuse in a folder "
+                         "name; leave them out")
     if len(value.encode("utf-8")) > MAX_NAME_BYTES:
         raise ValueError(f"run name is {len(value.encode('utf-8'))} bytes long; use at most {MAX_NAME_BYTES}")
 
