@@ -3,14 +3,7 @@ for the commands that run models."""
 
 from __future__ import annotations
 
-import os
 import sys
-
-# `python -m kbit` puts the working directory first on sys.path, and a folder there holding a `*.dist-info` with a
-# kbit.methods entry point (a cloned model or dataset repository) would load as a method plugin and run its code:
-# kbit drops that entry, as `python -P` does (the installed `kbit` script never has it).
-if __name__ == "__main__" and not sys.flags.safe_path and sys.path and sys.path[0] == os.getcwd():
-    del sys.path[0]
 
 # The commands that load and run models; the others (help, methods, spec, push, new-method) start
 # in a fraction of a second and gain nothing from a relaunch.

@@ -130,13 +130,16 @@ def test_sys_exit_in_a_hook_after_training_fails_the_run_naming_the_plugin(plugi
 
 
 def test_a_distribution_in_the_working_directory_is_no_plugin(tmp_path):
-    """``python -m kbit`` run inside a downloaded folder holding a ``*.dist-info`` does not load it as a method."""
+    """``python -m kbit`` run inside a downloaded folder imports nothing from it: no ``*.dist-info`` loads as a method,
+    no ``inspect.py`` shadows the standard library's."""
     info = tmp_path / "evilplug-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evilplug\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[kbit.methods]\nevil = evil_plugin\n")
     marker = tmp_path / "ran"
     (tmp_path / "evil_plugin.py").write_text(f"open({str(marker)!r}, 'w').write('plugin code ran')\n")
+    # a module named like one kbit's dependencies import, which Python would take from the working directory first
+    (tmp_path / "inspect.py").write_text(f"open({str(marker)!r}, 'w').write('inspect.py ran')\n")
     result = run_kbit("methods", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "evil" not in result.stdout and not marker.exists()
