@@ -68,6 +68,7 @@ def quantize_into(method: Method, spec: QuantizationSpec, model_dir: Path, calib
             "config_groups": quant.get("config_groups", {}),
             "size_bytes": sum(f.stat().st_size for f in staging.glob("*.safetensors")),
             "source": str(model_dir),
+            "files": sorted([p.name for p in staging.iterdir()] + ([meta.FILENAME] if metadata is not None else [])),
         }
         if metadata is not None:
             write_record(staging, metadata(record))

@@ -19,7 +19,9 @@ real paths, every component resolved.
      quantized model, inside a plain folder), save what a comparison keeps in its own runs/ and evals/;
    - a kbit run, and anything inside a run that is not this command's own artifact.
 6. The command's own earlier output of the same kind (``is_own``) may be replaced: reports by
-   ``kbit eval``, a quantized model by ``kbit quantize``, a run by ``kbit train --overwrite``.
+   ``kbit eval``, a quantized model by ``kbit quantize``, a run by ``kbit train --overwrite`` — only while it holds
+   nothing but what kbit wrote there (``WRITTEN``; a quantized model's record lists its files): a marker file does
+   not make a folder of the user's kbit's, and files added to an output are never deleted with it.
 7. A folder of anything else (a model folder, other data, a home folder) is refused, ``--overwrite`` or
    not: kbit deletes no folder it did not write. A plain file is replaced only with ``--overwrite``.
 
@@ -36,8 +38,8 @@ from pathlib import Path
 
 from kbit.core.errors import ConfigError
 from kbit.core.runs.stamps import FILENAME
-from kbit.core.runs.record import recorded_kind
-from kbit.core.runs.folder import LOCK_NAME
+from kbit.core.runs.record import read_record, recorded_kind
+from kbit.core.runs.folder import LOCK_NAME, REPLACED_MARK, STAGING_MARK
 
 def kbit_kind(path: Path) -> str | None:
     """The ``kind`` of the kbit output at ``path`` ("run", "quantized", "eval" …), or None if it is none.
@@ -127,6 +129,9 @@ def claim(target: Path, *, is_own: Callable[[Path], bool], kind: str, overwrite:
     if held is not None:
         raise ConfigError(f"{flag} {target} holds the {_label(output_kind(held))} {held}; a folder holding another "
                           "kbit output is never replaced — move that out first or choose another path")
+    if own and real.is_dir() and (other_files := unwritten(real, kind)) is not None:
+        raise ConfigError(f"{flag} {target} is an earlier {_label(kind)} but {other_files}, or choose another path; "
+                          "kbit replaces only what it wrote")
     if not own and real.is_dir():
         raise ConfigError(f"{flag} {target} already holds other data, not written by this command; kbit never deletes "
                           "a folder of someone else's files, --overwrite or not — choose a new path, or move them out first")
@@ -134,6 +139,33 @@ def claim(target: Path, *, is_own: Callable[[Path], bool], kind: str, overwrite:
         raise ConfigError(f"{flag} {target} is a file, not written by this command; choose another path "
                           "or pass --overwrite to replace it")
     return real
+
+
+# What each kind of kbit folder holds at its top level as kbit writes it (a quantized model's own record lists its
+# files): anything else there is the user's, and a folder holding it is never replaced.
+WRITTEN = {"eval": frozenset({"report.json", "report.md", "report.png", "predictions.jsonl"}),
+           "run": frozenset({FILENAME, "README.md", "train.log", "loss.png", "adapter", "merged", "quantized", "gguf",
+                             "checkpoints"})}
+
+
+def unwritten(folder: Path, kind: str) -> str | None:
+    """None when the kbit ``kind`` output ``folder`` holds at its top only what kbit wrote there (its lock and staging
+    leftovers aside), else what else it holds, said as the end of "… is an earlier report but …"."""
+    written = WRITTEN.get(kind)
+    if kind == "quantized":
+        record = read_record(folder)
+        listed = record.quantize.files if record is not None and record.quantize is not None else None
+        if not listed:
+            return "its record lists no files (an older kbit wrote it): remove it yourself"
+        written = frozenset(listed)
+    if written is None:
+        return None
+    foreign = sorted(entry.name for entry in os.scandir(folder) if entry.name not in written and entry.name != LOCK_NAME
+                     and STAGING_MARK not in entry.name and REPLACED_MARK not in entry.name)
+    if not foreign:
+        return None
+    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return f"also holds {shown}, which kbit did not write: move those out first"
 
 
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems alike

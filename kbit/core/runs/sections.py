@@ -173,6 +173,7 @@ class Quantization(Section):
     calibration_samples: int | None = value(int)
     source: str | None = value(str)
     dataset: dict[str, Any] | None = value(dict)
+    files: list[str] | None = value(list)  # what the quantized folder holds as kbit wrote it: all a re-quantize may replace
 
 
 @attrs.define(kw_only=True)

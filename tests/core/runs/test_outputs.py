@@ -47,6 +47,40 @@ def test_overwrite_never_replaces_a_plain_folder_holding_a_run_deep_inside(tmp_p
     assert (folder / "a" / "b" / "run" / "data.bin").read_bytes() == b"precious"
 
 
+def test_an_own_output_is_replaced_only_while_it_holds_nothing_but_what_kbit_wrote(tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    for name in ("report.json", "report.md", "report.png", "predictions.jsonl"):
+        (report / name).write_text(json.dumps({"kind": "eval"}) if name == "report.json" else "")
+    assert _claim(report, "eval") == report.resolve()  # an earlier report: kbit's to replace
+    (report / "analysis.ipynb").write_text("the user's")
+    with pytest.raises(ConfigError, match="is an earlier kbit report but also holds analysis.ipynb, which kbit did not "
+                                          "write: move those out first, or choose another path; kbit replaces only"):
+        _claim(report, "eval", overwrite=True)
+    project = tmp_path / "project"  # a marker file alone makes no folder kbit's
+    (project / ".git").mkdir(parents=True)
+    (project / "report.json").write_text(json.dumps({"kind": "eval"}))
+    with pytest.raises(ConfigError, match="also holds .git, which kbit did not write"):
+        _claim(project, "eval")
+    assert (project / ".git").is_dir()
+
+
+def test_a_quantized_folder_is_replaced_only_as_its_record_lists_it(tmp_path):
+    folder = tmp_path / "q"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    record = {"kind": "quantized", "schema_version": 2, "quantize": {"files": ["kbit.json", "model.safetensors"]}}
+    (folder / "kbit.json").write_text(json.dumps(record))
+    assert _claim(folder, "quantized") == folder.resolve()
+    (folder / "Documents").mkdir()
+    with pytest.raises(ConfigError, match="also holds Documents, which kbit did not write"):
+        _claim(folder, "quantized", overwrite=True)
+    (folder / "Documents").rmdir()
+    (folder / "kbit.json").write_text(json.dumps({"kind": "quantized", "schema_version": 2}))  # an older kbit's: no list
+    with pytest.raises(ConfigError, match=r"its record lists no files \(an older kbit wrote it\): remove it yourself"):
+        _claim(folder, "quantized")
+
+
 @pytest.mark.parametrize("kind", ["run", "eval", "quantized", "compare"])
 def test_overwrite_never_deletes_a_folder_of_someone_elses_files(tmp_path, kind):
     home = tmp_path / "home"
