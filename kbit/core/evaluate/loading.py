@@ -551,6 +551,9 @@ def _artifact_dir(run: Path, record: RunRecord, variant: str) -> Path | None:
     if isinstance(recorded, Mapping):
         recorded = recorded.get("path")
     directory = run / (recorded if isinstance(recorded, str) and recorded else variant)
+    if not directory.resolve().is_relative_to(run.resolve()):  # kbit.json is untrusted input, as export reads names
+        raise ConfigError(f"{run / meta.FILENAME}: artifacts.{variant} ({recorded}) points outside the run; a run's "
+                          f"models are folders inside it: fix that field")
     return directory if directory.is_dir() else None
 
 

@@ -39,6 +39,7 @@ def teacher_model_dir(path: str, data: TaskData, vocab_size: int) -> Path:
     """The merged model of the run at ``path``, checked as a teacher for a run on ``data`` whose model
     has ``vocab_size`` output tokens; ConfigError naming the problem and the fix otherwise."""
     from kbit.core.model.check import load_config
+    from kbit.core.model.sources import check_remote_code
     from kbit.core.runs.record import read_record
 
     run = Path(path).expanduser()
@@ -53,6 +54,11 @@ def teacher_model_dir(path: str, data: TaskData, vocab_size: int) -> Path:
     if not (merged / "config.json").is_file():
         raise ConfigError(f"--teacher {path} has no merged model ({merged} is missing or holds no config.json); "
                           "give a run whose method merges")
+    try:
+        check_remote_code(merged, False)
+    except ConfigError:  # a built-in class would stand in for its code, and teach another model than the run's
+        raise ConfigError(f"--teacher {path}'s merged model ships its own code (auto_map); kbit loads a teacher with "
+                          "transformers' own classes only: give a run of a model without it") from None
     recorded = record.dataset.fingerprint if record.dataset is not None else None
     if recorded != (actual := data.fingerprint()):
         raise ConfigError(f"--teacher {path} trained on other data or another split (fingerprint {recorded}, this run "

@@ -224,6 +224,9 @@ def test_corrupt_and_newer_metadata(tiny_run, tmp_path, capsys):
     assert "is corrupt" in _fails(["eval", str(run)], capsys)
     newer = _copy_meta(tiny_run, tmp_path, schema_version=99)
     assert "schema version 99" in _fails(["eval", str(newer)], capsys)
+    shutil.rmtree(newer)
+    outside = _copy_meta(tiny_run, tmp_path, artifacts={"adapter": "adapter", "merged": str(tiny_run / "merged")})
+    assert "artifacts.merged (" in _fails(["eval", str(outside), "--variant", "merged"], capsys)  # never another run's
 
 
 @pytest.mark.slow

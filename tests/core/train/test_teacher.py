@@ -85,6 +85,10 @@ def test_a_folder_that_is_not_a_run_or_another_tokenizer_is_refused(tiny, tmp_pa
         teacher_model_dir(str(run), _Data(), vocab_size=7)
     vocab = json.loads((tiny / "config.json").read_text())["vocab_size"]
     assert teacher_model_dir(str(run), _Data(), vocab_size=vocab) == (run / "merged").resolve()
+    config = json.loads((run / "merged" / "config.json").read_text())  # a merged model that ships its own code
+    (run / "merged" / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "x.Config"}}))
+    with pytest.raises(ConfigError, match=r"merged model ships its own code \(auto_map\)"):
+        teacher_model_dir(str(run), _Data(), vocab_size=vocab)
 
 
 @pytest.mark.slow
