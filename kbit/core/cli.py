@@ -657,6 +657,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if debug:
             raise
+        if type(exc).__module__.startswith("jinja2"):  # a model's chat template (its file is input, like a dataset)
+            typer.echo(f"kbit: error: the model's chat template cannot be rendered ({type(exc).__name__}: {exc}); fix "
+                       "or replace its chat_template", err=True)
+            sys.exit(2)
         typer.echo(f"kbit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C into this return code

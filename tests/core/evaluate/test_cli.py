@@ -137,6 +137,23 @@ def test_a_test_file_beside_a_dataset_counts_the_prompts_the_dataset_holds(tiny,
     assert [p["trained_prompt"] for p in predictions] == [True, True, False, False, False]  # to score without them
 
 
+def test_a_chat_template_the_sandbox_stops_is_bad_input(tiny, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    attack = "{{ ''.__class__.__mro__[1].__subclasses__() }}"  # jinja2's sandbox refuses it; nothing runs
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        if name.endswith(".jinja") and (model / name).is_file():
+            (model / name).write_text(attack)
+        elif name.endswith(".json"):
+            config = json.loads((model / name).read_text())
+            (model / name).write_text(json.dumps({**config, "chat_template": attack}))
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"prompt": "Hi", "completion": "Hello"}) + "\n")
+    result = run_kbit("eval", str(model), "--held-out", str(test), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("kbit: error: the model's chat template cannot be rendered (Security")
+
+
 def test_an_item_longer_than_the_context_is_said_to_be_cut(tiny, tmp_path, capsys):
     test = tmp_path / "long.jsonl"
     test.write_text(json.dumps({"prompt": "Say a lot.", "completion": "word " * 3000}) + "\n"
