@@ -155,6 +155,7 @@ HANG_CASES = [
     ((*TRAIN, "--dataset", "{fifo_jsonl}"), "dataset file {fifo_jsonl} is a named pipe (FIFO), not a regular file"),
     ((*TRAIN, "--config", "{fifo_yaml}"), "config file {fifo_yaml} is a named pipe (FIFO)"),
     (("train", "--model", "{huge}", "--max-steps", "1"), "it declares 1000000 layers; the weight files hold 2 layers"),
+    (("eval", "{huge}", "--limit", "1"), "it declares 1000000 layers; the weight files hold 2 layers"),
     (("eval", "--model", "{huge}"), "config.json describes weights the files lack (it declares 1000000 layers"),
 ]
 

@@ -669,8 +669,11 @@ def load_plain(path: str, *, trust_remote_code: bool = False, device_map: Any = 
     """A model directory as stored: its own dtype and, if any, its own quantization config."""
     from transformers import AutoModelForCausalLM
 
+    from kbit.core.model.check import check_layer_count
     from kbit.core.model.resident_memory import release_load_memory
 
+    if Path(path).is_dir():
+        check_layer_count(Path(path))  # transformers would build every declared layer first: minutes for a million
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=trust_remote_code,
                                                      use_safetensors=True, device_map=device_map)
