@@ -154,7 +154,9 @@ def unwritten(folder: Path, kind: str) -> str | None:
     written = WRITTEN.get(kind)
     if kind == "quantized":
         record = read_record(folder)
-        listed = record.quantize.files if record is not None and record.quantize is not None else None
+        if record is None:  # a run's quantized/, replaced under the run's lock as the run's own artifact
+            return None
+        listed = record.quantize.files if record.quantize is not None else None
         if not listed:
             return "its record lists no files (an older kbit wrote it): remove it yourself"
         written = frozenset(listed)
