@@ -305,15 +305,17 @@ def _held_out(request: DataRequest, limit: int, warnings: list[str],
             trained[request] = frozenset(e.prompt for e in rows)
             if request.dataset is None:
                 data = attrs.evolve(data, train=rows)
-    elif request.trained_on is not None or (file and request.dataset is not None):
+    elif request.trained_on is not None:  # the run's own split
         trained[request] = frozenset(e.prompt for e in data.train)
         if shared := trained_prompts(data.train, items):
-            warnings.append(
-                f"{shared} of the {len(items)} items of run {request.trained_on[0]}'s own held-out split ask a prompt it "
-                "trained on (a row repeated in its data, or held-out items its training file holds too): their scores "
-                "measure recall" if request.trained_on is not None else
-                f"{shared} of the {len(items)} items of {file} ask a prompt a row of {data.source} asks too: a model "
-                "trained on it answers them from memory")
+            warnings.append(f"{shared} of the {len(items)} items of run {request.trained_on[0]}'s own held-out split ask a "
+                            "prompt it trained on (a row repeated in its data, or held-out items its training file holds "
+                            "too): their scores measure recall")
+    elif file and request.dataset is not None:  # a file beside --dataset, for a model outside a run
+        trained[request] = frozenset(e.prompt for e in data.train)
+        if shared := trained_prompts(data.train, items):
+            warnings.append(f"{shared} of the {len(items)} items of {file} ask a prompt a row of {data.source} asks too: "
+                            "a model trained on it answers them from memory")
     if repeated := len(items) - len({e.prompt for e in items}):
         warnings.append(f"{repeated} of the {len(items)} items of {data.name} ask the prompt of an earlier item: "
                         "the 95% interval counts each as evidence of its own")

@@ -176,10 +176,11 @@ def column_notes(rows: Sequence[dict[str, Any]], speed: dict[str, str]) -> list[
                       "GGUF file with its LoRA file.",
         "bits_per_weight": "Bits/weight covers the base linear layers (output head and adapters excluded), including "
                            "scales and quantization state.",
-        "tokens_per_s": f"Tokens/s: {speed.get('tokens_per_s')}.",
-        "forward_tokens_per_s": f"Forward tok/s: {speed.get('forward_tokens_per_s')}.",
     }
-    return [note for key, note in notes.items() if key in shown and (key not in ("tokens_per_s", "forward_tokens_per_s") or speed)]
+    if speed:
+        notes |= {"tokens_per_s": f"Tokens/s: {speed['tokens_per_s']}.",
+                  "forward_tokens_per_s": f"Forward tok/s: {speed['forward_tokens_per_s']}."}
+    return [note for key, note in notes.items() if key in shown]
 
 
 def runtime_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
