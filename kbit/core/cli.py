@@ -438,6 +438,9 @@ def push_command(
                    f"{'private ' if private else ''}{plan.repo_id}:")
         for local, remote in plan.files:
             typer.echo(f"  {remote}  ←  {local}")
+    if plan.left_home:
+        typer.echo(f"left home, as kbit did not write them: {', '.join(plan.left_home)}")
+    if dry_run:
         return
     url = push(plan, private=private)
     typer.echo(f"uploaded {len(plan.files)} files ({plan.size_bytes / 2**20:.1f} MiB) to {url}")

@@ -8,11 +8,14 @@ local paths), checkpoints, locks and half-written temporary files.
 
 A run folder is untrusted input: ``upload_folder`` reads what a link points to, so a symbolic link
 anywhere in what would go (``adapter/notes.txt -> ~/.ssh/id_rsa``) and any path resolving outside the
-run refuse the whole push, checked when planning and again right before the upload.
+run refuse the whole push, checked when planning and again right before the upload. Of an artifact folder
+only what kbit wrote there goes (the names its record lists, and its card): a ``credentials.txt`` or a copy of
+the data a user put beside the weights stays home, and the plan names it (``left_home``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from collections.abc import Sequence
@@ -22,20 +25,27 @@ import attrs
 
 from kbit.core.runs import stamps as meta
 from kbit.core.errors import ConfigError
-from kbit.core.runs.record import read_record
+from kbit.core.runs.record import RunRecord, read_record
 from kbit.core.runs.folder import LOCK_NAME, REPLACED_MARK, STAGING_MARK
 
 ARTIFACTS = ("adapter", "merged", "gguf", "quantized")
 RUN_FILES = ("README.md", "loss.png")
+# What transformers, PEFT and llm-compressor save, and kbit's card: what goes from an artifact folder whose record
+# lists no files (a run an older kbit wrote).
+SAVED_NAMES = ("README.md", "*.safetensors", "*.gguf", "config.json", "generation_config.json", "adapter_config.json",
+               "model.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+               "vocab.json", "merges.txt", "chat_template.jinja", "recipe.yaml")
 
 
 @attrs.frozen
 class PushPlan:
-    """What ``push`` uploads: ``files`` are (local path, path in the repository) under ``folder``."""
+    """What ``push`` uploads: ``files`` are (local path, path in the repository) under ``folder``; ``left_home``
+    the files of the chosen artifact folders kbit did not write, which do not go (paths relative to the run)."""
 
     repo_id: str
     folder: Path
     files: tuple[tuple[Path, str], ...]
+    left_home: tuple[str, ...] = ()
 
     @property
     def size_bytes(self) -> int:
@@ -60,16 +70,35 @@ def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
         raise ConfigError(f"{run} is not a kbit run (no kbit.json of kind 'run'); push uploads a run's artifacts")
     if (unfinished := record.unfinished(run)) is not None:  # not done, or judged bad by a gate: not published
         raise ConfigError(f"push uploads finished runs, and run {run} {unfinished}")
-    present = [a for a in ARTIFACTS if _files(run / a, run)]
-    chosen = _choose(what, present, run)
+    found = {a: _files(run / a, run) for a in ARTIFACTS}
+    chosen = _choose(what, [a for a in ARTIFACTS if found[a]], run)
+    kept = {a: [f for f in found[a] if _written_by_kbit(f, _written(record, a))] for a in chosen}
+    left_home = tuple(f"{a}/{f}" for a in chosen for f in found[a] if f not in kept[a])
     if len(chosen) == 1:
         folder = run / chosen[0]
-        files = [(folder / relative, relative) for relative in _files(folder, run)]
+        files = [(folder / relative, relative) for relative in kept[chosen[0]]]
     else:
         folder = run
         files = [(run / name, name) for name in RUN_FILES if _own_file(run / name, run)]
-        files += [(run / a / relative, f"{a}/{relative}") for a in chosen for relative in _files(run / a, run)]
-    return PushPlan(repo_id, folder, tuple(files))
+        files += [(run / a / relative, f"{a}/{relative}") for a in chosen for relative in kept[a]]
+    return PushPlan(repo_id, folder, tuple(files), left_home)
+
+
+def _written(record: RunRecord, artifact: str) -> frozenset[str] | None:
+    """The names kbit wrote at the top of the run's ``artifact`` folder, as the record lists them, with the folder's
+    card; None where it lists none (an older kbit)."""
+    if artifact == "gguf":
+        listed = [Path(e.file).name for e in record.exports if e.file and Path(e.file).parent == Path(artifact)] or None
+    else:
+        part = {"adapter": record.train, "merged": record.merge, "quantized": record.quantize}[artifact]
+        listed = None if part is None else part.adapter_files if artifact == "adapter" else part.files
+    return None if listed is None else frozenset([*listed, "README.md"])
+
+
+def _written_by_kbit(relative: str, written: frozenset[str] | None) -> bool:
+    if written is None:
+        return "/" not in relative and any(fnmatch.fnmatch(relative, name) for name in SAVED_NAMES)
+    return relative.split("/")[0] in written
 
 
 def push(plan: PushPlan, private: bool = False) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,8 +252,9 @@ def adapter_effect(model: Any, batches: list[dict[str, Any]]) -> float:
     return largest
 
 
-def save_model(model: Any, tokenizer: Any, target: Path) -> None:
-    """Save ``model`` (safetensors) and ``tokenizer`` to ``target`` atomically."""
+def save_model(model: Any, tokenizer: Any, target: Path) -> list[str]:
+    """Save ``model`` (safetensors) and ``tokenizer`` to ``target`` atomically; returns the names written there."""
     with atomic_directory(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        return sorted(os.listdir(staging))

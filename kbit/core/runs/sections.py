@@ -138,6 +138,7 @@ class Training(Section):
     mfu: float | None = value(*NUMBER)
     peak: str | None = value(str)  # what the peak was measured on
     loftq: dict[str, Any] | None = value(dict)  # the LoftQ start's weight errors, when the spec asked for it
+    adapter_files: list[str] | None = value(list)  # what adapter/ holds as kbit wrote it (the names at its top)
 
 
 @attrs.define(kw_only=True)
@@ -158,6 +159,7 @@ class Merge(Section):
     max_abs_logit: float | None = value(*NUMBER)
     positions: int | None = value(int)
     adapter_effect: float | None = value(*NUMBER)
+    files: list[str] | None = value(list)  # what merged/ holds as kbit wrote it (the names at its top)
 
 
 @attrs.define(kw_only=True)

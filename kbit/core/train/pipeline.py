@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -222,6 +223,7 @@ def _save_adapter(plan: RunPlan, record: RunRecord, trained: Trained) -> None:
         trained.model.save_pretrained(staging)
         plan.tokenizer.save_pretrained(staging)
         name_base_in_adapter(staging, plan.source.hub_id or plan.source.name)
+        record.train = record.train.updated(adapter_files=sorted(os.listdir(staging)))
     record.artifacts["adapter"] = "adapter"
     write_record(plan.run_dir, record)
 
@@ -248,7 +250,7 @@ def _merge_and_quantize(plan: RunPlan, record: RunRecord, model: Any) -> None:
                                         "max_error_share": tolerance, **agreement})
         check_fidelity(agreement, plan.config.merge_min_agreement, plan.method.name, f"merging into {described}",
                        tolerance=tolerance)
-        save_model(merged, plan.tokenizer, merged_dir)
+        record.merge = record.merge.updated(files=save_model(merged, plan.tokenizer, merged_dir))
         del merged
         record.artifacts["merged"] = "merged"
         write_record(plan.run_dir, record)

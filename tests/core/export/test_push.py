@@ -99,3 +99,31 @@ def test_a_network_failure_is_one_line_and_exit_2(fake_run, tmp_path):
     result = run_kbit("push", str(fake_run), "--repo-id", "me/x", env=env, timeout=300)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("kbit: error: cannot push to me/x:")
+
+
+@pytest.mark.slow
+def test_only_what_kbit_wrote_goes(tiny_run, tmp_path):
+    from tests.conftest import copy_run
+
+    run = tmp_path / "run"
+    copy_run(tiny_run, run)
+    (run / "merged" / "credentials.txt").write_text("hf_secret")
+    (run / "adapter" / "data").mkdir()
+    (run / "adapter" / "data" / "train.jsonl").write_text("{}")
+    plan = plan_push(run, "me/x", None)
+    sent = {remote for _, remote in plan.files}
+    assert plan.left_home == ("adapter/data/train.jsonl", "merged/credentials.txt")
+    assert {"merged/model.safetensors", "merged/config.json", "merged/tokenizer.json", "merged/README.md",
+            "adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= sent
+    everything = {f"{p.parent.name}/{p.name}" for a in ("adapter", "merged") for p in (run / a).iterdir()}
+    assert sent | set(plan.left_home) >= everything - {"adapter/data"}
+
+
+def test_a_run_whose_record_lists_no_files_sends_what_transformers_saves(fake_run, tmp_path):
+    (fake_run / "merged" / "credentials.txt").write_text("hf_secret")
+    (fake_run / "merged" / "tokenizer_config.json").write_text("{}")
+    plan = plan_push(fake_run, "me/x", "merged")
+    assert [remote for _, remote in plan.files] == ["README.md", "config.json", "model.safetensors", "tokenizer_config.json"]
+    assert plan.left_home == ("merged/credentials.txt",)
+    result = run_kbit("push", str(fake_run), "--repo-id", "me/x", "--what", "merged", "--dry-run", env=_no_token_env(tmp_path))
+    assert "left home, as kbit did not write them: merged/credentials.txt" in result.stdout, result.stdout
