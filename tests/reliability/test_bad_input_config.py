@@ -59,7 +59,8 @@ YAML_CASES = [
     ("trust_remote_code: true\n", "sets trust_remote_code: the permission to run a model's own code is taken from "
                                    "--trust-remote-code on the command line only"),
     ("trust_remote_code: [true]\n", "sets trust_remote_code: the permission"),
-    ("overwrite: {a: 1}\n", "invalid value for 'overwrite'"),
+    ("overwrite: true\n", "sets overwrite: the permission to replace an earlier run is taken from --overwrite on the "
+                           "command line only"),
     # the YAML document itself
     ("max_steps: " + "9" * 5001 + "\n", "invalid YAML (Exceeds the limit (4300 digits)"),
     ("max_steps: " + "[" * 100_000 + "\n", "invalid YAML"),

@@ -318,12 +318,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         # run model code is not a setting a record passes on (NOT_RESUMED)
         data = _with_machine_choices({k: v for k, v in data["config"].items() if k not in NOT_RESUMED
                                       and v is not None}, data.get("decisions"), path)
-    elif "trust_remote_code" in data:
-        if data["trust_remote_code"] not in (False, None, "false", "False", "no", 0):
-            raise ConfigError(f"config file {path} sets trust_remote_code: the permission to run a model's own code is "
-                              "taken from --trust-remote-code on the command line only (a config file may come from "
-                              "anyone); remove the key and pass the flag")
-        del data["trust_remote_code"]
+    for key, (flag, permission) in COMMAND_LINE_ONLY.items():
+        if data.get(key) not in (False, None, "false", "False", "no", 0):
+            raise ConfigError(f"config file {path} sets {key}: {permission} is taken from {flag} on the command line "
+                              "only (a config file may come from anyone); remove the key and pass the flag")
+        data.pop(key, None)
     for old, new in LEGACY_KEYS.items():
         if old in data:
             if new in data:
@@ -368,6 +367,9 @@ def _too_big(value: Any, budget: int) -> bool:
     return False
 
 
+# Permissions a config file never gives (a file may come from anyone): to run a model's code, to replace a run.
+COMMAND_LINE_ONLY = {"trust_remote_code": ("--trust-remote-code", "the permission to run a model's own code"),
+                     "overwrite": ("--overwrite", "the permission to replace an earlier run")}
 # Settings a resumed run never takes from its kbit.json: permission to run model code is given on
 # each invocation, and the folder is the one being resumed.
 NOT_RESUMED = ("trust_remote_code", "overwrite", "output")
