@@ -180,3 +180,48 @@ def _shape(module: Any) -> tuple[int, int]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+def check_gguf_header(gguf: Path) -> Any:
+    """The ``gguf.GGUFReader`` of ``gguf``, checked first: refuse a GGUF file whose metadata describes a model its tensors are not, read from its header and
+    tensor table alone (memory-mapped): transformers builds the model from the metadata before it reads a
+    tensor, so a few edited numbers (a block count of 100,000, a vocabulary of 4 billion) would allocate
+    gigabytes, and a special token past the vocabulary would fail only when its text is needed.
+    An unreadable header or tensor table is refused too (transformers would call it invalid JSON)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(gguf))
+    except Exception as exc:  # noqa: BLE001 - the reader raises ValueError, struct.error, IndexError, OverflowError…
+        raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {str(exc)[:120]} (in its header or "
+                          "tensor table); the file is truncated or damaged: re-download or re-export it") from None
+    fields = reader.fields
+
+    def number(key: str) -> int | None:
+        field = fields.get(key)
+        value = field.contents() if field is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    architecture = fields["general.architecture"].contents() if "general.architecture" in fields else ""
+    shapes = {tensor.name: [int(n) for n in tensor.shape] for tensor in reader.tensors}  # ggml order: row width first
+    blocks = {int(m.group(1)) for m in map(_GGUF_BLOCK.match, shapes) if m}
+    embeddings = shapes.get("token_embd.weight")
+    tokens = fields.get("tokenizer.ggml.tokens")
+    problems = []
+    if (count := number(f"{architecture}.block_count")) is not None and blocks and count > max(blocks) + 1:
+        problems.append(f"{architecture}.block_count = {count}, but its tensors hold {max(blocks) + 1} blocks")
+    if embeddings is not None and len(embeddings) == 2:  # llama.cpp requires both to match the tensor exactly
+        for key, held, unit in (("embedding_length", embeddings[0], "wide"), ("vocab_size", embeddings[1], "tokens")):
+            if (value := number(f"{architecture}.{key}")) is not None and value != held:
+                problems.append(f"{architecture}.{key} = {value}, but its token embeddings are {held} {unit}")
+    for role in ("bos", "eos", "padding", "unknown"):
+        if tokens is not None and (token := number(f"tokenizer.ggml.{role}_token_id")) is not None \
+                and token >= len(tokens.data):
+            problems.append(f"tokenizer.ggml.{role}_token_id = {token}, but its vocabulary has {len(tokens.data)} tokens")
+    if problems:
+        raise ConfigError(f"{gguf}: its metadata says {problems[0]}; the file was edited or damaged — re-download or "
+                          "re-export it")
+    return reader

@@ -29,7 +29,7 @@ import attrs
 from kbit.core.errors import ConfigError, MissingDependencyError
 from kbit.core.system.cache import cache_root
 from kbit.core.system.input_files import refuse_special_file, refuse_special_files
-from kbit.core.model.check import check_layer_count
+from kbit.core.model.check import check_gguf_header, check_layer_count
 
 log = logging.getLogger("kbit")
 
@@ -396,11 +396,12 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf = Path(gguf)
+    reader = check_gguf_header(gguf)
     try:
         # transformers (5.17 on) keeps GGUF weights in their quantized blocks, on MPS where present,
         # whenever it can fetch a GGUF matmul kernel; asked explicitly, it unpacks them to float32.
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                                                      config=_gguf_config(gguf),
+                                                      config=_gguf_config(gguf, reader),
                                                       quantization_config=GgufConfig(dequantize=True))
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:
@@ -413,7 +414,12 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
         if hasattr(config, attribute):
             delattr(config, attribute)
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(loaded.state_dict())
+    try:
+        clean.load_state_dict(loaded.state_dict())
+    except RuntimeError as exc:  # transformers read tensors of other shapes than the metadata describes
+        raise ConfigError(f"cannot read GGUF model {gguf}: its tensors do not fit the model its metadata describes "
+                          f"({str(exc).splitlines()[-1].strip()[:160]}); the file was edited or damaged — re-download "
+                          "or re-export it") from None
     clean.tie_weights()
     # transformers' GGUF tokenizer conversion can name the wrong special tokens (SmolLM2: eos
     # becomes <|im_start|>, no pad); the model config's ids are the truth.
@@ -424,8 +430,8 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
     return clean.eval(), tokenizer
 
 
-def _gguf_config(gguf: Path) -> Any:
-    """transformers' config for a GGUF file, with what the file (or llama.cpp's reading of it) says where
+def _gguf_config(gguf: Path, reader: Any) -> Any:
+    """transformers' config for a GGUF file (``reader``: its ``GGUFReader``), with what the file (or llama.cpp's reading of it) says where
     transformers' key map has no entry, so the model is built as llama.cpp runs it:
 
     - the head width: the ``qwen3`` map lacks ``attention.key_length``, so a Qwen3 whose heads are not
@@ -435,14 +441,12 @@ def _gguf_config(gguf: Path) -> Any:
     - ``gemma3``'s linear RoPE scaling of its global layers (Gemma 3 4B and up), which the map drops;
     - ``phi3``'s rotated width (``rope.dimension_count``, which the map drops) and its longrope factors (tensors
       the reader skips); its sliding window is dropped, since llama.cpp runs Phi-3 without one."""
-    from gguf import GGUFReader
     from transformers import AutoConfig
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     from kbit.core.export.architectures import by_gguf_name, gemma_query_scalar
 
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    reader = GGUFReader(str(gguf))
     fields = reader.fields
     architecture = fields["general.architecture"].contents() if "general.architecture" in fields else ""
     key_length = fields.get(f"{architecture}.attention.key_length")
