@@ -25,6 +25,7 @@ import attrs
 
 from kbit.core.runs import stamps as meta
 from kbit.core.errors import ConfigError
+from kbit.core.model.sources import is_hub_id
 from kbit.core.runs.record import RunRecord, read_record
 from kbit.core.runs.folder import LOCK_NAME, REPLACED_MARK, STAGING_MARK
 
@@ -54,15 +55,7 @@ class PushPlan:
 
 def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
     """Decide the upload of ``run``'s artifacts to ``repo_id``; ConfigError for bad input, before any network."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        repo_id_ok = False
-    else:
-        repo_id_ok = repo_id.count("/") == 1
-    if not repo_id_ok:
+    if not is_hub_id(repo_id):
         raise ConfigError(f"--repo-id '{repo_id}' is not a hub repository id; use ORG/NAME (letters, digits, - _ .)")
     run = Path(run)
     record = read_record(run) if run.is_dir() else None

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from kbit.core.system.tables import markdown_row
+
 HEADER = ("method", "variant", "held-out loss", "exact match", "bits/weight", "memory", "size on disk", "train s",
           "train tokens/s", "train MFU", "quantize s", "this run")
 NOTES = (
@@ -131,7 +133,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join("---" for _ in HEADER) + "|",
     ]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in table_rows(report)]
+    lines += [markdown_row(row) for row in table_rows(report)]
     notes = option_notes(report)
     if notes:
         lines += ["", "Options:", "", *notes]

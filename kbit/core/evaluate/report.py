@@ -20,6 +20,7 @@ import attrs
 
 from kbit.core.measure.sample_size import MIN_ITEMS, exact_match_text, too_few
 from kbit.core.runs.folder import atomic_directory, write_json_atomic
+from kbit.core.system.tables import markdown_row, markdown_text
 
 SCHEMA_VERSION = 1
 BEST_MARK = "*"
@@ -133,7 +134,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{generation_text(report['settings'])}; seed {report['settings']['seed']}. "
         f"Best value per column in bold, marked {BEST_MARK} (lowest loss/perplexity/memory/size/bits, highest scores/speed).",
         "",
-        *[f"> **Warning:** {w}" for w in report.get("warnings", [])],
+        *[f"> **Warning:** {markdown_text(w)}" for w in report.get("warnings", [])],
         *([""] if report.get("warnings") else []),
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -143,7 +144,7 @@ def markdown(report: dict[str, Any]) -> str:
         for column in columns:
             text = cell(row, column)
             cells.append(f"**{text}{BEST_MARK}**" if i in best[column.key] else text)
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append(markdown_row(cells))
     gaps = report.get("gaps", [])
     lines += ["", "## Gaps", ""]
     if gaps:

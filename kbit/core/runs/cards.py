@@ -15,6 +15,7 @@ machine's model cache, so ``PeftModel.from_pretrained`` works wherever the base 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +42,32 @@ ARTIFACTS: dict[str, tuple[str, str, str, str]] = {
 
 
 def base_model_id(record: RunRecord) -> str:
-    """The base model's hub id as recorded when it was resolved; its name when no id is known.
+    """The base model's hub id as recorded when it was resolved; its name (on one line, no backticks) when no id is
+    known."""
+    return _hub_id(record) or _one_line(record.base_model.name or "")
 
-    Runs recorded before kbit kept the hub id find it beside their converted GGUF base.
-    """
-    base = record.base_model
-    return str(base.hub_id or _beside_base(record, "hub_id") or base.name or "")
+
+def _hub_id(record: RunRecord) -> str:
+    """The base's hub id as recorded (runs recorded before kbit kept it: beside their converted GGUF base), "" when
+    none is or what is recorded is not a hub id (``kbit.json`` and a GGUF file's metadata are anyone's text)."""
+    from kbit.core.model.sources import is_hub_id
+
+    value = str(record.base_model.hub_id or _beside_base(record, "hub_id") or "")
+    return value if is_hub_id(value) else ""
 
 
 def base_license(record: RunRecord) -> str:
-    """The base model's license as recorded (or beside its converted GGUF), "" when unknown."""
-    return str(record.base_model.license or _beside_base(record, "license") or "")
+    """The base model's license as recorded (or beside its converted GGUF), "" when unknown or not a license id."""
+    from kbit.core.model.sources import is_license_id
+
+    value = str(record.base_model.license or _beside_base(record, "license") or "")
+    return value if is_license_id(value) else ""
+
+
+def _one_line(text: str) -> str:
+    """A name from the user's files or a model's metadata, safe inside a markdown code span and table cell: on one
+    line, without backticks, its pipes escaped."""
+    return " ".join(str(text).split()).replace("`", "'").replace("|", "\\|")
 
 
 def _beside_base(record: RunRecord, key: str) -> Any:
@@ -65,7 +81,7 @@ def _loadable_base(record: RunRecord) -> str:
     """What ``AutoPeftModelForCausalLM`` loads the adapter's base from: its hub id, else the local folder it
     trained on (as PEFT itself writes it), else its name."""
     base = record.base_model
-    return str(base.hub_id or _beside_base(record, "hub_id") or base.path or base.name or "")
+    return _hub_id(record) or str(base.path or base.name or "")
 
 
 def name_base_in_adapter(adapter_dir: Path, base_id: str) -> None:
@@ -106,7 +122,7 @@ def artifact_card(record: RunRecord, folder: str) -> str:
     results = _results(record, folder)
     body = [f"# {record.name} — {folder}", "",
             f"{what[0].upper()}{what[1:]}: a supervised fine-tune of {_base_link(record)}"
-            f" on `{record.dataset.name or ''}` with kbit's "
+            f" on `{_one_line(record.dataset.name or '')}` with kbit's "
             f"`{_method(record)}` method.", "", "## Use", "",
             load.replace("{base}", base_model_id(record)), ""]
     if folder == "gguf":
@@ -142,7 +158,7 @@ def _quantized_base_code(record: RunRecord) -> list[str]:
                           if key not in ("quant_method", "_load_in_4bit", "_load_in_8bit"))
     dtype = record.spec.training.compute_dtype if record.spec.training is not None else "float32"
     return ["```python", "import torch", "from peft import PeftModel", f"from transformers import AutoModelForCausalLM, {name}",
-            f"base = AutoModelForCausalLM.from_pretrained(\"{_loadable_base(record)}\", dtype=torch.{dtype},  # as trained",
+            f"base = AutoModelForCausalLM.from_pretrained({json.dumps(_loadable_base(record))}, dtype=torch.{dtype},  # as trained",
             f"                                            quantization_config={name}({arguments}))",
             "model = PeftModel.from_pretrained(base, \"REPO\")", "```", ""]
 
@@ -153,10 +169,10 @@ def _gguf_base_note(record: RunRecord) -> list[str]:
 
     path = record.base_model.path
     beside = recorded_source(Path(path), ("gguf", "hub_id")) if path else {}
-    gguf, hub_id = beside.get("gguf"), record.base_model.hub_id or beside.get("hub_id")
+    gguf, hub_id = beside.get("gguf"), _hub_id(record)
     if not gguf or not hub_id:  # without a hub id the card names the file itself
         return []
-    return [f"The base kbit trained on is the GGUF file `{Path(gguf).name}`, not `{hub_id}`'s own weights: the two "
+    return [f"The base kbit trained on is the GGUF file `{_one_line(Path(gguf).name)}`, not `{hub_id}`'s own weights: the two "
             "differ by that file's rounding. `kbit eval RUN` loads the base the run trained on.", ""]
 
 
@@ -166,7 +182,7 @@ def run_card(record: RunRecord, folders: list[str]) -> str:
                for name, v in record.metrics.variants.items() if v.exact_match is not None] or _results(record, "adapter")
     body = [f"# {record.name}", "",
             f"Supervised fine-tune of {_base_link(record)} on "
-            f"`{record.dataset.name or ''}` with kbit's `{_method(record)}` method "
+            f"`{_one_line(record.dataset.name or '')}` with kbit's `{_method(record)}` method "
             f"({record.method_summary}).", "", "| folder | contents |", "|---|---|"]
     body += [f"| `{f}/` | {_what(record, ARTIFACTS[f][2])} |" for f in folders]
     body += ["", "Each folder has its own card; full settings are in `kbit.json`.", ""]
@@ -269,8 +285,8 @@ def _settings(record: RunRecord) -> list[str]:
             f"| adapter | {described} |",
             f"| weights bits during training | {(spec.weights_bits if spec else None) or 'full precision'} |",
             f"| steps | {record.train.steps} |",
-            *([f"| distilled from | the merged model of run `{Path(teacher).name}` (`--teacher`) |"] if teacher else []),
-            f"| held-out items | {record.dataset.held_out_examples} of `{_held_out_name(record)}`"
+            *([f"| distilled from | the merged model of run `{_one_line(Path(teacher).name)}` (`--teacher`) |"] if teacher else []),
+            f"| held-out items | {record.dataset.held_out_examples} of `{_one_line(_held_out_name(record))}`"
             f"{' (a file of their own)' if config is not None and config.held_out_file else ''} |",
             *(["| trained answers | every assistant answer of a conversation (`--turns all`) |"]
               if config is not None and config.turns == "all" else []),
@@ -307,17 +323,18 @@ def _gguf_table(record: RunRecord) -> list[str]:
              "| max / mean \\|Δlogit\\| | exact match (source → file, items) |",
              "|---|---|---|---|---|---|---|---|"]
     for e in exports:
-        lines.append(f"| `{Path(e.file or '').name}` | {e.type} | {(e.size_bytes or 0) / 2**20:.1f} MiB | "
+        lines.append(f"| `{_one_line(Path(e.file or '').name)}` | {e.type} | {(e.size_bytes or 0) / 2**20:.1f} MiB | "
                      f"{e.extra.get('runtime') or 'transformers'} | "
                      f"{e.top1_agreement or 0:.2%} | {_kl_text(e.extra.get('answer_kl'))} / {_kl_text(e.extra.get('kl'))} | "
                      f"{e.max_abs_logit_diff or 0:.3g} / {e.mean_abs_logit_diff or 0:.3g} | "
                      f"{e.source.get('exact_match') or 0:.0%} → {e.exact_match or 0:.0%} ({e.items or 0}) |")
     adapters = [e for e in exports if e.type == "lora"]
     if adapters:  # an adapter file runs on its base file, not alone
-        base = Path(adapters[0].base_file or "BASE.gguf").name
+        # file names are the user's: quoted, so that a name such as x$(cmd).gguf is not run by whoever copies the line
+        base, adapter = (shlex.quote(Path(name or "").name) for name in (adapters[0].base_file or "BASE.gguf", adapters[0].file))
         lines += ["", "A LoRA adapter file runs on the base file it was made for:", "", "```bash",
-                  f"llama-cli -m {base} --lora {Path(adapters[0].file or '').name} -cnv   "
-                  f"# Ollama: FROM ./{base} and ADAPTER ./{Path(adapters[0].file or '').name} in the Modelfile", "```"]
+                  f"llama-cli -m {base} --lora {adapter} -cnv   "
+                  f"# Ollama: FROM ./{_one_line(base)} and ADAPTER ./{_one_line(adapter)} in the Modelfile", "```"]
     return lines + [""]
 
 

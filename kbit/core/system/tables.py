@@ -9,6 +9,7 @@ per column title, one column per row, as many rows to a table as the terminal ho
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,3 +84,14 @@ def _width(header: Sequence[str], body: Sequence[Sequence[str]], labels: int, *,
     widths = [max(_cell_width(title, i < labels or (fold_header and i > 0)),
                   *(_cell_width(row[i], i < labels) for row in body)) for i, title in enumerate(header)]
     return sum(widths) + 3 * len(widths) + 1
+
+
+def markdown_text(text: Any) -> str:
+    """``text`` as inert markdown on one line: names in reports come from the user's files, so a newline cannot start a
+    heading and a ``<`` that would open an HTML tag is written ``&lt;`` (``<|im_end|>`` stays as it is)."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", " ".join(str(text).split()))
+
+
+def markdown_row(cells: Sequence[Any]) -> str:
+    """One row of a markdown table, each cell ``markdown_text`` with its pipes escaped."""
+    return "| " + " | ".join(markdown_text(cell).replace("|", "\\|") for cell in cells) + " |"

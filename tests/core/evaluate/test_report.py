@@ -101,3 +101,12 @@ def test_values_that_print_alike_are_both_best():
     rows = [{"model": "a", "loss": 4.27701, "items": 50}, {"model": "b", "loss": 4.27699, "items": 50},
             {"model": "c", "loss": 4.5, "items": 50}]
     assert best_rows(rows, loss) == {0, 1}  # both print as 4.277
+
+
+def test_names_from_the_users_files_stay_text_in_report_md():
+    name = "d <img src=x onerror=alert(1)> |x|\n## H"
+    md = markdown({**REPORT, "rows": [{**ROWS[0], "dataset": name}], "warnings": [f"{name}: few items"]})
+    assert "| d &lt;img src=x onerror=alert(1)> \\|x\\| ## H |" in md
+    assert "> **Warning:** d &lt;img src=x onerror=alert(1)> |x| ## H: few items" in md
+    assert "\n## H" not in md and "<img" not in md
+    assert "<|im_end|>" in markdown({**REPORT, "rows": [{**ROWS[0], "dataset": "<|im_end|>"}]}).replace("\\|", "|")

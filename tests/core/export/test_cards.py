@@ -161,3 +161,23 @@ def test_a_score_says_how_many_items_it_is_of_and_rslora_its_scale():
     spec = {**RAW["spec"], "adapter": {"peft_type": "lora", "r": 64, "lora_alpha": 16, "use_rslora": True}}
     assert "| adapter | lora r=64 alpha=16 (rsLoRA: scale alpha / sqrt(r)) |" in \
         artifact_card(RunRecord.from_dict({**RAW, "spec": spec}), "adapter")
+
+
+def test_names_from_files_and_gguf_metadata_stay_text(tmp_path):
+    """A GGUF file's metadata and the user's file names are anyone's text: a hub id that is none is not used, and no
+    name leaves its code span, its table cell or the comment of a line of code people copy."""
+    (tmp_path / "kbit-source.json").write_text(json.dumps({
+        "hub_id": "Org\"; import os; os.system('x')  #\n/evil", "license": "mit\n---\n<img src=x>",
+        "gguf": "/models/base.gguf"}))
+    adapter = {"file": "gguf/x-lora.gguf", "type": "lora", "exact_match": 0.6, "items": 10,
+               "base_file": "/models/b$(touch pwned).gguf", "source": {"model": "adapter", "exact_match": 0.5}}
+    record = RunRecord.from_dict({**RAW, "exports": [adapter],
+                                  "base_model": {"name": "base\nimport os", "origin": "gguf", "path": str(tmp_path)},
+                                  "dataset": {"name": "d` <img src=x onerror=alert(1)> |x|\n## H.jsonl"}})
+    for folder in ("adapter", "merged", "gguf"):
+        card = artifact_card(record, folder)
+        front = _front(card)
+        assert front["base_model"] == "base import os" and "license" not in front
+        assert "os.system" not in card and "\n## H" not in card and "\nimport os" not in card
+        assert "on `d' <img src=x onerror=alert(1)> \\|x\\| ## H.jsonl` with kbit's" in card
+    assert "llama-cli -m 'b$(touch pwned).gguf' --lora x-lora.gguf -cnv" in artifact_card(record, "gguf")
