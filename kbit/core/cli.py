@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Annotated, Optional
 
@@ -607,6 +608,11 @@ def _exiting_on_a_signal(program: bool) -> None:
         ignore_stops()
 
 
+def _say(message: str) -> None:
+    """An error on one line of stderr: a name in it (a file name, a model's metadata) may hold line breaks."""
+    typer.echo(re.sub(r"\s*[\r\n]+\s*", " ", message), err=True)
+
+
 def _traceback_and_exit(code: int) -> None:
     """``--debug``: the traceback of the error being handled, then the exit code the error has without it."""
     import traceback
@@ -637,7 +643,7 @@ def main(argv: list[str] | None = None) -> None:
     except KbitError as exc:
         if debug:
             _traceback_and_exit(exc.exit_code)
-        typer.echo(f"kbit: error: {exc}", err=True)
+        _say(f"kbit: error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _exiting_on_a_signal(program=argv is None)
@@ -650,21 +656,21 @@ def main(argv: list[str] | None = None) -> None:
     except usage_errors as exc:
         if debug:
             _traceback_and_exit(exc.exit_code)
-        typer.echo(f"kbit: error: {exc.format_message()}; see '{_help_command(exc)}'", err=True)
+        _say(f"kbit: error: {exc.format_message()}; see '{_help_command(exc)}'")
         sys.exit(exc.exit_code)
     except OSError as exc:
         if debug:
             _traceback_and_exit(2)
-        typer.echo(f"kbit: error: {_disk_message(exc, training='train' in args[:1])}", err=True)
+        _say(f"kbit: error: {_disk_message(exc, training='train' in args[:1])}")
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if debug:
             raise
         if type(exc).__module__.startswith("jinja2"):  # a model's chat template (its file is input, like a dataset)
-            typer.echo(f"kbit: error: the model's chat template cannot be rendered ({type(exc).__name__}: {exc}); fix "
-                       "or replace its chat_template", err=True)
+            _say(f"kbit: error: the model's chat template cannot be rendered ({type(exc).__name__}: {exc}); fix "
+                 "or replace its chat_template")
             sys.exit(2)
-        typer.echo(f"kbit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        _say(f"kbit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C into this return code
         _exiting_on_a_signal(program=argv is None)

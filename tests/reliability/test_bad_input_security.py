@@ -143,3 +143,9 @@ def test_a_distribution_in_the_working_directory_is_no_plugin(tmp_path):
     result = run_kbit("methods", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "evil" not in result.stdout and not marker.exists()
+
+
+def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path):
+    result = run_kbit("eval", "no\nkbit: done", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "kbit: error: no kbit: done does not exist" in result.stderr
