@@ -186,11 +186,11 @@ _GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
 def check_gguf_header(gguf: Path) -> Any:
-    """The ``gguf.GGUFReader`` of ``gguf``, checked first: refuse a GGUF file whose metadata describes a model its tensors are not, read from its header and
-    tensor table alone (memory-mapped): transformers builds the model from the metadata before it reads a
-    tensor, so a few edited numbers (a block count of 100,000, a vocabulary of 4 billion) would allocate
-    gigabytes, and a special token past the vocabulary would fail only when its text is needed.
-    An unreadable header or tensor table is refused too (transformers would call it invalid JSON)."""
+    """The ``gguf.GGUFReader`` of ``gguf``, once its metadata is checked against its tensor table (both read from the
+    header alone, memory-mapped). transformers builds the model from the metadata before it reads a tensor, so a few
+    edited numbers (100,000 blocks, a feed-forward width of 10^8) would allocate gigabytes, fewer blocks would drop
+    layers silently, and a special token past the vocabulary would fail only when its text is needed: refused here,
+    as an unreadable header or tensor table is (transformers would call it invalid JSON)."""
     from gguf import GGUFReader
 
     try:
@@ -199,29 +199,37 @@ def check_gguf_header(gguf: Path) -> Any:
         raise ConfigError(f"cannot read GGUF model {gguf}: {type(exc).__name__}: {str(exc)[:120]} (in its header or "
                           "tensor table); the file is truncated or damaged: re-download or re-export it") from None
     fields = reader.fields
+    architecture = fields["general.architecture"].contents() if "general.architecture" in fields else ""
 
     def number(key: str) -> int | None:
-        field = fields.get(key)
+        field = fields.get(key if key.startswith("tokenizer.") else f"{architecture}.{key}")
         value = field.contents() if field is not None else None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    architecture = fields["general.architecture"].contents() if "general.architecture" in fields else ""
     shapes = {tensor.name: [int(n) for n in tensor.shape] for tensor in reader.tensors}  # ggml order: row width first
+
+    def width(tensor: str, axis: int, per: str | None = None) -> int | None:
+        """What ``tensor``'s shape says the setting is (divided by the ``per`` setting: heads), None when unknown."""
+        shape, divisor = shapes.get(tensor), number(per) if per else 1
+        return shape[axis] // divisor if shape is not None and len(shape) > axis and divisor else None
+
     blocks = {int(m.group(1)) for m in map(_GGUF_BLOCK.match, shapes) if m}
-    embeddings = shapes.get("token_embd.weight")
     tokens = fields.get("tokenizer.ggml.tokens")
-    problems = []
-    if (count := number(f"{architecture}.block_count")) is not None and blocks and count > max(blocks) + 1:
-        problems.append(f"{architecture}.block_count = {count}, but its tensors hold {max(blocks) + 1} blocks")
-    if embeddings is not None and len(embeddings) == 2:  # llama.cpp requires both to match the tensor exactly
-        for key, held, unit in (("embedding_length", embeddings[0], "wide"), ("vocab_size", embeddings[1], "tokens")):
-            if (value := number(f"{architecture}.{key}")) is not None and value != held:
-                problems.append(f"{architecture}.{key} = {value}, but its token embeddings are {held} {unit}")
-    for role in ("bos", "eos", "padding", "unknown"):
-        if tokens is not None and (token := number(f"tokenizer.ggml.{role}_token_id")) is not None \
-                and token >= len(tokens.data):
-            problems.append(f"tokenizer.ggml.{role}_token_id = {token}, but its vocabulary has {len(tokens.data)} tokens")
-    if problems:
-        raise ConfigError(f"{gguf}: its metadata says {problems[0]}; the file was edited or damaged — re-download or "
-                          "re-export it")
+    # (setting, what the tensors say, whether the two must be equal or the setting may be smaller): llama.cpp refuses a
+    # block count or embedding other than the tensors'; the widths are upper bounds, as fused or gated layouts differ
+    held = [("block_count", max(blocks) + 1 if blocks else None, True),
+            ("embedding_length", width("token_embd.weight", 0), True),
+            ("vocab_size", width("token_embd.weight", 1), True),
+            ("feed_forward_length", width("blk.0.ffn_down.weight", 0), False),
+            ("attention.key_length", width("blk.0.attn_q.weight", 1, "attention.head_count"), False),
+            ("attention.value_length", width("blk.0.attn_v.weight", 1, "attention.head_count_kv"), False)]
+    held += [(f"tokenizer.ggml.{role}_token_id", len(tokens.data) - 1 if tokens is not None else None, False)
+             for role in ("bos", "eos", "padding", "unknown")]
+    for key, implied, exact in held:
+        value = number(key)
+        if value is None or implied is None or value == implied or (not exact and value <= implied):
+            continue
+        said = "the last token id is" if key.startswith("tokenizer.") else "its tensors say"
+        raise ConfigError(f"{gguf}: its metadata says {key if key.startswith('tokenizer.') else f'{architecture}.{key}'} = "
+                          f"{value}, but {said} {implied}; the file was edited or damaged — re-download or re-export it")
     return reader

@@ -33,9 +33,13 @@ def _edited(source: Path, target: Path, key: str, value: int) -> Path:
 
 
 @pytest.mark.parametrize("key, value, said", [
-    ("llama.block_count", 100_000, "llama.block_count = 100000, but its tensors hold 2 blocks"),
-    ("llama.embedding_length", 4096, "llama.embedding_length = 4096, but its token embeddings are 64 wide"),
-    ("tokenizer.ggml.eos_token_id", 1_000_000, "tokenizer.ggml.eos_token_id = 1000000, but its vocabulary has"),
+    ("llama.block_count", 100_000, "llama.block_count = 100000, but its tensors say 2"),
+    ("llama.block_count", 1, "llama.block_count = 1, but its tensors say 2"),  # a layer dropped silently
+    ("llama.block_count", 0, "llama.block_count = 0, but its tensors say 2"),
+    ("llama.embedding_length", 4096, "llama.embedding_length = 4096, but its tensors say 64"),
+    ("llama.feed_forward_length", 100_000_000, "llama.feed_forward_length = 100000000, but its tensors say 128"),
+    ("llama.attention.key_length", 100_000_000, "llama.attention.key_length = 100000000, but its tensors say 16"),
+    ("tokenizer.ggml.eos_token_id", 1_000_000, "tokenizer.ggml.eos_token_id = 1000000, but the last token id is"),
 ])
 def test_metadata_that_its_tensors_contradict_is_refused(tiny_gguf, tmp_path, key, value, said):
     check_gguf_header(tiny_gguf)  # the file as written passes
@@ -48,7 +52,7 @@ def test_eval_of_a_file_claiming_100000_blocks_exits_2_at_once(tiny_gguf, tmp_pa
     edited = _edited(tiny_gguf, tmp_path / "blocks.gguf", "llama.block_count", 100_000)
     result = run_kbit("eval", str(edited), "--limit", "2", "--out", str(tmp_path / "report"), timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "llama.block_count = 100000, but its tensors hold 2 blocks" in result.stderr
+    assert "llama.block_count = 100000, but its tensors say 2" in result.stderr
     assert not (tmp_path / "report").exists()
 
 
