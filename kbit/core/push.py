@@ -79,13 +79,16 @@ def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
 
 def _written(record: RunRecord, artifact: str) -> frozenset[str] | None:
     """The names kbit wrote at the top of the run's ``artifact`` folder, as the record lists them, with the folder's
-    card; None where it lists none (an older kbit)."""
+    card; None where a run of an older kbit lists none. A record that lists its adapter's files is this kbit's: a
+    folder it lists nothing for holds nothing kbit wrote."""
     if artifact == "gguf":
         listed = [Path(e.file).name for e in record.exports if e.file and Path(e.file).parent == Path(artifact)] or None
     else:
         part = {"adapter": record.train, "merged": record.merge, "quantized": record.quantize}[artifact]
         listed = None if part is None else part.adapter_files if artifact == "adapter" else part.files
-    return None if listed is None else frozenset([*listed, "README.md"])
+    if listed is None:
+        return None if record.train.adapter_files is None else frozenset()
+    return frozenset([*listed, "README.md"])
 
 
 def _written_by_kbit(relative: str, written: frozenset[str] | None) -> bool:

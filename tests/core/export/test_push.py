@@ -117,6 +117,13 @@ def test_only_what_kbit_wrote_goes(tiny_run, tmp_path):
             "adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= sent
     everything = {f"{p.parent.name}/{p.name}" for a in ("adapter", "merged") for p in (run / a).iterdir()}
     assert sent | set(plan.left_home) >= everything - {"adapter/data"}
+    # a folder the record lists nothing for (this run exported and quantized nothing) holds nothing kbit wrote
+    for relative in ("gguf/private.gguf", "quantized/model.safetensors", "quantized/config.json"):
+        (run / relative).parent.mkdir(exist_ok=True)
+        (run / relative).write_text("x")
+    plan = plan_push(run, "me/x", "gguf,quantized")
+    assert [remote for _, remote in plan.files] == ["README.md", "loss.png"]  # the run's card and plot only
+    assert plan.left_home == ("gguf/private.gguf", "quantized/config.json", "quantized/model.safetensors")
 
 
 def test_a_run_whose_record_lists_no_files_sends_what_transformers_saves(fake_run, tmp_path):
