@@ -609,8 +609,10 @@ def _exiting_on_a_signal(program: bool) -> None:
 
 
 def _say(message: str) -> None:
-    """An error on one line of stderr: a name in it (a file name, a model's metadata) may hold line breaks."""
-    typer.echo(re.sub(r"\s*[\r\n]+\s*", " ", message), err=True)
+    """An error on one line of stderr, as text: a name in it (a file name, a model's metadata) may hold line breaks,
+    which become spaces, and terminal controls (an escape sequence sets a title or a link), which are escaped."""
+    line = re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", message)
+    typer.echo("".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in line), err=True)
 
 
 def _traceback_and_exit(code: int) -> None:

@@ -149,3 +149,5 @@ def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path):
     result = run_kbit("eval", "no\nkbit: done", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "kbit: error: no kbit: done does not exist" in result.stderr
+    result = run_kbit("eval", "t\x1b]0;title\x07\u2028x\vé", cwd=tmp_path)  # a terminal's title, a line separator
+    assert result.returncode == 2 and "kbit: error: t\\x1b]0;title\\x07 x é does not exist" in result.stderr, result.stderr
