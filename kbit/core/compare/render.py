@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kbit.core.system.tables import markdown_row
+from kbit.core.system.tables import fenced, markdown_code, markdown_row, markdown_text
 
 HEADER = ("method", "variant", "held-out loss", "exact match", "bits/weight", "memory", "size on disk", "train s",
           "train tokens/s", "train MFU", "quantize s", "this run")
@@ -105,7 +105,7 @@ def option_notes(report: dict[str, Any]) -> list[str]:
         skipped = [m["method"] for m in report["methods"] if key in (m.get("skipped_options") or [])]
         parts = [f"applied to {', '.join(took) or 'no method'}"] if took or not refused else []
         parts += [f"refused by {', '.join(refused)} (see its row)"] if refused else []
-        line = f"- `-o {key}={value}`: {'; '.join(parts)}"
+        line = f"- {markdown_code(f'-o {key}={value}')}: {'; '.join(parts)}"
         if skipped:
             line += f"; skipped for {', '.join(skipped)} (no such option)"
         lines.append(line)
@@ -117,19 +117,19 @@ def markdown(report: dict[str, Any]) -> str:
     dataset = settings["dataset"]
     warning = few_items_warning(report)
     lines = [
-        f"# kbit compare — {settings['model_name']} on {dataset['name']}, {steps(settings['max_steps'])} per method",
+        f"# kbit compare — {markdown_text(settings['model_name'])} on {markdown_text(dataset['name'])}, "
+        f"{steps(settings['max_steps'])} per method",
         "",
-        f"Status: {report['status']}" + (f" ({report['error']})" if report.get("error") else "")
-        + f". {summary_line(report)}.",
+        markdown_text(f"Status: {report['status']}" + (f" ({report['error']})" if report.get("error") else "")
+                      + f". {summary_line(report)}."),
         "",
         f"Every method trained {steps(settings['max_steps'])} of batch {settings['batch_size']} "
-        f"(seed {settings['seed']}, {_lr_text(settings.get('lr'))}) on the same {dataset['train_examples']} training examples of {dataset['name']} "
+        f"(seed {settings['seed']}, {_lr_text(settings.get('lr'))}) on the same {dataset['train_examples']} training examples of {markdown_text(dataset['name'])} "
         f"(fingerprint {dataset['fingerprint']}); every variant scored on the same "
         f"{scored_items(report)} held-out items.",
         "",
-        *([f"Warning: {warning}.", ""] if warning else []),
-        f"Reproduce: `{report['command']}`",
-        "",
+        *([f"Warning: {markdown_text(warning)}.", ""] if warning else []),
+        "Reproduce:", "", *fenced(report["command"], "bash"), "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join("---" for _ in HEADER) + "|",
     ]
@@ -139,7 +139,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Options:", "", *notes]
     base = report.get("base", {})
     if base.get("status") == "failed":
-        lines += ["", f"The base model was not evaluated: {base.get('reason')}"]
+        lines += ["", markdown_text(f"The base model was not evaluated: {base.get('reason')}")]
     lines += ["", *NOTES, ""]
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ after each method, so it always shows how far the comparison got.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def new_report(plan: ComparePlan) -> dict[str, Any]:
 def command_line(plan: ComparePlan) -> str:
     """The ``kbit compare`` command that reproduces this comparison."""
     config = plan.config
-    parts = ["kbit compare", "--methods", ",".join(m.name for m in plan.methods)]
+    parts = ["kbit", "compare", "--methods", ",".join(m.name for m in plan.methods)]
     for flag, value, default in (("--model", config.model, "default"), ("--dataset", config.dataset, "arith"),
                                  ("--columns", config.columns, None), ("--max-steps", config.max_steps, None),
                                  ("--batch-size", config.batch_size, 8), ("--seed", config.seed, 0),
@@ -66,7 +67,7 @@ def command_line(plan: ComparePlan) -> str:
             parts += [flag, str(value)]
     for key, value in config.options.items():
         parts += ["-o", f"{key}={value}"]
-    return " ".join(parts)
+    return shlex.join(parts)  # a name such as x$(cmd).csv is not run by whoever pastes the line
 
 
 def set_method(report: dict[str, Any], entry: dict[str, Any]) -> None:

@@ -155,11 +155,11 @@ def markdown(report: dict[str, Any]) -> str:
     for data in report.get("datasets", []):
         for generation in filter(None, [data.get("generation"), *data.get("other_generation", [])]):
             models = f" for {', '.join(generation['models'])}" if generation.get("models") else ""
-            lines.append(f"- {data['name']}: at most {generation['max_new_tokens']} new tokens{models} "
-                         f"({generation['chosen_by']}: {generation['detail']}), stopping at "
-                         f"{', '.join(generation['stop_tokens']) or 'the end-of-sequence token'}"
-                         + (f"; scored with {data['scoring']}" if data.get("scoring") else ""))
-    lines += [f"- {r['model']} {r['variant']}: {r['answers_cut']} of {r['items']} answers reached the cap"
+            lines.append(markdown_text(f"- {data['name']}: at most {generation['max_new_tokens']} new tokens{models} "
+                                       f"({generation['chosen_by']}: {generation['detail']}), stopping at "
+                                       f"{', '.join(generation['stop_tokens']) or 'the end-of-sequence token'}"
+                                       + (f"; scored with {data['scoring']}" if data.get("scoring") else "")))
+    lines += [markdown_text(f"- {r['model']} {r['variant']}: {r['answers_cut']} of {r['items']} answers reached the cap")
               for r in rows if r.get("answers_cut")]
     lines += ["", *column_notes(rows, report["settings"].get("speed", {})),
               f"Exact match below {MIN_ITEMS} items is shown as hits/items with its 95% Wilson interval.",

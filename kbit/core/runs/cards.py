@@ -22,6 +22,7 @@ from typing import Any
 from kbit.core.measure.sample_size import rate_text, too_few
 from kbit.core.runs.record import RunRecord
 from kbit.core.runs.folder import write_json_atomic, write_text_atomic
+from kbit.core.system.tables import markdown_row, markdown_text
 
 CARD = "README.md"
 PIPELINE_TAG = "text-generation"
@@ -120,7 +121,7 @@ def artifact_card(record: RunRecord, folder: str) -> str:
     tags = _tags(record, folder) + {"quantized": [quantize.method or "", quantize.format or ""] if quantize else [],
                                     "gguf": ["gguf", "llama.cpp"]}.get(folder, [])
     results = _results(record, folder)
-    body = [f"# {record.name} — {folder}", "",
+    body = [f"# {markdown_text(record.name)} — {folder}", "",
             f"{what[0].upper()}{what[1:]}: a supervised fine-tune of {_base_link(record)}"
             f" on `{_one_line(record.dataset.name or '')}` with kbit's "
             f"`{_method(record)}` method.", "", "## Use", "",
@@ -180,7 +181,7 @@ def run_card(record: RunRecord, folders: list[str]) -> str:
     """The card of the run directory: what the run produced and where, and each variant's score."""
     results = [(f"held-out exact match ({name})", float(v.exact_match), v.items or 0)
                for name, v in record.metrics.variants.items() if v.exact_match is not None] or _results(record, "adapter")
-    body = [f"# {record.name}", "",
+    body = [f"# {markdown_text(record.name)}", "",
             f"Supervised fine-tune of {_base_link(record)} on "
             f"`{_one_line(record.dataset.name or '')}` with kbit's `{_method(record)}` method "
             f"({record.method_summary}).", "", "| folder | contents |", "|---|---|"]
@@ -302,7 +303,7 @@ def _results_table(results: list[tuple[str, float, int]]) -> list[str]:
     if not results:
         return []
     return ["## Results", "", "| measured by kbit | value |", "|---|---|",
-            *[f"| {label} | {_rate_of(value, items)} |" for label, value, items in results], ""]
+            *[markdown_row([label, _rate_of(value, items)]) for label, value, items in results], ""]
 
 
 def _rate_of(value: float, items: int) -> str:

@@ -87,11 +87,25 @@ def _width(header: Sequence[str], body: Sequence[Sequence[str]], labels: int, *,
 
 
 def markdown_text(text: Any) -> str:
-    """``text`` as inert markdown on one line: names in reports come from the user's files, so a newline cannot start a
-    heading and a ``<`` that would open an HTML tag is written ``&lt;`` (``<|im_end|>`` stays as it is)."""
-    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", " ".join(str(text).split()))
+    """``text`` as inert markdown on one line: names in reports and cards come from the user's files and a model's
+    metadata, so a line break cannot start a heading, brackets and backticks cannot open a link, an image or code, an
+    entity stays text, and a ``<`` that would open an HTML tag is written ``&lt;`` (``<|im_end|>`` stays as it is)."""
+    line = re.sub(r"[\\`\[\]]", lambda m: "\\" + m.group(0), " ".join(str(text).split()))
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", re.sub(r"&(?=#?[0-9A-Za-z]+;)", "&amp;", line))
+
+
+def markdown_code(text: Any) -> str:
+    """``text`` as an inline code span on one line (a backtick in it becomes ``'``, which would end the span)."""
+    return "`" + " ".join(str(text).split()).replace("`", "'") + "`"
 
 
 def markdown_row(cells: Sequence[Any]) -> str:
     """One row of a markdown table, each cell ``markdown_text`` with its pipes escaped."""
     return "| " + " | ".join(markdown_text(cell).replace("|", "\\|") for cell in cells) + " |"
+
+
+def fenced(text: str, language: str = "") -> list[str]:
+    """``text`` as the lines of a fenced code block whose fence no backtick run in it can close."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + language, text, fence]

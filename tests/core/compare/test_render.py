@@ -42,3 +42,14 @@ def test_one_learning_rate_is_said_beside_the_budget():
     assert "each method at its own learning rate" in markdown(report)
     report["settings"]["lr"] = 0.005
     assert "(seed 0, learning rate 0.005)" in markdown(report)
+
+
+def test_names_stay_text_and_the_command_stays_one_safe_shell_line():
+    report = _report(limit=100)
+    name = "d<b onmouseover=x>X`$(id)`[l](http:e.vil)|p\n## H.csv"
+    report["settings"]["dataset"]["name"] = name
+    report["command"] = "kbit compare --dataset 'x```\n<script>.csv'"
+    text = markdown(report)
+    assert "\n## H" not in text and "<b " not in text and "<script>" not in text.split("````bash")[0]
+    assert "on d&lt;b onmouseover=x>X\\`$(id)\\`\\[l\\](http:e.vil)|p ## H.csv, 3 steps per method" in text
+    assert "Reproduce:\n\n````bash\nkbit compare --dataset 'x```\n<script>.csv'\n````" in text

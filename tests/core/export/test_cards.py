@@ -181,3 +181,5 @@ def test_names_from_files_and_gguf_metadata_stay_text(tmp_path):
         assert "os.system" not in card and "\n## H" not in card and "\nimport os" not in card
         assert "on `d' <img src=x onerror=alert(1)> \\|x\\| ## H.jsonl` with kbit's" in card
     assert "llama-cli -m 'b$(touch pwned).gguf' --lora x-lora.gguf -cnv" in artifact_card(record, "gguf")
+    named = RunRecord.from_dict({**RAW, "name": "n`x`[a](javascript&#58;alert(1)) ![i](http&#58;x.y)"})
+    assert "# n\\`x\\`\\[a\\](javascript&amp;#58;alert(1)) !\\[i\\](http&amp;#58;x.y) — merged" in artifact_card(named, "merged")
