@@ -438,9 +438,9 @@ def push_command(
         typer.echo(f"would upload {len(plan.files)} files ({plan.size_bytes / 2**20:.1f} MiB) to "
                    f"{'private ' if private else ''}{plan.repo_id}:")
         for local, remote in plan.files:
-            typer.echo(f"  {remote}  ←  {local}")
+            typer.echo(printable(f"  {remote}  ←  {local}"))
     if plan.left_home:
-        typer.echo(f"left home, as kbit did not write them: {', '.join(plan.left_home)}")
+        typer.echo(printable(f"left home, as kbit did not write them: {', '.join(plan.left_home)}"))
     if dry_run:
         return
     url = push(plan, private=private)
@@ -608,11 +608,16 @@ def _exiting_on_a_signal(program: bool) -> None:
         ignore_stops()
 
 
+def printable(text: str) -> str:
+    """``text`` on one line, as text: a name in it (a file name, a model's metadata) may hold line breaks, which become
+    spaces, and terminal controls (an escape sequence sets a title or a link), which are escaped."""
+    line = re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", text)
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in line)
+
+
 def _say(message: str) -> None:
-    """An error on one line of stderr, as text: a name in it (a file name, a model's metadata) may hold line breaks,
-    which become spaces, and terminal controls (an escape sequence sets a title or a link), which are escaped."""
-    line = re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", message)
-    typer.echo("".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in line), err=True)
+    """An error on one line of stderr (``printable``)."""
+    typer.echo(printable(message), err=True)
 
 
 def _traceback_and_exit(code: int) -> None:

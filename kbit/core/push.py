@@ -35,7 +35,7 @@ RUN_FILES = ("README.md", "loss.png")
 # lists no files (a run an older kbit wrote).
 SAVED_NAMES = ("README.md", "*.safetensors", "*.gguf", "config.json", "generation_config.json", "adapter_config.json",
                "model.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
-               "vocab.json", "merges.txt", "chat_template.jinja", "recipe.yaml")
+               "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "recipe.yaml")
 
 
 @attrs.frozen
@@ -55,7 +55,7 @@ class PushPlan:
 
 def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
     """Decide the upload of ``run``'s artifacts to ``repo_id``; ConfigError for bad input, before any network."""
-    if not is_hub_id(repo_id):
+    if "/" not in repo_id or not is_hub_id(repo_id):
         raise ConfigError(f"--repo-id '{repo_id}' is not a hub repository id; use ORG/NAME (letters, digits, - _ .)")
     run = Path(run)
     record = read_record(run) if run.is_dir() else None
@@ -64,9 +64,9 @@ def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
     if (unfinished := record.unfinished(run)) is not None:  # not done, or judged bad by a gate: not published
         raise ConfigError(f"push uploads finished runs, and run {run} {unfinished}")
     found = {a: _files(run / a, run) for a in ARTIFACTS}
-    chosen = _choose(what, [a for a in ARTIFACTS if found[a]], run)
-    kept = {a: [f for f in found[a] if _written_by_kbit(f, _written(record, a))] for a in chosen}
-    left_home = tuple(f"{a}/{f}" for a in chosen for f in found[a] if f not in kept[a])
+    kept = {a: [f for f in found[a] if _written_by_kbit(f, _written(record, a))] for a in ARTIFACTS}
+    chosen = _choose(what, [a for a in ARTIFACTS if kept[a]], run)
+    left_home = tuple(f"{a}/{f}" for a in (chosen if what else ARTIFACTS) for f in found[a] if f not in kept[a])
     if len(chosen) == 1:
         folder = run / chosen[0]
         files = [(folder / relative, relative) for relative in kept[chosen[0]]]
@@ -80,7 +80,7 @@ def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
 def _written(record: RunRecord, artifact: str) -> frozenset[str] | None:
     """The names kbit wrote at the top of the run's ``artifact`` folder, as the record lists them, with the folder's
     card; None where a run of an older kbit lists none. A record that lists its adapter's files is this kbit's: a
-    folder it lists nothing for holds nothing kbit wrote."""
+    folder it lists nothing for holds nothing kbit wrote (a card kbit put there describes files that do not go)."""
     if artifact == "gguf":
         listed = [Path(e.file).name for e in record.exports if e.file and Path(e.file).parent == Path(artifact)] or None
     else:
@@ -133,7 +133,8 @@ def _choose(what: str | None, present: Sequence[str], run: Path) -> list[str]:
         if name not in ARTIFACTS:
             raise ConfigError(f"unknown --what '{name}'; choose from {', '.join(ARTIFACTS)}")
         if name not in present:
-            raise ConfigError(f"run {run} has no {name}/ to push; present: {', '.join(present) or 'none'}")
+            raise ConfigError(f"run {run} has no {name}/ to push (or none of its files kbit wrote); present: "
+                              f"{', '.join(present) or 'none'}")
     return list(dict.fromkeys(chosen))
 
 

@@ -148,7 +148,7 @@ def markdown(report: dict[str, Any]) -> str:
     gaps = report.get("gaps", [])
     lines += ["", "## Gaps", ""]
     if gaps:
-        lines += [f"- {g['label']} — {g['variant']}: not evaluated; {g['reason']}" for g in gaps]
+        lines += [markdown_text(f"- {g['label']} — {g['variant']}: not evaluated; {g['reason']}") for g in gaps]
     else:
         lines.append("None: every requested variant was evaluated.")
     lines += ["", "## Answers", ""]
@@ -163,7 +163,7 @@ def markdown(report: dict[str, Any]) -> str:
               for r in rows if r.get("answers_cut")]
     lines += ["", *column_notes(rows, report["settings"].get("speed", {})),
               f"Exact match below {MIN_ITEMS} items is shown as hits/items with its 95% Wilson interval.",
-              *runtime_notes(rows), ""]
+              *map(markdown_text, runtime_notes(rows)), ""]
     return "\n".join(lines)
 
 

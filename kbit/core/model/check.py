@@ -208,21 +208,25 @@ def check_gguf_header(gguf: Path) -> Any:
 
     shapes = {tensor.name: [int(n) for n in tensor.shape] for tensor in reader.tensors}  # ggml order: row width first
 
-    def width(tensor: str, axis: int, per: str | None = None) -> int | None:
-        """What ``tensor``'s shape says the setting is (divided by the ``per`` setting: heads), None when unknown."""
-        shape, divisor = shapes.get(tensor), number(per) if per else 1
-        return shape[axis] // divisor if shape is not None and len(shape) > axis and divisor else None
+    def width(kind: str, axis: int, per: str | None = None) -> int | None:
+        """The widest any block's ``kind`` tensor says the setting is (divided by the ``per`` setting: heads), None
+        when unknown. The widest, as layers may differ (Gemma 4's sliding and full-attention heads)."""
+        divisor = number(per) if per else 1
+        found = [shape[axis] for name, shape in shapes.items()
+                 if _GGUF_BLOCK.match(name) and name.endswith(f".{kind}.weight") and len(shape) > axis]
+        return max(found) // divisor if found and divisor else None
 
     blocks = {int(m.group(1)) for m in map(_GGUF_BLOCK.match, shapes) if m}
+    embeddings = shapes.get("token_embd.weight")
     tokens = fields.get("tokenizer.ggml.tokens")
     # (setting, what the tensors say, whether the two must be equal or the setting may be smaller): llama.cpp refuses a
     # block count or embedding other than the tensors'; the widths are upper bounds, as fused or gated layouts differ
     held = [("block_count", max(blocks) + 1 if blocks else None, True),
-            ("embedding_length", width("token_embd.weight", 0), True),
-            ("vocab_size", width("token_embd.weight", 1), True),
-            ("feed_forward_length", width("blk.0.ffn_down.weight", 0), False),
-            ("attention.key_length", width("blk.0.attn_q.weight", 1, "attention.head_count"), False),
-            ("attention.value_length", width("blk.0.attn_v.weight", 1, "attention.head_count_kv"), False)]
+            ("embedding_length", embeddings[0] if embeddings and len(embeddings) == 2 else None, True),
+            ("vocab_size", embeddings[1] if embeddings and len(embeddings) == 2 else None, True),
+            ("feed_forward_length", width("ffn_down", 0), False),
+            ("attention.key_length", width("attn_q", 1, "attention.head_count"), False),
+            ("attention.value_length", width("attn_v", 1, "attention.head_count_kv"), False)]
     held += [(f"tokenizer.ggml.{role}_token_id", len(tokens.data) - 1 if tokens is not None else None, False)
              for role in ("bos", "eos", "padding", "unknown")]
     for key, implied, exact in held:

@@ -511,7 +511,7 @@ def gguf_hub_id(general: dict[str, Any], file_stem: str) -> str:
     organization = general.get("general.organization")
     if isinstance(organization, str) and organization and file_stem:
         candidates.append(f"{organization}/{file_stem}")
-    return next((c for c in candidates if isinstance(c, str) and is_hub_id(c)), "")
+    return next((c for c in candidates if isinstance(c, str) and "/" in c and is_hub_id(c)), "")
 
 
 def gguf_general_metadata(gguf: Path) -> dict[str, Any]:
@@ -552,14 +552,15 @@ def recorded_source(converted: Path, keys: tuple[str, ...] = ("hub_id", "license
 
 
 def is_hub_id(value: str) -> bool:
-    """Whether ``value`` is a Hugging Face repository id, ORG/NAME (``huggingface_hub``'s own rule)."""
+    """Whether ``value`` is a Hugging Face repository id (``huggingface_hub``'s own rule): ORG/NAME, or a NAME alone
+    as the oldest models have (``gpt2``)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(value)
     except HFValidationError:
         return False
-    return value.count("/") == 1
+    return value.count("/") <= 1
 
 
 def is_license_id(value: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from kbit.core.measure.sample_size import rate_text, too_few
 from kbit.core.runs.record import RunRecord
 from kbit.core.runs.folder import write_json_atomic, write_text_atomic
-from kbit.core.system.tables import markdown_row, markdown_text
+from kbit.core.system.tables import fenced, markdown_row, markdown_text
 
 CARD = "README.md"
 PIPELINE_TAG = "text-generation"
@@ -331,18 +331,20 @@ def _gguf_table(record: RunRecord) -> list[str]:
                      f"{e.source.get('exact_match') or 0:.0%} → {e.exact_match or 0:.0%} ({e.items or 0}) |")
     adapters = [e for e in exports if e.type == "lora"]
     if adapters:  # an adapter file runs on its base file, not alone
-        # file names are the user's: quoted, so that a name such as x$(cmd).gguf is not run by whoever copies the line
-        base, adapter = (shlex.quote(Path(name or "").name) for name in (adapters[0].base_file or "BASE.gguf", adapters[0].file))
-        lines += ["", "A LoRA adapter file runs on the base file it was made for:", "", "```bash",
-                  f"llama-cli -m {base} --lora {adapter} -cnv   "
-                  f"# Ollama: FROM ./{_one_line(base)} and ADAPTER ./{_one_line(adapter)} in the Modelfile", "```"]
+        # file names are the user's: on one line and quoted, so that a name such as x$(cmd).gguf is not run by whoever
+        # copies the line, and in a fence no backticks in a name can close
+        base, adapter = (shlex.quote(" ".join(Path(name or "").name.split()))
+                         for name in (adapters[0].base_file or "BASE.gguf", adapters[0].file))
+        lines += ["", "A LoRA adapter file runs on the base file it was made for:", "",
+                  *fenced(f"llama-cli -m {base} --lora {adapter} -cnv   "
+                          f"# Ollama: FROM ./{base} and ADAPTER ./{adapter} in the Modelfile", "bash")]
     return lines + [""]
 
 
 def _base_link(record: RunRecord) -> str:
     """The base model's name, linked to its Hub page where it has one (a local folder has none)."""
-    model_id = base_model_id(record)
-    return f"[`{model_id}`](https://huggingface.co/{model_id})" if model_id.count("/") == 1 else f"`{model_id}`"
+    model_id = _hub_id(record)
+    return f"[`{model_id}`](https://huggingface.co/{model_id})" if model_id else f"`{base_model_id(record)}`"
 
 
 def _kl_text(value: Any) -> str:

@@ -110,3 +110,10 @@ def test_names_from_the_users_files_stay_text_in_report_md():
     assert "> **Warning:** d &lt;img src=x onerror=alert(1)> |x| ## H: few items" in md
     assert "\n## H" not in md and "<img" not in md
     assert "<|im_end|>" in markdown({**REPORT, "rows": [{**ROWS[0], "dataset": "<|im_end|>"}]}).replace("\\|", "|")
+
+
+def test_gaps_and_runtime_notes_keep_names_as_text():
+    name = "m <img src=x onerror=alert(1)>\n## H"
+    rows = [{**ROWS[0], "model": name, "runtime": "llama.cpp", "reference": name}]
+    md = markdown({**REPORT, "rows": rows, "gaps": [{"label": name, "variant": "merged", "reason": "none"}]})
+    assert "<img" not in md and "\n## H" not in md

@@ -183,3 +183,15 @@ def test_names_from_files_and_gguf_metadata_stay_text(tmp_path):
     assert "llama-cli -m 'b$(touch pwned).gguf' --lora x-lora.gguf -cnv" in artifact_card(record, "gguf")
     named = RunRecord.from_dict({**RAW, "name": "n`x`[a](javascript&#58;alert(1)) ![i](http&#58;x.y)"})
     assert "# n\\`x\\`\\[a\\](javascript&amp;#58;alert(1)) !\\[i\\](http&amp;#58;x.y) — merged" in artifact_card(named, "merged")
+
+
+def test_a_hub_id_without_an_organisation_is_one_and_a_name_is_never_a_link(tmp_path):
+    record = RunRecord.from_dict({**RAW, "base_model": {"name": "gpt2", "hub_id": "gpt2", "path": "/cache/gpt2"}})
+    assert base_model_id(record) == "gpt2" and "[`gpt2`](https://huggingface.co/gpt2)" in artifact_card(record, "merged")
+    write_cards_adapter = tmp_path / "run" / "adapter"
+    write_cards_adapter.mkdir(parents=True)
+    (write_cards_adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/cache/gpt2"}))
+    write_cards(tmp_path / "run", record)
+    assert json.loads((write_cards_adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "gpt2"
+    crafted = RunRecord.from_dict({**RAW, "base_model": {"name": "a/b) ![x](http:evil.example", "path": "/x"}})
+    assert "](http:evil.example)" not in artifact_card(crafted, "merged")

@@ -121,9 +121,12 @@ def test_only_what_kbit_wrote_goes(tiny_run, tmp_path):
     for relative in ("gguf/private.gguf", "quantized/model.safetensors", "quantized/config.json"):
         (run / relative).parent.mkdir(exist_ok=True)
         (run / relative).write_text("x")
-    plan = plan_push(run, "me/x", "gguf,quantized")
-    assert [remote for _, remote in plan.files] == ["README.md", "loss.png"]  # the run's card and plot only
-    assert plan.left_home == ("gguf/private.gguf", "quantized/config.json", "quantized/model.safetensors")
+    with pytest.raises(ConfigError, match="has no gguf/ to push \\(or none of its files kbit wrote\\); present: adapter, merged"):
+        plan_push(run, "me/x", "gguf,quantized")
+    plan = plan_push(run, "me/x", None)
+    assert {remote for _, remote in plan.files} == sent
+    assert plan.left_home == ("adapter/data/train.jsonl", "merged/credentials.txt", "gguf/private.gguf",
+                              "quantized/config.json", "quantized/model.safetensors")
 
 
 def test_a_run_whose_record_lists_no_files_sends_what_transformers_saves(fake_run, tmp_path):
