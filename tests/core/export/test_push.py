@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -106,7 +107,8 @@ def test_only_what_kbit_wrote_goes(tiny_run, tmp_path):
     from tests.conftest import copy_run
 
     run = tmp_path / "run"
-    copy_run(tiny_run, run)
+    copy_run(tiny_run, run, exports=[])  # other tests export into the shared run: this copy has exported nothing
+    shutil.rmtree(run / "gguf", ignore_errors=True)
     (run / "merged" / "credentials.txt").write_text("hf_secret")
     (run / "adapter" / "data").mkdir()
     (run / "adapter" / "data" / "train.jsonl").write_text("{}")
