@@ -64,7 +64,7 @@ def plan_push(run: Path, repo_id: str, what: str | None) -> PushPlan:
     if (unfinished := record.unfinished(run)) is not None:  # not done, or judged bad by a gate: not published
         raise ConfigError(f"push uploads finished runs, and run {run} {unfinished}")
     found = {a: _files(run / a, run) for a in ARTIFACTS}
-    kept = {a: [f for f in found[a] if _written_by_kbit(f, _written(record, a))] for a in ARTIFACTS}
+    kept = {a: _written_by_kbit(found[a], _written(record, a)) for a in ARTIFACTS}
     chosen = _choose(what, [a for a in ARTIFACTS if kept[a]], run)
     left_home = tuple(f"{a}/{f}" for a in (chosen if what else ARTIFACTS) for f in found[a] if f not in kept[a])
     if len(chosen) == 1:
@@ -91,10 +91,12 @@ def _written(record: RunRecord, artifact: str) -> frozenset[str] | None:
     return frozenset([*listed, "README.md"])
 
 
-def _written_by_kbit(relative: str, written: frozenset[str] | None) -> bool:
+def _written_by_kbit(files: list[str], written: frozenset[str] | None) -> list[str]:
+    """Those of an artifact folder's ``files`` (relative paths) that kbit wrote: under a name ``written`` lists, or
+    where it lists none, a file at the top named as transformers, PEFT and llm-compressor name theirs."""
     if written is None:
-        return "/" not in relative and any(fnmatch.fnmatch(relative, name) for name in SAVED_NAMES)
-    return relative.split("/")[0] in written
+        return [f for f in files if "/" not in f and any(fnmatch.fnmatch(f, name) for name in SAVED_NAMES)]
+    return [f for f in files if f.split("/")[0] in written]
 
 
 def push(plan: PushPlan, private: bool = False) -> str:

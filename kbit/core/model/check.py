@@ -202,7 +202,7 @@ def check_gguf_header(gguf: Path) -> Any:
     architecture = fields["general.architecture"].contents() if "general.architecture" in fields else ""
 
     def number(key: str) -> int | None:
-        field = fields.get(key if key.startswith("tokenizer.") else f"{architecture}.{key}")
+        field = fields.get(key)
         value = field.contents() if field is not None else None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -211,7 +211,7 @@ def check_gguf_header(gguf: Path) -> Any:
     def width(kind: str, axis: int, per: str | None = None) -> int | None:
         """The widest any block's ``kind`` tensor says the setting is (divided by the ``per`` setting: heads), None
         when unknown. The widest, as layers may differ (Gemma 4's sliding and full-attention heads)."""
-        divisor = number(per) if per else 1
+        divisor = number(f"{architecture}.{per}") if per else 1
         found = [shape[axis] for name, shape in shapes.items()
                  if _GGUF_BLOCK.match(name) and name.endswith(f".{kind}.weight") and len(shape) > axis]
         return max(found) // divisor if found and divisor else None
@@ -221,19 +221,19 @@ def check_gguf_header(gguf: Path) -> Any:
     tokens = fields.get("tokenizer.ggml.tokens")
     # (setting, what the tensors say, whether the two must be equal or the setting may be smaller): llama.cpp refuses a
     # block count or embedding other than the tensors'; the widths are upper bounds, as fused or gated layouts differ
-    held = [("block_count", max(blocks) + 1 if blocks else None, True),
-            ("embedding_length", embeddings[0] if embeddings and len(embeddings) == 2 else None, True),
-            ("vocab_size", embeddings[1] if embeddings and len(embeddings) == 2 else None, True),
-            ("feed_forward_length", width("ffn_down", 0), False),
-            ("attention.key_length", width("attn_q", 1, "attention.head_count"), False),
-            ("attention.value_length", width("attn_v", 1, "attention.head_count_kv"), False)]
-    held += [(f"tokenizer.ggml.{role}_token_id", len(tokens.data) - 1 if tokens is not None else None, False)
-             for role in ("bos", "eos", "padding", "unknown")]
-    for key, implied, exact in held:
+    held = [(f"{architecture}.{key}", implied, exact, "its tensors say") for key, implied, exact in (
+        ("block_count", max(blocks) + 1 if blocks else None, True),
+        ("embedding_length", embeddings[0] if embeddings and len(embeddings) == 2 else None, True),
+        ("vocab_size", embeddings[1] if embeddings and len(embeddings) == 2 else None, True),
+        ("feed_forward_length", width("ffn_down", 0), False),
+        ("attention.key_length", width("attn_q", 1, "attention.head_count"), False),
+        ("attention.value_length", width("attn_v", 1, "attention.head_count_kv"), False))]
+    held += [(f"tokenizer.ggml.{role}_token_id", len(tokens.data) - 1 if tokens is not None else None, False,
+              "the last token id is") for role in ("bos", "eos", "padding", "unknown")]
+    for key, implied, exact, said in held:
         value = number(key)
         if value is None or implied is None or value == implied or (not exact and value <= implied):
             continue
-        said = "the last token id is" if key.startswith("tokenizer.") else "its tensors say"
-        raise ConfigError(f"{gguf}: its metadata says {key if key.startswith('tokenizer.') else f'{architecture}.{key}'} = "
-                          f"{value}, but {said} {implied}; the file was edited or damaged — re-download or re-export it")
+        raise ConfigError(f"{gguf}: its metadata says {key} = {value}, but {said} {implied}; the file was edited or "
+                          "damaged — re-download or re-export it")
     return reader

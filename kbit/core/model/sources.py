@@ -432,8 +432,8 @@ def load_gguf(gguf: Path) -> tuple[Any, Any]:
 
 
 def _gguf_config(gguf: Path, reader: Any) -> Any:
-    """transformers' config for a GGUF file (``reader``: its ``GGUFReader``), with what the file (or llama.cpp's reading of it) says where
-    transformers' key map has no entry, so the model is built as llama.cpp runs it:
+    """transformers' config for a GGUF file (``reader``: its ``GGUFReader``), with what the file (or llama.cpp's
+    reading of it) says where transformers' key map has no entry, so the model is built as llama.cpp runs it:
 
     - the head width: the ``qwen3`` map lacks ``attention.key_length``, so a Qwen3 whose heads are not
       ``hidden_size / heads`` wide (Qwen3-0.6B: 128, not 1024 / 16) would be built with the wrong shapes;

@@ -22,7 +22,7 @@ from typing import Any
 from kbit.core.measure.sample_size import rate_text, too_few
 from kbit.core.runs.record import RunRecord
 from kbit.core.runs.folder import write_json_atomic, write_text_atomic
-from kbit.core.system.tables import fenced, markdown_row, markdown_text
+from kbit.core.system.tables import code_text, fenced, markdown_row, markdown_text
 
 CARD = "README.md"
 PIPELINE_TAG = "text-generation"
@@ -66,9 +66,9 @@ def base_license(record: RunRecord) -> str:
 
 
 def _one_line(text: str) -> str:
-    """A name from the user's files or a model's metadata, safe inside a markdown code span and table cell: on one
-    line, without backticks, its pipes escaped."""
-    return " ".join(str(text).split()).replace("`", "'").replace("|", "\\|")
+    """A name from the user's files or a model's metadata, safe inside a markdown code span and table cell
+    (``code_text``, its pipes escaped)."""
+    return code_text(text).replace("|", "\\|")
 
 
 def _beside_base(record: RunRecord, key: str) -> Any:

@@ -94,9 +94,14 @@ def markdown_text(text: Any) -> str:
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", re.sub(r"&(?=#?[0-9A-Za-z]+;)", "&amp;", line))
 
 
+def code_text(text: Any) -> str:
+    """``text`` for inside an inline code span: on one line, a backtick (which would end the span) written ``'``."""
+    return " ".join(str(text).split()).replace("`", "'")
+
+
 def markdown_code(text: Any) -> str:
-    """``text`` as an inline code span on one line (a backtick in it becomes ``'``, which would end the span)."""
-    return "`" + " ".join(str(text).split()).replace("`", "'") + "`"
+    """``text`` as an inline code span (``code_text``)."""
+    return f"`{code_text(text)}`"
 
 
 def markdown_row(cells: Sequence[Any]) -> str:
